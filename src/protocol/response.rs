@@ -1,0 +1,220 @@
+//! Responses: the 7-byte header and the typed payloads.
+
+use super::{
+    CKSUM_LEN, CLIENT_ID_LEN, ClientId, CONTENT_SIZE_LEN, DecodeError, FILE_RECEIVED_LEN,
+    FixedName, MAX_RESPONSE_PAYLOAD, NAME_LEN, RESPONSE_HEADER_LEN, ResponseCode, VERSION,
+};
+
+/// The header every response starts with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHeader {
+    /// The server's version byte; any value is accepted.
+    pub version: u8,
+    /// The answer.
+    pub code: ResponseCode,
+    /// How many payload bytes follow.
+    pub payload_size: u32,
+}
+
+impl ResponseHeader {
+    /// Decodes a header and refuses a payload size no valid response has, before the
+    /// payload is read.
+    pub fn decode(bytes: &[u8; RESPONSE_HEADER_LEN]) -> Result<Self, DecodeError> {
+        let raw_code = u16::from_le_bytes([bytes[1], bytes[2]]);
+        let code = ResponseCode::try_from(raw_code)?;
+        let payload_size = u32::from_le_bytes([bytes[3], bytes[4], bytes[5], bytes[6]]);
+        if payload_size > MAX_RESPONSE_PAYLOAD {
+            return Err(DecodeError::PayloadTooLarge {
+                code: raw_code,
+                actual: payload_size,
+                max: MAX_RESPONSE_PAYLOAD,
+            });
+        }
+        Ok(ResponseHeader { version: bytes[0], code, payload_size })
+    }
+
+    /// The header's 7 bytes.
+    pub fn encode(&self) -> [u8; RESPONSE_HEADER_LEN] {
+        let mut out = [0u8; RESPONSE_HEADER_LEN];
+        out[0] = self.version;
+        out[1..3].copy_from_slice(&self.code.as_u16().to_le_bytes());
+        out[3..].copy_from_slice(&self.payload_size.to_le_bytes());
+        out
+    }
+}
+
+/// A response's meaning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// 2100: registered under this id.
+    Registered {
+        /// The new id.
+        client_id: ClientId,
+    },
+    /// 2101: registration failed (name taken).
+    RegistrationFailed,
+    /// 2102: the AES key, encrypted with the public key just sent.
+    PublicKeyAccepted {
+        /// The client's id.
+        client_id: ClientId,
+        /// RSA-OAEP ciphertext of the AES key.
+        encrypted_key: Vec<u8>,
+    },
+    /// 2103: the file arrived; this is its cksum.
+    FileReceived {
+        /// The client's id.
+        client_id: ClientId,
+        /// The encrypted content size received.
+        content_size: u32,
+        /// The file name as the client sent it.
+        file_name: FixedName,
+        /// POSIX cksum of the decrypted content.
+        cksum: u32,
+    },
+    /// 2104: acknowledged. Some servers leave out the id.
+    Acknowledged {
+        /// The client's id, when the server sent it.
+        client_id: Option<ClientId>,
+    },
+    /// 2105: reconnected; a fresh AES key, encrypted with the stored public key.
+    ReconnectAccepted {
+        /// The client's id.
+        client_id: ClientId,
+        /// RSA-OAEP ciphertext of the AES key.
+        encrypted_key: Vec<u8>,
+    },
+    /// 2106: reconnect denied; register again. Some servers leave out the id.
+    ReconnectDenied {
+        /// The client's id, when the server sent it.
+        client_id: Option<ClientId>,
+    },
+    /// 2107: the server could not handle the request.
+    GeneralError,
+}
+
+impl Response {
+    /// The response's code.
+    pub fn code(&self) -> ResponseCode {
+        match self {
+            Response::Registered { .. } => ResponseCode::Registered,
+            Response::RegistrationFailed => ResponseCode::RegistrationFailed,
+            Response::PublicKeyAccepted { .. } => ResponseCode::PublicKeyAccepted,
+            Response::FileReceived { .. } => ResponseCode::FileReceived,
+            Response::Acknowledged { .. } => ResponseCode::Acknowledged,
+            Response::ReconnectAccepted { .. } => ResponseCode::ReconnectAccepted,
+            Response::ReconnectDenied { .. } => ResponseCode::ReconnectDenied,
+            Response::GeneralError => ResponseCode::GeneralError,
+        }
+    }
+
+    fn payload(&self) -> Vec<u8> {
+        let id_and = |id: &ClientId, rest: &[u8]| [&id.0[..], rest].concat();
+        match self {
+            Response::Registered { client_id } => client_id.0.to_vec(),
+            Response::RegistrationFailed | Response::GeneralError => Vec::new(),
+            Response::PublicKeyAccepted { client_id, encrypted_key }
+            | Response::ReconnectAccepted { client_id, encrypted_key } => {
+                id_and(client_id, encrypted_key)
+            }
+            Response::FileReceived { client_id, content_size, file_name, cksum } => {
+                let mut out = Vec::with_capacity(FILE_RECEIVED_LEN);
+                out.extend_from_slice(&client_id.0);
+                out.extend_from_slice(&content_size.to_le_bytes());
+                out.extend_from_slice(&file_name.encode());
+                out.extend_from_slice(&cksum.to_le_bytes());
+                out
+            }
+            Response::Acknowledged { client_id } | Response::ReconnectDenied { client_id } => {
+                client_id.map(|id| id.0.to_vec()).unwrap_or_default()
+            }
+        }
+    }
+
+    /// Header and payload as securexfer sends them (version 3).
+    pub fn encode(&self) -> Vec<u8> {
+        let payload = self.payload();
+        let header = ResponseHeader {
+            version: VERSION,
+            code: self.code(),
+            payload_size: payload.len() as u32,
+        };
+        [&header.encode()[..], &payload].concat()
+    }
+}
+
+/// Decodes a payload that the header announced and that has been read in full.
+pub fn decode_response_payload(
+    header: &ResponseHeader,
+    payload: &[u8],
+) -> Result<Response, DecodeError> {
+    let code = header.code;
+    let bad = |expected| DecodeError::BadResponsePayload {
+        code: code.as_u16(),
+        expected,
+        actual: payload.len() as u32,
+    };
+    let id = |p: &[u8]| ClientId(p[..CLIENT_ID_LEN].try_into().expect("16"));
+    let optional_id = |p: &[u8]| match p.len() {
+        0 => Ok(None),
+        CLIENT_ID_LEN => Ok(Some(id(p))),
+        _ => Err(bad("0 or 16")),
+    };
+    Ok(match code {
+        ResponseCode::Registered if payload.len() == CLIENT_ID_LEN => {
+            Response::Registered { client_id: id(payload) }
+        }
+        ResponseCode::Registered => return Err(bad("16")),
+        // Their payloads carry nothing; a server that sends some anyway is still clear.
+        ResponseCode::RegistrationFailed => Response::RegistrationFailed,
+        ResponseCode::GeneralError => Response::GeneralError,
+        ResponseCode::PublicKeyAccepted | ResponseCode::ReconnectAccepted => {
+            if payload.len() <= CLIENT_ID_LEN {
+                return Err(bad("16 + encrypted key"));
+            }
+            let client_id = id(payload);
+            let encrypted_key = payload[CLIENT_ID_LEN..].to_vec();
+            if code == ResponseCode::PublicKeyAccepted {
+                Response::PublicKeyAccepted { client_id, encrypted_key }
+            } else {
+                Response::ReconnectAccepted { client_id, encrypted_key }
+            }
+        }
+        ResponseCode::FileReceived if payload.len() == FILE_RECEIVED_LEN => {
+            let size_at = CLIENT_ID_LEN;
+            let name_at = size_at + CONTENT_SIZE_LEN;
+            let cksum_at = name_at + NAME_LEN;
+            Response::FileReceived {
+                client_id: id(payload),
+                content_size: u32::from_le_bytes(payload[size_at..name_at].try_into().expect("4")),
+                file_name: FixedName::decode(
+                    payload[name_at..cksum_at].try_into().expect("255"),
+                    "file name",
+                )?,
+                cksum: u32::from_le_bytes(
+                    payload[cksum_at..cksum_at + CKSUM_LEN].try_into().expect("4"),
+                ),
+            }
+        }
+        ResponseCode::FileReceived => return Err(bad("279")),
+        ResponseCode::Acknowledged => Response::Acknowledged { client_id: optional_id(payload)? },
+        ResponseCode::ReconnectDenied => {
+            Response::ReconnectDenied { client_id: optional_id(payload)? }
+        }
+    })
+}
+
+/// Decodes the first response in `buf`; returns it with its header and length.
+pub fn decode_response(buf: &[u8]) -> Result<(ResponseHeader, Response, usize), DecodeError> {
+    let header_bytes: &[u8; RESPONSE_HEADER_LEN] = buf
+        .get(..RESPONSE_HEADER_LEN)
+        .ok_or(DecodeError::Incomplete { needed: RESPONSE_HEADER_LEN - buf.len() })?
+        .try_into()
+        .expect("sliced to length");
+    let header = ResponseHeader::decode(header_bytes)?;
+    let end = RESPONSE_HEADER_LEN + header.payload_size as usize;
+    let payload = buf
+        .get(RESPONSE_HEADER_LEN..end)
+        .ok_or(DecodeError::Incomplete { needed: end - buf.len() })?;
+    let response = decode_response_payload(&header, payload)?;
+    Ok((header, response, end))
+}
