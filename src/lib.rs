@@ -5,3 +5,6 @@
 
 pub mod crypto;
 pub mod protocol;
+pub mod store;
+pub mod server;
+pub mod client;

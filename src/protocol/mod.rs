@@ -15,7 +15,7 @@ mod response;
 pub use codes::{RequestCode, ResponseCode};
 pub use error::DecodeError;
 pub use fields::{ClientId, FixedName, PublicKeyField};
-pub use filename::{FileNameError, storage_name};
+pub use filename::{FileNameError, TEMP_PREFIX, storage_name};
 pub use request::{
     DecodedRequest, FileHeader, Request, RequestHeader, decode_request, encode_request,
 };

@@ -1,0 +1,179 @@
+//! The command line, and nothing else: `build.rs` includes this file to generate shell
+//! completions and man pages, so it may use only `std` and `clap`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exit codes, documented in `--help` and the README.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success: every file sent and verified
+  1  an unexpected internal error
+  2  usage error (bad flags or arguments)
+  3  connection failure (cannot reach the server, or it kept dropping the connection)
+  4  the server refused (2107 after retries, name taken, unexpected answer)
+  5  verification failed (checksums differed on all four sends)
+  6  local problem (a file or identity cannot be read or written, database unusable)";
+
+/// Send files securely to a storage server you run yourself.
+///
+/// securexfer speaks protocol 3 of the existing Python servers and C++ clients byte for
+/// byte: `serve` runs a server they can use, `register` and `send` are a client that works
+/// with them, and `db inspect` shows what a server has stored.
+#[derive(Debug, Parser)]
+#[command(name = "securexfer", version, propagate_version = true, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the storage server.
+    Serve(ServeArgs),
+    /// Make a key pair, register a name with a server and save the identity.
+    Register(RegisterArgs),
+    /// Send files to a server and verify them (registers first if there is no identity).
+    Send(SendArgs),
+    /// Read the server's database.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+/// `securexfer serve`.
+#[derive(Debug, Args)]
+#[command(after_help = "Without --port, the port is read from port.info in the working directory \
+(one number, as the existing server does); without that file the server warns and uses 1357.")]
+pub struct ServeArgs {
+    /// Address to listen on. The default accepts only this machine; use 0.0.0.0 (or ::) to
+    /// accept remote clients.
+    #[arg(long, env = "SECUREXFER_LISTEN", default_value = "127.0.0.1", value_name = "ADDR")]
+    pub listen: String,
+    /// Port to listen on (0 picks a free one, printed at start-up).
+    #[arg(long, env = "SECUREXFER_PORT", value_name = "N")]
+    pub port: Option<u16>,
+    /// Directory where received files are stored, one subdirectory per client id.
+    #[arg(long, env = "SECUREXFER_STORAGE", default_value = "storage", value_name = "DIR")]
+    pub storage: PathBuf,
+    /// SQLite database of clients and files.
+    #[arg(long, env = "SECUREXFER_DB", default_value = "defensive.db", value_name = "PATH")]
+    pub db: PathBuf,
+    /// Largest file accepted (encrypted size; suffixes K, M, G). Larger uploads are refused
+    /// before anything is read. The protocol's own limit is 4G minus 16 bytes.
+    #[arg(long, env = "SECUREXFER_MAX_FILE_SIZE", default_value = "4G", value_name = "SIZE", value_parser = parse_size)]
+    pub max_file_size: u64,
+    /// Most simultaneous connections; further clients wait until one ends.
+    #[arg(long, env = "SECUREXFER_MAX_CONNECTIONS", default_value_t = 2048, value_name = "N")]
+    pub max_connections: usize,
+    /// Seconds a client may stay silent, between requests or in the middle of one.
+    #[arg(long, env = "SECUREXFER_IDLE_TIMEOUT", default_value_t = 60, value_name = "SECS")]
+    pub idle_timeout: u64,
+    /// Seconds after a key exchange during which a client that opens one connection per
+    /// request may send and confirm files from the same IP address.
+    #[arg(long, env = "SECUREXFER_SESSION_WINDOW", default_value_t = 600, value_name = "SECS")]
+    pub session_window: u64,
+    /// Serve file requests only on the connection that made the key exchange (refuses
+    /// clients that open one connection per request).
+    #[arg(long, env = "SECUREXFER_STRICT_SESSIONS")]
+    pub strict_sessions: bool,
+    /// Seconds transfers in flight may run on after SIGINT or SIGTERM.
+    #[arg(long, env = "SECUREXFER_GRACE", default_value_t = 30, value_name = "SECS")]
+    pub grace: u64,
+    /// Free space to keep on the storage file system; uploads that would eat into it are
+    /// refused (suffixes K, M, G).
+    #[arg(long, env = "SECUREXFER_DISK_RESERVE", default_value = "64M", value_name = "SIZE", value_parser = parse_size)]
+    pub disk_reserve: u64,
+}
+
+/// Connection settings shared by the client commands.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Server address as HOST:PORT (default: line 1 of transfer.info).
+    #[arg(long, env = "SECUREXFER_SERVER", value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// Client name to register (default: line 2 of transfer.info).
+    #[arg(long, env = "SECUREXFER_NAME", value_name = "NAME")]
+    pub name: Option<String>,
+    /// The identity file (me.info; priv.key is kept beside it). Default: me.info in the
+    /// working directory, then $XDG_CONFIG_HOME/securexfer/me.info
+    /// (~/.config/securexfer/me.info).
+    #[arg(long, env = "SECUREXFER_IDENTITY", value_name = "PATH")]
+    pub identity: Option<PathBuf>,
+    /// Seconds to wait for a connection.
+    #[arg(long, env = "SECUREXFER_CONNECT_TIMEOUT", default_value_t = 10, value_name = "SECS")]
+    pub connect_timeout: u64,
+    /// Seconds to wait for the server on each read or write.
+    #[arg(long, env = "SECUREXFER_TIMEOUT", default_value_t = 60, value_name = "SECS")]
+    pub timeout: u64,
+}
+
+/// `securexfer register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Where to reach the server and who to be.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Replace an existing identity file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `securexfer send`.
+#[derive(Debug, Args)]
+#[command(after_help = "With no FILE, files are taken from transfer.info in the working \
+directory (line 3 on), as the existing client does. Flags override that file.")]
+pub struct SendArgs {
+    /// Files to send, in turn.
+    #[arg(value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Where to reach the server and who to be.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// No progress bar and no summary lines (errors are still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print one JSON object per file on stdout, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `securexfer db ...`.
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Show clients and files, read-only (safe while the server runs).
+    Inspect(InspectArgs),
+}
+
+/// `securexfer db inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The server's database.
+    #[arg(long, env = "SECUREXFER_DB", default_value = "defensive.db", value_name = "PATH")]
+    pub db: PathBuf,
+    /// Storage directory, to check that recorded files are present.
+    #[arg(long, env = "SECUREXFER_STORAGE", default_value = "storage", value_name = "DIR")]
+    pub storage: PathBuf,
+    /// Show only this client (name or id).
+    #[arg(long, value_name = "NAME|ID")]
+    pub client: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses sizes such as `1048576`, `512K`, `64M`, `4G` (binary units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&text[..i], 10),
+        Some((i, 'm' | 'M')) => (&text[..i], 20),
+        Some((i, 'g' | 'G')) => (&text[..i], 30),
+        _ => (text, 0),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size: use a number with an optional K, M or G"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
+}

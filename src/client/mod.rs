@@ -1,0 +1,460 @@
+//! The client: connect, register or reconnect, send files with verify-and-resend.
+//!
+//! Every step is retried up to [`RETRIES`] more times when the server answers 2107 or the
+//! connection fails (reconnecting as needed). A server that closes the connection after each
+//! reply, as some existing servers do, is followed by reconnecting without counting it as a
+//! failure. A file is sent at most [`MAX_SENDS`] times until the checksums agree.
+
+pub mod identity;
+pub mod upload;
+pub mod wire;
+
+use crate::crypto::rsa::KeyError;
+use crate::crypto::{AesKey, PrivateKey};
+use crate::protocol::{
+    ClientId, DecodeError, FileHeader, FixedName, MAX_PLAINTEXT_SIZE, Request, Response,
+    ResponseCode, encode_request, encrypted_len,
+};
+use identity::Identity;
+use std::io;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use upload::StreamError;
+use wire::{RecvError, Timeouts, Wire};
+
+/// Extra attempts for a step that failed with 2107 or a broken connection.
+pub const RETRIES: u32 = 3;
+/// The most times a file is sent (the first send and three resends).
+pub const MAX_SENDS: u32 = 4;
+
+/// How a client operation failed, grouped for exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The server could not be reached or the connection kept failing.
+    Connection,
+    /// The server refused (2107 after retries, a taken name, an unexpected answer).
+    Refused,
+    /// The file never arrived intact.
+    Verification,
+    /// Something local: the file, the identity, the input.
+    Local,
+}
+
+/// Why a client operation failed.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// No connection could be made at all.
+    #[error("cannot connect to {server}: {source} (is the server running, and is the address right?)")]
+    Connect {
+        /// The server.
+        server: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The connection failed on every attempt of a step.
+    #[error("fatal: {step} failed {attempts} times because the connection to {server} failed: {last}")]
+    Connection {
+        /// The step.
+        step: &'static str,
+        /// The server.
+        server: String,
+        /// Attempts made.
+        attempts: u32,
+        /// The last failure.
+        last: String,
+    },
+    /// The server answered 2107 on every attempt of a step.
+    #[error("fatal: the server refused {step} {attempts} times (2107 general error); its log says why")]
+    Refused {
+        /// The step.
+        step: &'static str,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The name is registered already.
+    #[error("the name {0:?} is already registered on this server; choose another with --name")]
+    NameTaken(String),
+    /// The server answered something that does not fit the step.
+    #[error("{step}: the server answered {got} where {expected} was expected")]
+    Unexpected {
+        /// The step.
+        step: &'static str,
+        /// What fits.
+        expected: &'static str,
+        /// What came.
+        got: ResponseCode,
+    },
+    /// The AES key from the server does not decrypt with our key.
+    #[error(
+        "the AES key from the server does not decrypt with this identity's private key ({0}); \
+         the identity may belong to another server"
+    )]
+    Key(KeyError),
+    /// A name or file name the protocol cannot carry.
+    #[error("{0}")]
+    BadName(DecodeError),
+    /// The file could not be read or changed while sending.
+    #[error("{0}")]
+    File(StreamError),
+    /// The file cannot be opened or examined.
+    #[error("cannot read {path}: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The file is larger than the protocol carries.
+    #[error("{path} is {size} bytes; the protocol carries at most {max} bytes per file", max = MAX_PLAINTEXT_SIZE)]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+    },
+    /// The checksums never agreed.
+    #[error(
+        "{path} did not arrive intact: the server's checksum differed from ours on all {attempts} sends \
+         (the client told the server it gave up)"
+    )]
+    Verification {
+        /// The file.
+        path: PathBuf,
+        /// Sends made.
+        attempts: u32,
+    },
+}
+
+impl ClientError {
+    /// The group this failure belongs to.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            ClientError::Connect { .. } | ClientError::Connection { .. } => FailureKind::Connection,
+            ClientError::Refused { .. }
+            | ClientError::NameTaken(_)
+            | ClientError::Unexpected { .. }
+            | ClientError::Key(_) => FailureKind::Refused,
+            ClientError::Verification { .. } => FailureKind::Verification,
+            ClientError::BadName(_)
+            | ClientError::File(_)
+            | ClientError::Open { .. }
+            | ClientError::TooLarge { .. } => FailureKind::Local,
+        }
+    }
+}
+
+/// What the client reports while it works (the CLI turns this into a progress bar).
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A step is tried again.
+    Retrying {
+        /// The step.
+        step: &'static str,
+        /// The attempt about to be made (2..).
+        attempt: u32,
+        /// Why the last one failed.
+        reason: String,
+    },
+    /// A send of a file begins.
+    SendStarted {
+        /// The file.
+        path: PathBuf,
+        /// Encrypted bytes to send.
+        bytes: u64,
+        /// Which send (1..=4).
+        attempt: u32,
+    },
+    /// Encrypted bytes sent so far in this send.
+    Progress(u64),
+    /// The server's checksum differed from ours.
+    Mismatch {
+        /// Ours.
+        ours: u32,
+        /// The server's.
+        theirs: u32,
+        /// Which send.
+        attempt: u32,
+    },
+}
+
+/// A verified file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The file.
+    pub path: PathBuf,
+    /// Plaintext bytes.
+    pub size: u64,
+    /// Its cksum (ours, equal to the server's).
+    pub cksum: u32,
+    /// How many sends it took.
+    pub sends: u32,
+}
+
+/// An established session: who we are and the AES key of this exchange.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// The identity in use.
+    pub identity: Identity,
+    /// The AES key of this exchange.
+    pub aes_key: AesKey,
+    /// Whether the identity was registered just now (and must be saved).
+    pub registered: bool,
+}
+
+/// How one attempt of a step failed.
+enum Failure {
+    /// The connection failed; reconnect and try again.
+    Connection(String),
+    /// 2107: try again.
+    ServerError,
+    /// Not worth retrying.
+    Fatal(ClientError),
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
+/// A client talking to one server.
+pub struct Client {
+    server: String,
+    timeouts: Timeouts,
+    wire: Option<Wire>,
+    events: Box<dyn FnMut(Event) + Send>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("server", &self.server).finish()
+    }
+}
+
+impl Client {
+    /// A client for `server` (`host:port`); it connects on first use.
+    pub fn new(server: &str, timeouts: Timeouts) -> Self {
+        Client { server: server.to_owned(), timeouts, wire: None, events: Box::new(|_| {}) }
+    }
+
+    /// Reports progress and retries to `events`.
+    pub fn on_event(&mut self, events: impl FnMut(Event) + Send + 'static) {
+        self.events = Box::new(events);
+    }
+
+    /// Connects now, so that an unreachable server is reported as such.
+    pub fn connect(&mut self) -> Result<(), ClientError> {
+        let wire = Wire::connect(&self.server, self.timeouts)
+            .map_err(|source| ClientError::Connect { server: self.server.clone(), source })?;
+        self.wire = Some(wire);
+        Ok(())
+    }
+
+    /// Registers `name` with a fresh key pair: 1025, then 1026.
+    pub fn register(&mut self, name: &str) -> Result<Session, ClientError> {
+        let fixed = FixedName::new(name, "name").map_err(ClientError::BadName)?;
+        let register = Request::Register { name: fixed.clone() };
+        let id = self.step("registration (1025)", |c| {
+            match c.roundtrip(ClientId::ZERO, &register)? {
+                Response::Registered { client_id } => Ok(client_id),
+                Response::RegistrationFailed => Err(ClientError::NameTaken(name.to_owned()).into()),
+                other => Err(unexpected("registration (1025)", "2100", &other)),
+            }
+        })?;
+        let key = PrivateKey::generate();
+        let public_key = key.public_key().to_field().map_err(ClientError::Key)?;
+        let request = Request::SendPublicKey { name: fixed, public_key };
+        let encrypted = self.step("sending the public key (1026)", |c| {
+            match c.roundtrip(id, &request)? {
+                Response::PublicKeyAccepted { encrypted_key, .. } => Ok(encrypted_key),
+                other => Err(unexpected("sending the public key (1026)", "2102", &other)),
+            }
+        })?;
+        let aes_key = key.decrypt_aes_key(&encrypted).map_err(ClientError::Key)?;
+        let identity = Identity { name: name.to_owned(), id, key };
+        Ok(Session { identity, aes_key, registered: true })
+    }
+
+    /// Reconnects with a saved identity (1027). `Ok(None)` when the server denies it (2106):
+    /// the caller registers again.
+    pub fn reconnect(&mut self, identity: &Identity) -> Result<Option<Session>, ClientError> {
+        let name = FixedName::new(&identity.name, "name").map_err(ClientError::BadName)?;
+        let request = Request::Reconnect { name };
+        let answer = self.step("reconnection (1027)", |c| match c.roundtrip(identity.id, &request)? {
+            Response::ReconnectAccepted { encrypted_key, .. } => Ok(Some(encrypted_key)),
+            Response::ReconnectDenied { .. } => Ok(None),
+            other => Err(unexpected("reconnection (1027)", "2105 or 2106", &other)),
+        })?;
+        let Some(encrypted) = answer else { return Ok(None) };
+        let aes_key = identity.key.decrypt_aes_key(&encrypted).map_err(ClientError::Key)?;
+        Ok(Some(Session { identity: identity.clone(), aes_key, registered: false }))
+    }
+
+    /// Sends `path` as `sent_name` and verifies it, resending on checksum mismatch.
+    pub fn send_file(&mut self, session: &Session, path: &Path, sent_name: &str) -> Result<Sent, ClientError> {
+        let file_name = FixedName::new(sent_name, "file name").map_err(ClientError::BadName)?;
+        let size = std::fs::metadata(path)
+            .map_err(|source| ClientError::Open { path: path.to_owned(), source })?
+            .len();
+        if size > MAX_PLAINTEXT_SIZE {
+            return Err(ClientError::TooLarge { path: path.to_owned(), size });
+        }
+        let id = session.identity.id;
+        let header = FileHeader { content_size: encrypted_len(size) as u32, file_name: file_name.clone() };
+        for attempt in 1..=MAX_SENDS {
+            let (ours, theirs) = self.send_once(session, path, size, &header, attempt)?;
+            if ours == theirs {
+                let confirm = Request::CrcOk { file_name: file_name.clone() };
+                self.step("confirming the checksum (1029)", |c| c.expect_ack(id, &confirm))?;
+                return Ok(Sent { path: path.to_owned(), size, cksum: ours, sends: attempt });
+            }
+            (self.events)(Event::Mismatch { ours, theirs, attempt });
+            if attempt < MAX_SENDS {
+                let retry = encode_request(id, &Request::CrcRetry { file_name: file_name.clone() });
+                // No answer is due. If this fails, the next send reconnects.
+                if let Some(wire) = self.wire.as_mut() {
+                    if wire.send(&retry).is_err() {
+                        self.wire = None;
+                    }
+                }
+            }
+        }
+        let give_up = Request::CrcGiveUp { file_name };
+        self.step("giving up on the file (1031)", |c| c.expect_ack(id, &give_up))?;
+        Err(ClientError::Verification { path: path.to_owned(), attempts: MAX_SENDS })
+    }
+
+    /// One send of the file; returns (our cksum, the server's).
+    fn send_once(
+        &mut self,
+        session: &Session,
+        path: &Path,
+        size: u64,
+        header: &FileHeader,
+        attempt: u32,
+    ) -> Result<(u32, u32), ClientError> {
+        let id = session.identity.id;
+        let head = encode_request(id, &Request::SendFile(header.clone()));
+        (self.events)(Event::SendStarted {
+            path: path.to_owned(),
+            bytes: u64::from(header.content_size),
+            attempt,
+        });
+        self.step("sending the file (1028)", |c| {
+            c.wire()?;
+            let (Some(wire), events) = (c.wire.as_mut(), &mut c.events) else {
+                return Err(Failure::Connection("not connected".into()));
+            };
+            wire.send(&head).map_err(|e| Failure::Connection(e.to_string()))?;
+            let mut progress = |n| events(Event::Progress(n));
+            let ours = upload::stream_file(path, size, &session.aes_key, wire.stream(), &mut progress)
+                .map_err(|e| match e {
+                    StreamError::Send(e) => Failure::Connection(e.to_string()),
+                    other => Failure::Fatal(ClientError::File(other)),
+                })?;
+            loop {
+                let response = c.recv()?;
+                match response {
+                    Response::FileReceived { cksum, .. } => return Ok((ours, cksum)),
+                    // Some servers answer 1030 although the spec says nothing comes back.
+                    Response::Acknowledged { .. } if attempt > 1 => continue,
+                    Response::GeneralError => return Err(Failure::ServerError),
+                    other => return Err(unexpected("sending the file (1028)", "2103", &other)),
+                }
+            }
+        })
+    }
+
+    fn expect_ack(&mut self, id: ClientId, request: &Request) -> Result<(), Failure> {
+        match self.roundtrip(id, request)? {
+            Response::Acknowledged { .. } => Ok(()),
+            other => Err(unexpected("confirmation", "2104", &other)),
+        }
+    }
+
+    /// Runs one step with retries.
+    fn step<T>(
+        &mut self,
+        step: &'static str,
+        mut attempt: impl FnMut(&mut Self) -> Result<T, Failure>,
+    ) -> Result<T, ClientError> {
+        let mut last = String::new();
+        let mut refused = 0;
+        for n in 1..=RETRIES + 1 {
+            if n > 1 {
+                (self.events)(Event::Retrying { step, attempt: n, reason: last.clone() });
+            }
+            match attempt(self) {
+                Ok(v) => return Ok(v),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::ServerError) => {
+                    refused += 1;
+                    last = "the server answered 2107".into();
+                }
+                Err(Failure::Connection(reason)) => {
+                    self.wire = None;
+                    last = reason;
+                }
+            }
+        }
+        let attempts = RETRIES + 1;
+        Err(if refused == attempts {
+            ClientError::Refused { step, attempts }
+        } else {
+            ClientError::Connection { step, server: self.server.clone(), attempts, last }
+        })
+    }
+
+    /// The connection, made if there is none.
+    fn wire(&mut self) -> Result<&mut Wire, Failure> {
+        if self.wire.as_ref().is_some_and(Wire::peer_closed) {
+            self.wire = None;
+        }
+        if self.wire.is_none() {
+            let wire = Wire::connect(&self.server, self.timeouts).map_err(|e| {
+                Failure::Connection(format!("cannot connect to {}: {e}", self.server))
+            })?;
+            self.wire = Some(wire);
+        }
+        Ok(self.wire.as_mut().expect("just set"))
+    }
+
+    fn recv(&mut self) -> Result<Response, Failure> {
+        let wire = self.wire()?;
+        wire.recv().map_err(|e| match e {
+            RecvError::Invalid(d) => Failure::Connection(format!("invalid response: {d}")),
+            other => Failure::Connection(other.to_string()),
+        })
+    }
+
+    /// Sends a fixed-size request and reads the answer. When a connection that already
+    /// served a reply turns out to be closed, the server is one that closes after every
+    /// reply: reconnect once and resend, without counting a failure.
+    fn roundtrip(&mut self, id: ClientId, request: &Request) -> Result<Response, Failure> {
+        let bytes = encode_request(id, request);
+        for fresh in [false, true] {
+            let wire = self.wire()?;
+            let reused = wire.answered > 0;
+            let result = match wire.send(&bytes) {
+                Ok(()) => wire.recv(),
+                Err(e) => Err(RecvError::Io(e)),
+            };
+            match result {
+                Ok(Response::GeneralError) => return Err(Failure::ServerError),
+                Ok(response) => return Ok(response),
+                Err(RecvError::Closed) | Err(RecvError::Io(_)) if reused && !fresh => {
+                    self.wire = None;
+                }
+                Err(e) => {
+                    self.wire = None;
+                    return Err(Failure::Connection(e.to_string()));
+                }
+            }
+        }
+        Err(Failure::Connection("the server closed the connection".into()))
+    }
+}
+
+fn unexpected(step: &'static str, expected: &'static str, got: &Response) -> Failure {
+    Failure::Fatal(ClientError::Unexpected { step, expected, got: got.code() })
+}

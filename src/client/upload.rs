@@ -1,0 +1,166 @@
+//! Streaming a file onto the socket: one thread reads and checksums, one encrypts, the
+//! caller's thread writes. CBC encryption is serial, so it gets a core of its own and never
+//! waits for the disk or the socket. A few fixed-size buffers circulate; memory does not
+//! grow with the file.
+
+use crate::crypto::{AesKey, CbcEncryptor, Cksum};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread;
+
+/// Bytes read per chunk (a multiple of the AES block).
+pub const CHUNK: usize = 1024 * 1024;
+/// Buffers in circulation per stage.
+const DEPTH: usize = 2;
+
+/// Why a file could not be streamed.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// Reading the file failed.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The file shrank while it was being sent.
+    #[error("{path} changed while it was being sent ({expected} bytes expected, {found} read)")]
+    Changed {
+        /// The file.
+        path: String,
+        /// The size announced to the server.
+        expected: u64,
+        /// What could be read.
+        found: u64,
+    },
+    /// Writing to the server failed.
+    #[error("sending to the server: {0}")]
+    Send(io::Error),
+}
+
+/// A chunk travelling down the pipeline: its buffer, how many bytes are valid, whether it
+/// is the file's end.
+struct Chunk {
+    buf: Vec<u8>,
+    len: usize,
+    last: bool,
+}
+
+/// Reads `len` bytes of `path`, encrypts them with `key` and writes the ciphertext to
+/// `out`, calling `progress` with the plaintext bytes done. Returns the plaintext's cksum.
+pub fn stream_file(
+    path: &Path,
+    len: u64,
+    key: &AesKey,
+    out: &mut (impl Write + ?Sized),
+    progress: &mut dyn FnMut(u64),
+) -> Result<u32, StreamError> {
+    let shown = path.display().to_string();
+    let file = File::open(path).map_err(|source| StreamError::Read { path: shown.clone(), source })?;
+    let (read_tx, read_rx) = sync_channel::<Chunk>(DEPTH);
+    let (enc_tx, enc_rx) = sync_channel::<Chunk>(DEPTH);
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2 * DEPTH + 2);
+    for _ in 0..2 * DEPTH + 1 {
+        free_tx.try_send(Vec::with_capacity(CHUNK + 16)).expect("room");
+    }
+    let key = *key;
+    thread::scope(|scope| {
+        let reader = scope.spawn(move || read_stage(file, len, free_rx, read_tx));
+        scope.spawn(move || encrypt_stage(&key, read_rx, enc_tx));
+        let sent = write_stage(out, enc_rx, free_tx, progress);
+        // If writing failed, the stages above stop when their channels close.
+        let read = reader.join().expect("reader thread");
+        match (read, sent) {
+            (Err(e), _) => Err(match e {
+                ReadFailure::Io(source) => StreamError::Read { path: shown.clone(), source },
+                ReadFailure::Short(found) => StreamError::Changed { path: shown.clone(), expected: len, found },
+            }),
+            (Ok(_), Err(e)) => Err(StreamError::Send(e)),
+            (Ok(cksum), Ok(())) => Ok(cksum),
+        }
+    })
+}
+
+enum ReadFailure {
+    Io(io::Error),
+    Short(u64),
+}
+
+fn read_stage(
+    mut file: File,
+    len: u64,
+    free_rx: Receiver<Vec<u8>>,
+    tx: SyncSender<Chunk>,
+) -> Result<u32, ReadFailure> {
+    let mut cksum = Cksum::new();
+    let mut remaining = len;
+    loop {
+        let Ok(mut buf) = free_rx.recv() else { return Ok(cksum.finish()) };
+        let want = remaining.min(CHUNK as u64) as usize;
+        buf.resize(want + 16, 0);
+        let got = read_full(&mut file, &mut buf[..want]).map_err(ReadFailure::Io)?;
+        if got < want {
+            return Err(ReadFailure::Short(len - remaining + got as u64));
+        }
+        cksum.update(&buf[..got]);
+        remaining -= got as u64;
+        let last = remaining == 0;
+        if tx.send(Chunk { buf, len: got, last }).is_err() || last {
+            return Ok(cksum.finish());
+        }
+    }
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn encrypt_stage(key: &AesKey, rx: Receiver<Chunk>, tx: SyncSender<Chunk>) {
+    let mut encryptor = Some(CbcEncryptor::new(key));
+    for mut chunk in rx {
+        let Some(enc) = encryptor.as_mut() else { return };
+        if chunk.last {
+            let enc = encryptor.take().expect("present");
+            chunk.len = enc.encrypt_last(&mut chunk.buf, chunk.len);
+        } else {
+            enc.encrypt_blocks(&mut chunk.buf[..chunk.len]);
+        }
+        let last = chunk.last;
+        if tx.send(chunk).is_err() || last {
+            return;
+        }
+    }
+}
+
+fn write_stage(
+    out: &mut (impl Write + ?Sized),
+    rx: Receiver<Chunk>,
+    free_tx: SyncSender<Vec<u8>>,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<()> {
+    let mut done = 0u64;
+    for chunk in rx {
+        out.write_all(&chunk.buf[..chunk.len])?;
+        done += chunk.len as u64;
+        progress(done);
+        let last = chunk.last;
+        let _ = free_tx.try_send(chunk.buf);
+        if last {
+            return out.flush();
+        }
+    }
+    // The reader stopped early; it reports why.
+    Ok(())
+}

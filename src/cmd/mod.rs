@@ -1,0 +1,76 @@
+//! One module per subcommand; this one dispatches and maps errors to exit codes.
+
+mod db;
+mod register;
+mod send;
+mod serve;
+
+use crate::cli::{Cli, Command, DbCommand};
+use securexfer::client::identity::IdentityError;
+use securexfer::client::{ClientError, FailureKind};
+use securexfer::store::DbError;
+use std::process::ExitCode;
+
+/// A mistake in how the command was called: exit code 2, like clap's own.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging("info");
+            serve::run(args)
+        }
+        Command::Register(args) => {
+            init_logging("warn");
+            register::run(args)
+        }
+        Command::Send(args) => {
+            init_logging("warn");
+            send::run(args)
+        }
+        Command::Db(DbCommand::Inspect(args)) => {
+            init_logging("warn");
+            db::inspect(args)
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level.
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The documented exit code for an error (see `EXIT_CODES` in cli.rs).
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<ClientError>() {
+            return code_for(e.kind());
+        }
+        if cause.is::<UsageError>() {
+            return 2;
+        }
+        if cause.is::<IdentityError>() || cause.is::<DbError>() {
+            return 6;
+        }
+    }
+    1
+}
+
+/// The exit code of a client failure.
+pub fn code_for(kind: FailureKind) -> u8 {
+    match kind {
+        FailureKind::Connection => 3,
+        FailureKind::Refused => 4,
+        FailureKind::Verification => 5,
+        FailureKind::Local => 6,
+    }
+}

@@ -1,0 +1,244 @@
+//! `securexfer send`: find the identity, reconnect (or register), send each file, report.
+
+use super::{UsageError, code_for};
+use crate::cli::{ClientArgs, SendArgs};
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use securexfer::client::identity::{Identity, ME_INFO, TRANSFER_INFO, TransferInfo};
+use securexfer::client::wire::Timeouts;
+use securexfer::client::{Client, ClientError, Event, FailureKind, Session};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A client with the command line's timeouts.
+pub fn client_for(server: &str, args: &ClientArgs) -> Client {
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(args.connect_timeout.max(1)),
+        io: Duration::from_secs(args.timeout.max(1)),
+    };
+    Client::new(server, timeouts)
+}
+
+/// The server and name from flags, falling back to transfer.info.
+pub fn server_and_name(
+    args: &ClientArgs,
+    transfer: Option<&TransferInfo>,
+) -> anyhow::Result<(String, Option<String>)> {
+    let loaded;
+    let transfer = match transfer {
+        Some(t) => Some(t),
+        None if args.server.is_none() || args.name.is_none() => {
+            loaded = load_transfer_info_if_present()?;
+            loaded.as_ref()
+        }
+        None => None,
+    };
+    let server = args
+        .server
+        .clone()
+        .or_else(|| transfer.map(|t| t.server.clone()))
+        .ok_or_else(|| UsageError("no server: pass --server HOST:PORT (or put it on line 1 of transfer.info)".into()))?;
+    let name = args.name.clone().or_else(|| transfer.map(|t| t.name.clone()));
+    Ok((server, name))
+}
+
+fn load_transfer_info_if_present() -> anyhow::Result<Option<TransferInfo>> {
+    let path = Path::new(TRANSFER_INFO);
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(TransferInfo::load(path)?))
+}
+
+/// Where identities are looked for, in order: --identity, ./me.info, the config dir.
+pub fn identity_candidates(flag: Option<&Path>) -> Vec<PathBuf> {
+    if let Some(path) = flag {
+        return vec![path.to_owned()];
+    }
+    let mut candidates = vec![PathBuf::from(ME_INFO)];
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(dir) = config {
+        candidates.push(dir.join("securexfer").join(ME_INFO));
+    }
+    candidates
+}
+
+pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
+    let transfer = if args.files.is_empty() {
+        let t = load_transfer_info_if_present()?.ok_or_else(|| {
+            UsageError(format!("no FILE given and no {TRANSFER_INFO} in the working directory"))
+        })?;
+        Some(t)
+    } else {
+        None
+    };
+    let (server, name) = server_and_name(&args.client, transfer.as_ref())?;
+    let files = if args.files.is_empty() {
+        transfer.as_ref().map(|t| t.files.clone()).unwrap_or_default()
+    } else {
+        args.files.clone()
+    };
+    let candidates = identity_candidates(args.client.identity.as_deref());
+    let found = candidates.iter().find(|p| p.exists()).cloned();
+    let identity = found
+        .as_deref()
+        .map(Identity::load)
+        .transpose()
+        .context("cannot use the saved identity")?;
+
+    let bar = Arc::new(Mutex::new(None::<ProgressBar>));
+    let show_bar = !args.quiet && !args.json && std::io::stderr().is_terminal();
+    let mut client = client_for(&server, &args.client);
+    client.on_event(event_printer(Arc::clone(&bar), show_bar, args.quiet || args.json));
+    client.connect()?;
+
+    let save_at = found.unwrap_or_else(|| candidates[0].clone());
+    let session = establish(&mut client, identity, name, &candidates, &save_at)?;
+
+    let mut worst = 0u8;
+    for path in &files {
+        let started = Instant::now();
+        let sent_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        let result = client.send_file(&session, path, &sent_name);
+        if let Some(b) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            b.finish_and_clear();
+        }
+        match result {
+            Ok(sent) => report_ok(&args, &server, &sent, started.elapsed()),
+            Err(e) => {
+                let kind = e.kind();
+                report_err(&args, path, &e);
+                worst = worst.max(code_for(kind));
+                if matches!(kind, FailureKind::Connection | FailureKind::Refused) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(ExitCode::from(worst))
+}
+
+/// Reconnects with the identity, or registers (again, when the server denies it).
+fn establish(
+    client: &mut Client,
+    identity: Option<Identity>,
+    name: Option<String>,
+    candidates: &[PathBuf],
+    save_at: &Path,
+) -> anyhow::Result<Session> {
+    if let Some(identity) = identity {
+        if let Some(session) = client.reconnect(&identity)? {
+            return Ok(session);
+        }
+        eprintln!(
+            "securexfer: the server does not know {} ({}); registering again",
+            identity.name, identity.id
+        );
+        let session = client.register(&identity.name)?;
+        session.identity.save(save_at, true)?;
+        return Ok(session);
+    }
+    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    let name = name.ok_or_else(|| {
+        UsageError(format!(
+            "no identity found (tried {}) and no name to register: pass --name NAME",
+            tried.join(", ")
+        ))
+    })?;
+    let session = client.register(&name)?;
+    session.identity.save(save_at, false)?;
+    eprintln!("securexfer: registered {name} as {}; identity saved to {}", session.identity.id, save_at.display());
+    Ok(session)
+}
+
+fn event_printer(
+    bar: Arc<Mutex<Option<ProgressBar>>>,
+    show_bar: bool,
+    quiet: bool,
+) -> impl FnMut(Event) + Send + 'static {
+    move |event| {
+        let mut bar = bar.lock().unwrap_or_else(|p| p.into_inner());
+        match event {
+            Event::SendStarted { path, bytes, attempt } if show_bar => {
+                let b = ProgressBar::with_draw_target(Some(bytes), ProgressDrawTarget::stderr());
+                b.set_style(
+                    ProgressStyle::with_template(
+                        "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                let label = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                b.set_message(if attempt > 1 { format!("{label} (send {attempt})") } else { label });
+                if let Some(old) = bar.replace(b) {
+                    old.finish_and_clear();
+                }
+            }
+            Event::Progress(n) => {
+                if let Some(b) = bar.as_ref() {
+                    b.set_position(n);
+                }
+            }
+            Event::Retrying { step, attempt, reason } if !quiet => {
+                let line = format!("securexfer: {step}: {reason}; attempt {attempt} of 4");
+                match bar.as_ref() {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
+            Event::Mismatch { ours, theirs, attempt } if !quiet => {
+                let line = format!("securexfer: checksum mismatch on send {attempt} (ours {ours}, server {theirs}); resending");
+                match bar.as_ref() {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn report_ok(args: &SendArgs, server: &str, sent: &securexfer::client::Sent, took: Duration) {
+    if args.json {
+        let line = serde_json::json!({
+            "file": sent.path.display().to_string(),
+            "status": "verified",
+            "size": sent.size,
+            "cksum": sent.cksum,
+            "sends": sent.sends,
+            "seconds": took.as_secs_f64(),
+        });
+        println!("{line}");
+    } else if !args.quiet {
+        let rate = sent.size as f64 / took.as_secs_f64().max(1e-9) / 1e6;
+        println!(
+            "sent {} ({} bytes, cksum {}) to {server}: verified after {} send(s) in {:.2} s ({rate:.0} MB/s)",
+            sent.path.display(),
+            sent.size,
+            sent.cksum,
+            sent.sends,
+            took.as_secs_f64()
+        );
+    }
+}
+
+fn report_err(args: &SendArgs, path: &Path, error: &ClientError) {
+    if args.json {
+        let line = serde_json::json!({
+            "file": path.display().to_string(),
+            "status": "failed",
+            "exit_code": code_for(error.kind()),
+            "error": error.to_string(),
+        });
+        println!("{line}");
+    }
+    eprintln!("securexfer: error: {}: {error}", path.display());
+}

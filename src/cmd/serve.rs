@@ -1,0 +1,102 @@
+//! `securexfer serve`: configuration, the listening socket, signals.
+
+use crate::cli::ServeArgs;
+use anyhow::Context;
+use securexfer::server::{Config, Server};
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// The port the existing server uses when port.info is missing.
+const DEFAULT_PORT: u16 = 1357;
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let port = resolve_port(args.port)?;
+    let max_content = u32::try_from(args.max_file_size)
+        .unwrap_or(u32::MAX)
+        .min(securexfer::protocol::MAX_CONTENT_SIZE);
+    let config = Config {
+        max_content,
+        max_connections: args.max_connections.max(1),
+        idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        session_window: Duration::from_secs(args.session_window),
+        strict_sessions: args.strict_sessions,
+        grace: Duration::from_secs(args.grace),
+        disk_reserve: args.disk_reserve,
+        ..Config::new(args.storage.clone(), args.db.clone())
+    };
+    raise_open_file_limit();
+    let server = Server::open(config).with_context(|| {
+        format!("cannot start with storage {} and database {}", args.storage.display(), args.db.display())
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(1024)
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.listen.as_str(), port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{port} (in use? try another --port)", args.listen))?;
+        let addr = listener.local_addr()?;
+        // The one line on stdout: scripts and tests read the port from it.
+        println!("securexfer listening on {addr}");
+        std::io::stdout().flush()?;
+        if addr.ip().is_loopback() {
+            info!("only this machine can connect; use --listen 0.0.0.0 to accept remote clients");
+        }
+        info!(storage = %args.storage.display(), db = %args.db.display(), "serving");
+        server.run(listener, shutdown_signal()).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--port`, else port.info in the working directory, else 1357 with a warning.
+fn resolve_port(flag: Option<u16>) -> anyhow::Result<u16> {
+    if let Some(port) = flag {
+        return Ok(port);
+    }
+    match std::fs::read_to_string("port.info") {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            super::UsageError(format!("port.info holds {:?}, not a port number", text.trim())).into()
+        }),
+        Err(_) => {
+            warn!("no --port and no port.info in the working directory; using the default port {DEFAULT_PORT}");
+            Ok(DEFAULT_PORT)
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    info!("shutdown signal received");
+}
+
+/// Many clients at once need many file descriptors: raise the soft limit to the hard one.
+fn raise_open_file_limit() {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! One connection's state machine: read a request, decide, answer, repeat.
+//!
+//! What a connection may ask depends on what it has done, all decided in
+//! [`Connection::authorize`]:
+//!
+//! | request | allowed when |
+//! |---|---|
+//! | 1025 register | always |
+//! | 1026 public key | the id was registered on this connection, or (non-strict) from this IP within the window, and has no key yet (or this same key) |
+//! | 1027 reconnect | always (the answer is encrypted to the stored key) |
+//! | 1028 file | a session for the id: made on this connection, or (non-strict) the latest one from this IP within the window |
+//! | 1029/1030/1031 | as 1028, and an upload of that file name waits in the session |
+//!
+//! Anything else gets 2107. A request whose bytes cannot be trusted for framing (a bad
+//! header, or a 1028 refused before its content was read) gets 2107 and the connection is
+//! closed, since what follows cannot be parsed.
+
+use super::session::{Pending, Session};
+use super::upload::{self, UploadError};
+use super::{Shared, ServerError};
+use crate::crypto::{PublicKey, random_bytes};
+use crate::protocol::{
+    ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, PublicKeyField,
+    REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader, Response, storage_name,
+};
+use crate::store::Storage;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// Largest payload of an unknown code that is skipped (answered 2107) rather than ending
+/// the connection.
+const MAX_SKIPPED_PAYLOAD: u32 = 64 * 1024;
+
+/// What to do after a request.
+enum Next {
+    /// Send this and read the next request.
+    Reply(Response),
+    /// Send nothing (1030) and read on.
+    Silent,
+    /// Send this and close: the stream cannot be trusted any more.
+    ReplyAndClose(Response),
+}
+
+/// A refusal: answered with 2107, logged with its reason.
+struct Refused(String);
+
+fn refuse(reason: impl Into<String>) -> Refused {
+    Refused(reason.into())
+}
+
+impl From<ServerError> for Refused {
+    fn from(e: ServerError) -> Self {
+        Refused(e.to_string())
+    }
+}
+
+/// One client connection.
+pub(crate) struct Connection<S> {
+    shared: Arc<Shared>,
+    stream: S,
+    conn_id: u64,
+    peer: SocketAddr,
+    /// Registered on this connection with 1025, awaiting 1026.
+    registered_here: Option<ClientId>,
+    /// The session this connection made with 1026 or 1027.
+    session: Option<Arc<Session>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    pub(crate) fn new(shared: Arc<Shared>, stream: S, conn_id: u64, peer: SocketAddr) -> Self {
+        Connection { shared, stream, conn_id, peer, registered_here: None, session: None }
+    }
+
+    /// Serves requests until the peer leaves, misbehaves, or the server shuts down.
+    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let header = tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                h = self.read_header() => h,
+            };
+            let next = match header {
+                Ok(Some(bytes)) => self.handle(bytes).await,
+                Ok(None) => break,
+                Err(e) => {
+                    debug!("connection ended: {e}");
+                    break;
+                }
+            };
+            let (response, close) = match next {
+                Ok(Next::Reply(r)) => (Some(r), false),
+                Ok(Next::Silent) => (None, false),
+                Ok(Next::ReplyAndClose(r)) => (Some(r), true),
+                Err(e) => {
+                    debug!("connection ended: {e}");
+                    break;
+                }
+            };
+            if let Some(response) = response {
+                if let Err(e) = self.stream.write_all(&response.encode()).await {
+                    debug!("could not answer: {e}");
+                    break;
+                }
+            }
+            if close || *shutdown.borrow() {
+                break;
+            }
+        }
+        let _ = self.stream.shutdown().await;
+        if let Some(session) = &self.session {
+            let dropped = session.drop_pending_of(self.conn_id);
+            if dropped > 0 {
+                info!(dropped, "connection closed with unconfirmed uploads; they were deleted");
+            }
+        }
+    }
+
+    /// The next header, or `None` when the peer closed cleanly between requests.
+    async fn read_header(&mut self) -> Result<Option<[u8; REQUEST_HEADER_LEN]>, ServerError> {
+        let mut buf = [0u8; REQUEST_HEADER_LEN];
+        let idle = self.shared.config.idle_timeout;
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = tokio::time::timeout(idle, self.stream.read(&mut buf[filled..]))
+                .await
+                .map_err(|_| ServerError::Idle(idle))??;
+            if n == 0 {
+                return if filled == 0 { Ok(None) } else { Err(ServerError::Truncated) };
+            }
+            filled += n;
+        }
+        Ok(Some(buf))
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ServerError> {
+        let idle = self.shared.config.idle_timeout;
+        tokio::time::timeout(idle, self.stream.read_exact(buf))
+            .await
+            .map_err(|_| ServerError::Idle(idle))??;
+        Ok(())
+    }
+
+    async fn handle(&mut self, bytes: [u8; REQUEST_HEADER_LEN]) -> Result<Next, ServerError> {
+        let header = match RequestHeader::decode(&bytes) {
+            Ok(h) => h,
+            Err(e) => return self.bad_header(&bytes, e).await,
+        };
+        let code = header.code;
+        let mut payload = vec![0u8; code.fixed_payload_len().unwrap_or(FILE_HEADER_LEN as u32) as usize];
+        self.read_exact(&mut payload).await?;
+        let request = match Request::decode_payload(code, &payload) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(code = code.as_u16(), "refused: {e}");
+                // After a 1028's file header comes content we will not read: close.
+                let response = Response::GeneralError;
+                return Ok(if code == RequestCode::SendFile {
+                    Next::ReplyAndClose(response)
+                } else {
+                    Next::Reply(response)
+                });
+            }
+        };
+        let result = self.dispatch(&header, request).await;
+        match result {
+            Ok(next) => Ok(next),
+            Err(Refused(reason)) => {
+                warn!(code = code.as_u16(), client = %header.client_id, "refused: {reason}");
+                Ok(if code == RequestCode::SendFile {
+                    Next::ReplyAndClose(Response::GeneralError)
+                } else {
+                    Next::Reply(Response::GeneralError)
+                })
+            }
+        }
+    }
+
+    /// A header that does not decode. An unknown code with a small payload is skipped so
+    /// the client can carry on; anything else ends the connection.
+    async fn bad_header(
+        &mut self,
+        bytes: &[u8; REQUEST_HEADER_LEN],
+        error: DecodeError,
+    ) -> Result<Next, ServerError> {
+        warn!("refused request: {error}");
+        if let DecodeError::UnknownRequestCode(_) = error {
+            let size = u32::from_le_bytes(bytes[REQUEST_HEADER_LEN - 4..].try_into().expect("4"));
+            if size <= MAX_SKIPPED_PAYLOAD {
+                let mut skip = vec![0u8; size as usize];
+                self.read_exact(&mut skip).await?;
+                return Ok(Next::Reply(Response::GeneralError));
+            }
+        }
+        Ok(Next::ReplyAndClose(Response::GeneralError))
+    }
+
+    async fn dispatch(&mut self, header: &RequestHeader, request: Request) -> Result<Next, Refused> {
+        let id = header.client_id;
+        let code = request.code();
+        if code != RequestCode::Register {
+            let known = self.shared.db(move |db| db.touch(id)).await?;
+            if !known && code != RequestCode::Reconnect {
+                return Err(refuse(format!("unknown client id {id}")));
+            }
+        }
+        let next = match request {
+            Request::Register { name } => self.register(name).await?,
+            Request::SendPublicKey { name, public_key } => {
+                self.public_key(id, name, public_key).await?
+            }
+            Request::Reconnect { name } => self.reconnect(id, name).await?,
+            Request::SendFile(file) => self.receive_file(header, file).await?,
+            Request::CrcOk { file_name } => self.confirm(id, file_name).await?,
+            Request::CrcRetry { file_name } => {
+                let session = self.authorize(id)?;
+                session
+                    .take_pending(file_name.as_str())
+                    .ok_or_else(|| refuse(format!("no upload of {file_name} waits")))?;
+                info!(%file_name, "client will resend");
+                Next::Silent
+            }
+            Request::CrcGiveUp { file_name } => self.give_up(id, file_name).await?,
+        };
+        Ok(next)
+    }
+
+    /// The session that may act for `id` on this connection.
+    fn authorize(&self, id: ClientId) -> Result<Arc<Session>, Refused> {
+        if let Some(session) = self.session.as_ref().filter(|s| s.id == id) {
+            return Ok(Arc::clone(session));
+        }
+        self.shared.sessions.find(id, self.peer.ip()).ok_or_else(|| {
+            refuse(format!(
+                "client {id} has no key exchange on this connection{}",
+                if self.shared.config.strict_sessions {
+                    ""
+                } else {
+                    " or from this address within the session window"
+                }
+            ))
+        })
+    }
+
+    async fn register(&mut self, name: FixedName) -> Result<Next, Refused> {
+        let id = ClientId::random();
+        let text = name.as_str().to_owned();
+        let inserted = self.shared.db(move |db| db.insert_client(id, &text)).await?;
+        if !inserted {
+            info!(%name, "registration refused: name taken");
+            return Ok(Next::Reply(Response::RegistrationFailed));
+        }
+        tracing::Span::current().record("client", tracing::field::display(id));
+        info!(%name, client = %id, "registered");
+        self.registered_here = Some(id);
+        self.shared.sessions.note_registration(id, self.peer.ip());
+        Ok(Next::Reply(Response::Registered { client_id: id }))
+    }
+
+    async fn public_key(
+        &mut self,
+        id: ClientId,
+        name: FixedName,
+        field: PublicKeyField,
+    ) -> Result<Next, Refused> {
+        let record = self
+            .shared
+            .db(move |db| db.client_by_id(id))
+            .await?
+            .ok_or_else(|| refuse("unknown client"))?;
+        if record.name != name.as_str() {
+            return Err(refuse(format!("name {name} does not belong to client {id}")));
+        }
+        let same_key = record.public_key.as_deref() == Some(&field.0[..]);
+        let may_register = self.registered_here == Some(id)
+            || self.shared.sessions.registered_recently(id, self.peer.ip());
+        if !same_key && !(record.public_key.is_none() && may_register) {
+            return Err(refuse(format!(
+                "client {id} may not set its public key here: it was not registered on this \
+                 connection or address, or already has a different key"
+            )));
+        }
+        let key = PublicKey::from_field(&field).map_err(|e| refuse(e.to_string()))?;
+        let stored = field.0.to_vec();
+        self.shared.db(move |db| db.set_public_key(id, &stored)).await?;
+        let encrypted_key = self.start_session(id, &key).await?;
+        info!(client = %id, "public key received; AES key sent");
+        Ok(Next::Reply(Response::PublicKeyAccepted { client_id: id, encrypted_key }))
+    }
+
+    async fn reconnect(&mut self, id: ClientId, name: FixedName) -> Result<Next, Refused> {
+        let text = name.as_str().to_owned();
+        let record = self.shared.db(move |db| db.client_by_name(&text)).await?;
+        let denied = Next::Reply(Response::ReconnectDenied { client_id: Some(id) });
+        let Some(record) = record.filter(|r| r.id == id) else {
+            info!(%name, client = %id, "reconnect denied: no client with this name and id");
+            return Ok(denied);
+        };
+        let key = record
+            .public_key
+            .as_deref()
+            .and_then(|k| PublicKeyField(k.try_into().ok()?).into())
+            .and_then(|f: PublicKeyField| PublicKey::from_field(&f).ok());
+        let Some(key) = key else {
+            info!(%name, client = %id, "reconnect denied: no usable public key on record");
+            return Ok(denied);
+        };
+        let encrypted_key = self.start_session(id, &key).await?;
+        info!(client = %id, "reconnected; fresh AES key sent");
+        Ok(Next::Reply(Response::ReconnectAccepted { client_id: id, encrypted_key }))
+    }
+
+    /// Makes a fresh AES key, records it, and makes it this connection's session.
+    async fn start_session(&mut self, id: ClientId, key: &PublicKey) -> Result<Vec<u8>, Refused> {
+        let aes_key: [u8; 16] = random_bytes();
+        let encrypted = key.encrypt_aes_key(&aes_key).map_err(|e| refuse(e.to_string()))?;
+        self.shared.db(move |db| db.set_aes_key(id, &aes_key)).await?;
+        if let Some(old) = self.session.take() {
+            old.drop_pending_of(self.conn_id);
+        }
+        let session = Arc::new(Session::new(id, aes_key, self.peer.ip(), self.conn_id));
+        self.shared.sessions.publish(&session);
+        self.session = Some(session);
+        self.registered_here = None;
+        tracing::Span::current().record("client", tracing::field::display(id));
+        Ok(encrypted)
+    }
+
+    async fn receive_file(&mut self, header: &RequestHeader, file: FileHeader) -> Result<Next, Refused> {
+        let id = header.client_id;
+        let config = &self.shared.config;
+        file.check_sizes(header.payload_size, config.max_content)
+            .map_err(|e| refuse(e.to_string()))?;
+        let session = self.authorize(id)?;
+        let stored_name = storage_name(file.file_name.as_str())
+            .map_err(|e| refuse(e.to_string()))?
+            .to_owned();
+        let needed = u64::from(file.content_size) + config.disk_reserve;
+        if let Some(available) = self.shared.storage.available_bytes().filter(|&a| a < needed) {
+            return Err(refuse(format!(
+                "not enough disk space for {} bytes ({available} available, {} kept free)",
+                file.content_size, config.disk_reserve
+            )));
+        }
+        let idle = config.idle_timeout;
+        let storage = self.shared.storage.clone();
+        let temp = tokio::task::spawn_blocking(move || storage.begin_upload(id))
+            .await
+            .map_err(|e| refuse(e.to_string()))?
+            .map_err(|e| refuse(format!("cannot create the upload file: {e}")))?;
+        let (std_file, upload) = temp.into_parts();
+        let received =
+            upload::receive(&mut self.stream, file.content_size, session.aes_key, std_file, idle).await;
+        let received = match received {
+            Ok(r) => r,
+            // The content was read to its end, so the stream is still in step.
+            Err(UploadError::Padding) => {
+                warn!(file_name = %file.file_name, "refused: {}", UploadError::Padding);
+                return Ok(Next::Reply(Response::GeneralError));
+            }
+            Err(e) => return Err(refuse(e.to_string())),
+        };
+        info!(
+            file_name = %file.file_name, size = received.size, cksum = received.cksum,
+            "file received; waiting for the client's checksum verdict"
+        );
+        let pending = Pending {
+            upload,
+            conn: self.conn_id,
+            stored_name,
+            size: received.size,
+            cksum: received.cksum,
+        };
+        session.put_pending(file.file_name.to_string(), pending);
+        Ok(Next::Reply(Response::FileReceived {
+            client_id: id,
+            content_size: file.content_size,
+            file_name: file.file_name,
+            cksum: received.cksum,
+        }))
+    }
+
+    async fn confirm(&mut self, id: ClientId, file_name: FixedName) -> Result<Next, Refused> {
+        let session = self.authorize(id)?;
+        let pending = session
+            .take_pending(file_name.as_str())
+            .ok_or_else(|| refuse(format!("no upload of {file_name} waits for confirmation")))?;
+        let storage = self.shared.storage.clone();
+        let name = pending.stored_name.clone();
+        let relative = tokio::task::spawn_blocking(move || storage.commit(pending.upload, id, &name))
+            .await
+            .map_err(|e| refuse(e.to_string()))?
+            .map_err(|e| refuse(format!("could not store {file_name}: {e}")))?;
+        let (sent, rel, size, cksum) = (file_name.to_string(), relative.clone(), pending.size, pending.cksum);
+        self.shared
+            .db(move |db| db.record_verified(id, &sent, &rel, size, cksum))
+            .await?;
+        info!(%file_name, path = %relative, size, "file verified and stored");
+        Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
+    }
+
+    async fn give_up(&mut self, id: ClientId, file_name: FixedName) -> Result<Next, Refused> {
+        let session = self.authorize(id)?;
+        let pending = session
+            .take_pending(file_name.as_str())
+            .ok_or_else(|| refuse(format!("no upload of {file_name} waits")))?;
+        let (sent, rel) = (
+            file_name.to_string(),
+            Storage::relative_path(id, &pending.stored_name),
+        );
+        drop(pending);
+        self.shared.db(move |db| db.record_given_up(id, &sent, &rel)).await?;
+        warn!(%file_name, "client gave up after repeated checksum mismatches; nothing stored");
+        Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
+    }
+}

@@ -1,0 +1,216 @@
+//! The server: an accept loop with a connection limit and graceful shutdown, handing each
+//! connection to its state machine ([`conn`]).
+
+mod conn;
+pub mod session;
+pub mod upload;
+
+use crate::store::{Db, DbError, Storage};
+use session::Sessions;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::{Instrument, error, info, info_span, warn};
+
+/// Default most simultaneous connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
+/// Default time a peer may stay silent, between requests or in the middle of one.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default window in which a client that opens one connection per request may go on.
+pub const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// Default time transfers in flight get to finish after a shutdown signal.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Default free space kept on the storage file system.
+pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The storage directory.
+    pub storage: PathBuf,
+    /// The SQLite database file.
+    pub db: PathBuf,
+    /// The largest encrypted content accepted (refused before reading).
+    pub max_content: u32,
+    /// Most simultaneous connections; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long a peer may stay silent.
+    pub idle_timeout: Duration,
+    /// The window for one-connection-per-request clients.
+    pub session_window: Duration,
+    /// Serve requests 1028-1031 only on the connection that made the key exchange.
+    pub strict_sessions: bool,
+    /// How long transfers in flight may run on after a shutdown signal.
+    pub grace: Duration,
+    /// Free space never used for uploads.
+    pub disk_reserve: u64,
+}
+
+impl Config {
+    /// Defaults for everything but the paths.
+    pub fn new(storage: PathBuf, db: PathBuf) -> Self {
+        Config {
+            storage,
+            db,
+            max_content: crate::protocol::MAX_CONTENT_SIZE,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            session_window: DEFAULT_SESSION_WINDOW,
+            strict_sessions: false,
+            grace: DEFAULT_GRACE,
+            disk_reserve: DEFAULT_DISK_RESERVE,
+        }
+    }
+}
+
+/// Why the server could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// A socket or file operation failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The database failed.
+    #[error("{0}")]
+    Db(#[from] DbError),
+    /// The storage directory is unusable.
+    #[error("storage directory {path}: {source}")]
+    Storage {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The peer was silent too long.
+    #[error("the peer sent nothing for {0:?}")]
+    Idle(Duration),
+    /// The peer closed in the middle of a header.
+    #[error("the peer closed the connection in the middle of a request header")]
+    Truncated,
+    /// A blocking task died.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// State every connection shares.
+pub(crate) struct Shared {
+    config: Config,
+    db: Arc<Mutex<Db>>,
+    storage: Storage,
+    sessions: Sessions,
+}
+
+impl Shared {
+    /// Runs a database operation on a blocking thread.
+    async fn db<T, F>(&self, f: F) -> Result<T, ServerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, DbError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || {
+            let guard = db.lock().unwrap_or_else(|p| p.into_inner());
+            f(&guard)
+        })
+        .await
+        .map_err(|e| ServerError::Task(e.to_string()))?
+        .map_err(ServerError::from)
+    }
+}
+
+/// A server ready to run: database open and migrated, storage checked and cleaned.
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Opens the database and the storage directory, and deletes uploads a crash left.
+    pub fn open(config: Config) -> Result<Self, ServerError> {
+        let storage = Storage::open(&config.storage).map_err(|source| ServerError::Storage {
+            path: config.storage.clone(),
+            source,
+        })?;
+        let removed = storage.clean_leftovers().map_err(|source| ServerError::Storage {
+            path: config.storage.clone(),
+            source,
+        })?;
+        if removed > 0 {
+            warn!(removed, "deleted unfinished uploads left by an earlier run");
+        }
+        let db = Db::open(&config.db)?;
+        let sessions = Sessions::new(config.session_window, config.strict_sessions);
+        let shared = Shared { config, db: Arc::new(Mutex::new(db)), storage, sessions };
+        Ok(Server { shared: Arc::new(shared) })
+    }
+
+    /// Serves `listener` until `shutdown` completes, then lets transfers in flight finish
+    /// for the grace period, closes everything, and cleans unconfirmed uploads.
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let shared = self.shared;
+        let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let next_id = AtomicU64::new(1);
+        let mut janitor = tokio::time::interval(Duration::from_secs(30));
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                _ = janitor.tick() => { shared.sessions.expire(); continue; }
+                permit = Arc::clone(&limit).acquire_owned() => permit.expect("never closed"),
+            };
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, do not spin.
+                        error!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            while tasks.try_join_next().is_some() {}
+            let _ = stream.set_nodelay(true);
+            let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+            let span = info_span!("conn", id = conn_id, peer = %peer, client = tracing::field::Empty);
+            let connection = conn::Connection::new(Arc::clone(&shared), stream, conn_id, peer);
+            let stop = stop_rx.clone();
+            tasks.spawn(
+                async move {
+                    connection.run(stop).await;
+                    drop(permit);
+                }
+                .instrument(span),
+            );
+        }
+        drop(listener);
+        info!(in_flight = tasks.len(), "shutting down: no new connections");
+        let _ = stop_tx.send(true);
+        let grace = shared.config.grace;
+        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!(?grace, "transfers still running after the grace period were cut off");
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        shared.sessions.clear();
+        let storage = shared.storage.clone();
+        let _ = tokio::task::spawn_blocking(move || storage.clean_leftovers()).await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// The address a listener is bound to (for the start-up line).
+pub fn local_addr(listener: &TcpListener) -> io::Result<SocketAddr> {
+    listener.local_addr()
+}

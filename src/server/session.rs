@@ -1,0 +1,170 @@
+//! Sessions: what a completed key exchange (1026 or 1027) grants, and to whom.
+//!
+//! A client id travels in clear, so it grants nothing by itself. A session is created by a
+//! key exchange and belongs to the connection that made it. Clients that open a new
+//! connection for every request are served through the registry here: the latest session
+//! of a client id from the same IP address, for a short window after its last use. With
+//! `--strict-sessions` the registry is off and only the owning connection is served.
+
+use crate::crypto::AesKey;
+use crate::protocol::ClientId;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// An upload that arrived (2103 sent) and waits for the client's verdict.
+#[derive(Debug)]
+pub struct Pending {
+    /// The decrypted content; deleted from disk when dropped.
+    pub upload: tempfile::TempPath,
+    /// The connection it arrived on.
+    pub conn: u64,
+    /// The name it will be stored under.
+    pub stored_name: String,
+    /// Plaintext size.
+    pub size: u64,
+    /// cksum of the plaintext.
+    pub cksum: u32,
+}
+
+/// The result of one key exchange.
+#[derive(Debug)]
+pub struct Session {
+    /// The client.
+    pub id: ClientId,
+    /// The AES key sent in this exchange.
+    pub aes_key: AesKey,
+    /// Where the exchange came from.
+    pub ip: IpAddr,
+    /// The connection that made it.
+    pub owner_conn: u64,
+    last_used: Mutex<Instant>,
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; carry on with it.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Session {
+    /// A new session.
+    pub fn new(id: ClientId, aes_key: AesKey, ip: IpAddr, owner_conn: u64) -> Self {
+        Session {
+            id,
+            aes_key,
+            ip,
+            owner_conn,
+            last_used: Mutex::new(Instant::now()),
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn touch(&self) {
+        *lock(&self.last_used) = Instant::now();
+    }
+
+    fn idle_for(&self) -> Duration {
+        lock(&self.last_used).elapsed()
+    }
+
+    /// Keeps an upload for its verdict, replacing (and deleting) an earlier one of the
+    /// same name.
+    pub fn put_pending(&self, file_name: String, pending: Pending) {
+        lock(&self.pending).insert(file_name, pending);
+    }
+
+    /// Takes the upload of this name, if one waits.
+    pub fn take_pending(&self, file_name: &str) -> Option<Pending> {
+        lock(&self.pending).remove(file_name)
+    }
+
+    /// Whether an upload of this name waits.
+    pub fn has_pending(&self, file_name: &str) -> bool {
+        lock(&self.pending).contains_key(file_name)
+    }
+
+    /// Deletes the unconfirmed uploads that arrived on `conn`.
+    pub fn drop_pending_of(&self, conn: u64) -> usize {
+        let mut pending = lock(&self.pending);
+        let before = pending.len();
+        pending.retain(|_, p| p.conn != conn);
+        before - pending.len()
+    }
+}
+
+/// The registry of sessions usable from other connections, and of recent registrations.
+#[derive(Debug)]
+pub struct Sessions {
+    window: Duration,
+    strict: bool,
+    latest: Mutex<HashMap<(ClientId, IpAddr), Arc<Session>>>,
+    registrations: Mutex<HashMap<(ClientId, IpAddr), Instant>>,
+}
+
+impl Sessions {
+    /// A registry with this window; `strict` turns cross-connection use off.
+    pub fn new(window: Duration, strict: bool) -> Self {
+        Sessions {
+            window,
+            strict,
+            latest: Mutex::new(HashMap::new()),
+            registrations: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Makes `session` the latest for its client and address.
+    pub fn publish(&self, session: &Arc<Session>) {
+        if !self.strict {
+            lock(&self.latest).insert((session.id, session.ip), Arc::clone(session));
+        }
+    }
+
+    /// The latest session of `id` from `ip`, if it was used within the window.
+    pub fn find(&self, id: ClientId, ip: IpAddr) -> Option<Arc<Session>> {
+        if self.strict {
+            return None;
+        }
+        let mut latest = lock(&self.latest);
+        let session = latest.get(&(id, ip))?;
+        if session.idle_for() > self.window {
+            latest.remove(&(id, ip));
+            return None;
+        }
+        session.touch();
+        Some(Arc::clone(session))
+    }
+
+    /// Marks that `id` was registered from `ip` (a 1026 may follow on another connection).
+    pub fn note_registration(&self, id: ClientId, ip: IpAddr) {
+        if !self.strict {
+            lock(&self.registrations).insert((id, ip), Instant::now());
+        }
+    }
+
+    /// Whether `id` was registered from `ip` within the window.
+    pub fn registered_recently(&self, id: ClientId, ip: IpAddr) -> bool {
+        !self.strict
+            && lock(&self.registrations)
+                .get(&(id, ip))
+                .is_some_and(|at| at.elapsed() <= self.window)
+    }
+
+    /// Forgets sessions and registrations idle longer than the window; their unconfirmed
+    /// uploads are deleted once no connection uses them. Returns how many were dropped.
+    pub fn expire(&self) -> usize {
+        let window = self.window;
+        let mut latest = lock(&self.latest);
+        let before = latest.len();
+        latest.retain(|_, s| s.idle_for() <= window);
+        lock(&self.registrations).retain(|_, at| at.elapsed() <= window);
+        before - latest.len()
+    }
+
+    /// Forgets everything (shutdown).
+    pub fn clear(&self) {
+        lock(&self.latest).clear();
+        lock(&self.registrations).clear();
+    }
+}

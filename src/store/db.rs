@@ -1,0 +1,369 @@
+//! The server's records in SQLite: the `clients` and `files` tables of PROTOCOL.md, created
+//! and evolved by an append-only list of migrations tracked in `PRAGMA user_version`.
+//!
+//! Everything here is synchronous; the server calls it from blocking threads so that the
+//! async runtime never waits on the disk.
+
+use crate::protocol::ClientId;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::path::Path;
+use std::time::Duration;
+use thiserror::Error;
+
+/// What went wrong with the database.
+#[derive(Debug, Error)]
+pub enum DbError {
+    /// SQLite said no.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file exists but is not a securexfer database.
+    #[error(
+        "{path} is not a securexfer database (it has no clients and files tables); \
+         pass the server's database with --db"
+    )]
+    Foreign {
+        /// The file.
+        path: String,
+    },
+    /// The file does not exist (read-only open never creates one).
+    #[error("database {path} does not exist; pass the server's database with --db")]
+    Missing {
+        /// The file.
+        path: String,
+    },
+    /// The database was written by a newer securexfer.
+    #[error("database schema version {found} is newer than this securexfer knows ({known})")]
+    TooNew {
+        /// The database's version.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
+}
+
+/// The schema, one step per entry. Never edit a step that has shipped; append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: the tables of PROTOCOL.md.
+    "CREATE TABLE clients (
+        ID BLOB PRIMARY KEY NOT NULL CHECK (length(ID) = 16),
+        Name TEXT NOT NULL UNIQUE CHECK (length(Name) BETWEEN 1 AND 255),
+        PublicKey BLOB CHECK (PublicKey IS NULL OR length(PublicKey) = 160),
+        LastSeen TEXT,
+        AESKey BLOB CHECK (AESKey IS NULL OR length(AESKey) = 16)
+    );
+    CREATE TABLE files (
+        ID BLOB NOT NULL REFERENCES clients(ID),
+        FileName TEXT NOT NULL,
+        PathName TEXT NOT NULL,
+        Verified INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (ID, FileName)
+    );",
+    // 2: what an operator wants to know about a stored file.
+    "ALTER TABLE files ADD COLUMN Size INTEGER;
+     ALTER TABLE files ADD COLUMN Cksum INTEGER;
+     ALTER TABLE files ADD COLUMN StoredAt TEXT;",
+];
+
+/// A client as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    /// The id.
+    pub id: ClientId,
+    /// The unique name.
+    pub name: String,
+    /// The 160-byte public key field, once sent.
+    pub public_key: Option<Vec<u8>>,
+    /// When the client last made a request (UTC, `YYYY-MM-DD HH:MM:SS`).
+    pub last_seen: Option<String>,
+    /// Whether an AES key was ever sent to it.
+    pub has_aes_key: bool,
+}
+
+/// A file as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    /// The owner.
+    pub client_id: ClientId,
+    /// The owner's name.
+    pub client_name: String,
+    /// The name as the client sent it.
+    pub file_name: String,
+    /// Where it is stored, relative to the storage directory.
+    pub path_name: String,
+    /// Whether the client confirmed the checksum (1029).
+    pub verified: bool,
+    /// Plaintext size, when known.
+    pub size: Option<u64>,
+    /// The cksum, when known.
+    pub cksum: Option<u32>,
+    /// When it was stored (UTC).
+    pub stored_at: Option<String>,
+}
+
+/// An open database.
+#[derive(Debug)]
+pub struct Db {
+    conn: Connection,
+}
+
+impl Db {
+    /// Opens (creating if needed) the server's database in WAL mode and migrates it.
+    pub fn open(path: &Path) -> Result<Self, DbError> {
+        let conn = Connection::open(path)?;
+        Self::setup(conn, true)
+    }
+
+    /// An in-memory database (tests).
+    pub fn open_in_memory() -> Result<Self, DbError> {
+        Self::setup(Connection::open_in_memory()?, true)
+    }
+
+    /// Opens an existing database read-only, safely while the server writes to it.
+    pub fn open_read_only(path: &Path) -> Result<Self, DbError> {
+        let shown = path.display().to_string();
+        if !path.exists() {
+            return Err(DbError::Missing { path: shown });
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('clients', 'files')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|_| DbError::Foreign { path: shown.clone() })?;
+        if tables != 2 {
+            return Err(DbError::Foreign { path: shown });
+        }
+        Ok(Db { conn })
+    }
+
+    fn setup(conn: Connection, writable: bool) -> Result<Self, DbError> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        if writable {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "foreign_keys", "ON")?;
+        }
+        let mut db = Db { conn };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    /// Applies the migrations not yet applied, all in one exclusive transaction.
+    fn migrate(&mut self) -> Result<(), DbError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(DbError::TooNew { found: version, known });
+        }
+        for step in &MIGRATIONS[version as usize..] {
+            tx.execute_batch(step)?;
+        }
+        tx.pragma_update(None, "user_version", known)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The schema version.
+    pub fn schema_version(&self) -> Result<i64, DbError> {
+        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// Registers a new client; `false` when the name is taken.
+    pub fn insert_client(&self, id: ClientId, name: &str) -> Result<bool, DbError> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO clients (ID, Name, LastSeen) VALUES (?1, ?2, datetime('now'))",
+            params![&id.0[..], name],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The client with this id.
+    pub fn client_by_id(&self, id: ClientId) -> Result<Option<ClientRecord>, DbError> {
+        self.client_where("ID = ?1", &id.0[..])
+    }
+
+    /// The client with this name.
+    pub fn client_by_name(&self, name: &str) -> Result<Option<ClientRecord>, DbError> {
+        self.client_where("Name = ?1", name)
+    }
+
+    fn client_where(
+        &self,
+        condition: &str,
+        value: impl rusqlite::ToSql,
+    ) -> Result<Option<ClientRecord>, DbError> {
+        let sql = format!(
+            "SELECT ID, Name, PublicKey, LastSeen, AESKey IS NOT NULL FROM clients WHERE {condition}"
+        );
+        Ok(self.conn.query_row(&sql, [value], client_row).optional()?)
+    }
+
+    /// Every client, by name.
+    pub fn clients(&self) -> Result<Vec<ClientRecord>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT ID, Name, PublicKey, LastSeen, AESKey IS NOT NULL FROM clients ORDER BY Name",
+        )?;
+        let rows = stmt.query_map([], client_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records the public key a client sent.
+    pub fn set_public_key(&self, id: ClientId, field: &[u8]) -> Result<(), DbError> {
+        self.conn.execute(
+            "UPDATE clients SET PublicKey = ?2 WHERE ID = ?1",
+            params![&id.0[..], field],
+        )?;
+        Ok(())
+    }
+
+    /// Records the AES key last sent to a client.
+    pub fn set_aes_key(&self, id: ClientId, key: &[u8; 16]) -> Result<(), DbError> {
+        self.conn.execute(
+            "UPDATE clients SET AESKey = ?2 WHERE ID = ?1",
+            params![&id.0[..], &key[..]],
+        )?;
+        Ok(())
+    }
+
+    /// Updates `LastSeen`; `false` if no such client.
+    pub fn touch(&self, id: ClientId) -> Result<bool, DbError> {
+        let n = self.conn.execute(
+            "UPDATE clients SET LastSeen = datetime('now') WHERE ID = ?1",
+            [&id.0[..]],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Records a file the client confirmed (1029). Called only after the file is in place.
+    pub fn record_verified(
+        &self,
+        id: ClientId,
+        file_name: &str,
+        path_name: &str,
+        size: u64,
+        cksum: u32,
+    ) -> Result<(), DbError> {
+        self.conn.execute(
+            "INSERT INTO files (ID, FileName, PathName, Verified, Size, Cksum, StoredAt)
+             VALUES (?1, ?2, ?3, 1, ?4, ?5, datetime('now'))
+             ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName,
+               Verified = 1, Size = excluded.Size, Cksum = excluded.Cksum,
+               StoredAt = excluded.StoredAt",
+            params![&id.0[..], file_name, path_name, size as i64, cksum],
+        )?;
+        Ok(())
+    }
+
+    /// Records that a client gave up on a file (1031), unless a verified copy exists: that
+    /// copy stays as it was.
+    pub fn record_given_up(&self, id: ClientId, file_name: &str, path_name: &str) -> Result<(), DbError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO files (ID, FileName, PathName, Verified) VALUES (?1, ?2, ?3, 0)",
+            params![&id.0[..], file_name, path_name],
+        )?;
+        Ok(())
+    }
+
+    /// Every file, by client name and file name.
+    pub fn files(&self) -> Result<Vec<FileRecord>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT f.ID, c.Name, f.FileName, f.PathName, f.Verified, f.Size, f.Cksum, f.StoredAt
+             FROM files f JOIN clients c ON c.ID = f.ID ORDER BY c.Name, f.FileName",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(FileRecord {
+                client_id: id_of(r.get::<_, Vec<u8>>(0)?),
+                client_name: r.get(1)?,
+                file_name: r.get(2)?,
+                path_name: r.get(3)?,
+                verified: r.get(4)?,
+                size: r.get::<_, Option<i64>>(5)?.map(|s| s as u64),
+                cksum: r.get(6)?,
+                stored_at: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+fn id_of(bytes: Vec<u8>) -> ClientId {
+    let mut id = [0u8; 16];
+    let n = bytes.len().min(16);
+    id[..n].copy_from_slice(&bytes[..n]);
+    ClientId(id)
+}
+
+fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRecord> {
+    Ok(ClientRecord {
+        id: id_of(r.get(0)?),
+        name: r.get(1)?,
+        public_key: r.get(2)?,
+        last_seen: r.get(3)?,
+        has_aes_key: r.get(4)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_bring_a_new_database_to_the_latest_version() {
+        let db = Db::open_in_memory().unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn migrating_twice_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let db = Db::open(&path).unwrap();
+        assert!(db.insert_client(ClientId([1; 16]), "a").unwrap());
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.clients().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_taken_name_is_refused() {
+        let db = Db::open_in_memory().unwrap();
+        assert!(db.insert_client(ClientId([1; 16]), "a").unwrap());
+        assert!(!db.insert_client(ClientId([2; 16]), "a").unwrap());
+    }
+
+    #[test]
+    fn giving_up_never_unverifies_a_confirmed_file() {
+        let db = Db::open_in_memory().unwrap();
+        let id = ClientId([1; 16]);
+        db.insert_client(id, "a").unwrap();
+        db.record_verified(id, "f", "x/f", 3, 7).unwrap();
+        db.record_given_up(id, "f", "x/f").unwrap();
+        let files = db.files().unwrap();
+        assert_eq!(files.len(), 1);
+        assert!(files[0].verified);
+        assert_eq!(files[0].size, Some(3));
+    }
+
+    #[test]
+    fn read_only_open_refuses_missing_and_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none.db");
+        assert!(matches!(Db::open_read_only(&missing), Err(DbError::Missing { .. })));
+        let foreign = dir.path().join("foreign.db");
+        Connection::open(&foreign)
+            .unwrap()
+            .execute_batch("CREATE TABLE t (x)")
+            .unwrap();
+        assert!(matches!(Db::open_read_only(&foreign), Err(DbError::Foreign { .. })));
+        let text = dir.path().join("text.db");
+        std::fs::write(&text, "not a database at all, just text that is long enough").unwrap();
+        assert!(Db::open_read_only(&text).is_err());
+    }
+}

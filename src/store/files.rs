@@ -1,0 +1,136 @@
+//! Files on disk: `<storage>/<client id hex>/<file name>`, written through a temporary
+//! file in the same directory and renamed into place only when the client confirms.
+
+use crate::protocol::ClientId;
+use crate::protocol::TEMP_PREFIX;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use tempfile::NamedTempFile;
+
+/// The storage directory.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: PathBuf,
+}
+
+impl Storage {
+    /// Uses (and creates) `root`.
+    pub fn open(root: &Path) -> io::Result<Self> {
+        fs::create_dir_all(root)?;
+        Ok(Storage { root: root.canonicalize()? })
+    }
+
+    /// The storage directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The relative path a file is stored at. `name` must come from
+    /// [`crate::protocol::storage_name`], which guarantees a single safe component.
+    pub fn relative_path(id: ClientId, name: &str) -> String {
+        format!("{}/{}", id.to_hex(), name)
+    }
+
+    /// A new temporary file in the client's directory (created if needed). It deletes
+    /// itself when dropped unless [`Storage::commit`] moves it into place.
+    pub fn begin_upload(&self, id: ClientId) -> io::Result<NamedTempFile> {
+        let dir = self.root.join(id.to_hex());
+        fs::create_dir_all(&dir)?;
+        tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir)
+    }
+
+    /// Makes a finished upload durable and moves it to its final name, replacing an
+    /// earlier copy atomically. Returns the relative path.
+    pub fn commit(&self, upload: tempfile::TempPath, id: ClientId, name: &str) -> io::Result<String> {
+        let relative = Self::relative_path(id, name);
+        let target = self.root.join(&relative);
+        fs::File::open(&upload)?.sync_all()?;
+        upload.persist(&target).map_err(|e| e.error)?;
+        if let Some(dir) = target.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(relative)
+    }
+
+    /// Deletes temporary files left by a crash. Returns how many were removed.
+    pub fn clean_leftovers(&self) -> io::Result<usize> {
+        let mut removed = 0;
+        for client_dir in fs::read_dir(&self.root)? {
+            let client_dir = client_dir?;
+            if !client_dir.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(client_dir.path())? {
+                let entry = entry?;
+                if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Bytes available to this process on the storage file system, if the OS says.
+    pub fn available_bytes(&self) -> Option<u64> {
+        available_bytes(&self.root)
+    }
+}
+
+#[cfg(unix)]
+fn available_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: a valid NUL-terminated path and a writable statvfs buffer.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the buffer.
+    let stat = unsafe { stat.assume_init() };
+    #[allow(clippy::unnecessary_cast)]
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+fn available_bytes(_path: &Path) -> Option<u64> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn an_upload_dropped_before_commit_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let id = ClientId([7; 16]);
+        let mut tmp = storage.begin_upload(id).unwrap();
+        tmp.write_all(b"partial").unwrap();
+        drop(tmp);
+        let client_dir = storage.root().join(id.to_hex());
+        assert_eq!(fs::read_dir(client_dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn commit_replaces_the_old_copy_and_cleanup_removes_leftovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let id = ClientId([7; 16]);
+        for content in [&b"one"[..], b"two"] {
+            let mut tmp = storage.begin_upload(id).unwrap();
+            tmp.write_all(content).unwrap();
+            let rel = storage.commit(tmp.into_temp_path(), id, "f.txt").unwrap();
+            assert_eq!(fs::read(storage.root().join(rel)).unwrap(), content);
+        }
+        let (_file, kept) = storage.begin_upload(id).unwrap().keep().unwrap();
+        assert!(kept.exists());
+        assert_eq!(storage.clean_leftovers().unwrap(), 1);
+        assert!(!kept.exists());
+        assert!(storage.root().join(id.to_hex()).join("f.txt").exists());
+    }
+}

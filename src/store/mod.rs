@@ -1,0 +1,7 @@
+//! The server's state that outlives a connection: records in SQLite and files on disk.
+
+pub mod db;
+pub mod files;
+
+pub use db::{ClientRecord, Db, DbError, FileRecord};
+pub use files::Storage;
