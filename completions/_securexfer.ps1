@@ -1,0 +1,143 @@
+
+using namespace System.Management.Automation
+using namespace System.Management.Automation.Language
+
+Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
+    param($wordToComplete, $commandAst, $cursorPosition)
+
+    $commandElements = $commandAst.CommandElements
+    $command = @(
+        'securexfer'
+        for ($i = 1; $i -lt $commandElements.Count; $i++) {
+            $element = $commandElements[$i]
+            if ($element -isnot [StringConstantExpressionAst] -or
+                $element.StringConstantType -ne [StringConstantType]::BareWord -or
+                $element.Value.StartsWith('-') -or
+                $element.Value -eq $wordToComplete) {
+                break
+        }
+        $element.Value
+    }) -join ';'
+
+    $completions = @(switch ($command) {
+        'securexfer' {
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the storage server')
+            [CompletionResult]::new('register', 'register', [CompletionResultType]::ParameterValue, 'Make a key pair, register a name with a server and save the identity')
+            [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send files to a server and verify them (registers first if there is no identity)')
+            [CompletionResult]::new('db', 'db', [CompletionResultType]::ParameterValue, 'Read the server''s database')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'securexfer;serve' {
+            [CompletionResult]::new('--listen', '--listen', [CompletionResultType]::ParameterName, 'Address to listen on. The default accepts only this machine; use 0.0.0.0 (or ::) to accept remote clients')
+            [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'Port to listen on (0 picks a free one, printed at start-up)')
+            [CompletionResult]::new('--storage', '--storage', [CompletionResultType]::ParameterName, 'Directory where received files are stored, one subdirectory per client id')
+            [CompletionResult]::new('--db', '--db', [CompletionResultType]::ParameterName, 'SQLite database of clients and files')
+            [CompletionResult]::new('--max-file-size', '--max-file-size', [CompletionResultType]::ParameterName, 'Largest file accepted (encrypted size; suffixes K, M, G). Larger uploads are refused before anything is read. The protocol''s own limit is 4G minus 16 bytes')
+            [CompletionResult]::new('--max-connections', '--max-connections', [CompletionResultType]::ParameterName, 'Most simultaneous connections; further clients wait until one ends')
+            [CompletionResult]::new('--idle-timeout', '--idle-timeout', [CompletionResultType]::ParameterName, 'Seconds a client may stay silent, between requests or in the middle of one')
+            [CompletionResult]::new('--session-window', '--session-window', [CompletionResultType]::ParameterName, 'Seconds after a key exchange during which a client that opens one connection per request may send and confirm files from the same IP address')
+            [CompletionResult]::new('--grace', '--grace', [CompletionResultType]::ParameterName, 'Seconds transfers in flight may run on after SIGINT or SIGTERM')
+            [CompletionResult]::new('--disk-reserve', '--disk-reserve', [CompletionResultType]::ParameterName, 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)')
+            [CompletionResult]::new('--strict-sessions', '--strict-sessions', [CompletionResultType]::ParameterName, 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'securexfer;register' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server address as HOST:PORT (default: line 1 of transfer.info)')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'Client name to register (default: line 2 of transfer.info)')
+            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)')
+            [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for a connection')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for the server on each read or write')
+            [CompletionResult]::new('--force', '--force', [CompletionResultType]::ParameterName, 'Replace an existing identity file')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'securexfer;send' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server address as HOST:PORT (default: line 1 of transfer.info)')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'Client name to register (default: line 2 of transfer.info)')
+            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)')
+            [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for a connection')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for the server on each read or write')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'No progress bar and no summary lines (errors are still printed)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'No progress bar and no summary lines (errors are still printed)')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object per file on stdout, for scripts')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'securexfer;db' {
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients and files, read-only (safe while the server runs)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'securexfer;db;inspect' {
+            [CompletionResult]::new('--db', '--db', [CompletionResultType]::ParameterName, 'The server''s database')
+            [CompletionResult]::new('--storage', '--storage', [CompletionResultType]::ParameterName, 'Storage directory, to check that recorded files are present')
+            [CompletionResult]::new('--client', '--client', [CompletionResultType]::ParameterName, 'Show only this client (name or id)')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON instead of tables')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'securexfer;db;help' {
+            [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients and files, read-only (safe while the server runs)')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'securexfer;db;help;inspect' {
+            break
+        }
+        'securexfer;db;help;help' {
+            break
+        }
+        'securexfer;help' {
+            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the storage server')
+            [CompletionResult]::new('register', 'register', [CompletionResultType]::ParameterValue, 'Make a key pair, register a name with a server and save the identity')
+            [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send files to a server and verify them (registers first if there is no identity)')
+            [CompletionResult]::new('db', 'db', [CompletionResultType]::ParameterValue, 'Read the server''s database')
+            [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
+            break
+        }
+        'securexfer;help;serve' {
+            break
+        }
+        'securexfer;help;register' {
+            break
+        }
+        'securexfer;help;send' {
+            break
+        }
+        'securexfer;help;db' {
+            [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients and files, read-only (safe while the server runs)')
+            break
+        }
+        'securexfer;help;db;inspect' {
+            break
+        }
+        'securexfer;help;help' {
+            break
+        }
+    })
+
+    $completions.Where{ $_.CompletionText -like "$wordToComplete*" } |
+        Sort-Object -Property ListItemText
+}

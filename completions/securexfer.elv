@@ -1,0 +1,122 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[securexfer] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'securexfer'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'securexfer'= {
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand serve 'Run the storage server'
+            cand register 'Make a key pair, register a name with a server and save the identity'
+            cand send 'Send files to a server and verify them (registers first if there is no identity)'
+            cand db 'Read the server''s database'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'securexfer;serve'= {
+            cand --listen 'Address to listen on. The default accepts only this machine; use 0.0.0.0 (or ::) to accept remote clients'
+            cand --port 'Port to listen on (0 picks a free one, printed at start-up)'
+            cand --storage 'Directory where received files are stored, one subdirectory per client id'
+            cand --db 'SQLite database of clients and files'
+            cand --max-file-size 'Largest file accepted (encrypted size; suffixes K, M, G). Larger uploads are refused before anything is read. The protocol''s own limit is 4G minus 16 bytes'
+            cand --max-connections 'Most simultaneous connections; further clients wait until one ends'
+            cand --idle-timeout 'Seconds a client may stay silent, between requests or in the middle of one'
+            cand --session-window 'Seconds after a key exchange during which a client that opens one connection per request may send and confirm files from the same IP address'
+            cand --grace 'Seconds transfers in flight may run on after SIGINT or SIGTERM'
+            cand --disk-reserve 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)'
+            cand --strict-sessions 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'securexfer;register'= {
+            cand --server 'Server address as HOST:PORT (default: line 1 of transfer.info)'
+            cand --name 'Client name to register (default: line 2 of transfer.info)'
+            cand --identity 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)'
+            cand --connect-timeout 'Seconds to wait for a connection'
+            cand --timeout 'Seconds to wait for the server on each read or write'
+            cand --force 'Replace an existing identity file'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'securexfer;send'= {
+            cand --server 'Server address as HOST:PORT (default: line 1 of transfer.info)'
+            cand --name 'Client name to register (default: line 2 of transfer.info)'
+            cand --identity 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)'
+            cand --connect-timeout 'Seconds to wait for a connection'
+            cand --timeout 'Seconds to wait for the server on each read or write'
+            cand -q 'No progress bar and no summary lines (errors are still printed)'
+            cand --quiet 'No progress bar and no summary lines (errors are still printed)'
+            cand --json 'Print one JSON object per file on stdout, for scripts'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'securexfer;db'= {
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'securexfer;db;inspect'= {
+            cand --db 'The server''s database'
+            cand --storage 'Storage directory, to check that recorded files are present'
+            cand --client 'Show only this client (name or id)'
+            cand --json 'Print JSON instead of tables'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'securexfer;db;help'= {
+            cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'securexfer;db;help;inspect'= {
+        }
+        &'securexfer;db;help;help'= {
+        }
+        &'securexfer;help'= {
+            cand serve 'Run the storage server'
+            cand register 'Make a key pair, register a name with a server and save the identity'
+            cand send 'Send files to a server and verify them (registers first if there is no identity)'
+            cand db 'Read the server''s database'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'securexfer;help;serve'= {
+        }
+        &'securexfer;help;register'= {
+        }
+        &'securexfer;help;send'= {
+        }
+        &'securexfer;help;db'= {
+            cand inspect 'Show clients and files, read-only (safe while the server runs)'
+        }
+        &'securexfer;help;db;inspect'= {
+        }
+        &'securexfer;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

@@ -1,0 +1,81 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_securexfer_global_optspecs
+    string join \n h/help V/version
+end
+
+function __fish_securexfer_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_securexfer_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_securexfer_using_subcommand
+    set -l cmd (__fish_securexfer_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c securexfer -n "__fish_securexfer_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c securexfer -n "__fish_securexfer_needs_command" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "serve" -d 'Run the storage server'
+complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "register" -d 'Make a key pair, register a name with a server and save the identity'
+complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "send" -d 'Send files to a server and verify them (registers first if there is no identity)'
+complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "db" -d 'Read the server\'s database'
+complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l listen -d 'Address to listen on. The default accepts only this machine; use 0.0.0.0 (or ::) to accept remote clients' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l port -d 'Port to listen on (0 picks a free one, printed at start-up)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l storage -d 'Directory where received files are stored, one subdirectory per client id' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l db -d 'SQLite database of clients and files' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-file-size -d 'Largest file accepted (encrypted size; suffixes K, M, G). Larger uploads are refused before anything is read. The protocol\'s own limit is 4G minus 16 bytes' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-connections -d 'Most simultaneous connections; further clients wait until one ends' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l idle-timeout -d 'Seconds a client may stay silent, between requests or in the middle of one' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l session-window -d 'Seconds after a key exchange during which a client that opens one connection per request may send and confirm files from the same IP address' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l grace -d 'Seconds transfers in flight may run on after SIGINT or SIGTERM' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l disk-reserve -d 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l strict-sessions -d 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l server -d 'Server address as HOST:PORT (default: line 1 of transfer.info)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l name -d 'Client name to register (default: line 2 of transfer.info)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l identity -d 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l connect-timeout -d 'Seconds to wait for a connection' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l timeout -d 'Seconds to wait for the server on each read or write' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l force -d 'Replace an existing identity file'
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s h -l help -d 'Print help'
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l server -d 'Server address as HOST:PORT (default: line 1 of transfer.info)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l name -d 'Client name to register (default: line 2 of transfer.info)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l identity -d 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l connect-timeout -d 'Seconds to wait for a connection' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l timeout -d 'Seconds to wait for the server on each read or write' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s q -l quiet -d 'No progress bar and no summary lines (errors are still printed)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l json -d 'Print one JSON object per file on stdout, for scripts'
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s h -l help -d 'Print help'
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect help" -s h -l help -d 'Print help'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect help" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect help" -f -a "inspect" -d 'Show clients and files, read-only (safe while the server runs)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l db -d 'The server\'s database' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l storage -d 'Storage directory, to check that recorded files are present' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l client -d 'Show only this client (name or id)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l json -d 'Print JSON instead of tables'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -s h -l help -d 'Print help'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "inspect" -d 'Show clients and files, read-only (safe while the server runs)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "serve" -d 'Run the storage server'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "register" -d 'Make a key pair, register a name with a server and save the identity'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "send" -d 'Send files to a server and verify them (registers first if there is no identity)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "db" -d 'Read the server\'s database'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and __fish_seen_subcommand_from db" -f -a "inspect" -d 'Show clients and files, read-only (safe while the server runs)'

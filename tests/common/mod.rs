@@ -1,0 +1,169 @@
+//! Test harness shared by the integration tests: runs the real `securexfer` binary.
+//!
+//! Servers listen on 127.0.0.1 with port 0; the harness reads the bound address from the
+//! start-up line and kills the process when the handle drops, so tests stop what they start.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_securexfer"))
+}
+
+/// A `securexfer` command with a clean environment for its settings.
+pub fn command() -> Command {
+    let mut cmd = Command::new(bin());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SECUREXFER_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("RUST_LOG", "info");
+    cmd
+}
+
+/// A running `securexfer serve` in its own temporary directory.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    /// Starts a server in a fresh temporary directory with extra flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let dir = temp.path().to_owned();
+        let mut server = Server::start_in(&dir, extra);
+        server._temp = Some(temp);
+        server
+    }
+
+    /// Starts a server whose storage and database live in `dir` (kept by the caller, so a
+    /// test can restart a server on the same state).
+    pub fn start_in(dir: &Path, extra: &[&str]) -> Server {
+        let mut cmd = command();
+        cmd.current_dir(dir)
+            .args(["serve", "--port", "0", "--storage", "storage", "--db", "server.db"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start securexfer serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read start-up line");
+        let addr: SocketAddr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in start-up line {line:?}"));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().expect("stderr");
+        let sink = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stderr.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Server { child, addr, dir: dir.to_owned(), _temp: None, log }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The storage directory.
+    pub fn storage(&self) -> PathBuf {
+        self.dir.join("storage")
+    }
+
+    /// The database file.
+    pub fn db(&self) -> PathBuf {
+        self.dir.join("server.db")
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits (up to `timeout`) for a clean exit; returns its status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        wait_timeout(&mut self.child, timeout)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for a child up to `timeout`.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Runs `securexfer ARGS` in `dir` and returns its output.
+pub fn run_in(dir: &Path, args: &[&str]) -> Output {
+    command()
+        .current_dir(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run securexfer")
+}
+
+/// Deterministic pseudo-random bytes (xorshift), for test files.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Where the shared captures are, or `None` (after saying so) when they are absent.
+pub fn captures_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/captures");
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("SKIPPED: {} not found (CI always has it)", dir.display());
+        None
+    }
+}
