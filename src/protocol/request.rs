@@ -259,13 +259,13 @@ pub struct DecodedRequest {
 pub fn decode_request(buf: &[u8], max_content: u32) -> Result<DecodedRequest, DecodeError> {
     let header_bytes: &[u8; REQUEST_HEADER_LEN] = buf
         .get(..REQUEST_HEADER_LEN)
-        .ok_or(DecodeError::Incomplete { needed: REQUEST_HEADER_LEN - buf.len() })?
+        .ok_or_else(|| DecodeError::Incomplete { needed: REQUEST_HEADER_LEN - buf.len() })?
         .try_into()
         .expect("sliced to length");
     let header = RequestHeader::decode(header_bytes)?;
     let fixed_len = header.code.fixed_payload_len().unwrap_or(FILE_HEADER_LEN as u32) as usize;
     let payload_end = REQUEST_HEADER_LEN + fixed_len;
-    let payload = buf.get(REQUEST_HEADER_LEN..payload_end).ok_or(DecodeError::Incomplete {
+    let payload = buf.get(REQUEST_HEADER_LEN..payload_end).ok_or_else(|| DecodeError::Incomplete {
         needed: payload_end - buf.len(),
     })?;
     let request = Request::decode_payload(header.code, payload)?;

@@ -207,14 +207,14 @@ pub fn decode_response_payload(
 pub fn decode_response(buf: &[u8]) -> Result<(ResponseHeader, Response, usize), DecodeError> {
     let header_bytes: &[u8; RESPONSE_HEADER_LEN] = buf
         .get(..RESPONSE_HEADER_LEN)
-        .ok_or(DecodeError::Incomplete { needed: RESPONSE_HEADER_LEN - buf.len() })?
+        .ok_or_else(|| DecodeError::Incomplete { needed: RESPONSE_HEADER_LEN - buf.len() })?
         .try_into()
         .expect("sliced to length");
     let header = ResponseHeader::decode(header_bytes)?;
     let end = RESPONSE_HEADER_LEN + header.payload_size as usize;
     let payload = buf
         .get(RESPONSE_HEADER_LEN..end)
-        .ok_or(DecodeError::Incomplete { needed: end - buf.len() })?;
+        .ok_or_else(|| DecodeError::Incomplete { needed: end - buf.len() })?;
     let response = decode_response_payload(&header, payload)?;
     Ok((header, response, end))
 }
