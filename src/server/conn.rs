@@ -8,7 +8,7 @@
 //! | 1025 register | always |
 //! | 1026 public key | the id was registered on this connection, or (non-strict) from this IP within the window, and has no key yet (or this same key) |
 //! | 1027 reconnect | always (the answer is encrypted to the stored key) |
-//! | 1028 file | a session for the id: made on this connection, or (non-strict) the latest one from this IP within the window |
+//! | 1028 file | a session for the id: made on this connection, or (non-strict, on a connection with no key exchange of its own) the latest one from this IP within the window |
 //! | 1029/1030/1031 | as 1028, and an upload of that file name waits in the session |
 //!
 //! Anything else gets 2107. A request whose bytes cannot be trusted for framing (a bad
@@ -76,11 +76,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Serves requests until the peer leaves, misbehaves, or the server shuts down.
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        // After a 1030 the resend is part of the same transfer.
+        let mut resend_due = false;
         loop {
-            let header = tokio::select! {
-                biased;
-                _ = shutdown.changed() => break,
-                h = self.read_header() => h,
+            // A transfer under way (an upload awaiting its verdict, or an announced resend)
+            // goes on through a shutdown, within the grace period; anything else stops.
+            let in_transfer = resend_due || self.awaits_verdict();
+            if *shutdown.borrow() && !in_transfer {
+                break;
+            }
+            let header = if in_transfer {
+                self.read_header().await
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break,
+                    h = self.read_header() => h,
+                }
             };
             let next = match header {
                 Ok(Some(bytes)) => self.handle(bytes).await,
@@ -90,6 +102,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     break;
                 }
             };
+            resend_due = matches!(next, Ok(Next::Silent));
             let (response, close) = match next {
                 Ok(Next::Reply(r)) => (Some(r), false),
                 Ok(Next::Silent) => (None, false),
@@ -105,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     break;
                 }
             }
-            if close || *shutdown.borrow() {
+            if close {
                 break;
             }
         }
@@ -116,6 +129,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 info!(dropped, "connection closed with unconfirmed uploads; they were deleted");
             }
         }
+    }
+
+    /// Whether an upload that arrived on this connection waits for the client's verdict.
+    fn awaits_verdict(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.has_pending_of(self.conn_id))
     }
 
     /// The next header, or `None` when the peer closed cleanly between requests.
@@ -229,8 +247,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// The session that may act for `id` on this connection.
     fn authorize(&self, id: ClientId) -> Result<Arc<Session>, Refused> {
-        if let Some(session) = self.session.as_ref().filter(|s| s.id == id) {
-            return Ok(Arc::clone(session));
+        if let Some(session) = &self.session {
+            if session.id == id {
+                return Ok(Arc::clone(session));
+            }
+            // A connection that made a key exchange as one client never acts for another,
+            // even one whose session from this address is still in the window.
+            return Err(refuse(format!(
+                "this connection's key exchange was for client {}, not {id}",
+                session.id
+            )));
         }
         self.shared.sessions.find(id, self.peer.ip()).ok_or_else(|| {
             refuse(format!(
@@ -276,7 +302,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let same_key = record.public_key.as_deref() == Some(&field.0[..]);
         let may_register = self.registered_here == Some(id)
             || self.shared.sessions.registered_recently(id, self.peer.ip());
-        if !same_key && !(record.public_key.is_none() && may_register) {
+        let first_key = record.public_key.is_none() && may_register;
+        if !(same_key || first_key) {
             return Err(refuse(format!(
                 "client {id} may not set its public key here: it was not registered on this \
                  connection or address, or already has a different key"

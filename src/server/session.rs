@@ -85,6 +85,11 @@ impl Session {
         lock(&self.pending).contains_key(file_name)
     }
 
+    /// Whether an upload that arrived on `conn` waits for its verdict.
+    pub fn has_pending_of(&self, conn: u64) -> bool {
+        lock(&self.pending).values().any(|p| p.conn == conn)
+    }
+
     /// Deletes the unconfirmed uploads that arrived on `conn`.
     pub fn drop_pending_of(&self, conn: u64) -> usize {
         let mut pending = lock(&self.pending);

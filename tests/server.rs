@@ -1,0 +1,1433 @@
+//! `securexfer serve` against raw protocol bytes: the real binary (started by
+//! `common::Server` on port 0) spoken to over plain `std::net::TcpStream`s, with requests
+//! built from the library's codec and crypto.
+//!
+//! Happy paths, the variants of existing clients, the session rules, hostile peers (each
+//! followed by a normal transfer that must still work), a hundred clients at once, a crash
+//! and a graceful shutdown in the middle of an upload, the recorded captures of existing
+//! clients, and an independent Python client. Every test checks what the server answered
+//! and what it left behind: bytes under `storage/<id hex>/`, rows in `server.db`.
+
+mod common;
+
+use common::Server;
+use securexfer::crypto::aes::{decrypt_to_vec, encrypt_to_vec};
+use securexfer::crypto::{AesKey, Cksum, PrivateKey, random_bytes};
+use securexfer::protocol::{
+    CLIENT_ID_LEN, ClientId, FILE_HEADER_LEN, FileHeader, FixedName, NAME_LEN, PUBLIC_KEY_LEN,
+    REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN, Request, RequestCode, Response, ResponseCode,
+    ResponseHeader, TEMP_PREFIX, VERSION, decode_request, decode_response_payload, encode_request,
+    storage_name,
+};
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long a test waits for the server before calling it stuck.
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------
+// Raw bytes on a socket
+
+fn connect(server: &Server) -> TcpStream {
+    let stream = TcpStream::connect(server.addr)
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", server.addr));
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    stream.set_write_timeout(Some(WAIT)).expect("write timeout");
+    stream
+}
+
+/// A request with every header field chosen by the caller: to copy a client's quirks, or
+/// to lie.
+fn frame(id: ClientId, version: u8, code: u16, payload_size: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = id.0.to_vec();
+    out.push(version);
+    out.extend_from_slice(&code.to_le_bytes());
+    out.extend_from_slice(&payload_size.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A 255-byte name field holding exactly `text`, then zeros (no terminator if it fills
+/// the field).
+fn name_field(text: &[u8]) -> Vec<u8> {
+    let mut field = text.to_vec();
+    field.resize(NAME_LEN, 0);
+    field
+}
+
+/// The 259 bytes that start a 1028 payload: content size and file name.
+fn file_header(content_size: u32, name: &[u8]) -> Vec<u8> {
+    let mut out = content_size.to_le_bytes().to_vec();
+    out.extend_from_slice(&name_field(name));
+    out
+}
+
+/// The header and 259-byte file header of a 1028 in the spec's layout, without content.
+fn send_file_head(id: ClientId, content_size: u32, name: &[u8]) -> Vec<u8> {
+    let payload_size = FILE_HEADER_LEN as u32 + content_size;
+    frame(id, VERSION, 1028, payload_size, &file_header(content_size, name))
+}
+
+/// The next response, or `None` when the server closed the connection instead.
+fn try_read_response(stream: &mut TcpStream) -> io::Result<Option<Response>> {
+    let mut header = [0u8; RESPONSE_HEADER_LEN];
+    match stream.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    }
+    let header = ResponseHeader::decode(&header).expect("the server sends valid response headers");
+    assert_eq!(header.version, VERSION, "the server always answers with version 3");
+    let mut payload = vec![0u8; header.payload_size as usize];
+    stream.read_exact(&mut payload)?;
+    let response = decode_response_payload(&header, &payload).expect("a valid response payload");
+    Ok(Some(response))
+}
+
+fn read_response(stream: &mut TcpStream) -> Response {
+    try_read_response(stream)
+        .expect("reading a response")
+        .expect("the server closed the connection instead of answering")
+}
+
+/// Reads the next response and asserts its code.
+fn expect(stream: &mut TcpStream, code: ResponseCode) -> Response {
+    let response = read_response(stream);
+    assert_eq!(response.code(), code, "unexpected answer: {response:?}");
+    response
+}
+
+/// Sends `bytes` and asserts the answer is 2107.
+fn expect_refused(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).expect("send request");
+    expect(stream, ResponseCode::GeneralError);
+}
+
+/// Asserts the server closes the connection (within [`WAIT`]); returns how long it took.
+fn assert_closed(stream: &mut TcpStream) -> Duration {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    match stream.read(&mut buf) {
+        Ok(0) => start.elapsed(),
+        Ok(n) => panic!("expected the connection to close, got {n} more bytes"),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => start.elapsed(),
+        Err(e) => panic!("the server did not close the connection: {e}"),
+    }
+}
+
+/// Asserts nothing arrives on `stream` for `quiet`.
+fn assert_silent(stream: &mut TcpStream, quiet: Duration) {
+    stream.set_read_timeout(Some(quiet)).expect("read timeout");
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+        other => panic!("expected silence, got {other:?}"),
+    }
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A raw client
+
+/// One RSA key for the clients that do not care which key they have (generation is slow).
+fn shared_key() -> PrivateKey {
+    static KEY: OnceLock<PrivateKey> = OnceLock::new();
+    KEY.get_or_init(PrivateKey::generate).clone()
+}
+
+/// A client that speaks the protocol one request at a time and keeps what it learns.
+struct Client {
+    name: String,
+    key: PrivateKey,
+    /// Zero until registered (or whatever a test puts in a 1025).
+    id: ClientId,
+    /// The AES key of the latest key exchange.
+    aes: Option<AesKey>,
+    /// The version byte it sends.
+    version: u8,
+}
+
+impl Client {
+    fn new(name: &str) -> Self {
+        Client::with_key(name, shared_key())
+    }
+
+    fn with_key(name: &str, key: PrivateKey) -> Self {
+        Client { name: name.to_owned(), key, id: ClientId::ZERO, aes: None, version: VERSION }
+    }
+
+    fn fixed_name(&self) -> FixedName {
+        FixedName::new(&self.name, "name").expect("a valid client name")
+    }
+
+    fn public_key_field(&self) -> Vec<u8> {
+        self.key.public_key().to_field().expect("a 160-byte key").0.to_vec()
+    }
+
+    fn aes(&self) -> AesKey {
+        self.aes.expect("a key exchange happened")
+    }
+
+    /// Sends `request` under this client's id and version byte.
+    fn send(&self, stream: &mut TcpStream, request: &Request) {
+        let mut bytes = encode_request(self.id, request);
+        bytes[CLIENT_ID_LEN] = self.version;
+        stream.write_all(&bytes).expect("send request");
+    }
+
+    /// 1025; keeps the id of a 2100.
+    fn register(&mut self, stream: &mut TcpStream) -> Response {
+        self.send(stream, &Request::Register { name: self.fixed_name() });
+        let response = read_response(stream);
+        if let Response::Registered { client_id } = response {
+            self.id = client_id;
+        }
+        response
+    }
+
+    /// 1026; keeps the AES key of a 2102.
+    fn send_public_key(&mut self, stream: &mut TcpStream) -> Response {
+        let field = self.key.public_key().to_field().expect("a 160-byte key");
+        self.send(stream, &Request::SendPublicKey { name: self.fixed_name(), public_key: field });
+        let response = read_response(stream);
+        if let Response::PublicKeyAccepted { client_id, encrypted_key } = &response {
+            assert_eq!(*client_id, self.id);
+            self.aes = Some(self.key.decrypt_aes_key(encrypted_key).expect("the AES key decrypts"));
+        }
+        response
+    }
+
+    /// 1027; keeps the AES key of a 2105.
+    fn reconnect(&mut self, stream: &mut TcpStream) -> Response {
+        self.send(stream, &Request::Reconnect { name: self.fixed_name() });
+        let response = read_response(stream);
+        if let Response::ReconnectAccepted { client_id, encrypted_key } = &response {
+            assert_eq!(*client_id, self.id);
+            self.aes = Some(self.key.decrypt_aes_key(encrypted_key).expect("the AES key decrypts"));
+        }
+        response
+    }
+
+    /// Registers and exchanges keys on `stream`, asserting both answers.
+    fn setup(name: &str, stream: &mut TcpStream) -> Self {
+        let mut client = Client::new(name);
+        client.register_and_exchange(stream);
+        client
+    }
+
+    fn register_and_exchange(&mut self, stream: &mut TcpStream) {
+        let registered = self.register(stream);
+        assert!(matches!(registered, Response::Registered { .. }), "{registered:?}");
+        let accepted = self.send_public_key(stream);
+        assert!(matches!(accepted, Response::PublicKeyAccepted { .. }), "{accepted:?}");
+    }
+
+    /// A new connection with a 1027 that must succeed.
+    fn reconnected(&mut self, server: &Server) -> TcpStream {
+        let mut stream = connect(server);
+        let response = self.reconnect(&mut stream);
+        assert_eq!(response.code(), ResponseCode::ReconnectAccepted, "{response:?}");
+        stream
+    }
+
+    /// A whole 1028 in the spec's layout: `data` encrypted with the session key.
+    fn file_request(&self, file_name: &str, data: &[u8]) -> Vec<u8> {
+        let content = encrypt_to_vec(&self.aes(), data);
+        let header = FileHeader {
+            content_size: content.len() as u32,
+            file_name: FixedName::new(file_name, "file name").expect("a valid file name"),
+        };
+        let mut bytes = encode_request(self.id, &Request::SendFile(header));
+        bytes[CLIENT_ID_LEN] = self.version;
+        bytes.extend_from_slice(&content);
+        bytes
+    }
+
+    /// 1028.
+    fn send_file(&self, stream: &mut TcpStream, file_name: &str, data: &[u8]) -> Response {
+        stream.write_all(&self.file_request(file_name, data)).expect("send 1028");
+        read_response(stream)
+    }
+
+    fn verdict(&self, stream: &mut TcpStream, code: RequestCode, file_name: &str) {
+        let file_name = FixedName::new(file_name, "file name").expect("a valid file name");
+        let request = match code {
+            RequestCode::CrcOk => Request::CrcOk { file_name },
+            RequestCode::CrcRetry => Request::CrcRetry { file_name },
+            RequestCode::CrcGiveUp => Request::CrcGiveUp { file_name },
+            other => panic!("{other} is not a verdict"),
+        };
+        self.send(stream, &request);
+    }
+
+    /// 1029.
+    fn confirm(&self, stream: &mut TcpStream, file_name: &str) -> Response {
+        self.verdict(stream, RequestCode::CrcOk, file_name);
+        read_response(stream)
+    }
+
+    /// 1028 that must be answered by a 2103 with the right fields; returns the cksum.
+    fn send_expecting_receipt(&self, stream: &mut TcpStream, file_name: &str, data: &[u8]) -> u32 {
+        let response = self.send_file(stream, file_name, data);
+        let Response::FileReceived { client_id, content_size, file_name: sent, cksum } = response
+        else {
+            panic!("expected 2103 for {file_name}, got {response:?}");
+        };
+        assert_eq!(client_id, self.id);
+        assert_eq!(content_size as usize, encrypt_to_vec(&self.aes(), data).len());
+        assert_eq!(sent.as_str(), file_name);
+        cksum
+    }
+
+    /// 1028 -> 2103 with the right cksum, 1029 -> 2104.
+    fn upload(&self, stream: &mut TcpStream, file_name: &str, data: &[u8]) {
+        let cksum = self.send_expecting_receipt(stream, file_name, data);
+        assert_eq!(cksum, Cksum::of(data), "the server's cksum of {file_name}");
+        let ack = self.confirm(stream, file_name);
+        assert_eq!(ack, Response::Acknowledged { client_id: Some(self.id) });
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// What the server left behind
+
+fn stored_path(server: &Server, id: ClientId, name: &str) -> PathBuf {
+    server.storage().join(id.to_hex()).join(name)
+}
+
+fn stored(server: &Server, id: ClientId, name: &str) -> Option<Vec<u8>> {
+    std::fs::read(stored_path(server, id, name)).ok()
+}
+
+/// Unfinished uploads (`.securexfer-part-*`) anywhere under `storage`.
+fn leftovers(storage: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(dirs) = std::fs::read_dir(storage) else { return found };
+    for dir in dirs.flatten() {
+        for entry in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Everything in one client's storage directory.
+fn client_dir_entries(server: &Server, id: ClientId) -> Vec<String> {
+    let dir = server.storage().join(id.to_hex());
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn open_db(server: &Server) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(server.db()).expect("open server.db");
+    db.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    db
+}
+
+/// A row of the `files` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileRow {
+    client: ClientId,
+    file_name: String,
+    path_name: String,
+    verified: bool,
+}
+
+fn file_rows(server: &Server) -> Vec<FileRow> {
+    let db = open_db(server);
+    let mut stmt = db
+        .prepare("SELECT ID, FileName, PathName, Verified FROM files ORDER BY FileName")
+        .expect("query files");
+    stmt.query_map([], |r| {
+        let id: Vec<u8> = r.get(0)?;
+        Ok(FileRow {
+            client: ClientId(id.try_into().expect("16-byte ids")),
+            file_name: r.get(1)?,
+            path_name: r.get(2)?,
+            verified: r.get(3)?,
+        })
+    })
+    .expect("query files")
+    .collect::<Result<_, _>>()
+    .expect("read files")
+}
+
+fn rows_of(server: &Server, id: ClientId) -> Vec<FileRow> {
+    file_rows(server).into_iter().filter(|r| r.client == id).collect()
+}
+
+/// One column of a client's row.
+fn client_column<T: rusqlite::types::FromSql>(server: &Server, id: ClientId, column: &str) -> T {
+    open_db(server)
+        .query_row(&format!("SELECT {column} FROM clients WHERE ID = ?1"), [&id.0[..]], |r| {
+            r.get(0)
+        })
+        .unwrap_or_else(|e| panic!("reading {column} of {id}: {e}"))
+}
+
+/// `securexfer db inspect --json` on the server's database.
+fn inspect(server: &Server) -> serde_json::Value {
+    let out = common::run_in(
+        &server.dir,
+        &["db", "inspect", "--db", "server.db", "--storage", "storage", "--json"],
+    );
+    assert!(out.status.success(), "db inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("db inspect prints JSON")
+}
+
+/// Asserts a stored file: the bytes on disk, and one verified row pointing at them.
+fn assert_stored_verified(server: &Server, id: ClientId, sent_name: &str, data: &[u8]) {
+    let name = storage_name(sent_name).expect("a storable name");
+    assert_eq!(stored(server, id, name).as_deref(), Some(data), "bytes of {sent_name} on disk");
+    let row = FileRow {
+        client: id,
+        file_name: sent_name.to_owned(),
+        path_name: format!("{}/{name}", id.to_hex()),
+        verified: true,
+    };
+    assert!(
+        rows_of(server, id).contains(&row),
+        "no verified row for {sent_name}: {:?}",
+        file_rows(server)
+    );
+}
+
+/// A new client on a new connection registers, sends a file and confirms it: the server
+/// still works after whatever a test did to it.
+fn assert_serves(server: &Server) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut stream = connect(server);
+    let client = Client::setup(&format!("healthy-{n}"), &mut stream);
+    let data = common::random_bytes(20_000 + n as usize, 1000 + u64::from(n));
+    client.upload(&mut stream, "after.bin", &data);
+    assert_stored_verified(server, client.id, "after.bin", &data);
+    assert!(!server.log().contains("panicked"), "the server panicked:\n{}", server.log());
+}
+
+// ---------------------------------------------------------------------------------------
+// The conversation
+
+#[test]
+fn registration_and_send_store_the_file_and_verify_it_only_after_1029() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("alice", &mut stream);
+    let data = common::random_bytes(10_000, 1);
+
+    let cksum = client.send_expecting_receipt(&mut stream, "report.bin", &data);
+    assert_eq!(cksum, Cksum::of(&data));
+    assert_eq!(stored(&server, client.id, "report.bin"), None, "not in place before 1029");
+    assert!(file_rows(&server).is_empty(), "nothing recorded before 1029");
+
+    let ack = client.confirm(&mut stream, "report.bin");
+    assert_eq!(ack, Response::Acknowledged { client_id: Some(client.id) });
+    assert_stored_verified(&server, client.id, "report.bin", &data);
+    assert_eq!(client_dir_entries(&server, client.id), ["report.bin"], "no temporary files left");
+
+    let doc = inspect(&server);
+    let clients = doc["clients"].as_array().expect("clients");
+    assert_eq!(clients.len(), 1);
+    assert_eq!(clients[0]["name"], "alice");
+    assert_eq!(clients[0]["id"], client.id.to_hex());
+    assert_eq!(clients[0]["has_public_key"], true);
+    assert_eq!(clients[0]["has_aes_key"], true);
+    let files = doc["files"].as_array().expect("files");
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0]["file_name"], "report.bin");
+    assert_eq!(files[0]["verified"], true);
+    assert_eq!(files[0]["present"], true);
+    assert_eq!(files[0]["size"], 10_000);
+    assert_eq!(files[0]["cksum"], u64::from(Cksum::of(&data)));
+}
+
+#[test]
+fn reconnection_gives_a_fresh_aes_key_each_time_and_updates_last_seen() {
+    let server = Server::start(&[]);
+    let mut first = connect(&server);
+    let mut client = Client::setup("carol", &mut first);
+    drop(first);
+    let mut keys = vec![client.aes()];
+    let old = "2000-01-01 00:00:00";
+    open_db(&server).execute("UPDATE clients SET LastSeen = ?1", [old]).expect("age LastSeen");
+
+    let stream = client.reconnected(&server);
+    keys.push(client.aes());
+    let seen: String = client_column(&server, client.id, "LastSeen");
+    assert!(seen.as_str() > old, "LastSeen was not updated by 1027: {seen}");
+
+    let mut stream2 = client.reconnected(&server);
+    keys.push(client.aes());
+    assert!(
+        keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2],
+        "every key exchange must send a new AES key"
+    );
+    let recorded: Vec<u8> = client_column(&server, client.id, "AESKey");
+    assert_eq!(recorded, keys[2], "AESKey holds the last key sent");
+
+    // The newest key is the one the server decrypts with.
+    let data = common::random_bytes(5_000, 2);
+    client.upload(&mut stream2, "again.bin", &data);
+    assert_stored_verified(&server, client.id, "again.bin", &data);
+    drop(stream);
+}
+
+#[test]
+fn the_server_sends_nothing_after_1030() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("dave", &mut stream);
+    let data = common::random_bytes(3_000, 3);
+    client.send_expecting_receipt(&mut stream, "quiet.bin", &data);
+    client.verdict(&mut stream, RequestCode::CrcRetry, "quiet.bin");
+    assert_silent(&mut stream, Duration::from_millis(500));
+    // The next thing on the wire is the resend's 2103, not a 2104 for the 1030.
+    client.upload(&mut stream, "quiet.bin", &data);
+    assert_stored_verified(&server, client.id, "quiet.bin", &data);
+}
+
+#[test]
+fn a_resend_after_1030_replaces_the_upload_and_only_1029_verifies_it() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("erin", &mut stream);
+    let good = common::random_bytes(40_000, 4);
+    let mut damaged = good.clone();
+    damaged[100] ^= 0xff;
+
+    let cksum = client.send_expecting_receipt(&mut stream, "doc.bin", &damaged);
+    assert_ne!(cksum, Cksum::of(&good), "the first send arrived damaged");
+    client.verdict(&mut stream, RequestCode::CrcRetry, "doc.bin");
+    assert!(file_rows(&server).is_empty(), "a 1030 records nothing");
+
+    let cksum = client.send_expecting_receipt(&mut stream, "doc.bin", &good);
+    assert_eq!(cksum, Cksum::of(&good));
+    assert!(file_rows(&server).is_empty(), "a 2103 records nothing");
+    let ack = client.confirm(&mut stream, "doc.bin");
+    assert_eq!(ack, Response::Acknowledged { client_id: Some(client.id) });
+
+    assert_stored_verified(&server, client.id, "doc.bin", &good);
+    assert_eq!(rows_of(&server, client.id).len(), 1);
+    assert_eq!(client_dir_entries(&server, client.id), ["doc.bin"]);
+}
+
+#[test]
+fn giving_up_with_1031_stores_nothing_and_verifies_nothing() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("frank", &mut stream);
+    let good = common::random_bytes(20_000, 5);
+    let mut damaged = good.clone();
+    damaged[0] ^= 1;
+
+    for send in 1..=4 {
+        let cksum = client.send_expecting_receipt(&mut stream, "bad.bin", &damaged);
+        assert_ne!(cksum, Cksum::of(&good));
+        let verdict = if send < 4 { RequestCode::CrcRetry } else { RequestCode::CrcGiveUp };
+        client.verdict(&mut stream, verdict, "bad.bin");
+    }
+    let ack = read_response(&mut stream);
+    assert_eq!(ack, Response::Acknowledged { client_id: Some(client.id) });
+
+    assert_eq!(stored(&server, client.id, "bad.bin"), None);
+    assert!(leftovers(&server.storage()).is_empty());
+    assert!(rows_of(&server, client.id).iter().all(|r| !r.verified), "{:?}", file_rows(&server));
+    let doc = inspect(&server);
+    assert!(doc["files"].as_array().expect("files").iter().all(|f| f["verified"] == false));
+
+    // Giving up does not block a later successful send of the same name.
+    client.upload(&mut stream, "bad.bin", &good);
+    assert_stored_verified(&server, client.id, "bad.bin", &good);
+    assert_eq!(rows_of(&server, client.id).len(), 1);
+}
+
+#[test]
+fn a_taken_name_is_refused_with_2101() {
+    let server = Server::start(&[]);
+    let mut first = connect(&server);
+    let owner = Client::setup("bob", &mut first);
+
+    let mut second = connect(&server);
+    let mut other = Client::new("bob");
+    assert_eq!(other.register(&mut second), Response::RegistrationFailed);
+
+    let db = open_db(&server);
+    let ids: Vec<Vec<u8>> = db
+        .prepare("SELECT ID FROM clients WHERE Name = 'bob'")
+        .expect("query")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(ids, [owner.id.0.to_vec()], "the first owner keeps the name");
+}
+
+#[test]
+fn a_reconnect_for_an_unknown_name_or_id_is_denied_with_2106() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let mut stranger = Client::new("nobody");
+    stranger.id = ClientId(random_bytes());
+    assert_eq!(
+        stranger.reconnect(&mut stream),
+        Response::ReconnectDenied { client_id: Some(stranger.id) }
+    );
+
+    // A known name under another id is denied too.
+    let mut other = connect(&server);
+    let real = Client::setup("known", &mut other);
+    let mut impostor = Client::new("known");
+    impostor.id = ClientId(random_bytes());
+    assert_eq!(
+        impostor.reconnect(&mut stream),
+        Response::ReconnectDenied { client_id: Some(impostor.id) }
+    );
+    let count: i64 = open_db(&server)
+        .query_row("SELECT count(*) FROM clients", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(count, 1, "denied reconnects record nothing");
+    assert!(real.aes.is_some());
+}
+
+// ---------------------------------------------------------------------------------------
+// Variants of existing clients
+
+#[test]
+fn any_client_version_byte_is_accepted_and_answered_with_version_3() {
+    let server = Server::start(&[]);
+    for version in [1u8, 2, 0, 255] {
+        let mut stream = connect(&server);
+        let mut client = Client::new(&format!("v{version}"));
+        client.version = version;
+        client.register_and_exchange(&mut stream);
+        let data = common::random_bytes(1_000 + usize::from(version), u64::from(version));
+        // read_response asserts version 3 on every answer.
+        client.upload(&mut stream, "versioned.bin", &data);
+        assert_stored_verified(&server, client.id, "versioned.bin", &data);
+    }
+}
+
+#[test]
+fn a_1025_with_0xaa_client_id_registers() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let mut client = Client::new("aa-client");
+    client.id = ClientId([0xAA; 16]);
+    client.register_and_exchange(&mut stream);
+    assert_ne!(client.id, ClientId([0xAA; 16]), "the server gives a new id");
+    let data = common::random_bytes(2_000, 6);
+    client.upload(&mut stream, "aa.bin", &data);
+    assert_stored_verified(&server, client.id, "aa.bin", &data);
+}
+
+#[test]
+fn a_1028_with_the_259_byte_payload_size_is_accepted_and_the_stream_stays_in_step() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("tomer-like", &mut stream);
+    for (name, seed) in [("short1.bin", 7), ("short2.bin", 8)] {
+        let data = common::random_bytes(4_096, seed);
+        let content = encrypt_to_vec(&client.aes(), &data);
+        let mut bytes = frame(
+            client.id,
+            VERSION,
+            1028,
+            FILE_HEADER_LEN as u32,
+            &file_header(content.len() as u32, name.as_bytes()),
+        );
+        bytes.extend_from_slice(&content);
+        stream.write_all(&bytes).expect("send");
+        let Response::FileReceived { cksum, content_size, .. } =
+            expect(&mut stream, ResponseCode::FileReceived)
+        else {
+            unreachable!()
+        };
+        assert_eq!((cksum, content_size as usize), (Cksum::of(&data), content.len()));
+        assert_eq!(client.confirm(&mut stream, name).code(), ResponseCode::Acknowledged);
+        assert_stored_verified(&server, client.id, name, &data);
+    }
+}
+
+#[test]
+fn full_path_and_traversal_file_names_are_stored_under_their_last_component() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("paths", &mut stream);
+    let names = [
+        ("C:\\dir\\f.txt", "f.txt"),
+        ("/home/u/f2.txt", "f2.txt"),
+        ("../../escape.txt", "escape.txt"),
+        ("..\\..\\win.txt", "win.txt"),
+        ("/etc/abs.txt", "abs.txt"),
+    ];
+    for (i, (sent, kept)) in names.iter().enumerate() {
+        let data = common::random_bytes(500 + i, 10 + i as u64);
+        client.upload(&mut stream, sent, &data);
+        assert_eq!(stored(&server, client.id, kept).as_deref(), Some(&data[..]), "{sent}");
+        assert_stored_verified(&server, client.id, sent, &data);
+    }
+    let kept: Vec<&str> = names.iter().map(|(_, k)| *k).collect();
+    let mut sorted = kept.clone();
+    sorted.sort();
+    assert_eq!(client_dir_entries(&server, client.id), sorted);
+    for escaped in ["escape.txt", "win.txt", "abs.txt"] {
+        assert!(!server.storage().join(escaped).exists());
+        assert!(!server.dir.join(escaped).exists());
+    }
+    drop(stream);
+    assert_serves(&server);
+}
+
+#[test]
+fn dot_dot_dot_and_empty_file_names_are_refused() {
+    let server = Server::start(&[]);
+    let mut setup = connect(&server);
+    let mut client = Client::setup("dots", &mut setup);
+    for name in ["..", ".", "", "dir/..", "C:\\dir\\.", "dir/", "a\\"] {
+        let mut stream = client.reconnected(&server);
+        // Refused before the content is read: the header alone gets the answer.
+        expect_refused(&mut stream, &send_file_head(client.id, 32, name.as_bytes()));
+        assert_closed(&mut stream);
+    }
+    assert_eq!(client_dir_entries(&server, client.id), Vec::<String>::new());
+    assert!(file_rows(&server).is_empty());
+    assert_serves(&server);
+}
+
+#[test]
+fn one_connection_per_request_client_completes_its_transfer() {
+    let server = Server::start(&[]);
+    let mut client = Client::new("dor-like");
+    client.version = 1;
+    let data = common::random_bytes(4_096, 12);
+
+    let mut c1 = connect(&server);
+    assert_eq!(client.register(&mut c1).code(), ResponseCode::Registered);
+    drop(c1);
+    let mut c2 = connect(&server);
+    assert_eq!(client.send_public_key(&mut c2).code(), ResponseCode::PublicKeyAccepted);
+    drop(c2);
+    let mut c3 = connect(&server);
+    assert_eq!(client.send_expecting_receipt(&mut c3, "small.bin", &data), Cksum::of(&data));
+    drop(c3);
+    let mut c4 = connect(&server);
+    assert_eq!(
+        client.confirm(&mut c4, "small.bin"),
+        Response::Acknowledged { client_id: Some(client.id) }
+    );
+    drop(c4);
+    assert_stored_verified(&server, client.id, "small.bin", &data);
+}
+
+// ---------------------------------------------------------------------------------------
+// Who may act for a client id
+
+#[test]
+fn strict_sessions_refuse_a_stranger_that_knows_a_client_id() {
+    let server = Server::start(&["--strict-sessions"]);
+    let mut own = connect(&server);
+    let client = Client::setup("strict", &mut own);
+    let data = common::random_bytes(8_000, 13);
+    client.send_expecting_receipt(&mut own, "mine.bin", &data);
+
+    // Same address, knows the id, did no key exchange: 1029 and 1028 are refused.
+    let mut stranger = connect(&server);
+    client.verdict(&mut stranger, RequestCode::CrcOk, "mine.bin");
+    expect(&mut stranger, ResponseCode::GeneralError);
+    assert!(file_rows(&server).is_empty(), "the stranger confirmed nothing");
+    let mut stranger2 = connect(&server);
+    expect_refused(&mut stranger2, &send_file_head(client.id, 16, b"theirs.bin"));
+    assert_closed(&mut stranger2);
+
+    // The owning connection goes on.
+    assert_eq!(client.confirm(&mut own, "mine.bin").code(), ResponseCode::Acknowledged);
+    assert_stored_verified(&server, client.id, "mine.bin", &data);
+    assert_eq!(client_dir_entries(&server, client.id), ["mine.bin"]);
+}
+
+#[test]
+fn by_default_a_new_connection_from_the_same_address_may_go_on_within_the_window() {
+    let server = Server::start(&[]);
+    let mut own = connect(&server);
+    let client = Client::setup("relaxed", &mut own);
+    drop(own);
+    // The documented tradeoff: without --strict-sessions, a new connection from the
+    // client's address within the window acts for it.
+    let data = common::random_bytes(8_000, 14);
+    let mut send = connect(&server);
+    client.send_expecting_receipt(&mut send, "later.bin", &data);
+    drop(send);
+    let mut confirm = connect(&server);
+    assert_eq!(client.confirm(&mut confirm, "later.bin").code(), ResponseCode::Acknowledged);
+    assert_stored_verified(&server, client.id, "later.bin", &data);
+}
+
+#[test]
+fn after_the_session_window_a_new_connection_is_refused() {
+    let server = Server::start(&["--session-window", "1"]);
+    let mut own = connect(&server);
+    let client = Client::setup("windowed", &mut own);
+    std::thread::sleep(Duration::from_millis(2_100));
+
+    let mut late = connect(&server);
+    expect_refused(&mut late, &send_file_head(client.id, 16, b"late.bin"));
+    assert_closed(&mut late);
+    assert_eq!(client_dir_entries(&server, client.id), Vec::<String>::new());
+
+    // The connection that made the key exchange is not bound by the window.
+    let data = common::random_bytes(1_000, 15);
+    client.upload(&mut own, "own.bin", &data);
+    assert_stored_verified(&server, client.id, "own.bin", &data);
+}
+
+#[test]
+fn one_client_cannot_confirm_or_send_for_another() {
+    let server = Server::start(&[]);
+    let mut conn_a = connect(&server);
+    let alice = Client::setup("alice", &mut conn_a);
+    let alice_data = common::random_bytes(6_000, 16);
+    alice.send_expecting_receipt(&mut conn_a, "a.bin", &alice_data);
+
+    let mut conn_b = connect(&server);
+    let bob = Client::setup("bob", &mut conn_b);
+    let bob_data = common::random_bytes(6_000, 17);
+    bob.upload(&mut conn_b, "a.bin", &bob_data);
+    assert_stored_verified(&server, bob.id, "a.bin", &bob_data);
+    assert_eq!(stored(&server, alice.id, "a.bin"), None, "bob's file never lands in alice's dir");
+
+    // Bob, on his own session, confirms with alice's id: refused.
+    let mut as_alice = Client::new("alice");
+    as_alice.id = alice.id;
+    as_alice.verdict(&mut conn_b, RequestCode::CrcOk, "a.bin");
+    expect(&mut conn_b, ResponseCode::GeneralError);
+    assert_eq!(stored(&server, alice.id, "a.bin"), None);
+    assert!(rows_of(&server, alice.id).is_empty(), "nothing confirmed for alice");
+    // ... and sends under alice's id: refused before the content.
+    expect_refused(&mut conn_b, &send_file_head(alice.id, 16, b"a.bin"));
+    assert_closed(&mut conn_b);
+
+    // Alice's own confirmation stores her bytes, not bob's.
+    assert_eq!(alice.confirm(&mut conn_a, "a.bin").code(), ResponseCode::Acknowledged);
+    assert_stored_verified(&server, alice.id, "a.bin", &alice_data);
+    assert_eq!(stored(&server, bob.id, "a.bin").as_deref(), Some(&bob_data[..]));
+}
+
+#[test]
+fn a_1026_cannot_replace_a_different_public_key() {
+    let server = Server::start(&[]);
+    let mut own = connect(&server);
+    let mut client = Client::setup("keyed", &mut own);
+    let original: Vec<u8> = client_column(&server, client.id, "PublicKey");
+    assert_eq!(original, client.public_key_field());
+
+    let mut attacker = Client::with_key("keyed", PrivateKey::generate());
+    attacker.id = client.id;
+    for stream in [&mut connect(&server), &mut own] {
+        let response = attacker.send_public_key(stream);
+        assert_eq!(response, Response::GeneralError);
+    }
+    let kept: Vec<u8> = client_column(&server, client.id, "PublicKey");
+    assert_eq!(kept, original, "the stored key is unchanged");
+
+    // The same key again is fine, and the owner still reconnects with it.
+    assert_eq!(
+        client.send_public_key(&mut connect(&server)).code(),
+        ResponseCode::PublicKeyAccepted
+    );
+    let mut again = client.reconnected(&server);
+    let data = common::random_bytes(900, 18);
+    client.upload(&mut again, "k.bin", &data);
+    assert_stored_verified(&server, client.id, "k.bin", &data);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile input: each is refused, and the server goes on serving others
+
+#[test]
+fn an_unknown_request_code_gets_2107_and_the_connection_carries_on() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    expect_refused(&mut stream, &frame(ClientId::ZERO, VERSION, 1099, 10, &[7; 10]));
+    // Same connection, still in step.
+    let mut client = Client::new("after-unknown");
+    client.register_and_exchange(&mut stream);
+    let data = common::random_bytes(700, 19);
+    client.upload(&mut stream, "u.bin", &data);
+    assert_stored_verified(&server, client.id, "u.bin", &data);
+    assert_serves(&server);
+}
+
+#[test]
+fn a_fixed_size_request_with_the_wrong_payload_size_is_refused_and_closed() {
+    let server = Server::start(&[]);
+    for (code, size) in [(1025u16, 254u32), (1027, 256), (1029, 0), (1026, 255)] {
+        let mut stream = connect(&server);
+        let payload = vec![b'x'; size as usize];
+        expect_refused(&mut stream, &frame(ClientId::ZERO, VERSION, code, size, &payload));
+        assert_closed(&mut stream);
+    }
+    assert_eq!(
+        open_db(&server)
+            .query_row("SELECT count(*) FROM clients", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        0
+    );
+    assert_serves(&server);
+}
+
+#[test]
+fn a_1028_whose_payload_size_disagrees_with_its_content_size_is_refused() {
+    let server = Server::start(&[]);
+    let mut setup = connect(&server);
+    let mut client = Client::setup("liar", &mut setup);
+    let fh = FILE_HEADER_LEN as u32;
+    // (payload size, content size): neither the spec layout nor the 259-byte variant.
+    for (payload_size, content_size) in
+        [(fh + 32, 64), (fh + 64, 32), (fh + 16, 0), (fh, 0), (fh - 1, 16), (u32::MAX, 32)]
+    {
+        let mut stream = client.reconnected(&server);
+        let bytes =
+            frame(client.id, VERSION, 1028, payload_size, &file_header(content_size, b"lie.bin"));
+        expect_refused(&mut stream, &bytes);
+        assert_closed(&mut stream);
+    }
+    assert_eq!(client_dir_entries(&server, client.id), Vec::<String>::new());
+    assert!(file_rows(&server).is_empty());
+    assert_serves(&server);
+}
+
+#[test]
+fn content_over_the_max_file_size_is_refused_before_it_is_read() {
+    let server = Server::start(&["--max-file-size", "1M"]);
+    let mut stream = connect(&server);
+    let client = Client::setup("big", &mut stream);
+    // Only the header goes out: the 2107 must come without the 2 MiB of content.
+    expect_refused(&mut stream, &send_file_head(client.id, 2 << 20, b"huge.bin"));
+    assert_closed(&mut stream);
+    assert_eq!(client_dir_entries(&server, client.id), Vec::<String>::new());
+    assert!(file_rows(&server).is_empty());
+
+    // Up to the limit is fine.
+    let mut stream = connect(&server);
+    let mut client = Client::new("just-fits");
+    client.register_and_exchange(&mut stream);
+    let data = common::random_bytes((1 << 20) - 1, 20);
+    client.upload(&mut stream, "fits.bin", &data);
+    assert_stored_verified(&server, client.id, "fits.bin", &data);
+}
+
+#[test]
+fn content_that_is_not_a_multiple_of_16_is_refused() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("ragged", &mut stream);
+    expect_refused(&mut stream, &send_file_head(client.id, 100, b"ragged.bin"));
+    assert_closed(&mut stream);
+    assert_eq!(client_dir_entries(&server, client.id), Vec::<String>::new());
+    assert!(file_rows(&server).is_empty());
+    assert_serves(&server);
+}
+
+#[test]
+fn content_under_the_wrong_aes_key_is_refused_and_nothing_is_stored() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("wrong-key", &mut stream);
+    let data = common::random_bytes(5_000, 21);
+    // A wrong key whose content certainly has bad padding under the session key.
+    let content = loop {
+        let wrong: AesKey = random_bytes();
+        let content = encrypt_to_vec(&wrong, &data);
+        if decrypt_to_vec(&client.aes(), &content).is_err() {
+            break content;
+        }
+    };
+    let mut bytes = send_file_head(client.id, content.len() as u32, b"garbled.bin");
+    bytes.extend_from_slice(&content);
+    expect_refused(&mut stream, &bytes);
+    assert_eq!(
+        client_dir_entries(&server, client.id),
+        Vec::<String>::new(),
+        "no file, no temp file"
+    );
+    assert!(file_rows(&server).is_empty());
+
+    // The content was read to its end, so the same connection goes on.
+    client.upload(&mut stream, "garbled.bin", &data);
+    assert_stored_verified(&server, client.id, "garbled.bin", &data);
+    assert_serves(&server);
+}
+
+#[test]
+fn names_without_a_terminator_are_refused() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let unterminated = [b'n'; NAME_LEN];
+    expect_refused(
+        &mut stream,
+        &frame(ClientId::ZERO, VERSION, 1025, NAME_LEN as u32, &unterminated),
+    );
+    // A fixed-size request stays in step: the same connection registers normally.
+    let mut client = Client::new("terminated");
+    client.register_and_exchange(&mut stream);
+
+    let head = frame(
+        client.id,
+        VERSION,
+        1028,
+        FILE_HEADER_LEN as u32 + 16,
+        &[&16u32.to_le_bytes()[..], &unterminated].concat(),
+    );
+    expect_refused(&mut stream, &head);
+    assert_closed(&mut stream);
+    assert_eq!(client_dir_entries(&server, client.id), Vec::<String>::new());
+    let count: i64 =
+        open_db(&server).query_row("SELECT count(*) FROM clients", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 1, "only the terminated name registered");
+    assert_serves(&server);
+}
+
+#[test]
+fn a_garbage_public_key_is_refused() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let mut client = Client::new("garbage-key");
+    assert_eq!(client.register(&mut stream).code(), ResponseCode::Registered);
+    let mut payload = client.fixed_name().encode().to_vec();
+    payload.extend_from_slice(&random_bytes::<PUBLIC_KEY_LEN>());
+    expect_refused(
+        &mut stream,
+        &frame(client.id, VERSION, 1026, (NAME_LEN + PUBLIC_KEY_LEN) as u32, &payload),
+    );
+    let key: Option<Vec<u8>> = client_column(&server, client.id, "PublicKey");
+    assert_eq!(key, None, "nothing stored for a garbage key");
+    let aes: Option<Vec<u8>> = client_column(&server, client.id, "AESKey");
+    assert_eq!(aes, None);
+    // The client can still send a real key on the same connection.
+    assert_eq!(client.send_public_key(&mut stream).code(), ResponseCode::PublicKeyAccepted);
+    assert_serves(&server);
+}
+
+#[test]
+fn a_peer_that_stops_sending_is_disconnected_after_the_idle_timeout() {
+    let server = Server::start(&["--idle-timeout", "1"]);
+    // Silent in the middle of a header.
+    let mut stream = connect(&server);
+    stream.write_all(&[0u8; 10]).expect("send");
+    let waited = assert_closed(&mut stream);
+    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(5), "{waited:?}");
+
+    // Silent in the middle of a 1025 payload.
+    let mut stream = connect(&server);
+    stream
+        .write_all(&frame(ClientId::ZERO, VERSION, 1025, NAME_LEN as u32, b"half"))
+        .expect("send");
+    assert_closed(&mut stream);
+
+    // Silent in the middle of a file's content: 2107, closed, no partial file left.
+    let mut stream = connect(&server);
+    let client = Client::setup("stalls", &mut stream);
+    let request = client.file_request("stalled.bin", &common::random_bytes(100_000, 22));
+    stream.write_all(&request[..request.len() / 2]).expect("send half");
+    expect(&mut stream, ResponseCode::GeneralError);
+    assert_closed(&mut stream);
+    wait_until("the partial upload to be deleted", || leftovers(&server.storage()).is_empty());
+    assert!(file_rows(&server).is_empty());
+    assert_serves(&server);
+}
+
+#[test]
+fn idle_connections_beyond_max_connections_do_not_stop_the_server() {
+    let mut server = Server::start(&["--max-connections", "5", "--idle-timeout", "1"]);
+    let mut idle: Vec<TcpStream> = (0..12).map(|_| connect(&server)).collect();
+    // Served once the idle ones time out and free their slots.
+    let start = Instant::now();
+    assert_serves(&server);
+    assert!(start.elapsed() < Duration::from_secs(15));
+    for stream in &mut idle {
+        assert_closed(stream);
+    }
+    assert!(server.child.try_wait().expect("try_wait").is_none(), "the server is still running");
+    assert_serves(&server);
+}
+
+#[test]
+fn a_full_disk_refuses_uploads_and_records_nothing() {
+    let server = Server::start(&["--disk-reserve", "100000G"]);
+    let mut stream = connect(&server);
+    let client = Client::setup("no-room", &mut stream);
+    // The free-space check comes before the content is read.
+    expect_refused(&mut stream, &send_file_head(client.id, 4_112, b"nowhere.bin"));
+    assert_closed(&mut stream);
+    assert_eq!(client_dir_entries(&server, client.id), Vec::<String>::new());
+    assert!(file_rows(&server).is_empty());
+    assert!(leftovers(&server.storage()).is_empty());
+    // Everything that needs no disk space still works.
+    let mut again = connect(&server);
+    let mut other = Client::new("still-registers");
+    other.register_and_exchange(&mut again);
+}
+
+#[test]
+fn a_truncated_header_then_close_leaves_the_server_serving() {
+    let mut server = Server::start(&[]);
+    for len in [1, 10, REQUEST_HEADER_LEN - 1] {
+        let mut stream = connect(&server);
+        stream.write_all(&common::random_bytes(len, len as u64)).expect("send");
+        drop(stream);
+    }
+    assert_serves(&server);
+    assert!(server.child.try_wait().expect("try_wait").is_none(), "the server is still running");
+}
+
+#[test]
+fn random_garbage_leaves_the_server_serving() {
+    let mut server = Server::start(&[]);
+    for seed in 0..8u64 {
+        let mut stream = connect(&server);
+        // The server may close early; what matters is that it survives.
+        let _ = stream.write_all(&common::random_bytes(4_096, 0xbad + seed));
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut sink = Vec::new();
+        let _ = stream.read_to_end(&mut sink);
+    }
+    assert_serves(&server);
+    assert!(server.child.try_wait().expect("try_wait").is_none(), "the server is still running");
+    assert!(file_rows(&server).iter().all(|r| r.file_name == "after.bin"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Load, crashes and shutdown
+
+#[test]
+fn a_hundred_clients_at_once_all_store_verified_files() {
+    const CLIENTS: usize = 100;
+    let server = Server::start(&[]);
+    let key = shared_key();
+    let barrier = std::sync::Barrier::new(CLIENTS);
+    let ids: Vec<ClientId> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..CLIENTS)
+            .map(|i| {
+                let (server, barrier, key) = (&server, &barrier, key.clone());
+                scope.spawn(move || {
+                    let data = common::random_bytes(1 << 20, 500 + i as u64);
+                    barrier.wait();
+                    let mut stream = connect(server);
+                    let mut client = Client::with_key(&format!("crowd-{i}"), key);
+                    client.register_and_exchange(&mut stream);
+                    client.upload(&mut stream, "mine.bin", &data);
+                    client.id
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a client thread failed")).collect()
+    });
+    for (i, id) in ids.iter().enumerate() {
+        let data = common::random_bytes(1 << 20, 500 + i as u64);
+        assert_stored_verified(&server, *id, "mine.bin", &data);
+    }
+    let rows = file_rows(&server);
+    assert_eq!(rows.len(), CLIENTS);
+    assert!(rows.iter().all(|r| r.verified));
+    assert!(leftovers(&server.storage()).is_empty());
+}
+
+#[test]
+fn a_crash_mid_upload_leaves_a_consistent_database_and_no_partial_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start_in(dir.path(), &[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("crasher", &mut stream);
+    let early = common::random_bytes(50_000, 23);
+    client.upload(&mut stream, "early.bin", &early);
+
+    // A 200 MiB upload of which only a few MiB arrive before the server dies.
+    const BIG: u32 = 200 << 20;
+    stream.write_all(&send_file_head(client.id, BIG, b"big.bin")).expect("send header");
+    for seed in 0..4 {
+        stream.write_all(&common::random_bytes(1 << 20, seed)).expect("send some content");
+    }
+    wait_until("the upload to reach the disk", || !leftovers(&server.storage()).is_empty());
+    server.kill();
+    drop(stream);
+    drop(server);
+
+    let server = Server::start_in(dir.path(), &[]);
+    assert!(leftovers(&server.storage()).is_empty(), "partial uploads removed at start-up");
+    assert_eq!(client_dir_entries(&server, client.id), ["early.bin"]);
+    let rows = file_rows(&server);
+    assert_eq!(rows.len(), 1, "no row for the interrupted upload: {rows:?}");
+    assert_stored_verified(&server, client.id, "early.bin", &early);
+    let doc = inspect(&server);
+    let files = doc["files"].as_array().expect("files");
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0]["present"], true);
+    assert_eq!(files[0]["size_on_disk"], 50_000);
+    // The client can carry on against the restarted server.
+    let mut client = client;
+    let mut again = client.reconnected(&server);
+    client.upload(&mut again, "big.bin", &early[..1000]);
+    assert_stored_verified(&server, client.id, "big.bin", &early[..1000]);
+}
+
+#[test]
+fn sigterm_lets_an_upload_in_flight_finish_and_exits_0() {
+    let mut server = Server::start(&["--grace", "20"]);
+    let mut idle = connect(&server);
+    Client::setup("idle", &mut idle);
+    let mut stream = connect(&server);
+    let client = Client::setup("leaving", &mut stream);
+    let data = common::random_bytes((3 << 20) + 5, 24);
+    let request = client.file_request("late.bin", &data);
+    let split = REQUEST_HEADER_LEN + FILE_HEADER_LEN + (1 << 20);
+    stream.write_all(&request[..split]).expect("send the first part");
+    wait_until("the upload to reach the disk", || !leftovers(&server.storage()).is_empty());
+
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    wait_until("the server to stop accepting", || server.log().contains("no new connections"));
+    // A connection between transfers is closed at once; it does not hold the exit up.
+    assert!(assert_closed(&mut idle) < Duration::from_secs(5));
+    assert!(
+        TcpStream::connect_timeout(&server.addr, Duration::from_secs(2)).is_err(),
+        "no new connections during shutdown"
+    );
+
+    stream.write_all(&request[split..]).expect("send the rest");
+    let Response::FileReceived { cksum, .. } = expect(&mut stream, ResponseCode::FileReceived)
+    else {
+        unreachable!()
+    };
+    assert_eq!(cksum, Cksum::of(&data));
+    // The client's verdict on that upload is still heard.
+    assert_eq!(
+        client.confirm(&mut stream, "late.bin"),
+        Response::Acknowledged { client_id: Some(client.id) }
+    );
+    assert_closed(&mut stream);
+
+    let status = common::wait_timeout(&mut server.child, Duration::from_secs(15))
+        .expect("the server exits once the transfer is done");
+    assert!(status.success(), "exit status {status:?}\n{}", server.log());
+    assert!(leftovers(&server.storage()).is_empty());
+    assert_stored_verified(&server, client.id, "late.bin", &data);
+}
+
+#[test]
+fn a_shutdown_cuts_off_transfers_still_running_after_the_grace_period() {
+    let mut server = Server::start(&["--grace", "1"]);
+    let mut stream = connect(&server);
+    let client = Client::setup("slowpoke", &mut stream);
+    let data = common::random_bytes(50_000, 26);
+    // The upload arrives but its verdict never comes.
+    client.send_expecting_receipt(&mut stream, "undecided.bin", &data);
+    assert_eq!(leftovers(&server.storage()).len(), 1, "the upload waits in a temporary file");
+
+    let start = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) }, 0);
+    let status = common::wait_timeout(&mut server.child, Duration::from_secs(10))
+        .expect("the server exits after the grace period");
+    assert!(status.success(), "exit status {status:?}\n{}", server.log());
+    assert!(start.elapsed() >= Duration::from_millis(900), "the grace period was given");
+    assert_closed(&mut stream);
+    assert!(leftovers(&server.storage()).is_empty(), "the unconfirmed upload was deleted");
+    assert_eq!(stored(&server, client.id, "undecided.bin"), None);
+    assert!(file_rows(&server).is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Existing clients
+
+/// The requests of one capture run, one list per TCP connection.
+fn captured_run(dir: &Path, run: &str) -> Vec<Vec<securexfer::protocol::DecodedRequest>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("capture folder")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            name.starts_with(&format!("{run}.conn")) && name.ends_with(".c2s.bin")
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no {run} connections in {}", dir.display());
+    files
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).expect("capture file");
+            let mut requests = Vec::new();
+            let mut at = 0;
+            while at < bytes.len() {
+                let decoded = decode_request(&bytes[at..], u32::MAX)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                at += decoded.len;
+                requests.push(decoded);
+            }
+            requests
+        })
+        .collect()
+}
+
+/// Replays a capture run's conversation with the same framing (connections, version byte,
+/// 1025 id bytes, 1028 payload size) but our own key and the server's own AES keys.
+/// Returns the file names sent.
+fn replay(
+    server: &Server,
+    capture: &Path,
+    run: &str,
+    client: &mut Client,
+    small: &[u8],
+) -> Vec<String> {
+    let mut sent = Vec::new();
+    for connection in captured_run(capture, run) {
+        let mut stream = connect(server);
+        for decoded in connection {
+            let header = &decoded.header;
+            client.version = header.version;
+            match &decoded.request {
+                Request::Register { name } => {
+                    assert_eq!(name.as_str(), client.name);
+                    client.id = header.client_id;
+                    let response = client.register(&mut stream);
+                    assert_eq!(response.code(), ResponseCode::Registered, "{run}: {response:?}");
+                }
+                Request::SendPublicKey { .. } => {
+                    let response = client.send_public_key(&mut stream);
+                    assert_eq!(
+                        response.code(),
+                        ResponseCode::PublicKeyAccepted,
+                        "{run}: {response:?}"
+                    );
+                }
+                Request::Reconnect { .. } => {
+                    let before = client.aes;
+                    let response = client.reconnect(&mut stream);
+                    assert_eq!(
+                        response.code(),
+                        ResponseCode::ReconnectAccepted,
+                        "{run}: {response:?}"
+                    );
+                    assert_ne!(client.aes, before, "a reconnect gets a new AES key");
+                }
+                Request::SendFile(file) => {
+                    let content = encrypt_to_vec(&client.aes(), small);
+                    let payload_size = if header.payload_size == FILE_HEADER_LEN as u32 {
+                        FILE_HEADER_LEN as u32
+                    } else {
+                        FILE_HEADER_LEN as u32 + content.len() as u32
+                    };
+                    let name = file.file_name.as_str().as_bytes();
+                    let mut bytes = frame(
+                        client.id,
+                        header.version,
+                        1028,
+                        payload_size,
+                        &file_header(content.len() as u32, name),
+                    );
+                    bytes.extend_from_slice(&content);
+                    stream.write_all(&bytes).expect("send 1028");
+                    let response = expect(&mut stream, ResponseCode::FileReceived);
+                    let Response::FileReceived { cksum, .. } = response else { unreachable!() };
+                    assert_eq!(cksum, 1_934_239_053, "GNU cksum of small.bin");
+                    sent.push(file.file_name.to_string());
+                }
+                Request::CrcOk { file_name } => {
+                    let response = client.confirm(&mut stream, file_name.as_str());
+                    assert_eq!(response, Response::Acknowledged { client_id: Some(client.id) });
+                }
+                other => panic!("the captures hold no {other:?}"),
+            }
+        }
+    }
+    sent
+}
+
+#[test]
+fn captured_clients_framing_is_served() {
+    let Some(captures) = common::captures_dir() else { return };
+    let small = std::fs::read(captures.join("small.bin")).expect("small.bin");
+    let server = Server::start(&[]);
+    for implementation in ["b0rik", "dor", "tomer"] {
+        let dir = captures.join(implementation);
+        let first = captured_run(&dir, "register");
+        let Request::Register { name } = &first[0][0].request else {
+            panic!("{implementation} starts with 1025")
+        };
+        let mut client = Client::with_key(name.as_str(), PrivateKey::generate());
+        for run in ["register", "reconnect"] {
+            let names = replay(&server, &dir, run, &mut client, &small);
+            assert!(!names.is_empty(), "{implementation} {run} sent a file");
+            for name in names {
+                assert_stored_verified(&server, client.id, &name, &small);
+            }
+        }
+        assert_eq!(rows_of(&server, client.id).len(), 1, "{implementation}: one row per file name");
+    }
+    assert!(leftovers(&server.storage()).is_empty());
+}
+
+#[test]
+fn the_independent_python_client_sends_and_verifies_against_our_server() {
+    const HINT: &str = "python3 with the `cryptography` package is required: apt-get install \
+                        python3 python3-cryptography (or pip install cryptography)";
+    let server = Server::start(&[]);
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = work.path().join("peer-upload.bin");
+    let data = common::random_bytes(100_003, 25);
+    std::fs::write(&file, &data).expect("write the input");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/peer_client.py");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["127.0.0.1", &server.addr.port().to_string(), "pyclient"])
+        .arg(&file)
+        .current_dir(work.path())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 ({e}): {HINT}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("No module named 'cryptography'"), "{HINT}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "peer_client.py failed ({}):\nstdout:\n{}\nstderr:\n{stderr}\nserver log:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        server.log()
+    );
+
+    let doc = inspect(&server);
+    let files = doc["files"].as_array().expect("files");
+    assert_eq!(files.len(), 1, "{doc}");
+    assert_eq!(files[0]["client_name"], "pyclient");
+    assert_eq!(files[0]["file_name"], "peer-upload.bin");
+    assert_eq!(files[0]["verified"], true);
+    let path = files[0]["path"].as_str().expect("path");
+    assert_eq!(std::fs::read(server.storage().join(path)).expect("stored file"), data);
+}
