@@ -6,10 +6,11 @@ set -euo pipefail
 bin=$(realpath "$1")
 echo "== $bin"
 file "$bin" || true
-if ldd "$bin" >/dev/null 2>&1; then
-  echo "error: $bin is dynamically linked:"; ldd "$bin"; exit 1
-fi
-echo "statically linked (ldd finds no dynamic section)"
+links=$(ldd "$bin" 2>&1 || true)
+case "$links" in
+  *"statically linked"*|*"not a dynamic executable"*) echo "statically linked: $links" ;;
+  *) echo "error: $bin is dynamically linked:"; echo "$links"; exit 1 ;;
+esac
 work=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
 mkdir -p "$work/server" "$work/client"
