@@ -281,13 +281,16 @@ impl Client {
         let name = FixedName::new(&identity.name, "name").map_err(ClientError::BadName)?;
         let request = Request::Reconnect { name };
         let answer = self.step("reconnection (1027)", |c| match c.roundtrip(identity.id, &request)? {
-            Response::ReconnectAccepted { encrypted_key, .. } => Ok(Some(encrypted_key)),
+            Response::ReconnectAccepted { client_id, encrypted_key } => Ok(Some((client_id, encrypted_key))),
             Response::ReconnectDenied { .. } => Ok(None),
             other => Err(unexpected("reconnection (1027)", "2105 or 2106", &other)),
         })?;
-        let Some(encrypted) = answer else { return Ok(None) };
+        let Some((server_id, encrypted)) = answer else { return Ok(None) };
         let aes_key = identity.key.decrypt_aes_key(&encrypted).map_err(ClientError::Key)?;
-        Ok(Some(Session { identity: identity.clone(), aes_key, registered: false }))
+        // Servers that look clients up by name say which id they hold; file requests must
+        // carry that one (some clients' me.info, e.g. tomer's, store the id byte-reversed).
+        let identity = Identity { id: server_id, ..identity.clone() };
+        Ok(Some(Session { identity, aes_key, registered: false }))
     }
 
     /// Sends `path` as `sent_name` and verifies it, resending on checksum mismatch.
@@ -311,11 +314,11 @@ impl Client {
             (self.events)(Event::Mismatch { ours, theirs, attempt });
             if attempt < MAX_SENDS {
                 let retry = encode_request(id, &Request::CrcRetry { file_name: file_name.clone() });
-                // No answer is due. If this fails, the next send reconnects.
-                if let Some(wire) = self.wire.as_mut() {
-                    if wire.send(&retry).is_err() {
-                        self.wire = None;
-                    }
+                // No answer is due. A server that closed the connection after its 2103 gets
+                // the 1030 on a new one; if sending fails, the next send reconnects.
+                let sent = self.wire().map(|wire| wire.send(&retry));
+                if !matches!(sent, Ok(Ok(()))) {
+                    self.wire = None;
                 }
             }
         }
@@ -347,11 +350,19 @@ impl Client {
             };
             wire.send(&head).map_err(|e| Failure::Connection(e.to_string()))?;
             let mut progress = |n| events(Event::Progress(n));
-            let ours = upload::stream_file(path, size, &session.aes_key, wire.stream(), &mut progress)
-                .map_err(|e| match e {
-                    StreamError::Send(e) => Failure::Connection(e.to_string()),
-                    other => Failure::Fatal(ClientError::File(other)),
-                })?;
+            let ours = match upload::stream_file(path, size, &session.aes_key, wire.stream(), &mut progress) {
+                Ok(ours) => ours,
+                // A server that refuses a file (too large, say) may answer 2107 and close
+                // before reading it: its answer, when there is one, says more than the pipe.
+                Err(StreamError::Send(e)) => {
+                    let stalled = matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
+                    return Err(match (!stalled).then(|| wire.recv()) {
+                        Some(Ok(Response::GeneralError)) => Failure::ServerError,
+                        _ => Failure::Connection(e.to_string()),
+                    });
+                }
+                Err(other) => return Err(Failure::Fatal(ClientError::File(other))),
+            };
             loop {
                 let response = c.recv()?;
                 match response {
@@ -419,8 +430,12 @@ impl Client {
         Ok(self.wire.as_mut().expect("just set"))
     }
 
+    /// Reads the answer to what was just sent, on the connection it was sent on. Never
+    /// reconnects: a connection the server closed without answering is a failed attempt.
     fn recv(&mut self) -> Result<Response, Failure> {
-        let wire = self.wire()?;
+        let Some(wire) = self.wire.as_mut() else {
+            return Err(Failure::Connection("the connection was lost before the answer".into()));
+        };
         wire.recv().map_err(|e| match e {
             RecvError::Invalid(d) => Failure::Connection(format!("invalid response: {d}")),
             other => Failure::Connection(other.to_string()),

@@ -1,0 +1,1376 @@
+//! The client (`securexfer register` and `securexfer send`) as a user runs it: the real
+//! binary, in a temporary working directory with its own config directory.
+//!
+//! Four groups of tests:
+//! 1. against `securexfer serve`: registration, reconnection, file sizes, output modes,
+//!    identity files, `transfer.info`, and the documented exit codes;
+//! 2. against a scripted fake server written here, which records the exact sequence of
+//!    requests, to prove the resend and retry rules (1030/1031, 2107, dropped and silent
+//!    connections) and tolerance of the existing servers' quirks;
+//! 3. against the captures of three existing implementations (`../shared/captures`): their
+//!    identity files load and their private keys open the captured AES keys;
+//! 4. against the independent Python server in `tests/peers/peer_server.py`.
+
+mod common;
+
+use common::Server;
+use securexfer::client::identity::{Identity, TransferInfo};
+use securexfer::crypto::aes::decrypt_to_vec;
+use securexfer::crypto::{AesKey, Cksum, PublicKey};
+use securexfer::protocol::{
+    ClientId, FILE_HEADER_LEN, FileHeader, REQUEST_HEADER_LEN, Request, RequestCode,
+    RequestHeader, Response, decode_request, decode_response,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// No client run in these tests may take longer; a hang fails the test instead of the suite.
+const DEADLINE: Duration = Duration::from_secs(180);
+
+// ---------------------------------------------------------------------------------------
+// Running the client
+// ---------------------------------------------------------------------------------------
+
+/// What one run of the binary did.
+#[derive(Debug)]
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Run {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+
+    /// Fails with the whole output unless the exit code is `code`.
+    fn expect_code(&self, code: i32, what: &str) -> &Self {
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "{what}: expected exit {code}\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    fn ok(&self, what: &str) -> &Self {
+        self.expect_code(0, what)
+    }
+
+    /// The `--json` lines.
+    fn json(&self) -> Vec<Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+            .collect()
+    }
+}
+
+/// Runs a prepared command to the end, or kills it and fails after [`DEADLINE`].
+fn run_command(mut cmd: Command, deadline: Duration) -> Run {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start securexfer");
+    let stdout = collect(child.stdout.take().expect("stdout"));
+    let stderr = collect(child.stderr.take().expect("stderr"));
+    let Some(status) = common::wait_timeout(&mut child, deadline) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "securexfer did not finish within {deadline:?}\n--- stdout\n{}\n--- stderr\n{}",
+            stdout.join().unwrap(),
+            stderr.join().unwrap()
+        );
+    };
+    let took = started.elapsed();
+    Run { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap(), took }
+}
+
+fn collect(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// A client's working directory, with `XDG_CONFIG_HOME` and `HOME` inside it so that no
+/// identity of the person running the tests is ever found or written.
+struct Workdir {
+    temp: tempfile::TempDir,
+}
+
+impl Workdir {
+    fn new() -> Self {
+        let temp = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(temp.path().join("home")).expect("home");
+        Workdir { temp }
+    }
+
+    fn path(&self) -> &Path {
+        self.temp.path()
+    }
+
+    /// `$XDG_CONFIG_HOME` of the client's runs.
+    fn config(&self) -> PathBuf {
+        self.path().join("config")
+    }
+
+    fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let path = self.path().join(name);
+        fs::write(&path, content).expect("write test file");
+        path
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = common::command();
+        cmd.current_dir(self.path())
+            .env("XDG_CONFIG_HOME", self.config())
+            .env("HOME", self.path().join("home"))
+            .args(args);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        run_command(self.command(args), DEADLINE)
+    }
+
+    /// `securexfer send FILES --server SERVER [--name NAME] EXTRA...`.
+    fn send(&self, server: &str, name: Option<&str>, files: &[&str], extra: &[&str]) -> Run {
+        let mut args = vec!["send"];
+        args.extend_from_slice(files);
+        args.extend_from_slice(&["--server", server]);
+        if let Some(name) = name {
+            args.extend_from_slice(&["--name", name]);
+        }
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    fn me_info(&self) -> String {
+        fs::read_to_string(self.path().join("me.info")).expect("me.info")
+    }
+
+    /// Line 2 of `me.info`: the id as 32 hex digits.
+    fn id(&self) -> String {
+        id_of(&self.me_info())
+    }
+}
+
+fn id_of(me_info: &str) -> String {
+    let id = me_info.lines().nth(1).expect("me.info line 2").to_owned();
+    assert_eq!(id.len(), 32, "line 2 of me.info is 32 hex digits: {id:?}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{id:?}");
+    id
+}
+
+fn stored(server: &Server, id: &str, name: &str) -> Vec<u8> {
+    let path = server.storage().join(id).join(name);
+    fs::read(&path).unwrap_or_else(|e| panic!("{} not stored: {e}\n{}", path.display(), server.log()))
+}
+
+/// Compares without printing megabytes on failure.
+fn assert_same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(at) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!("{what}: first difference at byte {at}");
+    }
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+}
+
+/// A port on which nothing listens.
+fn closed_port() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    drop(listener);
+    addr
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Against `securexfer serve`
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn register_then_send_stores_the_same_bytes() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let data = common::random_bytes(100_003, 1);
+    work.file("data.bin", &data);
+
+    let reg = work.run(&["register", "--server", &server.address(), "--name", "alice"]);
+    reg.ok("register");
+    let me = work.me_info();
+    assert_eq!(me.lines().next(), Some("alice"));
+    let id = id_of(&me);
+    assert!(reg.stdout.contains(&id), "register names the id: {}", reg.stdout);
+    let key = fs::read_to_string(work.path().join("priv.key")).expect("priv.key beside me.info");
+    assert_eq!(me.lines().skip(2).collect::<String>(), key.trim(), "me.info holds the private key");
+
+    let sent = work.send(&server.address(), None, &["data.bin"], &[]);
+    sent.ok("send");
+    assert!(sent.stdout.contains("verified"), "{}", sent.stdout);
+    assert_eq!(work.id(), id, "send reused the registered identity");
+    assert_same(&stored(&server, &id, "data.bin"), &data, "stored file");
+}
+
+#[test]
+fn a_second_send_reconnects_with_the_saved_identity() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    work.file("data.bin", b"first version");
+
+    let first = work.send(&server.address(), Some("bob"), &["data.bin"], &[]);
+    first.ok("first send registers");
+    assert!(first.stderr.contains("registered bob"), "{}", first.stderr);
+    let me = work.me_info();
+
+    work.file("data.bin", b"second version, longer than the first");
+    let second = work.send(&server.address(), None, &["data.bin"], &[]);
+    second.ok("second send reconnects");
+    assert!(!second.stderr.contains("register"), "no new registration: {}", second.stderr);
+    assert_eq!(work.me_info(), me, "me.info untouched by a reconnection");
+    let id = work.id();
+    assert_eq!(stored(&server, &id, "data.bin"), b"second version, longer than the first");
+}
+
+#[test]
+fn several_files_in_one_run_are_all_stored() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("f{i}.bin"), common::random_bytes(5_000 + 7 * i, 10 + i as u64)))
+        .collect();
+    for (name, data) in &files {
+        work.file(name, data);
+    }
+    let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+    let run = work.send(&server.address(), Some("carol"), &names, &["--json"]);
+    run.ok("send three files");
+    let lines = run.json();
+    assert_eq!(lines.len(), 3, "one JSON line per file: {}", run.stdout);
+    let id = work.id();
+    for ((name, data), line) in files.iter().zip(&lines) {
+        assert_eq!(line["status"], "verified", "{line}");
+        assert!(line["file"].as_str().unwrap().ends_with(name.as_str()), "{line}");
+        assert_same(&stored(&server, &id, name), data, name);
+    }
+}
+
+#[test]
+fn empty_one_byte_and_one_block_files_arrive_intact() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    for (name, data) in [
+        ("empty.bin", Vec::new()),
+        ("one.bin", vec![0x5a]),
+        ("block.bin", common::random_bytes(16, 3)),
+    ] {
+        work.file(name, &data);
+        let run = work.send(&server.address(), Some("dave"), &[name], &["--json"]);
+        run.ok(name);
+        let line = &run.json()[0];
+        assert_eq!(line["size"], data.len() as u64, "{name}: {line}");
+        assert_eq!(line["cksum"], Cksum::of(&data), "{name}: {line}");
+        assert_eq!(stored(&server, &work.id(), name), data, "{name}");
+    }
+}
+
+#[test]
+fn a_100_mib_file_arrives_intact() {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let data = common::random_bytes(SIZE, 100);
+    work.file("big.bin", &data);
+    let run = work.send(&server.address(), Some("erin"), &["big.bin"], &["--json"]);
+    run.ok("100 MiB send");
+    let line = &run.json()[0];
+    assert_eq!(line["size"], SIZE as u64);
+    assert_eq!(line["cksum"], Cksum::of(&data));
+    assert_eq!(line["sends"], 1);
+    eprintln!(
+        "100 MiB: client reported {:.2} s for the transfer, whole run {:.2} s",
+        line["seconds"].as_f64().unwrap_or(f64::NAN),
+        run.took.as_secs_f64()
+    );
+    assert_same(&stored(&server, &work.id(), "big.bin"), &data, "100 MiB stored file");
+}
+
+#[test]
+fn json_output_reports_verified_size_and_our_cksum() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let data = common::random_bytes(70_001, 4);
+    work.file("j.bin", &data);
+    let run = work.send(&server.address(), Some("frank"), &["j.bin"], &["--json"]);
+    run.ok("--json");
+    let lines = run.json();
+    assert_eq!(lines.len(), 1, "only JSON on stdout: {}", run.stdout);
+    let line = &lines[0];
+    assert_eq!(line["status"], "verified");
+    assert_eq!(line["size"], 70_001);
+    assert_eq!(line["cksum"], Cksum::of(&data));
+    assert_eq!(line["sends"], 1);
+    assert!(line["file"].as_str().unwrap().ends_with("j.bin"), "{line}");
+}
+
+#[test]
+fn quiet_prints_nothing_on_stdout() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    work.file("q.bin", b"quiet please");
+    let run = work.send(&server.address(), Some("gina"), &["q.bin"], &["--quiet"]);
+    run.ok("--quiet");
+    assert_eq!(run.stdout, "", "--quiet prints nothing on stdout");
+    assert_eq!(stored(&server, &work.id(), "q.bin"), b"quiet please");
+}
+
+#[test]
+fn register_refuses_to_overwrite_an_identity_without_force() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let addr = server.address();
+    work.run(&["register", "--server", &addr, "--name", "hank"]).ok("first register");
+    let before = work.me_info();
+    let key_before = fs::read(work.path().join("priv.key")).unwrap();
+
+    let again = work.run(&["register", "--server", &addr, "--name", "hank2"]);
+    again.expect_code(6, "register over an identity without --force");
+    assert!(again.stderr.contains("--force"), "the error says how: {}", again.stderr);
+    assert_eq!(work.me_info(), before, "me.info untouched");
+    assert_eq!(fs::read(work.path().join("priv.key")).unwrap(), key_before, "priv.key untouched");
+
+    work.run(&["register", "--server", &addr, "--name", "hank2", "--force"]).ok("--force");
+    let after = work.me_info();
+    assert_eq!(after.lines().next(), Some("hank2"));
+    assert_ne!(id_of(&after), id_of(&before), "a new registration");
+    assert_ne!(fs::read(work.path().join("priv.key")).unwrap(), key_before, "a new key");
+}
+
+#[cfg(unix)]
+#[test]
+fn identity_files_are_written_with_mode_0600_and_no_leftovers() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    // By `register`, at a path given with --identity (priv.key goes beside it).
+    work.run(&[
+        "register",
+        "--server",
+        &server.address(),
+        "--name",
+        "ivan",
+        "--identity",
+        "ids/ivan/me.info",
+    ])
+    .ok("register --identity");
+    let dir = work.path().join("ids/ivan");
+    // By `send`, which registers on its own when there is no identity.
+    work.file("m.bin", b"mode");
+    work.send(&server.address(), Some("judy"), &["m.bin"], &[]).ok("send registers");
+    for dir in [dir, work.path().to_owned()] {
+        for file in ["me.info", "priv.key"] {
+            assert_eq!(mode(&dir.join(file)), 0o600, "{}/{file}", dir.display());
+        }
+        let leftovers: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(".securexfer-"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left in {}: {leftovers:?}", dir.display());
+    }
+}
+
+#[test]
+fn a_folder_with_transfer_info_and_no_arguments_sends_its_file() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let data = common::random_bytes(9_999, 5);
+    work.file("payload.bin", &data);
+    // As the existing client writes it: no final newline.
+    work.file("transfer.info", format!("{}\nkate\npayload.bin", server.address()).as_bytes());
+
+    work.run(&["send"]).ok("send with transfer.info");
+    let me = work.me_info();
+    assert_eq!(me.lines().next(), Some("kate"), "registered under line 2's name");
+    assert_same(&stored(&server, &id_of(&me), "payload.bin"), &data, "stored file");
+
+    // And again, now reconnecting with the me.info beside it.
+    let again = work.run(&["send"]);
+    again.ok("second send with transfer.info and me.info");
+    assert!(!again.stderr.contains("register"), "{}", again.stderr);
+    assert_eq!(work.me_info(), me);
+}
+
+#[test]
+fn a_denied_identity_registers_again_and_overwrites_me_info() {
+    let first = Server::start(&[]);
+    let work = Workdir::new();
+    work.file("d.bin", b"denied");
+    work.send(&first.address(), Some("leo"), &["d.bin"], &[]).ok("send to the first server");
+    let old_id = work.id();
+
+    // A second server with a fresh database does not know leo.
+    let second = Server::start(&[]);
+    let run = work.send(&second.address(), None, &["d.bin"], &[]);
+    run.ok("send to a server that denies the identity");
+    assert!(run.stderr.contains("registering again"), "{}", run.stderr);
+    let me = work.me_info();
+    assert_eq!(me.lines().next(), Some("leo"), "same name");
+    let new_id = id_of(&me);
+    assert_ne!(new_id, old_id, "me.info now holds the new id");
+    assert_eq!(stored(&second, &new_id, "d.bin"), b"denied");
+    #[cfg(unix)]
+    assert_eq!(mode(&work.path().join("me.info")), 0o600);
+}
+
+#[test]
+fn an_unreachable_server_exits_3_naming_it() {
+    let work = Workdir::new();
+    work.file("u.bin", b"x");
+    let addr = closed_port();
+    let run = work.send(&addr, Some("mia"), &["u.bin"], &[]);
+    run.expect_code(3, "closed port");
+    assert!(run.stderr.contains(&addr), "the error names {addr}: {}", run.stderr);
+    assert!(!work.path().join("me.info").exists(), "no identity saved");
+}
+
+#[test]
+fn a_nonexistent_file_exits_6_naming_it() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let run = work.send(&server.address(), Some("nina"), &["missing.bin"], &[]);
+    run.expect_code(6, "missing file");
+    assert!(run.stderr.contains("missing.bin"), "{}", run.stderr);
+}
+
+#[test]
+fn no_server_is_a_usage_error() {
+    let work = Workdir::new();
+    work.file("s.bin", b"x");
+    let run = work.run(&["send", "s.bin", "--name", "otto"]);
+    run.expect_code(2, "no --server and no transfer.info");
+    assert!(run.stderr.contains("--server"), "{}", run.stderr);
+    let register = work.run(&["register", "--name", "otto"]);
+    register.expect_code(2, "register with no server");
+    let nothing = work.run(&["send"]);
+    nothing.expect_code(2, "send with no file and no transfer.info");
+    assert!(nothing.stderr.contains("transfer.info"), "{}", nothing.stderr);
+}
+
+#[test]
+fn no_identity_and_no_name_lists_every_path_tried() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    work.file("p.bin", b"x");
+    let run = work.send(&server.address(), None, &["p.bin"], &[]);
+    run.expect_code(2, "nothing to reconnect with and no name to register");
+    let xdg = work.config().join("securexfer").join("me.info");
+    assert!(run.stderr.contains("me.info, "), "{}", run.stderr);
+    assert!(run.stderr.contains(&xdg.display().to_string()), "names {}: {}", xdg.display(), run.stderr);
+}
+
+#[test]
+fn the_identity_is_found_in_the_config_directory_and_by_flag() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let xdg = work.config().join("securexfer").join("me.info");
+    let xdg_text = xdg.to_str().unwrap();
+    work.run(&["register", "--server", &server.address(), "--name", "pat", "--identity", xdg_text])
+        .ok("register into the config dir");
+    let id = id_of(&fs::read_to_string(&xdg).unwrap());
+    work.file("c.bin", b"config dir");
+
+    let run = work.send(&server.address(), None, &["c.bin"], &[]);
+    run.ok("send finds the identity in $XDG_CONFIG_HOME/securexfer");
+    assert!(!run.stderr.contains("register"), "{}", run.stderr);
+    assert!(!work.path().join("me.info").exists(), "no identity made in the working dir");
+    assert_eq!(stored(&server, &id, "c.bin"), b"config dir");
+
+    // ./me.info comes before the config dir, and --identity before both.
+    work.run(&["register", "--server", &server.address(), "--name", "quinn"]).ok("local identity");
+    let local = work.id();
+    work.file("c.bin", b"local");
+    work.send(&server.address(), None, &["c.bin"], &[]).ok("send with ./me.info");
+    assert_eq!(stored(&server, &local, "c.bin"), b"local");
+    assert_eq!(stored(&server, &id, "c.bin"), b"config dir");
+    work.file("c.bin", b"flag");
+    work.send(&server.address(), None, &["c.bin"], &["--identity", xdg_text]).ok("--identity");
+    assert_eq!(stored(&server, &id, "c.bin"), b"flag");
+    assert_eq!(stored(&server, &local, "c.bin"), b"local");
+}
+
+#[test]
+fn a_file_over_the_server_limit_is_a_refusal() {
+    let server = Server::start(&["--max-file-size", "64K"]);
+    let work = Workdir::new();
+    work.file("huge.bin", &common::random_bytes(2 * 1024 * 1024, 11));
+    let run = work.send(&server.address(), Some("sam"), &["huge.bin"], &["--timeout", "10"]);
+    // The server answers 2107 and closes without reading the content: the client's writes
+    // fail, and it must still report the refusal rather than a broken pipe.
+    run.expect_code(4, "file larger than --max-file-size");
+    assert!(run.stderr.contains("fatal") && run.stderr.contains("2107"), "{}", run.stderr);
+}
+
+#[test]
+fn a_broken_identity_is_a_local_error_naming_the_file() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    work.file("me.info", b"rita\nnot-an-id\nAAAA\n");
+    work.file("b.bin", b"x");
+    let run = work.send(&server.address(), None, &["b.bin"], &[]);
+    run.expect_code(6, "unreadable me.info");
+    assert!(run.stderr.contains("me.info"), "{}", run.stderr);
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Against a scripted fake server
+// ---------------------------------------------------------------------------------------
+
+/// What the fake server does to a request, instead of answering it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// Answer 2107 (and keep the connection).
+    Error,
+    /// Close the connection without an answer.
+    Drop,
+    /// Never answer; keep reading until the client goes.
+    Silent,
+}
+
+/// How the fake server behaves. It decrypts nothing: it answers every 1028 with the cksum
+/// the test computed (`cksum`), or a wrong one for the first `wrong_cksums` files.
+#[derive(Debug, Clone)]
+struct Script {
+    /// The version byte of every response.
+    version: u8,
+    /// The right cksum of the file the client sends.
+    cksum: u32,
+    /// How many 2103s carry a wrong cksum.
+    wrong_cksums: u32,
+    /// `(code, n, fault)`: the first `n` requests with `code` get `fault`.
+    faults: Vec<(RequestCode, u32, Fault)>,
+    /// Close the connection after every reply (as the `dor` server does).
+    close_after_reply: bool,
+    /// 2104 and 2106 with an empty payload (as the `dor` server does).
+    empty_acks: bool,
+    /// Answer 1030 with 2104 (as the `tomer` server does).
+    ack_crc_retry: bool,
+    /// Answer 1027 with 2106 even for a known client.
+    deny_reconnect: bool,
+    /// Stop reading in the middle of every 1028 (after its file header), so the client's
+    /// writes block.
+    stall_files: bool,
+}
+
+impl Script {
+    fn new(cksum: u32) -> Self {
+        Script {
+            version: 3,
+            cksum,
+            wrong_cksums: 0,
+            faults: Vec::new(),
+            close_after_reply: false,
+            empty_acks: false,
+            ack_crc_retry: false,
+            deny_reconnect: false,
+            stall_files: false,
+        }
+    }
+}
+
+/// The id the fake gives (not a palindrome, so a byte-reversed copy differs).
+const FAKE_ID: ClientId =
+    ClientId([0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10]);
+
+#[derive(Default)]
+struct FakeState {
+    /// Every request received: its code and the name it carries (client or file name).
+    log: Vec<(u16, String)>,
+    /// The client id in each request's header.
+    ids: Vec<ClientId>,
+    seen: HashMap<RequestCode, u32>,
+    answered_files: u32,
+    public_key: Option<PublicKey>,
+}
+
+/// A fake server on 127.0.0.1, one thread per connection, running `script`.
+struct Fake {
+    addr: String,
+    state: Arc<Mutex<FakeState>>,
+}
+
+impl Fake {
+    fn start(script: Script) -> Fake {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let state = Arc::new(Mutex::new(FakeState::default()));
+        let shared = Arc::clone(&state);
+        let script = Arc::new(script);
+        // Detached: it ends with the test binary.
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (state, script) = (Arc::clone(&shared), Arc::clone(&script));
+                thread::spawn(move || {
+                    let _ = serve_connection(stream, &script, &state);
+                });
+            }
+        });
+        Fake { addr, state }
+    }
+
+    /// The request codes received, in order.
+    fn codes(&self) -> Vec<u16> {
+        self.state.lock().unwrap().log.iter().map(|(c, _)| *c).collect()
+    }
+
+    /// The names carried by the file requests (1028-1031).
+    fn file_names(&self) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        state.log.iter().filter(|(c, _)| *c >= 1028).map(|(_, n)| n.clone()).collect()
+    }
+}
+
+/// Reads one request; `None` at a clean end of the connection. The content of a 1028 is
+/// read and thrown away.
+fn read_request(stream: &mut TcpStream, stall_files: bool) -> io::Result<Option<(ClientId, Request)>> {
+    let mut header = [0u8; REQUEST_HEADER_LEN];
+    match stream.read_exact(&mut header) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let header = RequestHeader::decode(&header).map_err(io::Error::other)?;
+    if header.code == RequestCode::SendFile {
+        let mut file = [0u8; FILE_HEADER_LEN];
+        stream.read_exact(&mut file)?;
+        let file = FileHeader::decode(&file).map_err(io::Error::other)?;
+        file.check_sizes(header.payload_size, u32::MAX).map_err(io::Error::other)?;
+        if stall_files {
+            return Ok(Some((header.client_id, Request::SendFile(file))));
+        }
+        let copied = io::copy(&mut (&mut *stream).take(u64::from(file.content_size)), &mut io::sink())?;
+        if copied != u64::from(file.content_size) {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        return Ok(Some((header.client_id, Request::SendFile(file))));
+    }
+    let mut payload = vec![0u8; header.payload_size as usize];
+    stream.read_exact(&mut payload)?;
+    let request = Request::decode_payload(header.code, &payload).map_err(io::Error::other)?;
+    Ok(Some((header.client_id, request)))
+}
+
+fn carried_name(request: &Request) -> String {
+    match request {
+        Request::Register { name } | Request::SendPublicKey { name, .. } | Request::Reconnect { name } => {
+            name.as_str().to_owned()
+        }
+        Request::SendFile(file) => file.file_name.as_str().to_owned(),
+        Request::CrcOk { file_name } | Request::CrcRetry { file_name } | Request::CrcGiveUp { file_name } => {
+            file_name.as_str().to_owned()
+        }
+    }
+}
+
+fn serve_connection(mut stream: TcpStream, script: &Script, state: &Mutex<FakeState>) -> io::Result<()> {
+    while let Some((id, request)) = read_request(&mut stream, script.stall_files)? {
+        let code = request.code();
+        let fault = {
+            let mut state = state.lock().unwrap();
+            state.log.push((code.as_u16(), carried_name(&request)));
+            state.ids.push(id);
+            let n = state.seen.entry(code).or_default();
+            *n += 1;
+            let n = *n;
+            script.faults.iter().find(|(c, times, _)| *c == code && n <= *times).map(|(.., f)| *f)
+        };
+        if script.stall_files && code == RequestCode::SendFile {
+            // Holds the connection without reading; the test binary ends this thread.
+            thread::sleep(Duration::from_secs(120));
+            return Ok(());
+        }
+        let answer = match fault {
+            Some(Fault::Error) => Some(Response::GeneralError),
+            Some(Fault::Drop) => return Ok(()),
+            Some(Fault::Silent) => {
+                io::copy(&mut stream, &mut io::sink())?;
+                return Ok(());
+            }
+            None => answer(&request, script, state),
+        };
+        if let Some(response) = answer {
+            let mut bytes = response.encode();
+            bytes[0] = script.version;
+            if script.close_after_reply {
+                return reply_and_close(stream, &bytes);
+            }
+            stream.write_all(&bytes)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends the last reply of a connection and closes it so that the client sees the reply and
+/// the end of the connection together, as it does from a server that closes right away.
+/// (On Linux the reply is corked with `MSG_MORE` and leaves in one segment with the FIN;
+/// elsewhere it is written and the connection closed at once.)
+fn reply_and_close(mut stream: TcpStream, bytes: &[u8]) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: send(2) on a socket we own, from a live buffer of the given length.
+        let sent = unsafe {
+            libc::send(stream.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), libc::MSG_MORE)
+        };
+        if sent == bytes.len() as isize {
+            return stream.shutdown(std::net::Shutdown::Both);
+        }
+        let done = sent.max(0) as usize;
+        stream.write_all(&bytes[done..])?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    stream.write_all(bytes)?;
+    stream.shutdown(std::net::Shutdown::Both)
+}
+
+fn answer(request: &Request, script: &Script, state: &Mutex<FakeState>) -> Option<Response> {
+    let mut state = state.lock().unwrap();
+    let ack_id = (!script.empty_acks).then_some(FAKE_ID);
+    Some(match request {
+        Request::Register { .. } => Response::Registered { client_id: FAKE_ID },
+        Request::SendPublicKey { public_key, .. } => {
+            let key = PublicKey::from_field(public_key).expect("the client's public key parses");
+            let encrypted_key = key.encrypt_aes_key(&fresh_aes_key()).expect("encrypts");
+            state.public_key = Some(key);
+            Response::PublicKeyAccepted { client_id: FAKE_ID, encrypted_key }
+        }
+        Request::Reconnect { .. } => match &state.public_key {
+            Some(key) if !script.deny_reconnect => Response::ReconnectAccepted {
+                client_id: FAKE_ID,
+                encrypted_key: key.encrypt_aes_key(&fresh_aes_key()).expect("encrypts"),
+            },
+            _ => Response::ReconnectDenied { client_id: ack_id },
+        },
+        Request::SendFile(file) => {
+            state.answered_files += 1;
+            let wrong = state.answered_files <= script.wrong_cksums;
+            Response::FileReceived {
+                client_id: FAKE_ID,
+                content_size: file.content_size,
+                file_name: file.file_name.clone(),
+                cksum: if wrong { !script.cksum } else { script.cksum },
+            }
+        }
+        Request::CrcRetry { .. } if !script.ack_crc_retry => return None,
+        Request::CrcOk { .. } | Request::CrcRetry { .. } | Request::CrcGiveUp { .. } => {
+            Response::Acknowledged { client_id: ack_id }
+        }
+    })
+}
+
+fn fresh_aes_key() -> AesKey {
+    securexfer::crypto::random_bytes()
+}
+
+const FILE: &str = "data.bin";
+
+/// A work dir holding `data.bin` and the script's cksum for it.
+fn fake_setup() -> (Workdir, Script) {
+    let work = Workdir::new();
+    let data = common::random_bytes(40_000, 7);
+    work.file(FILE, &data);
+    (work, Script::new(Cksum::of(&data)))
+}
+
+/// Sends `data.bin` to the fake with `--json --timeout 5` (unless `extra` sets a timeout).
+fn send_to_fake(work: &Workdir, fake: &Fake, extra: &[&str]) -> Run {
+    let mut flags = vec!["--json"];
+    if !extra.contains(&"--timeout") {
+        flags.extend_from_slice(&["--timeout", "5"]);
+    }
+    flags.extend_from_slice(extra);
+    work.send(&fake.addr, Some("zed"), &[FILE], &flags)
+}
+
+const REGISTER: [u16; 2] = [1025, 1026];
+
+/// Joins code lists: `seq(&[&REGISTER, &[1028, 1029]])`.
+fn seq(parts: &[&[u16]]) -> Vec<u16> {
+    parts.concat()
+}
+
+/// Checks the sequence and that every file request named `data.bin`.
+fn assert_sequence(fake: &Fake, want: &[u16], run: &Run) {
+    assert_eq!(fake.codes(), want, "request sequence\n--- stderr\n{}", run.stderr);
+    assert!(fake.file_names().iter().all(|n| n == FILE), "{:?}", fake.file_names());
+}
+
+#[test]
+fn fake_a_matching_checksum_is_confirmed_once() {
+    let (work, script) = fake_setup();
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.ok("plain send");
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1029]]), &run);
+    assert_eq!(run.json()[0]["sends"], 1);
+}
+
+#[test]
+fn fake_one_wrong_checksum_is_resent_once() {
+    let (work, mut script) = fake_setup();
+    script.wrong_cksums = 1;
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.ok("one mismatch");
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1030, 1028, 1029]]), &run);
+    assert_eq!(run.json()[0]["sends"], 2);
+}
+
+#[test]
+fn fake_three_wrong_checksums_are_resent_three_times() {
+    let (work, mut script) = fake_setup();
+    script.wrong_cksums = 3;
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.ok("three mismatches");
+    let resends = [1028, 1030, 1028, 1030, 1028, 1030, 1028, 1029];
+    assert_sequence(&fake, &seq(&[&REGISTER, &resends]), &run);
+    assert_eq!(run.json()[0]["sends"], 4);
+}
+
+#[test]
+fn fake_four_wrong_checksums_give_up_with_1031_and_exit_5() {
+    let (work, mut script) = fake_setup();
+    script.wrong_cksums = 4;
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.expect_code(5, "four mismatches");
+    let give_up = [1028, 1030, 1028, 1030, 1028, 1030, 1028, 1031];
+    assert_sequence(&fake, &seq(&[&REGISTER, &give_up]), &run);
+    let line = &run.json()[0];
+    assert_eq!(line["status"], "failed", "{line}");
+    assert_eq!(line["exit_code"], 5, "{line}");
+}
+
+#[test]
+fn fake_2107_to_every_file_is_fatal_after_four_sends_with_exit_4() {
+    let (work, mut script) = fake_setup();
+    script.faults.push((RequestCode::SendFile, u32::MAX, Fault::Error));
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.expect_code(4, "2107 to every 1028");
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028; 4]]), &run);
+    assert!(run.stderr.contains("fatal"), "{}", run.stderr);
+}
+
+#[test]
+fn fake_2107_once_is_retried_and_the_step_succeeds() {
+    let (work, mut script) = fake_setup();
+    script.faults.push((RequestCode::Register, 1, Fault::Error));
+    script.faults.push((RequestCode::SendFile, 2, Fault::Error));
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.ok("2107 to the first 1025 and the first two 1028s");
+    assert_sequence(&fake, &[1025, 1025, 1026, 1028, 1028, 1028, 1029], &run);
+    assert_eq!(run.json()[0]["sends"], 1, "a 2107 is not a checksum resend");
+}
+
+#[test]
+fn fake_a_dropped_connection_is_retried_on_a_new_one() {
+    let (work, mut script) = fake_setup();
+    script.faults.push((RequestCode::SendFile, 1, Fault::Drop));
+    script.faults.push((RequestCode::CrcOk, 1, Fault::Drop));
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &["--timeout", "30"]);
+    run.ok("connection dropped at the first 1028 and the first 1029");
+    assert!(run.took < Duration::from_secs(10), "retried at once, not after the timeout: {:?}", run.took);
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1028, 1029, 1029]]), &run);
+}
+
+#[test]
+fn fake_a_connection_dropped_every_time_is_fatal_with_exit_3() {
+    let (work, mut script) = fake_setup();
+    script.faults.push((RequestCode::SendFile, u32::MAX, Fault::Drop));
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &["--timeout", "30"]);
+    run.expect_code(3, "every 1028 dropped");
+    assert!(run.took < Duration::from_secs(10), "retried at once, not after the timeout: {:?}", run.took);
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028; 4]]), &run);
+    assert!(run.stderr.contains("fatal"), "{}", run.stderr);
+}
+
+#[test]
+fn fake_a_silent_server_is_given_up_on_within_seconds() {
+    let (work, mut script) = fake_setup();
+    script.faults.push((RequestCode::Register, u32::MAX, Fault::Silent));
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &["--timeout", "1", "--connect-timeout", "1"]);
+    run.expect_code(3, "silent server");
+    assert!(run.took < Duration::from_secs(20), "gave up after {:?}", run.took);
+    assert_sequence(&fake, &[1025; 4], &run);
+    assert!(run.stderr.contains("fatal"), "{}", run.stderr);
+}
+
+#[test]
+fn fake_a_server_silent_after_a_file_is_given_up_on_within_seconds() {
+    let (work, mut script) = fake_setup();
+    script.faults.push((RequestCode::SendFile, u32::MAX, Fault::Silent));
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &["--timeout", "1"]);
+    run.expect_code(3, "server silent after 1028");
+    assert!(run.took < Duration::from_secs(20), "gave up after {:?}", run.took);
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028; 4]]), &run);
+}
+
+#[test]
+fn fake_a_server_that_stops_reading_mid_file_is_given_up_on_within_seconds() {
+    let work = Workdir::new();
+    // Larger than the loopback socket buffers, so that the client's writes block.
+    let data = common::random_bytes(48 * 1024 * 1024, 12);
+    work.file(FILE, &data);
+    let mut script = Script::new(Cksum::of(&data));
+    script.stall_files = true;
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &["--timeout", "1"]);
+    run.expect_code(3, "server stalls in the middle of 1028");
+    // The timeout applies to each write; a write that makes partial progress restarts it,
+    // so an attempt takes a few timeouts while the socket buffers fill (about 3 s here).
+    assert!(run.took < Duration::from_secs(40), "gave up after {:?}", run.took);
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028; 4]]), &run);
+    assert!(run.stderr.contains("fatal"), "{}", run.stderr);
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn fake_a_server_that_never_accepts_is_given_up_on_after_the_connect_timeout() {
+    let Some((_listener, addr)) = full_backlog_listener() else {
+        eprintln!("SKIPPED: could not fill a listen backlog on this system");
+        return;
+    };
+    let work = Workdir::new();
+    work.file(FILE, b"x");
+    let run = work.send(&addr, Some("zed"), &[FILE], &["--connect-timeout", "1"]);
+    run.expect_code(3, "connect timeout");
+    assert!(run.took < Duration::from_secs(20), "gave up after {:?}", run.took);
+    assert!(run.stderr.contains(&addr), "{}", run.stderr);
+}
+
+/// A listener with a backlog of 0 that is already full, so the kernel drops further SYNs
+/// and a connect hangs until its timeout. Returns the connections that fill it too.
+#[cfg(target_os = "linux")]
+fn full_backlog_listener() -> Option<((TcpListener, Vec<TcpStream>), String)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor we own; it is handed to TcpListener.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        if fd < 0 {
+            return None;
+        }
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len) != 0
+            || libc::listen(fd, 0) != 0
+        {
+            libc::close(fd);
+            return None;
+        }
+        TcpListener::from_raw_fd(fd)
+    };
+    let addr = listener.local_addr().ok()?;
+    let mut fillers = Vec::new();
+    for _ in 0..16 {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => return Some(((listener, fillers), addr.to_string())),
+        }
+    }
+    None
+}
+
+#[test]
+fn fake_a_server_closing_after_every_reply_with_empty_acks() {
+    let (work, mut script) = fake_setup();
+    script.close_after_reply = true;
+    script.empty_acks = true;
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.ok("dor-like server");
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1029]]), &run);
+    assert!(!run.stderr.contains("attempt"), "closing is not a failure: {}", run.stderr);
+
+    // The next run reconnects (1027) on such a server too.
+    let again = send_to_fake(&work, &fake, &[]);
+    again.ok("dor-like server, reconnecting");
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1029, 1027, 1028, 1029]]), &again);
+}
+
+#[test]
+fn fake_a_server_closing_after_every_reply_still_gets_the_1030() {
+    let (work, mut script) = fake_setup();
+    script.close_after_reply = true;
+    script.empty_acks = true;
+    script.wrong_cksums = 1;
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.ok("dor-like server with one mismatch");
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1030, 1028, 1029]]), &run);
+}
+
+#[test]
+fn fake_a_server_answering_1030_with_2104_is_tolerated() {
+    let (work, mut script) = fake_setup();
+    script.ack_crc_retry = true;
+    script.wrong_cksums = 2;
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.ok("tomer-like server");
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1030, 1028, 1030, 1028, 1029]]), &run);
+    assert_eq!(run.json()[0]["sends"], 3);
+}
+
+#[test]
+fn fake_a_server_with_version_byte_2_is_accepted() {
+    let (work, mut script) = fake_setup();
+    script.version = 2;
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.ok("version 2 server");
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1029]]), &run);
+}
+
+#[test]
+fn fake_a_denied_reconnection_registers_again() {
+    let (work, mut script) = fake_setup();
+    script.deny_reconnect = true;
+    script.empty_acks = true;
+    let fake = Fake::start(script);
+    send_to_fake(&work, &fake, &[]).ok("first run registers");
+    let run = send_to_fake(&work, &fake, &[]);
+    run.ok("second run: 2106, then registers again");
+    let first = seq(&[&REGISTER, &[1028, 1029]]);
+    let second = seq(&[&[1027], &REGISTER, &[1028, 1029]]);
+    assert_sequence(&fake, &seq(&[&first, &second]), &run);
+    assert!(run.stderr.contains("registering again"), "{}", run.stderr);
+}
+
+#[test]
+fn fake_after_a_reconnection_requests_carry_the_id_the_server_gave() {
+    let (work, script) = fake_setup();
+    let fake = Fake::start(script);
+    send_to_fake(&work, &fake, &[]).ok("first run registers");
+    // An id written byte-reversed, as tomer's client writes me.info.
+    let me = work.me_info();
+    let mut reversed = FAKE_ID.0;
+    reversed.reverse();
+    let reversed = ClientId(reversed);
+    work.file("me.info", me.replacen(&FAKE_ID.to_hex(), &reversed.to_hex(), 1).as_bytes());
+    let run = send_to_fake(&work, &fake, &[]);
+    run.ok("reconnect with a reversed id");
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1029, 1027, 1028, 1029]]), &run);
+    let ids = fake.state.lock().unwrap().ids.clone();
+    assert_eq!(ids[4], reversed, "the 1027 carries the id from me.info");
+    assert_eq!(&ids[5..], [FAKE_ID, FAKE_ID], "1028 and 1029 carry the id from the 2105");
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. The captures of existing implementations
+// ---------------------------------------------------------------------------------------
+
+const IMPLEMENTATIONS: [&str; 3] = ["b0rik", "dor", "tomer"];
+
+/// The files `PREFIX.connNN.SUFFIX` of a capture folder, in connection order.
+fn capture_files(folder: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(folder)
+        .expect("capture folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(&format!("{prefix}.conn")) && name.ends_with(suffix)
+        })
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no {prefix}.conn*{suffix} in {}", folder.display());
+    files
+}
+
+/// Every response of a run, walking the s2c files with `decode_response`.
+fn captured_responses(folder: &Path, prefix: &str) -> Vec<Response> {
+    let mut out = Vec::new();
+    for path in capture_files(folder, prefix, ".s2c.bin") {
+        let bytes = fs::read(&path).unwrap();
+        let mut at = 0;
+        while at < bytes.len() {
+            let (_, response, len) = decode_response(&bytes[at..])
+                .unwrap_or_else(|e| panic!("{} at {at}: {e}", path.display()));
+            out.push(response);
+            at += len;
+        }
+    }
+    out
+}
+
+/// Every request of a run with its 1028 content.
+fn captured_requests(folder: &Path, prefix: &str) -> Vec<(Request, Vec<u8>)> {
+    let mut out = Vec::new();
+    for path in capture_files(folder, prefix, ".c2s.bin") {
+        let bytes = fs::read(&path).unwrap();
+        let mut at = 0;
+        while at < bytes.len() {
+            let d = decode_request(&bytes[at..], u32::MAX)
+                .unwrap_or_else(|e| panic!("{} at {at}: {e}", path.display()));
+            out.push((d.request, bytes[at + d.content.start..at + d.content.end].to_vec()));
+            at += d.len;
+        }
+    }
+    out
+}
+
+/// Loads a capture's `me.info` through our parser, from a writable copy.
+fn captured_identity(folder: &Path) -> (tempfile::TempDir, Identity) {
+    let copy = tempfile::tempdir().unwrap();
+    for file in ["me.info", "priv.key"] {
+        fs::copy(folder.join(file), copy.path().join(file)).unwrap();
+    }
+    let identity = Identity::load(&copy.path().join("me.info"))
+        .unwrap_or_else(|e| panic!("{}/me.info does not load: {e}", folder.display()));
+    (copy, identity)
+}
+
+#[test]
+fn captured_identities_open_the_captured_aes_keys_and_files() {
+    let Some(captures) = common::captures_dir() else { return };
+    let small = fs::read(captures.join("small.bin")).unwrap();
+    assert_eq!(Cksum::of(&small), 1_934_239_053, "small.bin's GNU cksum");
+    for implementation in IMPLEMENTATIONS {
+        let folder = captures.join(implementation);
+        let (_copy, identity) = captured_identity(&folder);
+        let transfer = TransferInfo::load(&folder.join("transfer.info"))
+            .unwrap_or_else(|e| panic!("{implementation}/transfer.info: {e}"));
+        assert_eq!(transfer.name, identity.name, "{implementation}: same name in both files");
+        assert!(transfer.server.starts_with("127.0.0.1:"), "{implementation}: {transfer:?}");
+        assert_eq!(transfer.files.first().and_then(|f| f.file_name()), Some("small.bin".as_ref()));
+
+        for run in ["register", "reconnect"] {
+            let label = format!("{implementation}/{run}");
+            let responses = captured_responses(&folder, run);
+            let (id, encrypted) = responses
+                .iter()
+                .find_map(|r| match r {
+                    Response::PublicKeyAccepted { client_id, encrypted_key }
+                    | Response::ReconnectAccepted { client_id, encrypted_key } => {
+                        Some((*client_id, encrypted_key))
+                    }
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("{label}: no 2102/2105"));
+            // tomer's client writes line 2 byte-reversed (the captures README does not say
+            // so); a client that reconnects by name uses the id the server's 2105 gives.
+            let mut written = id.0;
+            if implementation == "tomer" {
+                written.reverse();
+            }
+            assert_eq!(ClientId(written), identity.id, "{label}: me.info line 2 against the id on the wire");
+            let key = identity
+                .key
+                .decrypt_aes_key(encrypted)
+                .unwrap_or_else(|e| panic!("{label}: me.info's key does not open the AES key: {e}"));
+            let requests = captured_requests(&folder, run);
+            let content = requests
+                .iter()
+                .find_map(|(r, content)| matches!(r, Request::SendFile(_)).then_some(content))
+                .unwrap_or_else(|| panic!("{label}: no 1028"));
+            let plain = decrypt_to_vec(&key, content).unwrap_or_else(|_| panic!("{label}: padding"));
+            assert!(plain == small, "{label}: the 1028 decrypts to small.bin");
+            if run == "register" {
+                let sent_key = requests.iter().find_map(|(r, _)| match r {
+                    Request::SendPublicKey { name, public_key } => Some((name.as_str(), public_key)),
+                    _ => None,
+                });
+                let (name, field) = sent_key.unwrap_or_else(|| panic!("{label}: no 1026"));
+                assert_eq!(name, identity.name, "{label}");
+                assert_eq!(PublicKey::from_field(field).unwrap(), identity.key.public_key(), "{label}");
+            }
+        }
+    }
+}
+
+#[test]
+fn captured_identities_are_used_by_our_client_and_re_registered_when_unknown() {
+    let Some(captures) = common::captures_dir() else { return };
+    let server = Server::start(&[]);
+    for implementation in IMPLEMENTATIONS {
+        let folder = captures.join(implementation);
+        let work = Workdir::new();
+        for file in ["me.info", "priv.key"] {
+            fs::copy(folder.join(file), work.path().join(file)).unwrap();
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for file in ["me.info", "priv.key"] {
+                fs::set_permissions(work.path().join(file), fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }
+        let name = fs::read_to_string(work.path().join("me.info")).unwrap();
+        let name = name.lines().next().unwrap().to_owned();
+        let small = fs::read(captures.join("small.bin")).unwrap();
+        work.file("small.bin", &small);
+        let run = work.send(&server.address(), None, &["small.bin"], &[]);
+        run.ok(implementation);
+        assert!(run.stderr.contains("registering again"), "{implementation}: {}", run.stderr);
+        let me = work.me_info();
+        assert_eq!(me.lines().next(), Some(name.as_str()), "{implementation}: name kept");
+        assert_same(&stored(&server, &id_of(&me), "small.bin"), &small, implementation);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Against the independent Python server
+// ---------------------------------------------------------------------------------------
+
+const PYTHON_HINT: &str = "install python3 and its `cryptography` package \
+     (`apt-get install python3 python3-cryptography` or `pip install cryptography`); CI installs them";
+
+/// `tests/peers/peer_server.py`, running; killed when dropped.
+struct PeerServer {
+    child: Child,
+    addr: String,
+    storage: tempfile::TempDir,
+    stdout: Arc<Mutex<String>>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl PeerServer {
+    fn start(extra: &[&str]) -> PeerServer {
+        let check = Command::new("python3")
+            .args(["-c", "import cryptography"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run python3 ({e}): {PYTHON_HINT}"));
+        assert!(
+            check.status.success(),
+            "python3 cannot import cryptography: {PYTHON_HINT}\n{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let storage = tempfile::tempdir().unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/peer_server.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .args(["--port", "0", "--storage"])
+            .arg(storage.path())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
+        let stderr = collect(child.stderr.take().unwrap());
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let Some(addr) = first.strip_prefix("listening on ").map(str::to_owned) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("peer_server.py did not start: {first:?}\n{}", stderr.join().unwrap());
+        };
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&stdout);
+        thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let mut out = sink.lock().unwrap();
+                out.push_str(&line);
+                out.push('\n');
+            }
+        });
+        PeerServer { child, addr, storage, stdout, stderr }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Waits for the server to exit (it does with `--once`); returns its status (`None`
+    /// if it had to be killed), stdout and stderr.
+    fn wait(mut self, timeout: Duration) -> (Option<ExitStatus>, String, String) {
+        let status = common::wait_timeout(&mut self.child, timeout);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Both pipes are closed now; give the stdout reader a moment to finish.
+        thread::sleep(Duration::from_millis(50));
+        let stdout = self.stdout();
+        let stderr = std::mem::replace(&mut self.stderr, thread::spawn(String::new));
+        (status, stdout, stderr.join().unwrap_or_default())
+    }
+}
+
+impl Drop for PeerServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_python_peer_server_stores_what_we_send() {
+    let peer = PeerServer::start(&["--once"]);
+    let work = Workdir::new();
+    let data = common::random_bytes(1_048_579, 8);
+    work.file("cross.bin", &data);
+    let run = work.send(&peer.addr, Some("pyuser"), &["cross.bin"], &[]);
+    run.ok("send to peer_server.py");
+    let stored = fs::read(peer.storage.path().join("cross.bin")).expect("peer stored cross.bin");
+    assert_same(&stored, &data, "bytes stored by peer_server.py");
+    let want = format!("verified cross.bin {} {}", data.len(), Cksum::of(&data));
+    let (status, stdout, stderr) = peer.wait(Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "peer_server.py --once exits 0: {status:?}\n{stderr}");
+    assert!(stdout.contains(&want), "peer_server.py says {want:?}: {stdout}\n{stderr}");
+}
+
+#[test]
+fn the_python_peer_server_drives_our_resend_and_give_up() {
+    // Its test aid reports a wrong cksum for the first N files it receives.
+    let peer = PeerServer::start(&["--wrong-cksum", "2"]);
+    let work = Workdir::new();
+    let data = common::random_bytes(33_333, 9);
+    work.file("again.bin", &data);
+    let run = work.send(&peer.addr, Some("pyresend"), &["again.bin"], &["--json"]);
+    run.ok("two wrong cksums from peer_server.py");
+    let line = &run.json()[0];
+    assert_eq!(line["sends"], 3, "{line}");
+    assert_eq!(line["cksum"], Cksum::of(&data), "{line}");
+    assert_same(&fs::read(peer.storage.path().join("again.bin")).unwrap(), &data, "stored");
+    let want = format!("verified again.bin {} {}", data.len(), Cksum::of(&data));
+    assert!(peer.stdout().contains(&want), "peer_server.py says {want:?}: {}", peer.stdout());
+
+    let stubborn = PeerServer::start(&["--wrong-cksum", "4"]);
+    let work = Workdir::new();
+    work.file("again.bin", &data);
+    let run = work.send(&stubborn.addr, Some("pygiveup"), &["again.bin"], &[]);
+    run.expect_code(5, "four wrong cksums from peer_server.py");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stubborn.stdout().contains("gave up again.bin") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(stubborn.stdout().contains("gave up again.bin"), "{}", stubborn.stdout());
+}
