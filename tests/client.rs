@@ -1374,3 +1374,43 @@ fn the_python_peer_server_drives_our_resend_and_give_up() {
     }
     assert!(stubborn.stdout().contains("gave up again.bin"), "{}", stubborn.stdout());
 }
+
+#[test]
+fn a_me_info_with_a_byte_reversed_id_reconnects_without_registering_again() {
+    // tomer's client writes the id in me.info byte-reversed; the server's answer tells.
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    work.file("data.bin", b"reversed id");
+    work.run(&["register", "--server", &server.address(), "--name", "erin"]).ok("register");
+    let me = work.me_info();
+    let id = id_of(&me);
+    let reversed: String = (0..16).rev().map(|i| &id[2 * i..2 * i + 2]).collect();
+    let rewritten = me.replacen(&id, &reversed, 1);
+    fs::write(work.path().join("me.info"), &rewritten).unwrap();
+
+    let sent = work.send(&server.address(), None, &["data.bin"], &[]);
+    sent.ok("send with a reversed id");
+    assert!(sent.stderr.contains("byte-reversed"), "{}", sent.stderr);
+    assert!(!sent.stderr.contains("registering"), "no new registration: {}", sent.stderr);
+    assert_eq!(work.me_info(), rewritten, "me.info left as the other client wrote it");
+    assert_eq!(stored(&server, &id, "data.bin"), b"reversed id");
+}
+
+#[test]
+fn a_missing_file_is_reported_before_connecting_and_the_rest_are_sent() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    work.file("good.bin", b"good");
+    let sent = work.send(&server.address(), Some("frank"), &["missing.bin", "good.bin"], &[]);
+    assert_eq!(sent.code(), Some(6), "the worst outcome is the missing file: {}", sent.stderr);
+    assert!(sent.stderr.contains("missing.bin"), "{}", sent.stderr);
+    assert_eq!(stored(&server, &work.id(), "good.bin"), b"good");
+}
+
+#[test]
+fn only_missing_files_means_no_connection_and_no_identity() {
+    let work = Workdir::new();
+    let sent = work.send(&closed_port(), Some("gina"), &["missing.bin"], &[]);
+    assert_eq!(sent.code(), Some(6), "{}", sent.stderr);
+    assert!(!work.path().join("me.info").exists(), "nothing registered");
+}

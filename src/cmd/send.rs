@@ -7,6 +7,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use securexfer::client::identity::{Identity, ME_INFO, TRANSFER_INFO, TransferInfo};
 use securexfer::client::wire::Timeouts;
 use securexfer::client::{Client, ClientError, Event, FailureKind, Session};
+use securexfer::protocol::MAX_PLAINTEXT_SIZE;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -91,6 +92,23 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .context("cannot use the saved identity")?;
 
+    // Files that cannot be sent are reported before anything goes on the wire.
+    let mut worst = 0u8;
+    let files: Vec<PathBuf> = files
+        .into_iter()
+        .filter(|path| match preflight(path) {
+            Ok(()) => true,
+            Err(e) => {
+                report_err(&args, path, &e);
+                worst = worst.max(code_for(e.kind()));
+                false
+            }
+        })
+        .collect();
+    if files.is_empty() {
+        return Ok(ExitCode::from(worst));
+    }
+
     let bar = Arc::new(Mutex::new(None::<ProgressBar>));
     let show_bar = !args.quiet && !args.json && std::io::stderr().is_terminal();
     let mut client = client_for(&server, &args.client);
@@ -100,7 +118,6 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let save_at = found.unwrap_or_else(|| candidates[0].clone());
     let session = establish(&mut client, identity, name, &candidates, &save_at)?;
 
-    let mut worst = 0u8;
     for path in &files {
         let started = Instant::now();
         let sent_name = path
@@ -126,6 +143,19 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(worst))
 }
 
+/// Whether `path` is a regular file the protocol can carry.
+fn preflight(path: &Path) -> Result<(), ClientError> {
+    let open_error = |source| ClientError::Open { path: path.to_owned(), source };
+    let meta = std::fs::metadata(path).map_err(open_error)?;
+    if !meta.is_file() {
+        return Err(open_error(std::io::Error::other("not a regular file")));
+    }
+    if meta.len() > MAX_PLAINTEXT_SIZE {
+        return Err(ClientError::TooLarge { path: path.to_owned(), size: meta.len() });
+    }
+    Ok(())
+}
+
 /// Reconnects with the identity, or registers (again, when the server denies it).
 fn establish(
     client: &mut Client,
@@ -138,11 +168,26 @@ fn establish(
         if let Some(session) = client.reconnect(&identity)? {
             return Ok(session);
         }
+        // Some existing clients write the id in me.info byte-reversed; the server's answer
+        // says which is right, so trying costs one round trip and guesses nothing.
+        let mut reversed = identity.clone();
+        reversed.id.0.reverse();
+        if reversed.id != identity.id {
+            if let Some(session) = client.reconnect(&reversed)? {
+                eprintln!(
+                    "securexfer: {} holds the client id byte-reversed (as some existing clients write it); using {}",
+                    save_at.display(),
+                    reversed.id
+                );
+                return Ok(session);
+            }
+        }
+        let name = name.unwrap_or_else(|| identity.name.clone());
         eprintln!(
-            "securexfer: the server does not know {} ({}); registering again",
+            "securexfer: the server does not know {} ({}); registering {name} again",
             identity.name, identity.id
         );
-        let session = client.register(&identity.name)?;
+        let session = client.register(&name)?;
         session.identity.save(save_at, true)?;
         return Ok(session);
     }

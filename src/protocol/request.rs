@@ -218,10 +218,15 @@ impl Request {
         }
     }
 
-    /// The payload size the header announces: for 1028 it covers the content too.
+    /// The payload size the header announces: for 1028 it covers the content too (the
+    /// spec's layout). Content within 259 bytes of 4 GiB cannot be announced that way, as
+    /// the size field has 4 bytes; then the layout existing clients use is sent instead:
+    /// exactly 259, with the content following (see [`FileHeader::check_sizes`]).
     pub fn payload_size(&self) -> u32 {
         match self {
-            Request::SendFile(h) => FILE_HEADER_LEN as u32 + h.content_size,
+            Request::SendFile(h) => (FILE_HEADER_LEN as u32)
+                .checked_add(h.content_size)
+                .unwrap_or(FILE_HEADER_LEN as u32),
             other => other.code().fixed_payload_len().expect("fixed size"),
         }
     }

@@ -1043,3 +1043,18 @@ proptest! {
         prop_assert_eq!(storage_name(&sent), Ok(sent.as_str()));
     }
 }
+
+#[test]
+fn the_largest_content_is_announced_with_the_259_byte_layout_and_decodes() {
+    use super::*;
+    let header = FileHeader {
+        content_size: MAX_CONTENT_SIZE,
+        file_name: FixedName::new("big.bin", "file name").unwrap(),
+    };
+    let request = Request::SendFile(header.clone());
+    assert_eq!(request.payload_size(), FILE_HEADER_LEN as u32);
+    header.check_sizes(request.payload_size(), MAX_CONTENT_SIZE).unwrap();
+    // Content that still fits the spec's layout uses it.
+    let small = Request::SendFile(FileHeader { content_size: 4096, ..header });
+    assert_eq!(small.payload_size(), FILE_HEADER_LEN as u32 + 4096);
+}
