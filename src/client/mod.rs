@@ -223,6 +223,14 @@ pub struct Client {
     timeouts: Timeouts,
     wire: Option<Wire>,
     events: Box<dyn FnMut(Event) + Send>,
+    /// The identity of the current session, to redo the key exchange on a new connection
+    /// after one was lost: a server with strict sessions forgets a session with its
+    /// connection.
+    rekey: Option<Identity>,
+    /// The AES key of the current key exchange (it changes when one is redone).
+    key: Option<AesKey>,
+    /// A connection failed; the next one starts with a key exchange.
+    lost: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -234,7 +242,15 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client for `server` (`host:port`); it connects on first use.
     pub fn new(server: &str, timeouts: Timeouts) -> Self {
-        Client { server: server.to_owned(), timeouts, wire: None, events: Box::new(|_| {}) }
+        Client {
+            server: server.to_owned(),
+            timeouts,
+            wire: None,
+            events: Box::new(|_| {}),
+            rekey: None,
+            key: None,
+            lost: false,
+        }
     }
 
     /// Reports progress and retries to `events`.
@@ -272,6 +288,8 @@ impl Client {
         })?;
         let aes_key = key.decrypt_aes_key(&encrypted).map_err(ClientError::Key)?;
         let identity = Identity { name: name.to_owned(), id, key };
+        self.rekey = Some(identity.clone());
+        self.key = Some(aes_key);
         Ok(Session { identity, aes_key, registered: true })
     }
 
@@ -290,6 +308,8 @@ impl Client {
         // Servers that look clients up by name say which id they hold; file requests must
         // carry that one (some clients' me.info, e.g. tomer's, store the id byte-reversed).
         let identity = Identity { id: server_id, ..identity.clone() };
+        self.rekey = Some(identity.clone());
+        self.key = Some(aes_key);
         Ok(Some(Session { identity, aes_key, registered: false }))
     }
 
@@ -350,7 +370,8 @@ impl Client {
             };
             wire.send(&head).map_err(|e| Failure::Connection(e.to_string()))?;
             let mut progress = |n| events(Event::Progress(n));
-            let ours = match upload::stream_file(path, size, &session.aes_key, wire.stream(), &mut progress) {
+            let key = c.key.unwrap_or(session.aes_key);
+            let ours = match upload::stream_file(path, size, &key, wire.stream(), &mut progress) {
                 Ok(ours) => ours,
                 // A server that refuses a file (too large, say) may answer 2107 and close
                 // before reading it: its answer, when there is one, says more than the pipe.
@@ -404,6 +425,7 @@ impl Client {
                 }
                 Err(Failure::Connection(reason)) => {
                     self.wire = None;
+                    self.lost = true;
                     last = reason;
                 }
             }
@@ -422,9 +444,15 @@ impl Client {
             self.wire = None;
         }
         if self.wire.is_none() {
-            let wire = Wire::connect(&self.server, self.timeouts).map_err(|e| {
+            let mut wire = Wire::connect(&self.server, self.timeouts).map_err(|e| {
                 Failure::Connection(format!("cannot connect to {}: {e}", self.server))
             })?;
+            if self.lost {
+                if let Some(identity) = &self.rekey {
+                    self.key = Some(redo_key_exchange(&mut wire, identity)?);
+                }
+                self.lost = false;
+            }
             self.wire = Some(wire);
         }
         Ok(self.wire.as_mut().expect("just set"))
@@ -467,6 +495,22 @@ impl Client {
             }
         }
         Err(Failure::Connection("the server closed the connection".into()))
+    }
+}
+
+/// A 1027 on a fresh connection, after the previous one was lost; returns the new AES key.
+fn redo_key_exchange(wire: &mut Wire, identity: &Identity) -> Result<AesKey, Failure> {
+    let name = FixedName::new(&identity.name, "name").map_err(|e| Failure::Fatal(ClientError::BadName(e)))?;
+    let request = encode_request(identity.id, &Request::Reconnect { name });
+    wire.send(&request).map_err(|e| Failure::Connection(e.to_string()))?;
+    match wire.recv() {
+        Ok(Response::ReconnectAccepted { encrypted_key, .. }) => identity
+            .key
+            .decrypt_aes_key(&encrypted_key)
+            .map_err(|e| Failure::Fatal(ClientError::Key(e))),
+        Ok(Response::GeneralError) => Err(Failure::ServerError),
+        Ok(other) => Err(unexpected("reconnection after a lost connection (1027)", "2105", &other)),
+        Err(e) => Err(Failure::Connection(e.to_string())),
     }
 }
 

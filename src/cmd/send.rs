@@ -184,7 +184,7 @@ fn establish(
         }
         let name = name.unwrap_or_else(|| identity.name.clone());
         eprintln!(
-            "securexfer: the server does not know {} ({}); registering {name} again",
+            "securexfer: the server does not know {} ({}); registering again as {name}",
             identity.name, identity.id
         );
         let session = client.register(&name)?;
