@@ -28,7 +28,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 /// Largest payload of an unknown code that is skipped (answered 2107) rather than ending
 /// the connection.
@@ -67,15 +67,18 @@ pub(crate) struct Connection<S> {
     registered_here: Option<ClientId>,
     /// The session this connection made with 1026 or 1027.
     session: Option<Arc<Session>>,
+    /// The connection's span, which learns the client id once it is known.
+    span: tracing::Span,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     pub(crate) fn new(shared: Arc<Shared>, stream: S, conn_id: u64, peer: SocketAddr) -> Self {
-        Connection { shared, stream, conn_id, peer, registered_here: None, session: None }
+        Connection { shared, stream, conn_id, peer, registered_here: None, session: None, span: tracing::Span::none() }
     }
 
     /// Serves requests until the peer leaves, misbehaves, or the server shuts down.
     pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.span = tracing::Span::current();
         // After a 1030 the resend is part of the same transfer.
         let mut resend_due = false;
         loop {
@@ -182,11 +185,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 });
             }
         };
-        let result = self.dispatch(&header, request).await;
+        // Every line a request logs carries its code: one line per request says what it was
+        // and how it ended.
+        let span = tracing::info_span!("request", code = code.as_u16());
+        let result = self.dispatch(&header, request).instrument(span.clone()).await;
+        let _entered = span.enter();
         match result {
             Ok(next) => Ok(next),
             Err(Refused(reason)) => {
-                warn!(code = code.as_u16(), client = %header.client_id, "refused: {reason}");
+                warn!(client = %header.client_id, "refused with 2107: {reason}");
                 Ok(if code == RequestCode::SendFile {
                     Next::ReplyAndClose(Response::GeneralError)
                 } else {
@@ -278,7 +285,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             info!(%name, "registration refused: name taken");
             return Ok(Next::Reply(Response::RegistrationFailed));
         }
-        tracing::Span::current().record("client", tracing::field::display(id));
         info!(%name, client = %id, "registered");
         self.registered_here = Some(id);
         self.shared.sessions.note_registration(id, self.peer.ip());
@@ -313,7 +319,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let stored = field.0.to_vec();
         self.shared.db(move |db| db.set_public_key(id, &stored)).await?;
         let encrypted_key = self.start_session(id, &key).await?;
-        info!(client = %id, "public key received; AES key sent");
+        info!("public key received; AES key sent");
         Ok(Next::Reply(Response::PublicKeyAccepted { client_id: id, encrypted_key }))
     }
 
@@ -335,7 +341,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             return Ok(denied);
         };
         let encrypted_key = self.start_session(id, &key).await?;
-        info!(client = %id, "reconnected; fresh AES key sent");
+        info!("reconnected; fresh AES key sent");
         Ok(Next::Reply(Response::ReconnectAccepted { client_id: id, encrypted_key }))
     }
 
@@ -351,7 +357,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         self.shared.sessions.publish(&session);
         self.session = Some(session);
         self.registered_here = None;
-        tracing::Span::current().record("client", tracing::field::display(id));
+        self.span.record("client", tracing::field::display(id));
         Ok(encrypted)
     }
 
