@@ -2,6 +2,8 @@
 //! connection to its state machine ([`conn`]).
 
 mod conn;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod session;
 pub mod upload;
 

@@ -232,6 +232,21 @@ impl Db {
         Ok(())
     }
 
+    /// The AES key last sent to a client. The server never reads it back (a session keeps
+    /// its key in memory); the fuzz harness uses it to follow a session without paying for
+    /// an RSA decryption on every key exchange.
+    pub fn aes_key(&self, id: ClientId) -> Result<Option<[u8; 16]>, DbError> {
+        let key: Option<Option<Vec<u8>>> = self
+            .conn
+            .query_row(
+                "SELECT AESKey FROM clients WHERE ID = ?1",
+                [&id.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(key.flatten().and_then(|k| k.try_into().ok()))
+    }
+
     /// Updates `LastSeen`; `false` if no such client.
     pub fn touch(&self, id: ClientId) -> Result<bool, DbError> {
         let n = self.conn.execute(
@@ -242,6 +257,9 @@ impl Db {
     }
 
     /// Records a file the client confirmed (1029). Called only after the file is in place.
+    /// Different names can store at one path (`C:\a\f.txt` and `f.txt` both store as
+    /// `f.txt`): a verified record of another name at this path described the file just
+    /// replaced, so it goes.
     pub fn record_verified(
         &self,
         id: ClientId,
@@ -250,7 +268,12 @@ impl Db {
         size: u64,
         cksum: u32,
     ) -> Result<(), DbError> {
-        self.conn.execute(
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "DELETE FROM files WHERE ID = ?1 AND PathName = ?2 AND FileName <> ?3 AND Verified = 1",
+            params![&id.0[..], path_name, file_name],
+        )?;
+        tx.execute(
             "INSERT INTO files (ID, FileName, PathName, Verified, Size, Cksum, StoredAt)
              VALUES (?1, ?2, ?3, 1, ?4, ?5, datetime('now'))
              ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName,
@@ -258,6 +281,7 @@ impl Db {
                StoredAt = excluded.StoredAt",
             params![&id.0[..], file_name, path_name, size as i64, cksum],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -349,6 +373,24 @@ mod tests {
         assert_eq!(files.len(), 1);
         assert!(files[0].verified);
         assert_eq!(files[0].size, Some(3));
+    }
+
+    #[test]
+    fn storing_another_name_at_the_same_path_drops_the_replaced_record() {
+        let db = Db::open_in_memory().unwrap();
+        let id = ClientId([1; 16]);
+        db.insert_client(id, "a").unwrap();
+        db.record_verified(id, "f.txt", "x/f.txt", 5, 1).unwrap();
+        db.record_given_up(id, "/tmp/f.txt", "x/f.txt").unwrap();
+        let replacing = r"C:\dir\f.txt";
+        db.record_verified(id, replacing, "x/f.txt", 9, 2).unwrap();
+        let files = db.files().unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| (&f.file_name[..], f.verified))
+            .collect();
+        assert_eq!(names, [("/tmp/f.txt", false), (replacing, true)]);
+        assert_eq!(files[1].size, Some(9));
     }
 
     #[test]

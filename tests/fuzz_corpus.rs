@@ -1,0 +1,48 @@
+//! Replays the fuzz corpora in `fuzz/corpus/<target>/` through the checks the fuzz targets
+//! run (`securexfer::server::fuzzing`), so that CI re-tests every input the fuzzer kept and
+//! every crash it once found, without cargo-fuzz or a nightly compiler.
+
+use securexfer::server::fuzzing::{check_decode, check_session};
+use std::path::{Path, PathBuf};
+
+/// The files of one target's corpus, in name order. An empty or missing corpus fails:
+/// it would make the replay pass while testing nothing.
+fn corpus(target: &str) -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("the corpus {} cannot be read: {e}", dir.display()));
+    let mut files: Vec<PathBuf> = entries
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "the corpus {} is empty", dir.display());
+    files
+}
+
+/// Runs `check` on every input, naming the input that fails.
+fn replay(target: &str, check: fn(&[u8])) {
+    for path in corpus(target) {
+        let bytes = std::fs::read(&path).expect("a corpus file");
+        if let Err(panic) = std::panic::catch_unwind(|| check(&bytes)) {
+            eprintln!(
+                "corpus input {} fails (reproduce: cargo fuzz run {target} {})",
+                path.display(),
+                path.display()
+            );
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+#[test]
+fn every_decode_request_corpus_input_passes_the_codec_checks() {
+    replay("decode_request", check_decode);
+}
+
+#[test]
+fn every_server_session_corpus_input_passes_the_session_checks() {
+    replay("server_session", check_session);
+}
