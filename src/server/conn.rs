@@ -116,8 +116,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
             };
             if let Some(response) = response {
-                if let Err(e) = self.stream.write_all(&response.encode()).await {
-                    debug!("could not answer: {e}");
+                // A peer that sends but never reads must not hold the connection forever.
+                let idle = self.shared.config.idle_timeout;
+                let written = tokio::time::timeout(idle, self.stream.write_all(&response.encode())).await;
+                if !matches!(written, Ok(Ok(()))) {
+                    debug!("could not answer within {idle:?}; closing");
                     break;
                 }
             }
