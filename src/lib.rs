@@ -8,3 +8,5 @@ pub mod protocol;
 pub mod store;
 pub mod server;
 pub mod client;
+
+mod buf;

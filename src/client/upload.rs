@@ -3,6 +3,7 @@
 //! waits for the disk or the socket. A few fixed-size buffers circulate; memory does not
 //! grow with the file.
 
+use crate::buf::AlignedBuf;
 use crate::crypto::{AesKey, CbcEncryptor, Cksum};
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -44,7 +45,7 @@ pub enum StreamError {
 /// A chunk travelling down the pipeline: its buffer, how many bytes are valid, whether it
 /// is the file's end.
 struct Chunk {
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     len: usize,
     last: bool,
 }
@@ -62,9 +63,11 @@ pub fn stream_file(
     let file = File::open(path).map_err(|source| StreamError::Read { path: shown.clone(), source })?;
     let (read_tx, read_rx) = sync_channel::<Chunk>(DEPTH);
     let (enc_tx, enc_rx) = sync_channel::<Chunk>(DEPTH);
-    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(2 * DEPTH + 2);
+    let (free_tx, free_rx) = sync_channel::<AlignedBuf>(2 * DEPTH + 2);
+    // Room for a whole chunk plus the padding block; a small file needs only its size.
+    let capacity = len.min(CHUNK as u64) as usize + 16;
     for _ in 0..2 * DEPTH + 1 {
-        free_tx.try_send(Vec::with_capacity(CHUNK + 16)).expect("room");
+        free_tx.try_send(AlignedBuf::new(capacity)).expect("room");
     }
     let key = *key;
     thread::scope(|scope| {
@@ -92,7 +95,7 @@ enum ReadFailure {
 fn read_stage(
     mut file: File,
     len: u64,
-    free_rx: Receiver<Vec<u8>>,
+    free_rx: Receiver<AlignedBuf>,
     tx: SyncSender<Chunk>,
 ) -> Result<u32, ReadFailure> {
     let mut cksum = Cksum::new();
@@ -100,7 +103,7 @@ fn read_stage(
     loop {
         let Ok(mut buf) = free_rx.recv() else { return Ok(cksum.finish()) };
         let want = remaining.min(CHUNK as u64) as usize;
-        buf.resize(want + 16, 0);
+        buf.set_len(want + 16);
         let got = read_full(&mut file, &mut buf[..want]).map_err(ReadFailure::Io)?;
         if got < want {
             return Err(ReadFailure::Short(len - remaining + got as u64));
@@ -147,7 +150,7 @@ fn encrypt_stage(key: &AesKey, rx: Receiver<Chunk>, tx: SyncSender<Chunk>) {
 fn write_stage(
     out: &mut (impl Write + ?Sized),
     rx: Receiver<Chunk>,
-    free_tx: SyncSender<Vec<u8>>,
+    free_tx: SyncSender<AlignedBuf>,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<()> {
     let mut done = 0u64;
