@@ -96,14 +96,7 @@ impl Fixture {
         let cipher_path = dir.path().join("cipher.bin");
         std::fs::write(&plain_path, &plain).expect("write plaintext file");
         std::fs::write(&cipher_path, &cipher).expect("write ciphertext file");
-        Fixture {
-            key,
-            plain,
-            cipher,
-            plain_path,
-            cipher_path,
-            _dir: dir,
-        }
+        Fixture { key, plain, cipher, plain_path, cipher_path, _dir: dir }
     }
 
     /// Before any timing: every path computes the same bytes as the reference tools.
@@ -111,29 +104,17 @@ impl Fixture {
         let openssl_out = self._dir.path().join("openssl.bin");
         openssl(false, &self.key, &self.plain_path, &openssl_out);
         let theirs = std::fs::read(&openssl_out).expect("read openssl output");
-        assert!(
-            theirs == self.cipher,
-            "our ciphertext differs from openssl enc's"
-        );
+        assert!(theirs == self.cipher, "our ciphertext differs from openssl enc's");
         std::fs::remove_file(&openssl_out).expect("remove openssl output");
         let len = self.plain.len();
         let mut work = self.plain.clone();
         work.resize(self.cipher.len(), 0);
         encrypt(CbcEncryptor::portable(&self.key), &mut work, len);
-        assert!(
-            work == self.cipher,
-            "the portable encryptor differs from the AES-NI one"
-        );
-        for dec in [
-            CbcDecryptor::new(&self.key),
-            CbcDecryptor::portable(&self.key),
-        ] {
+        assert!(work == self.cipher, "the portable encryptor differs from the AES-NI one");
+        for dec in [CbcDecryptor::new(&self.key), CbcDecryptor::portable(&self.key)] {
             work.copy_from_slice(&self.cipher);
             decrypt(dec, &mut work);
-            assert!(
-                work[..len] == self.plain[..],
-                "decryption does not give the plaintext back"
-            );
+            assert!(work[..len] == self.plain[..], "decryption does not give the plaintext back");
         }
         assert_eq!(
             Cksum::of(&self.plain),
@@ -147,31 +128,24 @@ impl Fixture {
         let len = self.plain.len();
         let key = &self.key;
         work[..len].copy_from_slice(&self.plain);
-        t.enc
-            .push(timed(|| encrypt(CbcEncryptor::new(key), work, len)));
+        t.enc.push(timed(|| encrypt(CbcEncryptor::new(key), work, len)));
         work[..len].copy_from_slice(&self.plain);
-        t.enc_portable
-            .push(timed(|| encrypt(CbcEncryptor::portable(key), work, len)));
+        t.enc_portable.push(timed(|| encrypt(CbcEncryptor::portable(key), work, len)));
         work.copy_from_slice(&self.cipher);
         t.dec.push(timed(|| decrypt(CbcDecryptor::new(key), work)));
         work.copy_from_slice(&self.cipher);
-        t.dec_portable
-            .push(timed(|| decrypt(CbcDecryptor::portable(key), work)));
+        t.dec_portable.push(timed(|| decrypt(CbcDecryptor::portable(key), work)));
         let null = Path::new("/dev/null");
-        t.openssl_enc
-            .push(timed(|| openssl(false, key, &self.plain_path, null)));
-        t.openssl_dec
-            .push(timed(|| openssl(true, key, &self.cipher_path, null)));
+        t.openssl_enc.push(timed(|| openssl(false, key, &self.plain_path, null)));
+        t.openssl_dec.push(timed(|| openssl(true, key, &self.cipher_path, null)));
         t.cksum.push(timed(|| {
             black_box(Cksum::of(black_box(&self.plain)));
         }));
         t.gnu_cksum.push(timed(|| {
             gnu_cksum(&self.plain_path);
         }));
-        t.openssl_speed.push((
-            openssl_speed(false, ENCRYPT_CHUNK),
-            openssl_speed(true, DECRYPT_CHUNK),
-        ));
+        t.openssl_speed
+            .push((openssl_speed(false, ENCRYPT_CHUNK), openssl_speed(true, DECRYPT_CHUNK)));
     }
 }
 
@@ -211,14 +185,9 @@ fn openssl(decrypt: bool, key: &AesKey, input: &Path, output: &Path) {
     if decrypt {
         cmd.arg("-d");
     }
-    cmd.args(["-K", &hex(key), "-iv", ZERO_IV_HEX, "-in"])
-        .arg(input)
-        .arg("-out")
-        .arg(output);
-    let status = cmd
-        .stdin(Stdio::null())
-        .status()
-        .expect("cannot run openssl (apt-get install openssl)");
+    cmd.args(["-K", &hex(key), "-iv", ZERO_IV_HEX, "-in"]).arg(input).arg("-out").arg(output);
+    let status =
+        cmd.stdin(Stdio::null()).status().expect("cannot run openssl (apt-get install openssl)");
     assert!(status.success(), "openssl enc failed: {status}");
 }
 
@@ -263,11 +232,7 @@ fn median(times: &[Duration]) -> Duration {
     let mut sorted = times.to_vec();
     sorted.sort();
     let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2
-    }
+    if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2 }
 }
 
 fn report(bytes: usize, t: &Times) {
@@ -283,15 +248,9 @@ fn report(bytes: usize, t: &Times) {
         ("GNU cksum (whole process)", &t.gnu_cksum),
     ];
     for (name, times) in rows {
-        let all: Vec<String> = times
-            .iter()
-            .map(|d| format!("{:.0}", bytes as f64 / d.as_secs_f64() / 1e6))
-            .collect();
-        println!(
-            "{name:<36} {:>8.0} MB/s   (runs: {})",
-            rate(times),
-            all.join(" ")
-        );
+        let all: Vec<String> =
+            times.iter().map(|d| format!("{:.0}", bytes as f64 / d.as_secs_f64() / 1e6)).collect();
+        println!("{name:<36} {:>8.0} MB/s   (runs: {})", rate(times), all.join(" "));
     }
     let speed = |pick: fn(&(f64, f64)) -> f64| {
         let mut v: Vec<f64> = t.openssl_speed.iter().map(pick).collect();
@@ -303,26 +262,11 @@ fn report(bytes: usize, t: &Times) {
         "{:<36} {speed_enc:>8.0} MB/s   (reference: OpenSSL's loop, no process or file)",
         "openssl speed encrypt (in process)"
     );
-    println!(
-        "{:<36} {speed_dec:>8.0} MB/s   (reference)",
-        "openssl speed decrypt (in process)"
-    );
+    println!("{:<36} {speed_dec:>8.0} MB/s   (reference)", "openssl speed decrypt (in process)");
     let checks = [
-        (
-            "encrypt / openssl enc",
-            rate(&t.enc) / rate(&t.openssl_enc),
-            TARGET_ENCRYPT_VS_OPENSSL,
-        ),
-        (
-            "decrypt / our encrypt",
-            rate(&t.dec) / rate(&t.enc),
-            TARGET_DECRYPT_VS_ENCRYPT,
-        ),
-        (
-            "cksum / GNU cksum",
-            rate(&t.cksum) / rate(&t.gnu_cksum),
-            TARGET_CKSUM_VS_GNU,
-        ),
+        ("encrypt / openssl enc", rate(&t.enc) / rate(&t.openssl_enc), TARGET_ENCRYPT_VS_OPENSSL),
+        ("decrypt / our encrypt", rate(&t.dec) / rate(&t.enc), TARGET_DECRYPT_VS_ENCRYPT),
+        ("cksum / GNU cksum", rate(&t.cksum) / rate(&t.gnu_cksum), TARGET_CKSUM_VS_GNU),
     ];
     for (name, ratio, target) in checks {
         let verdict = if ratio >= target { "PASS" } else { "MISS" };
@@ -337,9 +281,7 @@ fn report(bytes: usize, t: &Times) {
 
 fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Ok(v) => v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,
     }
 }

@@ -104,11 +104,7 @@ fn main() -> ExitCode {
             0
         }
     };
-    if errors + mismatches == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if errors + mismatches == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn timeouts(args: &Args) -> Timeouts {
@@ -122,11 +118,7 @@ fn run_register(args: &Args, dir: &Path, tag: &str) -> Vec<Outcome> {
         .map(|i| {
             let file = dir.join(format!("c{i}.bin"));
             write_random(&file, args.size);
-            Plan {
-                name: format!("{tag}-c{i}"),
-                file,
-                sent_name: format!("c{i}.bin"),
-            }
+            Plan { name: format!("{tag}-c{i}"), file, sent_name: format!("c{i}.bin") }
         })
         .collect();
     println!(
@@ -135,23 +127,15 @@ fn run_register(args: &Args, dir: &Path, tag: &str) -> Vec<Outcome> {
     );
     let timeouts = timeouts(args);
     let server = args.server.clone();
-    run_together(
-        plans.into_iter().map(|plan| vec![plan]).collect(),
-        move |plans| {
-            let plan = plans[0].clone();
-            let started = Instant::now();
-            let mut client = Client::new(&server, timeouts);
-            let result = client
-                .register(&plan.name)
-                .and_then(|session| client.send_file(&session, &plan.file, &plan.sent_name));
-            vec![Outcome {
-                plan,
-                started,
-                took: started.elapsed(),
-                result,
-            }]
-        },
-    )
+    run_together(plans.into_iter().map(|plan| vec![plan]).collect(), move |plans| {
+        let plan = plans[0].clone();
+        let started = Instant::now();
+        let mut client = Client::new(&server, timeouts);
+        let result = client
+            .register(&plan.name)
+            .and_then(|session| client.send_file(&session, &plan.file, &plan.sent_name));
+        vec![Outcome { plan, started, took: started.elapsed(), result }]
+    })
 }
 
 /// `--reconnect`: register a pool (untimed), then each worker reconnects and sends in turn.
@@ -179,11 +163,8 @@ fn run_reconnect(args: &Args, dir: &Path, tag: &str) -> Vec<Outcome> {
     );
     let server = args.server.clone();
     let identities = Arc::new(identities);
-    let index: HashMap<String, usize> = identities
-        .iter()
-        .enumerate()
-        .map(|(i, id)| (id.name.clone(), i))
-        .collect();
+    let index: HashMap<String, usize> =
+        identities.iter().enumerate().map(|(i, id)| (id.name.clone(), i)).collect();
     run_together(per_worker, move |plans| {
         let identity = &identities[index[&plans[0].name]];
         plans
@@ -201,21 +182,11 @@ fn reconnect_and_send(
 ) -> Outcome {
     let started = Instant::now();
     let mut client = Client::new(server, timeouts);
-    let result = client
-        .reconnect(identity)
-        .and_then(|session| match session {
-            Some(session) => client.send_file(&session, &plan.file, &plan.sent_name),
-            None => Err(ClientError::NameTaken(format!(
-                "{} (reconnect denied)",
-                identity.name
-            ))),
-        });
-    Outcome {
-        plan,
-        started,
-        took: started.elapsed(),
-        result,
-    }
+    let result = client.reconnect(identity).and_then(|session| match session {
+        Some(session) => client.send_file(&session, &plan.file, &plan.sent_name),
+        None => Err(ClientError::NameTaken(format!("{} (reconnect denied)", identity.name))),
+    });
+    Outcome { plan, started, took: started.elapsed(), result }
 }
 
 /// Registers `n` identities, a few at a time.
@@ -226,21 +197,13 @@ fn register_pool(server: &str, timeouts: Timeouts, tag: &str, n: usize) -> Vec<I
             let (server, name) = (server.to_owned(), format!("{tag}-r{i}"));
             thread::Builder::new()
                 .stack_size(WORKER_STACK)
-                .spawn(move || {
-                    Client::new(&server, timeouts)
-                        .register(&name)
-                        .map(|s| s.identity)
-                })
+                .spawn(move || Client::new(&server, timeouts).register(&name).map(|s| s.identity))
                 .expect("spawn")
         })
         .collect();
     let identities: Vec<Identity> = handles
         .into_iter()
-        .map(|h| {
-            h.join()
-                .expect("register thread")
-                .expect("pre-registering an identity failed")
-        })
+        .map(|h| h.join().expect("register thread").expect("pre-registering an identity failed"))
         .collect();
     println!(
         "pre-registered {n} identities in {:.2} s (not timed)",
@@ -270,10 +233,7 @@ where
         })
         .collect();
     barrier.wait();
-    handles
-        .into_iter()
-        .flat_map(|h| h.join().expect("worker thread"))
-        .collect()
+    handles.into_iter().flat_map(|h| h.join().expect("worker thread")).collect()
 }
 
 /// From the first session's start to the last one's end. (Not this thread's clock: with a
@@ -323,10 +283,8 @@ fn report(outcomes: &[Outcome], size: u64) -> usize {
 fn verify(outcomes: &[Outcome], db_path: &Path, storage: &Path, size: u64) -> usize {
     let db = Db::open_read_only(db_path).expect("cannot open the server's database");
     let files = db.files().expect("cannot read the files table");
-    let recorded: HashMap<(&str, &str), &FileRecord> = files
-        .iter()
-        .map(|f| ((f.client_name.as_str(), f.file_name.as_str()), f))
-        .collect();
+    let recorded: HashMap<(&str, &str), &FileRecord> =
+        files.iter().map(|f| ((f.client_name.as_str(), f.file_name.as_str()), f)).collect();
     let mut bad = 0;
     let mut checked = 0;
     for o in outcomes {
@@ -367,10 +325,7 @@ fn check_file(
         .map_err(|e| format!("stored file {}: {e}", record.path_name))?
         .len();
     if stored != size {
-        return Err(format!(
-            "stored file {} is {stored} bytes, sent {size}",
-            record.path_name
-        ));
+        return Err(format!("stored file {} is {stored} bytes, sent {size}", record.path_name));
     }
     Ok(())
 }
@@ -390,27 +345,19 @@ fn parse_size(text: &str) -> Result<u64, String> {
         Some((i, 'g' | 'G')) => (&text[..i], 30),
         _ => (text, 0),
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size"))?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{text:?} is too large"))
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A thousand clients hold a socket and a file each: raise the soft descriptor limit.
 fn raise_open_file_limit() {
     // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
     unsafe {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
         {
             limit.rlim_cur = limit.rlim_max;

@@ -28,12 +28,7 @@ impl AlignedBuf {
         let mut raw: Vec<u8> = Vec::with_capacity(capacity + ALIGN);
         let start = (ALIGN - raw.as_ptr().addr() % ALIGN) % ALIGN;
         raw.resize(start, 0);
-        AlignedBuf {
-            raw,
-            start,
-            capacity,
-            len: 0,
-        }
+        AlignedBuf { raw, start, capacity, len: 0 }
     }
 
     /// Makes the buffer `len` bytes long; bytes not written since hold old contents (or
@@ -42,11 +37,7 @@ impl AlignedBuf {
     /// # Panics
     /// If `len` exceeds the capacity.
     pub(crate) fn set_len(&mut self, len: usize) {
-        assert!(
-            len <= self.capacity,
-            "{len} bytes do not fit in {}",
-            self.capacity
-        );
+        assert!(len <= self.capacity, "{len} bytes do not fit in {}", self.capacity);
         let end = self.start + len;
         if self.raw.len() < end {
             // Within the capacity reserved in `new`: never reallocates, so `start` holds.
@@ -87,10 +78,7 @@ mod tests {
             buf.set_len(capacity / 2);
             assert!(buf.iter().all(|&b| b == 7));
             buf.set_len(capacity);
-            assert!(
-                buf.iter().all(|&b| b == 7),
-                "contents survive shrinking and growing"
-            );
+            assert!(buf.iter().all(|&b| b == 7), "contents survive shrinking and growing");
             assert_eq!(buf.as_ptr().addr() % ALIGN, 0);
         }
     }

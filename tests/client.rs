@@ -18,8 +18,8 @@ use securexfer::client::identity::{Identity, TransferInfo};
 use securexfer::crypto::aes::decrypt_to_vec;
 use securexfer::crypto::{AesKey, Cksum, PublicKey};
 use securexfer::protocol::{
-    ClientId, FILE_HEADER_LEN, FileHeader, REQUEST_HEADER_LEN, Request, RequestCode,
-    RequestHeader, Response, decode_request, decode_response,
+    ClientId, FILE_HEADER_LEN, FileHeader, REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader,
+    Response, decode_request, decode_response,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -182,7 +182,8 @@ fn id_of(me_info: &str) -> String {
 
 fn stored(server: &Server, id: &str, name: &str) -> Vec<u8> {
     let path = server.storage().join(id).join(name);
-    fs::read(&path).unwrap_or_else(|e| panic!("{} not stored: {e}\n{}", path.display(), server.log()))
+    fs::read(&path)
+        .unwrap_or_else(|e| panic!("{} not stored: {e}\n{}", path.display(), server.log()))
 }
 
 /// Compares without printing megabytes on failure.
@@ -487,7 +488,12 @@ fn no_identity_and_no_name_lists_every_path_tried() {
     run.expect_code(2, "nothing to reconnect with and no name to register");
     let xdg = work.config().join("securexfer").join("me.info");
     assert!(run.stderr.contains("me.info, "), "{}", run.stderr);
-    assert!(run.stderr.contains(&xdg.display().to_string()), "names {}: {}", xdg.display(), run.stderr);
+    assert!(
+        run.stderr.contains(&xdg.display().to_string()),
+        "names {}: {}",
+        xdg.display(),
+        run.stderr
+    );
 }
 
 #[test]
@@ -600,8 +606,9 @@ impl Script {
 }
 
 /// The id the fake gives (not a palindrome, so a byte-reversed copy differs).
-const FAKE_ID: ClientId =
-    ClientId([0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10]);
+const FAKE_ID: ClientId = ClientId([
+    0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76, 0x54, 0x32, 0x10,
+]);
 
 #[derive(Default)]
 struct FakeState {
@@ -653,7 +660,10 @@ impl Fake {
 
 /// Reads one request; `None` at a clean end of the connection. The content of a 1028 is
 /// read and thrown away.
-fn read_request(stream: &mut TcpStream, stall_files: bool) -> io::Result<Option<(ClientId, Request)>> {
+fn read_request(
+    stream: &mut TcpStream,
+    stall_files: bool,
+) -> io::Result<Option<(ClientId, Request)>> {
     let mut header = [0u8; REQUEST_HEADER_LEN];
     match stream.read_exact(&mut header) {
         Ok(()) => {}
@@ -669,7 +679,8 @@ fn read_request(stream: &mut TcpStream, stall_files: bool) -> io::Result<Option<
         if stall_files {
             return Ok(Some((header.client_id, Request::SendFile(file))));
         }
-        let copied = io::copy(&mut (&mut *stream).take(u64::from(file.content_size)), &mut io::sink())?;
+        let copied =
+            io::copy(&mut (&mut *stream).take(u64::from(file.content_size)), &mut io::sink())?;
         if copied != u64::from(file.content_size) {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -683,17 +694,21 @@ fn read_request(stream: &mut TcpStream, stall_files: bool) -> io::Result<Option<
 
 fn carried_name(request: &Request) -> String {
     match request {
-        Request::Register { name } | Request::SendPublicKey { name, .. } | Request::Reconnect { name } => {
-            name.as_str().to_owned()
-        }
+        Request::Register { name }
+        | Request::SendPublicKey { name, .. }
+        | Request::Reconnect { name } => name.as_str().to_owned(),
         Request::SendFile(file) => file.file_name.as_str().to_owned(),
-        Request::CrcOk { file_name } | Request::CrcRetry { file_name } | Request::CrcGiveUp { file_name } => {
-            file_name.as_str().to_owned()
-        }
+        Request::CrcOk { file_name }
+        | Request::CrcRetry { file_name }
+        | Request::CrcGiveUp { file_name } => file_name.as_str().to_owned(),
     }
 }
 
-fn serve_connection(mut stream: TcpStream, script: &Script, state: &Mutex<FakeState>) -> io::Result<()> {
+fn serve_connection(
+    mut stream: TcpStream,
+    script: &Script,
+    state: &Mutex<FakeState>,
+) -> io::Result<()> {
     while let Some((id, request)) = read_request(&mut stream, script.stall_files)? {
         let code = request.code();
         let fault = {
@@ -904,7 +919,11 @@ fn fake_a_dropped_connection_is_retried_on_a_new_one() {
     let fake = Fake::start(script);
     let run = send_to_fake(&work, &fake, &["--timeout", "30"]);
     run.ok("connection dropped at the first 1028 and the first 1029");
-    assert!(run.took < Duration::from_secs(10), "retried at once, not after the timeout: {:?}", run.took);
+    assert!(
+        run.took < Duration::from_secs(10),
+        "retried at once, not after the timeout: {:?}",
+        run.took
+    );
     // After a lost connection the client redoes the key exchange (1027) before resending:
     // a server with strict sessions forgets a session with its connection.
     assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1027, 1028, 1029, 1029]]), &run);
@@ -917,7 +936,11 @@ fn fake_a_connection_dropped_every_time_is_fatal_with_exit_3() {
     let fake = Fake::start(script);
     let run = send_to_fake(&work, &fake, &["--timeout", "30"]);
     run.expect_code(3, "every 1028 dropped");
-    assert!(run.took < Duration::from_secs(10), "retried at once, not after the timeout: {:?}", run.took);
+    assert!(
+        run.took < Duration::from_secs(10),
+        "retried at once, not after the timeout: {:?}",
+        run.took
+    );
     assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1027, 1028, 1027, 1028, 1027, 1028]]), &run);
     assert!(run.stderr.contains("fatal"), "{}", run.stderr);
 }
@@ -1196,26 +1219,36 @@ fn captured_identities_open_the_captured_aes_keys_and_files() {
             if implementation == "tomer" {
                 written.reverse();
             }
-            assert_eq!(ClientId(written), identity.id, "{label}: me.info line 2 against the id on the wire");
-            let key = identity
-                .key
-                .decrypt_aes_key(encrypted)
-                .unwrap_or_else(|e| panic!("{label}: me.info's key does not open the AES key: {e}"));
+            assert_eq!(
+                ClientId(written),
+                identity.id,
+                "{label}: me.info line 2 against the id on the wire"
+            );
+            let key = identity.key.decrypt_aes_key(encrypted).unwrap_or_else(|e| {
+                panic!("{label}: me.info's key does not open the AES key: {e}")
+            });
             let requests = captured_requests(&folder, run);
             let content = requests
                 .iter()
                 .find_map(|(r, content)| matches!(r, Request::SendFile(_)).then_some(content))
                 .unwrap_or_else(|| panic!("{label}: no 1028"));
-            let plain = decrypt_to_vec(&key, content).unwrap_or_else(|_| panic!("{label}: padding"));
+            let plain =
+                decrypt_to_vec(&key, content).unwrap_or_else(|_| panic!("{label}: padding"));
             assert!(plain == small, "{label}: the 1028 decrypts to small.bin");
             if run == "register" {
                 let sent_key = requests.iter().find_map(|(r, _)| match r {
-                    Request::SendPublicKey { name, public_key } => Some((name.as_str(), public_key)),
+                    Request::SendPublicKey { name, public_key } => {
+                        Some((name.as_str(), public_key))
+                    }
                     _ => None,
                 });
                 let (name, field) = sent_key.unwrap_or_else(|| panic!("{label}: no 1026"));
                 assert_eq!(name, identity.name, "{label}");
-                assert_eq!(PublicKey::from_field(field).unwrap(), identity.key.public_key(), "{label}");
+                assert_eq!(
+                    PublicKey::from_field(field).unwrap(),
+                    identity.key.public_key(),
+                    "{label}"
+                );
             }
         }
     }
@@ -1235,7 +1268,8 @@ fn captured_identities_are_used_by_our_client_and_re_registered_when_unknown() {
         {
             use std::os::unix::fs::PermissionsExt;
             for file in ["me.info", "priv.key"] {
-                fs::set_permissions(work.path().join(file), fs::Permissions::from_mode(0o600)).unwrap();
+                fs::set_permissions(work.path().join(file), fs::Permissions::from_mode(0o600))
+                    .unwrap();
             }
         }
         let name = fs::read_to_string(work.path().join("me.info")).unwrap();
@@ -1347,7 +1381,10 @@ fn the_python_peer_server_stores_what_we_send() {
     assert_same(&stored, &data, "bytes stored by peer_server.py");
     let want = format!("verified cross.bin {} {}", data.len(), Cksum::of(&data));
     let (status, stdout, stderr) = peer.wait(Duration::from_secs(30));
-    assert!(status.is_some_and(|s| s.success()), "peer_server.py --once exits 0: {status:?}\n{stderr}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "peer_server.py --once exits 0: {status:?}\n{stderr}"
+    );
     assert!(stdout.contains(&want), "peer_server.py says {want:?}: {stdout}\n{stderr}");
 }
 

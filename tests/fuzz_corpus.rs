@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 /// The files of one target's corpus, in name order. An empty or missing corpus fails:
 /// it would make the replay pass while testing nothing.
 fn corpus(target: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
     let entries = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("the corpus {} cannot be read: {e}", dir.display()));
     let mut files: Vec<PathBuf> = entries

@@ -40,7 +40,9 @@ pub enum IdentityError {
         reason: String,
     },
     /// An identity exists and overwriting it was not asked for.
-    #[error("an identity already exists at {0}; pass --force to replace it (the server keeps the old registration)")]
+    #[error(
+        "an identity already exists at {0}; pass --force to replace it (the server keeps the old registration)"
+    )]
     Exists(PathBuf),
 }
 
@@ -75,9 +77,8 @@ impl Identity {
             .filter(|n| !n.is_empty())
             .ok_or_else(|| format_error(path, "line 1 (the client name) is missing"))?
             .to_owned();
-        let id_line = lines
-            .next()
-            .ok_or_else(|| format_error(path, "line 2 (the client id) is missing"))?;
+        let id_line =
+            lines.next().ok_or_else(|| format_error(path, "line 2 (the client id) is missing"))?;
         let id = ClientId::parse(id_line).ok_or_else(|| {
             format_error(path, format!("line 2 {id_line:?} is not 32 hex digits or a UUID"))
         })?;
@@ -123,16 +124,12 @@ fn write_private(path: &Path, content: &str) -> Result<(), IdentityError> {
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&dir).map_err(io_err)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".securexfer-")
-        .tempfile_in(&dir)
-        .map_err(io_err)?;
+    let mut tmp =
+        tempfile::Builder::new().prefix(".securexfer-").tempfile_in(&dir).map_err(io_err)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io_err)?;
+        tmp.as_file().set_permissions(fs::Permissions::from_mode(0o600)).map_err(io_err)?;
     }
     tmp.write_all(content.as_bytes()).map_err(io_err)?;
     tmp.as_file().sync_all().map_err(io_err)?;
@@ -182,7 +179,8 @@ mod tests {
     fn a_saved_identity_loads_back_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(ME_INFO);
-        let id = Identity { name: "alice".into(), id: ClientId([9; 16]), key: PrivateKey::generate() };
+        let id =
+            Identity { name: "alice".into(), id: ClientId([9; 16]), key: PrivateKey::generate() };
         id.save(&path, false).unwrap();
         let back = Identity::load(&path).unwrap();
         assert_eq!(back.name, "alice");

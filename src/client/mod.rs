@@ -44,7 +44,9 @@ pub enum FailureKind {
 #[derive(Debug, Error)]
 pub enum ClientError {
     /// No connection could be made at all.
-    #[error("cannot connect to {server}: {source} (is the server running, and is the address right?)")]
+    #[error(
+        "cannot connect to {server}: {source} (is the server running, and is the address right?)"
+    )]
     Connect {
         /// The server.
         server: String,
@@ -52,7 +54,9 @@ pub enum ClientError {
         source: io::Error,
     },
     /// The connection failed on every attempt of a step.
-    #[error("fatal: {step} failed {attempts} times because the connection to {server} failed: {last}")]
+    #[error(
+        "fatal: {step} failed {attempts} times because the connection to {server} failed: {last}"
+    )]
     Connection {
         /// The step.
         step: &'static str,
@@ -64,7 +68,9 @@ pub enum ClientError {
         last: String,
     },
     /// The server answered 2107 on every attempt of a step.
-    #[error("fatal: the server refused {step} {attempts} times (2107 general error); its log says why")]
+    #[error(
+        "fatal: the server refused {step} {attempts} times (2107 general error); its log says why"
+    )]
     Refused {
         /// The step.
         step: &'static str,
@@ -280,12 +286,11 @@ impl Client {
         let key = PrivateKey::generate();
         let public_key = key.public_key().to_field().map_err(ClientError::Key)?;
         let request = Request::SendPublicKey { name: fixed, public_key };
-        let encrypted = self.step("sending the public key (1026)", |c| {
-            match c.roundtrip(id, &request)? {
+        let encrypted =
+            self.step("sending the public key (1026)", |c| match c.roundtrip(id, &request)? {
                 Response::PublicKeyAccepted { encrypted_key, .. } => Ok(encrypted_key),
                 other => Err(unexpected("sending the public key (1026)", "2102", &other)),
-            }
-        })?;
+            })?;
         let aes_key = key.decrypt_aes_key(&encrypted).map_err(ClientError::Key)?;
         let identity = Identity { name: name.to_owned(), id, key };
         self.rekey = Some(identity.clone());
@@ -298,11 +303,14 @@ impl Client {
     pub fn reconnect(&mut self, identity: &Identity) -> Result<Option<Session>, ClientError> {
         let name = FixedName::new(&identity.name, "name").map_err(ClientError::BadName)?;
         let request = Request::Reconnect { name };
-        let answer = self.step("reconnection (1027)", |c| match c.roundtrip(identity.id, &request)? {
-            Response::ReconnectAccepted { client_id, encrypted_key } => Ok(Some((client_id, encrypted_key))),
-            Response::ReconnectDenied { .. } => Ok(None),
-            other => Err(unexpected("reconnection (1027)", "2105 or 2106", &other)),
-        })?;
+        let answer =
+            self.step("reconnection (1027)", |c| match c.roundtrip(identity.id, &request)? {
+                Response::ReconnectAccepted { client_id, encrypted_key } => {
+                    Ok(Some((client_id, encrypted_key)))
+                }
+                Response::ReconnectDenied { .. } => Ok(None),
+                other => Err(unexpected("reconnection (1027)", "2105 or 2106", &other)),
+            })?;
         let Some((server_id, encrypted)) = answer else { return Ok(None) };
         let aes_key = identity.key.decrypt_aes_key(&encrypted).map_err(ClientError::Key)?;
         // Servers that look clients up by name say which id they hold; file requests must
@@ -314,7 +322,12 @@ impl Client {
     }
 
     /// Sends `path` as `sent_name` and verifies it, resending on checksum mismatch.
-    pub fn send_file(&mut self, session: &Session, path: &Path, sent_name: &str) -> Result<Sent, ClientError> {
+    pub fn send_file(
+        &mut self,
+        session: &Session,
+        path: &Path,
+        sent_name: &str,
+    ) -> Result<Sent, ClientError> {
         let file_name = FixedName::new(sent_name, "file name").map_err(ClientError::BadName)?;
         let size = std::fs::metadata(path)
             .map_err(|source| ClientError::Open { path: path.to_owned(), source })?
@@ -323,7 +336,8 @@ impl Client {
             return Err(ClientError::TooLarge { path: path.to_owned(), size });
         }
         let id = session.identity.id;
-        let header = FileHeader { content_size: encrypted_len(size) as u32, file_name: file_name.clone() };
+        let header =
+            FileHeader { content_size: encrypted_len(size) as u32, file_name: file_name.clone() };
         for attempt in 1..=MAX_SENDS {
             let (ours, theirs) = self.send_once(session, path, size, &header, attempt)?;
             if ours == theirs {
@@ -376,7 +390,8 @@ impl Client {
                 // A server that refuses a file (too large, say) may answer 2107 and close
                 // before reading it: its answer, when there is one, says more than the pipe.
                 Err(StreamError::Send(e)) => {
-                    let stalled = matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
+                    let stalled =
+                        matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
                     return Err(match (!stalled).then(|| wire.recv()) {
                         Some(Ok(Response::GeneralError)) => Failure::ServerError,
                         _ => Failure::Connection(e.to_string()),
@@ -500,7 +515,8 @@ impl Client {
 
 /// A 1027 on a fresh connection, after the previous one was lost; returns the new AES key.
 fn redo_key_exchange(wire: &mut Wire, identity: &Identity) -> Result<AesKey, Failure> {
-    let name = FixedName::new(&identity.name, "name").map_err(|e| Failure::Fatal(ClientError::BadName(e)))?;
+    let name = FixedName::new(&identity.name, "name")
+        .map_err(|e| Failure::Fatal(ClientError::BadName(e)))?;
     let request = encode_request(identity.id, &Request::Reconnect { name });
     wire.send(&request).map_err(|e| Failure::Connection(e.to_string()))?;
     match wire.recv() {

@@ -60,7 +60,8 @@ pub fn stream_file(
     progress: &mut dyn FnMut(u64),
 ) -> Result<u32, StreamError> {
     let shown = path.display().to_string();
-    let file = File::open(path).map_err(|source| StreamError::Read { path: shown.clone(), source })?;
+    let file =
+        File::open(path).map_err(|source| StreamError::Read { path: shown.clone(), source })?;
     let (read_tx, read_rx) = sync_channel::<Chunk>(DEPTH);
     let (enc_tx, enc_rx) = sync_channel::<Chunk>(DEPTH);
     let (free_tx, free_rx) = sync_channel::<AlignedBuf>(2 * DEPTH + 2);
@@ -79,7 +80,9 @@ pub fn stream_file(
         match (read, sent) {
             (Err(e), _) => Err(match e {
                 ReadFailure::Io(source) => StreamError::Read { path: shown.clone(), source },
-                ReadFailure::Short(found) => StreamError::Changed { path: shown.clone(), expected: len, found },
+                ReadFailure::Short(found) => {
+                    StreamError::Changed { path: shown.clone(), expected: len, found }
+                }
             }),
             (Ok(_), Err(e)) => Err(StreamError::Send(e)),
             (Ok(cksum), Ok(())) => Ok(cksum),

@@ -28,7 +28,11 @@ fn on_disk(storage: &Path, file: &FileRecord) -> Option<u64> {
     std::fs::metadata(storage.join(&file.path_name)).ok().map(|m| m.len())
 }
 
-fn print_json(clients: &[ClientRecord], files: &[FileRecord], storage: &Path) -> anyhow::Result<()> {
+fn print_json(
+    clients: &[ClientRecord],
+    files: &[FileRecord],
+    storage: &Path,
+) -> anyhow::Result<()> {
     let clients: Vec<_> = clients
         .iter()
         .map(|c| {
@@ -110,7 +114,8 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let parts: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let parts: Vec<String> =
+            cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(headers.to_vec());

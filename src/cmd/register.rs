@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 pub fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     let (server, name) = server_and_name(&args.client, None)?;
-    let name = name.ok_or_else(|| UsageError("no client name: pass --name NAME (or put it on line 2 of transfer.info)".into()))?;
+    let name = name.ok_or_else(|| {
+        UsageError("no client name: pass --name NAME (or put it on line 2 of transfer.info)".into())
+    })?;
     let path = args.client.identity.clone().unwrap_or_else(|| PathBuf::from(ME_INFO));
     if path.exists() && !args.force {
         return Err(IdentityError::Exists(path).into());

@@ -37,11 +37,12 @@ pub fn server_and_name(
         }
         None => None,
     };
-    let server = args
-        .server
-        .clone()
-        .or_else(|| transfer.map(|t| t.server.clone()))
-        .ok_or_else(|| UsageError("no server: pass --server HOST:PORT (or put it on line 1 of transfer.info)".into()))?;
+    let server =
+        args.server.clone().or_else(|| transfer.map(|t| t.server.clone())).ok_or_else(|| {
+            UsageError(
+                "no server: pass --server HOST:PORT (or put it on line 1 of transfer.info)".into(),
+            )
+        })?;
     let name = args.name.clone().or_else(|| transfer.map(|t| t.name.clone()));
     Ok((server, name))
 }
@@ -200,7 +201,11 @@ fn establish(
     })?;
     let session = client.register(&name)?;
     session.identity.save(save_at, false)?;
-    eprintln!("securexfer: registered {name} as {}; identity saved to {}", session.identity.id, save_at.display());
+    eprintln!(
+        "securexfer: registered {name} as {}; identity saved to {}",
+        session.identity.id,
+        save_at.display()
+    );
     Ok(session)
 }
 
@@ -221,8 +226,13 @@ fn event_printer(
                     .expect("valid template")
                     .progress_chars("=> "),
                 );
-                let label = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                b.set_message(if attempt > 1 { format!("{label} (send {attempt})") } else { label });
+                let label =
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                b.set_message(if attempt > 1 {
+                    format!("{label} (send {attempt})")
+                } else {
+                    label
+                });
                 if let Some(old) = bar.replace(b) {
                     old.finish_and_clear();
                 }
@@ -240,7 +250,9 @@ fn event_printer(
                 }
             }
             Event::Mismatch { ours, theirs, attempt } if !quiet => {
-                let line = format!("securexfer: checksum mismatch on send {attempt} (ours {ours}, server {theirs}); resending");
+                let line = format!(
+                    "securexfer: checksum mismatch on send {attempt} (ours {ours}, server {theirs}); resending"
+                );
                 match bar.as_ref() {
                     Some(b) => b.println(line),
                     None => eprintln!("{line}"),

@@ -28,7 +28,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     raise_open_file_limit();
     let server = Server::open(config).with_context(|| {
-        format!("cannot start with storage {} and database {}", args.storage.display(), args.db.display())
+        format!(
+            "cannot start with storage {} and database {}",
+            args.storage.display(),
+            args.db.display()
+        )
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -36,9 +40,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((args.listen.as_str(), port))
-            .await
-            .with_context(|| format!("cannot listen on {}:{port} (in use? try another --port)", args.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind((args.listen.as_str(), port)).await.with_context(
+                || format!("cannot listen on {}:{port} (in use? try another --port)", args.listen),
+            )?;
         let addr = listener.local_addr()?;
         // The one line on stdout: scripts and tests read the port from it.
         println!("securexfer listening on {addr}");
@@ -60,10 +65,13 @@ fn resolve_port(flag: Option<u16>) -> anyhow::Result<u16> {
     }
     match std::fs::read_to_string("port.info") {
         Ok(text) => text.trim().parse().map_err(|_| {
-            super::UsageError(format!("port.info holds {:?}, not a port number", text.trim())).into()
+            super::UsageError(format!("port.info holds {:?}, not a port number", text.trim()))
+                .into()
         }),
         Err(_) => {
-            warn!("no --port and no port.info in the working directory; using the default port {DEFAULT_PORT}");
+            warn!(
+                "no --port and no port.info in the working directory; using the default port {DEFAULT_PORT}"
+            );
             Ok(DEFAULT_PORT)
         }
     }
@@ -74,10 +82,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -94,7 +103,8 @@ fn raise_open_file_limit() {
     // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
     unsafe {
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max;
             let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }

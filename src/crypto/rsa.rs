@@ -122,10 +122,8 @@ impl PrivateKey {
 
     /// Decrypts an AES key sent in a 2102 or 2105.
     pub fn decrypt_aes_key(&self, ciphertext: &[u8]) -> Result<AesKey, KeyError> {
-        let plain = self
-            .0
-            .oaep_decrypt::<Sha1>(ciphertext)
-            .map_err(|e| KeyError::Oaep(e.to_string()))?;
+        let plain =
+            self.0.oaep_decrypt::<Sha1>(ciphertext).map_err(|e| KeyError::Oaep(e.to_string()))?;
         let len = plain.len();
         plain.try_into().map_err(|_| KeyError::AesKeyLength(len))
     }
@@ -155,10 +153,7 @@ impl PublicKey {
 
     /// The SubjectPublicKeyInfo DER.
     pub fn to_der(&self) -> Vec<u8> {
-        self.0
-            .to_public_key_der()
-            .expect("encoding a valid key")
-            .into_vec()
+        self.0.to_public_key_der().expect("encoding a valid key").into_vec()
     }
 
     /// The 160-byte field, zero padded.
@@ -174,9 +169,7 @@ impl PublicKey {
 
     /// Encrypts an AES key for a 2102 or 2105.
     pub fn encrypt_aes_key(&self, key: &AesKey) -> Result<Vec<u8>, KeyError> {
-        self.0
-            .oaep_encrypt::<Sha1>(key)
-            .map_err(|e| KeyError::Oaep(e.to_string()))
+        self.0.oaep_encrypt::<Sha1>(key).map_err(|e| KeyError::Oaep(e.to_string()))
     }
 }
 

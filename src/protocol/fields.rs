@@ -24,9 +24,7 @@ impl ClientId {
 
     /// Parses 32 hex digits or a dashed UUID (both occur in existing `me.info` files).
     pub fn parse(text: &str) -> Option<Self> {
-        uuid::Uuid::try_parse(text.trim())
-            .ok()
-            .map(|u| ClientId(*u.as_bytes()))
+        uuid::Uuid::try_parse(text.trim()).ok().map(|u| ClientId(*u.as_bytes()))
     }
 }
 
@@ -100,11 +98,9 @@ impl fmt::Display for FixedName {
 
 fn check_printable(text: &[u8], field: &'static str) -> Result<(), DecodeError> {
     match text.iter().position(|b| !(0x20..0x7f).contains(b)) {
-        Some(position) => Err(DecodeError::NameNotPrintableAscii {
-            field,
-            byte: text[position],
-            position,
-        }),
+        Some(position) => {
+            Err(DecodeError::NameNotPrintableAscii { field, byte: text[position], position })
+        }
         None => Ok(()),
     }
 }

@@ -2,9 +2,8 @@
 //! decoded on its own so that the encrypted content is streamed rather than buffered.
 
 use super::{
-    AES_BLOCK_LEN, CLIENT_ID_LEN, ClientId, CONTENT_SIZE_LEN, DecodeError, FILE_HEADER_LEN,
-    FixedName, NAME_LEN, PUBLIC_KEY_LEN, PublicKeyField, REQUEST_HEADER_LEN, RequestCode,
-    VERSION,
+    AES_BLOCK_LEN, CLIENT_ID_LEN, CONTENT_SIZE_LEN, ClientId, DecodeError, FILE_HEADER_LEN,
+    FixedName, NAME_LEN, PUBLIC_KEY_LEN, PublicKeyField, REQUEST_HEADER_LEN, RequestCode, VERSION,
 };
 use std::ops::Range;
 
@@ -61,7 +60,8 @@ impl RequestHeader {
         let mut out = [0u8; REQUEST_HEADER_LEN];
         out[..CLIENT_ID_LEN].copy_from_slice(&self.client_id.0);
         out[CLIENT_ID_LEN] = self.version;
-        out[CLIENT_ID_LEN + 1..CLIENT_ID_LEN + 3].copy_from_slice(&self.code.as_u16().to_le_bytes());
+        out[CLIENT_ID_LEN + 1..CLIENT_ID_LEN + 3]
+            .copy_from_slice(&self.code.as_u16().to_le_bytes());
         out[CLIENT_ID_LEN + 3..].copy_from_slice(&self.payload_size.to_le_bytes());
         out
     }
@@ -81,10 +81,7 @@ impl FileHeader {
     pub fn decode(bytes: &[u8; FILE_HEADER_LEN]) -> Result<Self, DecodeError> {
         let content_size = u32::from_le_bytes(bytes[..CONTENT_SIZE_LEN].try_into().expect("4"));
         let name: &[u8; NAME_LEN] = bytes[CONTENT_SIZE_LEN..].try_into().expect("255");
-        Ok(FileHeader {
-            content_size,
-            file_name: FixedName::decode(name, "file name")?,
-        })
+        Ok(FileHeader { content_size, file_name: FixedName::decode(name, "file name")? })
     }
 
     /// The 259 bytes.
@@ -99,7 +96,8 @@ impl FileHeader {
     /// content is read. Two layouts are accepted: the spec's (payload = 259 + content) and
     /// the one existing clients send (payload exactly 259, content following it).
     pub fn check_sizes(&self, payload_size: u32, max_content: u32) -> Result<(), DecodeError> {
-        let spec_layout = u64::from(payload_size) == FILE_HEADER_LEN as u64 + u64::from(self.content_size);
+        let spec_layout =
+            u64::from(payload_size) == FILE_HEADER_LEN as u64 + u64::from(self.content_size);
         let short_layout = payload_size == FILE_HEADER_LEN as u32 && self.content_size > 0;
         if !spec_layout && !short_layout {
             return Err(DecodeError::FileSizeMismatch {
@@ -270,9 +268,9 @@ pub fn decode_request(buf: &[u8], max_content: u32) -> Result<DecodedRequest, De
     let header = RequestHeader::decode(header_bytes)?;
     let fixed_len = header.code.fixed_payload_len().unwrap_or(FILE_HEADER_LEN as u32) as usize;
     let payload_end = REQUEST_HEADER_LEN + fixed_len;
-    let payload = buf.get(REQUEST_HEADER_LEN..payload_end).ok_or_else(|| DecodeError::Incomplete {
-        needed: payload_end - buf.len(),
-    })?;
+    let payload = buf
+        .get(REQUEST_HEADER_LEN..payload_end)
+        .ok_or_else(|| DecodeError::Incomplete { needed: payload_end - buf.len() })?;
     let request = Request::decode_payload(header.code, payload)?;
     let content = match &request {
         Request::SendFile(file) => {

@@ -1,7 +1,7 @@
 //! Responses: the 7-byte header and the typed payloads.
 
 use super::{
-    CKSUM_LEN, CLIENT_ID_LEN, ClientId, CONTENT_SIZE_LEN, DecodeError, FILE_RECEIVED_LEN,
+    CKSUM_LEN, CLIENT_ID_LEN, CONTENT_SIZE_LEN, ClientId, DecodeError, FILE_RECEIVED_LEN,
     FixedName, MAX_RESPONSE_PAYLOAD, NAME_LEN, RESPONSE_HEADER_LEN, ResponseCode, VERSION,
 };
 

@@ -17,7 +17,7 @@
 
 use super::session::{Pending, Session};
 use super::upload::{self, UploadError};
-use super::{Shared, ServerError};
+use super::{ServerError, Shared};
 use crate::crypto::{PublicKey, random_bytes};
 use crate::protocol::{
     ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, PublicKeyField,
@@ -73,7 +73,15 @@ pub(crate) struct Connection<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     pub(crate) fn new(shared: Arc<Shared>, stream: S, conn_id: u64, peer: SocketAddr) -> Self {
-        Connection { shared, stream, conn_id, peer, registered_here: None, session: None, span: tracing::Span::none() }
+        Connection {
+            shared,
+            stream,
+            conn_id,
+            peer,
+            registered_here: None,
+            session: None,
+            span: tracing::Span::none(),
+        }
     }
 
     /// Serves requests until the peer leaves, misbehaves, or the server shuts down.
@@ -118,7 +126,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             if let Some(response) = response {
                 // A peer that sends but never reads must not hold the connection forever.
                 let idle = self.shared.config.idle_timeout;
-                let written = tokio::time::timeout(idle, self.stream.write_all(&response.encode())).await;
+                let written =
+                    tokio::time::timeout(idle, self.stream.write_all(&response.encode())).await;
                 if !matches!(written, Ok(Ok(()))) {
                     debug!("could not answer within {idle:?}; closing");
                     break;
@@ -173,7 +182,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Err(e) => return self.bad_header(&bytes, e).await,
         };
         let code = header.code;
-        let mut payload = vec![0u8; code.fixed_payload_len().unwrap_or(FILE_HEADER_LEN as u32) as usize];
+        let mut payload =
+            vec![0u8; code.fixed_payload_len().unwrap_or(FILE_HEADER_LEN as u32) as usize];
         self.read_exact(&mut payload).await?;
         let request = match Request::decode_payload(code, &payload) {
             Ok(r) => r,
@@ -225,7 +235,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(Next::ReplyAndClose(Response::GeneralError))
     }
 
-    async fn dispatch(&mut self, header: &RequestHeader, request: Request) -> Result<Next, Refused> {
+    async fn dispatch(
+        &mut self,
+        header: &RequestHeader,
+        request: Request,
+    ) -> Result<Next, Refused> {
         let id = header.client_id;
         let code = request.code();
         if code != RequestCode::Register {
@@ -364,15 +378,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(encrypted)
     }
 
-    async fn receive_file(&mut self, header: &RequestHeader, file: FileHeader) -> Result<Next, Refused> {
+    async fn receive_file(
+        &mut self,
+        header: &RequestHeader,
+        file: FileHeader,
+    ) -> Result<Next, Refused> {
         let id = header.client_id;
         let config = &self.shared.config;
         file.check_sizes(header.payload_size, config.max_content)
             .map_err(|e| refuse(e.to_string()))?;
         let session = self.authorize(id)?;
-        let stored_name = storage_name(file.file_name.as_str())
-            .map_err(|e| refuse(e.to_string()))?
-            .to_owned();
+        let stored_name =
+            storage_name(file.file_name.as_str()).map_err(|e| refuse(e.to_string()))?.to_owned();
         let needed = u64::from(file.content_size) + config.disk_reserve;
         if let Some(available) = self.shared.storage.available_bytes().filter(|&a| a < needed) {
             return Err(refuse(format!(
@@ -388,7 +405,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .map_err(|e| refuse(format!("cannot create the upload file: {e}")))?;
         let (std_file, upload) = temp.into_parts();
         let received =
-            upload::receive(&mut self.stream, file.content_size, session.aes_key, std_file, idle).await;
+            upload::receive(&mut self.stream, file.content_size, session.aes_key, std_file, idle)
+                .await;
         let received = match received {
             Ok(r) => r,
             // The content was read to its end, so the stream is still in step.
@@ -425,14 +443,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .ok_or_else(|| refuse(format!("no upload of {file_name} waits for confirmation")))?;
         let storage = self.shared.storage.clone();
         let name = pending.stored_name.clone();
-        let relative = tokio::task::spawn_blocking(move || storage.commit(pending.upload, id, &name))
-            .await
-            .map_err(|e| refuse(e.to_string()))?
-            .map_err(|e| refuse(format!("could not store {file_name}: {e}")))?;
-        let (sent, rel, size, cksum) = (file_name.to_string(), relative.clone(), pending.size, pending.cksum);
-        self.shared
-            .db(move |db| db.record_verified(id, &sent, &rel, size, cksum))
-            .await?;
+        let relative =
+            tokio::task::spawn_blocking(move || storage.commit(pending.upload, id, &name))
+                .await
+                .map_err(|e| refuse(e.to_string()))?
+                .map_err(|e| refuse(format!("could not store {file_name}: {e}")))?;
+        let (sent, rel, size, cksum) =
+            (file_name.to_string(), relative.clone(), pending.size, pending.cksum);
+        self.shared.db(move |db| db.record_verified(id, &sent, &rel, size, cksum)).await?;
         info!(%file_name, path = %relative, size, "file verified and stored");
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
     }
@@ -442,10 +460,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let pending = session
             .take_pending(file_name.as_str())
             .ok_or_else(|| refuse(format!("no upload of {file_name} waits")))?;
-        let (sent, rel) = (
-            file_name.to_string(),
-            Storage::relative_path(id, &pending.stored_name),
-        );
+        let (sent, rel) = (file_name.to_string(), Storage::relative_path(id, &pending.stored_name));
         drop(pending);
         self.shared.db(move |db| db.record_given_up(id, &sent, &rel)).await?;
         warn!(%file_name, "client gave up after repeated checksum mismatches; nothing stored");

@@ -34,30 +34,16 @@ pub fn check_decode(data: &[u8]) {
     check_response(data);
     if let Some(bytes) = data.first_chunk::<REQUEST_HEADER_LEN>() {
         if let Ok(header) = RequestHeader::decode(bytes) {
-            assert_eq!(
-                &header.encode(),
-                bytes,
-                "a request header re-encodes as it came"
-            );
+            assert_eq!(&header.encode(), bytes, "a request header re-encodes as it came");
         }
     }
     // A file header alone, with the payload size that follows it, and where a 1028 has it.
-    check_file_header(
-        data.get(..FILE_HEADER_LEN),
-        data.get(FILE_HEADER_LEN..FILE_HEADER_LEN + 4),
-    );
+    check_file_header(data.get(..FILE_HEADER_LEN), data.get(FILE_HEADER_LEN..FILE_HEADER_LEN + 4));
     let after_header = REQUEST_HEADER_LEN..REQUEST_HEADER_LEN + FILE_HEADER_LEN;
-    check_file_header(
-        data.get(after_header),
-        data.get(REQUEST_HEADER_LEN - 4..REQUEST_HEADER_LEN),
-    );
+    check_file_header(data.get(after_header), data.get(REQUEST_HEADER_LEN - 4..REQUEST_HEADER_LEN));
     if let Some(bytes) = data.first_chunk::<RESPONSE_HEADER_LEN>() {
         if let Ok(header) = ResponseHeader::decode(bytes) {
-            assert_eq!(
-                &header.encode(),
-                bytes,
-                "a response header re-encodes as it came"
-            );
+            assert_eq!(&header.encode(), bytes, "a response header re-encodes as it came");
         }
     }
     check_storage_name(&String::from_utf8_lossy(data));
@@ -81,10 +67,7 @@ fn check_request(data: &[u8]) {
             check_storage_name(request_name(&decoded.request).as_str());
         }
         Err(DecodeError::Incomplete { needed }) => {
-            assert!(
-                needed > 0,
-                "an incomplete request needs at least one more byte"
-            );
+            assert!(needed > 0, "an incomplete request needs at least one more byte");
         }
         Err(_) => {}
     }
@@ -97,19 +80,9 @@ fn check_request(data: &[u8]) {
 fn check_request_round_trip(data: &[u8], decoded: &crate::protocol::DecodedRequest) {
     let header = &decoded.header;
     let encoded = encode_request(header.client_id, &decoded.request);
-    assert_eq!(
-        encoded.len(),
-        decoded.content.start,
-        "the head ends where the content starts"
-    );
-    assert_eq!(
-        decoded.content.end, decoded.len,
-        "the content ends the request"
-    );
-    assert!(
-        decoded.len <= data.len(),
-        "a request lies inside its buffer"
-    );
+    assert_eq!(encoded.len(), decoded.content.start, "the head ends where the content starts");
+    assert_eq!(decoded.content.end, decoded.len, "the content ends the request");
+    assert!(decoded.len <= data.len(), "a request lies inside its buffer");
 
     let mut expected = data[..encoded.len()].to_vec();
     expected[CLIENT_ID_LEN] = VERSION;
@@ -141,20 +114,10 @@ fn check_request_round_trip(data: &[u8], decoded: &crate::protocol::DecodedReque
 /// (header, payload, content) reaches. Checked at the boundaries, where mistakes live.
 fn check_prefixes_are_incomplete(data: &[u8], decoded: &crate::protocol::DecodedRequest) {
     let (head, end) = (decoded.content.start, decoded.len);
-    let cuts = [
-        0,
-        1,
-        REQUEST_HEADER_LEN - 1,
-        REQUEST_HEADER_LEN,
-        head - 1,
-        head,
-        end - 1,
-    ];
+    let cuts = [0, 1, REQUEST_HEADER_LEN - 1, REQUEST_HEADER_LEN, head - 1, head, end - 1];
     for cut in cuts.into_iter().filter(|&c| c < end) {
-        let next = [REQUEST_HEADER_LEN, head, end]
-            .into_iter()
-            .find(|&b| b > cut)
-            .expect("end > cut");
+        let next =
+            [REQUEST_HEADER_LEN, head, end].into_iter().find(|&b| b > cut).expect("end > cut");
         assert_eq!(
             decode_request(&data[..cut], u32::MAX),
             Err(DecodeError::Incomplete { needed: next - cut }),
@@ -190,29 +153,18 @@ fn check_file_header(bytes: Option<&[u8]>, payload_size: Option<&[u8]>) {
     };
     let mut expected = *bytes;
     zero_after_nul(&mut expected[FILE_HEADER_LEN - NAME_LEN..]);
-    assert_eq!(
-        file.encode(),
-        expected,
-        "a file header re-encodes as it came"
-    );
+    assert_eq!(file.encode(), expected, "a file header re-encodes as it came");
     check_storage_name(file.file_name.as_str());
     // Whatever passes the size checks is a layout the spec allows, and encodes to one.
-    let payload_size = payload_size.map_or(FILE_HEADER_LEN as u32, |b| {
-        u32::from_le_bytes(b.try_into().expect("4"))
-    });
+    let payload_size = payload_size
+        .map_or(FILE_HEADER_LEN as u32, |b| u32::from_le_bytes(b.try_into().expect("4")));
     if file.check_sizes(payload_size, u32::MAX).is_err() {
         return;
     }
     let size = u64::from(file.content_size);
-    assert!(
-        size > 0 && size % 16 == 0,
-        "content size {size} passed the checks"
-    );
+    assert!(size > 0 && size % 16 == 0, "content size {size} passed the checks");
     let spec = u64::from(payload_size) == FILE_HEADER_LEN as u64 + size;
-    assert!(
-        spec || payload_size == FILE_HEADER_LEN as u32,
-        "payload {payload_size}"
-    );
+    assert!(spec || payload_size == FILE_HEADER_LEN as u32, "payload {payload_size}");
     let encoded = encode_request(ClientId::ZERO, &Request::SendFile(file.clone()));
     let header = RequestHeader::decode(encoded[..REQUEST_HEADER_LEN].try_into().expect("23"))
         .expect("an encoded 1028 header decodes");
@@ -226,18 +178,9 @@ fn check_storage_name(sent: &str) {
     let Ok(stored) = storage_name(sent) else {
         return;
     };
-    assert!(
-        !stored.is_empty() && stored != "." && stored != "..",
-        "{sent:?} -> {stored:?}"
-    );
-    assert!(
-        !stored.contains(['/', '\\', '\0']),
-        "{sent:?} -> {stored:?}"
-    );
-    assert!(
-        !stored.chars().any(char::is_control),
-        "{sent:?} -> {stored:?}"
-    );
+    assert!(!stored.is_empty() && stored != "." && stored != "..", "{sent:?} -> {stored:?}");
+    assert!(!stored.contains(['/', '\\', '\0']), "{sent:?} -> {stored:?}");
+    assert!(!stored.chars().any(char::is_control), "{sent:?} -> {stored:?}");
     assert!(!stored.starts_with(TEMP_PREFIX), "{sent:?} -> {stored:?}");
     assert!(sent.ends_with(stored), "{sent:?} -> {stored:?}");
 }

@@ -135,14 +135,11 @@ pub struct Server {
 impl Server {
     /// Opens the database and the storage directory, and deletes uploads a crash left.
     pub fn open(config: Config) -> Result<Self, ServerError> {
-        let storage = Storage::open(&config.storage).map_err(|source| ServerError::Storage {
-            path: config.storage.clone(),
-            source,
-        })?;
-        let removed = storage.clean_leftovers().map_err(|source| ServerError::Storage {
-            path: config.storage.clone(),
-            source,
-        })?;
+        let storage = Storage::open(&config.storage)
+            .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
+        let removed = storage
+            .clean_leftovers()
+            .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
         if removed > 0 {
             warn!(removed, "deleted unfinished uploads left by an earlier run");
         }
@@ -154,7 +151,11 @@ impl Server {
 
     /// Serves `listener` until `shutdown` completes, then lets transfers in flight finish
     /// for the grace period, closes everything, and cleans unconfirmed uploads.
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError> {
         let shared = self.shared;
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -183,7 +184,8 @@ impl Server {
             while tasks.try_join_next().is_some() {}
             let _ = stream.set_nodelay(true);
             let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
-            let span = info_span!("conn", id = conn_id, peer = %peer, client = tracing::field::Empty);
+            let span =
+                info_span!("conn", id = conn_id, peer = %peer, client = tracing::field::Empty);
             let connection = conn::Connection::new(Arc::clone(&shared), stream, conn_id, peer);
             let stop = stop_rx.clone();
             tasks.spawn(
@@ -198,7 +200,8 @@ impl Server {
         info!(in_flight = tasks.len(), "shutting down: no new connections");
         let _ = stop_tx.send(true);
         let grace = shared.config.grace;
-        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             warn!(?grace, "transfers still running after the grace period were cut off");
             tasks.abort_all();

@@ -76,9 +76,8 @@ pub async fn receive<R: AsyncRead + Unpin>(
     let worker = tokio::task::spawn_blocking(move || process(full_rx, empty_tx, key, file));
     let read = read_chunks(reader, content_size, chunk_len, idle, &full_tx, &mut empty_rx).await;
     drop(full_tx);
-    let processed = worker
-        .await
-        .map_err(|e| UploadError::Storage(io::Error::other(e.to_string())))?;
+    let processed =
+        worker.await.map_err(|e| UploadError::Storage(io::Error::other(e.to_string())))?;
     // A storage error stops the worker, which makes the reader stop: report the cause.
     match (read, processed) {
         (_, Err(e @ UploadError::Storage(_))) => Err(e),
@@ -144,11 +143,8 @@ fn process(
     let mut finished = false;
     while let Some((mut buf, last)) = full_rx.blocking_recv() {
         decryptor.decrypt_blocks(&mut buf);
-        let len = if last {
-            unpadded_len(&buf).map_err(|_| UploadError::Padding)?
-        } else {
-            buf.len()
-        };
+        let len =
+            if last { unpadded_len(&buf).map_err(|_| UploadError::Padding)? } else { buf.len() };
         cksum.update(&buf[..len]);
         out.write_all(&buf[..len]).map_err(UploadError::Storage)?;
         finished = last;
@@ -205,7 +201,12 @@ fn start_writeback(file: &std::fs::File, (offset, len): (u64, u64)) {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid descriptor; the call only schedules I/O on the file's own pages.
     unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
     }
 }
 
@@ -214,7 +215,9 @@ fn start_writeback(file: &std::fs::File, (offset, len): (u64, u64)) {
 fn drop_written(file: &std::fs::File, (offset, len): (u64, u64)) {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
-    let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: a valid descriptor; both calls only act on the file's own cached pages.
     unsafe {
         libc::sync_file_range(fd, offset as i64, len as i64, wait);

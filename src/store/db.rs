@@ -154,9 +154,7 @@ impl Db {
 
     /// Applies the migrations not yet applied, all in one exclusive transaction.
     fn migrate(&mut self) -> Result<(), DbError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
         let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let known = MIGRATIONS.len() as i64;
         if version > known {
@@ -238,21 +236,16 @@ impl Db {
     pub fn aes_key(&self, id: ClientId) -> Result<Option<[u8; 16]>, DbError> {
         let key: Option<Option<Vec<u8>>> = self
             .conn
-            .query_row(
-                "SELECT AESKey FROM clients WHERE ID = ?1",
-                [&id.0[..]],
-                |r| r.get(0),
-            )
+            .query_row("SELECT AESKey FROM clients WHERE ID = ?1", [&id.0[..]], |r| r.get(0))
             .optional()?;
         Ok(key.flatten().and_then(|k| k.try_into().ok()))
     }
 
     /// Updates `LastSeen`; `false` if no such client.
     pub fn touch(&self, id: ClientId) -> Result<bool, DbError> {
-        let n = self.conn.execute(
-            "UPDATE clients SET LastSeen = datetime('now') WHERE ID = ?1",
-            [&id.0[..]],
-        )?;
+        let n = self
+            .conn
+            .execute("UPDATE clients SET LastSeen = datetime('now') WHERE ID = ?1", [&id.0[..]])?;
         Ok(n == 1)
     }
 
@@ -287,7 +280,12 @@ impl Db {
 
     /// Records that a client gave up on a file (1031), unless a verified copy exists: that
     /// copy stays as it was.
-    pub fn record_given_up(&self, id: ClientId, file_name: &str, path_name: &str) -> Result<(), DbError> {
+    pub fn record_given_up(
+        &self,
+        id: ClientId,
+        file_name: &str,
+        path_name: &str,
+    ) -> Result<(), DbError> {
         self.conn.execute(
             "INSERT OR IGNORE INTO files (ID, FileName, PathName, Verified) VALUES (?1, ?2, ?3, 0)",
             params![&id.0[..], file_name, path_name],
@@ -385,10 +383,7 @@ mod tests {
         let replacing = r"C:\dir\f.txt";
         db.record_verified(id, replacing, "x/f.txt", 9, 2).unwrap();
         let files = db.files().unwrap();
-        let names: Vec<_> = files
-            .iter()
-            .map(|f| (&f.file_name[..], f.verified))
-            .collect();
+        let names: Vec<_> = files.iter().map(|f| (&f.file_name[..], f.verified)).collect();
         assert_eq!(names, [("/tmp/f.txt", false), (replacing, true)]);
         assert_eq!(files[1].size, Some(9));
     }
@@ -399,10 +394,7 @@ mod tests {
         let missing = dir.path().join("none.db");
         assert!(matches!(Db::open_read_only(&missing), Err(DbError::Missing { .. })));
         let foreign = dir.path().join("foreign.db");
-        Connection::open(&foreign)
-            .unwrap()
-            .execute_batch("CREATE TABLE t (x)")
-            .unwrap();
+        Connection::open(&foreign).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
         assert!(matches!(Db::open_read_only(&foreign), Err(DbError::Foreign { .. })));
         let text = dir.path().join("text.db");
         std::fs::write(&text, "not a database at all, just text that is long enough").unwrap();

@@ -42,7 +42,12 @@ impl Storage {
 
     /// Makes a finished upload durable and moves it to its final name, replacing an
     /// earlier copy atomically. Returns the relative path.
-    pub fn commit(&self, upload: tempfile::TempPath, id: ClientId, name: &str) -> io::Result<String> {
+    pub fn commit(
+        &self,
+        upload: tempfile::TempPath,
+        id: ClientId,
+        name: &str,
+    ) -> io::Result<String> {
         let relative = Self::relative_path(id, name);
         let target = self.root.join(&relative);
         fs::File::open(&upload)?.sync_all()?;

@@ -136,12 +136,7 @@ pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process
 
 /// Runs `securexfer ARGS` in `dir` and returns its output.
 pub fn run_in(dir: &Path, args: &[&str]) -> Output {
-    command()
-        .current_dir(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run securexfer")
+    command().current_dir(dir).args(args).stdin(Stdio::null()).output().expect("run securexfer")
 }
 
 /// Deterministic pseudo-random bytes (xorshift), for test files.

@@ -59,15 +59,8 @@ const PING_NAME: &[u8] = b"fuzz-ping";
 /// Largest raw payload written whole; a larger one is cut and the connection closed.
 const MAX_RAW_PAYLOAD: usize = 2048;
 const CLIENT_NAMES: [&str; 2] = ["alice", "bob"];
-const FILE_NAMES: [&str; 7] = [
-    "f.txt",
-    "/home/u/f.txt",
-    r"C:\dir\f.txt",
-    "..",
-    "a/.",
-    ".securexfer-part-x",
-    "C:",
-];
+const FILE_NAMES: [&str; 7] =
+    ["f.txt", "/home/u/f.txt", r"C:\dir\f.txt", "..", "a/.", ".securexfer-part-x", "C:"];
 /// Plaintext size of a "large" file: more than one upload chunk.
 const LARGE: usize = super::super::upload::CHUNK + 17;
 
@@ -94,10 +87,7 @@ pub fn check_session(data: &[u8]) {
 fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime")
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
     })
 }
 
@@ -143,9 +133,7 @@ fn field(text: &[u8]) -> [u8; NAME_LEN] {
 }
 
 fn name_text(field: &[u8; NAME_LEN]) -> Option<String> {
-    FixedName::decode(field, "name")
-        .ok()
-        .map(|n| n.as_str().to_owned())
+    FixedName::decode(field, "name").ok().map(|n| n.as_str().to_owned())
 }
 
 fn request(id: ClientId, code: RequestCode, payload_size: u32, parts: &[&[u8]]) -> Vec<u8> {
@@ -232,17 +220,9 @@ impl Script {
         }
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
         let db = Db::open_in_memory().expect("an in-memory database");
-        let model = Model {
-            strict: config.strict_sessions,
-            ..Model::default()
-        };
+        let model = Model { strict: config.strict_sessions, ..Model::default() };
         let root = storage.root().to_owned();
-        let shared = Shared {
-            config,
-            db: Arc::new(Mutex::new(db)),
-            storage,
-            sessions,
-        };
+        let shared = Shared { config, db: Arc::new(Mutex::new(db)), storage, sessions };
         let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
         Script {
             shared: Arc::new(shared),
@@ -285,12 +265,7 @@ impl Script {
 
     fn client_name(&self, input: &mut Input<'_>) -> [u8; NAME_LEN] {
         match input.byte() % 4 {
-            0 => field(
-                self.model
-                    .names
-                    .get(&self.model.id)
-                    .map_or(b"alice", |n| n.as_bytes()),
-            ),
+            0 => field(self.model.names.get(&self.model.id).map_or(b"alice", |n| n.as_bytes())),
             1 | 2 => field(CLIENT_NAMES[usize::from(input.byte() % 2)].as_bytes()),
             _ => {
                 let len = usize::from(input.byte());
@@ -301,10 +276,7 @@ impl Script {
 
     fn file_name(&self, input: &mut Input<'_>) -> [u8; NAME_LEN] {
         match input.byte() % 9 {
-            0 => self
-                .model
-                .last_file
-                .unwrap_or_else(|| field(FILE_NAMES[0].as_bytes())),
+            0 => self.model.last_file.unwrap_or_else(|| field(FILE_NAMES[0].as_bytes())),
             8 => {
                 let len = usize::from(input.byte());
                 field(input.bytes(len))
@@ -328,12 +300,7 @@ impl Script {
 
     async fn register(&mut self, input: &mut Input<'_>) {
         let name = self.client_name(input);
-        let bytes = request(
-            self.model.id,
-            RequestCode::Register,
-            NAME_LEN as u32,
-            &[&name],
-        );
+        let bytes = request(self.model.id, RequestCode::Register, NAME_LEN as u32, &[&name]);
         let answer = self.exchange(&bytes, After::Ping).await;
         let allowed = [
             ResponseCode::Registered,
@@ -363,31 +330,21 @@ impl Script {
         let size = (NAME_LEN + PUBLIC_KEY_LEN) as u32;
         let bytes = request(id, RequestCode::SendPublicKey, size, &[&name, &key]);
         let answer = self.exchange(&bytes, After::Ping).await;
-        expect(
-            &answer,
-            &[ResponseCode::PublicKeyAccepted, ResponseCode::GeneralError],
-        );
+        expect(&answer, &[ResponseCode::PublicKeyAccepted, ResponseCode::GeneralError]);
         let Some(Response::PublicKeyAccepted { client_id, .. }) = answer else {
             return;
         };
         assert_eq!(client_id, id, "2102 carries the id of the request");
         let usable = PublicKey::from_field(&PublicKeyField(key)).is_ok();
-        assert!(
-            usable,
-            "2102 answered a public key field that holds no usable key"
-        );
+        assert!(usable, "2102 answered a public key field that holds no usable key");
         if !self.model.raw_used {
             let ip = self.ips[self.current];
-            let here = self.conns[self.current]
-                .as_ref()
-                .is_some_and(|c| c.registered_here.contains(&id));
+            let here =
+                self.conns[self.current].as_ref().is_some_and(|c| c.registered_here.contains(&id));
             let may = here
                 || (!self.model.strict && self.model.registered_from.contains(&(id, ip)))
                 || self.model.key_on_record.get(&id) == Some(&key);
-            assert!(
-                may,
-                "2102 for client {id}: not registered here and not its key on record"
-            );
+            assert!(may, "2102 for client {id}: not registered here and not its key on record");
         }
         self.model.key_on_record.insert(id, key);
     }
@@ -428,29 +385,14 @@ impl Script {
         let len = usize::from(input.byte());
         let mut plain = input.bytes(len).to_vec();
         if mode == 5 {
-            plain = plain
-                .iter()
-                .chain(b"x")
-                .copied()
-                .cycle()
-                .take(LARGE)
-                .collect();
+            plain = plain.iter().chain(b"x").copied().cycle().take(LARGE).collect();
         }
         let id = self.model.id;
-        let own_key = self
-            .conn()
-            .await
-            .own
-            .filter(|(o, _)| *o == id)
-            .and_then(|(_, k)| k);
-        let key = own_key
-            .or_else(|| self.model.aes_keys.get(&id).copied())
-            .unwrap_or_default();
+        let own_key = self.conn().await.own.filter(|(o, _)| *o == id).and_then(|(_, k)| k);
+        let key = own_key.or_else(|| self.model.aes_keys.get(&id).copied()).unwrap_or_default();
         let mut content = encrypt_to_vec(&key, &plain);
-        let (mut sizes, mut after) = (
-            (content.len() as u32, content.len() as u32 + 259),
-            After::Ping,
-        );
+        let (mut sizes, mut after) =
+            ((content.len() as u32, content.len() as u32 + 259), After::Ping);
         match mode {
             1 => sizes.1 = 259,
             2 => {
@@ -461,10 +403,7 @@ impl Script {
             }
             3 => {
                 (sizes, after) = (
-                    (
-                        u32::from_le_bytes(input.array()),
-                        u32::from_le_bytes(input.array()),
-                    ),
+                    (u32::from_le_bytes(input.array()), u32::from_le_bytes(input.array())),
                     After::Close,
                 );
                 content.clear();
@@ -476,30 +415,15 @@ impl Script {
             _ => {}
         }
         self.model.last_file = Some(name);
-        let bytes = request(
-            id,
-            RequestCode::SendFile,
-            sizes.1,
-            &[&sizes.0.to_le_bytes(), &name, &content],
-        );
+        let bytes =
+            request(id, RequestCode::SendFile, sizes.1, &[&sizes.0.to_le_bytes(), &name, &content]);
         let answer = self.exchange(&bytes, after).await;
-        expect(
-            &answer,
-            &[ResponseCode::FileReceived, ResponseCode::GeneralError],
-        );
-        let Some(Response::FileReceived {
-            client_id,
-            content_size,
-            file_name,
-            cksum,
-        }) = answer
+        expect(&answer, &[ResponseCode::FileReceived, ResponseCode::GeneralError]);
+        let Some(Response::FileReceived { client_id, content_size, file_name, cksum }) = answer
         else {
             return;
         };
-        assert!(
-            storage_name(file_name.as_str()).is_ok(),
-            "2103 for unstorable {file_name:?}"
-        );
+        assert!(storage_name(file_name.as_str()).is_ok(), "2103 for unstorable {file_name:?}");
         let sent = name_text(&name);
         assert_eq!(
             (client_id, content_size, Some(file_name.as_str())),
@@ -507,11 +431,7 @@ impl Script {
             "2103 echoes the request"
         );
         if own_key.is_some() && matches!(mode, 0 | 1 | 5) {
-            assert_eq!(
-                cksum,
-                Cksum::of(&plain),
-                "2103 has the cksum of the plaintext sent"
-            );
+            assert_eq!(cksum, Cksum::of(&plain), "2103 has the cksum of the plaintext sent");
         }
     }
 
@@ -536,11 +456,7 @@ impl Script {
             let text = name_text(&name).expect("2104 answered a 1029 with an invalid name");
             let stored = storage_name(&text).expect("2104 answered a 1029 with an unstorable name");
             let path = self.root.join(id.to_hex()).join(stored);
-            assert!(
-                path.is_file(),
-                "2104 for {text:?} but {} is not there",
-                path.display()
-            );
+            assert!(path.is_file(), "2104 for {text:?} but {} is not there", path.display());
         }
     }
 
@@ -556,8 +472,7 @@ impl Script {
         }
         self.model.raw_used = true;
         self.conn().await.raw = true;
-        self.exchange(&bytes, if whole { After::Ping } else { After::Close })
-            .await;
+        self.exchange(&bytes, if whole { After::Ping } else { After::Close }).await;
     }
 
     async fn raw_bytes(&mut self, input: &mut Input<'_>) {
@@ -627,9 +542,7 @@ impl Script {
         if conn.writer.write_all(&out).await.is_ok() && after == After::Close {
             let _ = conn.writer.shutdown().await;
         }
-        let ping_answer = Response::ReconnectDenied {
-            client_id: Some(PING_ID),
-        };
+        let ping_answer = Response::ReconnectDenied { client_id: Some(PING_ID) };
         let mut answers = Vec::new();
         conn.open = false;
         while let Some(response) = conn.responses.recv().await {
@@ -681,9 +594,7 @@ impl Script {
         for (client, name) in stored_files(&self.root) {
             if !name.starts_with(TEMP_PREFIX) {
                 assert!(
-                    self.model
-                        .confirmed
-                        .contains(&(client.clone(), name.clone())),
+                    self.model.confirmed.contains(&(client.clone(), name.clone())),
                     "{client}/{name} was stored, but no 1029 ever named it"
                 );
             }
@@ -695,34 +606,15 @@ impl Script {
         self.close(0).await;
         self.close(1).await;
         self.check_disk();
-        let files = self
-            .shared
-            .db
-            .lock()
-            .expect("db")
-            .files()
-            .expect("listing files");
+        let files = self.shared.db.lock().expect("db").files().expect("listing files");
         let verified: Vec<_> = files.iter().filter(|f| f.verified).collect();
         for file in &verified {
             let stored = storage_name(&file.file_name).expect("a recorded name is storable");
-            assert_eq!(
-                file.path_name,
-                format!("{}/{stored}", file.client_id.to_hex())
-            );
+            assert_eq!(file.path_name, format!("{}/{stored}", file.client_id.to_hex()));
             let bytes = std::fs::read(self.root.join(&file.path_name))
                 .unwrap_or_else(|e| panic!("{file:?} is recorded as verified, but: {e}"));
-            assert_eq!(
-                file.size,
-                Some(bytes.len() as u64),
-                "size of {}",
-                file.path_name
-            );
-            assert_eq!(
-                file.cksum,
-                Some(Cksum::of(&bytes)),
-                "cksum of {}",
-                file.path_name
-            );
+            assert_eq!(file.size, Some(bytes.len() as u64), "size of {}", file.path_name);
+            assert_eq!(file.cksum, Some(Cksum::of(&bytes)), "cksum of {}", file.path_name);
         }
         for (client, name) in stored_files(&self.root) {
             let path = format!("{client}/{name}");
@@ -731,23 +623,16 @@ impl Script {
                 "{path} is stored but not recorded as verified"
             );
         }
-        let Script {
-            shared, root, base, ..
-        } = self;
+        let Script { shared, root, base, .. } = self;
         assert_eq!(
             Arc::strong_count(&shared),
             1,
             "every connection has let go of the server state"
         );
         drop(shared);
-        let left: Vec<_> = stored_files(&root)
-            .into_iter()
-            .filter(|(_, n)| n.starts_with(TEMP_PREFIX))
-            .collect();
-        assert!(
-            left.is_empty(),
-            "temporary files outlived the server: {left:?}"
-        );
+        let left: Vec<_> =
+            stored_files(&root).into_iter().filter(|(_, n)| n.starts_with(TEMP_PREFIX)).collect();
+        assert!(left.is_empty(), "temporary files outlived the server: {left:?}");
         drop(base);
     }
 }
@@ -785,11 +670,7 @@ impl Model {
             Response::PublicKeyAccepted { client_id, .. }
             | Response::ReconnectAccepted { client_id, .. } => {
                 // The key the server just recorded is the one it sent.
-                let aes = db
-                    .lock()
-                    .expect("db")
-                    .aes_key(*client_id)
-                    .expect("reading the db");
+                let aes = db.lock().expect("db").aes_key(*client_id).expect("reading the db");
                 conn.own = Some((*client_id, aes));
                 self.exchanged.insert((*client_id, conn.ip));
                 match aes {
@@ -820,10 +701,7 @@ impl Model {
 /// Checks an answer's code.
 fn expect(answer: &Option<Response>, allowed: &[ResponseCode]) {
     if let Some(answer) = answer {
-        assert!(
-            allowed.contains(&answer.code()),
-            "answer {answer:?}, expected one of {allowed:?}"
-        );
+        assert!(allowed.contains(&answer.code()), "answer {answer:?}, expected one of {allowed:?}");
     }
 }
 
@@ -834,10 +712,7 @@ async fn read_responses(mut read: ReadHalf<DuplexStream>, tx: mpsc::UnboundedSen
     loop {
         let n = read.read(&mut chunk).await.expect("reading a duplex pipe");
         if n == 0 {
-            assert!(
-                buf.is_empty(),
-                "the server stopped in the middle of a response: {buf:?}"
-            );
+            assert!(buf.is_empty(), "the server stopped in the middle of a response: {buf:?}");
             return;
         }
         buf.extend_from_slice(&chunk[..n]);
@@ -872,11 +747,7 @@ async fn join(task: JoinHandle<()>) {
 /// deleting directories and fsyncing uploads on a disk would dominate the run.
 fn scratch_dir() -> tempfile::TempDir {
     let shm = Path::new("/dev/shm");
-    let dir = if shm.is_dir() {
-        tempfile::tempdir_in(shm)
-    } else {
-        tempfile::tempdir()
-    };
+    let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
     dir.expect("a temporary directory")
 }
 
