@@ -1431,3 +1431,78 @@ fn the_independent_python_client_sends_and_verifies_against_our_server() {
     let path = files[0]["path"].as_str().expect("path");
     assert_eq!(std::fs::read(server.storage().join(path)).expect("stored file"), data);
 }
+
+// ---------------------------------------------------------------------------------------
+// Faults from outside: a disk that fills up mid-upload, a database another process holds
+
+#[test]
+fn a_disk_filling_up_mid_upload_gets_2107_and_records_nothing() {
+    use std::os::unix::process::CommandExt;
+    // A 2 MiB file-size limit stands in for a full disk: writes past it fail (EFBIG), as
+    // they would with ENOSPC. SIGXFSZ is ignored so the write fails instead of killing us;
+    // an ignored signal stays ignored across exec.
+    let temp = tempfile::tempdir().unwrap();
+    let server = common::Server::start_with(temp.path(), &[], |cmd| {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit { rlim_cur: 2 << 20, rlim_max: 2 << 20 };
+                libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+    });
+    let mut stream = connect(&server);
+    let client = Client::setup("filler", &mut stream);
+    let data = common::random_bytes(8 << 20, 77);
+    let response = client.send_file(&mut stream, "big.bin", &data);
+    assert_eq!(response, Response::GeneralError, "a failed write is refused");
+    assert!(file_rows(&server).is_empty(), "nothing recorded: {:?}", file_rows(&server));
+    assert!(stored(&server, client.id, "big.bin").is_none(), "nothing stored");
+    wait_until("the partial upload is deleted", || leftovers(&server.storage()).is_empty());
+    // Files that fit still go through.
+    assert_serves(&server);
+}
+
+#[test]
+fn a_database_held_open_by_another_process_does_not_stall_the_server() {
+    let server = Server::start(&[]);
+    assert_serves(&server);
+    // Another process reading: a long read transaction (db inspect's kind of access).
+    let reader = open_db(&server);
+    reader.execute_batch("BEGIN").unwrap();
+    let clients: i64 = reader.query_row("SELECT count(*) FROM clients", [], |r| r.get(0)).unwrap();
+    assert!(clients >= 1);
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_serves(&server);
+        let inspect = common::run_in(
+            &server.dir,
+            &["db", "inspect", "--db", "server.db", "--storage", "storage", "--json"],
+        );
+        assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the server stalled: {:?}",
+        started.elapsed()
+    );
+    reader.execute_batch("COMMIT").unwrap();
+}
+
+#[test]
+fn a_connection_cut_in_the_middle_of_a_1028_is_cleaned_up_and_nothing_is_verified() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("cut-off", &mut stream);
+    let data = common::random_bytes(4 << 20, 5);
+    let request = client.file_request("cut.bin", &data);
+    // Half the content, then the connection is gone.
+    stream.write_all(&request[..request.len() / 2]).expect("send half");
+    drop(stream);
+    wait_until("the partial upload is deleted", || leftovers(&server.storage()).is_empty());
+    assert!(file_rows(&server).is_empty(), "nothing recorded: {:?}", file_rows(&server));
+    assert!(stored(&server, client.id, "cut.bin").is_none());
+    assert_serves(&server);
+}

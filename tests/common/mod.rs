@@ -49,7 +49,13 @@ impl Server {
     /// Starts a server whose storage and database live in `dir` (kept by the caller, so a
     /// test can restart a server on the same state).
     pub fn start_in(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with(dir, extra, |_| {})
+    }
+
+    /// Like [`Server::start_in`], with a chance to adjust the command (limits, say).
+    pub fn start_with(dir: &Path, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
         let mut cmd = command();
+        adjust(&mut cmd);
         cmd.current_dir(dir)
             .args(["serve", "--port", "0", "--storage", "storage", "--db", "server.db"])
             .args(extra)
