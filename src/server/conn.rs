@@ -34,6 +34,9 @@ use tracing::{Instrument, debug, info, warn};
 /// the connection.
 const MAX_SKIPPED_PAYLOAD: u32 = 64 * 1024;
 
+/// How long a refused connection is drained before it is closed (see `linger`).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// What to do after a request.
 enum Next {
     /// Send this and read the next request.
@@ -134,6 +137,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
             }
             if close {
+                self.linger().await;
                 break;
             }
         }
@@ -149,6 +153,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Whether an upload that arrived on this connection waits for the client's verdict.
     fn awaits_verdict(&self) -> bool {
         self.session.as_ref().is_some_and(|s| s.has_pending_of(self.conn_id))
+    }
+
+    /// Ends a connection whose request was refused while its bytes may still be arriving.
+    /// Closing a socket with unread data makes the kernel reset the connection and drop
+    /// what it has not sent yet, which can be the 2107 just written. So: send FIN (flushing
+    /// the answer), then read and discard for a moment, and only then close.
+    async fn linger(&mut self) {
+        let _ = self.stream.shutdown().await;
+        let mut sink = vec![0u8; 64 * 1024];
+        let drain = async { while matches!(self.stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
     /// The next header, or `None` when the peer closed cleanly between requests.
