@@ -18,6 +18,11 @@
 //!     --db SERVER/defensive.db --storage SERVER/storage
 //! ```
 
+/// The binary's own command-line module (std and clap only), for its size parser.
+#[allow(dead_code)]
+#[path = "../src/cli.rs"]
+mod cli;
+
 use clap::Parser;
 use securexfer::client::identity::Identity;
 use securexfer::client::wire::Timeouts;
@@ -52,7 +57,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Size of each file sent (suffixes K, M, G).
-    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    #[arg(long, default_value = "1M", value_parser = cli::parse_size)]
     size: u64,
     /// The server's database, to verify what was stored.
     #[arg(long)]
@@ -334,19 +339,6 @@ fn write_random(path: &Path, size: u64) {
     let mut data = vec![0u8; size as usize];
     getrandom::fill(&mut data).expect("OS randomness");
     std::fs::write(path, data).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-}
-
-/// Sizes such as `4096`, `4K`, `1M`, `1G` (binary units).
-fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (digits, shift) = match text.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&text[..i], 10),
-        Some((i, 'm' | 'M')) => (&text[..i], 20),
-        Some((i, 'g' | 'G')) => (&text[..i], 30),
-        _ => (text, 0),
-    };
-    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size"))?;
-    n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn unix_secs() -> u64 {

@@ -5,14 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 bin="$PWD/target/release/securexfer"
-work=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
-
-mkdir -p "$work/server" "$work/client"
-(cd "$work/server" && exec "$bin" serve --port 0 > listening.txt 2> server.log) &
-server=$!
-for _ in $(seq 50); do grep -q listening "$work/server/listening.txt" 2>/dev/null && break; sleep 0.1; done
-address=$(sed -n 's/^securexfer listening on //p' "$work/server/listening.txt")
+. "$(dirname "$0")/lib.sh"
+start_local_server
 echo "server: listening on $address (storage and database in $work/server)"
 
 head -c 10000000 /dev/urandom > "$work/client/hello.bin"

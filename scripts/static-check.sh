@@ -11,13 +11,8 @@ case "$links" in
   *"statically linked"*|*"not a dynamic executable"*) echo "statically linked: $links" ;;
   *) echo "error: $bin is dynamically linked:"; echo "$links"; exit 1 ;;
 esac
-work=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
-mkdir -p "$work/server" "$work/client"
-(cd "$work/server" && exec "$bin" serve --port 0 > listening.txt 2> server.log) &
-server=$!
-for _ in $(seq 50); do grep -q listening "$work/server/listening.txt" 2>/dev/null && break; sleep 0.1; done
-address=$(sed -n 's/^securexfer listening on //p' "$work/server/listening.txt")
+. "$(dirname "$0")/lib.sh"
+start_local_server
 head -c 3000000 /dev/urandom > "$work/client/f.bin"
 cd "$work/client"
 "$bin" register --server "$address" --name static-check
