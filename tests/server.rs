@@ -538,6 +538,30 @@ fn a_resend_after_1030_replaces_the_upload_and_only_1029_verifies_it() {
 }
 
 #[test]
+fn sending_a_stored_file_again_replaces_it_and_deletes_the_earlier_copy() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("grace", &mut stream);
+    let first = common::random_bytes(30_000, 31);
+    client.upload(&mut stream, "notes.bin", &first);
+    assert_stored_verified(&server, client.id, "notes.bin", &first);
+    // Large enough for the direct-write path, so both ways of writing replace alike.
+    let second = common::random_bytes(70 << 20, 32);
+    client.upload(&mut stream, "notes.bin", &second);
+    assert_stored_verified(&server, client.id, "notes.bin", &second);
+    assert_eq!(rows_of(&server, client.id).len(), 1, "{:?}", file_rows(&server));
+    // The earlier copy is deleted off the request's path, right after the reply.
+    wait_until("the earlier copy to be deleted", || {
+        client_dir_entries(&server, client.id) == ["notes.bin"]
+    });
+    client.upload(&mut stream, "notes.bin", &first);
+    assert_stored_verified(&server, client.id, "notes.bin", &first);
+    wait_until("the earlier copy to be deleted", || {
+        client_dir_entries(&server, client.id) == ["notes.bin"]
+    });
+}
+
+#[test]
 fn giving_up_with_1031_stores_nothing_and_verifies_nothing() {
     let server = Server::start(&[]);
     let mut stream = connect(&server);
@@ -556,7 +580,8 @@ fn giving_up_with_1031_stores_nothing_and_verifies_nothing() {
     assert_eq!(ack, Response::Acknowledged { client_id: Some(client.id) });
 
     assert_eq!(stored(&server, client.id, "bad.bin"), None);
-    assert!(leftovers(&server.storage()).is_empty());
+    // The given-up upload is deleted off the request's path, right after the reply.
+    wait_until("the given-up upload to be deleted", || leftovers(&server.storage()).is_empty());
     assert!(rows_of(&server, client.id).iter().all(|r| !r.verified), "{:?}", file_rows(&server));
     let doc = inspect(&server);
     assert!(doc["files"].as_array().expect("files").iter().all(|f| f["verified"] == false));
@@ -1437,6 +1462,16 @@ fn the_independent_python_client_sends_and_verifies_against_our_server() {
 
 #[test]
 fn a_disk_filling_up_mid_upload_gets_2107_and_records_nothing() {
+    disk_fills_up_during(8 << 20);
+}
+
+#[test]
+fn a_disk_filling_up_mid_direct_write_gets_2107_and_records_nothing() {
+    // Uploads of 64 MiB and more are written with O_DIRECT: the same failure, other path.
+    disk_fills_up_during(65 << 20);
+}
+
+fn disk_fills_up_during(size: usize) {
     use std::os::unix::process::CommandExt;
     // A 2 MiB file-size limit stands in for a full disk: writes past it fail (EFBIG), as
     // they would with ENOSPC. SIGXFSZ is ignored so the write fails instead of killing us;
@@ -1455,7 +1490,7 @@ fn a_disk_filling_up_mid_upload_gets_2107_and_records_nothing() {
     });
     let mut stream = connect(&server);
     let client = Client::setup("filler", &mut stream);
-    let data = common::random_bytes(8 << 20, 77);
+    let data = common::random_bytes(size, 77);
     let response = client.send_file(&mut stream, "big.bin", &data);
     assert_eq!(response, Response::GeneralError, "a failed write is refused");
     assert!(file_rows(&server).is_empty(), "nothing recorded: {:?}", file_rows(&server));

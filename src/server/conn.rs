@@ -458,11 +458,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .ok_or_else(|| refuse(format!("no upload of {file_name} waits for confirmation")))?;
         let storage = self.shared.storage.clone();
         let name = pending.stored_name.clone();
-        let relative =
+        let committed =
             tokio::task::spawn_blocking(move || storage.commit(pending.upload, id, &name))
                 .await
                 .map_err(|e| refuse(e.to_string()))?
                 .map_err(|e| refuse(format!("could not store {file_name}: {e}")))?;
+        let relative = committed.relative.clone();
+        // Deleting the replaced copy can take a while; nobody needs to wait for it.
+        tokio::task::spawn_blocking(move || drop(committed));
         let (sent, rel, size, cksum) =
             (file_name.to_string(), relative.clone(), pending.size, pending.cksum);
         self.shared.db(move |db| db.record_verified(id, &sent, &rel, size, cksum)).await?;
@@ -476,7 +479,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .take_pending(file_name.as_str())
             .ok_or_else(|| refuse(format!("no upload of {file_name} waits")))?;
         let (sent, rel) = (file_name.to_string(), Storage::relative_path(id, &pending.stored_name));
-        drop(pending);
+        // Deleting a large upload takes a while: not on the runtime's threads.
+        tokio::task::spawn_blocking(move || drop(pending));
         self.shared.db(move |db| db.record_given_up(id, &sent, &rel)).await?;
         warn!(%file_name, "client gave up after repeated checksum mismatches; nothing stored");
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
