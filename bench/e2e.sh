@@ -86,8 +86,11 @@ scp_opts() {
 }
 
 # Runs a command under /usr/bin/time; sets run_secs (wall, ns resolution) and run_kib (peak RSS).
+# Dirty pages left by the contender before (scp's copy, our stored file) are written out
+# first, so nobody's run pays for another's writeback.
 timed() {
   local t0 t1
+  sync
   t0=$(now_ns)
   /usr/bin/time -f '%M' -o "$work/time.out" "$@"
   t1=$(now_ns)
