@@ -239,7 +239,7 @@ fn report(bytes: usize, t: &Times) {
     let rate = |times: &[Duration]| bytes as f64 / median(times).as_secs_f64() / 1e6;
     let rows: [(&str, &[Duration]); 8] = [
         ("our encrypt (AES-NI path)", &t.enc),
-        ("our decrypt (AES-NI path)", &t.dec),
+        ("our decrypt (AES-NI/VAES path)", &t.dec),
         ("our encrypt (portable, cbc crate)", &t.enc_portable),
         ("our decrypt (portable, cbc crate)", &t.dec_portable),
         ("openssl enc (whole process)", &t.openssl_enc),

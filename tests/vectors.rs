@@ -39,7 +39,7 @@ fn rows(name: &str) -> Vec<Vec<String>> {
 
 fn hex(text: &str) -> Vec<u8> {
     let text = text.trim();
-    assert!(text.len() % 2 == 0, "odd-length hex {text:?}");
+    assert!(text.len().is_multiple_of(2), "odd-length hex {text:?}");
     (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex digit"))
@@ -382,6 +382,23 @@ fn fast_and_portable_aes_agree_with_each_other_on_every_length() {
         assert_eq!(back.as_deref(), Ok(data), "length {len}");
         let back = decrypt_in_chunks(CbcDecryptor::portable(&key), &fast, &[16]);
         assert_eq!(back.as_deref(), Ok(data), "length {len}");
+    }
+}
+
+#[test]
+fn the_wide_decryption_path_agrees_with_the_portable_one_across_group_boundaries() {
+    // The VAES path (where the CPU has it) decrypts groups of 16 blocks (256 bytes) and
+    // leaves the rest to the 128-bit loop; chunks of 256, 272 and 4096+16 bytes and the
+    // lengths around them put group and chunk boundaries everywhere.
+    let key: AesKey = securexfer::crypto::random_bytes();
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i * 13 + i / 251) as u8).collect();
+    for len in (0..=1100).step_by(7).chain([4095, 4096, 4097, 8191, 16_384, 19_999]) {
+        let data = &data[..len];
+        let ciphertext = encrypt_in_chunks(CbcEncryptor::portable(&key), data, &[48], 1);
+        for chunks in [&[256][..], &[272], &[4112, 256, 16]] {
+            let back = decrypt_in_chunks(CbcDecryptor::new(&key), &ciphertext, chunks);
+            assert_eq!(back.as_deref(), Ok(data), "length {len}, chunks {chunks:?}");
+        }
     }
 }
 

@@ -173,15 +173,15 @@ fn establish(
         // says which is right, so trying costs one round trip and guesses nothing.
         let mut reversed = identity.clone();
         reversed.id.0.reverse();
-        if reversed.id != identity.id {
-            if let Some(session) = client.reconnect(&reversed)? {
-                eprintln!(
-                    "securexfer: {} holds the client id byte-reversed (as some existing clients write it); using {}",
-                    save_at.display(),
-                    reversed.id
-                );
-                return Ok(session);
-            }
+        if reversed.id != identity.id
+            && let Some(session) = client.reconnect(&reversed)?
+        {
+            eprintln!(
+                "securexfer: {} holds the client id byte-reversed (as some existing clients write it); using {}",
+                save_at.display(),
+                reversed.id
+            );
+            return Ok(session);
         }
         let name = name.unwrap_or_else(|| identity.name.clone());
         eprintln!(

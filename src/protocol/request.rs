@@ -105,7 +105,7 @@ impl FileHeader {
                 content_size: self.content_size,
             });
         }
-        if self.content_size == 0 || self.content_size % AES_BLOCK_LEN as u32 != 0 {
+        if self.content_size == 0 || !self.content_size.is_multiple_of(AES_BLOCK_LEN as u32) {
             return Err(DecodeError::BadContentSize(self.content_size));
         }
         if self.content_size > max_content {

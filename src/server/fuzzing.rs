@@ -32,19 +32,19 @@ const SMALL_LIMIT: u32 = 64;
 pub fn check_decode(data: &[u8]) {
     check_request(data);
     check_response(data);
-    if let Some(bytes) = data.first_chunk::<REQUEST_HEADER_LEN>() {
-        if let Ok(header) = RequestHeader::decode(bytes) {
-            assert_eq!(&header.encode(), bytes, "a request header re-encodes as it came");
-        }
+    if let Some(bytes) = data.first_chunk::<REQUEST_HEADER_LEN>()
+        && let Ok(header) = RequestHeader::decode(bytes)
+    {
+        assert_eq!(&header.encode(), bytes, "a request header re-encodes as it came");
     }
     // A file header alone, with the payload size that follows it, and where a 1028 has it.
     check_file_header(data.get(..FILE_HEADER_LEN), data.get(FILE_HEADER_LEN..FILE_HEADER_LEN + 4));
     let after_header = REQUEST_HEADER_LEN..REQUEST_HEADER_LEN + FILE_HEADER_LEN;
     check_file_header(data.get(after_header), data.get(REQUEST_HEADER_LEN - 4..REQUEST_HEADER_LEN));
-    if let Some(bytes) = data.first_chunk::<RESPONSE_HEADER_LEN>() {
-        if let Ok(header) = ResponseHeader::decode(bytes) {
-            assert_eq!(&header.encode(), bytes, "a response header re-encodes as it came");
-        }
+    if let Some(bytes) = data.first_chunk::<RESPONSE_HEADER_LEN>()
+        && let Ok(header) = ResponseHeader::decode(bytes)
+    {
+        assert_eq!(&header.encode(), bytes, "a response header re-encodes as it came");
     }
     check_storage_name(&String::from_utf8_lossy(data));
 }

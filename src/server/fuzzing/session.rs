@@ -251,7 +251,7 @@ impl Script {
             8 => self.raw_bytes(input).await,
             9 => self.use_id(input),
             10 => {
-                let ip = if input.byte() % 2 == 0 {
+                let ip = if input.byte().is_multiple_of(2) {
                     Ipv4Addr::LOCALHOST
                 } else {
                     Ipv4Addr::new(10, 0, 0, 2)
@@ -736,10 +736,10 @@ async fn read_responses(mut read: ReadHalf<DuplexStream>, tx: mpsc::UnboundedSen
 
 /// Waits for a task and re-raises its panic here.
 async fn join(task: JoinHandle<()>) {
-    if let Err(e) = task.await {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic());
-        }
+    if let Err(e) = task.await
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
     }
 }
 
