@@ -464,8 +464,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 .map_err(|e| refuse(e.to_string()))?
                 .map_err(|e| refuse(format!("could not store {file_name}: {e}")))?;
         let relative = committed.relative.clone();
-        // Deleting the replaced copy can take a while; nobody needs to wait for it.
-        tokio::task::spawn_blocking(move || drop(committed));
+        if let Some(replaced) = committed.replaced {
+            // Deleting the replaced copy can take a while; nobody needs to wait for it.
+            tokio::task::spawn_blocking(move || drop(replaced));
+        }
         let (sent, rel, size, cksum) =
             (file_name.to_string(), relative.clone(), pending.size, pending.cksum);
         self.shared.db(move |db| db.record_verified(id, &sent, &rel, size, cksum)).await?;
