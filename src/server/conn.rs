@@ -419,9 +419,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .map_err(|e| refuse(e.to_string()))?
             .map_err(|e| refuse(format!("cannot create the upload file: {e}")))?;
         let (std_file, upload) = temp.into_parts();
-        let received =
-            upload::receive(&mut self.stream, file.content_size, session.aes_key, std_file, idle)
-                .await;
+        // Held until the upload ends; without one, a large upload takes the small path.
+        let large_slot = (file.content_size >= upload::LARGE_UPLOAD)
+            .then(|| Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
+            .flatten();
+        let received = upload::receive(
+            &mut self.stream,
+            file.content_size,
+            session.aes_key,
+            std_file,
+            idle,
+            large_slot.is_some(),
+        )
+        .await;
+        drop(large_slot);
         let received = match received {
             Ok(r) => r,
             // The content was read to its end, so the stream is still in step.

@@ -107,9 +107,23 @@ pub(crate) struct Shared {
     db: Arc<Mutex<Db>>,
     storage: Storage,
     sessions: Sessions,
+    /// Slots for uploads on the fast large-upload path; see [`LARGE_UPLOAD_SLOTS`].
+    large_uploads: Arc<tokio::sync::Semaphore>,
 }
 
+/// How many uploads may use the large-upload path at once (1 MiB chunks, 5 buffers and a
+/// writer thread each, `O_DIRECT`): about 320 MiB and 64 threads at most. Beyond that, a
+/// large upload takes the small-upload path (256 KiB chunks, 3 buffers, buffered writes),
+/// slower per byte but just as correct, so memory stays bounded however many
+/// connections upload large files at once.
+pub(crate) const LARGE_UPLOAD_SLOTS: usize = 64;
+
 impl Shared {
+    pub(crate) fn new(config: Config, db: Db, storage: Storage, sessions: Sessions) -> Self {
+        let large_uploads = Arc::new(tokio::sync::Semaphore::new(LARGE_UPLOAD_SLOTS));
+        Shared { config, db: Arc::new(Mutex::new(db)), storage, sessions, large_uploads }
+    }
+
     /// Runs a database operation on a blocking thread.
     async fn db<T, F>(&self, f: F) -> Result<T, ServerError>
     where
@@ -145,8 +159,7 @@ impl Server {
         }
         let db = Db::open(&config.db)?;
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
-        let shared = Shared { config, db: Arc::new(Mutex::new(db)), storage, sessions };
-        Ok(Server { shared: Arc::new(shared) })
+        Ok(Server { shared: Arc::new(Shared::new(config, db, storage, sessions)) })
     }
 
     /// Serves `listener` until `shutdown` completes, then lets transfers in flight finish

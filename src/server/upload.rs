@@ -65,14 +65,17 @@ type Chunk = (AlignedBuf, bool);
 
 /// Reads `content_size` bytes of encrypted content from `reader` and writes the plaintext
 /// to `file`. `content_size` must already be validated (non-zero multiple of 16).
+/// `allow_large` lets an upload of [`LARGE_UPLOAD`] bytes or more take the large-upload
+/// path (the caller bounds how many do at once).
 pub async fn receive<R: AsyncRead + Unpin>(
     reader: &mut R,
     content_size: u32,
     key: AesKey,
     file: std::fs::File,
     idle: Duration,
+    allow_large: bool,
 ) -> Result<Received, UploadError> {
-    let large = content_size >= LARGE_UPLOAD;
+    let large = allow_large && content_size >= LARGE_UPLOAD;
     let (chunk, buffers) = if large { (LARGE_CHUNK, DIRECT_BUFFERS) } else { (CHUNK, BUFFERS) };
     let (full_tx, full_rx) = mpsc::channel::<Chunk>(buffers);
     let (empty_tx, mut empty_rx) = mpsc::channel::<AlignedBuf>(buffers);
@@ -413,6 +416,26 @@ mod tests {
                 let stored = through_sink(&data, LARGE_CHUNK, direct);
                 assert!(stored == data, "{len} bytes stored wrongly (direct: {direct})");
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_large_upload_arrives_whole_on_either_path() {
+        // With a large-upload slot (1 MiB chunks, O_DIRECT, writer thread) and without one
+        // (the small-upload path the server falls back to when every slot is taken).
+        let key = [9u8; 16];
+        let data = pattern(LARGE_UPLOAD as usize + 4096 + 5);
+        let ciphertext = crate::crypto::aes::encrypt_to_vec(&key, &data);
+        for allow_large in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("upload");
+            let file = std::fs::File::create(&path).unwrap();
+            let size = ciphertext.len() as u32;
+            let mut reader = &ciphertext[..];
+            let idle = Duration::from_secs(10);
+            let got = receive(&mut reader, size, key, file, idle, allow_large).await.unwrap();
+            assert_eq!(got, Received { size: data.len() as u64, cksum: Cksum::of(&data) });
+            assert!(std::fs::read(&path).unwrap() == data, "allow_large: {allow_large}");
         }
     }
 

@@ -222,7 +222,7 @@ impl Script {
         let db = Db::open_in_memory().expect("an in-memory database");
         let model = Model { strict: config.strict_sessions, ..Model::default() };
         let root = storage.root().to_owned();
-        let shared = Shared { config, db: Arc::new(Mutex::new(db)), storage, sessions };
+        let shared = Shared::new(config, db, storage, sessions);
         let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
         Script {
             shared: Arc::new(shared),
