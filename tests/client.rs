@@ -235,6 +235,75 @@ fn register_then_send_stores_the_same_bytes() {
     assert_same(&stored(&server, &id, "data.bin"), &data, "stored file");
 }
 
+/// A TCP proxy to `upstream` that cuts the first connection that carries a 2103, right
+/// after passing the 2103 on: the connection breaks between the server's checksum and the
+/// client's 1029. Later connections pass untouched.
+fn cut_after_first_2103(upstream: String) -> String {
+    use securexfer::protocol::{RESPONSE_HEADER_LEN, ResponseCode, ResponseHeader};
+    use std::net::Shutdown;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let cut = Arc::new(AtomicBool::new(false));
+    // Detached: it ends with the test binary.
+    thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&upstream) else { continue };
+            let cut = Arc::clone(&cut);
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            thread::spawn(move || {
+                let _ = io::copy(&mut c_in, &mut s_out);
+                let _ = s_out.shutdown(Shutdown::Write);
+            });
+            thread::spawn(move || {
+                let (mut server, mut client) = (server, client);
+                let mut header = [0u8; RESPONSE_HEADER_LEN];
+                while server.read_exact(&mut header).is_ok() {
+                    let parsed = ResponseHeader::decode(&header).expect("the server's header");
+                    let mut payload = vec![0u8; parsed.payload_size as usize];
+                    if server.read_exact(&mut payload).is_err()
+                        || client.write_all(&[&header[..], &payload].concat()).is_err()
+                    {
+                        break;
+                    }
+                    if parsed.code == ResponseCode::FileReceived
+                        && !cut.swap(true, Ordering::SeqCst)
+                    {
+                        let _ = client.shutdown(Shutdown::Both);
+                        let _ = server.shutdown(Shutdown::Both);
+                        return;
+                    }
+                }
+                let _ = client.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_upload_lost_with_a_broken_connection_before_1029_is_sent_again() {
+    // securexfer serve keeps an unconfirmed upload only while its connection lives, so a
+    // break between the 2103 and the 1029 loses it: the 1029 on a new connection gets
+    // 2107, and the client must send the file again rather than fail.
+    for strict in [false, true] {
+        let server = Server::start(if strict { &["--strict-sessions"][..] } else { &[] });
+        let proxy = cut_after_first_2103(server.address());
+        let work = Workdir::new();
+        let data = common::random_bytes(300_000, 21);
+        work.file("data.bin", &data);
+        work.run(&["register", "--server", &server.address(), "--name", "breaker"]).ok("register");
+        let run = work.send(&proxy, None, &["data.bin"], &["--json"]);
+        run.ok(&format!("send through a proxy that cuts after the 2103 (strict: {strict})"));
+        assert_eq!(run.json()[0]["sends"], 2, "sent again once\n{}", run.stderr);
+        assert_same(&stored(&server, &work.id(), "data.bin"), &data, "stored file");
+        // The 1029 on the new connection was refused (no upload waits there; with strict
+        // sessions, no key exchange either), and only the second send was confirmed.
+        assert!(server.log().contains("refused with 2107"), "{}", server.log());
+        assert_eq!(server.log().matches("file verified and stored").count(), 1);
+    }
+}
+
 #[test]
 fn a_second_send_reconnects_with_the_saved_identity() {
     let server = Server::start(&[]);
@@ -587,6 +656,12 @@ struct Script {
     /// Stop reading in the middle of every 1028 (after its file header), so the client's
     /// writes block.
     stall_files: bool,
+    /// Answer a 1029 with 2107 unless a 1028 came on the same connection (as securexfer
+    /// serve does: an unconfirmed upload dies with its connection).
+    uploads_die_with_connection: bool,
+    /// Close the connection instead of answering the first `n` 1029s that come on the
+    /// connection that carried their file.
+    drop_confirms_after_files: u32,
 }
 
 impl Script {
@@ -601,6 +676,8 @@ impl Script {
             ack_crc_retry: false,
             deny_reconnect: false,
             stall_files: false,
+            uploads_die_with_connection: false,
+            drop_confirms_after_files: 0,
         }
     }
 }
@@ -618,6 +695,7 @@ struct FakeState {
     ids: Vec<ClientId>,
     seen: HashMap<RequestCode, u32>,
     answered_files: u32,
+    dropped_confirms: u32,
     public_key: Option<PublicKey>,
 }
 
@@ -709,8 +787,10 @@ fn serve_connection(
     script: &Script,
     state: &Mutex<FakeState>,
 ) -> io::Result<()> {
+    let mut received_file = false;
     while let Some((id, request)) = read_request(&mut stream, script.stall_files)? {
         let code = request.code();
+        received_file |= code == RequestCode::SendFile;
         let fault = {
             let mut state = state.lock().unwrap();
             state.log.push((code.as_u16(), carried_name(&request)));
@@ -725,12 +805,25 @@ fn serve_connection(
             thread::sleep(Duration::from_secs(120));
             return Ok(());
         }
+        if code == RequestCode::CrcOk && received_file {
+            let mut state = state.lock().unwrap();
+            if state.dropped_confirms < script.drop_confirms_after_files {
+                state.dropped_confirms += 1;
+                return Ok(());
+            }
+        }
         let answer = match fault {
             Some(Fault::Error) => Some(Response::GeneralError),
             Some(Fault::Drop) => return Ok(()),
             Some(Fault::Silent) => {
                 io::copy(&mut stream, &mut io::sink())?;
                 return Ok(());
+            }
+            None if code == RequestCode::CrcOk
+                && script.uploads_die_with_connection
+                && !received_file =>
+            {
+                Some(Response::GeneralError)
             }
             None => answer(&request, script, state),
         };
@@ -927,6 +1020,32 @@ fn fake_a_dropped_connection_is_retried_on_a_new_one() {
     // After a lost connection the client redoes the key exchange (1027) before resending:
     // a server with strict sessions forgets a session with its connection.
     assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1027, 1028, 1029, 1029]]), &run);
+}
+
+#[test]
+fn fake_an_upload_lost_with_its_connection_before_1029_is_sent_again() {
+    let (work, mut script) = fake_setup();
+    script.uploads_die_with_connection = true;
+    script.drop_confirms_after_files = 1;
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.ok("connection dropped at the first 1029; the upload died with it");
+    // The 1029 goes again on a new connection and gets 2107 (no upload waits there); the
+    // client then sends the file again after a key exchange, and confirms it.
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1029, 1029, 1027, 1028, 1029]]), &run);
+    assert_eq!(run.json()[0]["sends"], 2);
+}
+
+#[test]
+fn fake_uploads_lost_before_1029_every_time_end_with_exit_3_after_four_sends() {
+    let (work, mut script) = fake_setup();
+    script.uploads_die_with_connection = true;
+    script.drop_confirms_after_files = u32::MAX;
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.expect_code(3, "every 1029 dropped");
+    assert_eq!(fake.codes().iter().filter(|&&c| c == 1028).count(), 4, "{:?}", fake.codes());
+    assert!(run.stderr.contains("before the server stored the file"), "{}", run.stderr);
 }
 
 #[test]

@@ -3,7 +3,8 @@
 //! Every step is retried up to [`RETRIES`] more times when the server answers 2107 or the
 //! connection fails (reconnecting as needed). A server that closes the connection after each
 //! reply, as some existing servers do, is followed by reconnecting without counting it as a
-//! failure. A file is sent at most [`MAX_SENDS`] times until the checksums agree.
+//! failure. A file is sent at most [`MAX_SENDS`] times until the checksums agree, or until
+//! it is confirmed: an upload lost with a broken connection before its 1029 is sent again.
 
 pub mod identity;
 pub mod upload;
@@ -26,6 +27,8 @@ use wire::{RecvError, Timeouts, Wire};
 pub const RETRIES: u32 = 3;
 /// The most times a file is sent (the first send and three resends).
 pub const MAX_SENDS: u32 = 4;
+/// The confirmation step's name in events and errors.
+const CONFIRM_STEP: &str = "confirming the checksum (1029)";
 
 /// How a client operation failed, grouped for exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +175,12 @@ pub enum Event {
     },
     /// Encrypted bytes sent so far in this send.
     Progress(u64),
+    /// The connection broke before the server confirmed the file, and the upload was gone
+    /// on the new connection: the file is sent again.
+    UploadLost {
+        /// Which send was lost.
+        attempt: u32,
+    },
     /// The server's checksum differed from ours.
     Mismatch {
         /// Ours.
@@ -237,6 +246,8 @@ pub struct Client {
     key: Option<AesKey>,
     /// A connection failed; the next one starts with a key exchange.
     lost: bool,
+    /// Connections made so far: tells whether a step ran on the connection it started on.
+    connections: u64,
 }
 
 impl std::fmt::Debug for Client {
@@ -256,6 +267,7 @@ impl Client {
             rekey: None,
             key: None,
             lost: false,
+            connections: 0,
         }
     }
 
@@ -341,9 +353,23 @@ impl Client {
         for attempt in 1..=MAX_SENDS {
             let (ours, theirs) = self.send_once(session, path, size, &header, attempt)?;
             if ours == theirs {
-                let confirm = Request::CrcOk { file_name: file_name.clone() };
-                self.step("confirming the checksum (1029)", |c| c.expect_ack(id, &confirm))?;
-                return Ok(Sent { path: path.to_owned(), size, cksum: ours, sends: attempt });
+                if self.confirm(id, &file_name)? {
+                    return Ok(Sent { path: path.to_owned(), size, cksum: ours, sends: attempt });
+                }
+                // The connection broke before the server stored the file, and the upload
+                // waiting for this 1029 went with it: send the file again.
+                (self.events)(Event::UploadLost { attempt });
+                if attempt == MAX_SENDS {
+                    return Err(ClientError::Connection {
+                        step: CONFIRM_STEP,
+                        server: self.server.clone(),
+                        attempts: MAX_SENDS,
+                        last:
+                            "the connection broke before the server stored the file, on every send"
+                                .into(),
+                    });
+                }
+                continue;
             }
             (self.events)(Event::Mismatch { ours, theirs, attempt });
             if attempt < MAX_SENDS {
@@ -412,6 +438,28 @@ impl Client {
         })
     }
 
+    /// Confirms a received file (1029). True when the server acknowledged it; false when
+    /// the 1029 had to go on a new connection (the one that carried the file broke or was
+    /// closed) and the server answered 2107 there: it had no upload waiting, which died
+    /// with the old connection. Whether the server stored it before the break cannot be
+    /// told, and sending the file again is right either way (it replaces the same content
+    /// under the same name).
+    fn confirm(&mut self, id: ClientId, file_name: &FixedName) -> Result<bool, ClientError> {
+        let confirm = Request::CrcOk { file_name: file_name.clone() };
+        let upload_connection = self.connections;
+        self.step(CONFIRM_STEP, |c| match c.expect_ack(id, &confirm) {
+            Ok(()) => Ok(true),
+            Err(Failure::ServerError) if c.connections != upload_connection => {
+                // The resend starts on a new connection with a key exchange, which any
+                // server accepts (one with strict sessions only so).
+                c.wire = None;
+                c.lost = true;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        })
+    }
+
     fn expect_ack(&mut self, id: ClientId, request: &Request) -> Result<(), Failure> {
         match self.roundtrip(id, request)? {
             Response::Acknowledged { .. } => Ok(()),
@@ -468,6 +516,7 @@ impl Client {
                 }
                 self.lost = false;
             }
+            self.connections += 1;
             self.wire = Some(wire);
         }
         Ok(self.wire.as_mut().expect("just set"))

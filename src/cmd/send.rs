@@ -249,6 +249,15 @@ fn event_printer(
                     None => eprintln!("{line}"),
                 }
             }
+            Event::UploadLost { attempt } if !quiet => {
+                let line = format!(
+                    "securexfer: the connection broke before the server stored send {attempt}; resending"
+                );
+                match bar.as_ref() {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
             Event::Mismatch { ours, theirs, attempt } if !quiet => {
                 let line = format!(
                     "securexfer: checksum mismatch on send {attempt} (ours {ours}, server {theirs}); resending"
