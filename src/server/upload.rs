@@ -1,7 +1,7 @@
 //! Receiving the encrypted content of a 1028 in one streaming pass: the connection task
 //! reads fixed-size chunks from the socket while a blocking worker decrypts, checksums and
-//! writes the previous ones. A few chunk buffers circulate between the two, so memory stays
-//! flat whatever the file size.
+//! writes the previous ones (large uploads: hands them to a writer thread, see [`Output`]).
+//! A few chunk buffers circulate between them, so memory stays flat whatever the file size.
 
 use crate::buf::AlignedBuf;
 use crate::crypto::aes::unpadded_len;
