@@ -365,7 +365,7 @@ impl Client {
                         server: self.server.clone(),
                         attempts: MAX_SENDS,
                         last:
-                            "the connection broke before the server stored the file, on every send"
+                            "it broke before the server stored the file, on every send (the 1029 on a new connection got 2107: the upload was gone)"
                                 .into(),
                     });
                 }
