@@ -209,6 +209,14 @@ fn establish(
     Ok(session)
 }
 
+/// Prints a line to stderr above the progress bar, if one is showing.
+fn say(bar: &Option<ProgressBar>, line: String) {
+    match bar {
+        Some(b) => b.println(line),
+        None => eprintln!("{line}"),
+    }
+}
+
 fn event_printer(
     bar: Arc<Mutex<Option<ProgressBar>>>,
     show_bar: bool,
@@ -243,30 +251,20 @@ fn event_printer(
                 }
             }
             Event::Retrying { step, attempt, reason } if !quiet => {
-                let line = format!("securexfer: {step}: {reason}; attempt {attempt} of 4");
-                match bar.as_ref() {
-                    Some(b) => b.println(line),
-                    None => eprintln!("{line}"),
-                }
+                say(&bar, format!("securexfer: {step}: {reason}; attempt {attempt} of 4"));
             }
-            Event::UploadLost { attempt } if !quiet => {
-                let line = format!(
+            Event::UploadLost { attempt } if !quiet => say(
+                &bar,
+                format!(
                     "securexfer: the connection broke before the server stored send {attempt}; resending"
-                );
-                match bar.as_ref() {
-                    Some(b) => b.println(line),
-                    None => eprintln!("{line}"),
-                }
-            }
-            Event::Mismatch { ours, theirs, attempt } if !quiet => {
-                let line = format!(
+                ),
+            ),
+            Event::Mismatch { ours, theirs, attempt } if !quiet => say(
+                &bar,
+                format!(
                     "securexfer: checksum mismatch on send {attempt} (ours {ours}, server {theirs}); resending"
-                );
-                match bar.as_ref() {
-                    Some(b) => b.println(line),
-                    None => eprintln!("{line}"),
-                }
-            }
+                ),
+            ),
             _ => {}
         }
     }

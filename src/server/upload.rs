@@ -177,7 +177,20 @@ fn process(
 /// overlap; buffered writes return at memory speed and stay on the worker's thread.
 enum Output {
     Inline { sink: FileSink, empty_tx: mpsc::Sender<AlignedBuf>, failed: Option<io::Error> },
-    Thread { tx: Option<SyncSender<(AlignedBuf, usize)>>, writer: JoinHandle<io::Result<()>> },
+    Thread { tx: SyncSender<(AlignedBuf, usize)>, writer: JoinHandle<io::Result<()>> },
+}
+
+/// Writes the first `len` bytes of `buf` and hands the buffer back to the socket reader
+/// (which may be done and gone; then nobody needs it).
+fn write_and_return(
+    sink: &mut FileSink,
+    empty_tx: &mpsc::Sender<AlignedBuf>,
+    buf: AlignedBuf,
+    len: usize,
+) -> io::Result<()> {
+    sink.write_all(&buf[..len])?;
+    let _ = empty_tx.blocking_send(buf);
+    Ok(())
 }
 
 impl Output {
@@ -190,28 +203,25 @@ impl Output {
         let (tx, rx) = sync_channel::<(AlignedBuf, usize)>(1);
         let writer = std::thread::spawn(move || {
             let mut sink = sink;
-            for (buf, len) in rx {
-                sink.write_all(&buf[..len])?;
-                // The reader may be done and gone; then nobody needs the buffer back.
-                let _ = empty_tx.blocking_send(buf);
-            }
-            Ok(())
+            rx.into_iter()
+                .try_for_each(|(buf, len)| write_and_return(&mut sink, &empty_tx, buf, len))
         });
-        Output::Thread { tx: Some(tx), writer }
+        Output::Thread { tx, writer }
     }
 
     /// Writes the first `len` bytes of `buf` (or queues them); false once writing failed.
     fn write(&mut self, buf: AlignedBuf, len: usize) -> bool {
         match self {
             Output::Inline { sink, empty_tx, failed } => {
-                if let Err(e) = sink.write_all(&buf[..len]) {
-                    *failed = Some(e);
-                    return false;
+                match write_and_return(sink, empty_tx, buf, len) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        *failed = Some(e);
+                        false
+                    }
                 }
-                let _ = empty_tx.blocking_send(buf);
-                true
             }
-            Output::Thread { tx, .. } => tx.as_ref().is_some_and(|tx| tx.send((buf, len)).is_ok()),
+            Output::Thread { tx, .. } => tx.send((buf, len)).is_ok(),
         }
     }
 
@@ -219,8 +229,8 @@ impl Output {
     fn finish(self) -> io::Result<()> {
         match self {
             Output::Inline { failed, .. } => failed.map_or(Ok(()), Err),
-            Output::Thread { mut tx, writer } => {
-                drop(tx.take());
+            Output::Thread { tx, writer } => {
+                drop(tx); // the writer finishes the queue and stops
                 writer
                     .join()
                     .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")))
@@ -282,10 +292,10 @@ impl FileSink {
             data = &data[done..];
             if !data.is_empty() {
                 // The file's tail, or a refusal: the rest goes through the page cache.
-                self.direct = !set_direct(&self.file, false);
-                if self.direct {
+                if !set_direct(&self.file, false) {
                     return Err(io::Error::other("cannot turn O_DIRECT off for the file's tail"));
                 }
+                self.direct = false;
                 self.flushed = self.written;
             }
         }

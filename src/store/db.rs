@@ -247,10 +247,11 @@ impl Db {
 
     /// Updates `LastSeen`; `false` if no such client.
     pub fn touch(&self, id: ClientId) -> Result<bool, DbError> {
-        let n = self
-            .conn
-            .prepare_cached("UPDATE clients SET LastSeen = datetime('now') WHERE ID = ?1")?
-            .execute([&id.0[..]])?;
+        let n = exec_cached(
+            &self.conn,
+            "UPDATE clients SET LastSeen = datetime('now') WHERE ID = ?1",
+            [&id.0[..]],
+        )?;
         Ok(n == 1)
     }
 
