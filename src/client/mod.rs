@@ -1,10 +1,16 @@
 //! The client: connect, register or reconnect, send files with verify-and-resend.
 //!
 //! Every step is retried up to [`RETRIES`] more times when the server answers 2107 or the
-//! connection fails (reconnecting as needed). A server that closes the connection after each
-//! reply, as some existing servers do, is followed by reconnecting without counting it as a
-//! failure. A file is sent at most [`MAX_SENDS`] times until the checksums agree, or until
-//! it is confirmed: an upload lost with a broken connection before its 1029 is sent again.
+//! connection fails, always on a new connection with a new key exchange: after a 2107 or a
+//! timeout nothing said on the old one can be trusted to be in step. A server that closes
+//! the connection after a reply, as some existing servers do, gets a new connection for
+//! every later request of the run, and a request lost to such a close before any answer is
+//! sent again without counting a failure. A file is sent at most [`MAX_SENDS`] times until
+//! the checksums agree, or until it is confirmed: an upload lost with a broken connection
+//! before its 1029 is sent again.
+//!
+//! The ways existing servers deviate from the protocol, and what is done about each, are in
+//! `docs/compatibility.md`.
 
 pub mod identity;
 pub mod upload;
@@ -17,11 +23,12 @@ use crate::protocol::{
     ResponseCode, encode_request, encrypted_len,
 };
 use identity::Identity;
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
-use upload::StreamError;
-use wire::{RecvError, Timeouts, Wire};
+use upload::{StreamError, Streamed};
+use wire::{RecvError, Timeouts, Wire, is_timeout};
 
 /// Extra attempts for a step that failed with 2107 or a broken connection.
 pub const RETRIES: u32 = 3;
@@ -181,6 +188,8 @@ pub enum Event {
         /// Which send was lost.
         attempt: u32,
     },
+    /// Something the user should know about this server, said once.
+    Note(String),
     /// The server's checksum differed from ours.
     Mismatch {
         /// Ours.
@@ -248,6 +257,21 @@ pub struct Client {
     lost: bool,
     /// Connections made so far: tells whether a step ran on the connection it started on.
     connections: u64,
+    /// Connections the server closed right after a reply, in a row.
+    closes_after_reply: u32,
+    /// The server closed two connections in a row right after a reply, as servers that
+    /// close after every reply do: every request gets a new connection. (One close after
+    /// a reply may be a network cut, and our own server with strict sessions must keep
+    /// getting its file requests on the connection of the key exchange.)
+    one_per_request: bool,
+    /// A request lost to a closed connection may be sent again once per step without
+    /// counting an attempt.
+    free_resend: bool,
+    /// The client id came from a saved identity and no file request has been accepted
+    /// with it yet: the byte order is unconfirmed (see [`Client::reconnect`]).
+    id_unconfirmed: bool,
+    /// A server that reports the CRC-32 of the ciphertext was noted already.
+    noted_crc32: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -268,6 +292,11 @@ impl Client {
             key: None,
             lost: false,
             connections: 0,
+            closes_after_reply: 0,
+            one_per_request: false,
+            free_resend: false,
+            id_unconfirmed: false,
+            noted_crc32: false,
         }
     }
 
@@ -330,10 +359,14 @@ impl Client {
         let identity = Identity { id: server_id, ..identity.clone() };
         self.rekey = Some(identity.clone());
         self.key = Some(aes_key);
+        // Some servers accept a 1027 by name alone and echo any id; a file request is the
+        // first thing that shows whether the id's byte order is the one they hold.
+        self.id_unconfirmed = true;
         Ok(Some(Session { identity, aes_key, registered: false }))
     }
 
-    /// Sends `path` as `sent_name` and verifies it, resending on checksum mismatch.
+    /// Sends `path` as `sent_name` and verifies it, resending on checksum mismatch. The
+    /// file is opened (and kept open) before anything about it goes on the wire.
     pub fn send_file(
         &mut self,
         session: &Session,
@@ -341,19 +374,20 @@ impl Client {
         sent_name: &str,
     ) -> Result<Sent, ClientError> {
         let file_name = FixedName::new(sent_name, "file name").map_err(ClientError::BadName)?;
-        let size = std::fs::metadata(path)
-            .map_err(|source| ClientError::Open { path: path.to_owned(), source })?
-            .len();
+        let open_error = |source| ClientError::Open { path: path.to_owned(), source };
+        let file = File::open(path).map_err(open_error)?;
+        let size = file.metadata().map_err(open_error)?.len();
         if size > MAX_PLAINTEXT_SIZE {
             return Err(ClientError::TooLarge { path: path.to_owned(), size });
         }
-        let id = session.identity.id;
         let header =
             FileHeader { content_size: encrypted_len(size) as u32, file_name: file_name.clone() };
+        let upload = Upload { file: &file, path, size, header };
         for attempt in 1..=MAX_SENDS {
-            let (ours, theirs) = self.send_once(session, path, size, &header, attempt)?;
-            if ours == theirs {
-                if self.confirm(id, &file_name)? {
+            let streamed = self.send_once(session, &upload, attempt)?;
+            let (ours, theirs) = (streamed.ours.cksum, streamed.theirs);
+            if ours == theirs || self.ciphertext_crc_matches(&streamed) {
+                if self.confirm(session, &file_name)? {
                     return Ok(Sent { path: path.to_owned(), size, cksum: ours, sends: attempt });
                 }
                 // The connection broke before the server stored the file, and the upload
@@ -373,69 +407,193 @@ impl Client {
             }
             (self.events)(Event::Mismatch { ours, theirs, attempt });
             if attempt < MAX_SENDS {
-                let retry = encode_request(id, &Request::CrcRetry { file_name: file_name.clone() });
-                // No answer is due. A server that closed the connection after its 2103 gets
-                // the 1030 on a new one; if sending fails, the next send reconnects.
-                let sent = self.wire().map(|wire| wire.send(&retry));
-                if !matches!(sent, Ok(Ok(()))) {
-                    self.wire = None;
-                }
+                self.announce_resend(session, &file_name);
             }
         }
         let give_up = Request::CrcGiveUp { file_name };
-        self.step("giving up on the file (1031)", |c| c.expect_ack(id, &give_up))?;
+        self.step("giving up on the file (1031)", |c| {
+            let id = c.id(session);
+            c.expect_ack(id, &give_up)
+        })?;
         Err(ClientError::Verification { path: path.to_owned(), attempts: MAX_SENDS })
     }
 
-    /// One send of the file; returns (our cksum, the server's).
+    /// Whether the server's checksum is the zlib CRC-32 of the exact ciphertext sent, as
+    /// some existing servers report instead of the plaintext's cksum. An exact match proves
+    /// the server holds the bytes sent (a false match is a 2^-32 event); said once a run.
+    fn ciphertext_crc_matches(&mut self, streamed: &SendOutcome) -> bool {
+        if streamed.theirs != streamed.ours.ciphertext_crc32 {
+            return false;
+        }
+        if !std::mem::replace(&mut self.noted_crc32, true) {
+            (self.events)(Event::Note(format!(
+                "{} reports a CRC-32 of the encrypted data instead of the protocol's cksum of \
+                 the file; it matches what was sent exactly, so the file is taken as arrived",
+                self.server
+            )));
+        }
+        true
+    }
+
+    /// Says 1030 (no answer is due). A server that closed the connection after its 2103
+    /// gets it on a new one; if sending fails, the next send reconnects.
+    fn announce_resend(&mut self, session: &Session, file_name: &FixedName) {
+        let retry =
+            encode_request(self.id(session), &Request::CrcRetry { file_name: file_name.clone() });
+        let sent = self.wire().map(|wire| wire.send(&retry));
+        if !matches!(sent, Ok(Ok(()))) {
+            self.wire = None;
+        }
+    }
+
+    /// The client id requests carry now: the session's, unless it was corrected since.
+    fn id(&self, session: &Session) -> ClientId {
+        self.rekey.as_ref().map_or(session.identity.id, |identity| identity.id)
+    }
+
+    /// One send of the file; returns our checksums and the server's.
     fn send_once(
         &mut self,
         session: &Session,
-        path: &Path,
-        size: u64,
-        header: &FileHeader,
+        upload: &Upload<'_>,
         attempt: u32,
-    ) -> Result<(u32, u32), ClientError> {
-        let id = session.identity.id;
-        let head = encode_request(id, &Request::SendFile(header.clone()));
+    ) -> Result<SendOutcome, ClientError> {
         (self.events)(Event::SendStarted {
-            path: path.to_owned(),
-            bytes: u64::from(header.content_size),
+            path: upload.path.to_owned(),
+            bytes: u64::from(upload.header.content_size),
             attempt,
         });
         self.step("sending the file (1028)", |c| {
-            c.wire()?;
-            let (Some(wire), events) = (c.wire.as_mut(), &mut c.events) else {
-                return Err(Failure::Connection("not connected".into()));
-            };
-            wire.send(&head).map_err(|e| Failure::Connection(e.to_string()))?;
-            let mut progress = |n| events(Event::Progress(n));
-            let key = c.key.unwrap_or(session.aes_key);
-            let ours = match upload::stream_file(path, size, &key, wire.stream(), &mut progress) {
-                Ok(ours) => ours,
-                // A server that refuses a file (too large, say) may answer 2107 and close
-                // before reading it: its answer, when there is one, says more than the pipe.
-                Err(StreamError::Send(e)) => {
-                    let stalled =
-                        matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut);
-                    return Err(match (!stalled).then(|| wire.recv()) {
-                        Some(Ok(Response::GeneralError)) => Failure::ServerError,
-                        _ => Failure::Connection(e.to_string()),
-                    });
+            let outcome = c.upload_on_some_connection(session, upload, attempt);
+            match outcome {
+                Err(Failure::ServerError) if c.id_unconfirmed => {
+                    c.try_reversed_id();
+                    Err(Failure::ServerError)
                 }
-                Err(other) => return Err(Failure::Fatal(ClientError::File(other))),
-            };
-            loop {
-                let response = c.recv()?;
-                match response {
-                    Response::FileReceived { cksum, .. } => return Ok((ours, cksum)),
-                    // Some servers answer 1030 although the spec says nothing comes back.
-                    Response::Acknowledged { .. } if attempt > 1 => continue,
-                    Response::GeneralError => return Err(Failure::ServerError),
-                    other => return Err(unexpected("sending the file (1028)", "2103", &other)),
+                Ok(outcome) => {
+                    c.id_unconfirmed = false;
+                    Ok(outcome)
                 }
+                Err(e) => Err(e),
             }
         })
+    }
+
+    /// The first file request after a reconnection with a saved identity was refused:
+    /// some existing clients save the id byte-reversed, and some servers accept a 1027
+    /// with any id. The next attempt reconnects with the id reversed (once).
+    fn try_reversed_id(&mut self) {
+        self.id_unconfirmed = false;
+        let Some(identity) = self.rekey.as_mut() else { return };
+        let mut reversed = identity.id;
+        reversed.0.reverse();
+        if reversed == identity.id {
+            return;
+        }
+        identity.id = reversed;
+        (self.events)(Event::Note(format!(
+            "the server refused a file from the saved client id; trying it byte-reversed ({reversed}), \
+             as some existing clients save it"
+        )));
+        // The reversed id needs a key exchange of its own, on a new connection.
+        self.wire = None;
+        self.lost = true;
+    }
+
+    /// Streams the file as one 1028 and reads the answer. When a connection that already
+    /// carried a request turns out to be closed (writing fails, or the answer ends before
+    /// its first byte), the server is one that closes after every reply: send again on a
+    /// new connection, once, without counting a failure.
+    fn upload_on_some_connection(
+        &mut self,
+        session: &Session,
+        upload: &Upload<'_>,
+        attempt: u32,
+    ) -> Result<SendOutcome, Failure> {
+        for fresh in [false, true] {
+            let reused = self.wire()?.sent > 0;
+            match self.upload_once(session, upload, attempt) {
+                Err(Retry::Closed(_)) if reused && !fresh && self.take_free_resend() => {
+                    self.drop_closed_wire();
+                }
+                Err(Retry::Closed(reason)) => return Err(Failure::Connection(reason)),
+                Err(Retry::Failed(failure)) => return Err(failure),
+                Ok(outcome) => return Ok(outcome),
+            }
+        }
+        Err(Failure::Connection("the server closed the connection".into()))
+    }
+
+    /// One 1028 on the current connection.
+    fn upload_once(
+        &mut self,
+        session: &Session,
+        upload: &Upload<'_>,
+        attempt: u32,
+    ) -> Result<SendOutcome, Retry> {
+        let head = encode_request(self.id(session), &Request::SendFile(upload.header.clone()));
+        let key = self.key.unwrap_or(session.aes_key);
+        let (Some(wire), events) = (self.wire.as_mut(), &mut self.events) else {
+            return Err(Retry::Failed(Failure::Connection("not connected".into())));
+        };
+        let mut progress = |n| events(Event::Progress(n));
+        let streamed = upload::stream_file(
+            upload.file,
+            upload.path,
+            upload.size,
+            &key,
+            &head,
+            wire.stream(),
+            &mut progress,
+        );
+        let ours = match streamed {
+            Ok(ours) => ours,
+            // A server that refuses a file (too large, say) may answer 2107 and close
+            // before reading it: its answer, when there is one, says more than the pipe.
+            Err(StreamError::Send(e)) if is_timeout(&e) => {
+                return Err(Retry::Failed(Failure::Connection(format!(
+                    "{} read nothing for {} s while the file was being sent",
+                    self.server,
+                    self.timeouts.io.as_secs()
+                ))));
+            }
+            Err(StreamError::Send(e)) => {
+                return Err(match wire.recv() {
+                    Ok(Response::GeneralError) => Retry::Failed(Failure::ServerError),
+                    _ => Retry::Closed(e.to_string()),
+                });
+            }
+            Err(other) => {
+                // Part of the request may be on the wire: this connection is out of step.
+                self.wire = None;
+                self.lost = true;
+                return Err(Retry::Failed(Failure::Fatal(ClientError::File(other))));
+            }
+        };
+        loop {
+            let response = match wire.recv() {
+                Ok(r) => r,
+                Err(RecvError::Closed) => {
+                    return Err(Retry::Closed("the server closed the connection".into()));
+                }
+                Err(e) => return Err(Retry::Failed(Failure::Connection(e.to_string()))),
+            };
+            match response {
+                Response::FileReceived { cksum, .. } => {
+                    return Ok(SendOutcome { ours, theirs: cksum });
+                }
+                // Some servers answer 1030 although the spec says nothing comes back.
+                Response::Acknowledged { .. } if attempt > 1 => continue,
+                Response::GeneralError => return Err(Retry::Failed(Failure::ServerError)),
+                other => {
+                    return Err(Retry::Failed(unexpected(
+                        "sending the file (1028)",
+                        "2103",
+                        &other,
+                    )));
+                }
+            }
+        }
     }
 
     /// Confirms a received file (1029). True when the server acknowledged it; false when
@@ -443,20 +601,25 @@ impl Client {
     /// closed) and the server answered 2107 there: it had no upload waiting, which died
     /// with the old connection. Whether the server stored it before the break cannot be
     /// told, and sending the file again is right either way (it replaces the same content
-    /// under the same name).
-    fn confirm(&mut self, id: ClientId, file_name: &FixedName) -> Result<bool, ClientError> {
+    /// under the same name). A server that closes after every reply is not such a case:
+    /// it keeps uploads across connections.
+    fn confirm(&mut self, session: &Session, file_name: &FixedName) -> Result<bool, ClientError> {
         let confirm = Request::CrcOk { file_name: file_name.clone() };
         let upload_connection = self.connections;
-        self.step(CONFIRM_STEP, |c| match c.expect_ack(id, &confirm) {
-            Ok(()) => Ok(true),
-            Err(Failure::ServerError) if c.connections != upload_connection => {
-                // The resend starts on a new connection with a key exchange, which any
-                // server accepts (one with strict sessions only so).
-                c.wire = None;
-                c.lost = true;
-                Ok(false)
+        self.step(CONFIRM_STEP, |c| {
+            let id = c.id(session);
+            match c.expect_ack(id, &confirm) {
+                Ok(()) => Ok(true),
+                Err(Failure::ServerError)
+                    if c.connections != upload_connection && !c.one_per_request =>
+                {
+                    // Never again on a connection that answered 2107.
+                    c.wire = None;
+                    c.lost = true;
+                    Ok(false)
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
         })
     }
 
@@ -467,7 +630,9 @@ impl Client {
         }
     }
 
-    /// Runs one step with retries.
+    /// Runs one step with retries. After a 2107 or a failed connection the next attempt
+    /// starts on a new connection with a new key exchange: whatever the old one carried
+    /// may have put the two sides out of step.
     fn step<T>(
         &mut self,
         step: &'static str,
@@ -475,6 +640,7 @@ impl Client {
     ) -> Result<T, ClientError> {
         let mut last = String::new();
         let mut refused = 0;
+        self.free_resend = true;
         for n in 1..=RETRIES + 1 {
             if n > 1 {
                 (self.events)(Event::Retrying { step, attempt: n, reason: last.clone() });
@@ -486,12 +652,10 @@ impl Client {
                     refused += 1;
                     last = "the server answered 2107".into();
                 }
-                Err(Failure::Connection(reason)) => {
-                    self.wire = None;
-                    self.lost = true;
-                    last = reason;
-                }
+                Err(Failure::Connection(reason)) => last = reason,
             }
+            self.wire = None;
+            self.lost = true;
         }
         let attempts = RETRIES + 1;
         Err(if refused == attempts {
@@ -501,10 +665,18 @@ impl Client {
         })
     }
 
-    /// The connection, made if there is none.
+    /// The connection, made if there is none (or if the one there cannot take another
+    /// request: the server closed it, or closes after every reply).
     fn wire(&mut self) -> Result<&mut Wire, Failure> {
-        if self.wire.as_ref().is_some_and(Wire::peer_closed) {
-            self.wire = None;
+        if let Some(wire) = self.wire.as_ref() {
+            let closed = wire.peer_closed();
+            if wire.answered > 0 {
+                self.closes_after_reply = if closed { self.closes_after_reply + 1 } else { 0 };
+                self.one_per_request |= self.closes_after_reply >= 2;
+            }
+            if closed || (self.one_per_request && wire.sent > 0) {
+                self.wire = None;
+            }
         }
         if self.wire.is_none() {
             let mut wire = Wire::connect(&self.server, self.timeouts).map_err(|e| {
@@ -515,6 +687,12 @@ impl Client {
                     self.key = Some(redo_key_exchange(&mut wire, identity)?);
                 }
                 self.lost = false;
+                if self.one_per_request {
+                    // That connection carried the key exchange; the request gets its own.
+                    wire = Wire::connect(&self.server, self.timeouts).map_err(|e| {
+                        Failure::Connection(format!("cannot connect to {}: {e}", self.server))
+                    })?;
+                }
             }
             self.connections += 1;
             self.wire = Some(wire);
@@ -522,35 +700,41 @@ impl Client {
         Ok(self.wire.as_mut().expect("just set"))
     }
 
-    /// Reads the answer to what was just sent, on the connection it was sent on. Never
-    /// reconnects: a connection the server closed without answering is a failed attempt.
-    fn recv(&mut self) -> Result<Response, Failure> {
-        let Some(wire) = self.wire.as_mut() else {
-            return Err(Failure::Connection("the connection was lost before the answer".into()));
-        };
-        wire.recv().map_err(|e| match e {
-            RecvError::Invalid(d) => Failure::Connection(format!("invalid response: {d}")),
-            other => Failure::Connection(other.to_string()),
-        })
+    /// A reused connection was found closed when a request went out on it. That is a
+    /// server closing after its last reply (the close crossed the request) or a server
+    /// that dropped the connection on this request: the two look the same from here, so
+    /// the new connection starts with a key exchange, which is harmless for the one and
+    /// needed for the other (a server with strict sessions forgets a session with its
+    /// connection).
+    fn take_free_resend(&mut self) -> bool {
+        std::mem::take(&mut self.free_resend)
+    }
+
+    fn drop_closed_wire(&mut self) {
+        self.wire = None;
+        self.lost = true;
     }
 
     /// Sends a fixed-size request and reads the answer. When a connection that already
-    /// served a reply turns out to be closed, the server is one that closes after every
+    /// carried a request turns out to be closed, the server is one that closes after every
     /// reply: reconnect once and resend, without counting a failure.
     fn roundtrip(&mut self, id: ClientId, request: &Request) -> Result<Response, Failure> {
         let bytes = encode_request(id, request);
         for fresh in [false, true] {
             let wire = self.wire()?;
-            let reused = wire.answered > 0;
+            let reused = wire.sent > 0;
             let result = match wire.send(&bytes) {
                 Ok(()) => wire.recv(),
+                Err(e) if is_timeout(&e) => Err(wire_silent(&self.server, self.timeouts)),
                 Err(e) => Err(RecvError::Io(e)),
             };
             match result {
                 Ok(Response::GeneralError) => return Err(Failure::ServerError),
                 Ok(response) => return Ok(response),
-                Err(RecvError::Closed) | Err(RecvError::Io(_)) if reused && !fresh => {
-                    self.wire = None;
+                Err(RecvError::Closed) | Err(RecvError::Io(_))
+                    if reused && !fresh && self.take_free_resend() =>
+                {
+                    self.drop_closed_wire();
                 }
                 Err(e) => {
                     self.wire = None;
@@ -560,6 +744,33 @@ impl Client {
         }
         Err(Failure::Connection("the server closed the connection".into()))
     }
+}
+
+/// The file of one [`Client::send_file`], open, with what every send of it carries.
+struct Upload<'a> {
+    file: &'a File,
+    path: &'a Path,
+    size: u64,
+    header: FileHeader,
+}
+
+/// What one send produced: our checksums and the server's.
+struct SendOutcome {
+    ours: Streamed,
+    theirs: u32,
+}
+
+/// How one 1028 on one connection failed.
+enum Retry {
+    /// The connection was closed before any answer: worth one more try on a new one when
+    /// it had carried a request before.
+    Closed(String),
+    /// Anything else.
+    Failed(Failure),
+}
+
+fn wire_silent(server: &str, timeouts: Timeouts) -> RecvError {
+    RecvError::Silent { server: server.to_owned(), secs: timeouts.io.as_secs() }
 }
 
 /// A 1027 on a fresh connection, after the previous one was lost; returns the new AES key.

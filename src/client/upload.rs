@@ -1,12 +1,13 @@
 //! Streaming a file onto the socket: one thread reads and checksums, one encrypts, the
-//! caller's thread writes. CBC encryption is serial, so it gets a core of its own and never
+//! caller's thread writes (the request's head together with the first chunk, so that a
+//! small request leaves in one write). CBC encryption is serial, so it gets a core of its own and never
 //! waits for the disk or the socket. A few fixed-size buffers circulate; memory does not
 //! grow with the file.
 
 use crate::buf::AlignedBuf;
-use crate::crypto::{AesKey, CbcEncryptor, Cksum};
+use crate::crypto::{AesKey, CbcEncryptor, Cksum, ZlibCrc32};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread;
@@ -42,6 +43,16 @@ pub enum StreamError {
     Send(io::Error),
 }
 
+/// What one send of a file produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streamed {
+    /// The `cksum` of the plaintext (what the protocol compares).
+    pub cksum: u32,
+    /// The zlib CRC-32 of the ciphertext as sent (what some existing servers report
+    /// instead; see `docs/compatibility.md`).
+    pub ciphertext_crc32: u32,
+}
+
 /// A chunk travelling down the pipeline: its buffer, how many bytes are valid, whether it
 /// is the file's end.
 struct Chunk {
@@ -50,18 +61,21 @@ struct Chunk {
     last: bool,
 }
 
-/// Reads `len` bytes of `path`, encrypts them with `key` and writes the ciphertext to
-/// `out`, calling `progress` with the plaintext bytes done. Returns the plaintext's cksum.
+/// Reads `len` bytes of `file` from its start, encrypts them with `key` and writes `head`
+/// followed by the ciphertext to `out`, the head in the same write as the first chunk.
+/// Calls `progress` with the ciphertext bytes done. `path` is for messages only.
 pub fn stream_file(
+    file: &File,
     path: &Path,
     len: u64,
     key: &AesKey,
+    head: &[u8],
     out: &mut (impl Write + ?Sized),
     progress: &mut dyn FnMut(u64),
-) -> Result<u32, StreamError> {
+) -> Result<Streamed, StreamError> {
     let shown = path.display().to_string();
-    let file =
-        File::open(path).map_err(|source| StreamError::Read { path: shown.clone(), source })?;
+    let mut reader = file;
+    reader.rewind().map_err(|source| StreamError::Read { path: shown.clone(), source })?;
     let (read_tx, read_rx) = sync_channel::<Chunk>(DEPTH);
     let (enc_tx, enc_rx) = sync_channel::<Chunk>(DEPTH);
     let (free_tx, free_rx) = sync_channel::<AlignedBuf>(2 * DEPTH + 2);
@@ -72,9 +86,9 @@ pub fn stream_file(
     }
     let key = *key;
     thread::scope(|scope| {
-        let reader = scope.spawn(move || read_stage(file, len, free_rx, read_tx));
+        let reader = scope.spawn(move || read_stage(reader, len, free_rx, read_tx));
         scope.spawn(move || encrypt_stage(&key, read_rx, enc_tx));
-        let sent = write_stage(out, enc_rx, free_tx, progress);
+        let sent = write_stage(out, head, enc_rx, free_tx, progress);
         // If writing failed, the stages above stop when their channels close.
         let read = reader.join().expect("reader thread");
         match (read, sent) {
@@ -85,7 +99,7 @@ pub fn stream_file(
                 }
             }),
             (Ok(_), Err(e)) => Err(StreamError::Send(e)),
-            (Ok(cksum), Ok(())) => Ok(cksum),
+            (Ok(cksum), Ok(ciphertext_crc32)) => Ok(Streamed { cksum, ciphertext_crc32 }),
         }
     })
 }
@@ -96,7 +110,7 @@ enum ReadFailure {
 }
 
 fn read_stage(
-    mut file: File,
+    mut file: &File,
     len: u64,
     free_rx: Receiver<AlignedBuf>,
     tx: SyncSender<Chunk>,
@@ -120,7 +134,7 @@ fn read_stage(
     }
 }
 
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+fn read_full(file: &mut &File, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..]) {
@@ -150,23 +164,34 @@ fn encrypt_stage(key: &AesKey, rx: Receiver<Chunk>, tx: SyncSender<Chunk>) {
     }
 }
 
+/// Writes the chunks as they come, `head` in front of the first; returns the CRC-32 of the
+/// ciphertext written.
 fn write_stage(
     out: &mut (impl Write + ?Sized),
+    head: &[u8],
     rx: Receiver<Chunk>,
     free_tx: SyncSender<AlignedBuf>,
     progress: &mut dyn FnMut(u64),
-) -> io::Result<()> {
+) -> io::Result<u32> {
     let mut done = 0u64;
+    let mut crc = ZlibCrc32::default();
+    let mut head = Some(head);
     for chunk in rx {
-        out.write_all(&chunk.buf[..chunk.len])?;
+        let data = &chunk.buf[..chunk.len];
+        crc.update(data);
+        match head.take() {
+            Some(head) if !head.is_empty() => out.write_all(&[head, data].concat())?,
+            _ => out.write_all(data)?,
+        }
         done += chunk.len as u64;
         progress(done);
         let last = chunk.last;
         let _ = free_tx.try_send(chunk.buf);
         if last {
-            return out.flush();
+            out.flush()?;
+            return Ok(crc.finish());
         }
     }
     // The reader stopped early; it reports why.
-    Ok(())
+    Ok(crc.finish())
 }

@@ -29,7 +29,15 @@ pub enum RecvError {
     /// The server closed the connection before sending anything.
     #[error("the server closed the connection")]
     Closed,
-    /// The socket failed or timed out.
+    /// Nothing arrived for the I/O timeout.
+    #[error("no answer from {server} within {secs} s")]
+    Silent {
+        /// The server.
+        server: String,
+        /// The timeout.
+        secs: u64,
+    },
+    /// The socket failed.
     #[error("{0}")]
     Io(#[from] io::Error),
     /// The server sent bytes that are not a valid response.
@@ -41,6 +49,12 @@ pub enum RecvError {
 #[derive(Debug)]
 pub struct Wire {
     stream: TcpStream,
+    /// The server, as given (for messages).
+    server: String,
+    /// The I/O timeout (for messages).
+    io_timeout: Duration,
+    /// Requests written on this connection so far.
+    pub sent: u32,
     /// Responses read on this connection so far.
     pub answered: u32,
 }
@@ -55,7 +69,13 @@ impl Wire {
                     stream.set_read_timeout(Some(timeouts.io))?;
                     stream.set_write_timeout(Some(timeouts.io))?;
                     stream.set_nodelay(true)?;
-                    return Ok(Wire { stream, answered: 0 });
+                    return Ok(Wire {
+                        stream,
+                        server: server.to_owned(),
+                        io_timeout: timeouts.io,
+                        sent: 0,
+                        answered: 0,
+                    });
                 }
                 Err(e) => last = e,
             }
@@ -78,14 +98,22 @@ impl Wire {
         closed || self.stream.set_nonblocking(false).is_err()
     }
 
-    /// Writes bytes.
+    /// Writes one whole request in one write (some servers misread a request that
+    /// arrives in pieces; see `docs/compatibility.md`).
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.sent += 1;
         self.stream.write_all(bytes)
     }
 
-    /// The socket, for streaming content.
+    /// The socket, for streaming a request's content; counts as a request written.
     pub fn stream(&mut self) -> &mut TcpStream {
+        self.sent += 1;
         &mut self.stream
+    }
+
+    /// The error for a read that timed out, in words.
+    fn silent(&self) -> RecvError {
+        RecvError::Silent { server: self.server.clone(), secs: self.io_timeout.as_secs() }
     }
 
     /// Reads one response.
@@ -99,16 +127,24 @@ impl Wire {
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if filled == 0 && is_reset(&e) => return Err(RecvError::Closed),
+                Err(e) if is_timeout(&e) => return Err(self.silent()),
                 Err(e) => return Err(RecvError::Io(e)),
             }
         }
         let header = ResponseHeader::decode(&header)?;
         let mut payload = vec![0u8; header.payload_size as usize];
-        self.stream.read_exact(&mut payload)?;
+        self.stream
+            .read_exact(&mut payload)
+            .map_err(|e| if is_timeout(&e) { self.silent() } else { RecvError::Io(e) })?;
         let response = decode_response_payload(&header, &payload)?;
         self.answered += 1;
         Ok(response)
     }
+}
+
+/// Whether a socket error is the read or write timeout running out.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 fn is_reset(e: &io::Error) -> bool {

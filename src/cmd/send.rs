@@ -253,6 +253,7 @@ fn event_printer(
             Event::Retrying { step, attempt, reason } if !quiet => {
                 say(&bar, format!("securexfer: {step}: {reason}; attempt {attempt} of 4"));
             }
+            Event::Note(note) if !quiet => say(&bar, format!("securexfer: note: {note}")),
             Event::UploadLost { attempt } if !quiet => say(
                 &bar,
                 format!(

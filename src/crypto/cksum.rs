@@ -63,3 +63,56 @@ impl Cksum {
         c.finish()
     }
 }
+
+/// The zlib CRC-32 (reflected, as `zlib.crc32` computes it). Not part of the protocol: some
+/// existing peers put it, computed over the *ciphertext*, where the protocol wants the
+/// `cksum` of the plaintext, and securexfer talks to them (see `docs/compatibility.md`).
+#[derive(Clone)]
+pub struct ZlibCrc32(Digest);
+
+impl Default for ZlibCrc32 {
+    fn default() -> Self {
+        ZlibCrc32(Digest::new(CrcAlgorithm::Crc32IsoHdlc))
+    }
+}
+
+impl std::fmt::Debug for ZlibCrc32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ZlibCrc32")
+    }
+}
+
+impl ZlibCrc32 {
+    /// Adds `data`.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The CRC of everything added.
+    pub fn finish(&self) -> u32 {
+        self.0.finalize() as u32
+    }
+
+    /// The CRC of a whole buffer.
+    pub fn of(data: &[u8]) -> u32 {
+        let mut c = ZlibCrc32::default();
+        c.update(data);
+        c.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zlib_crc32_matches_the_check_value_and_zlib() {
+        // The CRC-32/ISO-HDLC check value, and `zlib.crc32(b"hello world")`.
+        assert_eq!(ZlibCrc32::of(b"123456789"), 0xCBF4_3926);
+        assert_eq!(ZlibCrc32::of(b"hello world"), 0x0D4A_1185);
+        let mut split = ZlibCrc32::default();
+        split.update(b"hello ");
+        split.update(b"world");
+        assert_eq!(split.finish(), 0x0D4A_1185);
+    }
+}

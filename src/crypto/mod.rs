@@ -7,7 +7,7 @@ pub mod cksum;
 pub mod rsa;
 
 pub use self::aes::{AesKey, CbcDecryptor, CbcEncryptor, PaddingError};
-pub use self::cksum::Cksum;
+pub use self::cksum::{Cksum, ZlibCrc32};
 pub use self::rsa::{KeyError, PrivateKey, PublicKey};
 
 /// Fills `buf` from the operating system's random source.
