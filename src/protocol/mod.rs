@@ -2,8 +2,8 @@
 //! responses, and their exact byte encodings. No I/O lives here: the server and the client
 //! read and write bytes, this module only says what they mean.
 //!
-//! See `PROTOCOL.md` (kept beside the project as `../shared/PROTOCOL.md`) for the spec and
-//! the variants of existing implementations that are accepted here.
+//! See `docs/protocol-v3.md` in the repository for the spec and the variants of existing
+//! implementations that are accepted here.
 
 mod codes;
 mod error;
