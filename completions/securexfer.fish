@@ -41,8 +41,9 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l idle-tim
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l session-window -d 'Seconds after a key exchange during which a client that opens one connection per request may send and confirm files from the same IP address' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l grace -d 'Seconds transfers in flight may run on after SIGINT or SIGTERM' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l disk-reserve -d 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l compat -d 'Serve an existing client that deviates from the protocol. `crc32-ciphertext`: to clients whose requests carry version byte 1 (the `dor` client; nobody else sends it), answer 1028 with the zlib CRC-32 of the ciphertext received, as that client checks, and answer its 1030 with 2104, as it waits for one. Every other client gets exactly the protocol' -r -f -a "crc32-ciphertext\t'Version-1 clients get the CRC-32 of the ciphertext in 2103 and a 2104 for 1030'"
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l strict-sessions -d 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
-complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l server -d 'Server address as HOST:PORT (default: line 1 of transfer.info)' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l name -d 'Client name to register (default: line 2 of transfer.info)' -r

@@ -85,6 +85,20 @@ pub struct ServeArgs {
     /// refused (suffixes K, M, G).
     #[arg(long, env = "SECUREXFER_DISK_RESERVE", default_value = "64M", value_name = "SIZE", value_parser = parse_size)]
     pub disk_reserve: u64,
+    /// Serve an existing client that deviates from the protocol. `crc32-ciphertext`: to
+    /// clients whose requests carry version byte 1 (the `dor` client; nobody else sends
+    /// it), answer 1028 with the zlib CRC-32 of the ciphertext received, as that client
+    /// checks, and answer its 1030 with 2104, as it waits for one. Every other client gets
+    /// exactly the protocol.
+    #[arg(long, env = "SECUREXFER_COMPAT", value_name = "MODE", value_enum)]
+    pub compat: Vec<Compat>,
+}
+
+/// Compatibility settings for existing clients that deviate from the protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compat {
+    /// Version-1 clients get the CRC-32 of the ciphertext in 2103 and a 2104 for 1030.
+    Crc32Ciphertext,
 }
 
 /// Connection settings shared by the client commands.

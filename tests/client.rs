@@ -662,6 +662,17 @@ struct Script {
     /// Close the connection instead of answering the first `n` 1029s that come on the
     /// connection that carried their file.
     drop_confirms_after_files: u32,
+    /// The right cksum per file name, for runs of several files (`cksum` otherwise).
+    cksums: HashMap<String, u32>,
+    /// Read requests as the `b0rik` server does: `recv(1024)` until it holds the declared
+    /// payload size *counting the 23-byte header*, so a read ending in the last 23 bytes
+    /// of a request leaves it short (answered 2107, the rest read as the next header).
+    short_reads: bool,
+    /// Answer 1028 with the zlib CRC-32 of the ciphertext (as the `dor` server does).
+    crc32_of_ciphertext: bool,
+    /// Accept a 1027 by name alone, echoing the header's id, but refuse file requests
+    /// whose id is not the one it gave (as the `tomer` server does).
+    any_id_on_reconnect: bool,
 }
 
 impl Script {
@@ -678,6 +689,10 @@ impl Script {
             stall_files: false,
             uploads_die_with_connection: false,
             drop_confirms_after_files: 0,
+            cksums: HashMap::new(),
+            short_reads: false,
+            crc32_of_ciphertext: false,
+            any_id_on_reconnect: false,
         }
     }
 }
@@ -736,12 +751,13 @@ impl Fake {
     }
 }
 
+/// One request as the fake read it: the header's id, the request, and for a 1028 the zlib
+/// CRC-32 of its content.
+type Received = (ClientId, Request, u32);
+
 /// Reads one request; `None` at a clean end of the connection. The content of a 1028 is
-/// read and thrown away.
-fn read_request(
-    stream: &mut TcpStream,
-    stall_files: bool,
-) -> io::Result<Option<(ClientId, Request)>> {
+/// read and thrown away (its CRC-32 kept).
+fn read_request(stream: &mut TcpStream, stall_files: bool) -> io::Result<Option<Received>> {
     let mut header = [0u8; REQUEST_HEADER_LEN];
     match stream.read_exact(&mut header) {
         Ok(()) => {}
@@ -755,19 +771,62 @@ fn read_request(
         let file = FileHeader::decode(&file).map_err(io::Error::other)?;
         file.check_sizes(header.payload_size, u32::MAX).map_err(io::Error::other)?;
         if stall_files {
-            return Ok(Some((header.client_id, Request::SendFile(file))));
+            return Ok(Some((header.client_id, Request::SendFile(file), 0)));
         }
-        let copied =
-            io::copy(&mut (&mut *stream).take(u64::from(file.content_size)), &mut io::sink())?;
-        if copied != u64::from(file.content_size) {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+        let mut crc = securexfer::crypto::ZlibCrc32::default();
+        let mut left = u64::from(file.content_size);
+        let mut buf = vec![0u8; 64 * 1024];
+        while left > 0 {
+            let n = stream.read(&mut buf[..left.min(64 * 1024) as usize])?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            crc.update(&buf[..n]);
+            left -= n as u64;
         }
-        return Ok(Some((header.client_id, Request::SendFile(file))));
+        return Ok(Some((header.client_id, Request::SendFile(file), crc.finish())));
     }
     let mut payload = vec![0u8; header.payload_size as usize];
     stream.read_exact(&mut payload)?;
     let request = Request::decode_payload(header.code, &payload).map_err(io::Error::other)?;
-    Ok(Some((header.client_id, request)))
+    Ok(Some((header.client_id, request, 0)))
+}
+
+/// What the `b0rik` server's receive loop makes of the next request: `Ok(None)` at the
+/// end of the connection, `Err` for bytes that are not a request, and `Some(None)` for a
+/// request it holds short (it answers 2107). Bytes read past the request stay in `carry`.
+fn read_request_short(
+    stream: &mut TcpStream,
+    carry: &mut Vec<u8>,
+) -> io::Result<Option<Option<Received>>> {
+    let mut buf = std::mem::take(carry);
+    let mut chunk = [0u8; 1024];
+    let mut recv = |buf: &mut Vec<u8>| -> io::Result<bool> {
+        let n = stream.read(&mut chunk)?;
+        buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    };
+    while buf.len() < REQUEST_HEADER_LEN {
+        if !recv(&mut buf)? {
+            return Ok(None);
+        }
+    }
+    let head: &[u8; REQUEST_HEADER_LEN] = buf[..REQUEST_HEADER_LEN].try_into().expect("sliced");
+    let header = RequestHeader::decode(head).map_err(io::Error::other)?;
+    // The bug: the header's own bytes count towards the payload.
+    while buf.len() < header.payload_size as usize {
+        if !recv(&mut buf)? {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    let whole = REQUEST_HEADER_LEN + header.payload_size as usize;
+    if buf.len() < whole {
+        return Ok(Some(None));
+    }
+    *carry = buf.split_off(whole);
+    let decoded = decode_request(&buf, u32::MAX).map_err(|e| io::Error::other(e.to_string()))?;
+    let crc = securexfer::crypto::ZlibCrc32::of(&buf[decoded.content]);
+    Ok(Some(Some((header.client_id, decoded.request, crc))))
 }
 
 fn carried_name(request: &Request) -> String {
@@ -788,7 +847,25 @@ fn serve_connection(
     state: &Mutex<FakeState>,
 ) -> io::Result<()> {
     let mut received_file = false;
-    while let Some((id, request)) = read_request(&mut stream, script.stall_files)? {
+    let mut carry = Vec::new();
+    loop {
+        let next = if script.short_reads {
+            match read_request_short(&mut stream, &mut carry)? {
+                None => break,
+                Some(Some(request)) => request,
+                Some(None) => {
+                    state.lock().unwrap().log.push((2107, "short request".into()));
+                    stream.write_all(&Response::GeneralError.encode())?;
+                    continue;
+                }
+            }
+        } else {
+            match read_request(&mut stream, script.stall_files)? {
+                None => break,
+                Some(request) => request,
+            }
+        };
+        let (id, request, crc) = next;
         let code = request.code();
         received_file |= code == RequestCode::SendFile;
         let fault = {
@@ -825,7 +902,13 @@ fn serve_connection(
             {
                 Some(Response::GeneralError)
             }
-            None => answer(&request, script, state),
+            None if script.any_id_on_reconnect
+                && code == RequestCode::SendFile
+                && id != FAKE_ID =>
+            {
+                Some(Response::GeneralError)
+            }
+            None => answer(id, &request, crc, script, state),
         };
         if let Some(response) = answer {
             let mut bytes = response.encode();
@@ -862,7 +945,13 @@ fn reply_and_close(mut stream: TcpStream, bytes: &[u8]) -> io::Result<()> {
     stream.shutdown(std::net::Shutdown::Both)
 }
 
-fn answer(request: &Request, script: &Script, state: &Mutex<FakeState>) -> Option<Response> {
+fn answer(
+    id: ClientId,
+    request: &Request,
+    ciphertext_crc: u32,
+    script: &Script,
+    state: &Mutex<FakeState>,
+) -> Option<Response> {
     let mut state = state.lock().unwrap();
     let ack_id = (!script.empty_acks).then_some(FAKE_ID);
     Some(match request {
@@ -875,7 +964,7 @@ fn answer(request: &Request, script: &Script, state: &Mutex<FakeState>) -> Optio
         }
         Request::Reconnect { .. } => match &state.public_key {
             Some(key) if !script.deny_reconnect => Response::ReconnectAccepted {
-                client_id: FAKE_ID,
+                client_id: if script.any_id_on_reconnect { id } else { FAKE_ID },
                 encrypted_key: key.encrypt_aes_key(&fresh_aes_key()).expect("encrypts"),
             },
             _ => Response::ReconnectDenied { client_id: ack_id },
@@ -883,11 +972,16 @@ fn answer(request: &Request, script: &Script, state: &Mutex<FakeState>) -> Optio
         Request::SendFile(file) => {
             state.answered_files += 1;
             let wrong = state.answered_files <= script.wrong_cksums;
+            let right = if script.crc32_of_ciphertext {
+                ciphertext_crc
+            } else {
+                script.cksums.get(file.file_name.as_str()).copied().unwrap_or(script.cksum)
+            };
             Response::FileReceived {
                 client_id: FAKE_ID,
                 content_size: file.content_size,
                 file_name: file.file_name.clone(),
-                cksum: if wrong { !script.cksum } else { script.cksum },
+                cksum: if wrong { !right } else { right },
             }
         }
         Request::CrcRetry { .. } if !script.ack_crc_retry => return None,
@@ -1246,6 +1340,133 @@ fn fake_after_a_reconnection_requests_carry_the_id_the_server_gave() {
     let ids = fake.state.lock().unwrap().ids.clone();
     assert_eq!(ids[4], reversed, "the 1027 carries the id from me.info");
     assert_eq!(&ids[5..], [FAKE_ID, FAKE_ID], "1028 and 1029 carry the id from the 2105");
+}
+
+// Stand-ins for the existing servers' own behaviour (docs/compatibility.md), each driven
+// through the four files the existing implementations were tried with: 1 MiB, 100 KiB,
+// 0 bytes, and a 200-character name; registering, then reconnecting and sending again.
+
+/// A work dir with the four files, and a script that knows their cksums.
+fn four_files_setup() -> (Workdir, Script, Vec<String>) {
+    let work = Workdir::new();
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("one-mib.bin".into(), common::random_bytes(1 << 20, 51)),
+        ("hundred-kib.bin".into(), common::random_bytes(100 << 10, 52)),
+        ("empty.bin".into(), Vec::new()),
+        ("n".repeat(196) + ".bin", common::random_bytes(3_000, 53)),
+    ];
+    let mut script = Script::new(0);
+    for (name, data) in &files {
+        work.file(name, data);
+        script.cksums.insert(name.clone(), Cksum::of(data));
+    }
+    (work, script, files.into_iter().map(|(name, _)| name).collect())
+}
+
+/// Sends the four files to the fake twice (a registration, then a reconnection); both
+/// runs must verify every file.
+fn send_four_files_twice(work: &Workdir, fake: &Fake, names: &[String]) -> [Run; 2] {
+    let files: Vec<&str> = names.iter().map(String::as_str).collect();
+    let runs =
+        [0, 1].map(|_| work.send(&fake.addr, Some("zed"), &files, &["--json", "--timeout", "5"]));
+    for (n, run) in runs.iter().enumerate() {
+        run.ok(&format!("run {}", n + 1));
+        let results = run.json();
+        assert_eq!(results.len(), 4, "{}", run.stdout);
+        assert!(results.iter().all(|r| r["status"] == "verified"), "{}", run.stdout);
+    }
+    runs
+}
+
+/// `[1028, 1029]` for each of `n` files.
+fn each_file_once(n: usize) -> Vec<u16> {
+    [1028, 1029].repeat(n)
+}
+
+#[test]
+fn fake_b0rik_short_reads_every_file_size_arrives_because_each_request_is_one_write() {
+    let (work, mut script, names) = four_files_setup();
+    script.short_reads = true;
+    let fake = Fake::start(script);
+    let runs = send_four_files_twice(&work, &fake, &names);
+    let files = each_file_once(4);
+    // No request was held short (that would log a 2107 and then fail the connection).
+    assert_sequence_any_name(&fake, &seq(&[&REGISTER, &files, &[1027], &files]), &runs[1]);
+}
+
+#[test]
+fn fake_dor_closes_after_every_reply_and_reports_crc32_of_the_ciphertext() {
+    let (work, mut script, names) = four_files_setup();
+    script.close_after_reply = true;
+    script.empty_acks = true;
+    script.ack_crc_retry = true;
+    script.crc32_of_ciphertext = true;
+    let fake = Fake::start(script);
+    let runs = send_four_files_twice(&work, &fake, &names);
+    let files = each_file_once(4);
+    assert_sequence_any_name(&fake, &seq(&[&REGISTER, &files, &[1027], &files]), &runs[1]);
+    for run in &runs {
+        assert_eq!(
+            run.stderr.matches("CRC-32 of the encrypted data").count(),
+            1,
+            "one note a run: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("attempt"), "no retries: {}", run.stderr);
+    }
+    // Each sent cksum is the plaintext's, not the server's CRC.
+    let json = runs[1].json();
+    assert_eq!(json[2]["cksum"], Cksum::of(b""), "{}", runs[1].stdout);
+}
+
+#[test]
+fn fake_dor_a_checksum_that_matches_neither_is_still_a_mismatch() {
+    let (work, mut script) = fake_setup();
+    script.close_after_reply = true;
+    script.empty_acks = true;
+    script.ack_crc_retry = true;
+    script.crc32_of_ciphertext = true;
+    script.wrong_cksums = 1;
+    let fake = Fake::start(script);
+    let run = send_to_fake(&work, &fake, &[]);
+    run.ok("one wrong CRC, then the right one");
+    assert_sequence(&fake, &seq(&[&REGISTER, &[1028, 1030, 1028, 1029]]), &run);
+    assert_eq!(run.json()[0]["sends"], 2);
+}
+
+#[test]
+fn fake_tomer_accepts_any_id_on_reconnect_and_the_reversed_saved_id_is_tried() {
+    let (work, mut script, names) = four_files_setup();
+    script.any_id_on_reconnect = true;
+    script.version = 2;
+    let fake = Fake::start(script);
+    let files: Vec<&str> = names.iter().map(String::as_str).collect();
+    let extra = ["--json", "--timeout", "5"];
+    work.send(&fake.addr, Some("zed"), &files, &extra).ok("first run registers");
+    // me.info with the id byte-reversed, as tomer's client writes it.
+    let mut reversed = FAKE_ID.0;
+    reversed.reverse();
+    let reversed = ClientId(reversed);
+    let me = work.me_info();
+    work.file("me.info", me.replacen(&FAKE_ID.to_hex(), &reversed.to_hex(), 1).as_bytes());
+    let run = work.send(&fake.addr, Some("zed"), &files, &extra);
+    run.ok("second run, reversed id in me.info");
+    assert!(run.json().iter().all(|r| r["status"] == "verified"), "{}", run.stdout);
+    let first = seq(&[&REGISTER, &each_file_once(4)]);
+    // The server accepts the 1027 with the reversed id and refuses the file; the client
+    // reconnects with the id reversed back, and everything goes.
+    let second = seq(&[&[1027, 1028, 1027], &each_file_once(4)]);
+    assert_sequence_any_name(&fake, &seq(&[&first, &second]), &run);
+    let ids = fake.state.lock().unwrap().ids.clone();
+    let second_run = &ids[first.len()..];
+    assert_eq!(&second_run[..2], [reversed, reversed], "1027 and 1028 with the saved id");
+    assert!(second_run[2..].iter().all(|id| *id == FAKE_ID), "then the server's id");
+    assert!(run.stderr.contains("byte-reversed"), "{}", run.stderr);
+}
+
+/// Checks the sequence of request codes only.
+fn assert_sequence_any_name(fake: &Fake, want: &[u16], run: &Run) {
+    assert_eq!(fake.codes(), want, "request sequence\n--- stderr\n{}", run.stderr);
 }
 
 // ---------------------------------------------------------------------------------------

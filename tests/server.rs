@@ -770,6 +770,105 @@ fn one_connection_per_request_client_completes_its_transfer() {
     assert_stored_verified(&server, client.id, "small.bin", &data);
 }
 
+/// The `dor` client, as it behaves: version byte 1, a new connection for every request,
+/// and a check of the zlib CRC-32 of the *ciphertext* against the 2103; on a mismatch it
+/// sends 1030 and waits for an answer. Returns the 2103's checksum, and what came back
+/// to its 1030 (`None`: nothing within `wait`), when it sent one.
+fn dor_like_upload(
+    server: &Server,
+    client: &Client,
+    file_name: &str,
+    data: &[u8],
+    wait: Duration,
+) -> (u32, Option<Option<Response>>) {
+    let ciphertext = encrypt_to_vec(&client.aes(), data);
+    let mut c = connect(server);
+    let cksum = client.send_expecting_receipt(&mut c, file_name, data);
+    drop(c);
+    let mut c = connect(server);
+    if cksum == securexfer::crypto::ZlibCrc32::of(&ciphertext) {
+        let ack = client.confirm(&mut c, file_name);
+        assert_eq!(ack, Response::Acknowledged { client_id: Some(client.id) }, "{file_name}");
+        return (cksum, None);
+    }
+    client.verdict(&mut c, RequestCode::CrcRetry, file_name);
+    c.set_read_timeout(Some(wait)).expect("read timeout");
+    let answer = try_read_response(&mut c).ok().flatten();
+    (cksum, Some(answer))
+}
+
+fn dor_like_client(server: &Server, name: &str) -> Client {
+    let mut client = Client::new(name);
+    client.version = 1;
+    let mut c = connect(server);
+    assert_eq!(client.register(&mut c).code(), ResponseCode::Registered);
+    drop(c);
+    let mut c = connect(server);
+    assert_eq!(client.send_public_key(&mut c).code(), ResponseCode::PublicKeyAccepted);
+    client
+}
+
+/// The four files the existing implementations were tried with.
+fn four_files() -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("one-mib.bin".into(), common::random_bytes(1 << 20, 41)),
+        ("hundred-kib.bin".into(), common::random_bytes(100 << 10, 42)),
+        ("empty.bin".into(), Vec::new()),
+        ("n".repeat(196) + ".bin", common::random_bytes(3_000, 43)),
+    ]
+}
+
+#[test]
+fn compat_crc32_ciphertext_serves_the_dor_client_and_keeps_the_real_cksum_on_record() {
+    let server = Server::start(&["--compat", "crc32-ciphertext"]);
+    let client = dor_like_client(&server, "dor-compat");
+    for (name, data) in four_files() {
+        let ciphertext = encrypt_to_vec(&client.aes(), &data);
+        let (cksum, retried) = dor_like_upload(&server, &client, &name, &data, WAIT);
+        assert_eq!(cksum, securexfer::crypto::ZlibCrc32::of(&ciphertext), "{name}");
+        assert!(retried.is_none(), "{name}: the CRC-32 matched, so no 1030");
+        assert_stored_verified(&server, client.id, &name, &data);
+        let recorded: u32 = open_db(&server)
+            .query_row("SELECT Cksum FROM files WHERE FileName = ?1", [&name], |r| r.get(0))
+            .expect("a row");
+        assert_eq!(recorded, Cksum::of(&data), "{name}: the record keeps the plaintext cksum");
+    }
+    // Its 1030 is answered (it waits for that), and the resend is still taken.
+    let data = common::random_bytes(5_000, 44);
+    let mut c = connect(&server);
+    client.send_expecting_receipt(&mut c, "again.bin", &data);
+    drop(c);
+    let mut c = connect(&server);
+    client.verdict(&mut c, RequestCode::CrcRetry, "again.bin");
+    assert_eq!(read_response(&mut c), Response::Acknowledged { client_id: Some(client.id) });
+    assert_serves(&server);
+}
+
+#[test]
+fn compat_crc32_ciphertext_changes_nothing_for_conformant_clients() {
+    let server = Server::start(&["--compat", "crc32-ciphertext"]);
+    let mut stream = connect(&server);
+    let client = Client::setup("conformant", &mut stream);
+    let data = common::random_bytes(10_000, 45);
+    assert_eq!(client.send_expecting_receipt(&mut stream, "c.bin", &data), Cksum::of(&data));
+    client.verdict(&mut stream, RequestCode::CrcRetry, "c.bin");
+    assert_silent(&mut stream, Duration::from_millis(500));
+    client.upload(&mut stream, "c.bin", &data);
+    assert_stored_verified(&server, client.id, "c.bin", &data);
+}
+
+#[test]
+fn without_compat_the_dor_client_waits_after_1030_and_the_server_says_why_it_closes() {
+    let server = Server::start(&["--idle-timeout", "1"]);
+    let client = dor_like_client(&server, "dor-plain");
+    let data = common::random_bytes(2_000, 46);
+    let (cksum, retried) = dor_like_upload(&server, &client, "x.bin", &data, WAIT);
+    assert_eq!(cksum, Cksum::of(&data), "the protocol's cksum, as for everyone");
+    assert_eq!(retried, Some(None), "no answer to 1030 without --compat");
+    wait_until("the idle-timeout line", || server.log().contains("1030 does not follow"));
+    assert!(file_rows(&server).iter().all(|r| !r.verified));
+}
+
 // ---------------------------------------------------------------------------------------
 // Who may act for a client id
 

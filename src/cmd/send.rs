@@ -113,7 +113,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let bar = Arc::new(Mutex::new(None::<ProgressBar>));
     let show_bar = !args.quiet && !args.json && std::io::stderr().is_terminal();
     let mut client = client_for(&server, &args.client);
-    client.on_event(event_printer(Arc::clone(&bar), show_bar, args.quiet || args.json));
+    client.on_event(event_printer(Arc::clone(&bar), show_bar, args.quiet, args.json));
     client.connect()?;
 
     let save_at = found.unwrap_or_else(|| candidates[0].clone());
@@ -220,8 +220,12 @@ fn say(bar: &Option<ProgressBar>, line: String) {
 fn event_printer(
     bar: Arc<Mutex<Option<ProgressBar>>>,
     show_bar: bool,
-    quiet: bool,
+    silent: bool,
+    json: bool,
 ) -> impl FnMut(Event) + Send + 'static {
+    // With --json, stderr still gets what the user must know about the server (notes),
+    // not the play-by-play.
+    let quiet = silent || json;
     move |event| {
         let mut bar = bar.lock().unwrap_or_else(|p| p.into_inner());
         match event {
@@ -253,7 +257,7 @@ fn event_printer(
             Event::Retrying { step, attempt, reason } if !quiet => {
                 say(&bar, format!("securexfer: {step}: {reason}; attempt {attempt} of 4"));
             }
-            Event::Note(note) if !quiet => say(&bar, format!("securexfer: note: {note}")),
+            Event::Note(note) if !silent => say(&bar, format!("securexfer: note: {note}")),
             Event::UploadLost { attempt } if !quiet => say(
                 &bar,
                 format!(

@@ -111,6 +111,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let next = match header {
                 Ok(Some(bytes)) => self.handle(bytes).await,
                 Ok(None) => break,
+                Err(ServerError::Idle(idle)) if in_transfer => {
+                    warn!(
+                        "closing after {idle:?} of silence while the client's verdict (1029, \
+                         1030 or 1031) or its resend was due; a client that waits for an answer \
+                         to 1030 does not follow the protocol (see docs/compatibility.md)"
+                    );
+                    break;
+                }
                 Err(e) => {
                     debug!("connection ended: {e}");
                     break;
@@ -277,7 +285,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     .take_pending(file_name.as_str())
                     .ok_or_else(|| refuse(format!("no upload of {file_name} waits")))?;
                 info!(%file_name, "client will resend");
-                Next::Silent
+                if self.compat_crc32(header) {
+                    Next::Reply(Response::Acknowledged { client_id: Some(id) })
+                } else {
+                    Next::Silent
+                }
             }
             Request::CrcGiveUp { file_name } => self.give_up(id, file_name).await?,
         };
@@ -423,6 +435,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let large_slot = (file.content_size >= upload::LARGE_UPLOAD)
             .then(|| Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
             .flatten();
+        let compat = self.compat_crc32(header);
         let received = upload::receive(
             &mut self.stream,
             file.content_size,
@@ -430,6 +443,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             std_file,
             idle,
             large_slot.is_some(),
+            compat,
         )
         .await;
         drop(large_slot);
@@ -458,8 +472,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             client_id: id,
             content_size: file.content_size,
             file_name: file.file_name,
-            cksum: received.cksum,
+            // The record keeps the real cksum; only the answer follows the peer's habit.
+            cksum: received.ciphertext_crc32.unwrap_or(received.cksum),
         }))
+    }
+
+    /// Whether this request comes from the client that checks a CRC-32 of the ciphertext
+    /// and waits for an answer to 1030, and the operator asked to serve it so.
+    fn compat_crc32(&self, header: &RequestHeader) -> bool {
+        self.shared.config.compat_crc32_ciphertext && header.version == super::COMPAT_CRC32_VERSION
     }
 
     async fn confirm(&mut self, id: ClientId, file_name: FixedName) -> Result<Next, Refused> {

@@ -54,7 +54,15 @@ pub struct Config {
     pub grace: Duration,
     /// Free space never used for uploads.
     pub disk_reserve: u64,
+    /// For clients whose requests carry [`COMPAT_CRC32_VERSION`]: answer 1028 with the
+    /// zlib CRC-32 of the ciphertext and 1030 with 2104, as the `dor` client expects
+    /// (`docs/compatibility.md`). Records keep the real cksum.
+    pub compat_crc32_ciphertext: bool,
 }
+
+/// The version byte of the one existing client that checks a CRC-32 of the ciphertext
+/// and waits for an answer to 1030; conformant clients send 3.
+pub const COMPAT_CRC32_VERSION: u8 = 1;
 
 impl Config {
     /// Defaults for everything but the paths.
@@ -69,6 +77,7 @@ impl Config {
             strict_sessions: false,
             grace: DEFAULT_GRACE,
             disk_reserve: DEFAULT_DISK_RESERVE,
+            compat_crc32_ciphertext: false,
         }
     }
 }

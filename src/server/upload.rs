@@ -5,7 +5,7 @@
 
 use crate::buf::AlignedBuf;
 use crate::crypto::aes::unpadded_len;
-use crate::crypto::{AesKey, CbcDecryptor, Cksum};
+use crate::crypto::{AesKey, CbcDecryptor, Cksum, ZlibCrc32};
 use std::io::{self, Write};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
@@ -41,6 +41,9 @@ pub struct Received {
     pub size: u64,
     /// cksum of the plaintext.
     pub cksum: u32,
+    /// The zlib CRC-32 of the ciphertext, when asked for (see
+    /// [`crate::server::Config::compat_crc32_ciphertext`]).
+    pub ciphertext_crc32: Option<u32>,
 }
 
 /// Why an upload failed. Only [`UploadError::Padding`] leaves the connection usable: the
@@ -66,7 +69,8 @@ type Chunk = (AlignedBuf, bool);
 /// Reads `content_size` bytes of encrypted content from `reader` and writes the plaintext
 /// to `file`. `content_size` must already be validated (non-zero multiple of 16).
 /// `allow_large` lets an upload of [`LARGE_UPLOAD`] bytes or more take the large-upload
-/// path (the caller bounds how many do at once).
+/// path (the caller bounds how many do at once). `crc_ciphertext` also computes the CRC-32
+/// of the ciphertext.
 pub async fn receive<R: AsyncRead + Unpin>(
     reader: &mut R,
     content_size: u32,
@@ -74,6 +78,7 @@ pub async fn receive<R: AsyncRead + Unpin>(
     file: std::fs::File,
     idle: Duration,
     allow_large: bool,
+    crc_ciphertext: bool,
 ) -> Result<Received, UploadError> {
     let large = allow_large && content_size >= LARGE_UPLOAD;
     let (chunk, buffers) = if large { (LARGE_CHUNK, DIRECT_BUFFERS) } else { (CHUNK, BUFFERS) };
@@ -83,7 +88,9 @@ pub async fn receive<R: AsyncRead + Unpin>(
     for _ in 0..buffers {
         empty_tx.try_send(AlignedBuf::new(chunk_len)).expect("room for every buffer");
     }
-    let worker = tokio::task::spawn_blocking(move || process(full_rx, empty_tx, key, file, large));
+    let crc = crc_ciphertext.then(ZlibCrc32::default);
+    let worker =
+        tokio::task::spawn_blocking(move || process(full_rx, empty_tx, key, file, large, crc));
     let read = read_chunks(reader, content_size, chunk_len, idle, &full_tx, &mut empty_rx).await;
     drop(full_tx);
     let processed =
@@ -147,12 +154,16 @@ fn process(
     key: AesKey,
     file: std::fs::File,
     direct: bool,
+    mut ciphertext_crc: Option<ZlibCrc32>,
 ) -> Result<Received, UploadError> {
     let mut out = Output::new(FileSink::new(file, direct), empty_tx);
     let mut decryptor = CbcDecryptor::new(&key);
     let mut cksum = Cksum::new();
     let mut finished = false;
     while let Some((mut buf, last)) = full_rx.blocking_recv() {
+        if let Some(crc) = ciphertext_crc.as_mut() {
+            crc.update(&buf);
+        }
         decryptor.decrypt_blocks(&mut buf);
         let len =
             if last { unpadded_len(&buf).map_err(|_| UploadError::Padding)? } else { buf.len() };
@@ -167,7 +178,8 @@ fn process(
         // The reader stopped early and says why; nothing here is complete.
         return Err(UploadError::Socket(io::ErrorKind::UnexpectedEof.into()));
     }
-    Ok(Received { size: cksum.len(), cksum: cksum.finish() })
+    let ciphertext_crc32 = ciphertext_crc.map(|crc| crc.finish());
+    Ok(Received { size: cksum.len(), cksum: cksum.finish(), ciphertext_crc32 })
 }
 
 /// Where decrypted chunks go, and how their buffers get back to the socket reader.
@@ -436,15 +448,18 @@ mod tests {
         let key = [9u8; 16];
         let data = pattern(LARGE_UPLOAD as usize + 4096 + 5);
         let ciphertext = crate::crypto::aes::encrypt_to_vec(&key, &data);
-        for allow_large in [true, false] {
+        for (allow_large, crc) in [(true, true), (false, false)] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("upload");
             let file = std::fs::File::create(&path).unwrap();
             let size = ciphertext.len() as u32;
             let mut reader = &ciphertext[..];
             let idle = Duration::from_secs(10);
-            let got = receive(&mut reader, size, key, file, idle, allow_large).await.unwrap();
-            assert_eq!(got, Received { size: data.len() as u64, cksum: Cksum::of(&data) });
+            let got = receive(&mut reader, size, key, file, idle, allow_large, crc).await.unwrap();
+            let ciphertext_crc32 = crc.then(|| ZlibCrc32::of(&ciphertext));
+            let want =
+                Received { size: data.len() as u64, cksum: Cksum::of(&data), ciphertext_crc32 };
+            assert_eq!(got, want);
             assert!(std::fs::read(&path).unwrap() == data, "allow_large: {allow_large}");
         }
     }
