@@ -1175,6 +1175,9 @@ fn fake_a_silent_server_is_given_up_on_within_seconds() {
     assert!(run.took < Duration::from_secs(20), "gave up after {:?}", run.took);
     assert_sequence(&fake, &[1025; 4], &run);
     assert!(run.stderr.contains("fatal"), "{}", run.stderr);
+    let said = format!("no answer from {} within 1 s", fake.addr);
+    assert!(run.stderr.contains(&said), "says what timed out: {}", run.stderr);
+    assert!(!run.stderr.contains("os error 11"), "{}", run.stderr);
 }
 
 #[test]
