@@ -296,7 +296,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__send)
-            opts="-q -h -V --server --name --identity --connect-timeout --timeout --quiet --json --help --version"
+            opts="-q -h -V --server --name --identity --connect-timeout --timeout --quiet --json --as --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -319,6 +319,10 @@ _securexfer() {
                     return 0
                     ;;
                 --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --as)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

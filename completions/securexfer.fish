@@ -58,8 +58,9 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l name -d '
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l identity -d 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l connect-timeout -d 'Seconds to wait for a connection' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l timeout -d 'Seconds to wait for the server on each read or write' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l as -d 'The name to store the file under, instead of its own (one FILE only). Names are up to 254 bytes of printable ASCII' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s q -l quiet -d 'No progress bar and no summary lines (errors are still printed)'
-complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l json -d 'Print one JSON object per file on stdout, for scripts'
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l json -d 'Print one JSON object per file on stdout, in argument order, then a summary object (the schema is in docs/json.md)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s h -l help -d 'Print help'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s V -l version -d 'Print version'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect help" -s h -l help -d 'Print help'

@@ -148,9 +148,14 @@ pub struct SendArgs {
     /// No progress bar and no summary lines (errors are still printed).
     #[arg(long, short)]
     pub quiet: bool,
-    /// Print one JSON object per file on stdout, for scripts.
+    /// Print one JSON object per file on stdout, in argument order, then a summary object
+    /// (the schema is in docs/json.md).
     #[arg(long)]
     pub json: bool,
+    /// The name to store the file under, instead of its own (one FILE only). Names are up
+    /// to 254 bytes of printable ASCII.
+    #[arg(long = "as", value_name = "NAME")]
+    pub as_name: Option<String>,
 }
 
 /// `securexfer db ...`.

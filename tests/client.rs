@@ -69,12 +69,26 @@ impl Run {
         self.expect_code(0, what)
     }
 
-    /// The `--json` lines.
-    fn json(&self) -> Vec<Value> {
+    /// Every `--json` line.
+    fn json_lines(&self) -> Vec<Value> {
         self.stdout
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
             .collect()
+    }
+
+    /// The `--json` results, one per file (the summary line, which must come last, left out).
+    fn json(&self) -> Vec<Value> {
+        let mut lines = self.json_lines();
+        let last = lines.pop().unwrap_or_else(|| panic!("no JSON at all: {}", self.stdout));
+        assert_eq!(last["summary"], true, "the last line is the summary: {}", self.stdout);
+        assert!(lines.iter().all(|l| l.get("summary").is_none()), "{}", self.stdout);
+        lines
+    }
+
+    /// The `--json` summary line.
+    fn summary(&self) -> Value {
+        self.json_lines().pop().expect("a summary line")
     }
 }
 
@@ -605,6 +619,126 @@ fn a_file_over_the_server_limit_is_a_refusal() {
     // fail, and it must still report the refusal rather than a broken pipe.
     run.expect_code(4, "file larger than --max-file-size");
     assert!(run.stderr.contains("fatal") && run.stderr.contains("2107"), "{}", run.stderr);
+}
+
+#[test]
+fn a_refused_file_does_not_stop_the_batch_and_results_come_in_argument_order() {
+    let server = Server::start(&["--max-file-size", "64K"]);
+    let work = Workdir::new();
+    work.file("first.bin", b"first");
+    work.file("huge.bin", &common::random_bytes(1024 * 1024, 12));
+    work.file("last.bin", b"last");
+    let files = ["first.bin", "missing.bin", "huge.bin", "last.bin"];
+    let run = work.send(&server.address(), Some("tess"), &files, &["--json", "--timeout", "10"]);
+    run.expect_code(6, "the highest code: a missing file (6) over a refusal (4)");
+    let results = run.json();
+    let order: Vec<(&str, &str)> = results
+        .iter()
+        .map(|r| (r["stored_name"].as_str().unwrap(), r["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("first.bin", "verified"),
+            ("missing.bin", "failed"),
+            ("huge.bin", "failed"),
+            ("last.bin", "verified")
+        ],
+        "{}",
+        run.stdout
+    );
+    assert_eq!(results[2]["exit_code"], 4);
+    assert!(results.iter().all(|r| r["server"] == server.address().as_str()), "{}", run.stdout);
+    let summary = run.summary();
+    assert_eq!((summary["verified"].as_u64(), summary["failed"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(summary["exit_code"], 6);
+    assert_eq!(stored(&server, &work.id(), "last.bin"), b"last");
+}
+
+#[test]
+fn two_files_with_one_stored_name_are_refused_before_anything_is_sent() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    fs::create_dir_all(work.path().join("d1")).unwrap();
+    fs::create_dir_all(work.path().join("d2")).unwrap();
+    work.file("d1/same.txt", b"one");
+    work.file("d2/same.txt", b"two");
+    let run = work.send(&server.address(), Some("uma"), &["d1/same.txt", "d2/same.txt"], &[]);
+    run.expect_code(2, "a name clash is a usage error");
+    assert!(
+        run.stderr.contains("d1/same.txt") && run.stderr.contains("d2/same.txt"),
+        "names both: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("--as"), "{}", run.stderr);
+    assert!(!work.path().join("me.info").exists(), "nothing was done on the server");
+    // --as stores a single file under another name.
+    let run = work.send(&server.address(), Some("uma"), &["d2/same.txt"], &["--as", "other.txt"]);
+    run.ok("--as");
+    assert_eq!(stored(&server, &work.id(), "other.txt"), b"two");
+    let run = work.send(&server.address(), None, &["d1/same.txt", "d2/same.txt"], &["--as", "x"]);
+    run.expect_code(2, "--as with two files");
+}
+
+#[test]
+fn the_identity_files_are_never_sent() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    work.file("a.txt", b"a");
+    work.send(&server.address(), Some("vic"), &["a.txt"], &[]).ok("registers");
+    for own in ["me.info", "priv.key"] {
+        let run = work.send(&server.address(), None, &["a.txt", own], &[]);
+        run.expect_code(2, own);
+        assert!(run.stderr.contains("identity"), "{}", run.stderr);
+    }
+    assert!(!server.storage().join(work.id()).join("priv.key").exists());
+}
+
+#[test]
+fn a_closed_stdout_is_not_an_error_and_the_batch_still_goes_on() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let names: Vec<String> = (0..5).map(|i| format!("f{i}.bin")).collect();
+    for name in &names {
+        work.file(name, &common::random_bytes(200_000, 60));
+    }
+    let mut cmd = work.command(&["send", "--server", &server.address(), "--name", "wes"]);
+    cmd.args(&names).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    // Read the first line, then close the pipe, as `| head -1` does.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(first.starts_with("sent "), "{first:?}");
+    assert_eq!(status.code(), Some(0), "exit 0, no panic: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for name in &names {
+        assert!(server.storage().join(work.id()).join(name).exists(), "{name} still sent");
+    }
+}
+
+#[test]
+fn db_inspect_into_a_closed_pipe_exits_0() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    work.file("a.txt", b"a");
+    work.send(&server.address(), Some("xia"), &["a.txt"], &[]).ok("registers");
+    let mut cmd = common::command();
+    cmd.current_dir(&server.dir).args([
+        "db",
+        "inspect",
+        "--db",
+        "server.db",
+        "--storage",
+        "storage",
+    ]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

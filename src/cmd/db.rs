@@ -1,5 +1,6 @@
 //! `securexfer db inspect`: what the server has recorded, without key material.
 
+use super::out::outln;
 use crate::cli::InspectArgs;
 use securexfer::protocol::ClientId;
 use securexfer::store::{ClientRecord, Db, FileRecord};
@@ -64,12 +65,12 @@ fn print_json(
         })
         .collect();
     let doc = serde_json::json!({ "clients": clients, "files": files });
-    println!("{}", serde_json::to_string_pretty(&doc)?);
+    outln!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())
 }
 
 fn print_tables(clients: &[ClientRecord], files: &[FileRecord], storage: &Path) {
-    println!("CLIENTS ({})", clients.len());
+    outln!("CLIENTS ({})", clients.len());
     let rows: Vec<Vec<String>> = clients
         .iter()
         .map(|c| {
@@ -83,8 +84,8 @@ fn print_tables(clients: &[ClientRecord], files: &[FileRecord], storage: &Path) 
         })
         .collect();
     print_table(&["ID", "NAME", "LAST SEEN (UTC)", "PUBLIC KEY", "AES KEY"], &rows);
-    println!();
-    println!("FILES ({})", files.len());
+    outln!();
+    outln!("FILES ({})", files.len());
     let rows: Vec<Vec<String>> = files
         .iter()
         .map(|f| {
@@ -116,7 +117,7 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let line = |cells: Vec<&str>| {
         let parts: Vec<String> =
             cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", parts.join("  ").trim_end());
+        outln!("{}", parts.join("  ").trim_end());
     };
     line(headers.to_vec());
     for row in rows {

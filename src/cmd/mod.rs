@@ -1,6 +1,7 @@
 //! One module per subcommand; this one dispatches and maps errors to exit codes.
 
 mod db;
+pub(crate) mod out;
 mod register;
 mod send;
 mod serve;

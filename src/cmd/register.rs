@@ -1,6 +1,7 @@
 //! `securexfer register`: make a key pair, register, save the identity.
 
 use super::UsageError;
+use super::out::outln;
 use super::send::{client_for, server_and_name};
 use crate::cli::RegisterArgs;
 use securexfer::client::identity::{IdentityError, ME_INFO};
@@ -20,7 +21,7 @@ pub fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     client.connect()?;
     let session = client.register(&name)?;
     session.identity.save(&path, args.force)?;
-    println!(
+    outln!(
         "registered {name} as {} with {server}; identity saved to {} (private key in priv.key beside it)",
         session.identity.id,
         path.display()

@@ -1,5 +1,6 @@
 //! `securexfer send`: find the identity, reconnect (or register), send each file, report.
 
+use super::out::outln;
 use super::{UsageError, code_for};
 use crate::cli::{ClientArgs, SendArgs};
 use anyhow::Context;
@@ -93,20 +94,16 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .context("cannot use the saved identity")?;
 
-    // Files that cannot be sent are reported before anything goes on the wire.
+    let plan = plan_files(&files, args.as_name.as_deref(), found.as_deref())?;
+    // Files that cannot be sent are found before anything goes on the wire; each is
+    // reported in its place among the results.
     let mut worst = 0u8;
-    let files: Vec<PathBuf> = files
-        .into_iter()
-        .filter(|path| match preflight(path) {
-            Ok(()) => true,
-            Err(e) => {
-                report_err(&args, path, &e);
-                worst = worst.max(code_for(e.kind()));
-                false
-            }
-        })
-        .collect();
-    if files.is_empty() {
+    let mut summary = Summary::default();
+    if plan.iter().all(|f| f.problem.is_some()) {
+        for file in &plan {
+            worst = worst.max(report_problem(&args, &server, file, &mut summary));
+        }
+        report_summary(&args, &server, &summary, worst);
         return Ok(ExitCode::from(worst));
     }
 
@@ -119,29 +116,116 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let save_at = found.unwrap_or_else(|| candidates[0].clone());
     let session = establish(&mut client, identity, name, &candidates, &save_at)?;
 
-    for path in &files {
+    let mut stopped: Option<String> = None;
+    for file in &plan {
+        if file.problem.is_some() {
+            worst = worst.max(report_problem(&args, &server, file, &mut summary));
+            continue;
+        }
+        if let Some(why) = &stopped {
+            report_skipped(&args, &server, file, why, &mut summary);
+            continue;
+        }
         let started = Instant::now();
-        let sent_name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
-        let result = client.send_file(&session, path, &sent_name);
+        let result = client.send_file(&session, &file.path, &file.stored_name);
         if let Some(b) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
             b.finish_and_clear();
         }
         match result {
-            Ok(sent) => report_ok(&args, &server, &sent, started.elapsed()),
+            Ok(sent) => {
+                summary.verified += 1;
+                report_ok(&args, &server, file, &sent, started.elapsed());
+            }
             Err(e) => {
                 let kind = e.kind();
-                report_err(&args, path, &e);
+                summary.failed += 1;
+                report_err(&args, &server, file, &e);
                 worst = worst.max(code_for(kind));
-                if matches!(kind, FailureKind::Connection | FailureKind::Refused) {
-                    break;
+                // A connection that keeps failing will fail the next file too; a refusal
+                // (too large, say) is about this file only.
+                if kind == FailureKind::Connection {
+                    stopped = Some(format!("not sent: the connection to {server} failed"));
                 }
             }
         }
     }
+    report_summary(&args, &server, &summary, worst);
     Ok(ExitCode::from(worst))
+}
+
+/// One file of the run: where it is, the name it is stored under, and why it cannot be
+/// sent, if it cannot.
+struct Planned {
+    path: PathBuf,
+    stored_name: String,
+    problem: Option<ClientError>,
+}
+
+/// Counts for the summary line.
+#[derive(Default)]
+struct Summary {
+    verified: u32,
+    failed: u32,
+    skipped: u32,
+}
+
+/// The files in argument order with their stored names. Refuses (a usage error) a run in
+/// which two files would be stored under one name, `--as` with more than one file, and
+/// sending the identity's own files.
+fn plan_files(
+    files: &[PathBuf],
+    as_name: Option<&str>,
+    identity: Option<&Path>,
+) -> anyhow::Result<Vec<Planned>> {
+    if as_name.is_some() && files.len() != 1 {
+        return Err(UsageError(format!(
+            "--as names the stored copy of one file, and {} files were given",
+            files.len()
+        ))
+        .into());
+    }
+    let own = identity.map(identity_files).unwrap_or_default();
+    let mut by_name: std::collections::HashMap<String, &Path> = Default::default();
+    let mut plan = Vec::with_capacity(files.len());
+    for path in files {
+        if let Ok(canonical) = path.canonicalize()
+            && own.contains(&canonical)
+        {
+            return Err(UsageError(format!(
+                "{} is this client's identity (its private key); it is never sent",
+                path.display()
+            ))
+            .into());
+        }
+        let stored_name = match as_name {
+            Some(name) => name.to_owned(),
+            None => stored_name_of(path),
+        };
+        if let Some(first) = by_name.insert(stored_name.clone(), path) {
+            return Err(UsageError(format!(
+                "{} and {} would both be stored as {stored_name:?}, and the second would \
+                 replace the first; send them in separate runs, one with --as NAME",
+                first.display(),
+                path.display()
+            ))
+            .into());
+        }
+        plan.push(Planned { path: path.clone(), stored_name, problem: preflight(path).err() });
+    }
+    Ok(plan)
+}
+
+/// The name a file is stored under: its last path component, as the server keeps it.
+fn stored_name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// The files of the identity at `me_info`: itself and `priv.key` beside it.
+fn identity_files(me_info: &Path) -> Vec<PathBuf> {
+    let key = me_info.with_file_name(securexfer::client::identity::PRIV_KEY);
+    [me_info.to_owned(), key].iter().filter_map(|p| p.canonicalize().ok()).collect()
 }
 
 /// Whether `path` is a regular file the protocol can carry.
@@ -275,22 +359,36 @@ fn event_printer(
     }
 }
 
-fn report_ok(args: &SendArgs, server: &str, sent: &securexfer::client::Sent, took: Duration) {
+fn report_ok(
+    args: &SendArgs,
+    server: &str,
+    file: &Planned,
+    sent: &securexfer::client::Sent,
+    took: Duration,
+) {
     if args.json {
         let line = serde_json::json!({
-            "file": sent.path.display().to_string(),
+            "file": file.path.display().to_string(),
+            "stored_name": file.stored_name,
+            "server": server,
             "status": "verified",
             "size": sent.size,
             "cksum": sent.cksum,
             "sends": sent.sends,
             "seconds": took.as_secs_f64(),
         });
-        println!("{line}");
+        outln!("{line}");
     } else if !args.quiet {
         let rate = sent.size as f64 / took.as_secs_f64().max(1e-9) / 1e6;
-        println!(
-            "sent {} ({} bytes, cksum {}) to {server}: verified after {} send(s) in {:.2} s ({rate:.0} MB/s)",
-            sent.path.display(),
+        let renamed =
+            if Some(file.stored_name.as_str()) == file.path.file_name().and_then(|n| n.to_str()) {
+                String::new()
+            } else {
+                format!(" as {}", file.stored_name)
+            };
+        outln!(
+            "sent {}{renamed} ({} bytes, cksum {}) to {server}: verified after {} send(s) in {:.2} s ({rate:.0} MB/s)",
+            file.path.display(),
             sent.size,
             sent.cksum,
             sent.sends,
@@ -299,15 +397,57 @@ fn report_ok(args: &SendArgs, server: &str, sent: &securexfer::client::Sent, too
     }
 }
 
-fn report_err(args: &SendArgs, path: &Path, error: &ClientError) {
+fn report_err(args: &SendArgs, server: &str, file: &Planned, error: &ClientError) {
     if args.json {
         let line = serde_json::json!({
-            "file": path.display().to_string(),
+            "file": file.path.display().to_string(),
+            "stored_name": file.stored_name,
+            "server": server,
             "status": "failed",
             "exit_code": code_for(error.kind()),
             "error": error.to_string(),
         });
-        println!("{line}");
+        outln!("{line}");
     }
-    eprintln!("securexfer: error: {}: {error}", path.display());
+    eprintln!("securexfer: error: {}: {error}", file.path.display());
+}
+
+/// Reports a file that could not be sent at all; returns its exit code.
+fn report_problem(args: &SendArgs, server: &str, file: &Planned, summary: &mut Summary) -> u8 {
+    let error = file.problem.as_ref().expect("a file with a problem");
+    summary.failed += 1;
+    report_err(args, server, file, error);
+    code_for(error.kind())
+}
+
+/// Reports a file left unsent because the run had to stop.
+fn report_skipped(args: &SendArgs, server: &str, file: &Planned, why: &str, summary: &mut Summary) {
+    summary.skipped += 1;
+    if args.json {
+        let line = serde_json::json!({
+            "file": file.path.display().to_string(),
+            "stored_name": file.stored_name,
+            "server": server,
+            "status": "skipped",
+            "error": why,
+        });
+        outln!("{line}");
+    }
+    eprintln!("securexfer: {}: {why}", file.path.display());
+}
+
+/// The last JSON line: the run as a whole.
+fn report_summary(args: &SendArgs, server: &str, summary: &Summary, exit_code: u8) {
+    if args.json {
+        let line = serde_json::json!({
+            "summary": true,
+            "server": server,
+            "files": summary.verified + summary.failed + summary.skipped,
+            "verified": summary.verified,
+            "failed": summary.failed,
+            "skipped": summary.skipped,
+            "exit_code": exit_code,
+        });
+        outln!("{line}");
+    }
 }

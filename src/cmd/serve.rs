@@ -1,5 +1,6 @@
 //! `securexfer serve`: configuration, the listening socket, signals.
 
+use super::out::outln;
 use crate::cli::ServeArgs;
 use anyhow::Context;
 use securexfer::server::{Config, Server};
@@ -47,7 +48,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )?;
         let addr = listener.local_addr()?;
         // The one line on stdout: scripts and tests read the port from it.
-        println!("securexfer listening on {addr}");
+        outln!("securexfer listening on {addr}");
         std::io::stdout().flush()?;
         if addr.ip().is_loopback() {
             info!("only this machine can connect; use --listen 0.0.0.0 to accept remote clients");
