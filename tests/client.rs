@@ -529,6 +529,80 @@ fn a_denied_identity_registers_again_and_overwrites_me_info() {
 }
 
 #[test]
+fn malformed_servers_and_names_are_usage_errors() {
+    let work = Workdir::new();
+    work.file("u.bin", b"x");
+    for server in ["127.0.0.1:0", "127.0.0.1:70000", "127.0.0.1:port", ":1357"] {
+        let run = work.send(server, Some("mia"), &["u.bin"], &[]);
+        run.expect_code(2, server);
+        assert!(run.stderr.contains("HOST:PORT"), "{}", run.stderr);
+    }
+    for name in ["", "zoë", "tab\there"] {
+        let run = work.send(&closed_port(), Some(name), &["u.bin"], &[]);
+        run.expect_code(2, &format!("name {name:?}"));
+        assert!(run.stderr.contains("client name"), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn a_server_that_does_not_speak_the_protocol_is_a_refusal_said_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap().to_string();
+    thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    let work = Workdir::new();
+    work.file("u.bin", b"x");
+    let run = work.send(&addr, Some("mia"), &["u.bin"], &["--timeout", "5"]);
+    run.expect_code(4, "an HTTP server");
+    assert!(
+        run.stderr.contains(&format!("{addr} does not speak the securexfer protocol")),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("attempt"), "not retried: {}", run.stderr);
+}
+
+#[test]
+fn connection_errors_say_their_cause_once_and_a_bad_host_name_gets_no_server_hint() {
+    let work = Workdir::new();
+    work.file("u.bin", b"x");
+    let run = work.send(&closed_port(), Some("mia"), &["u.bin"], &[]);
+    run.expect_code(3, "closed port");
+    assert_eq!(run.stderr.matches("Connection refused").count(), 1, "{}", run.stderr);
+    let run = work.send("no-such-host.invalid:1357", Some("mia"), &["u.bin"], &[]);
+    run.expect_code(3, "unresolvable host");
+    assert!(run.stderr.contains("cannot find the server"), "{}", run.stderr);
+    assert!(!run.stderr.contains("is the server running"), "{}", run.stderr);
+}
+
+#[test]
+fn unsendable_file_names_are_explained_and_point_to_as() {
+    use std::os::unix::ffi::OsStrExt;
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let long = "l".repeat(255); // the most a Linux file name holds, one over the protocol
+    work.file(&long, b"long");
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    fs::write(work.path().join(latin1), b"latin-1").unwrap();
+    let mut cmd = work.command(&["send", "--server", &server.address(), "--name", "nia"]);
+    cmd.arg(&long).arg(latin1).arg("--json");
+    let run = run_command(cmd, DEADLINE);
+    run.expect_code(6, "names the protocol cannot carry");
+    assert!(run.stderr.contains("255 bytes long") && run.stderr.contains("--as"), "{}", run.stderr);
+    assert!(run.stderr.contains("0xe9"), "the byte that is really there: {}", run.stderr);
+    assert!(!run.stderr.contains("NUL"), "{}", run.stderr);
+    // --as makes the long one sendable.
+    let run = work.send(&server.address(), Some("nia"), &[&long], &["--as", "short.txt"]);
+    run.ok("--as");
+    assert_eq!(stored(&server, &work.id(), "short.txt"), b"long");
+}
+
+#[test]
 fn an_unreachable_server_exits_3_naming_it() {
     let work = Workdir::new();
     work.file("u.bin", b"x");

@@ -53,15 +53,32 @@ pub enum FailureKind {
 /// Why a client operation failed.
 #[derive(Debug, Error)]
 pub enum ClientError {
-    /// No connection could be made at all.
+    /// No connection could be made at all. (The cause is part of the message and not a
+    /// `source`, so that an error chain prints it once.)
     #[error(
-        "cannot connect to {server}: {source} (is the server running, and is the address right?)"
+        "cannot connect to {server}: {cause} (is the server running, and is the address right?)"
     )]
     Connect {
         /// The server.
         server: String,
         /// Why.
-        source: io::Error,
+        cause: io::Error,
+    },
+    /// The server's host name does not resolve.
+    #[error("cannot find the server {server}: {cause}")]
+    Resolve {
+        /// The server.
+        server: String,
+        /// Why.
+        cause: io::Error,
+    },
+    /// The server answered with bytes that are not protocol 3 at all.
+    #[error("{server} does not speak the securexfer protocol ({detail})")]
+    NotProtocol {
+        /// The server.
+        server: String,
+        /// What it sent.
+        detail: String,
     },
     /// The connection failed on every attempt of a step.
     #[error(
@@ -109,16 +126,27 @@ pub enum ClientError {
     /// A name or file name the protocol cannot carry.
     #[error("{0}")]
     BadName(DecodeError),
+    /// A file name the protocol cannot carry, said for people.
+    #[error(
+        "{name} cannot be a stored name: {why}; stored names are 1 to 254 bytes of printable \
+         ASCII (choose one with --as NAME)"
+    )]
+    BadFileName {
+        /// The name as it is (non-UTF-8 bytes escaped).
+        name: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The file could not be read or changed while sending.
     #[error("{0}")]
     File(StreamError),
     /// The file cannot be opened or examined.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Open {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: io::Error,
+        cause: io::Error,
     },
     /// The file is larger than the protocol carries.
     #[error("{path} is {size} bytes; the protocol carries at most {max} bytes per file", max = MAX_PLAINTEXT_SIZE)]
@@ -145,17 +173,32 @@ impl ClientError {
     /// The group this failure belongs to.
     pub fn kind(&self) -> FailureKind {
         match self {
-            ClientError::Connect { .. } | ClientError::Connection { .. } => FailureKind::Connection,
+            ClientError::Connect { .. }
+            | ClientError::Resolve { .. }
+            | ClientError::Connection { .. } => FailureKind::Connection,
             ClientError::Refused { .. }
+            | ClientError::NotProtocol { .. }
             | ClientError::NameTaken(_)
             | ClientError::Unexpected { .. }
             | ClientError::Key(_) => FailureKind::Refused,
             ClientError::Verification { .. } => FailureKind::Verification,
             ClientError::BadName(_)
+            | ClientError::BadFileName { .. }
             | ClientError::File(_)
             | ClientError::Open { .. }
             | ClientError::TooLarge { .. } => FailureKind::Local,
         }
+    }
+
+    /// Whether the message already names the file it is about.
+    pub fn names_file(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Open { .. }
+                | ClientError::TooLarge { .. }
+                | ClientError::Verification { .. }
+                | ClientError::File(_)
+        )
     }
 }
 
@@ -307,8 +350,12 @@ impl Client {
 
     /// Connects now, so that an unreachable server is reported as such.
     pub fn connect(&mut self) -> Result<(), ClientError> {
+        use std::net::ToSocketAddrs;
+        if let Err(cause) = self.server.to_socket_addrs() {
+            return Err(ClientError::Resolve { server: self.server.clone(), cause });
+        }
         let wire = Wire::connect(&self.server, self.timeouts)
-            .map_err(|source| ClientError::Connect { server: self.server.clone(), source })?;
+            .map_err(|cause| ClientError::Connect { server: self.server.clone(), cause })?;
         self.wire = Some(wire);
         Ok(())
     }
@@ -373,8 +420,8 @@ impl Client {
         path: &Path,
         sent_name: &str,
     ) -> Result<Sent, ClientError> {
-        let file_name = FixedName::new(sent_name, "file name").map_err(ClientError::BadName)?;
-        let open_error = |source| ClientError::Open { path: path.to_owned(), source };
+        let file_name = stored_file_name(sent_name)?;
+        let open_error = |cause| ClientError::Open { path: path.to_owned(), cause };
         let file = File::open(path).map_err(open_error)?;
         let size = file.metadata().map_err(open_error)?.len();
         if size > MAX_PLAINTEXT_SIZE {
@@ -576,6 +623,12 @@ impl Client {
                 Err(RecvError::Closed) => {
                     return Err(Retry::Closed("the server closed the connection".into()));
                 }
+                Err(RecvError::Invalid(e)) => {
+                    return Err(Retry::Failed(Failure::Fatal(ClientError::NotProtocol {
+                        server: self.server.clone(),
+                        detail: format!("it answered with {e}"),
+                    })));
+                }
                 Err(e) => return Err(Retry::Failed(Failure::Connection(e.to_string()))),
             };
             match response {
@@ -706,6 +759,15 @@ impl Client {
     /// the new connection starts with a key exchange, which is harmless for the one and
     /// needed for the other (a server with strict sessions forgets a session with its
     /// connection).
+    /// The server sent bytes that are no response at all: retrying will not help.
+    fn not_protocol(&mut self, error: DecodeError) -> Failure {
+        self.wire = None;
+        Failure::Fatal(ClientError::NotProtocol {
+            server: self.server.clone(),
+            detail: format!("it answered with {error}"),
+        })
+    }
+
     fn take_free_resend(&mut self) -> bool {
         std::mem::take(&mut self.free_resend)
     }
@@ -731,6 +793,7 @@ impl Client {
             match result {
                 Ok(Response::GeneralError) => return Err(Failure::ServerError),
                 Ok(response) => return Ok(response),
+                Err(RecvError::Invalid(e)) => return Err(self.not_protocol(e)),
                 Err(RecvError::Closed) | Err(RecvError::Io(_))
                     if reused && !fresh && self.take_free_resend() =>
                 {
@@ -771,6 +834,21 @@ enum Retry {
 
 fn wire_silent(server: &str, timeouts: Timeouts) -> RecvError {
     RecvError::Silent { server: server.to_owned(), secs: timeouts.io.as_secs() }
+}
+
+/// `name` as a file name field, or an error that says in words what is wrong with it.
+pub fn stored_file_name(name: &str) -> Result<FixedName, ClientError> {
+    let why = match FixedName::new(name, "file name") {
+        Ok(field) => return Ok(field),
+        Err(DecodeError::EmptyName { .. }) => "it is empty".to_owned(),
+        Err(DecodeError::NameNotTerminated { .. }) => format!("it is {} bytes long", name.len()),
+        Err(DecodeError::NameNotPrintableAscii { position, .. }) => {
+            let c = name[position..].chars().next().unwrap_or('?');
+            format!("it has {c:?} at byte {position}")
+        }
+        Err(other) => other.to_string(),
+    };
+    Err(ClientError::BadFileName { name: format!("{name:?}"), why })
 }
 
 /// A 1027 on a fresh connection, after the previous one was lost; returns the new AES key.

@@ -45,7 +45,69 @@ pub fn server_and_name(
             )
         })?;
     let name = args.name.clone().or_else(|| transfer.map(|t| t.name.clone()));
-    Ok((server, name))
+    if let Some(name) = &name {
+        check_name(name)?;
+    }
+    Ok((normalize_server(&server)?, name))
+}
+
+/// The port of the existing servers, for a `--server` without one.
+pub const DEFAULT_PORT: u16 = 1357;
+
+/// `HOST:PORT` from what the user wrote: a missing port is [`DEFAULT_PORT`]; a port that
+/// is not 1-65535, or no host, is a usage error. IPv6 addresses go in brackets
+/// (`[::1]:1357`); a bare one means the default port.
+pub fn normalize_server(text: &str) -> Result<String, UsageError> {
+    let text = text.trim();
+    let bad = |why: &str| UsageError(format!("--server {text:?}: {why}; write HOST:PORT"));
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(|| bad("no closing ]"))?;
+        match after {
+            "" => (format!("[{host}]"), None),
+            _ => (
+                format!("[{host}]"),
+                Some(after.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?),
+            ),
+        }
+    } else if text.matches(':').count() > 1 {
+        (format!("[{text}]"), None)
+    } else {
+        match text.split_once(':') {
+            Some((host, port)) => (host.to_owned(), Some(port)),
+            None => (text.to_owned(), None),
+        }
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(bad("no host"));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(bad(&format!("the port {p:?} is not a number from 1 to 65535"))),
+        },
+    };
+    Ok(format!("{host}:{port}"))
+}
+
+/// A client name the protocol can carry: 1-254 bytes of printable ASCII.
+pub fn check_name(name: &str) -> Result<(), UsageError> {
+    let limit = securexfer::protocol::NAME_LEN - 1;
+    if name.is_empty() {
+        return Err(UsageError("the client name is empty; pass --name NAME".into()));
+    }
+    if let Some(c) = name.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(UsageError(format!(
+            "the client name {name:?} contains {c:?}: names are printable ASCII (space to ~)"
+        )));
+    }
+    if name.len() > limit {
+        return Err(UsageError(format!(
+            "the client name is {} bytes; the protocol carries at most {limit}",
+            name.len()
+        )));
+    }
+    Ok(())
 }
 
 fn load_transfer_info_if_present() -> anyhow::Result<Option<TransferInfo>> {
@@ -197,8 +259,8 @@ fn plan_files(
             ))
             .into());
         }
-        let stored_name = match as_name {
-            Some(name) => name.to_owned(),
+        let (stored_name, problem) = match as_name {
+            Some(name) => (name.to_owned(), None),
             None => stored_name_of(path),
         };
         if let Some(first) = by_name.insert(stored_name.clone(), path) {
@@ -210,16 +272,31 @@ fn plan_files(
             ))
             .into());
         }
-        plan.push(Planned { path: path.clone(), stored_name, problem: preflight(path).err() });
+        let problem = problem
+            .or_else(|| securexfer::client::stored_file_name(&stored_name).err())
+            .or_else(|| preflight(path).err());
+        plan.push(Planned { path: path.clone(), stored_name, problem });
     }
     Ok(plan)
 }
 
-/// The name a file is stored under: its last path component, as the server keeps it.
-fn stored_name_of(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| path.display().to_string())
+/// The name a file is stored under: its last path component, as the server keeps it; and
+/// the problem with it when it is not text (the bytes that are really there, escaped).
+fn stored_name_of(path: &Path) -> (String, Option<ClientError>) {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(name) = path.file_name() else {
+        return (path.display().to_string(), None);
+    };
+    match name.to_str() {
+        Some(text) => (text.to_owned(), None),
+        None => {
+            let bytes = name.as_bytes();
+            let at = bytes.iter().position(|b| !b.is_ascii()).unwrap_or(0);
+            let shown = format!("\"{}\"", bytes.escape_ascii());
+            let why = format!("it is not text: byte 0x{:02x} at position {at}", bytes[at]);
+            (shown.clone(), Some(ClientError::BadFileName { name: shown, why }))
+        }
+    }
 }
 
 /// The files of the identity at `me_info`: itself and `priv.key` beside it.
@@ -230,7 +307,7 @@ fn identity_files(me_info: &Path) -> Vec<PathBuf> {
 
 /// Whether `path` is a regular file the protocol can carry.
 fn preflight(path: &Path) -> Result<(), ClientError> {
-    let open_error = |source| ClientError::Open { path: path.to_owned(), source };
+    let open_error = |cause| ClientError::Open { path: path.to_owned(), cause };
     let meta = std::fs::metadata(path).map_err(open_error)?;
     if !meta.is_file() {
         return Err(open_error(std::io::Error::other("not a regular file")));
@@ -409,7 +486,11 @@ fn report_err(args: &SendArgs, server: &str, file: &Planned, error: &ClientError
         });
         outln!("{line}");
     }
-    eprintln!("securexfer: error: {}: {error}", file.path.display());
+    if error.names_file() {
+        eprintln!("securexfer: error: {error}");
+    } else {
+        eprintln!("securexfer: error: {}: {error}", file.path.display());
+    }
 }
 
 /// Reports a file that could not be sent at all; returns its exit code.
@@ -449,5 +530,31 @@ fn report_summary(args: &SendArgs, server: &str, summary: &Summary, exit_code: u
             "exit_code": exit_code,
         });
         outln!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_without_a_port_gets_1357_and_bad_ports_are_usage_errors() {
+        assert_eq!(normalize_server("files.example.org").unwrap(), "files.example.org:1357");
+        assert_eq!(normalize_server("10.0.0.1:9000").unwrap(), "10.0.0.1:9000");
+        assert_eq!(normalize_server("[::1]:9000").unwrap(), "[::1]:9000");
+        assert_eq!(normalize_server("[::1]").unwrap(), "[::1]:1357");
+        assert_eq!(normalize_server("::1").unwrap(), "[::1]:1357");
+        for bad in ["host:0", "host:65536", "host:x", ":1357", "", "[::1", "[::1]x"] {
+            assert!(normalize_server(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn client_names_are_1_to_254_bytes_of_printable_ascii() {
+        assert!(check_name("alice smith").is_ok());
+        assert!(check_name(&"a".repeat(254)).is_ok());
+        for bad in [String::new(), "a".repeat(255), "tab\there".into(), "zoë".into()] {
+            assert!(check_name(&bad).is_err(), "{bad:?}");
+        }
     }
 }
