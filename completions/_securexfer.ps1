@@ -52,12 +52,14 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;register' {
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server address as HOST:PORT (default: line 1 of transfer.info)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`')
             [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'Client name to register (default: line 2 of transfer.info)')
-            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)')
+            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)')
             [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for a connection')
             [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for the server on each read or write')
-            [CompletionResult]::new('--force', '--force', [CompletionResultType]::ParameterName, 'Replace an existing identity file')
+            [CompletionResult]::new('--force', '--force', [CompletionResultType]::ParameterName, 'Replace an existing identity (the old one is kept as me.info.bak)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print nothing on success')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print nothing on success')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
@@ -65,9 +67,9 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;send' {
-            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server address as HOST:PORT (default: line 1 of transfer.info)')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`')
             [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'Client name to register (default: line 2 of transfer.info)')
-            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)')
+            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)')
             [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for a connection')
             [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for the server on each read or write')
             [CompletionResult]::new('--as', '--as', [CompletionResultType]::ParameterName, 'The name to store the file under, instead of its own (one FILE only). Names are up to 254 bytes of printable ASCII')

@@ -262,7 +262,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__register)
-            opts="-h -V --server --name --identity --connect-timeout --timeout --force --help --version"
+            opts="-q -h -V --server --name --identity --connect-timeout --timeout --force --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -47,21 +47,23 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --version 'Print version'
         }
         &'securexfer;register'= {
-            cand --server 'Server address as HOST:PORT (default: line 1 of transfer.info)'
+            cand --server 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`'
             cand --name 'Client name to register (default: line 2 of transfer.info)'
-            cand --identity 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)'
+            cand --identity 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)'
             cand --connect-timeout 'Seconds to wait for a connection'
             cand --timeout 'Seconds to wait for the server on each read or write'
-            cand --force 'Replace an existing identity file'
+            cand --force 'Replace an existing identity (the old one is kept as me.info.bak)'
+            cand -q 'Print nothing on success'
+            cand --quiet 'Print nothing on success'
             cand -h 'Print help'
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
         }
         &'securexfer;send'= {
-            cand --server 'Server address as HOST:PORT (default: line 1 of transfer.info)'
+            cand --server 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`'
             cand --name 'Client name to register (default: line 2 of transfer.info)'
-            cand --identity 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)'
+            cand --identity 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)'
             cand --connect-timeout 'Seconds to wait for a connection'
             cand --timeout 'Seconds to wait for the server on each read or write'
             cand --as 'The name to store the file under, instead of its own (one FILE only). Names are up to 254 bytes of printable ASCII'

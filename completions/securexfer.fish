@@ -45,17 +45,18 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l compat -
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l strict-sessions -d 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s V -l version -d 'Print version'
-complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l server -d 'Server address as HOST:PORT (default: line 1 of transfer.info)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l server -d 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l name -d 'Client name to register (default: line 2 of transfer.info)' -r
-complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l identity -d 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l identity -d 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client\'s), else this server\'s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l connect-timeout -d 'Seconds to wait for a connection' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l timeout -d 'Seconds to wait for the server on each read or write' -r
-complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l force -d 'Replace an existing identity file'
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l force -d 'Replace an existing identity (the old one is kept as me.info.bak)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s q -l quiet -d 'Print nothing on success'
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s h -l help -d 'Print help'
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s V -l version -d 'Print version'
-complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l server -d 'Server address as HOST:PORT (default: line 1 of transfer.info)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l server -d 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l name -d 'Client name to register (default: line 2 of transfer.info)' -r
-complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l identity -d 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory, then $XDG_CONFIG_HOME/securexfer/me.info (~/.config/securexfer/me.info)' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l identity -d 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client\'s), else this server\'s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l connect-timeout -d 'Seconds to wait for a connection' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l timeout -d 'Seconds to wait for the server on each read or write' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l as -d 'The name to store the file under, instead of its own (one FILE only). Names are up to 254 bytes of printable ASCII' -r

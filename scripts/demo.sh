@@ -11,6 +11,9 @@ echo "server: listening on $address (storage and database in $work/server)"
 
 head -c 10000000 /dev/urandom > "$work/client/hello.bin"
 cd "$work/client"
+# The client keeps its identity under $XDG_CONFIG_HOME/securexfer; the demo's stays in its
+# temporary directory.
+export XDG_CONFIG_HOME="$work/client/config"
 "$bin" register --server "$address" --name "demo-$$"
 "$bin" send hello.bin --server "$address"
 echo "second send, reconnecting with the saved identity:"

@@ -104,15 +104,16 @@ pub enum Compat {
 /// Connection settings shared by the client commands.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Server address as HOST:PORT (default: line 1 of transfer.info).
+    /// Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of
+    /// transfer.info, else the server of the latest `register`.
     #[arg(long, env = "SECUREXFER_SERVER", value_name = "HOST:PORT")]
     pub server: Option<String>,
     /// Client name to register (default: line 2 of transfer.info).
     #[arg(long, env = "SECUREXFER_NAME", value_name = "NAME")]
     pub name: Option<String>,
     /// The identity file (me.info; priv.key is kept beside it). Default: me.info in the
-    /// working directory, then $XDG_CONFIG_HOME/securexfer/me.info
-    /// (~/.config/securexfer/me.info).
+    /// working directory if there is one (the existing client's), else this server's
+    /// identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer).
     #[arg(long, env = "SECUREXFER_IDENTITY", value_name = "PATH")]
     pub identity: Option<PathBuf>,
     /// Seconds to wait for a connection.
@@ -129,9 +130,12 @@ pub struct RegisterArgs {
     /// Where to reach the server and who to be.
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Replace an existing identity file.
+    /// Replace an existing identity (the old one is kept as me.info.bak).
     #[arg(long)]
     pub force: bool,
+    /// Print nothing on success.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// `securexfer send`.

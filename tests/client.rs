@@ -177,8 +177,30 @@ impl Workdir {
         self.run(&args)
     }
 
+    /// The identity the runs saved: the existing client's `./me.info` when there is one,
+    /// else the one identity in the home directory's `servers/`.
+    fn identity_path(&self) -> PathBuf {
+        let here = self.path().join("me.info");
+        if here.exists() {
+            return here;
+        }
+        let found = self.saved_identities();
+        assert_eq!(found.len(), 1, "one saved identity: {found:?}");
+        found[0].clone()
+    }
+
+    /// Every `me.info` under the home directory's `servers/`.
+    fn saved_identities(&self) -> Vec<PathBuf> {
+        let servers = self.config().join("securexfer/servers");
+        let Ok(dirs) = fs::read_dir(&servers) else { return Vec::new() };
+        let mut found: Vec<PathBuf> =
+            dirs.flatten().map(|d| d.path().join("me.info")).filter(|p| p.exists()).collect();
+        found.sort();
+        found
+    }
+
     fn me_info(&self) -> String {
-        fs::read_to_string(self.path().join("me.info")).expect("me.info")
+        fs::read_to_string(self.identity_path()).expect("me.info")
     }
 
     /// Line 2 of `me.info`: the id as 32 hex digits.
@@ -239,7 +261,9 @@ fn register_then_send_stores_the_same_bytes() {
     assert_eq!(me.lines().next(), Some("alice"));
     let id = id_of(&me);
     assert!(reg.stdout.contains(&id), "register names the id: {}", reg.stdout);
-    let key = fs::read_to_string(work.path().join("priv.key")).expect("priv.key beside me.info");
+    let key = fs::read_to_string(work.identity_path().with_file_name("priv.key"))
+        .expect("priv.key beside me.info");
+    assert!(!work.path().join("me.info").exists(), "no identity in the working directory");
     assert_eq!(me.lines().skip(2).collect::<String>(), key.trim(), "me.info holds the private key");
 
     let sent = work.send(&server.address(), None, &["data.bin"], &[]);
@@ -247,6 +271,76 @@ fn register_then_send_stores_the_same_bytes() {
     assert!(sent.stdout.contains("verified"), "{}", sent.stdout);
     assert_eq!(work.id(), id, "send reused the registered identity");
     assert_same(&stored(&server, &id, "data.bin"), &data, "stored file");
+}
+
+/// The commands of README's Quick start block, comments and the build line left out.
+fn readme_quick_start() -> Vec<String> {
+    let readme = include_str!("../README.md");
+    let section = readme.split("## Quick start").nth(1).expect("a Quick start section");
+    let block = section.split("```").nth(1).expect("a code block in Quick start");
+    block
+        .lines()
+        .map(|l| l.split(" # ").next().unwrap_or("").trim())
+        .filter(|l| l.starts_with("securexfer "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_readme_quick_start_works_as_typed() {
+    let commands = readme_quick_start();
+    assert_eq!(commands.len(), 4, "serve, register, send, inspect: {commands:?}");
+    let root = tempfile::tempdir().unwrap();
+    let srv = root.path().join("srv/securexfer");
+    let local = |cmd: &str| {
+        cmd.replace("/srv/securexfer", srv.to_str().unwrap())
+            .replace("--listen 0.0.0.0", "--listen 127.0.0.1")
+            .replace("--port 1357", "--port 0")
+    };
+    let words = |cmd: String| -> Vec<String> {
+        cmd.split_whitespace().skip(1).map(str::to_owned).collect()
+    };
+    // The server, in the background, as its line says (on a free loopback port).
+    let serve = words(local(&commands[0]));
+    assert_eq!(serve[0], "serve");
+    let mut cmd = common::command();
+    cmd.current_dir(root.path()).args(&serve).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("serve");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let address = line.trim().rsplit(' ').next().expect("address").to_owned();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _server = Kill(child);
+    // The client, in a folder with the two files, every command as written.
+    let work = Workdir::new();
+    work.file("report.pdf", &common::random_bytes(50_000, 70));
+    work.file("photos.tar", &common::random_bytes(120_000, 71));
+    for command in &commands[1..3] {
+        let args = words(command.replace("files.example.org:1357", &address));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        work.run(&args).ok(command);
+    }
+    let inspect = words(local(&commands[3]));
+    let mut cmd = common::command();
+    cmd.current_dir(root.path()).args(&inspect);
+    let out = run_command(cmd, DEADLINE);
+    out.ok(&commands[3]);
+    assert!(
+        out.stdout.contains("report.pdf") && out.stdout.contains("photos.tar"),
+        "{}",
+        out.stdout
+    );
+    let id = work.id();
+    for name in ["report.pdf", "photos.tar"] {
+        let sent = fs::read(work.path().join(name)).unwrap();
+        assert_same(&fs::read(srv.join(&id).join(name)).unwrap(), &sent, name);
+    }
 }
 
 /// A TCP proxy to `upstream` that cuts the first connection that carries a 2103, right
@@ -306,7 +400,9 @@ fn an_upload_lost_with_a_broken_connection_before_1029_is_sent_again() {
         let work = Workdir::new();
         let data = common::random_bytes(300_000, 21);
         work.file("data.bin", &data);
-        work.run(&["register", "--server", &server.address(), "--name", "breaker"]).ok("register");
+        // Through the proxy (it cuts only a connection that carries a 2103), so that the
+        // identity is the one for the address the send uses.
+        work.run(&["register", "--server", &proxy, "--name", "breaker"]).ok("register");
         let run = work.send(&proxy, None, &["data.bin"], &["--json"]);
         run.ok(&format!("send through a proxy that cuts after the 2103 (strict: {strict})"));
         assert_eq!(run.json()[0]["sends"], 2, "sent again once\n{}", run.stderr);
@@ -437,19 +533,24 @@ fn register_refuses_to_overwrite_an_identity_without_force() {
     let addr = server.address();
     work.run(&["register", "--server", &addr, "--name", "hank"]).ok("first register");
     let before = work.me_info();
-    let key_before = fs::read(work.path().join("priv.key")).unwrap();
+    let key_path = work.identity_path().with_file_name("priv.key");
+    let key_before = fs::read(&key_path).unwrap();
 
     let again = work.run(&["register", "--server", &addr, "--name", "hank2"]);
     again.expect_code(6, "register over an identity without --force");
     assert!(again.stderr.contains("--force"), "the error says how: {}", again.stderr);
     assert_eq!(work.me_info(), before, "me.info untouched");
-    assert_eq!(fs::read(work.path().join("priv.key")).unwrap(), key_before, "priv.key untouched");
+    assert_eq!(fs::read(&key_path).unwrap(), key_before, "priv.key untouched");
 
     work.run(&["register", "--server", &addr, "--name", "hank2", "--force"]).ok("--force");
     let after = work.me_info();
     assert_eq!(after.lines().next(), Some("hank2"));
     assert_ne!(id_of(&after), id_of(&before), "a new registration");
-    assert_ne!(fs::read(work.path().join("priv.key")).unwrap(), key_before, "a new key");
+    assert_ne!(fs::read(&key_path).unwrap(), key_before, "a new key");
+    // Not silently: the replaced identity is kept beside it.
+    let kept = fs::read_to_string(work.identity_path().with_file_name("me.info.bak")).unwrap();
+    assert_eq!(kept, before, "the old identity kept as me.info.bak");
+    assert_eq!(fs::read(key_path.with_file_name("priv.key.bak")).unwrap(), key_before);
 }
 
 #[cfg(unix)]
@@ -472,7 +573,8 @@ fn identity_files_are_written_with_mode_0600_and_no_leftovers() {
     // By `send`, which registers on its own when there is no identity.
     work.file("m.bin", b"mode");
     work.send(&server.address(), Some("judy"), &["m.bin"], &[]).ok("send registers");
-    for dir in [dir, work.path().to_owned()] {
+    let home = work.identity_path().parent().unwrap().to_owned();
+    for dir in [dir, home] {
         for file in ["me.info", "priv.key"] {
             assert_eq!(mode(&dir.join(file)), 0o600, "{}/{file}", dir.display());
         }
@@ -507,12 +609,14 @@ fn a_folder_with_transfer_info_and_no_arguments_sends_its_file() {
 }
 
 #[test]
-fn a_denied_identity_registers_again_and_overwrites_me_info() {
+fn a_denied_identity_registers_again_and_keeps_the_old_one_as_bak() {
     let first = Server::start(&[]);
     let work = Workdir::new();
     work.file("d.bin", b"denied");
-    work.send(&first.address(), Some("leo"), &["d.bin"], &[]).ok("send to the first server");
-    let old_id = work.id();
+    // The existing client's habit: me.info in the working directory.
+    let flag = ["--identity", "me.info"];
+    work.send(&first.address(), Some("leo"), &["d.bin"], &flag).ok("send to the first server");
+    let old = work.me_info();
 
     // A second server with a fresh database does not know leo.
     let second = Server::start(&[]);
@@ -522,10 +626,41 @@ fn a_denied_identity_registers_again_and_overwrites_me_info() {
     let me = work.me_info();
     assert_eq!(me.lines().next(), Some("leo"), "same name");
     let new_id = id_of(&me);
-    assert_ne!(new_id, old_id, "me.info now holds the new id");
+    assert_ne!(new_id, id_of(&old), "me.info now holds the new id");
     assert_eq!(stored(&second, &new_id, "d.bin"), b"denied");
+    assert!(run.stderr.contains("me.info.bak"), "says where the old one went: {}", run.stderr);
+    assert_eq!(fs::read_to_string(work.path().join("me.info.bak")).unwrap(), old);
     #[cfg(unix)]
     assert_eq!(mode(&work.path().join("me.info")), 0o600);
+}
+
+#[test]
+fn each_server_gets_its_own_identity_and_register_remembers_the_server() {
+    let first = Server::start(&[]);
+    let second = Server::start(&[]);
+    let work = Workdir::new();
+    work.file("a.bin", b"to the first");
+    work.run(&["register", "--server", &first.address(), "--name", "olga"]).ok("register");
+    // No --server: the registered one.
+    let run = work.run(&["send", "a.bin"]);
+    run.ok("send with the remembered server");
+    let first_id = work.id();
+    assert_eq!(stored(&first, &first_id, "a.bin"), b"to the first");
+    // A second server gets an identity of its own; the first one's is untouched.
+    work.file("b.bin", b"to the second");
+    work.send(&second.address(), Some("olga"), &["b.bin"], &[]).ok("second server");
+    let ids = work.saved_identities();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let second_id = ids
+        .iter()
+        .map(|p| id_of(&fs::read_to_string(p).unwrap()))
+        .find(|id| *id != first_id)
+        .expect("a second identity");
+    assert_eq!(stored(&second, &second_id, "b.bin"), b"to the second");
+    work.file("a.bin", b"first again");
+    work.send(&first.address(), None, &["a.bin"], &[]).ok("the first server still knows us");
+    assert_eq!(stored(&first, &first_id, "a.bin"), b"first again");
+    assert!(!work.path().join("me.info").exists(), "nothing in the working directory");
 }
 
 #[test]
@@ -643,7 +778,7 @@ fn no_identity_and_no_name_lists_every_path_tried() {
     work.file("p.bin", b"x");
     let run = work.send(&server.address(), None, &["p.bin"], &[]);
     run.expect_code(2, "nothing to reconnect with and no name to register");
-    let xdg = work.config().join("securexfer").join("me.info");
+    let xdg = work.config().join("securexfer/servers").join(server.address().replace(':', "_"));
     assert!(run.stderr.contains("me.info, "), "{}", run.stderr);
     assert!(
         run.stderr.contains(&xdg.display().to_string()),
@@ -670,8 +805,11 @@ fn the_identity_is_found_in_the_config_directory_and_by_flag() {
     assert!(!work.path().join("me.info").exists(), "no identity made in the working dir");
     assert_eq!(stored(&server, &id, "c.bin"), b"config dir");
 
-    // ./me.info comes before the config dir, and --identity before both.
-    work.run(&["register", "--server", &server.address(), "--name", "quinn"]).ok("local identity");
+    // ./me.info (the existing client's) comes before the config dir, and --identity
+    // before both.
+    let here = ["--identity", "me.info"];
+    work.run(&["register", "--server", &server.address(), "--name", "quinn", here[0], here[1]])
+        .ok("local identity");
     let local = work.id();
     work.file("c.bin", b"local");
     work.send(&server.address(), None, &["c.bin"], &[]).ok("send with ./me.info");
@@ -760,7 +898,9 @@ fn the_identity_files_are_never_sent() {
     let work = Workdir::new();
     work.file("a.txt", b"a");
     work.send(&server.address(), Some("vic"), &["a.txt"], &[]).ok("registers");
-    for own in ["me.info", "priv.key"] {
+    let me = work.identity_path();
+    for own in [me.clone(), me.with_file_name("priv.key")] {
+        let own = own.to_str().unwrap();
         let run = work.send(&server.address(), None, &["a.txt", own], &[]);
         run.expect_code(2, own);
         assert!(run.stderr.contains("identity"), "{}", run.stderr);

@@ -12,6 +12,7 @@
 //! The ways existing servers deviate from the protocol, and what is done about each, are in
 //! `docs/compatibility.md`.
 
+pub mod home;
 pub mod identity;
 pub mod upload;
 pub mod wire;

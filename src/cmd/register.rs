@@ -2,10 +2,9 @@
 
 use super::UsageError;
 use super::out::outln;
-use super::send::{client_for, server_and_name};
+use super::send::{client_for, new_identity_path, save_registration, server_and_name};
 use crate::cli::RegisterArgs;
-use securexfer::client::identity::{IdentityError, ME_INFO};
-use std::path::PathBuf;
+use securexfer::client::identity::IdentityError;
 use std::process::ExitCode;
 
 pub fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
@@ -13,18 +12,23 @@ pub fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     let name = name.ok_or_else(|| {
         UsageError("no client name: pass --name NAME (or put it on line 2 of transfer.info)".into())
     })?;
-    let path = args.client.identity.clone().unwrap_or_else(|| PathBuf::from(ME_INFO));
+    let path = new_identity_path(args.client.identity.as_deref(), &server);
     if path.exists() && !args.force {
         return Err(IdentityError::Exists(path).into());
     }
     let mut client = client_for(&server, &args.client);
     client.connect()?;
     let session = client.register(&name)?;
-    session.identity.save(&path, args.force)?;
-    outln!(
-        "registered {name} as {} with {server}; identity saved to {} (private key in priv.key beside it)",
-        session.identity.id,
-        path.display()
-    );
+    let backup = save_registration(&session.identity, &path, &server)?;
+    if !args.quiet {
+        outln!(
+            "registered {name} as {} with {server}; identity saved to {} (private key in priv.key beside it){}",
+            session.identity.id,
+            path.display(),
+            backup
+                .map(|b| format!("; the previous one is kept as {}", b.display()))
+                .unwrap_or_default()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@ use super::{UsageError, code_for};
 use crate::cli::{ClientArgs, SendArgs};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use securexfer::client::home::Home;
 use securexfer::client::identity::{Identity, ME_INFO, TRANSFER_INFO, TransferInfo};
 use securexfer::client::wire::Timeouts;
 use securexfer::client::{Client, ClientError, Event, FailureKind, Session};
@@ -38,10 +39,16 @@ pub fn server_and_name(
         }
         None => None,
     };
-    let server =
-        args.server.clone().or_else(|| transfer.map(|t| t.server.clone())).ok_or_else(|| {
+    let server = args
+        .server
+        .clone()
+        .or_else(|| transfer.map(|t| t.server.clone()))
+        .or_else(|| Home::from_env().and_then(|h| h.default_server()))
+        .ok_or_else(|| {
             UsageError(
-                "no server: pass --server HOST:PORT (or put it on line 1 of transfer.info)".into(),
+                "no server: pass --server HOST:PORT (register remembers it; transfer.info's \
+                 line 1 works too)"
+                    .into(),
             )
         })?;
     let name = args.name.clone().or_else(|| transfer.map(|t| t.name.clone()));
@@ -118,19 +125,66 @@ fn load_transfer_info_if_present() -> anyhow::Result<Option<TransferInfo>> {
     Ok(Some(TransferInfo::load(path)?))
 }
 
-/// Where identities are looked for, in order: --identity, ./me.info, the config dir.
-pub fn identity_candidates(flag: Option<&Path>) -> Vec<PathBuf> {
+/// Where identities are looked for, in order: `--identity`; else the existing client's
+/// `./me.info`, this server's identity in the home directory, and the one identity that
+/// earlier versions kept there for every server.
+pub fn identity_candidates(flag: Option<&Path>, server: &str) -> Vec<PathBuf> {
     if let Some(path) = flag {
         return vec![path.to_owned()];
     }
     let mut candidates = vec![PathBuf::from(ME_INFO)];
-    let config = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
-    if let Some(dir) = config {
-        candidates.push(dir.join("securexfer").join(ME_INFO));
+    if let Some(home) = Home::from_env() {
+        candidates.push(home.identity_path(server));
+        candidates.push(home.legacy_identity_path());
     }
     candidates
+}
+
+/// Where a new registration with `server` is saved: `--identity`, else this server's
+/// place in the home directory (`./me.info` when there is no home directory at all).
+pub fn new_identity_path(flag: Option<&Path>, server: &str) -> PathBuf {
+    match (flag, Home::from_env()) {
+        (Some(path), _) => path.to_owned(),
+        (None, Some(home)) => home.identity_path(server),
+        (None, None) => PathBuf::from(ME_INFO),
+    }
+}
+
+/// Renames `path` to `path.bak` (replacing an older backup); returns the new name.
+fn move_aside(path: &Path) -> anyhow::Result<PathBuf> {
+    let mut backup = path.as_os_str().to_owned();
+    backup.push(".bak");
+    let backup = PathBuf::from(backup);
+    std::fs::rename(path, &backup)
+        .with_context(|| format!("cannot move {} aside to {}", path.display(), backup.display()))?;
+    Ok(backup)
+}
+
+/// Saves a new registration at `path`, first moving an identity already there aside to
+/// `me.info.bak` (and `priv.key.bak`): an identity is never overwritten silently. Then
+/// remembers the server as the default. Returns the backup's path, if one was made.
+pub fn save_registration(
+    identity: &Identity,
+    path: &Path,
+    server: &str,
+) -> anyhow::Result<Option<PathBuf>> {
+    let backup = if path.exists() {
+        let key = path.with_file_name(securexfer::client::identity::PRIV_KEY);
+        if key.exists() {
+            move_aside(&key)?;
+        }
+        Some(move_aside(path)?)
+    } else {
+        None
+    };
+    identity.save(path, true)?;
+    if let Some(home) = Home::from_env() {
+        // The identity is saved; not remembering the default is worth a word, not a failure.
+        if let Err(e) = home.set_default_server(server) {
+            eprintln!("securexfer: warning: cannot remember {server} as the default server: {e}");
+        }
+    }
+    Ok(backup)
 }
 
 pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
@@ -148,7 +202,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.files.clone()
     };
-    let candidates = identity_candidates(args.client.identity.as_deref());
+    let candidates = identity_candidates(args.client.identity.as_deref(), &server);
     let found = candidates.iter().find(|p| p.exists()).cloned();
     let identity = found
         .as_deref()
@@ -175,8 +229,9 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     client.on_event(event_printer(Arc::clone(&bar), show_bar, args.quiet, args.json));
     client.connect()?;
 
-    let save_at = found.unwrap_or_else(|| candidates[0].clone());
-    let session = establish(&mut client, identity, name, &candidates, &save_at)?;
+    let save_at =
+        found.unwrap_or_else(|| new_identity_path(args.client.identity.as_deref(), &server));
+    let session = establish(&mut client, &server, identity, name, &candidates, &save_at)?;
 
     let mut stopped: Option<String> = None;
     for file in &plan {
@@ -321,6 +376,7 @@ fn preflight(path: &Path) -> Result<(), ClientError> {
 /// Reconnects with the identity, or registers (again, when the server denies it).
 fn establish(
     client: &mut Client,
+    server: &str,
     identity: Option<Identity>,
     name: Option<String>,
     candidates: &[PathBuf],
@@ -350,7 +406,15 @@ fn establish(
             identity.name, identity.id
         );
         let session = client.register(&name)?;
-        session.identity.save(save_at, true)?;
+        let backup = save_registration(&session.identity, save_at, server)?;
+        eprintln!(
+            "securexfer: registered {name} as {}; identity saved to {}{}",
+            session.identity.id,
+            save_at.display(),
+            backup
+                .map(|b| format!(" (the previous one is kept as {})", b.display()))
+                .unwrap_or_default()
+        );
         return Ok(session);
     }
     let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
@@ -361,7 +425,7 @@ fn establish(
         ))
     })?;
     let session = client.register(&name)?;
-    session.identity.save(save_at, false)?;
+    save_registration(&session.identity, save_at, server)?;
     eprintln!(
         "securexfer: registered {name} as {}; identity saved to {}",
         session.identity.id,
