@@ -996,6 +996,8 @@ fn content_under_the_wrong_aes_key_is_refused_and_nothing_is_stored() {
     let mut bytes = send_file_head(client.id, content.len() as u32, b"garbled.bin");
     bytes.extend_from_slice(&content);
     expect_refused(&mut stream, &bytes);
+    // A correct client never sends bad padding: the connection ends with the session.
+    assert_closed(&mut stream);
     assert_eq!(
         client_dir_entries(&server, client.id),
         Vec::<String>::new(),
@@ -1003,7 +1005,13 @@ fn content_under_the_wrong_aes_key_is_refused_and_nothing_is_stored() {
     );
     assert!(file_rows(&server).is_empty());
 
-    // The content was read to its end, so the same connection goes on.
+    // Key exchanges from this address back off for a second; then the client goes on.
+    let mut client = client;
+    let mut again = connect(&server);
+    assert_eq!(client.reconnect(&mut again).code(), ResponseCode::GeneralError);
+    drop(again);
+    std::thread::sleep(Duration::from_millis(1_100));
+    let mut stream = client.reconnected(&server);
     client.upload(&mut stream, "garbled.bin", &data);
     assert_stored_verified(&server, client.id, "garbled.bin", &data);
     assert_serves(&server);
@@ -1540,4 +1548,173 @@ fn a_connection_cut_in_the_middle_of_a_1028_is_cleaned_up_and_nothing_is_verifie
     assert!(file_rows(&server).is_empty(), "nothing recorded: {:?}", file_rows(&server));
     assert!(stored(&server, client.id, "cut.bin").is_none());
     assert_serves(&server);
+}
+
+// ---------------------------------------------------------------------------------------
+// Attacks: padding failures
+
+/// A connection from `local` (any 127.0.0.0/8 address: Linux routes all of it to the
+/// loopback interface), so that tests can play a stranger at another address.
+fn connect_from(server: &Server, local: &str) -> TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().expect("rt");
+    let stream = runtime
+        .block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(format!("{local}:0").parse().expect("an address"))?;
+            socket.connect(server.addr).await?.into_std()
+        })
+        .unwrap_or_else(|e| panic!("cannot connect from {local} to {}: {e}", server.addr));
+    stream.set_nonblocking(false).expect("blocking");
+    stream.set_read_timeout(Some(WAIT)).expect("read timeout");
+    stream.set_write_timeout(Some(WAIT)).expect("write timeout");
+    stream
+}
+
+/// One 16-byte block that certainly has bad padding under `key`. An attacker cannot know
+/// the key and sends random bytes; about one guess in 255 would decrypt to valid padding,
+/// which no server can tell from the client's content (there is no MAC). The back-off
+/// makes guesses slow, not impossible; this test knows the key and so avoids the luck.
+fn bad_block(key: &AesKey) -> Vec<u8> {
+    loop {
+        let block: [u8; 16] = random_bytes();
+        if decrypt_to_vec(key, &block).is_err() {
+            return block.to_vec();
+        }
+    }
+}
+
+/// A 1028 of `content` (already encrypted) under `id`.
+fn raw_file_request(id: ClientId, name: &[u8], content: &[u8]) -> Vec<u8> {
+    let mut bytes = send_file_head(id, content.len() as u32, name);
+    bytes.extend_from_slice(content);
+    bytes
+}
+
+#[test]
+fn a_1028_with_bad_padding_ends_the_connection_and_the_sessions_other_uploads() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("padded", &mut stream);
+    let data = common::random_bytes(3_000, 40);
+    client.send_expecting_receipt(&mut stream, "waiting.bin", &data);
+    assert_eq!(leftovers(&server.storage()).len(), 1, "the first upload waits for its verdict");
+
+    let bytes = raw_file_request(client.id, b"bad.bin", &bad_block(&client.aes()));
+    expect_refused(&mut stream, &bytes);
+    assert_closed(&mut stream);
+    wait_until("the waiting upload to be deleted", || leftovers(&server.storage()).is_empty());
+
+    // Nobody can confirm it, not even from the client's address with the session gone.
+    let mut later = connect(&server);
+    client.verdict(&mut later, RequestCode::CrcOk, "waiting.bin");
+    expect(&mut later, ResponseCode::GeneralError);
+    assert!(file_rows(&server).is_empty());
+    assert_eq!(client_dir_entries(&server, client.id), Vec::<String>::new());
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("bad padding")
+            && l.contains("127.0.0.1:")
+            && l.contains(&client.id.to_string())),
+        "a warning names the peer and the client:\n{log}"
+    );
+}
+
+#[test]
+fn bad_padding_on_a_borrowed_session_ends_it_for_its_own_connection_too() {
+    let server = Server::start(&[]);
+    let mut own = connect(&server);
+    let client = Client::setup("borrowed", &mut own);
+    let data = common::random_bytes(2_000, 41);
+    client.send_expecting_receipt(&mut own, "mine.bin", &data);
+
+    // Another connection from the same address borrows the session and fails.
+    let mut borrower = connect(&server);
+    expect_refused(
+        &mut borrower,
+        &raw_file_request(client.id, b"x.bin", &bad_block(&client.aes())),
+    );
+    assert_closed(&mut borrower);
+
+    // The owning connection's upload is gone and its session grants nothing more.
+    assert_eq!(client.confirm(&mut own, "mine.bin").code(), ResponseCode::GeneralError);
+    assert!(file_rows(&server).is_empty());
+    assert!(leftovers(&server.storage()).is_empty());
+    let mut third = connect(&server);
+    expect_refused(&mut third, &send_file_head(client.id, 16, b"y.bin"));
+}
+
+/// A stranger at 127.0.0.2 who knows the victim's name and id loops "1027, 1028 with
+/// content it cannot have encrypted, 1029" for `duration`, while the victim at 127.0.0.1
+/// keeps sending files. The stranger stores nothing and gets key exchanges ever more
+/// rarely; the victim is never held back.
+fn a_stranger_guessing_at_content(duration: Duration) {
+    let server = Server::start(&[]);
+    let mut home = connect(&server);
+    let mut victim = Client::setup("victim", &mut home);
+    drop(home);
+    let mut stranger = Client::with_key("victim", victim.key.clone());
+    stranger.id = victim.id;
+
+    let start = Instant::now();
+    let (mut accepted, mut refused, mut sent) = (Vec::new(), 0u32, Vec::new());
+    let mut next_own_send = Duration::ZERO;
+    while start.elapsed() < duration {
+        if start.elapsed() >= next_own_send {
+            let mut stream = victim.reconnected(&server);
+            let name = format!("own-{}.bin", sent.len());
+            let data = common::random_bytes(5_000, 50 + sent.len() as u64);
+            victim.upload(&mut stream, &name, &data);
+            sent.push((name, data));
+            next_own_send = start.elapsed() + Duration::from_millis(700);
+        }
+        let mut stream = connect_from(&server, "127.0.0.2");
+        match stranger.reconnect(&mut stream) {
+            Response::ReconnectAccepted { .. } => {}
+            Response::GeneralError => {
+                refused += 1;
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            other => panic!("unexpected answer to the stranger's 1027: {other:?}"),
+        }
+        accepted.push(start.elapsed());
+        let bytes = raw_file_request(stranger.id, b"own-0.bin", &bad_block(&stranger.aes()));
+        stream.write_all(&bytes).expect("send 1028");
+        if let Some(Response::FileReceived { .. }) = try_read_response(&mut stream).expect("read") {
+            stranger.confirm(&mut stream, "own-0.bin");
+            panic!("the stranger's content was accepted");
+        }
+        assert_closed(&mut stream);
+    }
+
+    // Nothing but the victim's own files, each as it sent it.
+    let mut names: Vec<String> = sent.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    assert_eq!(client_dir_entries(&server, victim.id), names);
+    for (name, data) in &sent {
+        assert_stored_verified(&server, victim.id, name, data);
+    }
+    assert_eq!(file_rows(&server).len(), sent.len());
+    // Each accepted key exchange followed a block twice as long as the one before.
+    assert!(refused > 0, "the stranger was never refused");
+    for (n, gap) in accepted.windows(2).map(|w| w[1] - w[0]).enumerate() {
+        let block = Duration::from_secs(1 << n);
+        assert!(gap >= block, "key exchange {} came {gap:?} after the one before", n + 2);
+    }
+    let most = (duration.as_secs_f64() + 1.0).log2().ceil() as usize + 1;
+    assert!(accepted.len() <= most, "{} guesses in {duration:?}: {accepted:?}", accepted.len());
+    assert!(sent.len() >= 3, "the victim sent {} files", sent.len());
+    assert!(server.log().contains("127.0.0.2:"), "the warnings name the stranger's address");
+}
+
+#[test]
+fn a_stranger_guessing_at_content_stores_nothing_and_is_refused_more_and_more() {
+    a_stranger_guessing_at_content(Duration::from_secs(5));
+}
+
+#[test]
+#[ignore = "takes a minute"]
+fn a_stranger_guessing_for_a_minute_stores_nothing_and_is_refused_more_and_more() {
+    a_stranger_guessing_at_content(Duration::from_secs(60));
 }

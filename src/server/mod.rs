@@ -1,6 +1,7 @@
 //! The server: an accept loop with a connection limit and graceful shutdown, handing each
 //! connection to its state machine ([`conn`]).
 
+pub mod backoff;
 mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -8,6 +9,7 @@ pub mod session;
 pub mod upload;
 
 use crate::store::{Db, DbError, Storage};
+use backoff::Backoff;
 use session::Sessions;
 use std::future::Future;
 use std::io;
@@ -109,6 +111,8 @@ pub(crate) struct Shared {
     sessions: Sessions,
     /// Slots for uploads on the fast large-upload path; see [`LARGE_UPLOAD_SLOTS`].
     large_uploads: Arc<tokio::sync::Semaphore>,
+    /// Padding failures and the key exchanges they hold back.
+    backoff: Mutex<Backoff>,
 }
 
 /// How many uploads may use the large-upload path at once (1 MiB chunks, 5 buffers and a
@@ -121,7 +125,19 @@ pub(crate) const LARGE_UPLOAD_SLOTS: usize = 64;
 impl Shared {
     pub(crate) fn new(config: Config, db: Db, storage: Storage, sessions: Sessions) -> Self {
         let large_uploads = Arc::new(tokio::sync::Semaphore::new(LARGE_UPLOAD_SLOTS));
-        Shared { config, db: Arc::new(Mutex::new(db)), storage, sessions, large_uploads }
+        Shared {
+            config,
+            db: Arc::new(Mutex::new(db)),
+            storage,
+            sessions,
+            large_uploads,
+            backoff: Mutex::new(Backoff::new()),
+        }
+    }
+
+    /// The back-off state (held only for a map look-up, never across an await).
+    fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        self.backoff.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs a database operation on a blocking thread.

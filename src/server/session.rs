@@ -39,8 +39,11 @@ pub struct Session {
     pub ip: IpAddr,
     /// The connection that made it.
     pub owner_conn: u64,
+    /// The client's usual address when the exchange was made (see [`super::backoff`]).
+    pub usual_ip: Option<IpAddr>,
     last_used: Mutex<Instant>,
-    pending: Mutex<HashMap<String, Pending>>,
+    /// The uploads waiting for a verdict; `None` once the session has ended.
+    pending: Mutex<Option<HashMap<String, Pending>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -50,14 +53,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Session {
     /// A new session.
-    pub fn new(id: ClientId, aes_key: AesKey, ip: IpAddr, owner_conn: u64) -> Self {
+    pub fn new(
+        id: ClientId,
+        aes_key: AesKey,
+        ip: IpAddr,
+        owner_conn: u64,
+        usual_ip: Option<IpAddr>,
+    ) -> Self {
         Session {
             id,
             aes_key,
             ip,
             owner_conn,
+            usual_ip,
             last_used: Mutex::new(Instant::now()),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Some(HashMap::new())),
         }
     }
 
@@ -70,32 +80,50 @@ impl Session {
     }
 
     /// Keeps an upload for its verdict, replacing (and deleting) an earlier one of the
-    /// same name.
-    pub fn put_pending(&self, file_name: String, pending: Pending) {
-        lock(&self.pending).insert(file_name, pending);
+    /// same name. `false` (and the upload deleted) if the session has ended meanwhile.
+    pub fn put_pending(&self, file_name: String, pending: Pending) -> bool {
+        match lock(&self.pending).as_mut() {
+            Some(waiting) => {
+                waiting.insert(file_name, pending);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Takes the upload of this name, if one waits.
     pub fn take_pending(&self, file_name: &str) -> Option<Pending> {
-        lock(&self.pending).remove(file_name)
+        lock(&self.pending).as_mut()?.remove(file_name)
     }
 
     /// Whether an upload of this name waits.
     pub fn has_pending(&self, file_name: &str) -> bool {
-        lock(&self.pending).contains_key(file_name)
+        lock(&self.pending).as_ref().is_some_and(|p| p.contains_key(file_name))
     }
 
     /// Whether an upload that arrived on `conn` waits for its verdict.
     pub fn has_pending_of(&self, conn: u64) -> bool {
-        lock(&self.pending).values().any(|p| p.conn == conn)
+        lock(&self.pending).as_ref().is_some_and(|p| p.values().any(|p| p.conn == conn))
     }
 
     /// Deletes the unconfirmed uploads that arrived on `conn`.
     pub fn drop_pending_of(&self, conn: u64) -> usize {
         let mut pending = lock(&self.pending);
+        let Some(pending) = pending.as_mut() else { return 0 };
         let before = pending.len();
         pending.retain(|_, p| p.conn != conn);
         before - pending.len()
+    }
+
+    /// Ends the session: it grants nothing more, and its unconfirmed uploads (from every
+    /// connection) are deleted. Returns how many there were.
+    pub fn end(&self) -> usize {
+        lock(&self.pending).take().map_or(0, |p| p.len())
+    }
+
+    /// Whether [`Session::end`] was called.
+    pub fn has_ended(&self) -> bool {
+        lock(&self.pending).is_none()
     }
 }
 
@@ -133,12 +161,21 @@ impl Sessions {
         }
         let mut latest = lock(&self.latest);
         let session = latest.get(&(id, ip))?;
-        if session.idle_for() > self.window {
+        if session.idle_for() > self.window || session.has_ended() {
             latest.remove(&(id, ip));
             return None;
         }
         session.touch();
         Some(Arc::clone(session))
+    }
+
+    /// Takes `session` out of the registry, if it is still there: no other connection may
+    /// use it.
+    pub fn withdraw(&self, session: &Arc<Session>) {
+        let mut latest = lock(&self.latest);
+        if latest.get(&(session.id, session.ip)).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            latest.remove(&(session.id, session.ip));
+        }
     }
 
     /// Marks that `id` was registered from `ip` (a 1026 may follow on another connection).

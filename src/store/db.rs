@@ -6,6 +6,7 @@
 
 use crate::protocol::ClientId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
@@ -62,6 +63,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE files ADD COLUMN Size INTEGER;
      ALTER TABLE files ADD COLUMN Cksum INTEGER;
      ALTER TABLE files ADD COLUMN StoredAt TEXT;",
+    // 3: the address a client registered from or last confirmed a file from (the server's
+    // back-off after padding failures spares it).
+    "ALTER TABLE clients ADD COLUMN UsualAddress TEXT;",
 ];
 
 /// A client as recorded.
@@ -245,6 +249,26 @@ impl Db {
         Ok(key.flatten().and_then(|k| k.try_into().ok()))
     }
 
+    /// Records `ip` as the client's usual address (registration, or a confirmed file).
+    pub fn set_usual_address(&self, id: ClientId, ip: IpAddr) -> Result<(), DbError> {
+        exec_cached(
+            &self.conn,
+            "UPDATE clients SET UsualAddress = ?2 WHERE ID = ?1",
+            params![&id.0[..], ip.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// The client's usual address, if one is recorded.
+    pub fn usual_address(&self, id: ClientId) -> Result<Option<IpAddr>, DbError> {
+        let text: Option<Option<String>> = self
+            .conn
+            .prepare_cached("SELECT UsualAddress FROM clients WHERE ID = ?1")?
+            .query_row([&id.0[..]], |r| r.get(0))
+            .optional()?;
+        Ok(text.flatten().and_then(|t| t.parse().ok()))
+    }
+
     /// Updates `LastSeen`; `false` if no such client.
     pub fn touch(&self, id: ClientId) -> Result<bool, DbError> {
         let n = exec_cached(
@@ -406,6 +430,19 @@ mod tests {
         let names: Vec<_> = files.iter().map(|f| (&f.file_name[..], f.verified)).collect();
         assert_eq!(names, [("/tmp/f.txt", false), (replacing, true)]);
         assert_eq!(files[1].size, Some(9));
+    }
+
+    #[test]
+    fn the_usual_address_is_recorded_and_replaced() {
+        let db = Db::open_in_memory().unwrap();
+        let id = ClientId([1; 16]);
+        db.insert_client(id, "a").unwrap();
+        assert_eq!(db.usual_address(id).unwrap(), None);
+        for ip in ["192.0.2.1", "2001:db8::1"] {
+            db.set_usual_address(id, ip.parse().unwrap()).unwrap();
+            assert_eq!(db.usual_address(id).unwrap(), Some(ip.parse().unwrap()));
+        }
+        assert_eq!(db.usual_address(ClientId([2; 16])).unwrap(), None);
     }
 
     #[test]
