@@ -1718,3 +1718,38 @@ fn a_stranger_guessing_at_content_stores_nothing_and_is_refused_more_and_more() 
 fn a_stranger_guessing_for_a_minute_stores_nothing_and_is_refused_more_and_more() {
     a_stranger_guessing_at_content(Duration::from_secs(60));
 }
+
+// ---------------------------------------------------------------------------------------
+// The janitor
+
+#[test]
+fn an_expired_sessions_uploads_are_deleted_without_any_new_connection() {
+    let server = Server::start(&["--session-window", "1"]);
+    let mut own = connect(&server);
+    let client = Client::setup("expiring", &mut own);
+    drop(own);
+    // A one-connection-per-request client leaves its upload in the session.
+    let mut borrower = connect(&server);
+    client.send_expecting_receipt(&mut borrower, "left.bin", &common::random_bytes(900, 60));
+    drop(borrower);
+    assert_eq!(leftovers(&server.storage()).len(), 1);
+    // Nobody connects any more; the janitor still finds the session expired.
+    let start = Instant::now();
+    wait_until("the expired session's upload to go", || leftovers(&server.storage()).is_empty());
+    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+}
+
+#[test]
+fn an_upload_on_a_borrowed_session_waits_for_its_verdict_only_the_idle_timeout() {
+    let server = Server::start(&["--idle-timeout", "1"]);
+    let mut own = connect(&server);
+    let client = Client::setup("short-lived", &mut own);
+    let mut borrower = connect(&server);
+    client.send_expecting_receipt(&mut borrower, "late.bin", &common::random_bytes(700, 61));
+    drop(borrower);
+    wait_until("the borrowed upload to go", || leftovers(&server.storage()).is_empty());
+    let mut confirm = connect(&server);
+    assert_eq!(client.confirm(&mut confirm, "late.bin").code(), ResponseCode::GeneralError);
+    assert!(file_rows(&server).is_empty());
+    assert_eq!(client_dir_entries(&server, client.id), Vec::<String>::new());
+}

@@ -503,6 +503,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             stored_name,
             size: received.size,
             cksum: received.cksum,
+            arrived: Instant::now(),
         };
         if !session.put_pending(file.file_name.to_string(), pending) {
             return Err(refuse("the session ended during the upload (a padding failure)"));

@@ -190,12 +190,11 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let next_id = AtomicU64::new(1);
-        let mut janitor = tokio::time::interval(Duration::from_secs(30));
+        let janitor = tokio::spawn(janitor(Arc::clone(&shared), stop_rx.clone()));
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
                 _ = &mut shutdown => break,
-                _ = janitor.tick() => { shared.sessions.expire(); continue; }
                 permit = Arc::clone(&limit).acquire_owned() => permit.expect("never closed"),
             };
             let (stream, peer) = tokio::select! {
@@ -228,6 +227,7 @@ impl Server {
         drop(listener);
         info!(in_flight = tasks.len(), "shutting down: no new connections");
         let _ = stop_tx.send(true);
+        let _ = janitor.await;
         let grace = shared.config.grace;
         let drained =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
@@ -241,6 +241,51 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || storage.clean_leftovers()).await;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// How often the janitor runs: often enough that what it forgets goes soon after its
+/// time, whatever the settings, and no more than every 100 ms.
+fn janitor_period(config: &Config) -> Duration {
+    let shortest = config.session_window.min(borrowed_upload_lifetime(config));
+    (shortest / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
+}
+
+/// How long an upload made on a borrowed session (another connection from the client's
+/// address) waits for its verdict. Such clients send the 1029 on a new connection right
+/// after the 2103; one silent for the idle timeout has gone away, as it would have on a
+/// connection of its own.
+fn borrowed_upload_lifetime(config: &Config) -> Duration {
+    config.idle_timeout
+}
+
+/// Forgets, on its own timer, what has had its time: idle sessions and the uploads they
+/// hold, stale uploads on borrowed sessions, forgotten padding failures. Stops when
+/// `stop` says so (or its sender is gone).
+async fn janitor(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(janitor_period(&shared.config));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = stop.changed() => if changed.is_err() || *stop.borrow() { break },
+            _ = tick.tick() => shared.tidy().await,
+        }
+    }
+}
+
+impl Shared {
+    /// One round of the janitor.
+    async fn tidy(&self) {
+        let expired = self.sessions.expire(borrowed_upload_lifetime(&self.config));
+        let uploads = expired.uploads.len();
+        if uploads > 0 {
+            info!(uploads, "deleted uploads on borrowed sessions that got no verdict in time");
+        }
+        if !expired.sessions.is_empty() || uploads > 0 {
+            // Deleting large files takes a while: not on the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || drop(expired)).await;
+        }
+        self.backoff().prune(std::time::Instant::now());
     }
 }
 

@@ -26,6 +26,8 @@ pub struct Pending {
     pub size: u64,
     /// cksum of the plaintext.
     pub cksum: u32,
+    /// When it arrived (2103 sent).
+    pub arrived: Instant,
 }
 
 /// The result of one key exchange.
@@ -115,6 +117,19 @@ impl Session {
         before - pending.len()
     }
 
+    /// Takes out the uploads that arrived on other connections than the owner's (borrowed
+    /// the session) more than `lifetime` ago.
+    fn take_stale_borrowed(&self, lifetime: Duration) -> Vec<Pending> {
+        let mut pending = lock(&self.pending);
+        let Some(pending) = pending.as_mut() else { return Vec::new() };
+        let stale: Vec<String> = pending
+            .iter()
+            .filter(|(_, p)| p.conn != self.owner_conn && p.arrived.elapsed() > lifetime)
+            .map(|(name, _)| name.clone())
+            .collect();
+        stale.iter().filter_map(|name| pending.remove(name)).collect()
+    }
+
     /// Ends the session: it grants nothing more, and its unconfirmed uploads (from every
     /// connection) are deleted. Returns how many there were.
     pub fn end(&self) -> usize {
@@ -125,6 +140,15 @@ impl Session {
     pub fn has_ended(&self) -> bool {
         lock(&self.pending).is_none()
     }
+}
+
+/// What [`Sessions::expire`] took out of the registry; dropping it deletes the uploads.
+#[derive(Debug, Default)]
+pub struct Expired {
+    /// Sessions no longer in the registry.
+    pub sessions: Vec<Arc<Session>>,
+    /// Uploads no longer waiting.
+    pub uploads: Vec<Pending>,
 }
 
 /// The registry of sessions usable from other connections, and of recent registrations.
@@ -193,15 +217,33 @@ impl Sessions {
                 .is_some_and(|at| at.elapsed() <= self.window)
     }
 
-    /// Forgets sessions and registrations idle longer than the window; their unconfirmed
-    /// uploads are deleted once no connection uses them. Returns how many were dropped.
-    pub fn expire(&self) -> usize {
+    /// Forgets sessions and registrations idle longer than the window, and uploads made
+    /// on a borrowed session (from another connection than its owner's) that have waited
+    /// longer than `borrowed_lifetime` for their verdict. Hands back what it took, so that
+    /// the caller can delete the files off the async threads: an expired session's
+    /// uploads are deleted once no connection uses it.
+    pub fn expire(&self, borrowed_lifetime: Duration) -> Expired {
         let window = self.window;
+        let mut expired = Expired::default();
         let mut latest = lock(&self.latest);
-        let before = latest.len();
-        latest.retain(|_, s| s.idle_for() <= window);
+        latest.retain(|_, s| {
+            let keep = s.idle_for() <= window && !s.has_ended();
+            if !keep {
+                expired.sessions.push(Arc::clone(s));
+            }
+            keep
+        });
+        for session in latest.values() {
+            expired.uploads.extend(session.take_stale_borrowed(borrowed_lifetime));
+        }
+        drop(latest);
+        // Out of the registry, a session serves only its own connection: what other
+        // connections uploaded on it can no longer be confirmed by them.
+        for session in &expired.sessions {
+            expired.uploads.extend(session.take_stale_borrowed(Duration::ZERO));
+        }
         lock(&self.registrations).retain(|_, at| at.elapsed() <= window);
-        before - latest.len()
+        expired
     }
 
     /// Forgets everything (shutdown).
