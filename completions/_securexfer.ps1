@@ -43,6 +43,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('--session-window', '--session-window', [CompletionResultType]::ParameterName, 'Seconds after a key exchange during which a client that opens one connection per request may send and confirm files from the same IP address')
             [CompletionResult]::new('--grace', '--grace', [CompletionResultType]::ParameterName, 'Seconds transfers in flight may run on after SIGINT or SIGTERM')
             [CompletionResult]::new('--disk-reserve', '--disk-reserve', [CompletionResultType]::ParameterName, 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)')
+            [CompletionResult]::new('--registrations-per-minute', '--registrations-per-minute', [CompletionResultType]::ParameterName, 'Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to twice as many; more get 2107. 0 turns the limit off')
             [CompletionResult]::new('--strict-sessions', '--strict-sessions', [CompletionResultType]::ParameterName, 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')

@@ -330,7 +330,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__serve)
-            opts="-h -V --listen --port --storage --db --max-file-size --max-connections --idle-timeout --session-window --strict-sessions --grace --disk-reserve --help --version"
+            opts="-h -V --listen --port --storage --db --max-file-size --max-connections --idle-timeout --session-window --strict-sessions --grace --disk-reserve --registrations-per-minute --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -373,6 +373,10 @@ _securexfer() {
                     return 0
                     ;;
                 --disk-reserve)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --registrations-per-minute)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

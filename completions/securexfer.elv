@@ -39,6 +39,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --session-window 'Seconds after a key exchange during which a client that opens one connection per request may send and confirm files from the same IP address'
             cand --grace 'Seconds transfers in flight may run on after SIGINT or SIGTERM'
             cand --disk-reserve 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)'
+            cand --registrations-per-minute 'Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to twice as many; more get 2107. 0 turns the limit off'
             cand --strict-sessions 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
             cand -h 'Print help'
             cand --help 'Print help'

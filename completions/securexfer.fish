@@ -41,6 +41,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l idle-tim
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l session-window -d 'Seconds after a key exchange during which a client that opens one connection per request may send and confirm files from the same IP address' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l grace -d 'Seconds transfers in flight may run on after SIGINT or SIGTERM' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l disk-reserve -d 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l registrations-per-minute -d 'Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to twice as many; more get 2107. 0 turns the limit off' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l strict-sessions -d 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s h -l help -d 'Print help'
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s V -l version -d 'Print version'

@@ -85,6 +85,15 @@ pub struct ServeArgs {
     /// refused (suffixes K, M, G).
     #[arg(long, env = "SECUREXFER_DISK_RESERVE", default_value = "64M", value_name = "SIZE", value_parser = parse_size)]
     pub disk_reserve: u64,
+    /// Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to
+    /// twice as many; more get 2107. 0 turns the limit off.
+    #[arg(
+        long,
+        env = "SECUREXFER_REGISTRATIONS_PER_MINUTE",
+        default_value_t = 10,
+        value_name = "N"
+    )]
+    pub registrations_per_minute: u32,
 }
 
 /// Connection settings shared by the client commands.

@@ -1162,7 +1162,8 @@ fn random_garbage_leaves_the_server_serving() {
 #[test]
 fn a_hundred_clients_at_once_all_store_verified_files() {
     const CLIENTS: usize = 100;
-    let server = Server::start(&[]);
+    // A hundred registrations from one address at once: beyond the default limit.
+    let server = Server::start(&["--registrations-per-minute", "100"]);
     let key = shared_key();
     let barrier = std::sync::Barrier::new(CLIENTS);
     let ids: Vec<ClientId> = std::thread::scope(|scope| {
@@ -1752,4 +1753,58 @@ fn an_upload_on_a_borrowed_session_waits_for_its_verdict_only_the_idle_timeout()
     assert_eq!(client.confirm(&mut confirm, "late.bin").code(), ResponseCode::GeneralError);
     assert!(file_rows(&server).is_empty());
     assert_eq!(client_dir_entries(&server, client.id), Vec::<String>::new());
+}
+
+// ---------------------------------------------------------------------------------------
+// Registrations
+
+/// A raw 1025 for `name`.
+fn raw_register(name: &str) -> Vec<u8> {
+    frame(ClientId::ZERO, VERSION, 1025, NAME_LEN as u32, &name_field(name.as_bytes()))
+}
+
+#[test]
+fn registrations_beyond_the_per_address_limit_get_2107() {
+    let server = Server::start(&[]);
+    let mut flood = connect_from(&server, "127.0.0.2");
+    for i in 0..20 {
+        flood.write_all(&raw_register(&format!("flood-{i}"))).expect("send 1025");
+        expect(&mut flood, ResponseCode::Registered);
+    }
+    // The 21st in the same minute is refused, and the connection carries on.
+    expect_refused(&mut flood, &raw_register("flood-20"));
+    expect_refused(&mut flood, &raw_register("flood-21"));
+    let count: i64 =
+        open_db(&server).query_row("SELECT count(*) FROM clients", [], |r| r.get(0)).unwrap();
+    assert_eq!(count, 20);
+    assert!(server.log().contains("too many registrations from 127.0.0.2"), "{}", server.log());
+
+    // Another address has its own allowance.
+    let mut other = connect_from(&server, "127.0.0.3");
+    other.write_all(&raw_register("elsewhere")).expect("send 1025");
+    expect(&mut other, ResponseCode::Registered);
+}
+
+#[test]
+fn a_registration_that_never_sends_a_public_key_is_forgotten_after_the_window() {
+    let server = Server::start(&["--session-window", "1", "--idle-timeout", "1"]);
+    let mut stream = connect(&server);
+    stream.write_all(&raw_register("ghost")).expect("send 1025");
+    expect(&mut stream, ResponseCode::Registered);
+    drop(stream);
+    let mut own = connect(&server);
+    let mut keyed = Client::setup("keyed", &mut own);
+    drop(own);
+    let names = || -> Vec<String> {
+        let db = open_db(&server);
+        let mut stmt = db.prepare("SELECT Name FROM clients ORDER BY Name").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    };
+    wait_until("the keyless registration to be forgotten", || names() == ["keyed"]);
+    // Its name is free again; the client with a key stays.
+    let mut again = connect(&server);
+    again.write_all(&raw_register("ghost")).expect("send 1025");
+    expect(&mut again, ResponseCode::Registered);
+    let mut back = keyed.reconnected(&server);
+    keyed.upload(&mut back, "still.bin", b"still here");
 }

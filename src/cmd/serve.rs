@@ -24,6 +24,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         strict_sessions: args.strict_sessions,
         grace: Duration::from_secs(args.grace),
         disk_reserve: args.disk_reserve,
+        registrations_per_minute: args.registrations_per_minute,
         ..Config::new(args.storage.clone(), args.db.clone())
     };
     raise_open_file_limit();

@@ -314,10 +314,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         })
     }
 
+    /// Takes one of this address's registrations; see [`super::ratelimit`].
+    fn check_registration_limit(&self) -> Result<(), Refused> {
+        let (ip, now) = (self.peer.ip(), Instant::now());
+        let mut limit = self.shared.registrations();
+        if limit.allow(ip, now) {
+            return Ok(());
+        }
+        Err(refuse(format!(
+            "too many registrations from {ip}: the next one in {:.1} s",
+            limit.wait(ip, now).as_secs_f64()
+        )))
+    }
+
     async fn register(&mut self, name: FixedName) -> Result<Next, Refused> {
-        let id = ClientId::random();
+        self.check_registration_limit()?;
+        let (id, ip) = (ClientId::random(), self.peer.ip());
         let text = name.as_str().to_owned();
-        let ip = self.peer.ip();
         let inserted = self
             .shared
             .db(move |db| {

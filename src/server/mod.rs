@@ -5,11 +5,13 @@ pub mod backoff;
 mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod ratelimit;
 pub mod session;
 pub mod upload;
 
 use crate::store::{Db, DbError, Storage};
 use backoff::Backoff;
+use ratelimit::RateLimit;
 use session::Sessions;
 use std::future::Future;
 use std::io;
@@ -56,6 +58,9 @@ pub struct Config {
     pub grace: Duration,
     /// Free space never used for uploads.
     pub disk_reserve: u64,
+    /// Registrations (1025) one address may make per minute, with bursts of twice as many;
+    /// 0 turns the limit off.
+    pub registrations_per_minute: u32,
 }
 
 impl Config {
@@ -71,6 +76,7 @@ impl Config {
             strict_sessions: false,
             grace: DEFAULT_GRACE,
             disk_reserve: DEFAULT_DISK_RESERVE,
+            registrations_per_minute: ratelimit::DEFAULT_REGISTRATIONS_PER_MINUTE,
         }
     }
 }
@@ -113,6 +119,8 @@ pub(crate) struct Shared {
     large_uploads: Arc<tokio::sync::Semaphore>,
     /// Padding failures and the key exchanges they hold back.
     backoff: Mutex<Backoff>,
+    /// Registrations per address.
+    registrations: Mutex<RateLimit>,
 }
 
 /// How many uploads may use the large-upload path at once (1 MiB chunks, 5 buffers and a
@@ -125,7 +133,10 @@ pub(crate) const LARGE_UPLOAD_SLOTS: usize = 64;
 impl Shared {
     pub(crate) fn new(config: Config, db: Db, storage: Storage, sessions: Sessions) -> Self {
         let large_uploads = Arc::new(tokio::sync::Semaphore::new(LARGE_UPLOAD_SLOTS));
+        let per_minute = config.registrations_per_minute;
+        let registrations = Mutex::new(RateLimit::new(per_minute, per_minute.saturating_mul(2)));
         Shared {
+            registrations,
             config,
             db: Arc::new(Mutex::new(db)),
             storage,
@@ -138,6 +149,11 @@ impl Shared {
     /// The back-off state (held only for a map look-up, never across an await).
     fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
         self.backoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The registration limit (likewise).
+    fn registrations(&self) -> std::sync::MutexGuard<'_, RateLimit> {
+        self.registrations.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs a database operation on a blocking thread.
@@ -285,7 +301,17 @@ impl Shared {
             // Deleting large files takes a while: not on the runtime's threads.
             let _ = tokio::task::spawn_blocking(move || drop(expired)).await;
         }
-        self.backoff().prune(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        self.backoff().prune(now);
+        self.registrations().prune(now);
+        // A registration may wait for its 1026 on its own connection for the idle timeout,
+        // or from its address for the window.
+        let age = self.config.session_window.max(self.config.idle_timeout);
+        match self.db(move |db| db.forget_keyless(age)).await {
+            Ok(0) => {}
+            Ok(forgotten) => info!(forgotten, "forgot registrations that never sent a public key"),
+            Err(e) => warn!("could not forget registrations without a public key: {e}"),
+        }
     }
 }
 

@@ -269,6 +269,20 @@ impl Db {
         Ok(text.flatten().and_then(|t| t.parse().ok()))
     }
 
+    /// Deletes the clients that registered but never sent a public key and have not been
+    /// seen for `age`: they can never send a file, and they hold their names. Returns how
+    /// many went.
+    pub fn forget_keyless(&self, age: Duration) -> Result<usize, DbError> {
+        let n = exec_cached(
+            &self.conn,
+            "DELETE FROM clients WHERE PublicKey IS NULL
+               AND (LastSeen IS NULL OR LastSeen < datetime('now', ?1))
+               AND NOT EXISTS (SELECT 1 FROM files WHERE files.ID = clients.ID)",
+            [format!("-{} seconds", age.as_secs())],
+        )?;
+        Ok(n)
+    }
+
     /// Updates `LastSeen`; `false` if no such client.
     pub fn touch(&self, id: ClientId) -> Result<bool, DbError> {
         let n = exec_cached(
@@ -443,6 +457,25 @@ mod tests {
             assert_eq!(db.usual_address(id).unwrap(), Some(ip.parse().unwrap()));
         }
         assert_eq!(db.usual_address(ClientId([2; 16])).unwrap(), None);
+    }
+
+    #[test]
+    fn only_old_registrations_without_a_key_are_forgotten() {
+        let db = Db::open_in_memory().unwrap();
+        let (old, keyed, fresh) = (ClientId([1; 16]), ClientId([2; 16]), ClientId([3; 16]));
+        for (id, name) in [(old, "old"), (keyed, "keyed"), (fresh, "fresh")] {
+            db.insert_client(id, name).unwrap();
+        }
+        db.set_public_key(keyed, &[0; 160]).unwrap();
+        db.conn
+            .execute(
+                "UPDATE clients SET LastSeen = datetime('now', '-1 hour') WHERE ID <> ?1",
+                [&fresh.0[..]],
+            )
+            .unwrap();
+        assert_eq!(db.forget_keyless(Duration::from_secs(600)).unwrap(), 1);
+        let names: Vec<String> = db.clients().unwrap().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["fresh", "keyed"]);
     }
 
     #[test]
