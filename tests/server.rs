@@ -1808,3 +1808,51 @@ fn a_registration_that_never_sends_a_public_key_is_forgotten_after_the_window() 
     let mut back = keyed.reconnected(&server);
     keyed.upload(&mut back, "still.bin", b"still here");
 }
+
+// ---------------------------------------------------------------------------------------
+// Unconfirmed uploads per client
+
+#[test]
+fn a_client_may_have_at_most_eight_uploads_waiting_across_its_connections() {
+    let server = Server::start(&[]);
+    let mut first = connect(&server);
+    let mut client = Client::setup("hoarder", &mut first);
+    for i in 0..8 {
+        let data = common::random_bytes(100, 70 + i);
+        client.send_expecting_receipt(&mut first, &format!("w{i}.bin"), &data);
+    }
+    // A ninth on another connection with a session of its own: refused before its
+    // content is sent (none is), and the connection closed.
+    let mut second = client.reconnected(&server);
+    expect_refused(&mut second, &send_file_head(client.id, 16, b"w8.bin"));
+    assert_closed(&mut second);
+    assert_eq!(leftovers(&server.storage()).len(), 8);
+
+    // A verdict frees a place.
+    assert_eq!(client.confirm(&mut first, "w0.bin").code(), ResponseCode::Acknowledged);
+    let mut third = client.reconnected(&server);
+    client.upload(&mut third, "w8.bin", b"ninth");
+    assert_stored_verified(&server, client.id, "w8.bin", b"ninth");
+}
+
+#[test]
+fn a_client_may_have_at_most_twice_the_max_file_size_waiting() {
+    let server = Server::start(&["--max-file-size", "1K"]);
+    let mut stream = connect(&server);
+    let client = Client::setup("bulky", &mut stream);
+    // 1000 bytes encrypt to 1008; two of them fit in 2 KiB, a third does not.
+    for i in 0..2 {
+        client.send_expecting_receipt(&mut stream, &format!("b{i}.bin"), &[i as u8; 1000]);
+    }
+    expect_refused(&mut stream, &send_file_head(client.id, 1008, b"b2.bin"));
+    assert_closed(&mut stream);
+    assert!(file_rows(&server).is_empty());
+    // The closed connection's uploads are gone, and with them their share.
+    drop(stream);
+    wait_until("the uploads to go", || leftovers(&server.storage()).is_empty());
+    let mut client = client;
+    let mut again = client.reconnected(&server);
+    for i in 0..2 {
+        client.upload(&mut again, &format!("b{i}.bin"), &[i as u8; 1000]);
+    }
+}

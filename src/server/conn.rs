@@ -473,6 +473,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         self.check_backoff(id, session.usual_ip)?;
         let stored_name =
             storage_name(file.file_name.as_str()).map_err(|e| refuse(e.to_string()))?.to_owned();
+        let quota = self.shared.quotas.reserve(id, u64::from(file.content_size)).map_err(refuse)?;
         let needed = u64::from(file.content_size) + config.disk_reserve;
         if let Some(available) = self.shared.storage.available_bytes().filter(|&a| a < needed) {
             return Err(refuse(format!(
@@ -517,6 +518,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             size: received.size,
             cksum: received.cksum,
             arrived: Instant::now(),
+            quota,
         };
         if !session.put_pending(file.file_name.to_string(), pending) {
             return Err(refuse("the session ended during the upload (a padding failure)"));

@@ -121,6 +121,8 @@ pub(crate) struct Shared {
     backoff: Mutex<Backoff>,
     /// Registrations per address.
     registrations: Mutex<RateLimit>,
+    /// Uploads arriving or waiting for a verdict, per client.
+    quotas: session::Quotas,
 }
 
 /// How many uploads may use the large-upload path at once (1 MiB chunks, 5 buffers and a
@@ -135,8 +137,13 @@ impl Shared {
         let large_uploads = Arc::new(tokio::sync::Semaphore::new(LARGE_UPLOAD_SLOTS));
         let per_minute = config.registrations_per_minute;
         let registrations = Mutex::new(RateLimit::new(per_minute, per_minute.saturating_mul(2)));
+        let quotas = session::Quotas::new(
+            session::MAX_PENDING_UPLOADS,
+            session::MAX_PENDING_BYTES_IN_FILES * u64::from(config.max_content),
+        );
         Shared {
             registrations,
+            quotas,
             config,
             db: Arc::new(Mutex::new(db)),
             storage,

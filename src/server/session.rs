@@ -13,6 +13,76 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Most uploads one client may have arriving or waiting for a verdict at once, over all
+/// its sessions and connections. A client sends its files one after the other; a stranger
+/// that borrows a session must not fill the disk with files nobody will confirm.
+pub const MAX_PENDING_UPLOADS: usize = 8;
+/// Most encrypted bytes one client may have arriving or waiting, in largest files:
+/// `MAX_PENDING_BYTES_IN_FILES * max file size`.
+pub const MAX_PENDING_BYTES_IN_FILES: u64 = 2;
+
+#[derive(Debug, Default)]
+struct Usage {
+    uploads: usize,
+    bytes: u64,
+}
+
+type UsageMap = Arc<Mutex<HashMap<ClientId, Usage>>>;
+
+/// What each client has arriving or waiting for a verdict, against the limits above.
+#[derive(Debug, Clone)]
+pub struct Quotas {
+    max_uploads: usize,
+    max_bytes: u64,
+    usage: UsageMap,
+}
+
+/// One upload's share of its client's quota, given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    usage: UsageMap,
+    id: ClientId,
+    bytes: u64,
+}
+
+impl Quotas {
+    /// At most `max_uploads` uploads and `max_bytes` bytes per client.
+    pub fn new(max_uploads: usize, max_bytes: u64) -> Self {
+        Quotas { max_uploads, max_bytes, usage: Arc::default() }
+    }
+
+    /// Reserves room for an upload of `bytes` for `id`, or says why there is none.
+    pub fn reserve(&self, id: ClientId, bytes: u64) -> Result<Reservation, String> {
+        let mut usage = lock(&self.usage);
+        let used = usage.entry(id).or_default();
+        if used.uploads >= self.max_uploads {
+            return Err(format!("client {id} already has {} uploads waiting", used.uploads));
+        }
+        if used.bytes.saturating_add(bytes) > self.max_bytes {
+            return Err(format!(
+                "client {id} already has {} bytes waiting; {bytes} more would pass {}",
+                used.bytes, self.max_bytes
+            ));
+        }
+        used.uploads += 1;
+        used.bytes += bytes;
+        Ok(Reservation { usage: Arc::clone(&self.usage), id, bytes })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut usage = lock(&self.usage);
+        if let Some(used) = usage.get_mut(&self.id) {
+            used.uploads -= 1;
+            used.bytes -= self.bytes;
+            if used.uploads == 0 {
+                usage.remove(&self.id);
+            }
+        }
+    }
+}
+
 /// An upload that arrived (2103 sent) and waits for the client's verdict.
 #[derive(Debug)]
 pub struct Pending {
@@ -28,6 +98,8 @@ pub struct Pending {
     pub cksum: u32,
     /// When it arrived (2103 sent).
     pub arrived: Instant,
+    /// Its share of the client's quota.
+    pub quota: Reservation,
 }
 
 /// The result of one key exchange.
@@ -250,5 +322,25 @@ impl Sessions {
     pub fn clear(&self) {
         lock(&self.latest).clear();
         lock(&self.registrations).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_bounds_uploads_and_bytes_per_client_and_is_given_back_on_drop() {
+        let quotas = Quotas::new(2, 100);
+        let (a, b) = (ClientId([1; 16]), ClientId([2; 16]));
+        let first = quotas.reserve(a, 60).unwrap();
+        assert!(quotas.reserve(a, 41).is_err(), "bytes");
+        let second = quotas.reserve(a, 40).unwrap();
+        assert!(quotas.reserve(a, 0).is_err(), "uploads");
+        assert!(quotas.reserve(b, 100).is_ok(), "another client has its own");
+        drop(first);
+        let third = quotas.reserve(a, 60).unwrap();
+        drop((second, third));
+        assert!(lock(&quotas.usage).is_empty());
     }
 }
