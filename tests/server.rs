@@ -1856,3 +1856,77 @@ fn a_client_may_have_at_most_twice_the_max_file_size_waiting() {
         client.upload(&mut again, &format!("b{i}.bin"), &[i as u8; 1000]);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// What is planted in the storage directory
+
+#[test]
+fn a_client_directory_planted_as_a_symlink_is_never_written_through() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start_in(dir.path(), &[]);
+    let mut stream = connect(&server);
+    let other = Client::setup("neighbour", &mut stream);
+    other.upload(&mut stream, "theirs.bin", b"the neighbour's");
+    let mut stream = connect(&server);
+    let victim = Client::setup("planted", &mut stream);
+    let victim_dir = server.storage().join(victim.id.to_hex());
+    let other_dir = server.storage().join(other.id.to_hex());
+
+    for target in [outside.path(), other_dir.as_path()] {
+        let _ = std::fs::remove_file(&victim_dir);
+        std::os::unix::fs::symlink(target, &victim_dir).expect("plant a symlink");
+        let bytes = victim.file_request("theirs.bin", b"written through a link");
+        expect_refused(&mut stream, &bytes);
+        assert_closed(&mut stream);
+        stream = connect(&server);
+        let mut again = Client::with_key("planted", victim.key.clone());
+        again.id = victim.id;
+        assert_eq!(again.reconnect(&mut stream).code(), ResponseCode::ReconnectAccepted);
+        assert!(server.log().contains("is a symbolic link"), "{}", server.log());
+    }
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing outside");
+    assert_eq!(client_dir_entries(&server, other.id), ["theirs.bin"]);
+    assert_eq!(stored(&server, other.id, "theirs.bin").as_deref(), Some(&b"the neighbour's"[..]));
+    assert!(rows_of(&server, victim.id).is_empty());
+
+    // Start-up names it and goes on.
+    server.kill();
+    let server = Server::start_in(dir.path(), &[]);
+    assert_serves(&server);
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains(&victim.id.to_hex())
+            && l.contains("symbolic link")),
+        "{log}"
+    );
+}
+
+#[test]
+fn odd_entries_in_storage_are_reported_and_never_stop_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = dir.path().join("storage");
+    let client_dir = storage.join("00112233445566778899aabbccddeeff");
+    let temp_dir = client_dir.join(format!("{TEMP_PREFIX}dir"));
+    let temp_file = client_dir.join(format!("{TEMP_PREFIX}file"));
+    std::fs::create_dir_all(temp_dir.join("inside")).expect("a directory named like a temp file");
+    std::fs::write(&temp_file, b"an unfinished upload").expect("a temp file");
+    std::fs::write(client_dir.join("kept.bin"), b"a stored file").expect("a stored file");
+    std::fs::write(storage.join("README"), b"a file where directories go").expect("a file");
+    std::os::unix::fs::symlink("/nonexistent", client_dir.join("dangling")).expect("a link");
+
+    let server = Server::start_in(dir.path(), &[]);
+    assert_serves(&server);
+    assert!(!temp_file.exists(), "the unfinished upload is deleted");
+    assert!(temp_dir.join("inside").is_dir(), "the odd directory is left alone");
+    assert!(client_dir.join("kept.bin").exists());
+    let log = server.log();
+    for odd in ["dir", "README", "dangling"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("WARN") && l.contains("unexpected entry") && l.contains(odd)),
+            "no warning about {odd}:\n{log}"
+        );
+    }
+}

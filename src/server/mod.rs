@@ -190,11 +190,14 @@ impl Server {
     pub fn open(config: Config) -> Result<Self, ServerError> {
         let storage = Storage::open(&config.storage)
             .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
-        let removed = storage
+        let leftovers = storage
             .clean_leftovers()
             .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
-        if removed > 0 {
-            warn!(removed, "deleted unfinished uploads left by an earlier run");
+        if leftovers.removed > 0 {
+            warn!(removed = leftovers.removed, "deleted unfinished uploads left by an earlier run");
+        }
+        for (path, why) in &leftovers.odd {
+            warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
         }
         let db = Db::open(&config.db)?;
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
