@@ -1930,3 +1930,27 @@ fn odd_entries_in_storage_are_reported_and_never_stop_start_up() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The database file
+
+#[test]
+fn a_database_deleted_while_running_refuses_writes_and_says_why() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("before", &mut stream);
+    std::fs::remove_file(server.db()).expect("delete the database");
+
+    let mut fresh = connect(&server);
+    expect_refused(&mut fresh, &raw_register("after"));
+    // A client that already has a session is refused too: its 1028 would record nothing.
+    expect_refused(&mut stream, &client.file_request("f.bin", b"into the void"));
+    assert!(leftovers(&server.storage()).is_empty());
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains("ERROR")
+            && l.contains("server.db was removed or replaced")
+            && l.contains("restart the server")),
+        "{log}"
+    );
+}

@@ -176,7 +176,12 @@ impl Shared {
         })
         .await
         .map_err(|e| ServerError::Task(e.to_string()))?
-        .map_err(ServerError::from)
+        .map_err(|e| {
+            if let DbError::Replaced { .. } = e {
+                error!("{e}");
+            }
+            ServerError::from(e)
+        })
     }
 }
 

@@ -32,6 +32,15 @@ pub enum DbError {
         /// The file.
         path: String,
     },
+    /// The database file was deleted or replaced while the server had it open.
+    #[error(
+        "the database file {path} was removed or replaced while the server was running; \
+         nothing more is written to it: restart the server"
+    )]
+    Replaced {
+        /// The file.
+        path: String,
+    },
     /// The database was written by a newer securexfer.
     #[error("database schema version {found} is newer than this securexfer knows ({known})")]
     TooNew {
@@ -108,13 +117,46 @@ pub struct FileRecord {
 #[derive(Debug)]
 pub struct Db {
     conn: Connection,
+    /// The file it was opened from (none in memory).
+    file: Option<FileIdentity>,
+}
+
+/// Which file a path named: device and inode.
+#[derive(Debug)]
+struct FileIdentity {
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Result<Self, DbError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|_| DbError::Replaced { path: path.display().to_string() })?;
+        Ok(FileIdentity { path: path.to_owned(), dev: meta.dev(), ino: meta.ino() })
+    }
 }
 
 impl Db {
     /// Opens (creating if needed) the server's database in WAL mode and migrates it.
     pub fn open(path: &Path) -> Result<Self, DbError> {
         let conn = Connection::open(path)?;
-        Self::setup(conn, true)
+        let mut db = Self::setup(conn, true)?;
+        // A path that names no file (SQLite's ":memory:") has nothing to watch.
+        db.file = FileIdentity::of(path).ok();
+        Ok(db)
+    }
+
+    /// Fails when the database file was deleted or replaced since it was opened: SQLite
+    /// would go on writing to the unlinked file, and every record written would be lost
+    /// when the server stops.
+    fn check_file(&self) -> Result<(), DbError> {
+        let Some(file) = &self.file else { return Ok(()) };
+        match FileIdentity::of(&file.path) {
+            Ok(now) if now.dev == file.dev && now.ino == file.ino => Ok(()),
+            _ => Err(DbError::Replaced { path: file.path.display().to_string() }),
+        }
     }
 
     /// An in-memory database (tests).
@@ -141,7 +183,7 @@ impl Db {
         if tables != 2 {
             return Err(DbError::Foreign { path: shown });
         }
-        Ok(Db { conn })
+        Ok(Db { conn, file: None })
     }
 
     fn setup(conn: Connection, writable: bool) -> Result<Self, DbError> {
@@ -151,7 +193,7 @@ impl Db {
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
         }
-        let mut db = Db { conn };
+        let mut db = Db { conn, file: None };
         db.migrate()?;
         Ok(db)
     }
@@ -179,6 +221,7 @@ impl Db {
 
     /// Registers a new client; `false` when the name is taken.
     pub fn insert_client(&self, id: ClientId, name: &str) -> Result<bool, DbError> {
+        self.check_file()?;
         let n = exec_cached(
             &self.conn,
             "INSERT OR IGNORE INTO clients (ID, Name, LastSeen) VALUES (?1, ?2, datetime('now'))",
@@ -219,6 +262,7 @@ impl Db {
 
     /// Records the public key a client sent.
     pub fn set_public_key(&self, id: ClientId, field: &[u8]) -> Result<(), DbError> {
+        self.check_file()?;
         exec_cached(
             &self.conn,
             "UPDATE clients SET PublicKey = ?2 WHERE ID = ?1",
@@ -229,6 +273,7 @@ impl Db {
 
     /// Records the AES key last sent to a client.
     pub fn set_aes_key(&self, id: ClientId, key: &[u8; 16]) -> Result<(), DbError> {
+        self.check_file()?;
         exec_cached(
             &self.conn,
             "UPDATE clients SET AESKey = ?2 WHERE ID = ?1",
@@ -251,6 +296,7 @@ impl Db {
 
     /// Records `ip` as the client's usual address (registration, or a confirmed file).
     pub fn set_usual_address(&self, id: ClientId, ip: IpAddr) -> Result<(), DbError> {
+        self.check_file()?;
         exec_cached(
             &self.conn,
             "UPDATE clients SET UsualAddress = ?2 WHERE ID = ?1",
@@ -273,6 +319,7 @@ impl Db {
     /// seen for `age`: they can never send a file, and they hold their names. Returns how
     /// many went.
     pub fn forget_keyless(&self, age: Duration) -> Result<usize, DbError> {
+        self.check_file()?;
         let n = exec_cached(
             &self.conn,
             "DELETE FROM clients WHERE PublicKey IS NULL
@@ -285,6 +332,7 @@ impl Db {
 
     /// Updates `LastSeen`; `false` if no such client.
     pub fn touch(&self, id: ClientId) -> Result<bool, DbError> {
+        self.check_file()?;
         let n = exec_cached(
             &self.conn,
             "UPDATE clients SET LastSeen = datetime('now') WHERE ID = ?1",
@@ -305,6 +353,7 @@ impl Db {
         size: u64,
         cksum: u32,
     ) -> Result<(), DbError> {
+        self.check_file()?;
         let tx = self.conn.unchecked_transaction()?;
         exec_cached(
             &tx,
@@ -332,6 +381,7 @@ impl Db {
         file_name: &str,
         path_name: &str,
     ) -> Result<(), DbError> {
+        self.check_file()?;
         exec_cached(
             &self.conn,
             "INSERT OR IGNORE INTO files (ID, FileName, PathName, Verified) VALUES (?1, ?2, ?3, 0)",
@@ -476,6 +526,19 @@ mod tests {
         assert_eq!(db.forget_keyless(Duration::from_secs(600)).unwrap(), 1);
         let names: Vec<String> = db.clients().unwrap().into_iter().map(|c| c.name).collect();
         assert_eq!(names, ["fresh", "keyed"]);
+    }
+
+    #[test]
+    fn writes_are_refused_once_the_file_is_deleted_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let db = Db::open(&path).unwrap();
+        assert!(db.insert_client(ClientId([1; 16]), "a").unwrap());
+        std::fs::remove_file(&path).unwrap();
+        let refused = db.insert_client(ClientId([2; 16]), "b");
+        assert!(matches!(refused, Err(DbError::Replaced { .. })), "{refused:?}");
+        std::fs::write(&path, b"another file").unwrap();
+        assert!(matches!(db.touch(ClientId([1; 16])), Err(DbError::Replaced { .. })));
     }
 
     #[test]
