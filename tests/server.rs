@@ -1954,3 +1954,57 @@ fn a_database_deleted_while_running_refuses_writes_and_says_why() {
         "{log}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Concurrent confirms
+
+#[test]
+fn concurrent_confirms_of_one_name_leave_a_row_that_describes_the_bytes_on_disk() {
+    const SESSIONS: usize = 6;
+    const ROUNDS: usize = 8;
+    let server = Server::start(&[]);
+    let mut first = connect(&server);
+    let client = Client::setup("racer", &mut first);
+    drop(first);
+    for round in 0..ROUNDS {
+        // Sessions of one client, each with its own upload of the same name waiting.
+        let mut sessions: Vec<(Client, TcpStream)> = (0..SESSIONS)
+            .map(|_| {
+                let mut session = Client::with_key("racer", client.key.clone());
+                session.id = client.id;
+                let stream = session.reconnected(&server);
+                (session, stream)
+            })
+            .collect();
+        for (i, (session, stream)) in sessions.iter_mut().enumerate() {
+            let data = common::random_bytes(1_000 + 4_000 * i, (round * SESSIONS + i) as u64);
+            session.send_expecting_receipt(stream, "same.bin", &data);
+        }
+        let barrier = std::sync::Barrier::new(SESSIONS);
+        std::thread::scope(|scope| {
+            for (session, stream) in &mut sessions {
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    barrier.wait();
+                    assert_eq!(
+                        session.confirm(stream, "same.bin").code(),
+                        ResponseCode::Acknowledged
+                    );
+                });
+            }
+        });
+        let on_disk = stored(&server, client.id, "same.bin").expect("the file is stored");
+        let (size, cksum): (i64, u32) = open_db(&server)
+            .query_row(
+                "SELECT Size, Cksum FROM files WHERE ID = ?1 AND FileName = 'same.bin'",
+                [&client.id.0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("one row");
+        assert_eq!(
+            (size as usize, cksum),
+            (on_disk.len(), Cksum::of(&on_disk)),
+            "round {round}: the row describes another upload than the one on disk"
+        );
+    }
+}

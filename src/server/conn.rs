@@ -538,6 +538,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .ok_or_else(|| refuse(format!("no upload of {file_name} waits for confirmation")))?;
         let storage = self.shared.storage.clone();
         let name = pending.stored_name.clone();
+        let turn = self.shared.commit_turn(id, &name).await;
         let committed =
             tokio::task::spawn_blocking(move || storage.commit(pending.upload, id, &name))
                 .await
@@ -557,6 +558,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 db.set_usual_address(id, ip)
             })
             .await?;
+        drop(turn);
         info!(%file_name, path = %relative, size, "file verified and stored");
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
     }

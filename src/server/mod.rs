@@ -13,6 +13,7 @@ use crate::store::{Db, DbError, Storage};
 use backoff::Backoff;
 use ratelimit::RateLimit;
 use session::Sessions;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -123,6 +124,29 @@ pub(crate) struct Shared {
     registrations: Mutex<RateLimit>,
     /// Uploads arriving or waiting for a verdict, per client.
     quotas: session::Quotas,
+    /// One lock per (client, stored name) being committed; see [`Shared::commit_turn`].
+    commits: Mutex<HashMap<CommitKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+type CommitKey = (crate::protocol::ClientId, String);
+
+/// The right to commit one stored name of one client and record it, held across both.
+/// Two sessions of a client confirming the same name at once could otherwise rename one
+/// upload into place and record the other's size and cksum.
+pub(crate) struct CommitTurn<'a> {
+    shared: &'a Shared,
+    key: CommitKey,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for CommitTurn<'_> {
+    fn drop(&mut self) {
+        let mut commits = self.shared.commits.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map and this turn hold the lock: nobody waits, so it goes.
+        if commits.get(&self.key).is_some_and(|lock| Arc::strong_count(lock) == 2) {
+            commits.remove(&self.key);
+        }
+    }
 }
 
 /// How many uploads may use the large-upload path at once (1 MiB chunks, 5 buffers and a
@@ -144,6 +168,7 @@ impl Shared {
         Shared {
             registrations,
             quotas,
+            commits: Mutex::new(HashMap::new()),
             config,
             db: Arc::new(Mutex::new(db)),
             storage,
@@ -156,6 +181,20 @@ impl Shared {
     /// The back-off state (held only for a map look-up, never across an await).
     fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
         self.backoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the turn to commit `name` of client `id`.
+    pub(crate) async fn commit_turn(
+        &self,
+        id: crate::protocol::ClientId,
+        name: &str,
+    ) -> CommitTurn<'_> {
+        let key = (id, name.to_owned());
+        let lock = {
+            let mut commits = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(commits.entry(key.clone()).or_default())
+        };
+        CommitTurn { shared: self, key, _guard: lock.lock_owned().await }
     }
 
     /// The registration limit (likewise).
