@@ -5,11 +5,11 @@
 //!
 //! | request | allowed when |
 //! |---|---|
-//! | 1025 register | always |
-//! | 1026 public key | the id was registered on this connection, or (non-strict) from this IP within the window, and has no key yet (or this same key) |
-//! | 1027 reconnect | always (the answer is encrypted to the stored key) |
-//! | 1028 file | a session for the id: made on this connection, or (non-strict, on a connection with no key exchange of its own) the latest one from this IP within the window |
-//! | 1029/1030/1031 | as 1028, and an upload of that file name waits in the session |
+//! | 1025 register | within this address's registration limit ([`super::ratelimit`]) |
+//! | 1026 public key | the id was registered on this connection, or (non-strict) from this IP within the window, and has no key yet (or this same key); and no back-off holds the id or address ([`super::backoff`]) |
+//! | 1027 reconnect | no back-off holds the id or address (the answer is encrypted to the stored key) |
+//! | 1028 file | a session for the id that has not ended: made on this connection, or (non-strict, on a connection with no key exchange of its own) the latest one from this IP within the window; no back-off; room in the client's quota of waiting uploads |
+//! | 1029/1030/1031 | as 1028 (but for the quota), and an upload of that file name waits in the session |
 //!
 //! Anything else gets 2107. A request whose bytes cannot be trusted for framing (a bad
 //! header, or a 1028 refused before its content was read) gets 2107 and the connection is
