@@ -15,6 +15,7 @@
 //!
 //! Plain data driven by the caller's clock (`now` on every call), so tests need no sleeps.
 
+use super::ratelimit::network_of;
 use crate::protocol::ClientId;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -87,8 +88,9 @@ impl Default for Backoff {
 
 /// The keys that apply to `id` at `ip`, given the client's usual address.
 fn keys(id: ClientId, ip: IpAddr, usual: Option<IpAddr>) -> [Key; 2] {
-    let for_id = if usual == Some(ip) { Key::IdAt(id, ip) } else { Key::Id(id) };
-    [Key::Ip(ip), for_id]
+    let net = network_of(ip);
+    let for_id = if usual.map(network_of) == Some(net) { Key::IdAt(id, net) } else { Key::Id(id) };
+    [Key::Ip(net), for_id]
 }
 
 impl Backoff {
@@ -235,6 +237,16 @@ mod tests {
         assert_eq!(b.blocked_for(ID, HOME, Some(HOME), now + secs(1)), Some(secs(2)));
         // They are not held against the id elsewhere (the address's own block aside).
         assert_eq!(b.blocked_for(ID, OTHER_STRANGER, Some(HOME), now + secs(1)), None);
+    }
+
+    #[test]
+    fn an_ipv6_stranger_cannot_escape_by_moving_within_its_64() {
+        let mut b = Backoff::new();
+        let now = Instant::now();
+        let at =
+            |last: u16| IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, last));
+        b.failure(ClientId([8; 16]), at(1), None, now);
+        assert!(b.blocked_for(ID, at(2), Some(HOME), now).is_some());
     }
 
     #[test]

@@ -36,8 +36,9 @@ pub struct RateLimit {
     capacity: usize,
 }
 
-/// The address a bucket is kept for: IPv6 by its /64.
-fn bucket_of(ip: IpAddr) -> IpAddr {
+/// The address limits are kept for: IPv4 as it is, IPv6 by its /64 (one host usually has
+/// a whole /64 to pick addresses from).
+pub fn network_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -69,7 +70,7 @@ impl RateLimit {
         if self.per_second == 0.0 {
             return true;
         }
-        let key = bucket_of(ip);
+        let key = network_of(ip);
         if !self.buckets.contains_key(&key) {
             self.make_room(now);
         }
@@ -84,7 +85,7 @@ impl RateLimit {
 
     /// How long until `ip` has a token again (zero if it has one).
     pub fn wait(&self, ip: IpAddr, now: Instant) -> Duration {
-        let Some(&bucket) = self.buckets.get(&bucket_of(ip)) else { return Duration::ZERO };
+        let Some(&bucket) = self.buckets.get(&network_of(ip)) else { return Duration::ZERO };
         let missing = 1.0 - self.refilled(bucket, now);
         if missing <= 0.0 || self.per_second == 0.0 {
             return Duration::ZERO;
