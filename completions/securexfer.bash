@@ -334,7 +334,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__serve)
-            opts="-h -V --listen --port --storage --db --max-file-size --max-connections --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --help --version"
+            opts="-h -V --listen --port --storage --db --max-file-size --max-connections --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -382,6 +382,10 @@ _securexfer() {
                     ;;
                 --compat)
                     COMPREPLY=($(compgen -W "crc32-ciphertext" -- "${cur}"))
+                    return 0
+                    ;;
+                --registrations-per-minute)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

@@ -40,6 +40,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --grace 'Seconds transfers in flight may run on after SIGINT or SIGTERM'
             cand --disk-reserve 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)'
             cand --compat 'Serve an existing client that deviates from the protocol. `crc32-ciphertext`: to clients whose requests carry version byte 1 (the `dor` client; nobody else sends it), answer 1028 with the zlib CRC-32 of the ciphertext received, as that client checks, and answer its 1030 with 2104, as it waits for one. Every other client gets exactly the protocol'
+            cand --registrations-per-minute 'Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to twice as many; more get 2107. 0 turns the limit off'
             cand --strict-sessions 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'

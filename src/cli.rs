@@ -92,6 +92,15 @@ pub struct ServeArgs {
     /// exactly the protocol.
     #[arg(long, env = "SECUREXFER_COMPAT", value_name = "MODE", value_enum)]
     pub compat: Vec<Compat>,
+    /// Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to
+    /// twice as many; more get 2107. 0 turns the limit off.
+    #[arg(
+        long,
+        env = "SECUREXFER_REGISTRATIONS_PER_MINUTE",
+        default_value_t = 10,
+        value_name = "N"
+    )]
+    pub registrations_per_minute: u32,
 }
 
 /// Compatibility settings for existing clients that deviate from the protocol.

@@ -26,6 +26,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         grace: Duration::from_secs(args.grace),
         disk_reserve: args.disk_reserve,
         compat_crc32_ciphertext: args.compat.contains(&crate::cli::Compat::Crc32Ciphertext),
+        registrations_per_minute: args.registrations_per_minute,
         ..Config::new(args.storage.clone(), args.db.clone())
     };
     raise_open_file_limit();

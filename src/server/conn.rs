@@ -5,15 +5,16 @@
 //!
 //! | request | allowed when |
 //! |---|---|
-//! | 1025 register | always |
-//! | 1026 public key | the id was registered on this connection, or (non-strict) from this IP within the window, and has no key yet (or this same key) |
-//! | 1027 reconnect | always (the answer is encrypted to the stored key) |
-//! | 1028 file | a session for the id: made on this connection, or (non-strict, on a connection with no key exchange of its own) the latest one from this IP within the window |
-//! | 1029/1030/1031 | as 1028, and an upload of that file name waits in the session |
+//! | 1025 register | within this address's registration limit ([`super::ratelimit`]) |
+//! | 1026 public key | the id was registered on this connection, or (non-strict) from this IP within the window, and has no key yet (or this same key); and no back-off holds the id or address ([`super::backoff`]) |
+//! | 1027 reconnect | no back-off holds the id or address (the answer is encrypted to the stored key) |
+//! | 1028 file | a session for the id that has not ended: made on this connection, or (non-strict, on a connection with no key exchange of its own) the latest one from this IP within the window; no back-off; room in the client's quota of waiting uploads |
+//! | 1029/1030/1031 | as 1028 (but for the quota), and an upload of that file name waits in the session |
 //!
 //! Anything else gets 2107. A request whose bytes cannot be trusted for framing (a bad
 //! header, or a 1028 refused before its content was read) gets 2107 and the connection is
-//! closed, since what follows cannot be parsed.
+//! closed, since what follows cannot be parsed. Content with bad padding is an attack (see
+//! [`super::backoff`]): 2107, the session ends everywhere and the connection is closed.
 
 use super::session::{Pending, Session};
 use super::upload::{self, UploadError};
@@ -24,8 +25,9 @@ use crate::protocol::{
     REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader, Response, storage_name,
 };
 use crate::store::Storage;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, warn};
@@ -299,6 +301,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// The session that may act for `id` on this connection.
     fn authorize(&self, id: ClientId) -> Result<Arc<Session>, Refused> {
         if let Some(session) = &self.session {
+            if session.has_ended() {
+                return Err(refuse("this connection's session was ended after a padding failure"));
+            }
             if session.id == id {
                 return Ok(Arc::clone(session));
             }
@@ -321,10 +326,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         })
     }
 
+    /// Takes one of this address's registrations; see [`super::ratelimit`].
+    fn check_registration_limit(&self) -> Result<(), Refused> {
+        let (ip, now) = (self.peer.ip(), Instant::now());
+        let mut limit = self.shared.registrations();
+        if limit.allow(ip, now) {
+            return Ok(());
+        }
+        Err(refuse(format!(
+            "too many registrations from {ip}: the next one in {:.1} s",
+            limit.wait(ip, now).as_secs_f64()
+        )))
+    }
+
     async fn register(&mut self, name: FixedName) -> Result<Next, Refused> {
-        let id = ClientId::random();
+        self.check_registration_limit()?;
+        let (id, ip) = (ClientId::random(), self.peer.ip());
         let text = name.as_str().to_owned();
-        let inserted = self.shared.db(move |db| db.insert_client(id, &text)).await?;
+        let inserted = self
+            .shared
+            .db(move |db| {
+                let inserted = db.insert_client(id, &text)?;
+                if inserted {
+                    db.set_usual_address(id, ip)?;
+                }
+                Ok(inserted)
+            })
+            .await?;
         if !inserted {
             info!(%name, "registration refused: name taken");
             return Ok(Next::Reply(Response::RegistrationFailed));
@@ -341,11 +369,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         name: FixedName,
         field: PublicKeyField,
     ) -> Result<Next, Refused> {
-        let record = self
-            .shared
-            .db(move |db| db.client_by_id(id))
-            .await?
-            .ok_or_else(|| refuse("unknown client"))?;
+        let (record, usual_ip) =
+            self.shared.db(move |db| Ok((db.client_by_id(id)?, db.usual_address(id)?))).await?;
+        let record = record.ok_or_else(|| refuse("unknown client"))?;
         if record.name != name.as_str() {
             return Err(refuse(format!("name {name} does not belong to client {id}")));
         }
@@ -360,16 +386,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             )));
         }
         let key = PublicKey::from_field(&field).map_err(|e| refuse(e.to_string()))?;
+        self.check_backoff(id, usual_ip)?;
         let stored = field.0.to_vec();
         self.shared.db(move |db| db.set_public_key(id, &stored)).await?;
-        let encrypted_key = self.start_session(id, &key).await?;
+        let encrypted_key = self.start_session(id, &key, usual_ip).await?;
         info!("public key received; AES key sent");
         Ok(Next::Reply(Response::PublicKeyAccepted { client_id: id, encrypted_key }))
     }
 
     async fn reconnect(&mut self, id: ClientId, name: FixedName) -> Result<Next, Refused> {
         let text = name.as_str().to_owned();
-        let record = self.shared.db(move |db| db.client_by_name(&text)).await?;
+        let (record, usual_ip) = self
+            .shared
+            .db(move |db| Ok((db.client_by_name(&text)?, db.usual_address(id)?)))
+            .await?;
         let denied = Next::Reply(Response::ReconnectDenied { client_id: Some(id) });
         let Some(record) = record.filter(|r| r.id == id) else {
             info!(%name, client = %id, "reconnect denied: no client with this name and id");
@@ -384,20 +414,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             info!(%name, client = %id, "reconnect denied: no usable public key on record");
             return Ok(denied);
         };
-        let encrypted_key = self.start_session(id, &key).await?;
+        self.check_backoff(id, usual_ip)?;
+        let encrypted_key = self.start_session(id, &key, usual_ip).await?;
         info!("reconnected; fresh AES key sent");
         Ok(Next::Reply(Response::ReconnectAccepted { client_id: id, encrypted_key }))
     }
 
+    /// Refuses while padding failures hold key exchanges (and uploads) of `id` from this
+    /// address back; see [`super::backoff`].
+    fn check_backoff(&self, id: ClientId, usual_ip: Option<IpAddr>) -> Result<(), Refused> {
+        let now = Instant::now();
+        match self.shared.backoff().blocked_for(id, self.peer.ip(), usual_ip, now) {
+            None => Ok(()),
+            Some(wait) => Err(refuse(format!(
+                "padding failures of client {id} or from {}: refused for {:.1} s more",
+                self.peer.ip(),
+                wait.as_secs_f64()
+            ))),
+        }
+    }
+
+    /// Content that does not decrypt under the session key is an attack (a correct client
+    /// always has the key): the session ends for every connection, with all its unconfirmed
+    /// uploads, and key exchanges back off.
+    fn padding_failure(&self, session: &Arc<Session>, file_name: &FixedName) -> Next {
+        self.shared.sessions.withdraw(session);
+        let dropped = session.end();
+        let (id, ip) = (session.id, self.peer.ip());
+        let blocked = self.shared.backoff().failure(id, ip, session.usual_ip, Instant::now());
+        warn!(
+            peer = %self.peer, client = %id, %file_name, dropped_uploads = dropped,
+            "content with bad padding (not encrypted with the session key): session ended, \
+             connection closed, key exchanges refused for {} s", blocked.as_secs()
+        );
+        Next::ReplyAndClose(Response::GeneralError)
+    }
+
     /// Makes a fresh AES key, records it, and makes it this connection's session.
-    async fn start_session(&mut self, id: ClientId, key: &PublicKey) -> Result<Vec<u8>, Refused> {
+    async fn start_session(
+        &mut self,
+        id: ClientId,
+        key: &PublicKey,
+        usual_ip: Option<IpAddr>,
+    ) -> Result<Vec<u8>, Refused> {
         let aes_key: [u8; 16] = random_bytes();
         let encrypted = key.encrypt_aes_key(&aes_key).map_err(|e| refuse(e.to_string()))?;
         self.shared.db(move |db| db.set_aes_key(id, &aes_key)).await?;
         if let Some(old) = self.session.take() {
             old.drop_pending_of(self.conn_id);
         }
-        let session = Arc::new(Session::new(id, aes_key, self.peer.ip(), self.conn_id));
+        let session = Arc::new(Session::new(id, aes_key, self.peer.ip(), self.conn_id, usual_ip));
         self.shared.sessions.publish(&session);
         self.session = Some(session);
         self.registered_here = None;
@@ -415,8 +481,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         file.check_sizes(header.payload_size, config.max_content)
             .map_err(|e| refuse(e.to_string()))?;
         let session = self.authorize(id)?;
+        // Sessions made before a padding failure elsewhere are held back as well.
+        self.check_backoff(id, session.usual_ip)?;
         let stored_name =
             storage_name(file.file_name.as_str()).map_err(|e| refuse(e.to_string()))?.to_owned();
+        let quota = self.shared.quotas.reserve(id, u64::from(file.content_size)).map_err(refuse)?;
         let needed = u64::from(file.content_size) + config.disk_reserve;
         if let Some(available) = self.shared.storage.available_bytes().filter(|&a| a < needed) {
             return Err(refuse(format!(
@@ -449,11 +518,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         drop(large_slot);
         let received = match received {
             Ok(r) => r,
-            // The content was read to its end, so the stream is still in step.
-            Err(UploadError::Padding) => {
-                warn!(file_name = %file.file_name, "refused: {}", UploadError::Padding);
-                return Ok(Next::Reply(Response::GeneralError));
-            }
+            Err(UploadError::Padding) => return Ok(self.padding_failure(&session, &file.file_name)),
             Err(e) => return Err(refuse(e.to_string())),
         };
         info!(
@@ -466,8 +531,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             stored_name,
             size: received.size,
             cksum: received.cksum,
+            arrived: Instant::now(),
+            quota,
         };
-        session.put_pending(file.file_name.to_string(), pending);
+        if !session.put_pending(file.file_name.to_string(), pending) {
+            return Err(refuse("the session ended during the upload (a padding failure)"));
+        }
         Ok(Next::Reply(Response::FileReceived {
             client_id: id,
             content_size: file.content_size,
@@ -490,6 +559,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .ok_or_else(|| refuse(format!("no upload of {file_name} waits for confirmation")))?;
         let storage = self.shared.storage.clone();
         let name = pending.stored_name.clone();
+        let turn = self.shared.commit_turn(id, &name).await;
         let committed =
             tokio::task::spawn_blocking(move || storage.commit(pending.upload, id, &name))
                 .await
@@ -502,7 +572,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let (sent, rel, size, cksum) =
             (file_name.to_string(), relative.clone(), pending.size, pending.cksum);
-        self.shared.db(move |db| db.record_verified(id, &sent, &rel, size, cksum)).await?;
+        let ip = self.peer.ip();
+        self.shared
+            .db(move |db| {
+                db.record_verified(id, &sent, &rel, size, cksum)?;
+                db.set_usual_address(id, ip)
+            })
+            .await?;
+        drop(turn);
         info!(%file_name, path = %relative, size, "file verified and stored");
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
     }

@@ -1,14 +1,19 @@
 //! The server: an accept loop with a connection limit and graceful shutdown, handing each
 //! connection to its state machine ([`conn`]).
 
+pub mod backoff;
 mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod ratelimit;
 pub mod session;
 pub mod upload;
 
 use crate::store::{Db, DbError, Storage};
+use backoff::Backoff;
+use ratelimit::RateLimit;
 use session::Sessions;
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -58,6 +63,9 @@ pub struct Config {
     /// zlib CRC-32 of the ciphertext and 1030 with 2104, as the `dor` client expects
     /// (`docs/compatibility.md`). Records keep the real cksum.
     pub compat_crc32_ciphertext: bool,
+    /// Registrations (1025) one address may make per minute, with bursts of twice as many;
+    /// 0 turns the limit off.
+    pub registrations_per_minute: u32,
 }
 
 /// The version byte of the one existing client that checks a CRC-32 of the ciphertext
@@ -78,6 +86,7 @@ impl Config {
             grace: DEFAULT_GRACE,
             disk_reserve: DEFAULT_DISK_RESERVE,
             compat_crc32_ciphertext: false,
+            registrations_per_minute: ratelimit::DEFAULT_REGISTRATIONS_PER_MINUTE,
         }
     }
 }
@@ -118,6 +127,35 @@ pub(crate) struct Shared {
     sessions: Sessions,
     /// Slots for uploads on the fast large-upload path; see [`LARGE_UPLOAD_SLOTS`].
     large_uploads: Arc<tokio::sync::Semaphore>,
+    /// Padding failures and the key exchanges they hold back.
+    backoff: Mutex<Backoff>,
+    /// Registrations per address.
+    registrations: Mutex<RateLimit>,
+    /// Uploads arriving or waiting for a verdict, per client.
+    quotas: session::Quotas,
+    /// One lock per (client, stored name) being committed; see [`Shared::commit_turn`].
+    commits: Mutex<HashMap<CommitKey, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+type CommitKey = (crate::protocol::ClientId, String);
+
+/// The right to commit one stored name of one client and record it, held across both.
+/// Two sessions of a client confirming the same name at once could otherwise rename one
+/// upload into place and record the other's size and cksum.
+pub(crate) struct CommitTurn<'a> {
+    shared: &'a Shared,
+    key: CommitKey,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for CommitTurn<'_> {
+    fn drop(&mut self) {
+        let mut commits = self.shared.commits.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map and this turn hold the lock: nobody waits, so it goes.
+        if commits.get(&self.key).is_some_and(|lock| Arc::strong_count(lock) == 2) {
+            commits.remove(&self.key);
+        }
+    }
 }
 
 /// How many uploads may use the large-upload path at once (1 MiB chunks, 5 buffers and a
@@ -130,7 +168,47 @@ pub(crate) const LARGE_UPLOAD_SLOTS: usize = 64;
 impl Shared {
     pub(crate) fn new(config: Config, db: Db, storage: Storage, sessions: Sessions) -> Self {
         let large_uploads = Arc::new(tokio::sync::Semaphore::new(LARGE_UPLOAD_SLOTS));
-        Shared { config, db: Arc::new(Mutex::new(db)), storage, sessions, large_uploads }
+        let per_minute = config.registrations_per_minute;
+        let registrations = Mutex::new(RateLimit::new(per_minute, per_minute.saturating_mul(2)));
+        let quotas = session::Quotas::new(
+            session::MAX_PENDING_UPLOADS,
+            session::MAX_PENDING_BYTES_IN_FILES * u64::from(config.max_content),
+        );
+        Shared {
+            registrations,
+            quotas,
+            commits: Mutex::new(HashMap::new()),
+            config,
+            db: Arc::new(Mutex::new(db)),
+            storage,
+            sessions,
+            large_uploads,
+            backoff: Mutex::new(Backoff::new()),
+        }
+    }
+
+    /// The back-off state (held only for a map look-up, never across an await).
+    fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        self.backoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the turn to commit `name` of client `id`.
+    pub(crate) async fn commit_turn(
+        &self,
+        id: crate::protocol::ClientId,
+        name: &str,
+    ) -> CommitTurn<'_> {
+        let key = (id, name.to_owned());
+        let lock = {
+            let mut commits = self.commits.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(commits.entry(key.clone()).or_default())
+        };
+        CommitTurn { shared: self, key, _guard: lock.lock_owned().await }
+    }
+
+    /// The registration limit (likewise).
+    fn registrations(&self) -> std::sync::MutexGuard<'_, RateLimit> {
+        self.registrations.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs a database operation on a blocking thread.
@@ -146,7 +224,12 @@ impl Shared {
         })
         .await
         .map_err(|e| ServerError::Task(e.to_string()))?
-        .map_err(ServerError::from)
+        .map_err(|e| {
+            if let DbError::Replaced { .. } = e {
+                error!("{e}");
+            }
+            ServerError::from(e)
+        })
     }
 }
 
@@ -160,11 +243,14 @@ impl Server {
     pub fn open(config: Config) -> Result<Self, ServerError> {
         let storage = Storage::open(&config.storage)
             .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
-        let removed = storage
+        let leftovers = storage
             .clean_leftovers()
             .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
-        if removed > 0 {
-            warn!(removed, "deleted unfinished uploads left by an earlier run");
+        if leftovers.removed > 0 {
+            warn!(removed = leftovers.removed, "deleted unfinished uploads left by an earlier run");
+        }
+        for (path, why) in &leftovers.odd {
+            warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
         }
         let db = Db::open(&config.db)?;
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
@@ -183,12 +269,11 @@ impl Server {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let next_id = AtomicU64::new(1);
-        let mut janitor = tokio::time::interval(Duration::from_secs(30));
+        let janitor = tokio::spawn(janitor(Arc::clone(&shared), stop_rx.clone()));
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
                 _ = &mut shutdown => break,
-                _ = janitor.tick() => { shared.sessions.expire(); continue; }
                 permit = Arc::clone(&limit).acquire_owned() => permit.expect("never closed"),
             };
             let (stream, peer) = tokio::select! {
@@ -221,6 +306,7 @@ impl Server {
         drop(listener);
         info!(in_flight = tasks.len(), "shutting down: no new connections");
         let _ = stop_tx.send(true);
+        let _ = janitor.await;
         let grace = shared.config.grace;
         let drained =
             tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
@@ -234,6 +320,61 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || storage.clean_leftovers()).await;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// How often the janitor runs: often enough that what it forgets goes soon after its
+/// time, whatever the settings, and no more than every 100 ms.
+fn janitor_period(config: &Config) -> Duration {
+    let shortest = config.session_window.min(borrowed_upload_lifetime(config));
+    (shortest / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
+}
+
+/// How long an upload made on a borrowed session (another connection from the client's
+/// address) waits for its verdict. Such clients send the 1029 on a new connection right
+/// after the 2103; one silent for the idle timeout has gone away, as it would have on a
+/// connection of its own.
+fn borrowed_upload_lifetime(config: &Config) -> Duration {
+    config.idle_timeout
+}
+
+/// Forgets, on its own timer, what has had its time: idle sessions and the uploads they
+/// hold, stale uploads on borrowed sessions, forgotten padding failures. Stops when
+/// `stop` says so (or its sender is gone).
+async fn janitor(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(janitor_period(&shared.config));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = stop.changed() => if changed.is_err() || *stop.borrow() { break },
+            _ = tick.tick() => shared.tidy().await,
+        }
+    }
+}
+
+impl Shared {
+    /// One round of the janitor.
+    async fn tidy(&self) {
+        let expired = self.sessions.expire(borrowed_upload_lifetime(&self.config));
+        let uploads = expired.uploads.len();
+        if uploads > 0 {
+            info!(uploads, "deleted uploads on borrowed sessions that got no verdict in time");
+        }
+        if !expired.sessions.is_empty() || uploads > 0 {
+            // Deleting large files takes a while: not on the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || drop(expired)).await;
+        }
+        let now = std::time::Instant::now();
+        self.backoff().prune(now);
+        self.registrations().prune(now);
+        // A registration may wait for its 1026 on its own connection for the idle timeout,
+        // or from its address for the window.
+        let age = self.config.session_window.max(self.config.idle_timeout);
+        match self.db(move |db| db.forget_keyless(age)).await {
+            Ok(0) => {}
+            Ok(forgotten) => info!(forgotten, "forgot registrations that never sent a public key"),
+            Err(e) => warn!("could not forget registrations without a public key: {e}"),
+        }
     }
 }
 

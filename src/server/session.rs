@@ -13,6 +13,76 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+/// Most uploads one client may have arriving or waiting for a verdict at once, over all
+/// its sessions and connections. A client sends its files one after the other; a stranger
+/// that borrows a session must not fill the disk with files nobody will confirm.
+pub const MAX_PENDING_UPLOADS: usize = 8;
+/// Most encrypted bytes one client may have arriving or waiting, in largest files:
+/// `MAX_PENDING_BYTES_IN_FILES * max file size`.
+pub const MAX_PENDING_BYTES_IN_FILES: u64 = 2;
+
+#[derive(Debug, Default)]
+struct Usage {
+    uploads: usize,
+    bytes: u64,
+}
+
+type UsageMap = Arc<Mutex<HashMap<ClientId, Usage>>>;
+
+/// What each client has arriving or waiting for a verdict, against the limits above.
+#[derive(Debug, Clone)]
+pub struct Quotas {
+    max_uploads: usize,
+    max_bytes: u64,
+    usage: UsageMap,
+}
+
+/// One upload's share of its client's quota, given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    usage: UsageMap,
+    id: ClientId,
+    bytes: u64,
+}
+
+impl Quotas {
+    /// At most `max_uploads` uploads and `max_bytes` bytes per client.
+    pub fn new(max_uploads: usize, max_bytes: u64) -> Self {
+        Quotas { max_uploads, max_bytes, usage: Arc::default() }
+    }
+
+    /// Reserves room for an upload of `bytes` for `id`, or says why there is none.
+    pub fn reserve(&self, id: ClientId, bytes: u64) -> Result<Reservation, String> {
+        let mut usage = lock(&self.usage);
+        let used = usage.entry(id).or_default();
+        if used.uploads >= self.max_uploads {
+            return Err(format!("client {id} already has {} uploads waiting", used.uploads));
+        }
+        if used.bytes.saturating_add(bytes) > self.max_bytes {
+            return Err(format!(
+                "client {id} already has {} bytes waiting; {bytes} more would pass {}",
+                used.bytes, self.max_bytes
+            ));
+        }
+        used.uploads += 1;
+        used.bytes += bytes;
+        Ok(Reservation { usage: Arc::clone(&self.usage), id, bytes })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut usage = lock(&self.usage);
+        if let Some(used) = usage.get_mut(&self.id) {
+            used.uploads -= 1;
+            used.bytes -= self.bytes;
+            if used.uploads == 0 {
+                usage.remove(&self.id);
+            }
+        }
+    }
+}
+
 /// An upload that arrived (2103 sent) and waits for the client's verdict.
 #[derive(Debug)]
 pub struct Pending {
@@ -26,6 +96,10 @@ pub struct Pending {
     pub size: u64,
     /// cksum of the plaintext.
     pub cksum: u32,
+    /// When it arrived (2103 sent).
+    pub arrived: Instant,
+    /// Its share of the client's quota.
+    pub quota: Reservation,
 }
 
 /// The result of one key exchange.
@@ -39,8 +113,11 @@ pub struct Session {
     pub ip: IpAddr,
     /// The connection that made it.
     pub owner_conn: u64,
+    /// The client's usual address when the exchange was made (see [`super::backoff`]).
+    pub usual_ip: Option<IpAddr>,
     last_used: Mutex<Instant>,
-    pending: Mutex<HashMap<String, Pending>>,
+    /// The uploads waiting for a verdict; `None` once the session has ended.
+    pending: Mutex<Option<HashMap<String, Pending>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -50,14 +127,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Session {
     /// A new session.
-    pub fn new(id: ClientId, aes_key: AesKey, ip: IpAddr, owner_conn: u64) -> Self {
+    pub fn new(
+        id: ClientId,
+        aes_key: AesKey,
+        ip: IpAddr,
+        owner_conn: u64,
+        usual_ip: Option<IpAddr>,
+    ) -> Self {
         Session {
             id,
             aes_key,
             ip,
             owner_conn,
+            usual_ip,
             last_used: Mutex::new(Instant::now()),
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Some(HashMap::new())),
         }
     }
 
@@ -70,33 +154,73 @@ impl Session {
     }
 
     /// Keeps an upload for its verdict, replacing (and deleting) an earlier one of the
-    /// same name.
-    pub fn put_pending(&self, file_name: String, pending: Pending) {
-        lock(&self.pending).insert(file_name, pending);
+    /// same name. `false` (and the upload deleted) if the session has ended meanwhile.
+    pub fn put_pending(&self, file_name: String, pending: Pending) -> bool {
+        match lock(&self.pending).as_mut() {
+            Some(waiting) => {
+                waiting.insert(file_name, pending);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Takes the upload of this name, if one waits.
     pub fn take_pending(&self, file_name: &str) -> Option<Pending> {
-        lock(&self.pending).remove(file_name)
+        lock(&self.pending).as_mut()?.remove(file_name)
     }
 
     /// Whether an upload of this name waits.
     pub fn has_pending(&self, file_name: &str) -> bool {
-        lock(&self.pending).contains_key(file_name)
+        lock(&self.pending).as_ref().is_some_and(|p| p.contains_key(file_name))
     }
 
     /// Whether an upload that arrived on `conn` waits for its verdict.
     pub fn has_pending_of(&self, conn: u64) -> bool {
-        lock(&self.pending).values().any(|p| p.conn == conn)
+        lock(&self.pending).as_ref().is_some_and(|p| p.values().any(|p| p.conn == conn))
     }
 
     /// Deletes the unconfirmed uploads that arrived on `conn`.
     pub fn drop_pending_of(&self, conn: u64) -> usize {
         let mut pending = lock(&self.pending);
+        let Some(pending) = pending.as_mut() else { return 0 };
         let before = pending.len();
         pending.retain(|_, p| p.conn != conn);
         before - pending.len()
     }
+
+    /// Takes out the uploads that arrived on other connections than the owner's (borrowed
+    /// the session) more than `lifetime` ago.
+    fn take_stale_borrowed(&self, lifetime: Duration) -> Vec<Pending> {
+        let mut pending = lock(&self.pending);
+        let Some(pending) = pending.as_mut() else { return Vec::new() };
+        let stale: Vec<String> = pending
+            .iter()
+            .filter(|(_, p)| p.conn != self.owner_conn && p.arrived.elapsed() > lifetime)
+            .map(|(name, _)| name.clone())
+            .collect();
+        stale.iter().filter_map(|name| pending.remove(name)).collect()
+    }
+
+    /// Ends the session: it grants nothing more, and its unconfirmed uploads (from every
+    /// connection) are deleted. Returns how many there were.
+    pub fn end(&self) -> usize {
+        lock(&self.pending).take().map_or(0, |p| p.len())
+    }
+
+    /// Whether [`Session::end`] was called.
+    pub fn has_ended(&self) -> bool {
+        lock(&self.pending).is_none()
+    }
+}
+
+/// What [`Sessions::expire`] took out of the registry; dropping it deletes the uploads.
+#[derive(Debug, Default)]
+pub struct Expired {
+    /// Sessions no longer in the registry.
+    pub sessions: Vec<Arc<Session>>,
+    /// Uploads no longer waiting.
+    pub uploads: Vec<Pending>,
 }
 
 /// The registry of sessions usable from other connections, and of recent registrations.
@@ -133,12 +257,21 @@ impl Sessions {
         }
         let mut latest = lock(&self.latest);
         let session = latest.get(&(id, ip))?;
-        if session.idle_for() > self.window {
+        if session.idle_for() > self.window || session.has_ended() {
             latest.remove(&(id, ip));
             return None;
         }
         session.touch();
         Some(Arc::clone(session))
+    }
+
+    /// Takes `session` out of the registry, if it is still there: no other connection may
+    /// use it.
+    pub fn withdraw(&self, session: &Arc<Session>) {
+        let mut latest = lock(&self.latest);
+        if latest.get(&(session.id, session.ip)).is_some_and(|s| Arc::ptr_eq(s, session)) {
+            latest.remove(&(session.id, session.ip));
+        }
     }
 
     /// Marks that `id` was registered from `ip` (a 1026 may follow on another connection).
@@ -156,20 +289,58 @@ impl Sessions {
                 .is_some_and(|at| at.elapsed() <= self.window)
     }
 
-    /// Forgets sessions and registrations idle longer than the window; their unconfirmed
-    /// uploads are deleted once no connection uses them. Returns how many were dropped.
-    pub fn expire(&self) -> usize {
+    /// Forgets sessions and registrations idle longer than the window, and uploads made
+    /// on a borrowed session (from another connection than its owner's) that have waited
+    /// longer than `borrowed_lifetime` for their verdict. Hands back what it took, so that
+    /// the caller can delete the files off the async threads: an expired session's
+    /// uploads are deleted once no connection uses it.
+    pub fn expire(&self, borrowed_lifetime: Duration) -> Expired {
         let window = self.window;
+        let mut expired = Expired::default();
         let mut latest = lock(&self.latest);
-        let before = latest.len();
-        latest.retain(|_, s| s.idle_for() <= window);
+        latest.retain(|_, s| {
+            let keep = s.idle_for() <= window && !s.has_ended();
+            if !keep {
+                expired.sessions.push(Arc::clone(s));
+            }
+            keep
+        });
+        for session in latest.values() {
+            expired.uploads.extend(session.take_stale_borrowed(borrowed_lifetime));
+        }
+        drop(latest);
+        // Out of the registry, a session serves only its own connection: what other
+        // connections uploaded on it can no longer be confirmed by them.
+        for session in &expired.sessions {
+            expired.uploads.extend(session.take_stale_borrowed(Duration::ZERO));
+        }
         lock(&self.registrations).retain(|_, at| at.elapsed() <= window);
-        before - latest.len()
+        expired
     }
 
     /// Forgets everything (shutdown).
     pub fn clear(&self) {
         lock(&self.latest).clear();
         lock(&self.registrations).clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_bounds_uploads_and_bytes_per_client_and_is_given_back_on_drop() {
+        let quotas = Quotas::new(2, 100);
+        let (a, b) = (ClientId([1; 16]), ClientId([2; 16]));
+        let first = quotas.reserve(a, 60).unwrap();
+        assert!(quotas.reserve(a, 41).is_err(), "bytes");
+        let second = quotas.reserve(a, 40).unwrap();
+        assert!(quotas.reserve(a, 0).is_err(), "uploads");
+        assert!(quotas.reserve(b, 100).is_ok(), "another client has its own");
+        drop(first);
+        let third = quotas.reserve(a, 60).unwrap();
+        drop((second, third));
+        assert!(lock(&quotas.usage).is_empty());
     }
 }

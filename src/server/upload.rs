@@ -46,8 +46,8 @@ pub struct Received {
     pub ciphertext_crc32: Option<u32>,
 }
 
-/// Why an upload failed. Only [`UploadError::Padding`] leaves the connection usable: the
-/// content was read to its end.
+/// Why an upload failed. After [`UploadError::Padding`] the content was read to its end
+/// (the server ends the session anyway: a correct client never sends it).
 #[derive(Debug, Error)]
 pub enum UploadError {
     /// The socket failed or closed before all content arrived.

@@ -6,6 +6,7 @@
 
 use crate::protocol::ClientId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 use thiserror::Error;
@@ -28,6 +29,15 @@ pub enum DbError {
     /// The file does not exist (read-only open never creates one).
     #[error("database {path} does not exist; pass the server's database with --db")]
     Missing {
+        /// The file.
+        path: String,
+    },
+    /// The database file was deleted or replaced while the server had it open.
+    #[error(
+        "the database file {path} was removed or replaced while the server was running; \
+         nothing more is written to it: restart the server"
+    )]
+    Replaced {
         /// The file.
         path: String,
     },
@@ -62,6 +72,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE files ADD COLUMN Size INTEGER;
      ALTER TABLE files ADD COLUMN Cksum INTEGER;
      ALTER TABLE files ADD COLUMN StoredAt TEXT;",
+    // 3: the address a client registered from or last confirmed a file from (the server's
+    // back-off after padding failures spares it).
+    "ALTER TABLE clients ADD COLUMN UsualAddress TEXT;",
 ];
 
 /// A client as recorded.
@@ -104,13 +117,46 @@ pub struct FileRecord {
 #[derive(Debug)]
 pub struct Db {
     conn: Connection,
+    /// The file it was opened from (none in memory).
+    file: Option<FileIdentity>,
+}
+
+/// Which file a path named: device and inode.
+#[derive(Debug)]
+struct FileIdentity {
+    path: std::path::PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Result<Self, DbError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)
+            .map_err(|_| DbError::Replaced { path: path.display().to_string() })?;
+        Ok(FileIdentity { path: path.to_owned(), dev: meta.dev(), ino: meta.ino() })
+    }
 }
 
 impl Db {
     /// Opens (creating if needed) the server's database in WAL mode and migrates it.
     pub fn open(path: &Path) -> Result<Self, DbError> {
         let conn = Connection::open(path)?;
-        Self::setup(conn, true)
+        let mut db = Self::setup(conn, true)?;
+        // A path that names no file (SQLite's ":memory:") has nothing to watch.
+        db.file = FileIdentity::of(path).ok();
+        Ok(db)
+    }
+
+    /// Fails when the database file was deleted or replaced since it was opened: SQLite
+    /// would go on writing to the unlinked file, and every record written would be lost
+    /// when the server stops.
+    fn check_file(&self) -> Result<(), DbError> {
+        let Some(file) = &self.file else { return Ok(()) };
+        match FileIdentity::of(&file.path) {
+            Ok(now) if now.dev == file.dev && now.ino == file.ino => Ok(()),
+            _ => Err(DbError::Replaced { path: file.path.display().to_string() }),
+        }
     }
 
     /// An in-memory database (tests).
@@ -137,7 +183,7 @@ impl Db {
         if tables != 2 {
             return Err(DbError::Foreign { path: shown });
         }
-        Ok(Db { conn })
+        Ok(Db { conn, file: None })
     }
 
     fn setup(conn: Connection, writable: bool) -> Result<Self, DbError> {
@@ -147,7 +193,7 @@ impl Db {
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
         }
-        let mut db = Db { conn };
+        let mut db = Db { conn, file: None };
         db.migrate()?;
         Ok(db)
     }
@@ -175,6 +221,7 @@ impl Db {
 
     /// Registers a new client; `false` when the name is taken.
     pub fn insert_client(&self, id: ClientId, name: &str) -> Result<bool, DbError> {
+        self.check_file()?;
         let n = exec_cached(
             &self.conn,
             "INSERT OR IGNORE INTO clients (ID, Name, LastSeen) VALUES (?1, ?2, datetime('now'))",
@@ -215,6 +262,7 @@ impl Db {
 
     /// Records the public key a client sent.
     pub fn set_public_key(&self, id: ClientId, field: &[u8]) -> Result<(), DbError> {
+        self.check_file()?;
         exec_cached(
             &self.conn,
             "UPDATE clients SET PublicKey = ?2 WHERE ID = ?1",
@@ -225,6 +273,7 @@ impl Db {
 
     /// Records the AES key last sent to a client.
     pub fn set_aes_key(&self, id: ClientId, key: &[u8; 16]) -> Result<(), DbError> {
+        self.check_file()?;
         exec_cached(
             &self.conn,
             "UPDATE clients SET AESKey = ?2 WHERE ID = ?1",
@@ -245,8 +294,45 @@ impl Db {
         Ok(key.flatten().and_then(|k| k.try_into().ok()))
     }
 
+    /// Records `ip` as the client's usual address (registration, or a confirmed file).
+    pub fn set_usual_address(&self, id: ClientId, ip: IpAddr) -> Result<(), DbError> {
+        self.check_file()?;
+        exec_cached(
+            &self.conn,
+            "UPDATE clients SET UsualAddress = ?2 WHERE ID = ?1",
+            params![&id.0[..], ip.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// The client's usual address, if one is recorded.
+    pub fn usual_address(&self, id: ClientId) -> Result<Option<IpAddr>, DbError> {
+        let text: Option<Option<String>> = self
+            .conn
+            .prepare_cached("SELECT UsualAddress FROM clients WHERE ID = ?1")?
+            .query_row([&id.0[..]], |r| r.get(0))
+            .optional()?;
+        Ok(text.flatten().and_then(|t| t.parse().ok()))
+    }
+
+    /// Deletes the clients that registered but never sent a public key and have not been
+    /// seen for `age`: they can never send a file, and they hold their names. Returns how
+    /// many went.
+    pub fn forget_keyless(&self, age: Duration) -> Result<usize, DbError> {
+        self.check_file()?;
+        let n = exec_cached(
+            &self.conn,
+            "DELETE FROM clients WHERE PublicKey IS NULL
+               AND (LastSeen IS NULL OR LastSeen < datetime('now', ?1))
+               AND NOT EXISTS (SELECT 1 FROM files WHERE files.ID = clients.ID)",
+            [format!("-{} seconds", age.as_secs())],
+        )?;
+        Ok(n)
+    }
+
     /// Updates `LastSeen`; `false` if no such client.
     pub fn touch(&self, id: ClientId) -> Result<bool, DbError> {
+        self.check_file()?;
         let n = exec_cached(
             &self.conn,
             "UPDATE clients SET LastSeen = datetime('now') WHERE ID = ?1",
@@ -267,6 +353,7 @@ impl Db {
         size: u64,
         cksum: u32,
     ) -> Result<(), DbError> {
+        self.check_file()?;
         let tx = self.conn.unchecked_transaction()?;
         exec_cached(
             &tx,
@@ -294,6 +381,7 @@ impl Db {
         file_name: &str,
         path_name: &str,
     ) -> Result<(), DbError> {
+        self.check_file()?;
         exec_cached(
             &self.conn,
             "INSERT OR IGNORE INTO files (ID, FileName, PathName, Verified) VALUES (?1, ?2, ?3, 0)",
@@ -406,6 +494,51 @@ mod tests {
         let names: Vec<_> = files.iter().map(|f| (&f.file_name[..], f.verified)).collect();
         assert_eq!(names, [("/tmp/f.txt", false), (replacing, true)]);
         assert_eq!(files[1].size, Some(9));
+    }
+
+    #[test]
+    fn the_usual_address_is_recorded_and_replaced() {
+        let db = Db::open_in_memory().unwrap();
+        let id = ClientId([1; 16]);
+        db.insert_client(id, "a").unwrap();
+        assert_eq!(db.usual_address(id).unwrap(), None);
+        for ip in ["192.0.2.1", "2001:db8::1"] {
+            db.set_usual_address(id, ip.parse().unwrap()).unwrap();
+            assert_eq!(db.usual_address(id).unwrap(), Some(ip.parse().unwrap()));
+        }
+        assert_eq!(db.usual_address(ClientId([2; 16])).unwrap(), None);
+    }
+
+    #[test]
+    fn only_old_registrations_without_a_key_are_forgotten() {
+        let db = Db::open_in_memory().unwrap();
+        let (old, keyed, fresh) = (ClientId([1; 16]), ClientId([2; 16]), ClientId([3; 16]));
+        for (id, name) in [(old, "old"), (keyed, "keyed"), (fresh, "fresh")] {
+            db.insert_client(id, name).unwrap();
+        }
+        db.set_public_key(keyed, &[0; 160]).unwrap();
+        db.conn
+            .execute(
+                "UPDATE clients SET LastSeen = datetime('now', '-1 hour') WHERE ID <> ?1",
+                [&fresh.0[..]],
+            )
+            .unwrap();
+        assert_eq!(db.forget_keyless(Duration::from_secs(600)).unwrap(), 1);
+        let names: Vec<String> = db.clients().unwrap().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["fresh", "keyed"]);
+    }
+
+    #[test]
+    fn writes_are_refused_once_the_file_is_deleted_or_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let db = Db::open(&path).unwrap();
+        assert!(db.insert_client(ClientId([1; 16]), "a").unwrap());
+        std::fs::remove_file(&path).unwrap();
+        let refused = db.insert_client(ClientId([2; 16]), "b");
+        assert!(matches!(refused, Err(DbError::Replaced { .. })), "{refused:?}");
+        std::fs::write(&path, b"another file").unwrap();
+        assert!(matches!(db.touch(ClientId([1; 16])), Err(DbError::Replaced { .. })));
     }
 
     #[test]

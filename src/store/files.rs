@@ -3,8 +3,11 @@
 
 use crate::protocol::ClientId;
 use crate::protocol::TEMP_PREFIX;
+use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;
 
@@ -12,6 +15,116 @@ use tempfile::NamedTempFile;
 #[derive(Debug, Clone)]
 pub struct Storage {
     root: PathBuf,
+}
+
+/// What [`Storage::clean_leftovers`] did and found.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Unfinished uploads deleted.
+    pub removed: usize,
+    /// Entries left alone, each with what is odd about it.
+    pub odd: Vec<(PathBuf, String)>,
+}
+
+impl Leftovers {
+    fn odd(&mut self, path: PathBuf, why: &str) {
+        self.odd.push((path, why.to_owned()));
+    }
+}
+
+/// A client's directory, opened without following a symbolic link; files are created,
+/// linked and renamed relative to it.
+struct ClientDir {
+    file: fs::File,
+}
+
+fn c_name(name: &str) -> io::Result<CString> {
+    CString::new(name).map_err(|_| io::Error::other("a file name with a NUL byte"))
+}
+
+/// The result of a libc call that returns -1 on error.
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+impl ClientDir {
+    fn open(path: &Path) -> io::Result<Self> {
+        let opened = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path);
+        match opened {
+            Ok(file) => Ok(ClientDir { file }),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENOTDIR)) => {
+                Err(io::Error::other(format!(
+                    "{} is a symbolic link or not a directory; refusing to use it",
+                    path.display()
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A new file with a fresh temporary name, created here and never through a link.
+    fn create_temp(&self) -> io::Result<(fs::File, String)> {
+        loop {
+            let name = temp_name();
+            let flags =
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            let c = c_name(&name)?;
+            // SAFETY: a valid directory descriptor and a NUL-terminated name.
+            let fd = unsafe { libc::openat(self.file.as_raw_fd(), c.as_ptr(), flags, 0o600) };
+            match check(fd) {
+                // SAFETY: openat just returned this descriptor, owned by nobody else.
+                Ok(fd) => return Ok((unsafe { fs::File::from_raw_fd(fd) }, name)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// An existing regular file here, for reading (never through a link).
+    fn open_file(&self, name: &str) -> io::Result<fs::File> {
+        let c = c_name(name)?;
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: a valid directory descriptor and a NUL-terminated name.
+        let fd = check(unsafe { libc::openat(self.file.as_raw_fd(), c.as_ptr(), flags) })?;
+        // SAFETY: openat just returned this descriptor, owned by nobody else.
+        Ok(unsafe { fs::File::from_raw_fd(fd) })
+    }
+
+    /// Links the file `name` to a fresh temporary name here; returns that name.
+    fn link_aside(&self, name: &str) -> io::Result<String> {
+        let target = c_name(name)?;
+        loop {
+            let aside = temp_name();
+            let c = c_name(&aside)?;
+            let fd = self.file.as_raw_fd();
+            // SAFETY: valid descriptors and NUL-terminated names; flags 0: a link itself
+            // is linked, never followed.
+            match check(unsafe { libc::linkat(fd, target.as_ptr(), fd, c.as_ptr(), 0) }) {
+                Ok(_) => return Ok(aside),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Renames `from` to `to`, both here, replacing `to` atomically.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from, to) = (c_name(from)?, c_name(to)?);
+        let fd = self.file.as_raw_fd();
+        // SAFETY: valid descriptors and NUL-terminated names.
+        check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) })?;
+        Ok(())
+    }
+}
+
+/// A fresh temporary file name: the prefix start-up cleans, and 16 random hex digits.
+fn temp_name() -> String {
+    let suffix: [u8; 8] = crate::crypto::random_bytes();
+    let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{TEMP_PREFIX}{hex}")
 }
 
 /// A stored upload: where it is, and the copy it replaced, which is deleted when this is
@@ -44,10 +157,21 @@ impl Storage {
 
     /// A new temporary file in the client's directory (created if needed). It deletes
     /// itself when dropped unless [`Storage::commit`] moves it into place.
+    ///
+    /// The directory is never reached through a symbolic link: one planted at
+    /// `<storage>/<id hex>` (to a directory outside storage, or another client's) makes
+    /// this fail, and the file is created relative to the directory opened, so it lands
+    /// where that was checked.
     pub fn begin_upload(&self, id: ClientId) -> io::Result<NamedTempFile> {
         let dir = self.root.join(id.to_hex());
-        fs::create_dir_all(&dir)?;
-        tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(dir)
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        let handle = ClientDir::open(&dir)?;
+        let (file, name) = handle.create_temp()?;
+        // The root is absolute (canonical), so this never needs the working directory.
+        Ok(NamedTempFile::from_parts(file, tempfile::TempPath::try_from_path(dir.join(name))?))
     }
 
     /// Makes a finished upload durable and moves it to its final name, replacing an
@@ -58,6 +182,9 @@ impl Storage {
     /// is waiting for its 2104. It is linked to a temporary name first and handed back;
     /// dropping the [`Committed`] (on a blocking thread, after the reply) deletes it, and a
     /// crash before that leaves a temporary file that start-up cleans away.
+    ///
+    /// Everything happens relative to the client's directory opened without following a
+    /// symbolic link, as in [`Storage::begin_upload`].
     pub fn commit(
         &self,
         upload: tempfile::TempPath,
@@ -65,38 +192,82 @@ impl Storage {
         name: &str,
     ) -> io::Result<Committed> {
         let relative = Self::relative_path(id, name);
-        let target = self.root.join(&relative);
-        let dir = target.parent().unwrap_or(&self.root);
-        fs::File::open(&upload)?.sync_all()?;
+        let dir_path = self.root.join(id.to_hex());
+        let dir = ClientDir::open(&dir_path)?;
+        let temp_name = upload
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| n.starts_with(TEMP_PREFIX) && upload.parent() == Some(&dir_path))
+            .ok_or_else(|| io::Error::other("the upload is not in the client's directory"))?
+            .to_owned();
+        dir.open_file(&temp_name)?.sync_all()?;
         // No earlier copy (NotFound), or a file system without hard links: then the rename
         // below deletes the earlier copy itself, as it always may.
-        let replaced = tempfile::Builder::new()
-            .prefix(TEMP_PREFIX)
-            .make_in(dir, |aside| fs::hard_link(&target, aside))
+        let replaced = dir
+            .link_aside(name)
             .ok()
-            .map(|aside| aside.into_temp_path());
-        upload.persist(&target).map_err(|e| e.error)?;
-        fs::File::open(dir)?.sync_all()?;
+            .and_then(|aside| tempfile::TempPath::try_from_path(dir_path.join(aside)).ok());
+        dir.rename(&temp_name, name)?;
+        // Moved into place: nothing is left for the temporary path to delete.
+        let _ = upload.keep();
+        dir.file.sync_all()?;
         Ok(Committed { relative, replaced })
     }
 
-    /// Deletes temporary files left by a crash. Returns how many were removed.
-    pub fn clean_leftovers(&self) -> io::Result<usize> {
-        let mut removed = 0;
+    /// Deletes temporary files left by a crash, and reports every entry that does not
+    /// belong (a symbolic link, a directory with a temporary file's name, a file where a
+    /// client directory should be): they are left alone, and never stop start-up.
+    pub fn clean_leftovers(&self) -> io::Result<Leftovers> {
+        let mut found = Leftovers::default();
         for client_dir in fs::read_dir(&self.root)? {
             let client_dir = client_dir?;
-            if !client_dir.file_type()?.is_dir() {
-                continue;
-            }
-            for entry in fs::read_dir(client_dir.path())? {
-                let entry = entry?;
-                if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
-                    fs::remove_file(entry.path())?;
-                    removed += 1;
+            let path = client_dir.path();
+            let name = client_dir.file_name();
+            let is_id = name
+                .to_str()
+                .and_then(ClientId::parse)
+                .is_some_and(|id| name.to_str() == Some(id.to_hex().as_str()));
+            match client_dir.file_type() {
+                Ok(t) if t.is_symlink() => {
+                    found.odd(path, "a symbolic link: uploads for it are refused")
                 }
+                Ok(t) if t.is_dir() && is_id => self.clean_client_dir(&path, &mut found),
+                Ok(t) if t.is_dir() => found.odd(path, "a directory not named like a client id"),
+                Ok(_) => found.odd(path, "not a directory"),
+                Err(e) => found.odd(path, &format!("cannot be examined: {e}")),
             }
         }
-        Ok(removed)
+        Ok(found)
+    }
+
+    fn clean_client_dir(&self, dir: &Path, found: &mut Leftovers) {
+        let entries = match fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => return found.odd(dir.to_owned(), &format!("cannot be read: {e}")),
+        };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => return found.odd(dir.to_owned(), &format!("cannot be read: {e}")),
+            };
+            let path = entry.path();
+            let file_type = entry.file_type();
+            let is_temp = entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX);
+            match file_type {
+                Ok(t) if t.is_file() && is_temp => match fs::remove_file(&path) {
+                    Ok(()) => found.removed += 1,
+                    Err(e) => found
+                        .odd(path, &format!("an unfinished upload that cannot be deleted: {e}")),
+                },
+                Ok(t) if t.is_file() => {}
+                Ok(t) if t.is_symlink() => found.odd(path, "a symbolic link"),
+                Ok(t) if t.is_dir() && is_temp => {
+                    found.odd(path, "a directory named like an unfinished upload")
+                }
+                Ok(_) => found.odd(path, "not a regular file"),
+                Err(e) => found.odd(path, &format!("cannot be examined: {e}")),
+            }
+        }
     }
 
     /// Bytes available to this process on the storage file system, if the OS says.
@@ -165,8 +336,27 @@ mod tests {
         }
         let (_file, kept) = storage.begin_upload(id).unwrap().keep().unwrap();
         assert!(kept.exists());
-        assert_eq!(storage.clean_leftovers().unwrap(), 1);
+        assert_eq!(storage.clean_leftovers().unwrap().removed, 1);
         assert!(!kept.exists());
         assert!(storage.root().join(id.to_hex()).join("f.txt").exists());
+    }
+
+    #[test]
+    fn a_symlink_at_a_stored_name_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"untouched").unwrap();
+        let storage = Storage::open(&dir.path().join("storage")).unwrap();
+        let id = ClientId([7; 16]);
+        let mut tmp = storage.begin_upload(id).unwrap();
+        tmp.write_all(b"upload").unwrap();
+        let link = storage.root().join(id.to_hex()).join("f.txt");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        drop(storage.commit(tmp.into_temp_path(), id, "f.txt").unwrap());
+        assert_eq!(fs::read(&victim).unwrap(), b"untouched");
+        assert!(!fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert_eq!(fs::read(&link).unwrap(), b"upload");
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1);
     }
 }
