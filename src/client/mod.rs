@@ -35,6 +35,9 @@ use wire::{RecvError, Timeouts, Wire, is_timeout};
 pub const RETRIES: u32 = 3;
 /// The most times a file is sent (the first send and three resends).
 pub const MAX_SENDS: u32 = 4;
+/// How long a server that closes after every reply gets to answer or close after a 1030
+/// before the resend goes on the same connection.
+const RESEND_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
 /// The confirmation step's name in events and errors.
 const CONFIRM_STEP: &str = "confirming the checksum (1029)";
 
@@ -484,11 +487,20 @@ impl Client {
     }
 
     /// Says 1030 (no answer is due). A server that closed the connection after its 2103
-    /// gets it on a new one; if sending fails, the next send reconnects.
+    /// gets it on a new one; if sending fails, the next send reconnects. A server that
+    /// closes after every reply may answer the 1030 (and close) or wait for the resend on
+    /// the same connection: a moment's look tells which, and the resend follows it.
     fn announce_resend(&mut self, session: &Session, file_name: &FixedName) {
         let retry =
             encode_request(self.id(session), &Request::CrcRetry { file_name: file_name.clone() });
-        let sent = self.wire().map(|wire| wire.send(&retry));
+        let one_per_request = self.one_per_request;
+        let sent = self.wire().map(|wire| {
+            wire.send(&retry)?;
+            if one_per_request {
+                wire.takes_another = !wire.answers_or_closes_within(RESEND_SETTLE);
+            }
+            io::Result::Ok(())
+        });
         if !matches!(sent, Ok(Ok(()))) {
             self.wire = None;
         }
@@ -728,7 +740,7 @@ impl Client {
                 self.closes_after_reply = if closed { self.closes_after_reply + 1 } else { 0 };
                 self.one_per_request |= self.closes_after_reply >= 2;
             }
-            if closed || (self.one_per_request && wire.sent > 0) {
+            if closed || (self.one_per_request && wire.sent > 0 && !wire.takes_another) {
                 self.wire = None;
             }
         }

@@ -55,6 +55,9 @@ pub struct Wire {
     io_timeout: Duration,
     /// Requests written on this connection so far.
     pub sent: u32,
+    /// The server is known to wait for another request here, even if it closes after
+    /// every reply (see [`Wire::answers_or_closes_within`]).
+    pub takes_another: bool,
     /// Responses read on this connection so far.
     pub answered: u32,
 }
@@ -74,6 +77,7 @@ impl Wire {
                         server: server.to_owned(),
                         io_timeout: timeouts.io,
                         sent: 0,
+                        takes_another: false,
                         answered: 0,
                     });
                 }
@@ -96,6 +100,20 @@ impl Wire {
             Err(e) => e.kind() != io::ErrorKind::WouldBlock,
         };
         closed || self.stream.set_nonblocking(false).is_err()
+    }
+
+    /// Whether the server answers or closes the connection within `wait`, without consuming
+    /// anything: after a request that needs no answer (1030), it tells a server that is done
+    /// with the connection from one that waits for the next request on it.
+    pub fn answers_or_closes_within(&self, wait: Duration) -> bool {
+        let mut probe = [0u8; 1];
+        let _ = self.stream.set_read_timeout(Some(wait));
+        let seen = match self.stream.peek(&mut probe) {
+            Ok(_) => true,
+            Err(e) => !is_timeout(&e),
+        };
+        let _ = self.stream.set_read_timeout(Some(self.io_timeout));
+        seen
     }
 
     /// Writes one whole request in one write (some servers misread a request that
