@@ -3,6 +3,7 @@
 
 use crate::protocol::ClientId;
 use crate::protocol::TEMP_PREFIX;
+use crate::sys::available_bytes;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -103,27 +104,6 @@ impl Storage {
     pub fn available_bytes(&self) -> Option<u64> {
         available_bytes(&self.root)
     }
-}
-
-#[cfg(unix)]
-fn available_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: a valid NUL-terminated path and a writable statvfs buffer.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled the buffer.
-    let stat = unsafe { stat.assume_init() };
-    #[allow(clippy::unnecessary_cast)]
-    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
-}
-
-#[cfg(not(unix))]
-fn available_bytes(_path: &Path) -> Option<u64> {
-    None
 }
 
 #[cfg(test)]
