@@ -1,5 +1,6 @@
 //! The `securexfer` binary: parse the command line, set up logging, run one subcommand,
 //! print the error chain once and exit with a documented code.
+#![deny(unsafe_code)]
 
 mod cli;
 mod cmd;

@@ -5,7 +5,10 @@
 //! key, full-path file names) is seen and handled.
 //!
 //! These tests read only `priv.key`, never `me.info`: the identity-file parser has its own
-//! tests. CI always has the captures; a checkout without them skips with a message.
+//! tests. CI always has the captures (and fails without them, see
+//! [`common::captures_dir`]); a checkout without them skips with a message.
+
+mod common;
 
 use securexfer::crypto::aes::{BLOCK, unpadded_len};
 use securexfer::crypto::{AesKey, CbcDecryptor, Cksum, PrivateKey, PublicKey};
@@ -13,21 +16,10 @@ use securexfer::protocol::{
     ClientId, DecodedRequest, Request, RequestCode, Response, ResponseCode, ResponseHeader,
     decode_request, decode_response, storage_name,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const IMPLEMENTATIONS: [&str; 3] = ["b0rik", "dor", "tomer"];
 const RUNS: [&str; 2] = ["register", "reconnect"];
-
-/// The captures folder, or `None` (with a message) when this checkout has none.
-fn captures() -> Option<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/captures");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: ../shared/captures not found (looked in {})", dir.display());
-        None
-    }
-}
 
 fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
@@ -201,7 +193,7 @@ fn small_bin(captures: &Path) -> Vec<u8> {
 
 #[test]
 fn every_captured_message_decodes_in_the_documented_order() {
-    let Some(captures) = captures() else { return };
+    let Some(captures) = common::captures_dir() else { return };
     use RequestCode as Q;
     use ResponseCode as A;
     for run in all_runs(&captures) {
@@ -237,7 +229,7 @@ fn every_captured_message_decodes_in_the_documented_order() {
 
 #[test]
 fn one_per_request_connections_each_carry_one_exchange() {
-    let Some(captures) = captures() else { return };
+    let Some(captures) = common::captures_dir() else { return };
     for run in RUNS {
         let run = load_run(&captures, "dor", run);
         assert!(run.connections.len() > 1, "{}", run.label());
@@ -250,7 +242,7 @@ fn one_per_request_connections_each_carry_one_exchange() {
 
 #[test]
 fn captured_version_bytes_are_accepted_whatever_they_are() {
-    let Some(captures) = captures() else { return };
+    let Some(captures) = common::captures_dir() else { return };
     // From captures/README.md: client / server version bytes.
     let expected = [("b0rik", 3, 3), ("dor", 1, 3), ("tomer", 3, 2)];
     for run in all_runs(&captures) {
@@ -263,7 +255,7 @@ fn captured_version_bytes_are_accepted_whatever_they_are() {
 
 #[test]
 fn captured_client_ids_are_the_registered_id_throughout() {
-    let Some(captures) = captures() else { return };
+    let Some(captures) = common::captures_dir() else { return };
     for implementation in IMPLEMENTATIONS {
         let register = load_run(&captures, implementation, "register");
         let id = register
@@ -300,7 +292,7 @@ fn captured_client_ids_are_the_registered_id_throughout() {
 
 #[test]
 fn empty_acknowledgement_from_dor_decodes_without_an_id() {
-    let Some(captures) = captures() else { return };
+    let Some(captures) = common::captures_dir() else { return };
     for run in all_runs(&captures) {
         let ack = run
             .responses()
@@ -315,7 +307,7 @@ fn empty_acknowledgement_from_dor_decodes_without_an_id() {
 
 #[test]
 fn captured_public_key_is_the_one_in_priv_key() {
-    let Some(captures) = captures() else { return };
+    let Some(captures) = common::captures_dir() else { return };
     for implementation in IMPLEMENTATIONS {
         let run = load_run(&captures, implementation, "register");
         let field = run
@@ -333,7 +325,7 @@ fn captured_public_key_is_the_one_in_priv_key() {
 
 #[test]
 fn captured_file_decrypts_to_small_bin_with_the_key_from_priv_key() {
-    let Some(captures) = captures() else { return };
+    let Some(captures) = common::captures_dir() else { return };
     let small = small_bin(&captures);
     for run in all_runs(&captures) {
         let key = aes_key(&captures, &run);
@@ -345,7 +337,7 @@ fn captured_file_decrypts_to_small_bin_with_the_key_from_priv_key() {
 
 #[test]
 fn short_layout_1028_from_tomer_carries_the_content_after_the_payload() {
-    let Some(captures) = captures() else { return };
+    let Some(captures) = common::captures_dir() else { return };
     for run in all_runs(&captures) {
         let (d, _) =
             run.requests().find(|(d, _)| d.header.code == RequestCode::SendFile).expect("a 1028");
@@ -358,7 +350,7 @@ fn short_layout_1028_from_tomer_carries_the_content_after_the_payload() {
 
 #[test]
 fn captured_cksums_match_ours_except_where_the_server_is_wrong() {
-    let Some(captures) = captures() else { return };
+    let Some(captures) = common::captures_dir() else { return };
     let ours = Cksum::of(&small_bin(&captures));
     for run in all_runs(&captures) {
         let (file, content) = run.sent_file();
@@ -378,7 +370,7 @@ fn captured_cksums_match_ours_except_where_the_server_is_wrong() {
 
 #[test]
 fn captured_file_names_store_as_small_bin() {
-    let Some(captures) = captures() else { return };
+    let Some(captures) = common::captures_dir() else { return };
     for run in all_runs(&captures) {
         let (file, _) = run.sent_file();
         let sent = file.file_name.as_str();
@@ -397,10 +389,22 @@ fn captured_file_names_store_as_small_bin() {
 
 #[test]
 fn reconnect_gives_a_fresh_aes_key_except_on_dor() {
-    let Some(captures) = captures() else { return };
+    let Some(captures) = common::captures_dir() else { return };
     for implementation in IMPLEMENTATIONS {
         let register = aes_key(&captures, &load_run(&captures, implementation, "register"));
         let reconnect = aes_key(&captures, &load_run(&captures, implementation, "reconnect"));
         assert_eq!(register == reconnect, implementation == "dor", "{implementation}");
     }
+}
+
+#[test]
+fn absent_captures_skip_on_a_developer_machine_and_fail_in_ci() {
+    use common::CapturesDecision::{Fail, Run, Skip};
+    use common::captures_decision;
+    assert_eq!(captures_decision(true, None), Run);
+    assert_eq!(captures_decision(true, Some("true")), Run);
+    assert_eq!(captures_decision(false, None), Skip);
+    assert_eq!(captures_decision(false, Some("false")), Skip);
+    assert_eq!(captures_decision(false, Some("")), Skip);
+    assert_eq!(captures_decision(false, Some("true")), Fail);
 }

@@ -4,6 +4,7 @@ use super::out::outln;
 use crate::cli::ServeArgs;
 use anyhow::Context;
 use securexfer::server::{Config, Server};
+use securexfer::sys::raise_open_file_limit;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -98,18 +99,4 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     info!("shutdown signal received");
-}
-
-/// Many clients at once need many file descriptors: raise the soft limit to the hard one.
-fn raise_open_file_limit() {
-    #[cfg(unix)]
-    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
-    unsafe {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! Why bytes could not be decoded. One flat enum: each reason is its own value so that
 //! callers (and tests) can tell them apart, and every message says what to do.
 
+use super::{RequestCode, ResponseCode};
 use thiserror::Error;
 
 /// A reason a message could not be decoded.
@@ -13,10 +14,18 @@ pub enum DecodeError {
         needed: usize,
     },
     /// A request code that protocol 3 does not have.
-    #[error("unknown request code {0}: protocol 3 has codes 1025-1031")]
+    #[error(
+        "unknown request code {0}: protocol 3 has codes {first}-{last}",
+        first = RequestCode::ALL[0].as_u16(),
+        last = RequestCode::ALL[RequestCode::ALL.len() - 1].as_u16()
+    )]
     UnknownRequestCode(u16),
     /// A response code that protocol 3 does not have.
-    #[error("unknown response code {0}: protocol 3 has codes 2100-2107")]
+    #[error(
+        "unknown response code {0}: protocol 3 has codes {first}-{last}",
+        first = ResponseCode::ALL[0].as_u16(),
+        last = ResponseCode::ALL[ResponseCode::ALL.len() - 1].as_u16()
+    )]
     UnknownResponseCode(u16),
     /// A fixed-size message whose payload size is not the one the code requires.
     #[error("request {code} must carry a payload of {expected} bytes, the header says {actual}")]

@@ -9,6 +9,7 @@ mod codes;
 mod error;
 mod fields;
 mod filename;
+mod reader;
 mod request;
 mod response;
 

@@ -1,6 +1,7 @@
 //! Requests: the 23-byte header, the typed payloads, and the 1028 file header that can be
 //! decoded on its own so that the encrypted content is streamed rather than buffered.
 
+use super::reader::Reader;
 use super::{
     AES_BLOCK_LEN, CLIENT_ID_LEN, CONTENT_SIZE_LEN, ClientId, DecodeError, FILE_HEADER_LEN,
     FixedName, NAME_LEN, PUBLIC_KEY_LEN, PublicKeyField, REQUEST_HEADER_LEN, RequestCode, VERSION,
@@ -25,10 +26,12 @@ impl RequestHeader {
     /// a fixed-size request must announce exactly its size, so nothing is allocated for a
     /// lying peer.
     pub fn decode(bytes: &[u8; REQUEST_HEADER_LEN]) -> Result<Self, DecodeError> {
-        let (id, rest) = bytes.split_at(CLIENT_ID_LEN);
-        let raw_code = u16::from_le_bytes([rest[1], rest[2]]);
+        let mut r = Reader::new(bytes);
+        let client_id = ClientId(*r.take::<CLIENT_ID_LEN>()?);
+        let version = r.u8()?;
+        let raw_code = r.u16_le()?;
         let code = RequestCode::try_from(raw_code)?;
-        let payload_size = u32::from_le_bytes([rest[3], rest[4], rest[5], rest[6]]);
+        let payload_size = r.u32_le()?;
         let expected = code.fixed_payload_len();
         match expected {
             Some(expected) if payload_size != expected => {
@@ -47,12 +50,7 @@ impl RequestHeader {
             }
             _ => {}
         }
-        Ok(RequestHeader {
-            client_id: ClientId(id.try_into().expect("split at CLIENT_ID_LEN")),
-            version: rest[0],
-            code,
-            payload_size,
-        })
+        Ok(RequestHeader { client_id, version, code, payload_size })
     }
 
     /// The header's 23 bytes.
@@ -79,9 +77,9 @@ pub struct FileHeader {
 impl FileHeader {
     /// Decodes the 259 bytes after a 1028 header.
     pub fn decode(bytes: &[u8; FILE_HEADER_LEN]) -> Result<Self, DecodeError> {
-        let content_size = u32::from_le_bytes(bytes[..CONTENT_SIZE_LEN].try_into().expect("4"));
-        let name: &[u8; NAME_LEN] = bytes[CONTENT_SIZE_LEN..].try_into().expect("255");
-        Ok(FileHeader { content_size, file_name: FixedName::decode(name, "file name")? })
+        let mut r = Reader::new(bytes);
+        let content_size = r.u32_le()?;
+        Ok(FileHeader { content_size, file_name: name_field(&mut r, "file name")? })
     }
 
     /// The 259 bytes.
@@ -182,20 +180,19 @@ impl Request {
                 actual: payload.len() as u32,
             });
         }
-        let name = |field| FixedName::decode(payload[..NAME_LEN].try_into().expect("255"), field);
+        let mut r = Reader::new(payload);
+        let r = &mut r;
         Ok(match code {
-            RequestCode::Register => Request::Register { name: name("name")? },
+            RequestCode::Register => Request::Register { name: name_field(r, "name")? },
             RequestCode::SendPublicKey => Request::SendPublicKey {
-                name: name("name")?,
-                public_key: PublicKeyField(payload[NAME_LEN..].try_into().expect("160")),
+                name: name_field(r, "name")?,
+                public_key: PublicKeyField(*r.take::<PUBLIC_KEY_LEN>()?),
             },
-            RequestCode::Reconnect => Request::Reconnect { name: name("name")? },
-            RequestCode::SendFile => {
-                Request::SendFile(FileHeader::decode(payload.try_into().expect("259"))?)
-            }
-            RequestCode::CrcOk => Request::CrcOk { file_name: name("file name")? },
-            RequestCode::CrcRetry => Request::CrcRetry { file_name: name("file name")? },
-            RequestCode::CrcGiveUp => Request::CrcGiveUp { file_name: name("file name")? },
+            RequestCode::Reconnect => Request::Reconnect { name: name_field(r, "name")? },
+            RequestCode::SendFile => Request::SendFile(FileHeader::decode(r.take()?)?),
+            RequestCode::CrcOk => Request::CrcOk { file_name: name_field(r, "file name")? },
+            RequestCode::CrcRetry => Request::CrcRetry { file_name: name_field(r, "file name")? },
+            RequestCode::CrcGiveUp => Request::CrcGiveUp { file_name: name_field(r, "file name")? },
         })
     }
 
@@ -230,6 +227,11 @@ impl Request {
     }
 }
 
+/// Reads and decodes one 255-byte name field called `field`.
+fn name_field(r: &mut Reader<'_>, field: &'static str) -> Result<FixedName, DecodeError> {
+    FixedName::decode(r.take::<NAME_LEN>()?, field)
+}
+
 /// Encodes header and payload as securexfer sends them (version 3, spec layout). For 1028
 /// the caller writes the `content_size` bytes of content right after.
 pub fn encode_request(client_id: ClientId, request: &Request) -> Vec<u8> {
@@ -260,18 +262,11 @@ pub struct DecodedRequest {
 /// Decodes the first request in `buf`. [`DecodeError::Incomplete`] means more bytes are
 /// needed; every other error means the bytes are invalid.
 pub fn decode_request(buf: &[u8], max_content: u32) -> Result<DecodedRequest, DecodeError> {
-    let header_bytes: &[u8; REQUEST_HEADER_LEN] = buf
-        .get(..REQUEST_HEADER_LEN)
-        .ok_or_else(|| DecodeError::Incomplete { needed: REQUEST_HEADER_LEN - buf.len() })?
-        .try_into()
-        .expect("sliced to length");
-    let header = RequestHeader::decode(header_bytes)?;
+    let mut r = Reader::new(buf);
+    let header = RequestHeader::decode(r.take()?)?;
     let fixed_len = header.code.fixed_payload_len().unwrap_or(FILE_HEADER_LEN as u32) as usize;
+    let request = Request::decode_payload(header.code, r.bytes(fixed_len)?)?;
     let payload_end = REQUEST_HEADER_LEN + fixed_len;
-    let payload = buf
-        .get(REQUEST_HEADER_LEN..payload_end)
-        .ok_or_else(|| DecodeError::Incomplete { needed: payload_end - buf.len() })?;
-    let request = Request::decode_payload(header.code, payload)?;
     let content = match &request {
         Request::SendFile(file) => {
             file.check_sizes(header.payload_size, max_content)?;

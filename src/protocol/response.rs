@@ -1,8 +1,9 @@
 //! Responses: the 7-byte header and the typed payloads.
 
+use super::reader::Reader;
 use super::{
-    CKSUM_LEN, CLIENT_ID_LEN, CONTENT_SIZE_LEN, ClientId, DecodeError, FILE_RECEIVED_LEN,
-    FixedName, MAX_RESPONSE_PAYLOAD, NAME_LEN, RESPONSE_HEADER_LEN, ResponseCode, VERSION,
+    CLIENT_ID_LEN, ClientId, DecodeError, FILE_RECEIVED_LEN, FixedName, MAX_RESPONSE_PAYLOAD,
+    NAME_LEN, RESPONSE_HEADER_LEN, ResponseCode, VERSION,
 };
 
 /// The header every response starts with.
@@ -20,9 +21,11 @@ impl ResponseHeader {
     /// Decodes a header and refuses a payload size no valid response has, before the
     /// payload is read.
     pub fn decode(bytes: &[u8; RESPONSE_HEADER_LEN]) -> Result<Self, DecodeError> {
-        let raw_code = u16::from_le_bytes([bytes[1], bytes[2]]);
+        let mut r = Reader::new(bytes);
+        let version = r.u8()?;
+        let raw_code = r.u16_le()?;
         let code = ResponseCode::try_from(raw_code)?;
-        let payload_size = u32::from_le_bytes([bytes[3], bytes[4], bytes[5], bytes[6]]);
+        let payload_size = r.u32_le()?;
         if payload_size > MAX_RESPONSE_PAYLOAD {
             return Err(DecodeError::PayloadTooLarge {
                 code: raw_code,
@@ -30,7 +33,7 @@ impl ResponseHeader {
                 max: MAX_RESPONSE_PAYLOAD,
             });
         }
-        Ok(ResponseHeader { version: bytes[0], code, payload_size })
+        Ok(ResponseHeader { version, code, payload_size })
     }
 
     /// The header's 7 bytes.
@@ -153,15 +156,17 @@ pub fn decode_response_payload(
         expected,
         actual: payload.len() as u32,
     };
-    let id = |p: &[u8]| ClientId(p[..CLIENT_ID_LEN].try_into().expect("16"));
-    let optional_id = |p: &[u8]| match p.len() {
+    let mut r = Reader::new(payload);
+    let r = &mut r;
+    let id = |r: &mut Reader<'_>| r.take::<CLIENT_ID_LEN>().map(|id| ClientId(*id));
+    let optional_id = |r: &mut Reader<'_>| match r.remaining() {
         0 => Ok(None),
-        CLIENT_ID_LEN => Ok(Some(id(p))),
+        CLIENT_ID_LEN => id(r).map(Some),
         _ => Err(bad("0 or 16")),
     };
     Ok(match code {
         ResponseCode::Registered if payload.len() == CLIENT_ID_LEN => {
-            Response::Registered { client_id: id(payload) }
+            Response::Registered { client_id: id(r)? }
         }
         ResponseCode::Registered => return Err(bad("16")),
         // Their payloads carry nothing; a server that sends some anyway is still clear.
@@ -171,8 +176,8 @@ pub fn decode_response_payload(
             if payload.len() <= CLIENT_ID_LEN {
                 return Err(bad("16 + encrypted key"));
             }
-            let client_id = id(payload);
-            let encrypted_key = payload[CLIENT_ID_LEN..].to_vec();
+            let client_id = id(r)?;
+            let encrypted_key = r.rest().to_vec();
             if code == ResponseCode::PublicKeyAccepted {
                 Response::PublicKeyAccepted { client_id, encrypted_key }
             } else {
@@ -180,41 +185,24 @@ pub fn decode_response_payload(
             }
         }
         ResponseCode::FileReceived if payload.len() == FILE_RECEIVED_LEN => {
-            let size_at = CLIENT_ID_LEN;
-            let name_at = size_at + CONTENT_SIZE_LEN;
-            let cksum_at = name_at + NAME_LEN;
             Response::FileReceived {
-                client_id: id(payload),
-                content_size: u32::from_le_bytes(payload[size_at..name_at].try_into().expect("4")),
-                file_name: FixedName::decode(
-                    payload[name_at..cksum_at].try_into().expect("255"),
-                    "file name",
-                )?,
-                cksum: u32::from_le_bytes(
-                    payload[cksum_at..cksum_at + CKSUM_LEN].try_into().expect("4"),
-                ),
+                client_id: id(r)?,
+                content_size: r.u32_le()?,
+                file_name: FixedName::decode(r.take::<NAME_LEN>()?, "file name")?,
+                cksum: r.u32_le()?,
             }
         }
         ResponseCode::FileReceived => return Err(bad("279")),
-        ResponseCode::Acknowledged => Response::Acknowledged { client_id: optional_id(payload)? },
-        ResponseCode::ReconnectDenied => {
-            Response::ReconnectDenied { client_id: optional_id(payload)? }
-        }
+        ResponseCode::Acknowledged => Response::Acknowledged { client_id: optional_id(r)? },
+        ResponseCode::ReconnectDenied => Response::ReconnectDenied { client_id: optional_id(r)? },
     })
 }
 
 /// Decodes the first response in `buf`; returns it with its header and length.
 pub fn decode_response(buf: &[u8]) -> Result<(ResponseHeader, Response, usize), DecodeError> {
-    let header_bytes: &[u8; RESPONSE_HEADER_LEN] = buf
-        .get(..RESPONSE_HEADER_LEN)
-        .ok_or_else(|| DecodeError::Incomplete { needed: RESPONSE_HEADER_LEN - buf.len() })?
-        .try_into()
-        .expect("sliced to length");
-    let header = ResponseHeader::decode(header_bytes)?;
-    let end = RESPONSE_HEADER_LEN + header.payload_size as usize;
-    let payload = buf
-        .get(RESPONSE_HEADER_LEN..end)
-        .ok_or_else(|| DecodeError::Incomplete { needed: end - buf.len() })?;
+    let mut r = Reader::new(buf);
+    let header = ResponseHeader::decode(r.take::<RESPONSE_HEADER_LEN>()?)?;
+    let payload = r.bytes(header.payload_size as usize)?;
     let response = decode_response_payload(&header, payload)?;
-    Ok((header, response, end))
+    Ok((header, response, RESPONSE_HEADER_LEN + payload.len()))
 }

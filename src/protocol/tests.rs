@@ -519,6 +519,24 @@ fn codes_convert_both_ways() {
     assert_eq!(response_numbers, (2100..=2107).collect::<Vec<_>>());
 }
 
+#[test]
+fn codes_display_their_number_and_name() {
+    assert_eq!(RequestCode::SendFile.to_string(), "1028 (SendFile)");
+    assert_eq!(ResponseCode::GeneralError.to_string(), "2107 (GeneralError)");
+}
+
+#[test]
+fn unknown_code_messages_give_the_range_of_the_code_tables() {
+    assert_eq!(
+        DecodeError::UnknownRequestCode(7).to_string(),
+        "unknown request code 7: protocol 3 has codes 1025-1031"
+    );
+    assert_eq!(
+        DecodeError::UnknownResponseCode(2108).to_string(),
+        "unknown response code 2108: protocol 3 has codes 2100-2107"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Each distinct decode error
 

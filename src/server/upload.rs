@@ -6,6 +6,7 @@
 use crate::buf::AlignedBuf;
 use crate::crypto::aes::unpadded_len;
 use crate::crypto::{AesKey, CbcDecryptor, Cksum, ZlibCrc32};
+use crate::sys::{drop_written, set_direct, start_writeback};
 use std::io::{self, Write};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
@@ -347,63 +348,6 @@ impl FileSink {
         Ok(done)
     }
 }
-
-/// Turns `O_DIRECT` on or off for `file`; false if the kernel or file system refuses.
-#[cfg(target_os = "linux")]
-fn set_direct(file: &std::fs::File, on: bool) -> bool {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: a valid descriptor; F_GETFL/F_SETFL only read and change its status flags.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 {
-            return false;
-        }
-        let flags = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
-        libc::fcntl(fd, libc::F_SETFL, flags) == 0
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_direct(_file: &std::fs::File, on: bool) -> bool {
-    !on
-}
-
-/// Starts writing `(offset, len)` of `file` to disk without waiting.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &std::fs::File, (offset, len): (u64, u64)) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid descriptor; the call only schedules I/O on the file's own pages.
-    unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            offset as i64,
-            len as i64,
-            libc::SYNC_FILE_RANGE_WRITE,
-        );
-    }
-}
-
-/// Waits until `(offset, len)` of `file` is written, then drops it from the page cache.
-#[cfg(target_os = "linux")]
-fn drop_written(file: &std::fs::File, (offset, len): (u64, u64)) {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: a valid descriptor; both calls only act on the file's own cached pages.
-    unsafe {
-        libc::sync_file_range(fd, offset as i64, len as i64, wait);
-        libc::posix_fadvise(fd, offset as i64, len as i64, libc::POSIX_FADV_DONTNEED);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &std::fs::File, _window: (u64, u64)) {}
-
-#[cfg(not(target_os = "linux"))]
-fn drop_written(_file: &std::fs::File, _window: (u64, u64)) {}
 
 #[cfg(test)]
 mod tests {

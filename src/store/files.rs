@@ -3,10 +3,10 @@
 
 use crate::protocol::ClientId;
 use crate::protocol::TEMP_PREFIX;
+use crate::sys::{available_bytes, link_at, open_at, rename_at};
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;
@@ -42,11 +42,6 @@ fn c_name(name: &str) -> io::Result<CString> {
     CString::new(name).map_err(|_| io::Error::other("a file name with a NUL byte"))
 }
 
-/// The result of a libc call that returns -1 on error.
-fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
-}
-
 impl ClientDir {
     fn open(path: &Path) -> io::Result<Self> {
         let opened = fs::OpenOptions::new()
@@ -72,11 +67,8 @@ impl ClientDir {
             let flags =
                 libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
             let c = c_name(&name)?;
-            // SAFETY: a valid directory descriptor and a NUL-terminated name.
-            let fd = unsafe { libc::openat(self.file.as_raw_fd(), c.as_ptr(), flags, 0o600) };
-            match check(fd) {
-                // SAFETY: openat just returned this descriptor, owned by nobody else.
-                Ok(fd) => return Ok((unsafe { fs::File::from_raw_fd(fd) }, name)),
+            match open_at(&self.file, &c, flags, 0o600) {
+                Ok(file) => return Ok((file, name)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
@@ -87,10 +79,7 @@ impl ClientDir {
     fn open_file(&self, name: &str) -> io::Result<fs::File> {
         let c = c_name(name)?;
         let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-        // SAFETY: a valid directory descriptor and a NUL-terminated name.
-        let fd = check(unsafe { libc::openat(self.file.as_raw_fd(), c.as_ptr(), flags) })?;
-        // SAFETY: openat just returned this descriptor, owned by nobody else.
-        Ok(unsafe { fs::File::from_raw_fd(fd) })
+        open_at(&self.file, &c, flags, 0)
     }
 
     /// Links the file `name` to a fresh temporary name here; returns that name.
@@ -99,11 +88,8 @@ impl ClientDir {
         loop {
             let aside = temp_name();
             let c = c_name(&aside)?;
-            let fd = self.file.as_raw_fd();
-            // SAFETY: valid descriptors and NUL-terminated names; flags 0: a link itself
-            // is linked, never followed.
-            match check(unsafe { libc::linkat(fd, target.as_ptr(), fd, c.as_ptr(), 0) }) {
-                Ok(_) => return Ok(aside),
+            match link_at(&self.file, &target, &c) {
+                Ok(()) => return Ok(aside),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
             }
@@ -113,10 +99,7 @@ impl ClientDir {
     /// Renames `from` to `to`, both here, replacing `to` atomically.
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let (from, to) = (c_name(from)?, c_name(to)?);
-        let fd = self.file.as_raw_fd();
-        // SAFETY: valid descriptors and NUL-terminated names.
-        check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) })?;
-        Ok(())
+        rename_at(&self.file, &from, &to)
     }
 }
 
@@ -274,27 +257,6 @@ impl Storage {
     pub fn available_bytes(&self) -> Option<u64> {
         available_bytes(&self.root)
     }
-}
-
-#[cfg(unix)]
-fn available_bytes(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
-    // SAFETY: a valid NUL-terminated path and a writable statvfs buffer.
-    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statvfs returned 0, so it filled the buffer.
-    let stat = unsafe { stat.assume_init() };
-    #[allow(clippy::unnecessary_cast)]
-    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
-}
-
-#[cfg(not(unix))]
-fn available_bytes(_path: &Path) -> Option<u64> {
-    None
 }
 
 #[cfg(test)]

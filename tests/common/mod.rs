@@ -158,13 +158,45 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Where the shared captures are, or `None` (after saying so) when they are absent.
+/// What a test that replays the shared captures does about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapturesDecision {
+    /// They are here: run.
+    Run,
+    /// They are absent on a developer's machine: say so and pass.
+    Skip,
+    /// They are absent in CI, which always has them: a replay that replayed nothing must
+    /// not count as passed.
+    Fail,
+}
+
+/// The decision for captures that are `present` or not, with `ci` the value of the `CI`
+/// environment variable (`true` in CI, as GitHub Actions sets it).
+pub fn captures_decision(present: bool, ci: Option<&str>) -> CapturesDecision {
+    match (present, ci == Some("true")) {
+        (true, _) => CapturesDecision::Run,
+        (false, false) => CapturesDecision::Skip,
+        (false, true) => CapturesDecision::Fail,
+    }
+}
+
+/// Where the shared captures are, or `None` (after printing `SKIPPED: …`) when they are
+/// absent. Every test that replays them starts with
+/// `let Some(captures) = common::captures_dir() else { return };`.
+///
+/// # Panics
+/// When they are absent and `CI` is `true`.
 pub fn captures_dir() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/captures");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("SKIPPED: {} not found (CI always has it)", dir.display());
-        None
+    let ci = std::env::var("CI").ok();
+    match captures_decision(dir.is_dir(), ci.as_deref()) {
+        CapturesDecision::Run => Some(dir),
+        CapturesDecision::Skip => {
+            eprintln!("SKIPPED: {} not found (CI always has it)", dir.display());
+            None
+        }
+        CapturesDecision::Fail => {
+            panic!("{} not found, and CI=true: CI must replay the captures", dir.display())
+        }
     }
 }

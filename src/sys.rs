@@ -1,0 +1,214 @@
+//! The operating-system calls securexfer makes through `libc`, each behind a small safe
+//! function. Together with the AES-NI code in `crypto::aes`, this is the only place where
+//! `unsafe` is allowed, so every such block in the crate can be read in one sitting.
+//!
+//! Where an OS lacks a call, the function does what its callers already expect there:
+//! `O_DIRECT` cannot be turned on, write-behind is skipped, free space is unknown.
+
+use std::fs::File;
+use std::path::Path;
+
+/// Turns `O_DIRECT` on or off for `file`; false if the kernel or file system refuses.
+#[cfg(target_os = "linux")]
+pub(crate) fn set_direct(file: &File, on: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: a valid descriptor; F_GETFL/F_SETFL only read and change its status flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return false;
+        }
+        let flags = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
+        libc::fcntl(fd, libc::F_SETFL, flags) == 0
+    }
+}
+
+/// Turns `O_DIRECT` on or off for `file`: never on here, so only "off" succeeds.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn set_direct(_file: &File, on: bool) -> bool {
+    !on
+}
+
+/// Starts writing `(offset, len)` of `file` to disk without waiting.
+#[cfg(target_os = "linux")]
+pub(crate) fn start_writeback(file: &File, (offset, len): (u64, u64)) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor; the call only schedules I/O on the file's own pages.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+/// Waits until `(offset, len)` of `file` is written, then drops it from the page cache.
+#[cfg(target_os = "linux")]
+pub(crate) fn drop_written(file: &File, (offset, len): (u64, u64)) {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: a valid descriptor; both calls only act on the file's own cached pages.
+    unsafe {
+        libc::sync_file_range(fd, offset as i64, len as i64, wait);
+        libc::posix_fadvise(fd, offset as i64, len as i64, libc::POSIX_FADV_DONTNEED);
+    }
+}
+
+/// Starts writing part of a file to disk without waiting: nothing to do here.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn start_writeback(_file: &File, _window: (u64, u64)) {}
+
+/// Waits for part of a file to be written and drops it from the cache: nothing to do here.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn drop_written(_file: &File, _window: (u64, u64)) {}
+
+/// Bytes available to this process on the file system holding `path`, if the OS says.
+#[cfg(unix)]
+pub(crate) fn available_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: a valid NUL-terminated path and a writable statvfs buffer.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the buffer.
+    let stat = unsafe { stat.assume_init() };
+    #[allow(clippy::unnecessary_cast)]
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+/// Bytes available on the file system holding a path: unknown here.
+#[cfg(not(unix))]
+pub(crate) fn available_bytes(_path: &Path) -> Option<u64> {
+    None
+}
+
+/// Many clients at once need many file descriptors: raises this process's soft limit on
+/// open files to the hard one (quietly leaves it as it is where that fails).
+pub fn raise_open_file_limit() {
+    #[cfg(unix)]
+    // SAFETY: getrlimit/setrlimit with a valid, initialised struct.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, Write};
+
+    #[test]
+    fn direct_can_always_be_turned_off_and_buffered_writes_then_work() {
+        let mut file = tempfile::tempfile().unwrap();
+        // Whether O_DIRECT goes on depends on the file system (tmpfs refuses it).
+        let _ = set_direct(&file, true);
+        assert!(set_direct(&file, false));
+        file.write_all(b"written after O_DIRECT went off").unwrap();
+        file.rewind().unwrap();
+        let mut back = String::new();
+        file.read_to_string(&mut back).unwrap();
+        assert_eq!(back, "written after O_DIRECT went off");
+    }
+
+    #[test]
+    fn write_behind_calls_leave_the_contents_alone() {
+        let mut file = tempfile::tempfile().unwrap();
+        let data = vec![0x5au8; 64 * 1024];
+        file.write_all(&data).unwrap();
+        start_writeback(&file, (0, data.len() as u64));
+        drop_written(&file, (0, data.len() as u64));
+        // A window past the end is harmless too.
+        drop_written(&file, (1 << 30, 4096));
+        file.rewind().unwrap();
+        let mut back = Vec::new();
+        file.read_to_end(&mut back).unwrap();
+        assert!(back == data);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn available_bytes_is_known_for_a_directory_and_unknown_for_a_bad_path() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(available_bytes(dir.path()).is_some());
+        assert_eq!(available_bytes(&dir.path().join("missing/below")), None);
+        assert_eq!(available_bytes(Path::new("nul\0inside")), None);
+    }
+
+    #[cfg(unix)]
+    fn open_file_limit() -> libc::rlimit {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit with a valid, writable struct.
+        let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+        assert_eq!(rc, 0);
+        limit
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_open_file_limit_only_goes_up_and_stays_within_the_hard_limit() {
+        let before = open_file_limit();
+        raise_open_file_limit();
+        let after = open_file_limit();
+        assert!(after.rlim_cur >= before.rlim_cur);
+        assert!(after.rlim_cur <= after.rlim_max);
+    }
+}
+
+/// The result of a libc call that returns -1 on error.
+fn check(rc: libc::c_int) -> std::io::Result<libc::c_int> {
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+/// Opens `name` relative to the directory `dir` with `flags` (and `mode` for a file it
+/// creates). With `O_NOFOLLOW` in `flags`, a symbolic link at `name` is never followed.
+pub(crate) fn open_at(
+    dir: &File,
+    name: &std::ffi::CStr,
+    flags: libc::c_int,
+    mode: libc::c_uint,
+) -> std::io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) })?;
+    // SAFETY: openat just returned this descriptor, owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Hard-links `from` to `to`, both in the directory `dir`. A link at `from` is linked
+/// itself, never followed.
+pub(crate) fn link_at(
+    dir: &File,
+    from: &std::ffi::CStr,
+    to: &std::ffi::CStr,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = dir.as_raw_fd();
+    // SAFETY: valid descriptors and NUL-terminated names; flags 0 follow no link.
+    check(unsafe { libc::linkat(fd, from.as_ptr(), fd, to.as_ptr(), 0) }).map(|_| ())
+}
+
+/// Renames `from` to `to`, both in the directory `dir`, replacing `to` atomically.
+pub(crate) fn rename_at(
+    dir: &File,
+    from: &std::ffi::CStr,
+    to: &std::ffi::CStr,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = dir.as_raw_fd();
+    // SAFETY: valid descriptors and NUL-terminated names.
+    check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) }).map(|_| ())
+}
