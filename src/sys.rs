@@ -106,6 +106,51 @@ pub fn raise_open_file_limit() {
     }
 }
 
+/// The result of a libc call that returns -1 on error.
+fn check(rc: libc::c_int) -> std::io::Result<libc::c_int> {
+    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+/// Opens `name` relative to the directory `dir` with `flags` (and `mode` for a file it
+/// creates). With `O_NOFOLLOW` in `flags`, a symbolic link at `name` is never followed.
+pub(crate) fn open_at(
+    dir: &File,
+    name: &std::ffi::CStr,
+    flags: libc::c_int,
+    mode: libc::c_uint,
+) -> std::io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) })?;
+    // SAFETY: openat just returned this descriptor, owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Hard-links `from` to `to`, both in the directory `dir`. A link at `from` is linked
+/// itself, never followed.
+pub(crate) fn link_at(
+    dir: &File,
+    from: &std::ffi::CStr,
+    to: &std::ffi::CStr,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = dir.as_raw_fd();
+    // SAFETY: valid descriptors and NUL-terminated names; flags 0 follow no link.
+    check(unsafe { libc::linkat(fd, from.as_ptr(), fd, to.as_ptr(), 0) }).map(|_| ())
+}
+
+/// Renames `from` to `to`, both in the directory `dir`, replacing `to` atomically.
+pub(crate) fn rename_at(
+    dir: &File,
+    from: &std::ffi::CStr,
+    to: &std::ffi::CStr,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = dir.as_raw_fd();
+    // SAFETY: valid descriptors and NUL-terminated names.
+    check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) }).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,49 +211,4 @@ mod tests {
         assert!(after.rlim_cur >= before.rlim_cur);
         assert!(after.rlim_cur <= after.rlim_max);
     }
-}
-
-/// The result of a libc call that returns -1 on error.
-fn check(rc: libc::c_int) -> std::io::Result<libc::c_int> {
-    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) }
-}
-
-/// Opens `name` relative to the directory `dir` with `flags` (and `mode` for a file it
-/// creates). With `O_NOFOLLOW` in `flags`, a symbolic link at `name` is never followed.
-pub(crate) fn open_at(
-    dir: &File,
-    name: &std::ffi::CStr,
-    flags: libc::c_int,
-    mode: libc::c_uint,
-) -> std::io::Result<File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    // SAFETY: a valid directory descriptor and a NUL-terminated name.
-    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, mode) })?;
-    // SAFETY: openat just returned this descriptor, owned by nobody else.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
-/// Hard-links `from` to `to`, both in the directory `dir`. A link at `from` is linked
-/// itself, never followed.
-pub(crate) fn link_at(
-    dir: &File,
-    from: &std::ffi::CStr,
-    to: &std::ffi::CStr,
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = dir.as_raw_fd();
-    // SAFETY: valid descriptors and NUL-terminated names; flags 0 follow no link.
-    check(unsafe { libc::linkat(fd, from.as_ptr(), fd, to.as_ptr(), 0) }).map(|_| ())
-}
-
-/// Renames `from` to `to`, both in the directory `dir`, replacing `to` atomically.
-pub(crate) fn rename_at(
-    dir: &File,
-    from: &std::ffi::CStr,
-    to: &std::ffi::CStr,
-) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = dir.as_raw_fd();
-    // SAFETY: valid descriptors and NUL-terminated names.
-    check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) }).map(|_| ())
 }
