@@ -13,7 +13,10 @@ Exit codes:
   3  connection failure (cannot reach the server, or it kept dropping the connection)
   4  the server refused (2107 after retries, name taken, unexpected answer)
   5  verification failed (checksums differed on all four sends)
-  6  local problem (a file or identity cannot be read or written, database unusable)";
+  6  local problem (a file or identity cannot be read or written; for serve: the
+     storage directory or the database cannot be used)
+  7  serve cannot listen on its address (in use, not permitted, not this machine's)
+  130  interrupted (Ctrl-C)";
 
 /// Send files securely to a storage server you run yourself.
 ///

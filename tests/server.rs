@@ -2107,3 +2107,80 @@ fn concurrent_confirms_of_one_name_leave_a_row_that_describes_the_bytes_on_disk(
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Start-up failures: one clear line and a documented exit code
+
+/// Runs `serve` in `dir` with `extra`, expecting it to fail at start-up.
+fn failed_start(dir: &Path, extra: &[&str]) -> (i32, String) {
+    let mut cmd = common::command();
+    cmd.current_dir(dir).args(["serve", "--port", "0"]).args(extra);
+    cmd.stdin(std::process::Stdio::null());
+    let out = cmd.output().expect("run serve");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("listening"), "it must not start: {stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    (out.status.code().unwrap_or(-1), errors[0].to_owned())
+}
+
+#[test]
+fn an_address_in_use_is_exit_7_with_what_to_do() {
+    let server = Server::start(&[]);
+    let port = server.addr.port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = common::command();
+    cmd.current_dir(dir.path()).args(["serve", "--port", &port, "--storage", "s", "--db", "d.db"]);
+    let out = cmd.stdin(std::process::Stdio::null()).output().expect("run serve");
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another program listens there"), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
+
+#[test]
+fn unusable_storage_or_database_is_exit_6_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("afile"), b"x").unwrap();
+    let (code, line) = failed_start(dir.path(), &["--storage", "afile", "--db", "d.db"]);
+    assert_eq!(code, 6, "{line}");
+    assert!(line.contains("afile") && line.contains("not a directory"), "{line}");
+    std::fs::write(dir.path().join("junk.db"), vec![b'j'; 4096]).unwrap();
+    let (code, line) = failed_start(dir.path(), &["--storage", "s", "--db", "junk.db"]);
+    assert_eq!(code, 6, "{line}");
+    assert!(line.contains("junk.db"), "{line}");
+}
+
+/// A storage directory the server cannot write is found at start-up. Run as `nobody`
+/// (with `setpriv`) when the tests run as root, for whom no directory is read-only.
+#[cfg(unix)]
+#[test]
+fn a_storage_directory_the_server_cannot_write_is_found_at_start_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let storage = dir.path().join("ro");
+    std::fs::create_dir(&storage).unwrap();
+    std::fs::set_permissions(&storage, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    let mut cmd = if root {
+        if std::process::Command::new("setpriv").arg("--version").output().is_err() {
+            eprintln!("SKIPPED: running as root without setpriv, no read-only directory exists");
+            return;
+        }
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        cmd.arg(env!("CARGO_BIN_EXE_securexfer"));
+        cmd
+    } else {
+        common::command()
+    };
+    cmd.current_dir(dir.path()).args(["serve", "--port", "0", "--storage", "ro", "--db", "d.db"]);
+    let out = cmd.stdin(std::process::Stdio::null()).output().expect("run serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("ro") && stderr.contains("Permission denied"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
+}

@@ -59,6 +59,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         if cause.is::<UsageError>() {
             return 2;
         }
+        if let Some(e) = cause.downcast_ref::<serve::StartError>() {
+            return e.exit_code();
+        }
         if cause.is::<IdentityError>() || cause.is::<DbError>() {
             return 6;
         }

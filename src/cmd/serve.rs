@@ -31,12 +31,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..Config::new(args.storage.clone(), args.db.clone())
     };
     raise_open_file_limit();
-    let server = Server::open(config).with_context(|| {
-        format!(
-            "cannot start with storage {} and database {}",
-            args.storage.display(),
-            args.db.display()
-        )
+    let server = Server::open(config).map_err(|cause| StartError::Open {
+        storage: args.storage.display().to_string(),
+        db: args.db.display().to_string(),
+        cause,
     })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -44,10 +42,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener =
-            tokio::net::TcpListener::bind((args.listen.as_str(), port)).await.with_context(
-                || format!("cannot listen on {}:{port} (in use? try another --port)", args.listen),
-            )?;
+        let listener = tokio::net::TcpListener::bind((args.listen.as_str(), port))
+            .await
+            .map_err(|e| StartError::listen(&args.listen, port, e))?;
         let addr = listener.local_addr()?;
         // The one line on stdout: scripts and tests read the port from it.
         outln!("securexfer listening on {addr}");
@@ -60,6 +57,56 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Why `serve` could not start, with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The storage directory or the database cannot be used (exit 6).
+    #[error("cannot start with storage {storage} and database {db}: {cause}")]
+    Open {
+        /// The storage directory.
+        storage: String,
+        /// The database.
+        db: String,
+        /// Why.
+        cause: securexfer::server::ServerError,
+    },
+    /// The address cannot be listened on (exit 7).
+    #[error("cannot listen on {address}: {why}")]
+    Listen {
+        /// `ADDR:PORT`.
+        address: String,
+        /// The cause and what to do.
+        why: String,
+    },
+}
+
+impl StartError {
+    fn listen(host: &str, port: u16, e: std::io::Error) -> StartError {
+        use std::io::ErrorKind;
+        let why = match e.kind() {
+            ErrorKind::AddrInUse => {
+                "another program listens there; stop it or choose another --port".to_owned()
+            }
+            ErrorKind::PermissionDenied => {
+                format!("not permitted ({e}); ports below 1024 need root or CAP_NET_BIND_SERVICE")
+            }
+            ErrorKind::AddrNotAvailable => {
+                format!("{host} is not an address of this machine ({e})")
+            }
+            _ => e.to_string(),
+        };
+        StartError::Listen { address: format!("{host}:{port}"), why }
+    }
+
+    /// The documented exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Open { .. } => 6,
+            StartError::Listen { .. } => 7,
+        }
+    }
 }
 
 /// `--port`, else port.info in the working directory, else 1357 with a warning.

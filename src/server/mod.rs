@@ -242,6 +242,7 @@ impl Server {
     /// Opens the database and the storage directory, and deletes uploads a crash left.
     pub fn open(config: Config) -> Result<Self, ServerError> {
         let storage = Storage::open(&config.storage)
+            .and_then(|storage| storage.check_writable().map(|()| storage))
             .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
         let leftovers = storage
             .clean_leftovers()

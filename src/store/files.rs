@@ -123,8 +123,18 @@ pub struct Committed {
 impl Storage {
     /// Uses (and creates) `root`.
     pub fn open(root: &Path) -> io::Result<Self> {
+        if root.exists() && !root.is_dir() {
+            return Err(io::Error::other("it exists and is not a directory"));
+        }
         fs::create_dir_all(root)?;
         Ok(Storage { root: root.canonicalize()? })
+    }
+
+    /// Fails unless a file can be created (and removed) in the storage directory, so that
+    /// a read-only directory is found at start-up rather than at the first upload.
+    pub fn check_writable(&self) -> io::Result<()> {
+        let probe = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&self.root)?;
+        probe.close()
     }
 
     /// The storage directory.
