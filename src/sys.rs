@@ -106,6 +106,43 @@ pub fn raise_open_file_limit() {
     }
 }
 
+/// Set by the SIGINT handler that [`catch_interrupt`] installs.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(unix)]
+extern "C" fn note_interrupt(_signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Makes Ctrl-C (SIGINT) set a flag instead of killing the process, so that a command can
+/// tidy its terminal and say what was interrupted; returns the flag.
+pub fn catch_interrupt() -> &'static std::sync::atomic::AtomicBool {
+    #[cfg(unix)]
+    // SAFETY: installs a handler that only stores to an atomic; the sigaction struct is
+    // fully initialised (zeroed, then the handler and an empty mask set).
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = note_interrupt as *const () as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
+    }
+    &INTERRUPTED
+}
+
+/// Whether the terminal on stdin echoes control characters (`^C`), as Linux terminals do
+/// by default; false when stdin is no terminal.
+pub fn terminal_echoes_control_chars() -> bool {
+    #[cfg(target_os = "linux")]
+    // SAFETY: tcgetattr fills a zeroed termios for descriptor 0 or fails; nothing else.
+    unsafe {
+        let mut termios: libc::termios = std::mem::zeroed();
+        libc::tcgetattr(0, &mut termios) == 0 && termios.c_lflag & libc::ECHOCTL != 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    false
+}
+
 /// The result of a libc call that returns -1 on error.
 fn check(rc: libc::c_int) -> std::io::Result<libc::c_int> {
     if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) }

@@ -1815,6 +1815,79 @@ fn fake_tomer_accepts_any_id_on_reconnect_and_the_reversed_saved_id_is_tried() {
     assert!(run.stderr.contains("byte-reversed"), "{}", run.stderr);
 }
 
+#[test]
+fn ctrl_c_says_what_was_interrupted_and_exits_130() {
+    let (work, mut script) = fake_setup();
+    script.stall_files = true;
+    let fake = Fake::start(script);
+    work.file("big.bin", &common::random_bytes(8 << 20, 80));
+    let mut cmd = work.command(&["send", FILE, "big.bin", "--server", &fake.addr, "--name", "zed"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let started = Instant::now();
+    while !fake.codes().contains(&1028) {
+        assert!(started.elapsed() < Duration::from_secs(20), "no 1028: {:?}", fake.codes());
+        thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the child we spawned and still own.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().expect("wait");
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr
+            .contains(&format!("interrupted while sending {FILE} (file 1 of 2); 0 of 2 verified")),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().filter(|l| l.contains("interrupted")).count(), 1, "{stderr}");
+}
+
+/// The bars as a terminal of `cols` columns shows them (through `script`, which gives the
+/// client a pseudo-terminal); `None` when `script` is missing.
+fn bars_on_a_terminal(cols: u16) -> Option<String> {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no `script` (util-linux) to give the client a terminal");
+        return None;
+    }
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    for name in ["a.bin", "b.bin"] {
+        work.file(name, &common::random_bytes(64 << 20, 81));
+    }
+    let bin = env!("CARGO_BIN_EXE_securexfer");
+    let line = format!(
+        "stty cols {cols} rows 24; {bin} send a.bin b.bin --server {} --name tty",
+        server.address()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"]).current_dir(work.path());
+    cmd.env("XDG_CONFIG_HOME", work.config()).env("HOME", work.path().join("home"));
+    let run = run_command(cmd, DEADLINE);
+    run.ok("send on a terminal");
+    Some(run.stdout)
+}
+
+#[test]
+fn progress_shows_the_whole_run_and_fits_60_and_80_columns() {
+    for cols in [60usize, 80] {
+        let Some(screen) = bars_on_a_terminal(cols as u16) else { return };
+        let totals: Vec<&str> = screen
+            .match_indices("file ")
+            .map(|(i, _)| &screen[i..])
+            .filter_map(|rest| rest.find(']').map(|end| &rest[..=end]))
+            .filter(|bar| bar.contains("/2 "))
+            .collect();
+        assert!(!totals.is_empty(), "the run's bar (file k/n): {screen:?}");
+        assert!(totals.iter().any(|b| b.starts_with("file 2/2")), "{totals:?}");
+        for bar in &totals {
+            assert!(bar.chars().count() <= cols, "{cols} columns: {bar:?}");
+            assert!(bar.contains("MiB") && bar.contains("ETA"), "binary units, ETA: {bar:?}");
+        }
+        assert!(screen.contains("MiB/s)"), "the summary uses the bars' units: {screen:?}");
+    }
+}
+
 /// Checks the sequence of request codes only.
 fn assert_sequence_any_name(fake: &Fake, want: &[u16], run: &Run) {
     assert_eq!(fake.codes(), want, "request sequence\n--- stderr\n{}", run.stderr);

@@ -2,6 +2,7 @@
 
 mod db;
 pub(crate) mod out;
+mod progress;
 mod register;
 mod send;
 mod serve;

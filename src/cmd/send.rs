@@ -1,10 +1,10 @@
 //! `securexfer send`: find the identity, reconnect (or register), send each file, report.
 
 use super::out::outln;
+use super::progress;
 use super::{UsageError, code_for};
 use crate::cli::{ClientArgs, SendArgs};
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use securexfer::client::home::Home;
 use securexfer::client::identity::{Identity, ME_INFO, TRANSFER_INFO, TransferInfo};
 use securexfer::client::wire::Timeouts;
@@ -13,7 +13,7 @@ use securexfer::protocol::MAX_PLAINTEXT_SIZE;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A client with the command line's timeouts.
@@ -223,10 +223,13 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(worst));
     }
 
-    let bar = Arc::new(Mutex::new(None::<ProgressBar>));
     let show_bar = !args.quiet && !args.json && std::io::stderr().is_terminal();
+    let sendable: Vec<&Planned> = plan.iter().filter(|f| f.problem.is_none()).collect();
+    let total: u64 = sendable.iter().map(|f| f.wire_bytes).sum();
+    let display = progress::Display::new(sendable.len(), total, show_bar);
+    progress::exit_on_interrupt(&display);
     let mut client = client_for(&server, &args.client);
-    client.on_event(event_printer(Arc::clone(&bar), show_bar, args.quiet, args.json));
+    client.on_event(event_printer(Arc::clone(&display), args.quiet, args.json));
     client.connect()?;
 
     let save_at =
@@ -236,27 +239,30 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let mut stopped: Option<String> = None;
     for file in &plan {
         if file.problem.is_some() {
-            worst = worst.max(report_problem(&args, &server, file, &mut summary));
+            let shown = progress::lock(&display);
+            worst = worst.max(shown.suspend(|| report_problem(&args, &server, file, &mut summary)));
             continue;
         }
         if let Some(why) = &stopped {
-            report_skipped(&args, &server, file, why, &mut summary);
+            let shown = progress::lock(&display);
+            shown.suspend(|| report_skipped(&args, &server, file, why, &mut summary));
             continue;
         }
         let started = Instant::now();
+        let k = sendable.iter().position(|f| std::ptr::eq(*f, file)).unwrap_or(0) + 1;
+        progress::lock(&display).start_file(k, &file.stored_name);
         let result = client.send_file(&session, &file.path, &file.stored_name);
-        if let Some(b) = bar.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            b.finish_and_clear();
-        }
+        let mut shown = progress::lock(&display);
+        shown.finish_file(file.wire_bytes, result.is_ok());
         match result {
             Ok(sent) => {
                 summary.verified += 1;
-                report_ok(&args, &server, file, &sent, started.elapsed());
+                shown.suspend(|| report_ok(&args, &server, file, &sent, started.elapsed()));
             }
             Err(e) => {
                 let kind = e.kind();
                 summary.failed += 1;
-                report_err(&args, &server, file, &e);
+                shown.suspend(|| report_err(&args, &server, file, &e));
                 worst = worst.max(code_for(kind));
                 // A connection that keeps failing will fail the next file too; a refusal
                 // (too large, say) is about this file only.
@@ -266,6 +272,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    progress::lock(&display).clear();
     report_summary(&args, &server, &summary, worst);
     Ok(ExitCode::from(worst))
 }
@@ -276,6 +283,8 @@ struct Planned {
     path: PathBuf,
     stored_name: String,
     problem: Option<ClientError>,
+    /// Bytes one send puts on the wire (for the run's progress).
+    wire_bytes: u64,
 }
 
 /// Counts for the summary line.
@@ -330,7 +339,10 @@ fn plan_files(
         let problem = problem
             .or_else(|| securexfer::client::stored_file_name(&stored_name).err())
             .or_else(|| preflight(path).err());
-        plan.push(Planned { path: path.clone(), stored_name, problem });
+        let wire_bytes = std::fs::metadata(path)
+            .map(|m| securexfer::protocol::encrypted_len(m.len()))
+            .unwrap_or(0);
+        plan.push(Planned { path: path.clone(), stored_name, problem, wire_bytes });
     }
     Ok(plan)
 }
@@ -434,17 +446,8 @@ fn establish(
     Ok(session)
 }
 
-/// Prints a line to stderr above the progress bar, if one is showing.
-fn say(bar: &Option<ProgressBar>, line: String) {
-    match bar {
-        Some(b) => b.println(line),
-        None => eprintln!("{line}"),
-    }
-}
-
 fn event_printer(
-    bar: Arc<Mutex<Option<ProgressBar>>>,
-    show_bar: bool,
+    display: progress::Shared,
     silent: bool,
     json: bool,
 ) -> impl FnMut(Event) + Send + 'static {
@@ -452,49 +455,20 @@ fn event_printer(
     // not the play-by-play.
     let quiet = silent || json;
     move |event| {
-        let mut bar = bar.lock().unwrap_or_else(|p| p.into_inner());
+        let mut display = progress::lock(&display);
         match event {
-            Event::SendStarted { path, bytes, attempt } if show_bar => {
-                let b = ProgressBar::with_draw_target(Some(bytes), ProgressDrawTarget::stderr());
-                b.set_style(
-                    ProgressStyle::with_template(
-                        "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                    )
-                    .expect("valid template")
-                    .progress_chars("=> "),
-                );
-                let label =
-                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                b.set_message(if attempt > 1 {
-                    format!("{label} (send {attempt})")
-                } else {
-                    label
-                });
-                if let Some(old) = bar.replace(b) {
-                    old.finish_and_clear();
-                }
-            }
-            Event::Progress(n) => {
-                if let Some(b) = bar.as_ref() {
-                    b.set_position(n);
-                }
-            }
+            Event::SendStarted { bytes, attempt, .. } => display.start_send(bytes, attempt),
+            Event::Progress(n) => display.progress(n),
             Event::Retrying { step, attempt, reason } if !quiet => {
-                say(&bar, format!("securexfer: {step}: {reason}; attempt {attempt} of 4"));
+                display.say(&format!("securexfer: {step}: {reason}; attempt {attempt} of 4"));
             }
-            Event::Note(note) if !silent => say(&bar, format!("securexfer: note: {note}")),
-            Event::UploadLost { attempt } if !quiet => say(
-                &bar,
-                format!(
-                    "securexfer: the connection broke before the server stored send {attempt}; resending"
-                ),
-            ),
-            Event::Mismatch { ours, theirs, attempt } if !quiet => say(
-                &bar,
-                format!(
-                    "securexfer: checksum mismatch on send {attempt} (ours {ours}, server {theirs}); resending"
-                ),
-            ),
+            Event::Note(note) if !silent => display.say(&format!("securexfer: note: {note}")),
+            Event::UploadLost { attempt } if !quiet => display.say(&format!(
+                "securexfer: the connection broke before the server stored send {attempt}; resending"
+            )),
+            Event::Mismatch { ours, theirs, attempt } if !quiet => display.say(&format!(
+                "securexfer: checksum mismatch on send {attempt} (ours {ours}, server {theirs}); resending"
+            )),
             _ => {}
         }
     }
@@ -520,7 +494,7 @@ fn report_ok(
         });
         outln!("{line}");
     } else if !args.quiet {
-        let rate = sent.size as f64 / took.as_secs_f64().max(1e-9) / 1e6;
+        let rate = progress::rate(sent.size, took.as_secs_f64());
         let renamed =
             if Some(file.stored_name.as_str()) == file.path.file_name().and_then(|n| n.to_str()) {
                 String::new()
@@ -528,9 +502,9 @@ fn report_ok(
                 format!(" as {}", file.stored_name)
             };
         outln!(
-            "sent {}{renamed} ({} bytes, cksum {}) to {server}: verified after {} send(s) in {:.2} s ({rate:.0} MB/s)",
+            "sent {}{renamed} ({}, cksum {}) to {server}: verified after {} send(s) in {:.2} s ({rate})",
             file.path.display(),
-            sent.size,
+            indicatif::HumanBytes(sent.size),
             sent.cksum,
             sent.sends,
             took.as_secs_f64()
