@@ -262,7 +262,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__register)
-            opts="-q -h -V --server --name --identity --connect-timeout --timeout --force --quiet --help --version"
+            opts="-v -q -h -V --server --name --identity --connect-timeout --timeout --verbose --force --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -296,7 +296,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__send)
-            opts="-q -h -V --server --name --identity --connect-timeout --timeout --quiet --json --as --help --version"
+            opts="-v -q -h -V --server --name --identity --connect-timeout --timeout --verbose --quiet --json --as --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

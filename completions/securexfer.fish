@@ -51,6 +51,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l name 
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l identity -d 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client\'s), else this server\'s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l connect-timeout -d 'Seconds to wait for a connection' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l timeout -d 'Seconds to wait for the server on each read or write' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s v -l verbose -d 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l force -d 'Replace an existing identity (the old one is kept as me.info.bak)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s q -l quiet -d 'Print nothing on success'
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s h -l help -d 'Print help'
@@ -61,6 +62,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l identity 
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l connect-timeout -d 'Seconds to wait for a connection' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l timeout -d 'Seconds to wait for the server on each read or write' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l as -d 'The name to store the file under, instead of its own (one FILE only). Names are up to 254 bytes of printable ASCII' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s v -l verbose -d 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s q -l quiet -d 'No progress bar and no summary lines (errors are still printed)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l json -d 'Print one JSON object per file on stdout, in argument order, then a summary object (the schema is in docs/json.md)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s h -l help -d 'Print help'

@@ -134,6 +134,10 @@ pub struct ClientArgs {
     /// Seconds to wait for the server on each read or write.
     #[arg(long, env = "SECUREXFER_TIMEOUT", default_value_t = 60, value_name = "SECS")]
     pub timeout: u64,
+    /// Say what the client does on stderr: connections, requests and answers, retries
+    /// (-vv for more). Without it, RUST_LOG sets what is logged.
+    #[arg(long, short, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 /// `securexfer register`.

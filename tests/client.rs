@@ -865,6 +865,28 @@ fn a_refused_file_does_not_stop_the_batch_and_results_come_in_argument_order() {
     assert_eq!((summary["verified"].as_u64(), summary["failed"].as_u64()), (Some(2), Some(2)));
     assert_eq!(summary["exit_code"], 6);
     assert_eq!(stored(&server, &work.id(), "last.bin"), b"last");
+    // Every field printed is documented.
+    let schema = include_str!("../docs/json.md");
+    for line in run.json_lines() {
+        for key in line.as_object().unwrap().keys() {
+            assert!(schema.contains(&format!("`{key}`")), "docs/json.md names {key}");
+        }
+    }
+}
+
+#[test]
+fn files_after_a_connection_that_keeps_failing_are_reported_as_skipped() {
+    let (work, mut script) = fake_setup();
+    script.faults.push((RequestCode::SendFile, u32::MAX, Fault::Drop));
+    let fake = Fake::start(script);
+    work.file("second.bin", b"2");
+    let run = work.send(&fake.addr, Some("zed"), &[FILE, "second.bin"], &["--json"]);
+    run.expect_code(3, "connection failures");
+    let results = run.json();
+    assert_eq!(results[0]["status"], "failed");
+    assert_eq!(results[1]["status"], "skipped", "{}", run.stdout);
+    assert_eq!(run.summary()["skipped"], 1);
+    assert!(!fake.file_names().contains(&"second.bin".to_owned()), "never tried");
 }
 
 #[test]
@@ -1813,6 +1835,23 @@ fn fake_tomer_accepts_any_id_on_reconnect_and_the_reversed_saved_id_is_tried() {
     assert_eq!(&second_run[..2], [reversed, reversed], "1027 and 1028 with the saved id");
     assert!(second_run[2..].iter().all(|id| *id == FAKE_ID), "then the server's id");
     assert!(run.stderr.contains("byte-reversed"), "{}", run.stderr);
+}
+
+#[test]
+fn verbose_says_what_the_client_does_and_quiet_register_says_nothing() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let reg = work.run(&["register", "--server", &server.address(), "--name", "vera", "-q"]);
+    reg.ok("register -q");
+    assert_eq!((reg.stdout.as_str(), reg.stderr.as_str()), ("", ""), "-q prints nothing");
+    work.file("v.bin", b"verbose");
+    let plain = work.send(&server.address(), None, &["v.bin"], &[]);
+    assert!(!plain.stderr.contains("request"), "no play-by-play by default: {}", plain.stderr);
+    let run = work.send(&server.address(), None, &["v.bin"], &["-v"]);
+    run.ok("-v");
+    for said in ["connected", "request", "code=1027", "code=2105", "code=1028", "code=2104"] {
+        assert!(run.stderr.contains(said), "-v says {said}: {}", run.stderr);
+    }
 }
 
 #[test]

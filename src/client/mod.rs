@@ -709,6 +709,7 @@ impl Client {
         self.free_resend = true;
         for n in 1..=RETRIES + 1 {
             if n > 1 {
+                tracing::debug!(step, attempt = n, "retrying on a new connection: {last}");
                 (self.events)(Event::Retrying { step, attempt: n, reason: last.clone() });
             }
             match attempt(self) {
@@ -738,7 +739,12 @@ impl Client {
             let closed = wire.peer_closed();
             if wire.answered > 0 {
                 self.closes_after_reply = if closed { self.closes_after_reply + 1 } else { 0 };
-                self.one_per_request |= self.closes_after_reply >= 2;
+                if self.closes_after_reply >= 2 && !self.one_per_request {
+                    tracing::debug!(
+                        "the server closes after every reply: a connection per request"
+                    );
+                    self.one_per_request = true;
+                }
             }
             if closed || (self.one_per_request && wire.sent > 0 && !wire.takes_another) {
                 self.wire = None;
@@ -750,6 +756,7 @@ impl Client {
             })?;
             if self.lost {
                 if let Some(identity) = &self.rekey {
+                    tracing::debug!("redoing the key exchange (1027) on the new connection");
                     self.key = Some(redo_key_exchange(&mut wire, identity)?);
                 }
                 self.lost = false;

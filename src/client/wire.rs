@@ -67,8 +67,10 @@ impl Wire {
     pub fn connect(server: &str, timeouts: Timeouts) -> io::Result<Wire> {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
         for addr in server.to_socket_addrs()? {
+            tracing::trace!(%addr, "connecting");
             match TcpStream::connect_timeout(&addr, timeouts.connect) {
                 Ok(stream) => {
+                    tracing::debug!(%addr, "connected");
                     stream.set_read_timeout(Some(timeouts.io))?;
                     stream.set_write_timeout(Some(timeouts.io))?;
                     stream.set_nodelay(true)?;
@@ -81,7 +83,10 @@ impl Wire {
                         answered: 0,
                     });
                 }
-                Err(e) => last = e,
+                Err(e) => {
+                    tracing::debug!(%addr, "cannot connect: {e}");
+                    last = e;
+                }
             }
         }
         Err(last)
@@ -120,12 +125,19 @@ impl Wire {
     /// arrives in pieces; see `docs/compatibility.md`).
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.sent += 1;
+        // The code follows the client id and the version byte.
+        let at = crate::protocol::CLIENT_ID_LEN + 1;
+        if let Some(&[lo, hi]) = bytes.get(at..at + 2) {
+            tracing::debug!(code = u16::from_le_bytes([lo, hi]), "request");
+        }
         self.stream.write_all(bytes)
     }
 
     /// The socket, for streaming a request's content; counts as a request written.
     pub fn stream(&mut self) -> &mut TcpStream {
         self.sent += 1;
+        let code = crate::protocol::RequestCode::SendFile.as_u16();
+        tracing::debug!(code, "request (its content streams after it)");
         &mut self.stream
     }
 
@@ -155,6 +167,7 @@ impl Wire {
             .read_exact(&mut payload)
             .map_err(|e| if is_timeout(&e) { self.silent() } else { RecvError::Io(e) })?;
         let response = decode_response_payload(&header, &payload)?;
+        tracing::debug!(code = response.code().as_u16(), "answer");
         self.answered += 1;
         Ok(response)
     }

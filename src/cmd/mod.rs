@@ -26,11 +26,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             serve::run(args)
         }
         Command::Register(args) => {
-            init_logging("warn");
+            init_client_logging(args.client.verbose);
             register::run(args)
         }
         Command::Send(args) => {
-            init_logging("warn");
+            init_client_logging(args.client.verbose);
             send::run(args)
         }
         Command::Db(DbCommand::Inspect(args)) => {
@@ -40,6 +40,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Logging for a client command: `-v` (given `verbose` times) is asked for on the command
+/// line and wins over `RUST_LOG`; without it, `RUST_LOG` or warnings only.
+fn init_client_logging(verbose: u8) {
+    let level = match verbose {
+        0 => return init_logging("warn"),
+        1 => "warn,securexfer=debug",
+        _ => "warn,securexfer=trace",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not for files, pipes and journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
 /// Logs to stderr; `RUST_LOG` overrides the default level.
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -47,6 +64,8 @@ fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, not for files, pipes and journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
