@@ -1040,6 +1040,8 @@ struct Script {
     short_reads: bool,
     /// Answer 1028 with the zlib CRC-32 of the ciphertext (as the `dor` server does).
     crc32_of_ciphertext: bool,
+    /// Read a 1028's content slowly (64 KiB every 5 ms), so a test can act mid-upload.
+    slow_files: bool,
     /// Accept a 1027 by name alone, echoing the header's id, but refuse file requests
     /// whose id is not the one it gave (as the `tomer` server does).
     any_id_on_reconnect: bool,
@@ -1062,6 +1064,7 @@ impl Script {
             cksums: HashMap::new(),
             short_reads: false,
             crc32_of_ciphertext: false,
+            slow_files: false,
             any_id_on_reconnect: false,
         }
     }
@@ -1127,7 +1130,8 @@ type Received = (ClientId, Request, u32);
 
 /// Reads one request; `None` at a clean end of the connection. The content of a 1028 is
 /// read and thrown away (its CRC-32 kept).
-fn read_request(stream: &mut TcpStream, stall_files: bool) -> io::Result<Option<Received>> {
+fn read_request(stream: &mut TcpStream, script: &Script) -> io::Result<Option<Received>> {
+    let stall_files = script.stall_files;
     let mut header = [0u8; REQUEST_HEADER_LEN];
     match stream.read_exact(&mut header) {
         Ok(()) => {}
@@ -1153,6 +1157,9 @@ fn read_request(stream: &mut TcpStream, stall_files: bool) -> io::Result<Option<
             }
             crc.update(&buf[..n]);
             left -= n as u64;
+            if script.slow_files {
+                thread::sleep(Duration::from_millis(5));
+            }
         }
         return Ok(Some((header.client_id, Request::SendFile(file), crc.finish())));
     }
@@ -1230,7 +1237,7 @@ fn serve_connection(
                 }
             }
         } else {
-            match read_request(&mut stream, script.stall_files)? {
+            match read_request(&mut stream, script)? {
                 None => break,
                 Some(request) => request,
             }
@@ -1852,6 +1859,85 @@ fn verbose_says_what_the_client_does_and_quiet_register_says_nothing() {
     for said in ["connected", "request", "code=1027", "code=2105", "code=1028", "code=2104"] {
         assert!(run.stderr.contains(said), "-v says {said}: {}", run.stderr);
     }
+}
+
+#[test]
+fn a_file_that_shrinks_mid_send_ends_its_connection_and_the_next_file_goes_on_a_new_one() {
+    let (work, mut script) = fake_setup();
+    script.slow_files = true;
+    let content = common::random_bytes(16 << 20, 82);
+    script.cksums.insert("shrinking.bin".into(), Cksum::of(&content));
+    let fake = Fake::start(script);
+    let shrinking = work.file("shrinking.bin", &content);
+    let mut cmd = work.command(&["send", "shrinking.bin", FILE, "--server", &fake.addr]);
+    cmd.args(["--name", "zed", "--json", "--timeout", "10"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn");
+    let started = Instant::now();
+    // The upload starts right after the key exchange and takes over a second at the
+    // fake's pace: cut the file down a moment into it.
+    while !fake.codes().contains(&1026) {
+        assert!(started.elapsed() < Duration::from_secs(20), "no 1026: {:?}", fake.codes());
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(300));
+    fs::OpenOptions::new().write(true).open(&shrinking).unwrap().set_len(2 << 20).unwrap();
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "a local problem with one file: {stderr}");
+    assert!(stderr.contains("changed while it was being sent"), "{stderr}");
+    let lines: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines[0]["status"], "failed", "{stdout}");
+    assert_eq!(lines[1]["status"], "verified", "{stdout}");
+    // The half-sent 1028 never became a request at the server (the fake logs a 1028 once
+    // its content is whole): its connection was given up, and the next file went on a new
+    // one, after a key exchange.
+    assert_eq!(fake.codes(), [1025, 1026, 1027, 1028, 1029], "{stderr}");
+}
+
+/// `send locked.txt ok.txt` as a user who cannot read the first: nothing about it goes
+/// on the wire and the second is sent. (As root, run through `setpriv` as nobody.)
+#[cfg(unix)]
+#[test]
+fn an_unreadable_file_is_reported_and_the_next_one_is_sent_with_nothing_out_of_step() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    for dir in [work.path().to_owned(), work.path().join("home")] {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let locked = work.file("locked.txt", b"secret");
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o000)).unwrap();
+    work.file("ok.txt", b"fine");
+    let args = ["send", "locked.txt", "ok.txt", "--server", &server.address(), "--name", "nob"];
+    // SAFETY: getuid has no preconditions.
+    let mut cmd = if unsafe { libc::getuid() } == 0 {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        cmd.arg(env!("CARGO_BIN_EXE_securexfer"));
+        cmd.current_dir(work.path()).env("XDG_CONFIG_HOME", work.config());
+        cmd.env("HOME", work.path().join("home")).args(args);
+        cmd
+    } else {
+        work.command(&args)
+    };
+    cmd.arg("--json");
+    let run = run_command(cmd, DEADLINE);
+    run.expect_code(6, "one unreadable file");
+    assert!(
+        run.stderr.contains("locked.txt") && run.stderr.contains("ermission"),
+        "{}",
+        run.stderr
+    );
+    let results = run.json();
+    assert_eq!(
+        (results[0]["status"].as_str(), results[1]["status"].as_str()),
+        (Some("failed"), Some("verified"))
+    );
+    assert_eq!(stored(&server, &work.id(), "ok.txt"), b"fine");
+    assert!(!server.log().contains("unknown request code"), "{}", server.log());
+    assert!(!server.log().contains("refused"), "nothing out of step: {}", server.log());
 }
 
 #[test]
