@@ -890,6 +890,24 @@ fn files_after_a_connection_that_keeps_failing_are_reported_as_skipped() {
 }
 
 #[test]
+fn a_refusal_right_after_a_reconnection_is_still_a_refusal_and_the_batch_goes_on() {
+    // The first file after a reconnection is refused: the client tries the id reversed
+    // (for servers that accept a 1027 with any id), this server denies that id, and the
+    // saved one is used again.
+    let server = Server::start(&["--max-file-size", "64K"]);
+    let work = Workdir::new();
+    work.file("small.bin", b"small");
+    work.send(&server.address(), Some("rhea"), &["small.bin"], &[]).ok("registers");
+    work.file("huge.bin", &common::random_bytes(1024 * 1024, 13));
+    let run = work.send(&server.address(), None, &["huge.bin", "small.bin"], &["--json"]);
+    run.expect_code(4, "the refusal");
+    let results = run.json();
+    assert_eq!(results[0]["status"], "failed");
+    assert!(results[0]["error"].as_str().unwrap().contains("2107"), "{}", run.stdout);
+    assert_eq!(results[1]["status"], "verified", "{}\n{}", run.stdout, run.stderr);
+}
+
+#[test]
 fn two_files_with_one_stored_name_are_refused_before_anything_is_sent() {
     let server = Server::start(&[]);
     let work = Workdir::new();

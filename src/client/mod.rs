@@ -319,6 +319,8 @@ pub struct Client {
     id_unconfirmed: bool,
     /// A server that reports the CRC-32 of the ciphertext was noted already.
     noted_crc32: bool,
+    /// The saved id, while its byte-reversed form is being tried.
+    reversed_from: Option<ClientId>,
 }
 
 impl std::fmt::Debug for Client {
@@ -344,6 +346,7 @@ impl Client {
             free_resend: false,
             id_unconfirmed: false,
             noted_crc32: false,
+            reversed_from: None,
         }
     }
 
@@ -532,6 +535,7 @@ impl Client {
                 }
                 Ok(outcome) => {
                     c.id_unconfirmed = false;
+                    c.reversed_from = None;
                     Ok(outcome)
                 }
                 Err(e) => Err(e),
@@ -550,6 +554,7 @@ impl Client {
         if reversed == identity.id {
             return;
         }
+        self.reversed_from = Some(identity.id);
         identity.id = reversed;
         (self.events)(Event::Note(format!(
             "the server refused a file from the saved client id; trying it byte-reversed ({reversed}), \
@@ -755,9 +760,9 @@ impl Client {
                 Failure::Connection(format!("cannot connect to {}: {e}", self.server))
             })?;
             if self.lost {
-                if let Some(identity) = &self.rekey {
+                if self.rekey.is_some() {
                     tracing::debug!("redoing the key exchange (1027) on the new connection");
-                    self.key = Some(redo_key_exchange(&mut wire, identity)?);
+                    wire = self.rekey_on(wire)?;
                 }
                 self.lost = false;
                 if self.one_per_request {
@@ -771,6 +776,40 @@ impl Client {
             self.wire = Some(wire);
         }
         Ok(self.wire.as_mut().expect("just set"))
+    }
+
+    /// Redoes the key exchange on `wire`; returns the connection to go on with. When the
+    /// server denies the byte-reversed id tried after a refusal (it is not one that takes
+    /// any id), the saved id is restored and used on a new connection.
+    fn rekey_on(&mut self, mut wire: Wire) -> Result<Wire, Failure> {
+        let Some(identity) = self.rekey.clone() else { return Ok(wire) };
+        if let Some(key) = redo_key_exchange(&mut wire, &identity)? {
+            self.key = Some(key);
+            return Ok(wire);
+        }
+        let (Some(saved), Some(identity)) = (self.reversed_from.take(), self.rekey.as_mut()) else {
+            return Err(Failure::Fatal(ClientError::Unexpected {
+                step: "reconnection after a lost connection (1027)",
+                expected: "2105",
+                got: ResponseCode::ReconnectDenied,
+            }));
+        };
+        tracing::debug!("the server does not know the reversed id; back to the saved one");
+        identity.id = saved;
+        let identity = identity.clone();
+        let mut wire = Wire::connect(&self.server, self.timeouts)
+            .map_err(|e| Failure::Connection(format!("cannot connect to {}: {e}", self.server)))?;
+        match redo_key_exchange(&mut wire, &identity)? {
+            Some(key) => self.key = Some(key),
+            None => {
+                return Err(unexpected(
+                    "reconnection after a lost connection (1027)",
+                    "2105",
+                    &Response::ReconnectDenied { client_id: None },
+                ));
+            }
+        }
+        Ok(wire)
     }
 
     /// A reused connection was found closed when a request went out on it. That is a
@@ -872,7 +911,8 @@ pub fn stored_file_name(name: &str) -> Result<FixedName, ClientError> {
 }
 
 /// A 1027 on a fresh connection, after the previous one was lost; returns the new AES key.
-fn redo_key_exchange(wire: &mut Wire, identity: &Identity) -> Result<AesKey, Failure> {
+/// `None` when the server denies it (2106).
+fn redo_key_exchange(wire: &mut Wire, identity: &Identity) -> Result<Option<AesKey>, Failure> {
     let name = FixedName::new(&identity.name, "name")
         .map_err(|e| Failure::Fatal(ClientError::BadName(e)))?;
     let request = encode_request(identity.id, &Request::Reconnect { name });
@@ -881,7 +921,9 @@ fn redo_key_exchange(wire: &mut Wire, identity: &Identity) -> Result<AesKey, Fai
         Ok(Response::ReconnectAccepted { encrypted_key, .. }) => identity
             .key
             .decrypt_aes_key(&encrypted_key)
+            .map(Some)
             .map_err(|e| Failure::Fatal(ClientError::Key(e))),
+        Ok(Response::ReconnectDenied { .. }) => Ok(None),
         Ok(Response::GeneralError) => Err(Failure::ServerError),
         Ok(other) => Err(unexpected("reconnection after a lost connection (1027)", "2105", &other)),
         Err(e) => Err(Failure::Connection(e.to_string())),
