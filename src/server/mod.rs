@@ -1,5 +1,5 @@
 //! The server: an accept loop with a connection limit and graceful shutdown, handing each
-//! connection to its state machine ([`conn`]).
+//! connection to its state machine (`conn`).
 
 pub mod backoff;
 mod conn;

@@ -1,6 +1,6 @@
 //! Receiving the encrypted content of a 1028 in one streaming pass: the connection task
 //! reads fixed-size chunks from the socket while a blocking worker decrypts, checksums and
-//! writes the previous ones (large uploads: hands them to a writer thread, see [`Output`]).
+//! writes the previous ones (large uploads: hands them to a writer thread, see `Output`).
 //! A few chunk buffers circulate between them, so memory stays flat whatever the file size.
 
 use crate::buf::AlignedBuf;
@@ -24,7 +24,7 @@ pub const CHUNK: usize = 256 * 1024;
 /// a tenth). Few uploads are that large at once, and each takes 5 MiB of buffers.
 pub const LARGE_CHUNK: usize = 1024 * 1024;
 /// Uploads at least this large use [`LARGE_CHUNK`] and are written with `O_DIRECT` (see
-/// [`FileSink`]).
+/// `FileSink`).
 pub const LARGE_UPLOAD: u32 = 64 * 1024 * 1024;
 /// Buffers per upload: one being read from the socket, one being processed, one queued
 /// (and, for direct writes, one being written and one queued for the writer).
@@ -32,7 +32,7 @@ const BUFFERS: usize = 3;
 /// Buffers per upload written with `O_DIRECT`.
 const DIRECT_BUFFERS: usize = 5;
 /// Bytes of an upload handed to the disk at a time; at most two such windows of it sit
-/// in the page cache (see [`FileSink`]).
+/// in the page cache (see `FileSink`).
 pub const WRITE_BEHIND: u64 = 32 * 1024 * 1024;
 
 /// What an upload produced.
