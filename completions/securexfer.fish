@@ -43,7 +43,11 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l grace -d
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l disk-reserve -d 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l compat -d 'Serve an existing client that deviates from the protocol. `crc32-ciphertext`: to clients whose requests carry version byte 1 (the `dor` client; nobody else sends it), answer 1028 with the zlib CRC-32 of the ciphertext received, as that client checks, and answer its 1030 with 2104, as it waits for one. Every other client gets exactly the protocol' -r -f -a "crc32-ciphertext\t'Version-1 clients get the CRC-32 of the ciphertext in 2103 and a 2104 for 1030'"
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l registrations-per-minute -d 'Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to twice as many; more get 2107. 0 turns the limit off' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l log-format -d 'How log lines are written to stderr: `text` for people, `json` (one object per line) for log collectors' -r -f -a "text\t'Human-readable lines'
+json\t'One JSON object per line'"
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l strict-sessions -d 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s v -l verbose -d 'Log warnings and errors only (-q), or more detail (-v: debug, -vv: trace). Without them, RUST_LOG sets what is logged (default: info)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s q -l quiet -d 'Log warnings and errors only'
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l server -d 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`' -r

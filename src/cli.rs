@@ -104,6 +104,32 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub registrations_per_minute: u32,
+    /// How log lines are written to stderr: `text` for people, `json` (one object per
+    /// line) for log collectors.
+    #[arg(
+        long,
+        env = "SECUREXFER_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// Log warnings and errors only (-q), or more detail (-v: debug, -vv: trace). Without
+    /// them, RUST_LOG sets what is logged (default: info).
+    #[arg(short, long, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Log warnings and errors only.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// The server's log format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Compatibility settings for existing clients that deviate from the protocol.

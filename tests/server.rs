@@ -2184,3 +2184,36 @@ fn a_storage_directory_the_server_cannot_write_is_found_at_start_up() {
     assert!(stderr.contains("ro") && stderr.contains("Permission denied"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("listening"));
 }
+
+// ---------------------------------------------------------------------------------------
+// Logs
+
+#[test]
+fn json_logs_are_one_object_per_line_with_the_request_and_its_outcome() {
+    let server = Server::start(&["--log-format", "json"]);
+    assert_serves(&server);
+    wait_until("the verified line", || server.log().contains("file verified and stored"));
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    let verified = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "file verified and stored")
+        .expect("the verified line");
+    assert_eq!(verified["level"], "INFO");
+    assert_eq!(verified["span"]["code"], 1029, "the request's span: {verified}");
+    assert!(!log.contains("\u{1b}["), "no colour in JSON or off a terminal");
+}
+
+#[test]
+fn quiet_serve_logs_only_warnings() {
+    let server = Server::start(&["-q"]);
+    assert_serves(&server);
+    let mut stream = connect(&server);
+    stream.write_all(&frame(ClientId::ZERO, 3, 9999, 0, &[])).unwrap();
+    expect(&mut stream, ResponseCode::GeneralError);
+    wait_until("the warning", || server.log().contains("WARN"));
+    assert!(!server.log().contains("INFO"), "{}", server.log());
+}

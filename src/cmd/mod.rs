@@ -22,7 +22,13 @@ pub struct UsageError(pub String);
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => {
-            init_logging("info");
+            let level = match (args.quiet, args.verbose) {
+                (true, _) => Some("warn"),
+                (false, 0) => None,
+                (false, 1) => Some("info,securexfer=debug"),
+                (false, _) => Some("info,securexfer=trace"),
+            };
+            init_server_logging(level, args.log_format == crate::cli::LogFormat::Json);
             serve::run(args)
         }
         Command::Register(args) => {
@@ -55,6 +61,25 @@ fn init_client_logging(verbose: u8) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// The server's logging: `level` from -q/-v wins over `RUST_LOG` (default info); JSON
+/// lines for log collectors, or text.
+fn init_server_logging(level: Option<&str>, json: bool) {
+    let filter = match level {
+        Some(level) => tracing_subscriber::EnvFilter::new(level),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = if json {
+        builder.json().with_current_span(true).with_span_list(false).try_init()
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init()
+    };
 }
 
 /// Logs to stderr; `RUST_LOG` overrides the default level.
