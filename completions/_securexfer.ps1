@@ -98,6 +98,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients and files, read-only (safe while the server runs)')
+            [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -112,12 +113,26 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'securexfer;db;verify' {
+            [CompletionResult]::new('--db', '--db', [CompletionResultType]::ParameterName, 'The server''s database')
+            [CompletionResult]::new('--storage', '--storage', [CompletionResultType]::ParameterName, 'The storage directory')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON document instead of lines')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'securexfer;db;help' {
             [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients and files, read-only (safe while the server runs)')
+            [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
         'securexfer;db;help;inspect' {
+            break
+        }
+        'securexfer;db;help;verify' {
             break
         }
         'securexfer;db;help;help' {
@@ -142,9 +157,13 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
         }
         'securexfer;help;db' {
             [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients and files, read-only (safe while the server runs)')
+            [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
             break
         }
         'securexfer;help;db;inspect' {
+            break
+        }
+        'securexfer;help;db;verify' {
             break
         }
         'securexfer;help;help' {

@@ -37,11 +37,17 @@ _securexfer() {
             securexfer__subcmd__db,inspect)
                 cmd="securexfer__subcmd__db__subcmd__inspect"
                 ;;
+            securexfer__subcmd__db,verify)
+                cmd="securexfer__subcmd__db__subcmd__verify"
+                ;;
             securexfer__subcmd__db__subcmd__help,help)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__help"
                 ;;
             securexfer__subcmd__db__subcmd__help,inspect)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__inspect"
+                ;;
+            securexfer__subcmd__db__subcmd__help,verify)
+                cmd="securexfer__subcmd__db__subcmd__help__subcmd__verify"
                 ;;
             securexfer__subcmd__help,db)
                 cmd="securexfer__subcmd__help__subcmd__db"
@@ -60,6 +66,9 @@ _securexfer() {
                 ;;
             securexfer__subcmd__help__subcmd__db,inspect)
                 cmd="securexfer__subcmd__help__subcmd__db__subcmd__inspect"
+                ;;
+            securexfer__subcmd__help__subcmd__db,verify)
+                cmd="securexfer__subcmd__help__subcmd__db__subcmd__verify"
                 ;;
             *)
                 ;;
@@ -82,7 +91,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db)
-            opts="-h -V --help --version inspect help"
+            opts="-h -V --help --version inspect verify help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -96,7 +105,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db__subcmd__help)
-            opts="inspect help"
+            opts="inspect verify help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -137,6 +146,20 @@ _securexfer() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        securexfer__subcmd__db__subcmd__help__subcmd__verify)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         securexfer__subcmd__db__subcmd__inspect)
             opts="-h -V --db --storage --client --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -163,6 +186,28 @@ _securexfer() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        securexfer__subcmd__db__subcmd__verify)
+            opts="-h -V --db --storage --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --storage)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         securexfer__subcmd__help)
             opts="serve register send db help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -178,7 +223,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db)
-            opts="inspect"
+            opts="inspect verify"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -192,6 +237,20 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db__subcmd__inspect)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__help__subcmd__db__subcmd__verify)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

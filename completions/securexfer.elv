@@ -91,6 +91,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
             cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;inspect'= {
@@ -103,11 +104,23 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'securexfer;db;verify'= {
+            cand --db 'The server''s database'
+            cand --storage 'The storage directory'
+            cand --json 'Print one JSON document instead of lines'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'securexfer;db;help'= {
             cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;help;inspect'= {
+        }
+        &'securexfer;db;help;verify'= {
         }
         &'securexfer;db;help;help'= {
         }
@@ -126,8 +139,11 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         }
         &'securexfer;help;db'= {
             cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
         }
         &'securexfer;help;db;inspect'= {
+        }
+        &'securexfer;help;db;verify'= {
         }
         &'securexfer;help;help'= {
         }

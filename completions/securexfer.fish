@@ -71,17 +71,24 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s q -l quie
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l json -d 'Print one JSON object per file on stdout, in argument order, then a summary object (the schema is in docs/json.md)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s h -l help -d 'Print help'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s V -l version -d 'Print version'
-complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect help" -s h -l help -d 'Print help'
-complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect help" -s V -l version -d 'Print version'
-complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect help" -f -a "inspect" -d 'Show clients and files, read-only (safe while the server runs)'
-complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify help" -s h -l help -d 'Print help'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify help" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify help" -f -a "inspect" -d 'Show clients and files, read-only (safe while the server runs)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify help" -f -a "verify" -d 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l db -d 'The server\'s database' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l storage -d 'Storage directory, to check that recorded files are present' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l client -d 'Show only this client (name or id)' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l json -d 'Print JSON instead of tables'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -s h -l help -d 'Print help'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from verify" -l db -d 'The server\'s database' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from verify" -l storage -d 'The storage directory' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from verify" -l json -d 'Print one JSON document instead of lines'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from verify" -s h -l help -d 'Print help'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from verify" -s V -l version -d 'Print version'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "inspect" -d 'Show clients and files, read-only (safe while the server runs)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "verify" -d 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "serve" -d 'Run the storage server'
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "register" -d 'Make a key pair, register a name with a server and save the identity'
@@ -89,3 +96,4 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fi
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "db" -d 'Read the server\'s database'
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and __fish_seen_subcommand_from db" -f -a "inspect" -d 'Show clients and files, read-only (safe while the server runs)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and __fish_seen_subcommand_from db" -f -a "verify" -d 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'

@@ -209,6 +209,23 @@ pub struct SendArgs {
 pub enum DbCommand {
     /// Show clients and files, read-only (safe while the server runs).
     Inspect(InspectArgs),
+    /// Re-read every stored file and check it against its record (size and cksum):
+    /// reports missing, changed and unrecorded files. Read-only. Exit 5 if any.
+    Verify(VerifyArgs),
+}
+
+/// `securexfer db verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The server's database.
+    #[arg(long, env = "SECUREXFER_DB", default_value = "defensive.db", value_name = "PATH")]
+    pub db: PathBuf,
+    /// The storage directory.
+    #[arg(long, env = "SECUREXFER_STORAGE", default_value = "storage", value_name = "DIR")]
+    pub storage: PathBuf,
+    /// Print one JSON document instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `securexfer db inspect`.

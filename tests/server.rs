@@ -2217,3 +2217,51 @@ fn quiet_serve_logs_only_warnings() {
     wait_until("the warning", || server.log().contains("WARN"));
     assert!(!server.log().contains("INFO"), "{}", server.log());
 }
+
+// ---------------------------------------------------------------------------------------
+// db verify
+
+fn db_verify(server: &Server) -> (Option<i32>, serde_json::Value) {
+    let out = common::run_in(
+        &server.dir,
+        &["db", "verify", "--db", "server.db", "--storage", "storage", "--json"],
+    );
+    let doc = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code(), doc)
+}
+
+#[test]
+fn db_verify_finds_missing_changed_and_unrecorded_files() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("verifier", &mut stream);
+    for name in ["keep.bin", "gone.bin", "edited.bin"] {
+        client.upload(&mut stream, name, &common::random_bytes(30_000, 90));
+    }
+    let (code, doc) = db_verify(&server);
+    assert_eq!(code, Some(0), "{doc}");
+    assert_eq!(doc["summary"]["ok"], 3, "{doc}");
+
+    std::fs::remove_file(stored_path(&server, client.id, "gone.bin")).unwrap();
+    let edited = stored_path(&server, client.id, "edited.bin");
+    let mut bytes = std::fs::read(&edited).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&edited, &bytes).unwrap();
+    std::fs::write(stored_path(&server, client.id, "stray.bin"), b"no record").unwrap();
+    let (code, doc) = db_verify(&server);
+    assert_eq!(code, Some(5), "{doc}");
+    let status = |name: &str| {
+        doc["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"].as_str().unwrap().ends_with(name))
+            .map(|f| f["status"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(status("keep.bin").as_deref(), Some("ok"));
+    assert_eq!(status("gone.bin").as_deref(), Some("missing"));
+    assert_eq!(status("edited.bin").as_deref(), Some("changed"));
+    assert_eq!(status("stray.bin").as_deref(), Some("unrecorded"));
+    assert_eq!(doc["summary"]["checked"], 4);
+}

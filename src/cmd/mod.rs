@@ -6,6 +6,7 @@ mod progress;
 mod register;
 mod send;
 mod serve;
+mod verify;
 
 use crate::cli::{Cli, Command, DbCommand};
 use securexfer::client::identity::IdentityError;
@@ -42,6 +43,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(DbCommand::Inspect(args)) => {
             init_logging("warn");
             db::inspect(args)
+        }
+        Command::Db(DbCommand::Verify(args)) => {
+            init_logging("warn");
+            verify::run(args)
         }
     }
 }
