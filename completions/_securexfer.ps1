@@ -33,6 +33,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;serve' {
+            [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Configuration file (default /etc/securexfer/serve.toml, if it exists): keys are the long flags (`max-file-size = "8G"`). Flags and SECUREXFER_* variables win over it')
             [CompletionResult]::new('--listen', '--listen', [CompletionResultType]::ParameterName, 'Address to listen on. The default accepts only this machine; use 0.0.0.0 (or ::) to accept remote clients')
             [CompletionResult]::new('--port', '--port', [CompletionResultType]::ParameterName, 'Port to listen on (0 picks a free one, printed at start-up)')
             [CompletionResult]::new('--storage', '--storage', [CompletionResultType]::ParameterName, 'Directory where received files are stored, one subdirectory per client id')
@@ -58,6 +59,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;register' {
+            [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`')
             [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'Client name to register (default: line 2 of transfer.info)')
             [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)')
@@ -75,6 +77,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;send' {
+            [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it')
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`')
             [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'Client name to register (default: line 2 of transfer.info)')
             [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)')

@@ -321,12 +321,16 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__register)
-            opts="-v -q -h -V --server --name --identity --connect-timeout --timeout --verbose --force --quiet --help --version"
+            opts="-v -q -h -V --config --server --name --identity --connect-timeout --timeout --verbose --force --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -355,12 +359,16 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__send)
-            opts="-v -q -h -V --server --name --identity --connect-timeout --timeout --verbose --quiet --json --as --help --version"
+            opts="-v -q -h -V --config --server --name --identity --connect-timeout --timeout --verbose --quiet --json --as --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --server)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -393,12 +401,16 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__serve)
-            opts="-v -q -h -V --listen --port --storage --db --max-file-size --max-connections --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --log-format --verbose --quiet --help --version"
+            opts="-v -q -h -V --config --listen --port --storage --db --max-file-size --max-connections --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --log-format --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --listen)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

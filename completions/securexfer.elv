@@ -29,6 +29,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;serve'= {
+            cand --config 'Configuration file (default /etc/securexfer/serve.toml, if it exists): keys are the long flags (`max-file-size = "8G"`). Flags and SECUREXFER_* variables win over it'
             cand --listen 'Address to listen on. The default accepts only this machine; use 0.0.0.0 (or ::) to accept remote clients'
             cand --port 'Port to listen on (0 picks a free one, printed at start-up)'
             cand --storage 'Directory where received files are stored, one subdirectory per client id'
@@ -53,6 +54,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --version 'Print version'
         }
         &'securexfer;register'= {
+            cand --config 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it'
             cand --server 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`'
             cand --name 'Client name to register (default: line 2 of transfer.info)'
             cand --identity 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)'
@@ -69,6 +71,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --version 'Print version'
         }
         &'securexfer;send'= {
+            cand --config 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it'
             cand --server 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`'
             cand --name 'Client name to register (default: line 2 of transfer.info)'
             cand --identity 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)'

@@ -31,6 +31,7 @@ complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "register" -d 
 complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "send" -d 'Send files to a server and verify them (registers first if there is no identity)'
 complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "db" -d 'Read the server\'s database'
 complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l config -d 'Configuration file (default /etc/securexfer/serve.toml, if it exists): keys are the long flags (`max-file-size = "8G"`). Flags and SECUREXFER_* variables win over it' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l listen -d 'Address to listen on. The default accepts only this machine; use 0.0.0.0 (or ::) to accept remote clients' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l port -d 'Port to listen on (0 picks a free one, printed at start-up)' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l storage -d 'Directory where received files are stored, one subdirectory per client id' -r -F
@@ -50,6 +51,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s v -l ver
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s q -l quiet -d 'Log warnings and errors only'
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l config -d 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l server -d 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l name -d 'Client name to register (default: line 2 of transfer.info)' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l identity -d 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client\'s), else this server\'s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)' -r -F
@@ -60,6 +62,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l force
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s q -l quiet -d 'Print nothing on success'
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s h -l help -d 'Print help'
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l config -d 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l server -d 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l name -d 'Client name to register (default: line 2 of transfer.info)' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l identity -d 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client\'s), else this server\'s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)' -r -F

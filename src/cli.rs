@@ -50,6 +50,10 @@ pub enum Command {
 #[command(after_help = "Without --port, the port is read from port.info in the working directory \
 (one number, as the existing server does); without that file the server warns and uses 1357.")]
 pub struct ServeArgs {
+    /// Configuration file (default /etc/securexfer/serve.toml, if it exists): keys are the
+    /// long flags (`max-file-size = "8G"`). Flags and SECUREXFER_* variables win over it.
+    #[arg(long, env = "SECUREXFER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Address to listen on. The default accepts only this machine; use 0.0.0.0 (or ::) to
     /// accept remote clients.
     #[arg(long, env = "SECUREXFER_LISTEN", default_value = "127.0.0.1", value_name = "ADDR")]
@@ -142,6 +146,11 @@ pub enum Compat {
 /// Connection settings shared by the client commands.
 #[derive(Debug, Args)]
 pub struct ClientArgs {
+    /// Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists):
+    /// keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_*
+    /// variables win over it.
+    #[arg(long, env = "SECUREXFER_CONFIG", value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
     /// Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of
     /// transfer.info, else the server of the latest `register`.
     #[arg(long, env = "SECUREXFER_SERVER", value_name = "HOST:PORT")]

@@ -5,12 +5,11 @@
 mod cli;
 mod cmd;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    match cmd::run(cli) {
+    match parse().and_then(cmd::run) {
         Ok(code) => code,
         Err(error) => {
             // A closed stdout (`securexfer db inspect | head`) is not a failure.
@@ -21,6 +20,15 @@ fn main() -> ExitCode {
             ExitCode::from(cmd::exit_code(&error))
         }
     }
+}
+
+/// The command line, with the configuration file's settings where flags and variables
+/// left defaults (see `cmd::config`).
+fn parse() -> anyhow::Result<cli::Cli> {
+    let command = cli::Cli::command();
+    let argv = cmd::config::with_file_settings(&command, std::env::args_os().collect())?;
+    let matches = command.get_matches_from(argv);
+    Ok(cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {

@@ -908,6 +908,29 @@ fn a_refusal_right_after_a_reconnection_is_still_a_refusal_and_the_batch_goes_on
 }
 
 #[test]
+fn the_client_config_file_names_the_server_and_the_name() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    fs::create_dir_all(work.config().join("securexfer")).unwrap();
+    let settings = format!("server = \"{}\"\nname = \"cora\"\ntimeout = 5\n", server.address());
+    fs::write(work.config().join("securexfer/config.toml"), settings).unwrap();
+    work.file("c.bin", b"configured");
+    work.run(&["send", "c.bin"]).ok("server and name from config.toml");
+    assert_eq!(work.me_info().lines().next(), Some("cora"));
+    assert_eq!(stored(&server, &work.id(), "c.bin"), b"configured");
+    // An unknown key is a usage error naming the file and line.
+    fs::write(work.config().join("securexfer/config.toml"), "timeout = 5\nsever = \"x\"\n")
+        .unwrap();
+    let run = work.run(&["send", "c.bin"]);
+    run.expect_code(2, "unknown key");
+    assert!(
+        run.stderr.contains("config.toml:2:") && run.stderr.contains("sever"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn two_files_with_one_stored_name_are_refused_before_anything_is_sent() {
     let server = Server::start(&[]);
     let work = Workdir::new();

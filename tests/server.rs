@@ -2265,3 +2265,43 @@ fn db_verify_finds_missing_changed_and_unrecorded_files() {
     assert_eq!(status("stray.bin").as_deref(), Some("unrecorded"));
     assert_eq!(doc["summary"]["checked"], 4);
 }
+
+// ---------------------------------------------------------------------------------------
+// The configuration file
+
+/// A client sending `size` bytes to a server started with a config file saying
+/// `max-file-size = "1K"`, plus `extra` flags and `env`: whether the file was stored.
+fn stored_under_config(size: usize, extra: &[&str], env: &[(&str, &str)]) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("serve.toml"), "# the limit\nmax-file-size = \"1K\"\n").unwrap();
+    let mut args = vec!["--config", "serve.toml"];
+    args.extend_from_slice(extra);
+    let server = Server::start_with(dir.path(), &args, |cmd| {
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+    });
+    let mut stream = connect(&server);
+    let client = Client::setup("configured", &mut stream);
+    let data = common::random_bytes(size, 91);
+    matches!(client.send_file(&mut stream, "c.bin", &data), Response::FileReceived { .. })
+}
+
+#[test]
+fn the_config_file_sets_what_flags_and_variables_leave_at_their_defaults() {
+    assert!(stored_under_config(500, &[], &[]), "under the file's limit");
+    assert!(!stored_under_config(4000, &[], &[]), "the file's 1K limit applies");
+    let env = [("SECUREXFER_MAX_FILE_SIZE", "1M")];
+    assert!(stored_under_config(4000, &[], &env), "a variable wins over the file");
+    assert!(!stored_under_config(4000, &["--max-file-size", "2K"], &env), "a flag wins over both");
+}
+
+#[test]
+fn an_unknown_setting_in_the_config_file_is_a_usage_error_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("serve.toml"), "idle-timeout = 5\nmax-file-sise = \"1G\"\n")
+        .unwrap();
+    let (code, line) = failed_start(dir.path(), &["--config", "serve.toml"]);
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains("serve.toml:2:") && line.contains("max-file-sise"), "{line}");
+}

@@ -1,5 +1,6 @@
 //! One module per subcommand; this one dispatches and maps errors to exit codes.
 
+pub(crate) mod config;
 mod db;
 pub(crate) mod out;
 mod progress;
