@@ -1330,6 +1330,98 @@ fn a_crash_mid_upload_leaves_a_consistent_database_and_no_partial_files() {
     assert_stored_verified(&server, client.id, "big.bin", &early[..1000]);
 }
 
+/// Asserts what a restarted server must find after any crash: every verified row
+/// describes the bytes at its path (size and cksum), every stored file has a verified
+/// row, and no unfinished upload is left.
+fn assert_rows_describe_the_bytes(server: &Server) {
+    let db = open_db(server);
+    let mut stmt =
+        db.prepare("SELECT PathName, Size, Cksum FROM files WHERE Verified = 1").unwrap();
+    let rows: Vec<(String, i64, u32)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (path, size, cksum) in &rows {
+        let bytes = std::fs::read(server.storage().join(path))
+            .unwrap_or_else(|e| panic!("a verified row names {path}, which cannot be read: {e}"));
+        assert_eq!((bytes.len(), Cksum::of(&bytes)), (*size as usize, *cksum), "{path}");
+    }
+    for dir in std::fs::read_dir(server.storage()).unwrap().flatten() {
+        for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !entry.file_type().unwrap().is_file() {
+                continue;
+            }
+            assert!(!name.starts_with(TEMP_PREFIX), "an unfinished upload was left: {name}");
+            let path = format!("{}/{name}", dir.file_name().to_string_lossy());
+            assert!(rows.iter().any(|r| r.0 == path), "{path} is on disk without a row");
+        }
+    }
+}
+
+/// Kills the server at random moments while several sessions of one client confirm
+/// uploads of the same few names, restarts it on the same state, and checks every row
+/// against the bytes, until `budget` has passed. Returns the number of crashes.
+fn crashes_during_confirms(budget: Duration) -> usize {
+    // Eight uploads waiting at once: the most one client may have.
+    const SESSIONS: usize = 4;
+    const NAMES: usize = 2;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut client = Client::new("crash-confirms");
+    let mut server = Server::start_in(dir.path(), &[]);
+    client.register_and_exchange(&mut connect(&server));
+    let (start, mut crashes) = (Instant::now(), 0);
+    while crashes < 3 || start.elapsed() < budget {
+        let mut sessions: Vec<(Client, TcpStream)> = (0..SESSIONS)
+            .map(|_| {
+                let mut session = Client::with_key(&client.name, client.key.clone());
+                session.id = client.id;
+                let stream = session.reconnected(&server);
+                (session, stream)
+            })
+            .collect();
+        for (session, stream) in &mut sessions {
+            for j in 0..NAMES {
+                let seed = u64::from_le_bytes(random_bytes());
+                let data = common::random_bytes(1 + (seed % 300_000) as usize, seed);
+                session.send_expecting_receipt(stream, &format!("f{j}.bin"), &data);
+            }
+        }
+        // Every verdict at once, then a SIGKILL somewhere among the commits.
+        let delay = Duration::from_micros(u64::from(random_bytes::<1>()[0]) * 120);
+        let pid = server.child.id() as i32;
+        for (session, stream) in &mut sessions {
+            for j in 0..NAMES {
+                session.verdict(stream, RequestCode::CrcOk, &format!("f{j}.bin"));
+            }
+        }
+        std::thread::sleep(delay);
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        server.kill();
+        drop(sessions);
+        crashes += 1;
+        server = Server::start_in(dir.path(), &[]);
+        assert_rows_describe_the_bytes(&server);
+    }
+    assert_serves(&server);
+    crashes
+}
+
+#[test]
+fn a_crash_at_any_moment_of_a_confirm_leaves_every_row_describing_the_bytes_on_disk() {
+    let crashes = crashes_during_confirms(Duration::from_secs(4));
+    eprintln!("{crashes} crashes");
+}
+
+#[test]
+#[ignore = "takes two minutes"]
+fn two_minutes_of_crashes_during_confirms_leave_every_row_describing_the_bytes_on_disk() {
+    let crashes = crashes_during_confirms(Duration::from_secs(120));
+    eprintln!("{crashes} crashes");
+}
+
 #[test]
 fn sigterm_lets_an_upload_in_flight_finish_and_exits_0() {
     let mut server = Server::start(&["--grace", "20"]);

@@ -24,7 +24,7 @@ use crate::protocol::{
     ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, PublicKeyField,
     REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader, Response, storage_name,
 };
-use crate::store::Storage;
+use crate::store::{CommitIntent, Storage};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -557,28 +557,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let pending = session
             .take_pending(file_name.as_str())
             .ok_or_else(|| refuse(format!("no upload of {file_name} waits for confirmation")))?;
+        let turn = self.shared.commit_turn(id, &pending.stored_name).await;
+        let intent = CommitIntent {
+            client_id: id,
+            stored_name: pending.stored_name.clone(),
+            file_name: file_name.to_string(),
+            path_name: Storage::relative_path(id, &pending.stored_name),
+            source: self.shared.storage.relative_of(&pending.upload).unwrap_or_default(),
+            size: pending.size,
+            cksum: pending.cksum,
+        };
+        // Recorded before the rename, forgotten in the transaction that records the file:
+        // a crash anywhere in between is finished or undone at start-up.
+        let begun = intent.clone();
+        self.shared.db(move |db| db.begin_commit(&begun)).await?;
         let storage = self.shared.storage.clone();
         let name = pending.stored_name.clone();
-        let turn = self.shared.commit_turn(id, &name).await;
         let committed =
-            tokio::task::spawn_blocking(move || storage.commit(pending.upload, id, &name))
+            match tokio::task::spawn_blocking(move || storage.commit(pending.upload, id, &name))
                 .await
-                .map_err(|e| refuse(e.to_string()))?
-                .map_err(|e| refuse(format!("could not store {file_name}: {e}")))?;
+            {
+                Ok(Ok(committed)) => Ok(committed),
+                Ok(Err(e)) => Err(refuse(format!("could not store {file_name}: {e}"))),
+                Err(e) => Err(refuse(e.to_string())),
+            };
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(refused) => {
+                let abandoned = intent.clone();
+                let _ = self.shared.db(move |db| db.abandon_commit(&abandoned)).await;
+                return Err(refused);
+            }
+        };
         let relative = committed.relative.clone();
         if let Some(replaced) = committed.replaced {
             // Deleting the replaced copy can take a while; nobody needs to wait for it.
             tokio::task::spawn_blocking(move || drop(replaced));
         }
-        let (sent, rel, size, cksum) =
-            (file_name.to_string(), relative.clone(), pending.size, pending.cksum);
-        let ip = self.peer.ip();
-        self.shared
-            .db(move |db| {
-                db.record_verified(id, &sent, &rel, size, cksum)?;
-                db.set_usual_address(id, ip)
-            })
-            .await?;
+        let (ip, size) = (self.peer.ip(), intent.size);
+        self.shared.db(move |db| db.finish_commit(&intent, Some(ip))).await?;
         drop(turn);
         info!(%file_name, path = %relative, size, "file verified and stored");
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))

@@ -239,20 +239,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the database and the storage directory, and deletes uploads a crash left.
+    /// Opens the database and the storage directory, finishes or undoes the commits a
+    /// crash interrupted, and deletes uploads a crash left.
     pub fn open(config: Config) -> Result<Self, ServerError> {
-        let storage = Storage::open(&config.storage)
-            .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
-        let leftovers = storage
-            .clean_leftovers()
-            .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
+        let storage_error = |source| ServerError::Storage { path: config.storage.clone(), source };
+        let storage = Storage::open(&config.storage).map_err(storage_error)?;
+        let db = Db::open(&config.db)?;
+        reconcile_commits(&db, &storage).map_err(storage_error)?;
+        let leftovers = storage.clean_leftovers().map_err(storage_error)?;
         if leftovers.removed > 0 {
             warn!(removed = leftovers.removed, "deleted unfinished uploads left by an earlier run");
         }
         for (path, why) in &leftovers.odd {
             warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
         }
-        let db = Db::open(&config.db)?;
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
         Ok(Server { shared: Arc::new(Shared::new(config, db, storage, sessions)) })
     }
@@ -321,6 +321,26 @@ impl Server {
         info!("stopped");
         Ok(())
     }
+}
+
+/// Decides every commit a crash interrupted (see [`crate::store::CommitIntent`]) by the bytes on disk:
+/// a file in place with the intent's size and cksum was renamed there, so it is recorded
+/// verified; otherwise the rename never happened and the records stay as they were (the
+/// temporary file goes with the other leftovers). Either way every row then describes the
+/// bytes on disk and every stored file has its row.
+fn reconcile_commits(db: &Db, storage: &Storage) -> io::Result<()> {
+    let intents = db.commit_intents().map_err(io::Error::other)?;
+    for intent in intents {
+        let landed = storage.digest(&intent.path_name)? == Some((intent.size, intent.cksum));
+        let recorded =
+            if landed { db.finish_commit(&intent, None) } else { db.abandon_commit(&intent) };
+        recorded.map_err(io::Error::other)?;
+        info!(
+            client = %intent.client_id, file_name = %intent.file_name, landed,
+            "finished a commit interrupted by a crash"
+        );
+    }
+    Ok(())
 }
 
 /// How often the janitor runs: often enough that what it forgets goes soon after its

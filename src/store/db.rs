@@ -75,6 +75,18 @@ const MIGRATIONS: &[&str] = &[
     // 3: the address a client registered from or last confirmed a file from (the server's
     // back-off after padding failures spares it).
     "ALTER TABLE clients ADD COLUMN UsualAddress TEXT;",
+    // 4: a commit in progress, written before the rename into place and deleted in the
+    // transaction that records the file, so that start-up can finish or undo it.
+    "CREATE TABLE commit_intents (
+        ID BLOB NOT NULL CHECK (length(ID) = 16),
+        StoredName TEXT NOT NULL,
+        FileName TEXT NOT NULL,
+        PathName TEXT NOT NULL,
+        Source TEXT NOT NULL,
+        Size INTEGER NOT NULL,
+        Cksum INTEGER NOT NULL,
+        PRIMARY KEY (ID, StoredName)
+    );",
 ];
 
 /// A client as recorded.
@@ -111,6 +123,27 @@ pub struct FileRecord {
     pub cksum: Option<u32>,
     /// When it was stored (UTC).
     pub stored_at: Option<String>,
+}
+
+/// A commit under way: recorded before the upload is renamed into place, deleted in the
+/// same transaction that records the file. One found at start-up means the server died in
+/// between; [`crate::server::Server::open`] then looks at the bytes to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitIntent {
+    /// The owner.
+    pub client_id: ClientId,
+    /// The name it is stored under (one commit per stored name at a time).
+    pub stored_name: String,
+    /// The name as the client sent it.
+    pub file_name: String,
+    /// Where it goes, relative to the storage directory.
+    pub path_name: String,
+    /// The file renamed into place (the upload's temporary file), relative to storage.
+    pub source: String,
+    /// Plaintext size of the source.
+    pub size: u64,
+    /// Its cksum.
+    pub cksum: u32,
 }
 
 /// An open database.
@@ -355,22 +388,79 @@ impl Db {
     ) -> Result<(), DbError> {
         self.check_file()?;
         let tx = self.conn.unchecked_transaction()?;
-        exec_cached(
-            &tx,
-            "DELETE FROM files WHERE ID = ?1 AND PathName = ?2 AND FileName <> ?3 AND Verified = 1",
-            params![&id.0[..], path_name, file_name],
-        )?;
-        exec_cached(
-            &tx,
-            "INSERT INTO files (ID, FileName, PathName, Verified, Size, Cksum, StoredAt)
-             VALUES (?1, ?2, ?3, 1, ?4, ?5, datetime('now'))
-             ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName,
-               Verified = 1, Size = excluded.Size, Cksum = excluded.Cksum,
-               StoredAt = excluded.StoredAt",
-            params![&id.0[..], file_name, path_name, size as i64, cksum],
-        )?;
+        upsert_verified(&tx, id, file_name, path_name, size, cksum)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records that a commit is about to rename `intent.source` into place (before it
+    /// does, so that a crash in between is found at start-up).
+    pub fn begin_commit(&self, intent: &CommitIntent) -> Result<(), DbError> {
+        self.check_file()?;
+        exec_cached(
+            &self.conn,
+            "INSERT OR REPLACE INTO commit_intents
+               (ID, StoredName, FileName, PathName, Source, Size, Cksum)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                &intent.client_id.0[..],
+                intent.stored_name,
+                intent.file_name,
+                intent.path_name,
+                intent.source,
+                intent.size as i64,
+                intent.cksum
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The file of `intent` is in place: records it verified (and `usual` as the client's
+    /// usual address) and forgets the intent, all in one transaction.
+    pub fn finish_commit(
+        &self,
+        intent: &CommitIntent,
+        usual: Option<IpAddr>,
+    ) -> Result<(), DbError> {
+        self.check_file()?;
+        let tx = self.conn.unchecked_transaction()?;
+        let id = intent.client_id;
+        upsert_verified(&tx, id, &intent.file_name, &intent.path_name, intent.size, intent.cksum)?;
+        if let Some(ip) = usual {
+            exec_cached(
+                &tx,
+                "UPDATE clients SET UsualAddress = ?2 WHERE ID = ?1",
+                params![&id.0[..], ip.to_string()],
+            )?;
+        }
+        delete_intent(&tx, id, &intent.stored_name)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets `intent`: its file never went into place (or start-up found it did not).
+    pub fn abandon_commit(&self, intent: &CommitIntent) -> Result<(), DbError> {
+        self.check_file()?;
+        delete_intent(&self.conn, intent.client_id, &intent.stored_name)
+    }
+
+    /// The commits a crash interrupted.
+    pub fn commit_intents(&self) -> Result<Vec<CommitIntent>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT ID, StoredName, FileName, PathName, Source, Size, Cksum FROM commit_intents",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(CommitIntent {
+                client_id: id_of(r.get(0)?),
+                stored_name: r.get(1)?,
+                file_name: r.get(2)?,
+                path_name: r.get(3)?,
+                source: r.get(4)?,
+                size: r.get::<_, i64>(5)? as u64,
+                cksum: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Records that a client gave up on a file (1031), unless a verified copy exists: that
@@ -421,6 +511,43 @@ fn exec_cached(
     params: impl rusqlite::Params,
 ) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute(params)
+}
+
+/// The verified row of a file just put in place. Different names can store at one path
+/// (`C:\a\f.txt` and `f.txt` both store as `f.txt`): a verified record of another name at
+/// this path described the file just replaced, so it goes.
+fn upsert_verified(
+    conn: &Connection,
+    id: ClientId,
+    file_name: &str,
+    path_name: &str,
+    size: u64,
+    cksum: u32,
+) -> rusqlite::Result<()> {
+    exec_cached(
+        conn,
+        "DELETE FROM files WHERE ID = ?1 AND PathName = ?2 AND FileName <> ?3 AND Verified = 1",
+        params![&id.0[..], path_name, file_name],
+    )?;
+    exec_cached(
+        conn,
+        "INSERT INTO files (ID, FileName, PathName, Verified, Size, Cksum, StoredAt)
+         VALUES (?1, ?2, ?3, 1, ?4, ?5, datetime('now'))
+         ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName,
+           Verified = 1, Size = excluded.Size, Cksum = excluded.Cksum,
+           StoredAt = excluded.StoredAt",
+        params![&id.0[..], file_name, path_name, size as i64, cksum],
+    )?;
+    Ok(())
+}
+
+fn delete_intent(conn: &Connection, id: ClientId, stored_name: &str) -> Result<(), DbError> {
+    exec_cached(
+        conn,
+        "DELETE FROM commit_intents WHERE ID = ?1 AND StoredName = ?2",
+        params![&id.0[..], stored_name],
+    )?;
+    Ok(())
 }
 
 fn id_of(bytes: Vec<u8>) -> ClientId {
@@ -494,6 +621,32 @@ mod tests {
         let names: Vec<_> = files.iter().map(|f| (&f.file_name[..], f.verified)).collect();
         assert_eq!(names, [("/tmp/f.txt", false), (replacing, true)]);
         assert_eq!(files[1].size, Some(9));
+    }
+
+    #[test]
+    fn a_finished_commit_records_the_file_and_forgets_its_intent_in_one_step() {
+        let db = Db::open_in_memory().unwrap();
+        let id = ClientId([1; 16]);
+        db.insert_client(id, "a").unwrap();
+        let intent = CommitIntent {
+            client_id: id,
+            stored_name: "f".into(),
+            file_name: "f".into(),
+            path_name: "x/f".into(),
+            source: "x/.securexfer-part-1".into(),
+            size: 3,
+            cksum: 7,
+        };
+        db.begin_commit(&intent).unwrap();
+        assert_eq!(db.commit_intents().unwrap(), std::slice::from_ref(&intent));
+        db.finish_commit(&intent, Some("192.0.2.1".parse().unwrap())).unwrap();
+        assert!(db.commit_intents().unwrap().is_empty());
+        let files = db.files().unwrap();
+        assert_eq!((files[0].verified, files[0].size, files[0].cksum), (true, Some(3), Some(7)));
+        db.begin_commit(&CommitIntent { size: 9, ..intent.clone() }).unwrap();
+        db.abandon_commit(&intent).unwrap();
+        assert!(db.commit_intents().unwrap().is_empty());
+        assert_eq!(db.files().unwrap()[0].size, Some(3), "an abandoned commit changes no row");
     }
 
     #[test]

@@ -155,6 +155,40 @@ impl Storage {
         format!("{}/{}", id.to_hex(), name)
     }
 
+    /// `path` (inside storage) relative to the storage directory, as records keep it.
+    pub fn relative_of(&self, path: &Path) -> Option<String> {
+        path.strip_prefix(&self.root).ok()?.to_str().map(str::to_owned)
+    }
+
+    /// The plaintext size and cksum of the stored file at `relative` (`<id hex>/<name>`),
+    /// or `None` when there is no regular file there. Read through the client's directory
+    /// without following a symbolic link, as everything else here.
+    pub fn digest(&self, relative: &str) -> io::Result<Option<(u64, u32)>> {
+        let Some((dir, name)) = relative.split_once('/') else { return Ok(None) };
+        let dir = match ClientDir::open(&self.root.join(dir)) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut file = match dir.open_file(name) {
+            Ok(file) if file.metadata()?.is_file() => file,
+            Ok(_) => return Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ELOOP)) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut cksum = crate::crypto::Cksum::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match io::Read::read(&mut file, &mut buf)? {
+                0 => break,
+                n => cksum.update(&buf[..n]),
+            }
+        }
+        Ok(Some((cksum.len(), cksum.finish())))
+    }
+
     /// A new temporary file in the client's directory (created if needed). It deletes
     /// itself when dropped unless [`Storage::commit`] moves it into place.
     ///
