@@ -45,6 +45,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('--disk-reserve', '--disk-reserve', [CompletionResultType]::ParameterName, 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)')
             [CompletionResult]::new('--compat', '--compat', [CompletionResultType]::ParameterName, 'Serve an existing client that deviates from the protocol. `crc32-ciphertext`: to clients whose requests carry version byte 1 (the `dor` client; nobody else sends it), answer 1028 with the zlib CRC-32 of the ciphertext received, as that client checks, and answer its 1030 with 2104, as it waits for one. Every other client gets exactly the protocol')
             [CompletionResult]::new('--registrations-per-minute', '--registrations-per-minute', [CompletionResultType]::ParameterName, 'Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to twice as many; more get 2107. 0 turns the limit off')
+            [CompletionResult]::new('--keep-versions', '--keep-versions', [CompletionResultType]::ParameterName, 'Earlier versions kept of each stored file when a newer confirmed upload of the same name replaces it (under DIR/.versions/; `db inspect` lists them, `db restore` puts one back). 0 keeps none')
             [CompletionResult]::new('--strict-sessions', '--strict-sessions', [CompletionResultType]::ParameterName, 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
@@ -89,6 +90,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients and files, read-only (safe while the server runs)')
+            [CompletionResult]::new('restore', 'restore', [CompletionResultType]::ParameterValue, 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -103,12 +105,26 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'securexfer;db;restore' {
+            [CompletionResult]::new('--db', '--db', [CompletionResultType]::ParameterName, 'The server''s database')
+            [CompletionResult]::new('--storage', '--storage', [CompletionResultType]::ParameterName, 'The server''s storage directory')
+            [CompletionResult]::new('--client', '--client', [CompletionResultType]::ParameterName, 'The client (name or id)')
+            [CompletionResult]::new('--file', '--file', [CompletionResultType]::ParameterName, 'The file, by its stored name (or the name the client sent)')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Which version (as `db inspect` numbers them); default: the newest')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            break
+        }
         'securexfer;db;help' {
             [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients and files, read-only (safe while the server runs)')
+            [CompletionResult]::new('restore', 'restore', [CompletionResultType]::ParameterValue, 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
         'securexfer;db;help;inspect' {
+            break
+        }
+        'securexfer;db;help;restore' {
             break
         }
         'securexfer;db;help;help' {
@@ -133,9 +149,13 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
         }
         'securexfer;help;db' {
             [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients and files, read-only (safe while the server runs)')
+            [CompletionResult]::new('restore', 'restore', [CompletionResultType]::ParameterValue, 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)')
             break
         }
         'securexfer;help;db;inspect' {
+            break
+        }
+        'securexfer;help;db;restore' {
             break
         }
         'securexfer;help;help' {

@@ -37,11 +37,17 @@ _securexfer() {
             securexfer__subcmd__db,inspect)
                 cmd="securexfer__subcmd__db__subcmd__inspect"
                 ;;
+            securexfer__subcmd__db,restore)
+                cmd="securexfer__subcmd__db__subcmd__restore"
+                ;;
             securexfer__subcmd__db__subcmd__help,help)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__help"
                 ;;
             securexfer__subcmd__db__subcmd__help,inspect)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__inspect"
+                ;;
+            securexfer__subcmd__db__subcmd__help,restore)
+                cmd="securexfer__subcmd__db__subcmd__help__subcmd__restore"
                 ;;
             securexfer__subcmd__help,db)
                 cmd="securexfer__subcmd__help__subcmd__db"
@@ -60,6 +66,9 @@ _securexfer() {
                 ;;
             securexfer__subcmd__help__subcmd__db,inspect)
                 cmd="securexfer__subcmd__help__subcmd__db__subcmd__inspect"
+                ;;
+            securexfer__subcmd__help__subcmd__db,restore)
+                cmd="securexfer__subcmd__help__subcmd__db__subcmd__restore"
                 ;;
             *)
                 ;;
@@ -82,7 +91,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db)
-            opts="-h -V --help --version inspect help"
+            opts="-h -V --help --version inspect restore help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -96,7 +105,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db__subcmd__help)
-            opts="inspect help"
+            opts="inspect restore help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -137,6 +146,20 @@ _securexfer() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        securexfer__subcmd__db__subcmd__help__subcmd__restore)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         securexfer__subcmd__db__subcmd__inspect)
             opts="-h -V --db --storage --client --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -163,6 +186,40 @@ _securexfer() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        securexfer__subcmd__db__subcmd__restore)
+            opts="-h --db --storage --client --file --version --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --storage)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --version)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         securexfer__subcmd__help)
             opts="serve register send db help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -178,7 +235,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db)
-            opts="inspect"
+            opts="inspect restore"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -192,6 +249,20 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db__subcmd__inspect)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__help__subcmd__db__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -334,7 +405,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__serve)
-            opts="-h -V --listen --port --storage --db --max-file-size --max-connections --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --help --version"
+            opts="-h -V --listen --port --storage --db --max-file-size --max-connections --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --keep-versions --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -385,6 +456,10 @@ _securexfer() {
                     return 0
                     ;;
                 --registrations-per-minute)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-versions)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -41,6 +41,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --disk-reserve 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)'
             cand --compat 'Serve an existing client that deviates from the protocol. `crc32-ciphertext`: to clients whose requests carry version byte 1 (the `dor` client; nobody else sends it), answer 1028 with the zlib CRC-32 of the ciphertext received, as that client checks, and answer its 1030 with 2104, as it waits for one. Every other client gets exactly the protocol'
             cand --registrations-per-minute 'Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to twice as many; more get 2107. 0 turns the limit off'
+            cand --keep-versions 'Earlier versions kept of each stored file when a newer confirmed upload of the same name replaces it (under DIR/.versions/; `db inspect` lists them, `db restore` puts one back). 0 keeps none'
             cand --strict-sessions 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
@@ -82,6 +83,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
             cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;inspect'= {
@@ -94,11 +96,23 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'securexfer;db;restore'= {
+            cand --db 'The server''s database'
+            cand --storage 'The server''s storage directory'
+            cand --client 'The client (name or id)'
+            cand --file 'The file, by its stored name (or the name the client sent)'
+            cand --version 'Which version (as `db inspect` numbers them); default: the newest'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'securexfer;db;help'= {
             cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;help;inspect'= {
+        }
+        &'securexfer;db;help;restore'= {
         }
         &'securexfer;db;help;help'= {
         }
@@ -117,8 +131,11 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         }
         &'securexfer;help;db'= {
             cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
         }
         &'securexfer;help;db;inspect'= {
+        }
+        &'securexfer;help;db;restore'= {
         }
         &'securexfer;help;help'= {
         }

@@ -101,6 +101,11 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub registrations_per_minute: u32,
+    /// Earlier versions kept of each stored file when a newer confirmed upload of the same
+    /// name replaces it (under DIR/.versions/; `db inspect` lists them, `db restore` puts
+    /// one back). 0 keeps none.
+    #[arg(long, env = "SECUREXFER_KEEP_VERSIONS", default_value_t = 1, value_name = "N")]
+    pub keep_versions: usize,
 }
 
 /// Compatibility settings for existing clients that deviate from the protocol.
@@ -176,6 +181,30 @@ pub struct SendArgs {
 pub enum DbCommand {
     /// Show clients and files, read-only (safe while the server runs).
     Inspect(InspectArgs),
+    /// Put an earlier version of a stored file back; the current one becomes a version in
+    /// turn. Run it with the server stopped (it refuses while one holds the storage).
+    Restore(RestoreArgs),
+}
+
+/// `securexfer db restore`.
+#[derive(Debug, Args)]
+#[command(disable_version_flag = true)]
+pub struct RestoreArgs {
+    /// The server's database.
+    #[arg(long, env = "SECUREXFER_DB", default_value = "defensive.db", value_name = "PATH")]
+    pub db: PathBuf,
+    /// The server's storage directory.
+    #[arg(long, env = "SECUREXFER_STORAGE", default_value = "storage", value_name = "DIR")]
+    pub storage: PathBuf,
+    /// The client (name or id).
+    #[arg(long, value_name = "NAME|ID")]
+    pub client: String,
+    /// The file, by its stored name (or the name the client sent).
+    #[arg(long, value_name = "NAME")]
+    pub file: String,
+    /// Which version (as `db inspect` numbers them); default: the newest.
+    #[arg(long, value_name = "N")]
+    pub version: Option<i64>,
 }
 
 /// `securexfer db inspect`.

@@ -1347,17 +1347,100 @@ fn assert_rows_describe_the_bytes(server: &Server) {
             .unwrap_or_else(|e| panic!("a verified row names {path}, which cannot be read: {e}"));
         assert_eq!((bytes.len(), Cksum::of(&bytes)), (*size as usize, *cksum), "{path}");
     }
-    for dir in std::fs::read_dir(server.storage()).unwrap().flatten() {
-        for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !entry.file_type().unwrap().is_file() {
+    let mut stmt = db.prepare("SELECT PathName, Size, Cksum FROM versions").unwrap();
+    let versions: Vec<(String, i64, u32)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (path, size, cksum) in &versions {
+        let bytes = std::fs::read(server.storage().join(path))
+            .unwrap_or_else(|e| panic!("a version row names {path}, which cannot be read: {e}"));
+        assert_eq!((bytes.len(), Cksum::of(&bytes)), (*size as usize, *cksum), "{path}");
+    }
+    for (top, rows) in [(server.storage(), &rows), (server.storage().join(".versions"), &versions)]
+    {
+        for dir in std::fs::read_dir(&top).into_iter().flatten().flatten() {
+            if dir.file_name() == ".versions" {
                 continue;
             }
-            assert!(!name.starts_with(TEMP_PREFIX), "an unfinished upload was left: {name}");
-            let path = format!("{}/{name}", dir.file_name().to_string_lossy());
-            assert!(rows.iter().any(|r| r.0 == path), "{path} is on disk without a row");
+            let prefix = top.strip_prefix(server.storage()).unwrap().join(dir.file_name());
+            for entry in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                assert!(!name.starts_with(TEMP_PREFIX), "an unfinished upload was left: {name}");
+                let path = prefix.join(&name).to_string_lossy().into_owned();
+                assert!(rows.iter().any(|r| r.0 == path), "{path} is on disk without a row");
+            }
         }
     }
+}
+
+/// The versions kept of `name`: (version, bytes on disk), oldest first.
+fn versions_of(server: &Server, id: ClientId, name: &str) -> Vec<(i64, Vec<u8>)> {
+    let db = open_db(server);
+    let mut stmt = db
+        .prepare(
+            "SELECT Version, PathName FROM versions WHERE ID = ?1 AND Name = ?2 ORDER BY Version",
+        )
+        .unwrap();
+    stmt.query_map(rusqlite::params![&id.0[..], name], |r| Ok((r.get(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+        .map(|row| {
+            let (version, path) = row.unwrap();
+            (version, std::fs::read(server.storage().join(path)).expect("the version's bytes"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_replaced_file_is_kept_as_a_version_and_db_restore_puts_it_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start_in(dir.path(), &[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("versioned", &mut stream);
+    let copies: Vec<Vec<u8>> =
+        (0..3).map(|i| common::random_bytes(5_000 + i, 70 + i as u64)).collect();
+    for data in &copies {
+        client.upload(&mut stream, "v.bin", data);
+    }
+    // One version by default: the copy replaced last; the first is gone from disk too.
+    assert_eq!(stored(&server, client.id, "v.bin").as_ref(), Some(&copies[2]));
+    assert_eq!(versions_of(&server, client.id, "v.bin"), [(2, copies[1].clone())]);
+    assert_rows_describe_the_bytes(&server);
+    let doc = inspect(&server);
+    assert_eq!(doc["versions"][0]["size"], copies[1].len());
+    assert_eq!(doc["versions"][0]["version"], 2);
+    let restore =
+        ["db", "restore", "--db", "server.db", "--storage", "storage", "--client", "versioned"];
+    let refused = common::run_in(dir.path(), &[&restore[..], &["--file", "v.bin"]].concat());
+    assert!(!refused.status.success(), "restore must refuse while the server runs");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is the server running"));
+    drop(stream);
+    server.terminate(WAIT).expect("the server stops");
+    let restored = common::run_in(dir.path(), &[&restore[..], &["--file", "v.bin"]].concat());
+    assert!(restored.status.success(), "{}", String::from_utf8_lossy(&restored.stderr));
+    let server = Server::start_in(dir.path(), &[]);
+    assert_stored_verified(&server, client.id, "v.bin", &copies[1]);
+    assert_eq!(versions_of(&server, client.id, "v.bin"), [(3, copies[2].clone())]);
+    assert_rows_describe_the_bytes(&server);
+}
+
+#[test]
+fn keep_versions_0_keeps_no_earlier_copy() {
+    let server = Server::start(&["--keep-versions", "0"]);
+    let mut stream = connect(&server);
+    let client = Client::setup("unversioned", &mut stream);
+    client.upload(&mut stream, "v.bin", b"first");
+    client.upload(&mut stream, "v.bin", b"second");
+    assert!(versions_of(&server, client.id, "v.bin").is_empty());
+    assert!(
+        !server.storage().join(".versions").join(client.id.to_hex()).exists()
+            || std::fs::read_dir(server.storage().join(".versions").join(client.id.to_hex()))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    assert_rows_describe_the_bytes(&server);
 }
 
 /// Kills the server at random moments while several sessions of one client confirm

@@ -36,6 +36,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("warn");
             db::inspect(args)
         }
+        Command::Db(DbCommand::Restore(args)) => {
+            init_logging("warn");
+            db::restore(args)
+        }
     }
 }
 

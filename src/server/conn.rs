@@ -566,21 +566,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             source: self.shared.storage.relative_of(&pending.upload).unwrap_or_default(),
             size: pending.size,
             cksum: pending.cksum,
+            archive: None,
+            restores: None,
         };
         // Recorded before the rename, forgotten in the transaction that records the file:
         // a crash anywhere in between is finished or undone at start-up.
-        let begun = intent.clone();
-        self.shared.db(move |db| db.begin_commit(&begun)).await?;
+        // The copy it replaces is kept as a version, if it is a confirmed one.
+        let mut begun = intent.clone();
+        let keep = self.shared.config.keep_versions;
+        let intent = self
+            .shared
+            .db(move |db| {
+                if keep > 0 && db.has_verified_at(id, &begun.path_name)? {
+                    begun.archive = Some(Storage::new_version_path(id));
+                }
+                db.begin_commit(&begun)?;
+                Ok(begun)
+            })
+            .await?;
         let storage = self.shared.storage.clone();
-        let name = pending.stored_name.clone();
-        let committed =
-            match tokio::task::spawn_blocking(move || storage.commit(pending.upload, id, &name))
-                .await
-            {
-                Ok(Ok(committed)) => Ok(committed),
-                Ok(Err(e)) => Err(refuse(format!("could not store {file_name}: {e}"))),
-                Err(e) => Err(refuse(e.to_string())),
-            };
+        let (name, archive) = (pending.stored_name.clone(), intent.archive.clone());
+        let committed = match tokio::task::spawn_blocking(move || {
+            storage.commit(pending.upload, id, &name, archive.as_deref())
+        })
+        .await
+        {
+            Ok(Ok(committed)) => Ok(committed),
+            Ok(Err(e)) => Err(refuse(format!("could not store {file_name}: {e}"))),
+            Err(e) => Err(refuse(e.to_string())),
+        };
         let committed = match committed {
             Ok(committed) => committed,
             Err(refused) => {
@@ -595,8 +609,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             tokio::task::spawn_blocking(move || drop(replaced));
         }
         let (ip, size) = (self.peer.ip(), intent.size);
-        self.shared.db(move |db| db.finish_commit(&intent, Some(ip))).await?;
+        let pruned = self.shared.db(move |db| db.finish_commit(&intent, Some(ip), keep)).await?;
         drop(turn);
+        if !pruned.is_empty() {
+            let storage = self.shared.storage.clone();
+            tokio::task::spawn_blocking(move || {
+                for path in pruned {
+                    if let Err(e) = storage.remove_version(id, &path) {
+                        warn!(%path, "could not delete a version beyond --keep-versions: {e}");
+                    }
+                }
+            });
+        }
         info!(%file_name, path = %relative, size, "file verified and stored");
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
     }

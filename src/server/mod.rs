@@ -35,6 +35,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// Default time transfers in flight get to finish after a shutdown signal.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Default number of earlier versions kept of each stored file.
+pub const DEFAULT_KEEP_VERSIONS: usize = 1;
 /// Default free space kept on the storage file system.
 pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 
@@ -66,6 +68,9 @@ pub struct Config {
     /// Registrations (1025) one address may make per minute, with bursts of twice as many;
     /// 0 turns the limit off.
     pub registrations_per_minute: u32,
+    /// Earlier versions kept of a stored file when a newer confirmed upload replaces it;
+    /// 0 keeps none.
+    pub keep_versions: usize,
 }
 
 /// The version byte of the one existing client that checks a CRC-32 of the ciphertext
@@ -87,6 +92,7 @@ impl Config {
             disk_reserve: DEFAULT_DISK_RESERVE,
             compat_crc32_ciphertext: false,
             registrations_per_minute: ratelimit::DEFAULT_REGISTRATIONS_PER_MINUTE,
+            keep_versions: DEFAULT_KEEP_VERSIONS,
         }
     }
 }
@@ -236,6 +242,8 @@ impl Shared {
 /// A server ready to run: database open and migrated, storage checked and cleaned.
 pub struct Server {
     shared: Arc<Shared>,
+    /// The storage directory's lock, held while the server runs (`db restore` checks it).
+    _lock: std::fs::File,
 }
 
 impl Server {
@@ -244,8 +252,13 @@ impl Server {
     pub fn open(config: Config) -> Result<Self, ServerError> {
         let storage_error = |source| ServerError::Storage { path: config.storage.clone(), source };
         let storage = Storage::open(&config.storage).map_err(storage_error)?;
+        let lock = storage.lock_exclusive().map_err(|e| {
+            storage_error(io::Error::other(format!(
+                "cannot lock it ({e}): is another server (or `db restore`) using it?"
+            )))
+        })?;
         let db = Db::open(&config.db)?;
-        reconcile_commits(&db, &storage).map_err(storage_error)?;
+        reconcile_commits(&db, &storage, config.keep_versions).map_err(storage_error)?;
         let leftovers = storage.clean_leftovers().map_err(storage_error)?;
         if leftovers.removed > 0 {
             warn!(removed = leftovers.removed, "deleted unfinished uploads left by an earlier run");
@@ -254,7 +267,8 @@ impl Server {
             warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
         }
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
-        Ok(Server { shared: Arc::new(Shared::new(config, db, storage, sessions)) })
+        let shared = Arc::new(Shared::new(config, db, storage, sessions));
+        Ok(Server { shared, _lock: lock })
     }
 
     /// Serves `listener` until `shutdown` completes, then lets transfers in flight finish
@@ -323,22 +337,45 @@ impl Server {
     }
 }
 
-/// Decides every commit a crash interrupted (see [`crate::store::CommitIntent`]) by the bytes on disk:
+/// Decides every commit (or restore) a crash interrupted (see [`crate::store::CommitIntent`]) by the bytes on disk:
 /// a file in place with the intent's size and cksum was renamed there, so it is recorded
 /// verified; otherwise the rename never happened and the records stay as they were (the
 /// temporary file goes with the other leftovers). Either way every row then describes the
 /// bytes on disk and every stored file has its row.
-fn reconcile_commits(db: &Db, storage: &Storage) -> io::Result<()> {
+pub fn reconcile_commits(db: &Db, storage: &Storage, keep: usize) -> io::Result<()> {
     let intents = db.commit_intents().map_err(io::Error::other)?;
-    for intent in intents {
+    for mut intent in intents {
         let landed = storage.digest(&intent.path_name)? == Some((intent.size, intent.cksum));
-        let recorded =
-            if landed { db.finish_commit(&intent, None) } else { db.abandon_commit(&intent) };
-        recorded.map_err(io::Error::other)?;
+        let id = intent.client_id;
+        if landed {
+            // The copy it replaced was linked as a version before the rename, if at all.
+            if let Some(archive) = intent.archive.clone()
+                && storage.digest(&archive)?.is_none()
+            {
+                intent.archive = None;
+            }
+            let pruned = db.finish_commit(&intent, None, keep).map_err(io::Error::other)?;
+            for path in pruned {
+                storage.remove_version(id, &path)?;
+            }
+        } else {
+            if let Some(archive) = &intent.archive {
+                storage.remove_version(id, archive)?;
+            }
+            db.abandon_commit(&intent).map_err(io::Error::other)?;
+        }
         info!(
-            client = %intent.client_id, file_name = %intent.file_name, landed,
+            client = %id, file_name = %intent.file_name, landed,
             "finished a commit interrupted by a crash"
         );
+    }
+    // Versions forgotten just before a crash deleted their files.
+    let recorded: std::collections::HashSet<String> =
+        db.versions().map_err(io::Error::other)?.into_iter().map(|v| v.path_name).collect();
+    for (id, path) in storage.version_files() {
+        if !recorded.contains(&path) {
+            storage.remove_version(id, &path)?;
+        }
     }
     Ok(())
 }

@@ -87,6 +87,20 @@ const MIGRATIONS: &[&str] = &[
         Cksum INTEGER NOT NULL,
         PRIMARY KEY (ID, StoredName)
     );",
+    // 5: earlier versions of replaced files, and what a commit keeps as one (or restores).
+    "CREATE TABLE versions (
+        ID BLOB NOT NULL CHECK (length(ID) = 16),
+        Name TEXT NOT NULL,
+        Version INTEGER NOT NULL,
+        FileName TEXT NOT NULL,
+        PathName TEXT NOT NULL UNIQUE,
+        Size INTEGER,
+        Cksum INTEGER,
+        StoredAt TEXT,
+        PRIMARY KEY (ID, Name, Version)
+    );
+    ALTER TABLE commit_intents ADD COLUMN Archive TEXT;
+    ALTER TABLE commit_intents ADD COLUMN Restores INTEGER;",
 ];
 
 /// A client as recorded.
@@ -144,6 +158,33 @@ pub struct CommitIntent {
     pub size: u64,
     /// Its cksum.
     pub cksum: u32,
+    /// Where the copy it replaces is linked as a version first (relative to storage).
+    pub archive: Option<String>,
+    /// The version it restores (`source` is that version's file), if any.
+    pub restores: Option<i64>,
+}
+
+/// An earlier version of a stored file, kept when a newer one replaced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    /// The owner.
+    pub client_id: ClientId,
+    /// The owner's name.
+    pub client_name: String,
+    /// The stored name it was a version of.
+    pub name: String,
+    /// 1 for the first version kept of this name, counting up.
+    pub version: i64,
+    /// The name the client sent it under.
+    pub file_name: String,
+    /// Where it is kept, relative to the storage directory.
+    pub path_name: String,
+    /// Plaintext size.
+    pub size: Option<u64>,
+    /// Its cksum.
+    pub cksum: Option<u32>,
+    /// When it was stored (UTC).
+    pub stored_at: Option<String>,
 }
 
 /// An open database.
@@ -400,8 +441,8 @@ impl Db {
         exec_cached(
             &self.conn,
             "INSERT OR REPLACE INTO commit_intents
-               (ID, StoredName, FileName, PathName, Source, Size, Cksum)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+               (ID, StoredName, FileName, PathName, Source, Size, Cksum, Archive, Restores)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 &intent.client_id.0[..],
                 intent.stored_name,
@@ -409,22 +450,47 @@ impl Db {
                 intent.path_name,
                 intent.source,
                 intent.size as i64,
-                intent.cksum
+                intent.cksum,
+                intent.archive,
+                intent.restores
             ],
         )?;
         Ok(())
     }
 
-    /// The file of `intent` is in place: records it verified (and `usual` as the client's
-    /// usual address) and forgets the intent, all in one transaction.
+    /// The file of `intent` is in place: keeps the copy it replaced as a version (when
+    /// `intent.archive` is set), drops the version it restored, records it verified (and
+    /// `usual` as the client's usual address), forgets the intent, and forgets the oldest
+    /// versions beyond `keep`, all in one transaction. Returns the paths of the versions
+    /// forgotten, for the caller to delete.
     pub fn finish_commit(
         &self,
         intent: &CommitIntent,
         usual: Option<IpAddr>,
-    ) -> Result<(), DbError> {
+        keep: usize,
+    ) -> Result<Vec<String>, DbError> {
         self.check_file()?;
         let tx = self.conn.unchecked_transaction()?;
-        let id = intent.client_id;
+        let (id, name) = (intent.client_id, intent.stored_name.as_str());
+        if let Some(archive) = &intent.archive {
+            exec_cached(
+                &tx,
+                "INSERT INTO versions
+                   (ID, Name, Version, FileName, PathName, Size, Cksum, StoredAt)
+                 SELECT ID, ?2, (SELECT COALESCE(max(Version), 0) + 1 FROM versions
+                                 WHERE ID = ?1 AND Name = ?2),
+                        FileName, ?4, Size, Cksum, StoredAt
+                 FROM files WHERE ID = ?1 AND PathName = ?3 AND Verified = 1 LIMIT 1",
+                params![&id.0[..], name, intent.path_name, archive],
+            )?;
+        }
+        if let Some(version) = intent.restores {
+            exec_cached(
+                &tx,
+                "DELETE FROM versions WHERE ID = ?1 AND Name = ?2 AND Version = ?3",
+                params![&id.0[..], name, version],
+            )?;
+        }
         upsert_verified(&tx, id, &intent.file_name, &intent.path_name, intent.size, intent.cksum)?;
         if let Some(ip) = usual {
             exec_cached(
@@ -433,9 +499,44 @@ impl Db {
                 params![&id.0[..], ip.to_string()],
             )?;
         }
-        delete_intent(&tx, id, &intent.stored_name)?;
+        delete_intent(&tx, id, name)?;
+        let pruned = prune_versions(&tx, id, name, keep)?;
         tx.commit()?;
-        Ok(())
+        Ok(pruned)
+    }
+
+    /// Whether a verified row describes the file at `path_name`.
+    pub fn has_verified_at(&self, id: ClientId, path_name: &str) -> Result<bool, DbError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM files WHERE ID = ?1 AND PathName = ?2 AND Verified = 1",
+            )?
+            .query_row(params![&id.0[..], path_name], |r| r.get(0))?;
+        Ok(n > 0)
+    }
+
+    /// Every kept version, by client name, name and version.
+    pub fn versions(&self) -> Result<Vec<VersionRecord>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT v.ID, c.Name, v.Name, v.Version, v.FileName, v.PathName, v.Size, v.Cksum,
+                    v.StoredAt
+             FROM versions v JOIN clients c ON c.ID = v.ID ORDER BY c.Name, v.Name, v.Version",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(VersionRecord {
+                client_id: id_of(r.get(0)?),
+                client_name: r.get(1)?,
+                name: r.get(2)?,
+                version: r.get(3)?,
+                file_name: r.get(4)?,
+                path_name: r.get(5)?,
+                size: r.get::<_, Option<i64>>(6)?.map(|s| s as u64),
+                cksum: r.get(7)?,
+                stored_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Forgets `intent`: its file never went into place (or start-up found it did not).
@@ -447,7 +548,8 @@ impl Db {
     /// The commits a crash interrupted.
     pub fn commit_intents(&self) -> Result<Vec<CommitIntent>, DbError> {
         let mut stmt = self.conn.prepare(
-            "SELECT ID, StoredName, FileName, PathName, Source, Size, Cksum FROM commit_intents",
+            "SELECT ID, StoredName, FileName, PathName, Source, Size, Cksum, Archive, Restores
+             FROM commit_intents",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok(CommitIntent {
@@ -458,6 +560,8 @@ impl Db {
                 source: r.get(4)?,
                 size: r.get::<_, i64>(5)? as u64,
                 cksum: r.get(6)?,
+                archive: r.get(7)?,
+                restores: r.get(8)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -539,6 +643,27 @@ fn upsert_verified(
         params![&id.0[..], file_name, path_name, size as i64, cksum],
     )?;
     Ok(())
+}
+
+/// Forgets the versions of `name` beyond the newest `keep`; returns their paths.
+fn prune_versions(
+    conn: &Connection,
+    id: ClientId,
+    name: &str,
+    keep: usize,
+) -> Result<Vec<String>, DbError> {
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    let paths: Vec<String> = conn
+        .prepare_cached(
+            "SELECT PathName FROM versions WHERE ID = ?1 AND Name = ?2
+             ORDER BY Version DESC LIMIT -1 OFFSET ?3",
+        )?
+        .query_map(params![&id.0[..], name, keep], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for path in &paths {
+        exec_cached(conn, "DELETE FROM versions WHERE PathName = ?1", [path])?;
+    }
+    Ok(paths)
 }
 
 fn delete_intent(conn: &Connection, id: ClientId, stored_name: &str) -> Result<(), DbError> {
@@ -636,10 +761,12 @@ mod tests {
             source: "x/.securexfer-part-1".into(),
             size: 3,
             cksum: 7,
+            archive: None,
+            restores: None,
         };
         db.begin_commit(&intent).unwrap();
         assert_eq!(db.commit_intents().unwrap(), std::slice::from_ref(&intent));
-        db.finish_commit(&intent, Some("192.0.2.1".parse().unwrap())).unwrap();
+        db.finish_commit(&intent, Some("192.0.2.1".parse().unwrap()), 1).unwrap();
         assert!(db.commit_intents().unwrap().is_empty());
         let files = db.files().unwrap();
         assert_eq!((files[0].verified, files[0].size, files[0].cksum), (true, Some(3), Some(7)));
@@ -647,6 +774,16 @@ mod tests {
         db.abandon_commit(&intent).unwrap();
         assert!(db.commit_intents().unwrap().is_empty());
         assert_eq!(db.files().unwrap()[0].size, Some(3), "an abandoned commit changes no row");
+        // Three replacements keeping two versions: the newest two of the copies replaced.
+        for (n, size) in [(1u8, 4), (2, 5), (3, 6)] {
+            let archive = Some(format!(".versions/x/{n}"));
+            let next = CommitIntent { size, archive, ..intent.clone() };
+            let pruned = db.finish_commit(&next, None, 2).unwrap();
+            assert_eq!(pruned, if n == 3 { vec![".versions/x/1".to_owned()] } else { vec![] });
+        }
+        let kept: Vec<_> = db.versions().unwrap().iter().map(|v| (v.version, v.size)).collect();
+        assert_eq!(kept, [(2, Some(4)), (3, Some(5))]);
+        assert_eq!(db.files().unwrap()[0].size, Some(6));
     }
 
     #[test]
