@@ -405,7 +405,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__serve)
-            opts="-h -V --listen --port --storage --db --max-file-size --max-connections --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --keep-versions --help --version"
+            opts="-h -V --listen --port --storage --db --max-file-size --max-connections --max-connections-per-address --request-deadline --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --keep-versions --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -432,6 +432,14 @@ _securexfer() {
                     return 0
                     ;;
                 --max-connections)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --max-connections-per-address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --request-deadline)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -36,7 +36,9 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l port -d 
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l storage -d 'Directory where received files are stored, one subdirectory per client id' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l db -d 'SQLite database of clients and files' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-file-size -d 'Largest file accepted (encrypted size; suffixes K, M, G). Larger uploads are refused before anything is read. The protocol\'s own limit is 4G minus 16 bytes' -r
-complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-connections -d 'Most simultaneous connections; further clients wait until one ends' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-connections -d 'Most simultaneous connections. When full, the oldest idle connection that never made a key exchange is closed to make room; without one, newcomers wait' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-connections-per-address -d 'Most connections one IP address may hold at once; more are closed at once. 0: no cap' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l request-deadline -d 'Seconds a client gets for a whole request header and fixed-size payload, from its first byte (file content is not included); slower peers are disconnected' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l idle-timeout -d 'Seconds a client may stay silent, between requests or in the middle of one' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l session-window -d 'Seconds after a key exchange during which a client that opens one connection per request may send and confirm files from the same IP address' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l grace -d 'Seconds transfers in flight may run on after SIGINT or SIGTERM' -r

@@ -64,9 +64,22 @@ pub struct ServeArgs {
     /// before anything is read. The protocol's own limit is 4G minus 16 bytes.
     #[arg(long, env = "SECUREXFER_MAX_FILE_SIZE", default_value = "4G", value_name = "SIZE", value_parser = parse_size)]
     pub max_file_size: u64,
-    /// Most simultaneous connections; further clients wait until one ends.
+    /// Most simultaneous connections. When full, the oldest idle connection that never
+    /// made a key exchange is closed to make room; without one, newcomers wait.
     #[arg(long, env = "SECUREXFER_MAX_CONNECTIONS", default_value_t = 2048, value_name = "N")]
     pub max_connections: usize,
+    /// Most connections one IP address may hold at once; more are closed at once. 0: no cap.
+    #[arg(
+        long,
+        env = "SECUREXFER_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 128,
+        value_name = "N"
+    )]
+    pub max_connections_per_address: usize,
+    /// Seconds a client gets for a whole request header and fixed-size payload, from its
+    /// first byte (file content is not included); slower peers are disconnected.
+    #[arg(long, env = "SECUREXFER_REQUEST_DEADLINE", default_value_t = 30, value_name = "SECS")]
+    pub request_deadline: u64,
     /// Seconds a client may stay silent, between requests or in the middle of one.
     #[arg(long, env = "SECUREXFER_IDLE_TIMEOUT", default_value_t = 60, value_name = "SECS")]
     pub idle_timeout: u64,

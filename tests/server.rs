@@ -1195,6 +1195,122 @@ fn a_peer_that_stops_sending_is_disconnected_after_the_idle_timeout() {
 }
 
 #[test]
+fn a_request_trickled_a_byte_at_a_time_is_cut_off_at_the_request_deadline() {
+    let server = Server::start(&["--request-deadline", "1", "--idle-timeout", "10"]);
+    let mut stream = connect(&server);
+    let start = Instant::now();
+    let request = raw_register("trickler");
+    for byte in &request {
+        if stream.write_all(std::slice::from_ref(byte)).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if start.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    assert_closed(&mut stream);
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    assert!(file_rows(&server).is_empty());
+    assert_serves(&server);
+}
+
+#[test]
+fn connections_beyond_the_per_address_cap_are_closed_at_once() {
+    let server = Server::start(&["--max-connections-per-address", "3"]);
+    let held: Vec<TcpStream> = (0..3).map(|_| connect_from(&server, "127.0.0.2")).collect();
+    let mut extra = connect_from(&server, "127.0.0.2");
+    assert!(assert_closed(&mut extra) < Duration::from_secs(2));
+    // Other addresses are not affected, and the held ones still work.
+    let mut other = connect_from(&server, "127.0.0.3");
+    Client::setup("elsewhere", &mut other);
+    let mut held = held;
+    Client::setup("held", &mut held[0]);
+    assert_serves(&server);
+}
+
+#[test]
+fn when_full_the_oldest_idle_connection_without_a_key_exchange_makes_room() {
+    let server = Server::start(&["--max-connections", "4"]);
+    let mut silent: Vec<TcpStream> = (0..4).map(|_| connect(&server)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    assert_serves(&server);
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert_closed(&mut silent[0]);
+}
+
+/// Tricklers (one byte of a header every 500 ms from 127.0.0.2) and silent connections
+/// (spread over 127.0.0.3 and up) against a normal client from 127.0.0.1, which makes
+/// `tries` whole transfers; returns how many completed within 2 s.
+fn normal_client_beside_tricklers(
+    extra: &[&str],
+    trickling: usize,
+    silent: usize,
+    tries: usize,
+) -> usize {
+    raise_fd_limit();
+    let flags = [&["--registrations-per-minute", "100000"][..], extra].concat();
+    let server = Server::start(&flags);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let trickler = scope.spawn(|| {
+            let mut socks: Vec<TcpStream> =
+                (0..trickling).map(|_| connect_from(&server, "127.0.0.2")).collect();
+            for s in &socks {
+                s.set_nonblocking(true).expect("nonblocking");
+            }
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for s in &mut socks {
+                    let _ = s.write(&[0]);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        let quiet: Vec<TcpStream> = (0..silent)
+            .map(|i| connect_from(&server, &format!("127.0.0.{}", 3 + i % 50)))
+            .collect();
+        let fast = (0..tries)
+            .filter(|_| {
+                let start = Instant::now();
+                assert_serves(&server);
+                start.elapsed() < Duration::from_secs(2)
+            })
+            .count();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        trickler.join().expect("the trickler");
+        drop(quiet);
+        fast
+    })
+}
+
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[test]
+fn tricklers_and_silent_connections_leave_room_for_a_normal_client() {
+    let extra = ["--max-connections", "64", "--max-connections-per-address", "16"];
+    let fast = normal_client_beside_tricklers(&extra, 100, 150, 20);
+    assert!(fast >= 19, "only {fast} of 20 transfers completed within 2 s");
+}
+
+#[test]
+#[ignore = "5100 sockets"]
+fn two_thousand_tricklers_and_three_thousand_silent_connections_leave_room_for_a_normal_client() {
+    let fast = normal_client_beside_tricklers(&[], 2100, 3000, 20);
+    assert!(fast >= 19, "only {fast} of 20 transfers completed within 2 s");
+}
+
+#[test]
 fn idle_connections_beyond_max_connections_do_not_stop_the_server() {
     let mut server = Server::start(&["--max-connections", "5", "--idle-timeout", "1"]);
     let mut idle: Vec<TcpStream> = (0..12).map(|_| connect(&server)).collect();

@@ -25,6 +25,7 @@ use crate::protocol::{
     REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader, Response, storage_name,
 };
 use crate::store::{CommitIntent, Storage};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -74,6 +75,12 @@ pub(crate) struct Connection<S> {
     session: Option<Arc<Session>>,
     /// The connection's span, which learns the client id once it is known.
     span: tracing::Span,
+    /// Its slot among the server's connections (none in the fuzz harness).
+    slot: Option<super::slots::Slot>,
+    /// When it was accepted (see [`super::KEYLESS_LIFETIME`]).
+    accepted: Instant,
+    /// When the request being read must be complete (see [`super::Config::request_deadline`]).
+    deadline: Option<Instant>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -86,6 +93,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             registered_here: None,
             session: None,
             span: tracing::Span::none(),
+            slot: None,
+            accepted: Instant::now(),
+            deadline: None,
+        }
+    }
+
+    /// Gives the connection its slot (eviction, per-address count).
+    pub(crate) fn with_slot(mut self, slot: super::slots::Slot) -> Self {
+        self.slot = Some(slot);
+        self
+    }
+
+    /// Completes when the server wants this connection's slot back, or its lifetime
+    /// without a key exchange is over.
+    fn must_yield(&self) -> impl std::future::Future<Output = &'static str> + use<S> {
+        let evict = self.slot.as_ref().map(|s| Arc::clone(&s.evict));
+        let end = (self.session.is_none())
+            .then(|| tokio::time::Instant::from_std(self.accepted + super::KEYLESS_LIFETIME));
+        async move {
+            let evicted = async {
+                match evict {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let lifetime = async {
+                match end {
+                    Some(end) => tokio::time::sleep_until(end).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = evicted => "evicted to make room for a new connection (the server is full)",
+                _ = lifetime => "no key exchange within the lifetime of a keyless connection",
+            }
         }
     }
 
@@ -104,9 +146,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let header = if in_transfer {
                 self.read_header().await
             } else {
+                let yield_slot = self.must_yield();
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break,
+                    why = yield_slot => {
+                        debug!("closed: {why}");
+                        break;
+                    }
                     h = self.read_header() => h,
                 }
             };
@@ -176,28 +223,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
-    /// The next header, or `None` when the peer closed cleanly between requests.
+    /// The next header, or `None` when the peer closed cleanly between requests. From its
+    /// first byte, the header and the fixed payload after it must arrive within the
+    /// request deadline.
     async fn read_header(&mut self) -> Result<Option<[u8; REQUEST_HEADER_LEN]>, ServerError> {
         let mut buf = [0u8; REQUEST_HEADER_LEN];
-        let idle = self.shared.config.idle_timeout;
+        self.deadline = None;
+        self.set_idle(true);
         let mut filled = 0;
         while filled < buf.len() {
-            let n = tokio::time::timeout(idle, self.stream.read(&mut buf[filled..]))
-                .await
-                .map_err(|_| ServerError::Idle(idle))??;
+            let n = self.read_some(&mut buf[filled..]).await?;
             if n == 0 {
                 return if filled == 0 { Ok(None) } else { Err(ServerError::Truncated) };
+            }
+            if filled == 0 {
+                self.set_idle(false);
+                self.deadline = Some(Instant::now() + self.shared.config.request_deadline);
             }
             filled += n;
         }
         Ok(Some(buf))
     }
 
-    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ServerError> {
+    fn set_idle(&self, idle: bool) {
+        if let Some(slot) = &self.slot {
+            slot.set_idle(idle);
+        }
+    }
+
+    /// One read, within the idle timeout and the request's deadline.
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, ServerError> {
         let idle = self.shared.config.idle_timeout;
-        tokio::time::timeout(idle, self.stream.read_exact(buf))
-            .await
-            .map_err(|_| ServerError::Idle(idle))??;
+        let (wait, error) = match self.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let error = ServerError::Deadline(self.shared.config.request_deadline);
+                if left < idle { (left, error) } else { (idle, ServerError::Idle(idle)) }
+            }
+            None => (idle, ServerError::Idle(idle)),
+        };
+        Ok(tokio::time::timeout(wait, self.stream.read(buf)).await.map_err(|_| error)??)
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ServerError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.read_some(&mut buf[filled..]).await? {
+                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+                n => filled += n,
+            }
+        }
         Ok(())
     }
 
@@ -466,6 +541,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let session = Arc::new(Session::new(id, aes_key, self.peer.ip(), self.conn_id, usual_ip));
         self.shared.sessions.publish(&session);
         self.session = Some(session);
+        if let Some(slot) = &self.slot {
+            slot.set_keyed();
+        }
         self.registered_here = None;
         self.span.record("client", tracing::field::display(id));
         Ok(encrypted)

@@ -7,6 +7,7 @@ mod conn;
 pub mod fuzzing;
 pub mod ratelimit;
 pub mod session;
+pub mod slots;
 pub mod upload;
 
 use crate::store::{Db, DbError, Storage};
@@ -25,7 +26,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 /// Default most simultaneous connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
@@ -35,6 +36,13 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// Default time transfers in flight get to finish after a shutdown signal.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Default time a peer gets for a whole request header and fixed-size payload, from its
+/// first byte: a normal client needs milliseconds; a trickler must not hold a slot.
+pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a connection that never made a key exchange (1026 or 1027) is served. Clients
+/// that open a connection per request need one round trip on it; a silent or wandering
+/// peer gives its slot back.
+pub const KEYLESS_LIFETIME: Duration = Duration::from_secs(60);
 /// Default number of earlier versions kept of each stored file.
 pub const DEFAULT_KEEP_VERSIONS: usize = 1;
 /// Default free space kept on the storage file system.
@@ -49,7 +57,8 @@ pub struct Config {
     pub db: PathBuf,
     /// The largest encrypted content accepted (refused before reading).
     pub max_content: u32,
-    /// Most simultaneous connections; more wait in the listen backlog.
+    /// Most simultaneous connections; when full, the oldest idle connection without a key
+    /// exchange is closed to make room, else newcomers wait.
     pub max_connections: usize,
     /// How long a peer may stay silent.
     pub idle_timeout: Duration,
@@ -71,6 +80,10 @@ pub struct Config {
     /// Earlier versions kept of a stored file when a newer confirmed upload replaces it;
     /// 0 keeps none.
     pub keep_versions: usize,
+    /// Time for a whole request header and fixed-size payload, from its first byte.
+    pub request_deadline: Duration,
+    /// Most connections one address may hold (0: no cap); more are closed at once.
+    pub max_connections_per_address: usize,
 }
 
 /// The version byte of the one existing client that checks a CRC-32 of the ciphertext
@@ -93,6 +106,8 @@ impl Config {
             compat_crc32_ciphertext: false,
             registrations_per_minute: ratelimit::DEFAULT_REGISTRATIONS_PER_MINUTE,
             keep_versions: DEFAULT_KEEP_VERSIONS,
+            request_deadline: DEFAULT_REQUEST_DEADLINE,
+            max_connections_per_address: slots::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         }
     }
 }
@@ -117,6 +132,9 @@ pub enum ServerError {
     /// The peer was silent too long.
     #[error("the peer sent nothing for {0:?}")]
     Idle(Duration),
+    /// The peer took longer than the request deadline for one request.
+    #[error("the peer took more than {0:?} for one request header and payload")]
+    Deadline(Duration),
     /// The peer closed in the middle of a header.
     #[error("the peer closed the connection in the middle of a request header")]
     Truncated,
@@ -141,6 +159,8 @@ pub(crate) struct Shared {
     quotas: session::Quotas,
     /// One lock per (client, stored name) being committed; see [`Shared::commit_turn`].
     commits: Mutex<HashMap<CommitKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Every connection's slot (per-address cap, eviction).
+    slots: Arc<slots::Slots>,
 }
 
 type CommitKey = (crate::protocol::ClientId, String);
@@ -184,6 +204,7 @@ impl Shared {
             registrations,
             quotas,
             commits: Mutex::new(HashMap::new()),
+            slots: slots::Slots::new(config.max_connections_per_address),
             config,
             db: Arc::new(Mutex::new(db)),
             storage,
@@ -286,10 +307,6 @@ impl Server {
         let janitor = tokio::spawn(janitor(Arc::clone(&shared), stop_rx.clone()));
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                permit = Arc::clone(&limit).acquire_owned() => permit.expect("never closed"),
-            };
             let (stream, peer) = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
@@ -302,12 +319,29 @@ impl Server {
                     }
                 },
             };
+            let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = shared.slots.admit(conn_id, peer.ip()) else {
+                debug!(%peer, "closed at once: the address holds its --max-connections-per-address");
+                continue;
+            };
+            let permit = match Arc::clone(&limit).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // Full: a connection that never made a key exchange and sits idle
+                    // gives its slot up, rather than the newcomer waiting behind it.
+                    shared.slots.evict_one();
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        permit = Arc::clone(&limit).acquire_owned() => permit.expect("never closed"),
+                    }
+                }
+            };
             while tasks.try_join_next().is_some() {}
             let _ = stream.set_nodelay(true);
-            let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
             let span =
                 info_span!("conn", id = conn_id, peer = %peer, client = tracing::field::Empty);
-            let connection = conn::Connection::new(Arc::clone(&shared), stream, conn_id, peer);
+            let connection =
+                conn::Connection::new(Arc::clone(&shared), stream, conn_id, peer).with_slot(slot);
             let stop = stop_rx.clone();
             tasks.spawn(
                 async move {
