@@ -37,6 +37,9 @@ _securexfer() {
             securexfer__subcmd__db,inspect)
                 cmd="securexfer__subcmd__db__subcmd__inspect"
                 ;;
+            securexfer__subcmd__db,restore)
+                cmd="securexfer__subcmd__db__subcmd__restore"
+                ;;
             securexfer__subcmd__db,verify)
                 cmd="securexfer__subcmd__db__subcmd__verify"
                 ;;
@@ -45,6 +48,9 @@ _securexfer() {
                 ;;
             securexfer__subcmd__db__subcmd__help,inspect)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__inspect"
+                ;;
+            securexfer__subcmd__db__subcmd__help,restore)
+                cmd="securexfer__subcmd__db__subcmd__help__subcmd__restore"
                 ;;
             securexfer__subcmd__db__subcmd__help,verify)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__verify"
@@ -66,6 +72,9 @@ _securexfer() {
                 ;;
             securexfer__subcmd__help__subcmd__db,inspect)
                 cmd="securexfer__subcmd__help__subcmd__db__subcmd__inspect"
+                ;;
+            securexfer__subcmd__help__subcmd__db,restore)
+                cmd="securexfer__subcmd__help__subcmd__db__subcmd__restore"
                 ;;
             securexfer__subcmd__help__subcmd__db,verify)
                 cmd="securexfer__subcmd__help__subcmd__db__subcmd__verify"
@@ -91,7 +100,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db)
-            opts="-h -V --help --version inspect verify help"
+            opts="-h -V --help --version inspect verify restore help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -105,7 +114,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db__subcmd__help)
-            opts="inspect verify help"
+            opts="inspect verify restore help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -133,6 +142,20 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db__subcmd__help__subcmd__inspect)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__db__subcmd__help__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -186,6 +209,40 @@ _securexfer() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        securexfer__subcmd__db__subcmd__restore)
+            opts="-h --db --storage --client --file --version --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --storage)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --version)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         securexfer__subcmd__db__subcmd__verify)
             opts="-h -V --db --storage --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -223,7 +280,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db)
-            opts="inspect verify"
+            opts="inspect verify restore"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -237,6 +294,20 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db__subcmd__inspect)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__help__subcmd__db__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -401,7 +472,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__serve)
-            opts="-v -q -h -V --config --listen --port --storage --db --max-file-size --max-connections --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --log-format --verbose --quiet --help --version"
+            opts="-v -q -h -V --config --listen --port --storage --db --max-file-size --max-connections --max-connections-per-address --request-deadline --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --keep-versions --log-format --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -435,6 +506,14 @@ _securexfer() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --max-connections-per-address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --request-deadline)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --idle-timeout)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -456,6 +535,10 @@ _securexfer() {
                     return 0
                     ;;
                 --registrations-per-minute)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keep-versions)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

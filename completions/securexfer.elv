@@ -35,13 +35,16 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --storage 'Directory where received files are stored, one subdirectory per client id'
             cand --db 'SQLite database of clients and files'
             cand --max-file-size 'Largest file accepted (encrypted size; suffixes K, M, G). Larger uploads are refused before anything is read. The protocol''s own limit is 4G minus 16 bytes'
-            cand --max-connections 'Most simultaneous connections; further clients wait until one ends'
+            cand --max-connections 'Most simultaneous connections. When full, the oldest idle connection that never made a key exchange is closed to make room; without one, newcomers wait'
+            cand --max-connections-per-address 'Most connections one IP address may hold at once; more are closed at once. 0: no cap'
+            cand --request-deadline 'Seconds a client gets for a whole request header and fixed-size payload, from its first byte (file content is not included); slower peers are disconnected'
             cand --idle-timeout 'Seconds a client may stay silent, between requests or in the middle of one'
             cand --session-window 'Seconds after a key exchange during which a client that opens one connection per request may send and confirm files from the same IP address'
             cand --grace 'Seconds transfers in flight may run on after SIGINT or SIGTERM'
             cand --disk-reserve 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)'
             cand --compat 'Serve an existing client that deviates from the protocol. `crc32-ciphertext`: to clients whose requests carry version byte 1 (the `dor` client; nobody else sends it), answer 1028 with the zlib CRC-32 of the ciphertext received, as that client checks, and answer its 1030 with 2104, as it waits for one. Every other client gets exactly the protocol'
             cand --registrations-per-minute 'Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to twice as many; more get 2107. 0 turns the limit off'
+            cand --keep-versions 'Earlier versions kept of each stored file when a newer confirmed upload of the same name replaces it (under DIR/.versions/; `db inspect` lists them, `db restore` puts one back). 0 keeps none'
             cand --log-format 'How log lines are written to stderr: `text` for people, `json` (one object per line) for log collectors'
             cand --strict-sessions 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
             cand -v 'Log warnings and errors only (-q), or more detail (-v: debug, -vv: trace). Without them, RUST_LOG sets what is logged (default: info)'
@@ -95,6 +98,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --version 'Print version'
             cand inspect 'Show clients and files, read-only (safe while the server runs)'
             cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
+            cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;inspect'= {
@@ -116,14 +120,26 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'securexfer;db;restore'= {
+            cand --db 'The server''s database'
+            cand --storage 'The server''s storage directory'
+            cand --client 'The client (name or id)'
+            cand --file 'The file, by its stored name (or the name the client sent)'
+            cand --version 'Which version (as `db inspect` numbers them); default: the newest'
+            cand -h 'Print help'
+            cand --help 'Print help'
+        }
         &'securexfer;db;help'= {
             cand inspect 'Show clients and files, read-only (safe while the server runs)'
             cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
+            cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;help;inspect'= {
         }
         &'securexfer;db;help;verify'= {
+        }
+        &'securexfer;db;help;restore'= {
         }
         &'securexfer;db;help;help'= {
         }
@@ -143,10 +159,13 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;help;db'= {
             cand inspect 'Show clients and files, read-only (safe while the server runs)'
             cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
+            cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
         }
         &'securexfer;help;db;inspect'= {
         }
         &'securexfer;help;db;verify'= {
+        }
+        &'securexfer;help;db;restore'= {
         }
         &'securexfer;help;help'= {
         }

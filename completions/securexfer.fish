@@ -37,13 +37,16 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l port -d 
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l storage -d 'Directory where received files are stored, one subdirectory per client id' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l db -d 'SQLite database of clients and files' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-file-size -d 'Largest file accepted (encrypted size; suffixes K, M, G). Larger uploads are refused before anything is read. The protocol\'s own limit is 4G minus 16 bytes' -r
-complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-connections -d 'Most simultaneous connections; further clients wait until one ends' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-connections -d 'Most simultaneous connections. When full, the oldest idle connection that never made a key exchange is closed to make room; without one, newcomers wait' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-connections-per-address -d 'Most connections one IP address may hold at once; more are closed at once. 0: no cap' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l request-deadline -d 'Seconds a client gets for a whole request header and fixed-size payload, from its first byte (file content is not included); slower peers are disconnected' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l idle-timeout -d 'Seconds a client may stay silent, between requests or in the middle of one' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l session-window -d 'Seconds after a key exchange during which a client that opens one connection per request may send and confirm files from the same IP address' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l grace -d 'Seconds transfers in flight may run on after SIGINT or SIGTERM' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l disk-reserve -d 'Free space to keep on the storage file system; uploads that would eat into it are refused (suffixes K, M, G)' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l compat -d 'Serve an existing client that deviates from the protocol. `crc32-ciphertext`: to clients whose requests carry version byte 1 (the `dor` client; nobody else sends it), answer 1028 with the zlib CRC-32 of the ciphertext received, as that client checks, and answer its 1030 with 2104, as it waits for one. Every other client gets exactly the protocol' -r -f -a "crc32-ciphertext\t'Version-1 clients get the CRC-32 of the ciphertext in 2103 and a 2104 for 1030'"
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l registrations-per-minute -d 'Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to twice as many; more get 2107. 0 turns the limit off' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l keep-versions -d 'Earlier versions kept of each stored file when a newer confirmed upload of the same name replaces it (under DIR/.versions/; `db inspect` lists them, `db restore` puts one back). 0 keeps none' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l log-format -d 'How log lines are written to stderr: `text` for people, `json` (one object per line) for log collectors' -r -f -a "text\t'Human-readable lines'
 json\t'One JSON object per line'"
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l strict-sessions -d 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
@@ -74,11 +77,12 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s q -l quie
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l json -d 'Print one JSON object per file on stdout, in argument order, then a summary object (the schema is in docs/json.md)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s h -l help -d 'Print help'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s V -l version -d 'Print version'
-complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify help" -s h -l help -d 'Print help'
-complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify help" -s V -l version -d 'Print version'
-complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify help" -f -a "inspect" -d 'Show clients and files, read-only (safe while the server runs)'
-complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify help" -f -a "verify" -d 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
-complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify restore help" -s h -l help -d 'Print help'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify restore help" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify restore help" -f -a "inspect" -d 'Show clients and files, read-only (safe while the server runs)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify restore help" -f -a "verify" -d 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify restore help" -f -a "restore" -d 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify restore help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l db -d 'The server\'s database' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l storage -d 'Storage directory, to check that recorded files are present' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l client -d 'Show only this client (name or id)' -r
@@ -90,8 +94,15 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_see
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from verify" -l json -d 'Print one JSON document instead of lines'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from verify" -s h -l help -d 'Print help'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from verify" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from restore" -l db -d 'The server\'s database' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from restore" -l storage -d 'The server\'s storage directory' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from restore" -l client -d 'The client (name or id)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from restore" -l file -d 'The file, by its stored name (or the name the client sent)' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from restore" -l version -d 'Which version (as `db inspect` numbers them); default: the newest' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from restore" -s h -l help -d 'Print help'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "inspect" -d 'Show clients and files, read-only (safe while the server runs)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "verify" -d 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "restore" -d 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "serve" -d 'Run the storage server'
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "register" -d 'Make a key pair, register a name with a server and save the identity'
@@ -100,3 +111,4 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fi
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and __fish_seen_subcommand_from db" -f -a "inspect" -d 'Show clients and files, read-only (safe while the server runs)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and __fish_seen_subcommand_from db" -f -a "verify" -d 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and __fish_seen_subcommand_from db" -f -a "restore" -d 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'

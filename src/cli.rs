@@ -71,9 +71,22 @@ pub struct ServeArgs {
     /// before anything is read. The protocol's own limit is 4G minus 16 bytes.
     #[arg(long, env = "SECUREXFER_MAX_FILE_SIZE", default_value = "4G", value_name = "SIZE", value_parser = parse_size)]
     pub max_file_size: u64,
-    /// Most simultaneous connections; further clients wait until one ends.
+    /// Most simultaneous connections. When full, the oldest idle connection that never
+    /// made a key exchange is closed to make room; without one, newcomers wait.
     #[arg(long, env = "SECUREXFER_MAX_CONNECTIONS", default_value_t = 2048, value_name = "N")]
     pub max_connections: usize,
+    /// Most connections one IP address may hold at once; more are closed at once. 0: no cap.
+    #[arg(
+        long,
+        env = "SECUREXFER_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 128,
+        value_name = "N"
+    )]
+    pub max_connections_per_address: usize,
+    /// Seconds a client gets for a whole request header and fixed-size payload, from its
+    /// first byte (file content is not included); slower peers are disconnected.
+    #[arg(long, env = "SECUREXFER_REQUEST_DEADLINE", default_value_t = 30, value_name = "SECS")]
+    pub request_deadline: u64,
     /// Seconds a client may stay silent, between requests or in the middle of one.
     #[arg(long, env = "SECUREXFER_IDLE_TIMEOUT", default_value_t = 60, value_name = "SECS")]
     pub idle_timeout: u64,
@@ -108,6 +121,11 @@ pub struct ServeArgs {
         value_name = "N"
     )]
     pub registrations_per_minute: u32,
+    /// Earlier versions kept of each stored file when a newer confirmed upload of the same
+    /// name replaces it (under DIR/.versions/; `db inspect` lists them, `db restore` puts
+    /// one back). 0 keeps none.
+    #[arg(long, env = "SECUREXFER_KEEP_VERSIONS", default_value_t = 1, value_name = "N")]
+    pub keep_versions: usize,
     /// How log lines are written to stderr: `text` for people, `json` (one object per
     /// line) for log collectors.
     #[arg(
@@ -221,6 +239,9 @@ pub enum DbCommand {
     /// Re-read every stored file and check it against its record (size and cksum):
     /// reports missing, changed and unrecorded files. Read-only. Exit 5 if any.
     Verify(VerifyArgs),
+    /// Put an earlier version of a stored file back; the current one becomes a version in
+    /// turn. Run it with the server stopped (it refuses while one holds the storage).
+    Restore(RestoreArgs),
 }
 
 /// `securexfer db verify`.
@@ -235,6 +256,27 @@ pub struct VerifyArgs {
     /// Print one JSON document instead of lines.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `securexfer db restore`.
+#[derive(Debug, Args)]
+#[command(disable_version_flag = true)]
+pub struct RestoreArgs {
+    /// The server's database.
+    #[arg(long, env = "SECUREXFER_DB", default_value = "defensive.db", value_name = "PATH")]
+    pub db: PathBuf,
+    /// The server's storage directory.
+    #[arg(long, env = "SECUREXFER_STORAGE", default_value = "storage", value_name = "DIR")]
+    pub storage: PathBuf,
+    /// The client (name or id).
+    #[arg(long, value_name = "NAME|ID")]
+    pub client: String,
+    /// The file, by its stored name (or the name the client sent).
+    #[arg(long, value_name = "NAME")]
+    pub file: String,
+    /// Which version (as `db inspect` numbers them); default: the newest.
+    #[arg(long, value_name = "N")]
+    pub version: Option<i64>,
 }
 
 /// `securexfer db inspect`.

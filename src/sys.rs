@@ -163,29 +163,46 @@ pub(crate) fn open_at(
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-/// Hard-links `from` to `to`, both in the directory `dir`. A link at `from` is linked
-/// itself, never followed.
+/// Hard-links `from` in the directory `from_dir` as `to` in `to_dir`. A link at `from` is
+/// linked itself, never followed.
 pub(crate) fn link_at(
-    dir: &File,
+    from_dir: &File,
     from: &std::ffi::CStr,
+    to_dir: &File,
     to: &std::ffi::CStr,
 ) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let fd = dir.as_raw_fd();
+    let (a, b) = (from_dir.as_raw_fd(), to_dir.as_raw_fd());
     // SAFETY: valid descriptors and NUL-terminated names; flags 0 follow no link.
-    check(unsafe { libc::linkat(fd, from.as_ptr(), fd, to.as_ptr(), 0) }).map(|_| ())
+    check(unsafe { libc::linkat(a, from.as_ptr(), b, to.as_ptr(), 0) }).map(|_| ())
 }
 
-/// Renames `from` to `to`, both in the directory `dir`, replacing `to` atomically.
+/// Renames `from` in `from_dir` to `to` in `to_dir`, replacing `to` atomically.
 pub(crate) fn rename_at(
-    dir: &File,
+    from_dir: &File,
     from: &std::ffi::CStr,
+    to_dir: &File,
     to: &std::ffi::CStr,
 ) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let fd = dir.as_raw_fd();
+    let (a, b) = (from_dir.as_raw_fd(), to_dir.as_raw_fd());
     // SAFETY: valid descriptors and NUL-terminated names.
-    check(unsafe { libc::renameat(fd, from.as_ptr(), fd, to.as_ptr()) }).map(|_| ())
+    check(unsafe { libc::renameat(a, from.as_ptr(), b, to.as_ptr()) }).map(|_| ())
+}
+
+/// Removes the file `name` from the directory `dir` (a link there is removed itself).
+pub(crate) fn unlink_at(dir: &File, name: &std::ffi::CStr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) }).map(|_| ())
+}
+
+/// Takes an exclusive advisory lock on `file` without waiting (`flock`); it is held until
+/// the file is closed.
+pub(crate) fn lock_exclusive(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor.
+    check(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(|_| ())
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
-//! `securexfer db inspect`: what the server has recorded, without key material.
+//! `securexfer db inspect`: what the server has recorded, without key material;
+//! `securexfer db restore`: put an earlier version of a file back.
 
+use super::UsageError;
 use super::out::outln;
-use crate::cli::InspectArgs;
-use securexfer::protocol::ClientId;
-use securexfer::store::{ClientRecord, Db, FileRecord};
+use crate::cli::{InspectArgs, RestoreArgs};
+use anyhow::Context;
+use securexfer::protocol::{ClientId, storage_name};
+use securexfer::store::{ClientRecord, CommitIntent, Db, FileRecord, Storage, VersionRecord};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -11,16 +14,101 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let db = Db::open_read_only(&args.db)?;
     let mut clients = db.clients()?;
     let mut files = db.files()?;
+    // A database from before versions were kept has no versions table.
+    let mut versions = db.versions().unwrap_or_default();
     if let Some(filter) = &args.client {
         let id = ClientId::parse(filter);
         clients.retain(|c| c.name == *filter || Some(c.id) == id);
         files.retain(|f| f.client_name == *filter || Some(f.client_id) == id);
+        versions.retain(|v| v.client_name == *filter || Some(v.client_id) == id);
     }
     if args.json {
-        print_json(&clients, &files, &args.storage)?;
+        print_json(&clients, &files, &versions, &args.storage)?;
     } else {
         print_tables(&clients, &files, &args.storage);
+        print_versions(&versions);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_versions(versions: &[VersionRecord]) {
+    outln!();
+    outln!("VERSIONS ({})", versions.len());
+    let rows: Vec<Vec<String>> = versions
+        .iter()
+        .map(|v| {
+            vec![
+                v.client_name.clone(),
+                v.name.clone(),
+                v.version.to_string(),
+                v.path_name.clone(),
+                v.size.map_or_else(|| "-".into(), |s| s.to_string()),
+                v.stored_at.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    print_table(&["CLIENT", "NAME", "VERSION", "KEPT AT", "SIZE", "STORED (UTC)"], &rows);
+}
+
+fn version_json(v: &VersionRecord) -> serde_json::Value {
+    serde_json::json!({
+        "client_id": v.client_id.to_hex(),
+        "client_name": v.client_name,
+        "name": v.name,
+        "version": v.version,
+        "file_name": v.file_name,
+        "path": v.path_name,
+        "size": v.size,
+        "cksum": v.cksum,
+        "stored_at": v.stored_at,
+    })
+}
+
+pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    let storage = Storage::open(&args.storage)
+        .with_context(|| format!("storage directory {}", args.storage.display()))?;
+    let _lock = storage.lock_exclusive().map_err(|_| {
+        UsageError(format!(
+            "{} is in use (is the server running?): stop it first, then restore",
+            args.storage.display()
+        ))
+    })?;
+    let db = Db::open(&args.db)?;
+    securexfer::server::reconcile_commits(&db, &storage, usize::MAX)?;
+    let id = ClientId::parse(&args.client);
+    let client = db
+        .clients()?
+        .into_iter()
+        .find(|c| c.name == args.client || Some(c.id) == id)
+        .ok_or_else(|| UsageError(format!("no client {:?}", args.client)))?;
+    let name = storage_name(&args.file).map_err(|e| UsageError(e.to_string()))?.to_owned();
+    let version = db
+        .versions()?
+        .into_iter()
+        .filter(|v| v.client_id == client.id && v.name == name)
+        .filter(|v| args.version.is_none_or(|n| v.version == n))
+        .max_by_key(|v| v.version)
+        .ok_or_else(|| UsageError(format!("no such version of {name} of {}", client.name)))?;
+    let path_name = Storage::relative_path(client.id, &name);
+    let current = db.has_verified_at(client.id, &path_name)?;
+    let intent = CommitIntent {
+        client_id: client.id,
+        stored_name: name.clone(),
+        file_name: version.file_name.clone(),
+        path_name,
+        source: version.path_name.clone(),
+        size: version.size.unwrap_or_default(),
+        cksum: version.cksum.unwrap_or_default(),
+        archive: current.then(|| Storage::new_version_path(client.id)),
+        restores: Some(version.version),
+    };
+    db.begin_commit(&intent)?;
+    if let Some(archive) = &intent.archive {
+        storage.keep_version(client.id, &name, archive)?;
+    }
+    storage.restore_version(client.id, &name, &version.path_name)?;
+    db.finish_commit(&intent, None, usize::MAX)?;
+    outln!("restored version {} of {name} of {}", version.version, client.name);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -32,6 +120,7 @@ fn on_disk(storage: &Path, file: &FileRecord) -> Option<u64> {
 fn print_json(
     clients: &[ClientRecord],
     files: &[FileRecord],
+    versions: &[VersionRecord],
     storage: &Path,
 ) -> anyhow::Result<()> {
     let clients: Vec<_> = clients
@@ -64,7 +153,8 @@ fn print_json(
             })
         })
         .collect();
-    let doc = serde_json::json!({ "clients": clients, "files": files });
+    let versions: Vec<_> = versions.iter().map(version_json).collect();
+    let doc = serde_json::json!({ "clients": clients, "files": files, "versions": versions });
     outln!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())
 }

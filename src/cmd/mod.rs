@@ -49,6 +49,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("warn");
             verify::run(args)
         }
+        Command::Db(DbCommand::Restore(args)) => {
+            init_logging("warn");
+            db::restore(args)
+        }
     }
 }
 

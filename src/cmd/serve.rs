@@ -28,6 +28,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         disk_reserve: args.disk_reserve,
         compat_crc32_ciphertext: args.compat.contains(&crate::cli::Compat::Crc32Ciphertext),
         registrations_per_minute: args.registrations_per_minute,
+        keep_versions: args.keep_versions,
+        request_deadline: Duration::from_secs(args.request_deadline.max(1)),
+        max_connections_per_address: args.max_connections_per_address,
         ..Config::new(args.storage.clone(), args.db.clone())
     };
     raise_open_file_limit();

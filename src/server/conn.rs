@@ -24,7 +24,8 @@ use crate::protocol::{
     ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, PublicKeyField,
     REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader, Response, storage_name,
 };
-use crate::store::Storage;
+use crate::store::{CommitIntent, Storage};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -74,6 +75,12 @@ pub(crate) struct Connection<S> {
     session: Option<Arc<Session>>,
     /// The connection's span, which learns the client id once it is known.
     span: tracing::Span,
+    /// Its slot among the server's connections (none in the fuzz harness).
+    slot: Option<super::slots::Slot>,
+    /// When it was accepted (see [`super::KEYLESS_LIFETIME`]).
+    accepted: Instant,
+    /// When the request being read must be complete (see [`super::Config::request_deadline`]).
+    deadline: Option<Instant>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -86,6 +93,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             registered_here: None,
             session: None,
             span: tracing::Span::none(),
+            slot: None,
+            accepted: Instant::now(),
+            deadline: None,
+        }
+    }
+
+    /// Gives the connection its slot (eviction, per-address count).
+    pub(crate) fn with_slot(mut self, slot: super::slots::Slot) -> Self {
+        self.slot = Some(slot);
+        self
+    }
+
+    /// Completes when the server wants this connection's slot back, or its lifetime
+    /// without a key exchange is over.
+    fn must_yield(&self) -> impl std::future::Future<Output = &'static str> + use<S> {
+        let evict = self.slot.as_ref().map(|s| Arc::clone(&s.evict));
+        let end = (self.session.is_none())
+            .then(|| tokio::time::Instant::from_std(self.accepted + super::KEYLESS_LIFETIME));
+        async move {
+            let evicted = async {
+                match evict {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let lifetime = async {
+                match end {
+                    Some(end) => tokio::time::sleep_until(end).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = evicted => "evicted to make room for a new connection (the server is full)",
+                _ = lifetime => "no key exchange within the lifetime of a keyless connection",
+            }
         }
     }
 
@@ -104,9 +146,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let header = if in_transfer {
                 self.read_header().await
             } else {
+                let yield_slot = self.must_yield();
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break,
+                    why = yield_slot => {
+                        debug!("closed: {why}");
+                        break;
+                    }
                     h = self.read_header() => h,
                 }
             };
@@ -176,28 +223,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let _ = tokio::time::timeout(LINGER, drain).await;
     }
 
-    /// The next header, or `None` when the peer closed cleanly between requests.
+    /// The next header, or `None` when the peer closed cleanly between requests. From its
+    /// first byte, the header and the fixed payload after it must arrive within the
+    /// request deadline.
     async fn read_header(&mut self) -> Result<Option<[u8; REQUEST_HEADER_LEN]>, ServerError> {
         let mut buf = [0u8; REQUEST_HEADER_LEN];
-        let idle = self.shared.config.idle_timeout;
+        self.deadline = None;
+        self.set_idle(true);
         let mut filled = 0;
         while filled < buf.len() {
-            let n = tokio::time::timeout(idle, self.stream.read(&mut buf[filled..]))
-                .await
-                .map_err(|_| ServerError::Idle(idle))??;
+            let n = self.read_some(&mut buf[filled..]).await?;
             if n == 0 {
                 return if filled == 0 { Ok(None) } else { Err(ServerError::Truncated) };
+            }
+            if filled == 0 {
+                self.set_idle(false);
+                self.deadline = Some(Instant::now() + self.shared.config.request_deadline);
             }
             filled += n;
         }
         Ok(Some(buf))
     }
 
-    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ServerError> {
+    fn set_idle(&self, idle: bool) {
+        if let Some(slot) = &self.slot {
+            slot.set_idle(idle);
+        }
+    }
+
+    /// One read, within the idle timeout and the request's deadline.
+    async fn read_some(&mut self, buf: &mut [u8]) -> Result<usize, ServerError> {
         let idle = self.shared.config.idle_timeout;
-        tokio::time::timeout(idle, self.stream.read_exact(buf))
-            .await
-            .map_err(|_| ServerError::Idle(idle))??;
+        let (wait, error) = match self.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let error = ServerError::Deadline(self.shared.config.request_deadline);
+                if left < idle { (left, error) } else { (idle, ServerError::Idle(idle)) }
+            }
+            None => (idle, ServerError::Idle(idle)),
+        };
+        Ok(tokio::time::timeout(wait, self.stream.read(buf)).await.map_err(|_| error)??)
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ServerError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.read_some(&mut buf[filled..]).await? {
+                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+                n => filled += n,
+            }
+        }
         Ok(())
     }
 
@@ -466,6 +541,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let session = Arc::new(Session::new(id, aes_key, self.peer.ip(), self.conn_id, usual_ip));
         self.shared.sessions.publish(&session);
         self.session = Some(session);
+        if let Some(slot) = &self.slot {
+            slot.set_keyed();
+        }
         self.registered_here = None;
         self.span.record("client", tracing::field::display(id));
         Ok(encrypted)
@@ -557,29 +635,70 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let pending = session
             .take_pending(file_name.as_str())
             .ok_or_else(|| refuse(format!("no upload of {file_name} waits for confirmation")))?;
+        let turn = self.shared.commit_turn(id, &pending.stored_name).await;
+        let intent = CommitIntent {
+            client_id: id,
+            stored_name: pending.stored_name.clone(),
+            file_name: file_name.to_string(),
+            path_name: Storage::relative_path(id, &pending.stored_name),
+            source: self.shared.storage.relative_of(&pending.upload).unwrap_or_default(),
+            size: pending.size,
+            cksum: pending.cksum,
+            archive: None,
+            restores: None,
+        };
+        // Recorded before the rename, forgotten in the transaction that records the file:
+        // a crash anywhere in between is finished or undone at start-up.
+        // The copy it replaces is kept as a version, if it is a confirmed one.
+        let mut begun = intent.clone();
+        let keep = self.shared.config.keep_versions;
+        let intent = self
+            .shared
+            .db(move |db| {
+                if keep > 0 && db.has_verified_at(id, &begun.path_name)? {
+                    begun.archive = Some(Storage::new_version_path(id));
+                }
+                db.begin_commit(&begun)?;
+                Ok(begun)
+            })
+            .await?;
         let storage = self.shared.storage.clone();
-        let name = pending.stored_name.clone();
-        let turn = self.shared.commit_turn(id, &name).await;
-        let committed =
-            tokio::task::spawn_blocking(move || storage.commit(pending.upload, id, &name))
-                .await
-                .map_err(|e| refuse(e.to_string()))?
-                .map_err(|e| refuse(format!("could not store {file_name}: {e}")))?;
+        let (name, archive) = (pending.stored_name.clone(), intent.archive.clone());
+        let committed = match tokio::task::spawn_blocking(move || {
+            storage.commit(pending.upload, id, &name, archive.as_deref())
+        })
+        .await
+        {
+            Ok(Ok(committed)) => Ok(committed),
+            Ok(Err(e)) => Err(refuse(format!("could not store {file_name}: {e}"))),
+            Err(e) => Err(refuse(e.to_string())),
+        };
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(refused) => {
+                let abandoned = intent.clone();
+                let _ = self.shared.db(move |db| db.abandon_commit(&abandoned)).await;
+                return Err(refused);
+            }
+        };
         let relative = committed.relative.clone();
         if let Some(replaced) = committed.replaced {
             // Deleting the replaced copy can take a while; nobody needs to wait for it.
             tokio::task::spawn_blocking(move || drop(replaced));
         }
-        let (sent, rel, size, cksum) =
-            (file_name.to_string(), relative.clone(), pending.size, pending.cksum);
-        let ip = self.peer.ip();
-        self.shared
-            .db(move |db| {
-                db.record_verified(id, &sent, &rel, size, cksum)?;
-                db.set_usual_address(id, ip)
-            })
-            .await?;
+        let (ip, size) = (self.peer.ip(), intent.size);
+        let pruned = self.shared.db(move |db| db.finish_commit(&intent, Some(ip), keep)).await?;
         drop(turn);
+        if !pruned.is_empty() {
+            let storage = self.shared.storage.clone();
+            tokio::task::spawn_blocking(move || {
+                for path in pruned {
+                    if let Err(e) = storage.remove_version(id, &path) {
+                        warn!(%path, "could not delete a version beyond --keep-versions: {e}");
+                    }
+                }
+            });
+        }
         info!(%file_name, path = %relative, size, "file verified and stored");
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
     }

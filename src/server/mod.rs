@@ -7,6 +7,7 @@ mod conn;
 pub mod fuzzing;
 pub mod ratelimit;
 pub mod session;
+pub mod slots;
 pub mod upload;
 
 use crate::store::{Db, DbError, Storage};
@@ -25,7 +26,7 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 /// Default most simultaneous connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
@@ -35,6 +36,15 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SESSION_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// Default time transfers in flight get to finish after a shutdown signal.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+/// Default time a peer gets for a whole request header and fixed-size payload, from its
+/// first byte: a normal client needs milliseconds; a trickler must not hold a slot.
+pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a connection that never made a key exchange (1026 or 1027) is served. Clients
+/// that open a connection per request need one round trip on it; a silent or wandering
+/// peer gives its slot back.
+pub const KEYLESS_LIFETIME: Duration = Duration::from_secs(60);
+/// Default number of earlier versions kept of each stored file.
+pub const DEFAULT_KEEP_VERSIONS: usize = 1;
 /// Default free space kept on the storage file system.
 pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 
@@ -47,7 +57,8 @@ pub struct Config {
     pub db: PathBuf,
     /// The largest encrypted content accepted (refused before reading).
     pub max_content: u32,
-    /// Most simultaneous connections; more wait in the listen backlog.
+    /// Most simultaneous connections; when full, the oldest idle connection without a key
+    /// exchange is closed to make room, else newcomers wait.
     pub max_connections: usize,
     /// How long a peer may stay silent.
     pub idle_timeout: Duration,
@@ -66,6 +77,13 @@ pub struct Config {
     /// Registrations (1025) one address may make per minute, with bursts of twice as many;
     /// 0 turns the limit off.
     pub registrations_per_minute: u32,
+    /// Earlier versions kept of a stored file when a newer confirmed upload replaces it;
+    /// 0 keeps none.
+    pub keep_versions: usize,
+    /// Time for a whole request header and fixed-size payload, from its first byte.
+    pub request_deadline: Duration,
+    /// Most connections one address may hold (0: no cap); more are closed at once.
+    pub max_connections_per_address: usize,
 }
 
 /// The version byte of the one existing client that checks a CRC-32 of the ciphertext
@@ -87,6 +105,9 @@ impl Config {
             disk_reserve: DEFAULT_DISK_RESERVE,
             compat_crc32_ciphertext: false,
             registrations_per_minute: ratelimit::DEFAULT_REGISTRATIONS_PER_MINUTE,
+            keep_versions: DEFAULT_KEEP_VERSIONS,
+            request_deadline: DEFAULT_REQUEST_DEADLINE,
+            max_connections_per_address: slots::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         }
     }
 }
@@ -111,6 +132,9 @@ pub enum ServerError {
     /// The peer was silent too long.
     #[error("the peer sent nothing for {0:?}")]
     Idle(Duration),
+    /// The peer took longer than the request deadline for one request.
+    #[error("the peer took more than {0:?} for one request header and payload")]
+    Deadline(Duration),
     /// The peer closed in the middle of a header.
     #[error("the peer closed the connection in the middle of a request header")]
     Truncated,
@@ -135,6 +159,8 @@ pub(crate) struct Shared {
     quotas: session::Quotas,
     /// One lock per (client, stored name) being committed; see [`Shared::commit_turn`].
     commits: Mutex<HashMap<CommitKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Every connection's slot (per-address cap, eviction).
+    slots: Arc<slots::Slots>,
 }
 
 type CommitKey = (crate::protocol::ClientId, String);
@@ -178,6 +204,7 @@ impl Shared {
             registrations,
             quotas,
             commits: Mutex::new(HashMap::new()),
+            slots: slots::Slots::new(config.max_connections_per_address),
             config,
             db: Arc::new(Mutex::new(db)),
             storage,
@@ -236,26 +263,35 @@ impl Shared {
 /// A server ready to run: database open and migrated, storage checked and cleaned.
 pub struct Server {
     shared: Arc<Shared>,
+    /// The storage directory's lock, held while the server runs (`db restore` checks it).
+    _lock: std::fs::File,
 }
 
 impl Server {
-    /// Opens the database and the storage directory, and deletes uploads a crash left.
+    /// Opens the database and the storage directory, finishes or undoes the commits a
+    /// crash interrupted, and deletes uploads a crash left.
     pub fn open(config: Config) -> Result<Self, ServerError> {
+        let storage_error = |source| ServerError::Storage { path: config.storage.clone(), source };
         let storage = Storage::open(&config.storage)
             .and_then(|storage| storage.check_writable().map(|()| storage))
-            .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
-        let leftovers = storage
-            .clean_leftovers()
-            .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
+            .map_err(storage_error)?;
+        let lock = storage.lock_exclusive().map_err(|e| {
+            storage_error(io::Error::other(format!(
+                "cannot lock it ({e}): is another server (or `db restore`) using it?"
+            )))
+        })?;
+        let db = Db::open(&config.db)?;
+        reconcile_commits(&db, &storage, config.keep_versions).map_err(storage_error)?;
+        let leftovers = storage.clean_leftovers().map_err(storage_error)?;
         if leftovers.removed > 0 {
             warn!(removed = leftovers.removed, "deleted unfinished uploads left by an earlier run");
         }
         for (path, why) in &leftovers.odd {
             warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
         }
-        let db = Db::open(&config.db)?;
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
-        Ok(Server { shared: Arc::new(Shared::new(config, db, storage, sessions)) })
+        let shared = Arc::new(Shared::new(config, db, storage, sessions));
+        Ok(Server { shared, _lock: lock })
     }
 
     /// Serves `listener` until `shutdown` completes, then lets transfers in flight finish
@@ -273,10 +309,6 @@ impl Server {
         let janitor = tokio::spawn(janitor(Arc::clone(&shared), stop_rx.clone()));
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                _ = &mut shutdown => break,
-                permit = Arc::clone(&limit).acquire_owned() => permit.expect("never closed"),
-            };
             let (stream, peer) = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
@@ -289,12 +321,29 @@ impl Server {
                     }
                 },
             };
+            let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+            let Some(slot) = shared.slots.admit(conn_id, peer.ip()) else {
+                debug!(%peer, "closed at once: the address holds its --max-connections-per-address");
+                continue;
+            };
+            let permit = match Arc::clone(&limit).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    // Full: a connection that never made a key exchange and sits idle
+                    // gives its slot up, rather than the newcomer waiting behind it.
+                    shared.slots.evict_one();
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        permit = Arc::clone(&limit).acquire_owned() => permit.expect("never closed"),
+                    }
+                }
+            };
             while tasks.try_join_next().is_some() {}
             let _ = stream.set_nodelay(true);
-            let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
             let span =
                 info_span!("conn", id = conn_id, peer = %peer, client = tracing::field::Empty);
-            let connection = conn::Connection::new(Arc::clone(&shared), stream, conn_id, peer);
+            let connection =
+                conn::Connection::new(Arc::clone(&shared), stream, conn_id, peer).with_slot(slot);
             let stop = stop_rx.clone();
             tasks.spawn(
                 async move {
@@ -322,6 +371,49 @@ impl Server {
         info!("stopped");
         Ok(())
     }
+}
+
+/// Decides every commit (or restore) a crash interrupted (see [`crate::store::CommitIntent`]) by the bytes on disk:
+/// a file in place with the intent's size and cksum was renamed there, so it is recorded
+/// verified; otherwise the rename never happened and the records stay as they were (the
+/// temporary file goes with the other leftovers). Either way every row then describes the
+/// bytes on disk and every stored file has its row.
+pub fn reconcile_commits(db: &Db, storage: &Storage, keep: usize) -> io::Result<()> {
+    let intents = db.commit_intents().map_err(io::Error::other)?;
+    for mut intent in intents {
+        let landed = storage.digest(&intent.path_name)? == Some((intent.size, intent.cksum));
+        let id = intent.client_id;
+        if landed {
+            // The copy it replaced was linked as a version before the rename, if at all.
+            if let Some(archive) = intent.archive.clone()
+                && storage.digest(&archive)?.is_none()
+            {
+                intent.archive = None;
+            }
+            let pruned = db.finish_commit(&intent, None, keep).map_err(io::Error::other)?;
+            for path in pruned {
+                storage.remove_version(id, &path)?;
+            }
+        } else {
+            if let Some(archive) = &intent.archive {
+                storage.remove_version(id, archive)?;
+            }
+            db.abandon_commit(&intent).map_err(io::Error::other)?;
+        }
+        info!(
+            client = %id, file_name = %intent.file_name, landed,
+            "finished a commit interrupted by a crash"
+        );
+    }
+    // Versions forgotten just before a crash deleted their files.
+    let recorded: std::collections::HashSet<String> =
+        db.versions().map_err(io::Error::other)?.into_iter().map(|v| v.path_name).collect();
+    for (id, path) in storage.version_files() {
+        if !recorded.contains(&path) {
+            storage.remove_version(id, &path)?;
+        }
+    }
+    Ok(())
 }
 
 /// How often the janitor runs: often enough that what it forgets goes soon after its

@@ -75,6 +75,32 @@ const MIGRATIONS: &[&str] = &[
     // 3: the address a client registered from or last confirmed a file from (the server's
     // back-off after padding failures spares it).
     "ALTER TABLE clients ADD COLUMN UsualAddress TEXT;",
+    // 4: a commit in progress, written before the rename into place and deleted in the
+    // transaction that records the file, so that start-up can finish or undo it.
+    "CREATE TABLE commit_intents (
+        ID BLOB NOT NULL CHECK (length(ID) = 16),
+        StoredName TEXT NOT NULL,
+        FileName TEXT NOT NULL,
+        PathName TEXT NOT NULL,
+        Source TEXT NOT NULL,
+        Size INTEGER NOT NULL,
+        Cksum INTEGER NOT NULL,
+        PRIMARY KEY (ID, StoredName)
+    );",
+    // 5: earlier versions of replaced files, and what a commit keeps as one (or restores).
+    "CREATE TABLE versions (
+        ID BLOB NOT NULL CHECK (length(ID) = 16),
+        Name TEXT NOT NULL,
+        Version INTEGER NOT NULL,
+        FileName TEXT NOT NULL,
+        PathName TEXT NOT NULL UNIQUE,
+        Size INTEGER,
+        Cksum INTEGER,
+        StoredAt TEXT,
+        PRIMARY KEY (ID, Name, Version)
+    );
+    ALTER TABLE commit_intents ADD COLUMN Archive TEXT;
+    ALTER TABLE commit_intents ADD COLUMN Restores INTEGER;",
 ];
 
 /// A client as recorded.
@@ -108,6 +134,54 @@ pub struct FileRecord {
     /// Plaintext size, when known.
     pub size: Option<u64>,
     /// The cksum, when known.
+    pub cksum: Option<u32>,
+    /// When it was stored (UTC).
+    pub stored_at: Option<String>,
+}
+
+/// A commit under way: recorded before the upload is renamed into place, deleted in the
+/// same transaction that records the file. One found at start-up means the server died in
+/// between; [`crate::server::Server::open`] then looks at the bytes to decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitIntent {
+    /// The owner.
+    pub client_id: ClientId,
+    /// The name it is stored under (one commit per stored name at a time).
+    pub stored_name: String,
+    /// The name as the client sent it.
+    pub file_name: String,
+    /// Where it goes, relative to the storage directory.
+    pub path_name: String,
+    /// The file renamed into place (the upload's temporary file), relative to storage.
+    pub source: String,
+    /// Plaintext size of the source.
+    pub size: u64,
+    /// Its cksum.
+    pub cksum: u32,
+    /// Where the copy it replaces is linked as a version first (relative to storage).
+    pub archive: Option<String>,
+    /// The version it restores (`source` is that version's file), if any.
+    pub restores: Option<i64>,
+}
+
+/// An earlier version of a stored file, kept when a newer one replaced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    /// The owner.
+    pub client_id: ClientId,
+    /// The owner's name.
+    pub client_name: String,
+    /// The stored name it was a version of.
+    pub name: String,
+    /// 1 for the first version kept of this name, counting up.
+    pub version: i64,
+    /// The name the client sent it under.
+    pub file_name: String,
+    /// Where it is kept, relative to the storage directory.
+    pub path_name: String,
+    /// Plaintext size.
+    pub size: Option<u64>,
+    /// Its cksum.
     pub cksum: Option<u32>,
     /// When it was stored (UTC).
     pub stored_at: Option<String>,
@@ -355,22 +429,142 @@ impl Db {
     ) -> Result<(), DbError> {
         self.check_file()?;
         let tx = self.conn.unchecked_transaction()?;
-        exec_cached(
-            &tx,
-            "DELETE FROM files WHERE ID = ?1 AND PathName = ?2 AND FileName <> ?3 AND Verified = 1",
-            params![&id.0[..], path_name, file_name],
-        )?;
-        exec_cached(
-            &tx,
-            "INSERT INTO files (ID, FileName, PathName, Verified, Size, Cksum, StoredAt)
-             VALUES (?1, ?2, ?3, 1, ?4, ?5, datetime('now'))
-             ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName,
-               Verified = 1, Size = excluded.Size, Cksum = excluded.Cksum,
-               StoredAt = excluded.StoredAt",
-            params![&id.0[..], file_name, path_name, size as i64, cksum],
-        )?;
+        upsert_verified(&tx, id, file_name, path_name, size, cksum)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records that a commit is about to rename `intent.source` into place (before it
+    /// does, so that a crash in between is found at start-up).
+    pub fn begin_commit(&self, intent: &CommitIntent) -> Result<(), DbError> {
+        self.check_file()?;
+        exec_cached(
+            &self.conn,
+            "INSERT OR REPLACE INTO commit_intents
+               (ID, StoredName, FileName, PathName, Source, Size, Cksum, Archive, Restores)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                &intent.client_id.0[..],
+                intent.stored_name,
+                intent.file_name,
+                intent.path_name,
+                intent.source,
+                intent.size as i64,
+                intent.cksum,
+                intent.archive,
+                intent.restores
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The file of `intent` is in place: keeps the copy it replaced as a version (when
+    /// `intent.archive` is set), drops the version it restored, records it verified (and
+    /// `usual` as the client's usual address), forgets the intent, and forgets the oldest
+    /// versions beyond `keep`, all in one transaction. Returns the paths of the versions
+    /// forgotten, for the caller to delete.
+    pub fn finish_commit(
+        &self,
+        intent: &CommitIntent,
+        usual: Option<IpAddr>,
+        keep: usize,
+    ) -> Result<Vec<String>, DbError> {
+        self.check_file()?;
+        let tx = self.conn.unchecked_transaction()?;
+        let (id, name) = (intent.client_id, intent.stored_name.as_str());
+        if let Some(archive) = &intent.archive {
+            exec_cached(
+                &tx,
+                "INSERT INTO versions
+                   (ID, Name, Version, FileName, PathName, Size, Cksum, StoredAt)
+                 SELECT ID, ?2, (SELECT COALESCE(max(Version), 0) + 1 FROM versions
+                                 WHERE ID = ?1 AND Name = ?2),
+                        FileName, ?4, Size, Cksum, StoredAt
+                 FROM files WHERE ID = ?1 AND PathName = ?3 AND Verified = 1 LIMIT 1",
+                params![&id.0[..], name, intent.path_name, archive],
+            )?;
+        }
+        if let Some(version) = intent.restores {
+            exec_cached(
+                &tx,
+                "DELETE FROM versions WHERE ID = ?1 AND Name = ?2 AND Version = ?3",
+                params![&id.0[..], name, version],
+            )?;
+        }
+        upsert_verified(&tx, id, &intent.file_name, &intent.path_name, intent.size, intent.cksum)?;
+        if let Some(ip) = usual {
+            exec_cached(
+                &tx,
+                "UPDATE clients SET UsualAddress = ?2 WHERE ID = ?1",
+                params![&id.0[..], ip.to_string()],
+            )?;
+        }
+        delete_intent(&tx, id, name)?;
+        let pruned = prune_versions(&tx, id, name, keep)?;
+        tx.commit()?;
+        Ok(pruned)
+    }
+
+    /// Whether a verified row describes the file at `path_name`.
+    pub fn has_verified_at(&self, id: ClientId, path_name: &str) -> Result<bool, DbError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM files WHERE ID = ?1 AND PathName = ?2 AND Verified = 1",
+            )?
+            .query_row(params![&id.0[..], path_name], |r| r.get(0))?;
+        Ok(n > 0)
+    }
+
+    /// Every kept version, by client name, name and version.
+    pub fn versions(&self) -> Result<Vec<VersionRecord>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT v.ID, c.Name, v.Name, v.Version, v.FileName, v.PathName, v.Size, v.Cksum,
+                    v.StoredAt
+             FROM versions v JOIN clients c ON c.ID = v.ID ORDER BY c.Name, v.Name, v.Version",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(VersionRecord {
+                client_id: id_of(r.get(0)?),
+                client_name: r.get(1)?,
+                name: r.get(2)?,
+                version: r.get(3)?,
+                file_name: r.get(4)?,
+                path_name: r.get(5)?,
+                size: r.get::<_, Option<i64>>(6)?.map(|s| s as u64),
+                cksum: r.get(7)?,
+                stored_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets `intent`: its file never went into place (or start-up found it did not).
+    pub fn abandon_commit(&self, intent: &CommitIntent) -> Result<(), DbError> {
+        self.check_file()?;
+        delete_intent(&self.conn, intent.client_id, &intent.stored_name)
+    }
+
+    /// The commits a crash interrupted.
+    pub fn commit_intents(&self) -> Result<Vec<CommitIntent>, DbError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT ID, StoredName, FileName, PathName, Source, Size, Cksum, Archive, Restores
+             FROM commit_intents",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(CommitIntent {
+                client_id: id_of(r.get(0)?),
+                stored_name: r.get(1)?,
+                file_name: r.get(2)?,
+                path_name: r.get(3)?,
+                source: r.get(4)?,
+                size: r.get::<_, i64>(5)? as u64,
+                cksum: r.get(6)?,
+                archive: r.get(7)?,
+                restores: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Records that a client gave up on a file (1031), unless a verified copy exists: that
@@ -421,6 +615,64 @@ fn exec_cached(
     params: impl rusqlite::Params,
 ) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute(params)
+}
+
+/// The verified row of a file just put in place. Different names can store at one path
+/// (`C:\a\f.txt` and `f.txt` both store as `f.txt`): a verified record of another name at
+/// this path described the file just replaced, so it goes.
+fn upsert_verified(
+    conn: &Connection,
+    id: ClientId,
+    file_name: &str,
+    path_name: &str,
+    size: u64,
+    cksum: u32,
+) -> rusqlite::Result<()> {
+    exec_cached(
+        conn,
+        "DELETE FROM files WHERE ID = ?1 AND PathName = ?2 AND FileName <> ?3 AND Verified = 1",
+        params![&id.0[..], path_name, file_name],
+    )?;
+    exec_cached(
+        conn,
+        "INSERT INTO files (ID, FileName, PathName, Verified, Size, Cksum, StoredAt)
+         VALUES (?1, ?2, ?3, 1, ?4, ?5, datetime('now'))
+         ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName,
+           Verified = 1, Size = excluded.Size, Cksum = excluded.Cksum,
+           StoredAt = excluded.StoredAt",
+        params![&id.0[..], file_name, path_name, size as i64, cksum],
+    )?;
+    Ok(())
+}
+
+/// Forgets the versions of `name` beyond the newest `keep`; returns their paths.
+fn prune_versions(
+    conn: &Connection,
+    id: ClientId,
+    name: &str,
+    keep: usize,
+) -> Result<Vec<String>, DbError> {
+    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+    let paths: Vec<String> = conn
+        .prepare_cached(
+            "SELECT PathName FROM versions WHERE ID = ?1 AND Name = ?2
+             ORDER BY Version DESC LIMIT -1 OFFSET ?3",
+        )?
+        .query_map(params![&id.0[..], name, keep], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for path in &paths {
+        exec_cached(conn, "DELETE FROM versions WHERE PathName = ?1", [path])?;
+    }
+    Ok(paths)
+}
+
+fn delete_intent(conn: &Connection, id: ClientId, stored_name: &str) -> Result<(), DbError> {
+    exec_cached(
+        conn,
+        "DELETE FROM commit_intents WHERE ID = ?1 AND StoredName = ?2",
+        params![&id.0[..], stored_name],
+    )?;
+    Ok(())
 }
 
 fn id_of(bytes: Vec<u8>) -> ClientId {
@@ -494,6 +746,44 @@ mod tests {
         let names: Vec<_> = files.iter().map(|f| (&f.file_name[..], f.verified)).collect();
         assert_eq!(names, [("/tmp/f.txt", false), (replacing, true)]);
         assert_eq!(files[1].size, Some(9));
+    }
+
+    #[test]
+    fn a_finished_commit_records_the_file_and_forgets_its_intent_in_one_step() {
+        let db = Db::open_in_memory().unwrap();
+        let id = ClientId([1; 16]);
+        db.insert_client(id, "a").unwrap();
+        let intent = CommitIntent {
+            client_id: id,
+            stored_name: "f".into(),
+            file_name: "f".into(),
+            path_name: "x/f".into(),
+            source: "x/.securexfer-part-1".into(),
+            size: 3,
+            cksum: 7,
+            archive: None,
+            restores: None,
+        };
+        db.begin_commit(&intent).unwrap();
+        assert_eq!(db.commit_intents().unwrap(), std::slice::from_ref(&intent));
+        db.finish_commit(&intent, Some("192.0.2.1".parse().unwrap()), 1).unwrap();
+        assert!(db.commit_intents().unwrap().is_empty());
+        let files = db.files().unwrap();
+        assert_eq!((files[0].verified, files[0].size, files[0].cksum), (true, Some(3), Some(7)));
+        db.begin_commit(&CommitIntent { size: 9, ..intent.clone() }).unwrap();
+        db.abandon_commit(&intent).unwrap();
+        assert!(db.commit_intents().unwrap().is_empty());
+        assert_eq!(db.files().unwrap()[0].size, Some(3), "an abandoned commit changes no row");
+        // Three replacements keeping two versions: the newest two of the copies replaced.
+        for (n, size) in [(1u8, 4), (2, 5), (3, 6)] {
+            let archive = Some(format!(".versions/x/{n}"));
+            let next = CommitIntent { size, archive, ..intent.clone() };
+            let pruned = db.finish_commit(&next, None, 2).unwrap();
+            assert_eq!(pruned, if n == 3 { vec![".versions/x/1".to_owned()] } else { vec![] });
+        }
+        let kept: Vec<_> = db.versions().unwrap().iter().map(|v| (v.version, v.size)).collect();
+        assert_eq!(kept, [(2, Some(4)), (3, Some(5))]);
+        assert_eq!(db.files().unwrap()[0].size, Some(6));
     }
 
     #[test]

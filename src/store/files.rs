@@ -3,13 +3,18 @@
 
 use crate::protocol::ClientId;
 use crate::protocol::TEMP_PREFIX;
-use crate::sys::{available_bytes, link_at, open_at, rename_at};
+use crate::sys::{available_bytes, link_at, lock_exclusive, open_at, rename_at, unlink_at};
 use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;
+
+/// The directory under the storage root where earlier versions are kept, as
+/// `.versions/<client id hex>/<random hex>`: client directories are named by 32 hex digits,
+/// so it never clashes with one, and nothing a client sends is ever stored in it.
+pub const VERSIONS_DIR: &str = ".versions";
 
 /// The storage directory.
 #[derive(Debug, Clone)]
@@ -88,7 +93,7 @@ impl ClientDir {
         loop {
             let aside = temp_name();
             let c = c_name(&aside)?;
-            match link_at(&self.file, &target, &c) {
+            match link_at(&self.file, &target, &self.file, &c) {
                 Ok(()) => return Ok(aside),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -99,7 +104,23 @@ impl ClientDir {
     /// Renames `from` to `to`, both here, replacing `to` atomically.
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         let (from, to) = (c_name(from)?, c_name(to)?);
-        rename_at(&self.file, &from, &to)
+        rename_at(&self.file, &from, &self.file, &to)
+    }
+}
+
+/// Links (never follows) `from_name` in `from` as `to_name` in `to`; false if there is
+/// no `from_name`.
+fn link_between(
+    from: &ClientDir,
+    from_name: &str,
+    to: &ClientDir,
+    to_name: &str,
+) -> io::Result<bool> {
+    let (a, b) = (c_name(from_name)?, c_name(to_name)?);
+    match link_at(&from.file, &a, &to.file, &b) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -148,6 +169,40 @@ impl Storage {
         format!("{}/{}", id.to_hex(), name)
     }
 
+    /// `path` (inside storage) relative to the storage directory, as records keep it.
+    pub fn relative_of(&self, path: &Path) -> Option<String> {
+        path.strip_prefix(&self.root).ok()?.to_str().map(str::to_owned)
+    }
+
+    /// The plaintext size and cksum of the stored file at `relative` (`<id hex>/<name>`),
+    /// or `None` when there is no regular file there. Read through the client's directory
+    /// without following a symbolic link, as everything else here.
+    pub fn digest(&self, relative: &str) -> io::Result<Option<(u64, u32)>> {
+        let Some((dir, name)) = relative.split_once('/') else { return Ok(None) };
+        let dir = match ClientDir::open(&self.root.join(dir)) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut file = match dir.open_file(name) {
+            Ok(file) if file.metadata()?.is_file() => file,
+            Ok(_) => return Ok(None),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ELOOP)) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut cksum = crate::crypto::Cksum::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match io::Read::read(&mut file, &mut buf)? {
+                0 => break,
+                n => cksum.update(&buf[..n]),
+            }
+        }
+        Ok(Some((cksum.len(), cksum.finish())))
+    }
+
     /// A new temporary file in the client's directory (created if needed). It deletes
     /// itself when dropped unless [`Storage::commit`] moves it into place.
     ///
@@ -167,6 +222,84 @@ impl Storage {
         Ok(NamedTempFile::from_parts(file, tempfile::TempPath::try_from_path(dir.join(name))?))
     }
 
+    /// A fresh path for a version of one of `id`'s files, relative to storage.
+    pub fn new_version_path(id: ClientId) -> String {
+        let hex = &temp_name()[TEMP_PREFIX.len()..];
+        format!("{VERSIONS_DIR}/{}/{hex}", id.to_hex())
+    }
+
+    /// The versions directory of `id` (created if needed), and the file name in it that
+    /// `relative` (from [`Storage::new_version_path`]) names.
+    fn version_dir<'a>(&self, id: ClientId, relative: &'a str) -> io::Result<(ClientDir, &'a str)> {
+        let prefix = format!("{VERSIONS_DIR}/{}/", id.to_hex());
+        let name = relative
+            .strip_prefix(&prefix)
+            .filter(|n| !n.is_empty() && !n.contains('/'))
+            .ok_or_else(|| io::Error::other(format!("{relative} is not a version of {id}")))?;
+        let dir = self.root.join(VERSIONS_DIR).join(id.to_hex());
+        fs::create_dir_all(&dir)?;
+        Ok((ClientDir::open(&dir)?, name))
+    }
+
+    /// Links the stored file `name` of `id` as the version at `archive`; false if there
+    /// is no such file.
+    pub fn keep_version(&self, id: ClientId, name: &str, archive: &str) -> io::Result<bool> {
+        let dir = ClientDir::open(&self.root.join(id.to_hex()))?;
+        let (versions, file) = self.version_dir(id, archive)?;
+        let linked = link_between(&dir, name, &versions, file)?;
+        versions.file.sync_all()?;
+        Ok(linked)
+    }
+
+    /// Moves the version at `version` back to the stored name `name` of `id`, replacing
+    /// the file there (keep it with [`Storage::keep_version`] first).
+    pub fn restore_version(&self, id: ClientId, name: &str, version: &str) -> io::Result<()> {
+        let dir_path = self.root.join(id.to_hex());
+        fs::create_dir_all(&dir_path)?;
+        let dir = ClientDir::open(&dir_path)?;
+        let (versions, file) = self.version_dir(id, version)?;
+        let (from, to) = (c_name(file)?, c_name(name)?);
+        rename_at(&versions.file, &from, &dir.file, &to)?;
+        dir.file.sync_all()?;
+        versions.file.sync_all()
+    }
+
+    /// Deletes the version file at `relative`, if it is there.
+    pub fn remove_version(&self, id: ClientId, relative: &str) -> io::Result<()> {
+        let (versions, file) = self.version_dir(id, relative)?;
+        let c = c_name(file)?;
+        match unlink_at(&versions.file, &c) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every file under the versions directory, relative to storage, with its client.
+    pub fn version_files(&self) -> Vec<(ClientId, String)> {
+        let mut found = Vec::new();
+        let Ok(dirs) = fs::read_dir(self.root.join(VERSIONS_DIR)) else { return found };
+        for dir in dirs.flatten() {
+            let hex = dir.file_name().to_string_lossy().into_owned();
+            let Some(id) = ClientId::parse(&hex).filter(|id| id.to_hex() == hex) else { continue };
+            if !dir.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            for entry in fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                found.push((id, format!("{VERSIONS_DIR}/{hex}/{name}")));
+            }
+        }
+        found
+    }
+
+    /// Takes the storage directory for this process alone (`flock`): the server holds it
+    /// while it runs, and `db restore` refuses to run beside it.
+    pub fn lock_exclusive(&self) -> io::Result<fs::File> {
+        let dir = fs::File::open(&self.root)?;
+        lock_exclusive(&dir)?;
+        Ok(dir)
+    }
+
     /// Makes a finished upload durable and moves it to its final name, replacing an
     /// earlier copy atomically.
     ///
@@ -183,6 +316,7 @@ impl Storage {
         upload: tempfile::TempPath,
         id: ClientId,
         name: &str,
+        archive: Option<&str>,
     ) -> io::Result<Committed> {
         let relative = Self::relative_path(id, name);
         let dir_path = self.root.join(id.to_hex());
@@ -194,6 +328,14 @@ impl Storage {
             .ok_or_else(|| io::Error::other("the upload is not in the client's directory"))?
             .to_owned();
         dir.open_file(&temp_name)?.sync_all()?;
+        if let Some(archive) = archive {
+            // Kept as a version: the rename below leaves its bytes there.
+            self.keep_version(id, name, archive)?;
+            dir.rename(&temp_name, name)?;
+            let _ = upload.keep();
+            dir.file.sync_all()?;
+            return Ok(Committed { relative, replaced: None });
+        }
         // No earlier copy (NotFound), or a file system without hard links: then the rename
         // below deletes the earlier copy itself, as it always may.
         let replaced = dir
@@ -225,6 +367,7 @@ impl Storage {
                     found.odd(path, "a symbolic link: uploads for it are refused")
                 }
                 Ok(t) if t.is_dir() && is_id => self.clean_client_dir(&path, &mut found),
+                Ok(t) if t.is_dir() && name == VERSIONS_DIR => {}
                 Ok(t) if t.is_dir() => found.odd(path, "a directory not named like a client id"),
                 Ok(_) => found.odd(path, "not a directory"),
                 Err(e) => found.odd(path, &format!("cannot be examined: {e}")),
@@ -294,7 +437,7 @@ mod tests {
         for content in [&b"one"[..], b"two"] {
             let mut tmp = storage.begin_upload(id).unwrap();
             tmp.write_all(content).unwrap();
-            let committed = storage.commit(tmp.into_temp_path(), id, "f.txt").unwrap();
+            let committed = storage.commit(tmp.into_temp_path(), id, "f.txt", None).unwrap();
             let aside = committed.replaced.as_ref().map(|p| p.to_path_buf());
             match &aside {
                 // The first copy replaces nothing; the second keeps the first aside until
@@ -325,7 +468,7 @@ mod tests {
         tmp.write_all(b"upload").unwrap();
         let link = storage.root().join(id.to_hex()).join("f.txt");
         std::os::unix::fs::symlink(&victim, &link).unwrap();
-        drop(storage.commit(tmp.into_temp_path(), id, "f.txt").unwrap());
+        drop(storage.commit(tmp.into_temp_path(), id, "f.txt", None).unwrap());
         assert_eq!(fs::read(&victim).unwrap(), b"untouched");
         assert!(!fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
         assert_eq!(fs::read(&link).unwrap(), b"upload");

@@ -3,5 +3,5 @@
 pub mod db;
 pub mod files;
 
-pub use db::{ClientRecord, Db, DbError, FileRecord};
-pub use files::Storage;
+pub use db::{ClientRecord, CommitIntent, Db, DbError, FileRecord, VersionRecord};
+pub use files::{Storage, VERSIONS_DIR};
