@@ -38,6 +38,8 @@ pub const MAX_SENDS: u32 = 4;
 /// How long a server that closes after every reply gets to answer or close after a 1030
 /// before the resend goes on the same connection.
 const RESEND_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a redone key exchange's connection is watched for the server closing it.
+const REKEY_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 /// The confirmation step's name in events and errors.
 const CONFIRM_STEP: &str = "confirming the checksum (1029)";
 
@@ -576,12 +578,16 @@ impl Client {
         attempt: u32,
     ) -> Result<SendOutcome, Failure> {
         for fresh in [false, true] {
-            let reused = self.wire()?.sent > 0;
+            let (reused, answered) = self.wire().map(|w| (w.sent > 0, w.answered > 0))?;
             match self.upload_once(session, upload, attempt) {
                 Err(Retry::Closed(_)) if reused && !fresh && self.take_free_resend() => {
+                    self.note_closed(answered);
                     self.drop_closed_wire();
                 }
-                Err(Retry::Closed(reason)) => return Err(Failure::Connection(reason)),
+                Err(Retry::Closed(reason)) => {
+                    self.note_closed(answered);
+                    return Err(Failure::Connection(reason));
+                }
                 Err(Retry::Failed(failure)) => return Err(failure),
                 Ok(outcome) => return Ok(outcome),
             }
@@ -742,16 +748,16 @@ impl Client {
     fn wire(&mut self) -> Result<&mut Wire, Failure> {
         if let Some(wire) = self.wire.as_ref() {
             let closed = wire.peer_closed();
-            if wire.answered > 0 {
-                self.closes_after_reply = if closed { self.closes_after_reply + 1 } else { 0 };
-                if self.closes_after_reply >= 2 && !self.one_per_request {
-                    tracing::debug!(
-                        "the server closes after every reply: a connection per request"
-                    );
-                    self.one_per_request = true;
-                }
+            let (answered, twice) = (wire.answered > 0, wire.answered >= 2);
+            let spent = wire.sent > 0 && !wire.takes_another;
+            if twice {
+                // Two answers on one connection: this server does not close after each.
+                self.closes_after_reply = 0;
             }
-            if closed || (self.one_per_request && wire.sent > 0 && !wire.takes_another) {
+            if closed {
+                self.note_closed(answered);
+            }
+            if closed || (self.one_per_request && spent) {
                 self.wire = None;
             }
         }
@@ -785,6 +791,15 @@ impl Client {
         let Some(identity) = self.rekey.clone() else { return Ok(wire) };
         if let Some(key) = redo_key_exchange(&mut wire, &identity)? {
             self.key = Some(key);
+            // A server that closes after its 2105 is one that closes after every reply:
+            // the request then needs a connection of its own. (Key exchanges are redone
+            // only after a failure, so this look costs nothing on a healthy run.)
+            if !self.one_per_request && wire.answers_or_closes_within(REKEY_SETTLE) {
+                self.note_closed(true);
+                return Wire::connect(&self.server, self.timeouts).map_err(|e| {
+                    Failure::Connection(format!("cannot connect to {}: {e}", self.server))
+                });
+            }
             return Ok(wire);
         }
         let (Some(saved), Some(identity)) = (self.reversed_from.take(), self.rekey.as_mut()) else {
@@ -831,6 +846,20 @@ impl Client {
         std::mem::take(&mut self.free_resend)
     }
 
+    /// A connection was found closed by the server; `answered` says whether it had
+    /// answered a request first. Two such closes make every later request go on a new
+    /// connection (see the `one_per_request` field).
+    fn note_closed(&mut self, answered: bool) {
+        if !answered {
+            return;
+        }
+        self.closes_after_reply += 1;
+        if self.closes_after_reply >= 2 && !self.one_per_request {
+            tracing::debug!("the server closes after every reply: a connection per request");
+            self.one_per_request = true;
+        }
+    }
+
     fn drop_closed_wire(&mut self) {
         self.wire = None;
         self.lost = true;
@@ -843,7 +872,7 @@ impl Client {
         let bytes = encode_request(id, request);
         for fresh in [false, true] {
             let wire = self.wire()?;
-            let reused = wire.sent > 0;
+            let (reused, answered) = (wire.sent > 0, wire.answered > 0);
             let result = match wire.send(&bytes) {
                 Ok(()) => wire.recv(),
                 Err(e) if is_timeout(&e) => Err(wire_silent(&self.server, self.timeouts)),
@@ -856,9 +885,13 @@ impl Client {
                 Err(RecvError::Closed) | Err(RecvError::Io(_))
                     if reused && !fresh && self.take_free_resend() =>
                 {
+                    self.note_closed(answered);
                     self.drop_closed_wire();
                 }
                 Err(e) => {
+                    if matches!(e, RecvError::Closed) {
+                        self.note_closed(answered);
+                    }
                     self.wire = None;
                     return Err(Failure::Connection(e.to_string()));
                 }
