@@ -4,6 +4,7 @@
 
 mod cli;
 mod cmd;
+mod generate;
 
 use clap::Parser;
 use std::process::ExitCode;

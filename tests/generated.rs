@@ -1,8 +1,24 @@
-//! The committed completions and man pages must be what the current CLI generates.
+//! The committed completions and man pages must be what the current CLI generates, the
+//! `completions` and `man` subcommands must print the same, and the bash script must complete
+//! what a user types.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_securexfer");
+
+/// Whether `tool` runs here. Absent, the test says SKIPPED, except in CI (`CI=true`), where
+/// a missing tool fails it.
+fn have_tool(tool: &str, version_flag: &str) -> bool {
+    if Command::new(tool).arg(version_flag).output().is_ok_and(|o| o.status.success()) {
+        return true;
+    }
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "`{tool}` is required in CI");
+    eprintln!("SKIPPED: `{tool}` is not installed");
+    false
+}
 
 fn names(dir: &Path) -> BTreeSet<String> {
     fs::read_dir(dir)
@@ -53,7 +69,99 @@ fn every_shell_and_subcommand_is_covered() {
         "securexfer-send.1",
         "securexfer-db.1",
         "securexfer-db-inspect.1",
+        "securexfer-completions.1",
+        "securexfer-man.1",
     ] {
         assert!(man.contains(f), "missing man/{f}");
     }
+}
+
+#[test]
+fn the_completions_subcommand_prints_the_committed_scripts() {
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("completions");
+    for (shell, file) in [
+        ("bash", "securexfer.bash"),
+        ("zsh", "_securexfer"),
+        ("fish", "securexfer.fish"),
+        ("powershell", "_securexfer.ps1"),
+        ("elvish", "securexfer.elv"),
+    ] {
+        let out = Command::new(BIN).args(["completions", shell]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "completions {shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let want = fs::read(committed.join(file)).unwrap();
+        assert!(
+            out.stdout == want,
+            "`securexfer completions {shell}` differs from completions/{file}"
+        );
+    }
+}
+
+#[test]
+fn the_man_subcommand_writes_the_committed_pages() {
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).args(["man", "pages"]).current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success(), "man: {}", String::from_utf8_lossy(&out.stderr));
+    let written = dir.path().join("pages");
+    assert_eq!(names(&written), names(&committed), "`securexfer man DIR` wrote other pages");
+    for name in names(&committed) {
+        let same =
+            fs::read(written.join(&name)).unwrap() == fs::read(committed.join(&name)).unwrap();
+        assert!(same, "`securexfer man` wrote a {name} that differs from man/{name}");
+    }
+    // Without DIR, the pages go to the working directory.
+    let out = Command::new(BIN).arg("man").current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success());
+    assert!(dir.path().join("securexfer-send.1").is_file(), "man without DIR");
+}
+
+/// What the committed bash script offers for `words` (the last being completed) in `dir`,
+/// called as bash-completion calls it: COMP_WORDS, COMP_CWORD, and the function's arguments
+/// (command, current word, previous word); the answer is COMPREPLY.
+fn bash_complete(dir: &Path, words: &[&str]) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("completions/securexfer.bash");
+    let program = r#"source "$1"; shift
+        COMP_WORDS=("$@"); COMP_CWORD=$(( $# - 1 ))
+        _securexfer "$1" "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}" 2>/dev/null
+        printf '%s\n' "${COMPREPLY[@]}""#;
+    let out = Command::new("bash")
+        .args(["-c", program, "bash"])
+        .arg(&script)
+        .args(words)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bash: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn bash_completes_file_names_for_send_and_path_flags() {
+    if !have_tool("bash", "--version") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["report-2026.pdf", "photos.tar", "me.info"] {
+        fs::write(dir.path().join(f), b"x").unwrap();
+    }
+    fs::create_dir(dir.path().join("pages")).unwrap();
+    let d = dir.path();
+    assert_eq!(bash_complete(d, &["securexfer", "send", "rep"]), ["report-2026.pdf"]);
+    assert_eq!(bash_complete(d, &["securexfer", "send", "report-2026.pdf", "ph"]), ["photos.tar"]);
+    assert_eq!(bash_complete(d, &["securexfer", "send", "--identity", "m"]), ["me.info"]);
+    assert_eq!(bash_complete(d, &["securexfer", "send", "--js"]), ["--json"]);
+    assert_eq!(bash_complete(d, &["securexfer", "serve", "--db", "m"]), ["me.info"]);
+    // Directory flags leave the names to bash (`compopt -o plusdirs`), outside COMPREPLY.
+    assert!(bash_complete(d, &["securexfer", "serve", "--storage", "m"]).is_empty());
+    assert_eq!(bash_complete(d, &["securexfer", "man", "p"]), ["pages"]);
+    assert_eq!(bash_complete(d, &["securexfer", "completions", "ba"]), ["bash"]);
 }
