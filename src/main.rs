@@ -6,11 +6,11 @@ mod cli;
 mod cmd;
 mod generate;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = parse();
     match cmd::run(cli) {
         Ok(code) => code,
         Err(error) => {
@@ -22,6 +22,22 @@ fn main() -> ExitCode {
             ExitCode::from(cmd::exit_code(&error))
         }
     }
+}
+
+/// Parses the command line. `--version` names the commit built (from build.rs) and the
+/// protocol spoken too; the man pages keep the plain version, so they do not change with
+/// every commit.
+fn parse() -> cli::Cli {
+    let version = format!(
+        "{} (commit {}, protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("SECUREXFER_GIT_COMMIT"),
+        securexfer::protocol::VERSION
+    );
+    // clap wants a 'static version; this runs once.
+    let version: &'static str = Box::leak(version.into_boxed_str());
+    let matches = cli::Cli::command().version(version).get_matches();
+    cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 fn is_broken_pipe(error: &anyhow::Error) -> bool {

@@ -165,3 +165,24 @@ fn bash_completes_file_names_for_send_and_path_flags() {
     assert_eq!(bash_complete(d, &["securexfer", "man", "p"]), ["pages"]);
     assert_eq!(bash_complete(d, &["securexfer", "completions", "ba"]), ["bash"]);
 }
+
+#[test]
+fn version_names_the_commit_built_and_the_protocol() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with(&format!("securexfer {} (", env!("CARGO_PKG_VERSION"))), "{text}");
+    assert!(text.contains("protocol 3"), "{text}");
+    let head = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_owned());
+    let commit = head.unwrap_or_else(|| "unknown".to_owned());
+    assert!(text.contains(&format!("commit {commit},")), "{text} (HEAD is {commit})");
+    // A subcommand's --version says the same.
+    let out = Command::new(BIN).args(["send", "--version"]).output().unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains(&format!("commit {commit},")));
+}
