@@ -9,6 +9,11 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_securexfer");
 
+/// The clap definition itself, to know which command has which variable.
+#[allow(dead_code)]
+#[path = "../src/cli.rs"]
+mod cli;
+
 /// Whether `tool` runs here. Absent, the test says SKIPPED, except in CI (`CI=true`), where
 /// a missing tool fails it.
 fn have_tool(tool: &str, version_flag: &str) -> bool {
@@ -185,4 +190,86 @@ fn version_names_the_commit_built_and_the_protocol() {
     // A subcommand's --version says the same.
     let out = Command::new(BIN).args(["send", "--version"]).output().unwrap();
     assert!(String::from_utf8(out.stdout).unwrap().contains(&format!("commit {commit},")));
+}
+
+/// The body of section `name` of a roff page (up to the next `.SH`), if the page has it.
+fn section<'a>(page: &'a str, name: &str) -> Option<&'a str> {
+    let head =
+        if name.contains(' ') { format!(".SH \"{name}\"\n") } else { format!(".SH {name}\n") };
+    let start = page.find(&head)? + head.len();
+    let end = page[start..].find("\n.SH ").map_or(page.len(), |i| start + i + 1);
+    Some(&page[start..end])
+}
+
+fn man_page(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("man").join(format!("{name}.1"));
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_man_page_has_the_operator_sections_and_names_only_existing_pages() {
+    let man = Path::new(env!("CARGO_MANIFEST_DIR")).join("man");
+    for file in names(&man) {
+        let page = man_page(file.strip_suffix(".1").unwrap());
+        for name in ["ENVIRONMENT", "FILES", "EXIT STATUS", "EXAMPLES", "SEE ALSO"] {
+            assert!(
+                section(&page, name).is_some_and(|s| !s.trim().is_empty()),
+                "{file}: no {name}"
+            );
+        }
+        let exit = section(&page, "EXIT STATUS").unwrap();
+        for code in [0, 1, 2, 3, 4, 5, 6, 7, 130] {
+            assert!(exit.contains(&format!(".TP\n\\fB{code}\\fR\n")), "{file}: exit status {code}");
+        }
+        let see_also = section(&page, "SEE ALSO").unwrap();
+        let entries: Vec<&str> = see_also.split(", ").map(str::trim).collect();
+        for entry in entries {
+            let name = entry
+                .strip_prefix("\\fB")
+                .and_then(|e| e.strip_suffix("\\fR(1)"))
+                .unwrap_or_else(|| panic!("{file}: SEE ALSO entry {entry:?} is not NAME(1)"))
+                .replace("\\-", "-");
+            assert!(man.join(format!("{name}.1")).is_file(), "{file}: SEE ALSO names {name}(1)");
+        }
+    }
+    let files = section(&man_page("securexfer"), "FILES").unwrap().replace("\\-", "-");
+    for f in
+        ["servers/HOST_PORT/me.info", "priv.key", "default-server", "./me.info", "transfer.info"]
+    {
+        assert!(files.contains(f), "securexfer.1 FILES lacks {f}");
+    }
+    for f in ["port.info", "(--db)", "(--storage)"] {
+        assert!(files.contains(f), "securexfer.1 FILES lacks {f}");
+    }
+}
+
+#[test]
+fn every_securexfer_variable_is_in_the_environment_of_its_page() {
+    use clap::CommandFactory;
+    fn check(cmd: &clap::Command, page: &str, seen: &mut BTreeSet<String>) {
+        let environment = section(&man_page(page), "ENVIRONMENT").unwrap_or_default().to_owned();
+        for arg in cmd.get_arguments() {
+            let Some(var) = arg.get_env() else { continue };
+            let var = var.to_str().unwrap();
+            let flag = format!("\\-\\-{}", arg.get_long().unwrap().replace('-', "\\-"));
+            let entry = format!("\\fB{var}\\fR\nSets \\fB{flag}\\fR.");
+            assert!(environment.contains(&entry), "{page}.1: ENVIRONMENT lacks {var} ({flag})");
+            seen.insert(var.to_owned());
+        }
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            check(sub, &format!("{page}-{}", sub.get_name()), seen);
+        }
+    }
+    let mut seen = BTreeSet::new();
+    check(&cli::Cli::command(), "securexfer", &mut seen);
+    // And every SECUREXFER_ name written in cli.rs is one of them.
+    let source = include_str!("../src/cli.rs");
+    for (i, _) in source.match_indices("SECUREXFER_") {
+        let name: String = source[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        assert!(seen.contains(&name), "{name} in src/cli.rs is on no man page's ENVIRONMENT");
+    }
+    assert!(seen.len() >= 18, "only {} variables found", seen.len());
 }
