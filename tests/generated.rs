@@ -1,6 +1,7 @@
-//! The committed completions and man pages must be what the current CLI generates, the
-//! `completions` and `man` subcommands must print the same, and the bash script must complete
-//! what a user types.
+//! What is shipped beside the binary: the committed completions and man pages must be what
+//! the current CLI generates, the `completions` and `man` subcommands must print the same, the
+//! bash script must complete what a user types, and the systemd unit must pass systemd's own
+//! checks.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -272,4 +273,83 @@ fn every_securexfer_variable_is_in_the_environment_of_its_page() {
         assert!(seen.contains(&name), "{name} in src/cli.rs is on no man page's ENVIRONMENT");
     }
     assert!(seen.len() >= 18, "only {} variables found", seen.len());
+}
+
+/// contrib/systemd/securexfer.service with ExecStart pointing at the binary under test
+/// (`systemd-analyze verify` checks that it exists), in a temporary directory with the man
+/// pages its Documentation= names under man/man1 (verify runs `man` on them too).
+fn unit_under_test() -> tempfile::TempDir {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = fs::read_to_string(root.join("contrib/systemd/securexfer.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/securexfer serve "), "ExecStart moved");
+    let dir = tempfile::tempdir().unwrap();
+    let unit = unit.replace("ExecStart=/usr/local/bin/securexfer", &format!("ExecStart={BIN}"));
+    fs::write(dir.path().join("securexfer.service"), unit).unwrap();
+    let man1 = dir.path().join("man/man1");
+    fs::create_dir_all(&man1).unwrap();
+    for name in names(&root.join("man")) {
+        fs::copy(root.join("man").join(&name), man1.join(&name)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    if !have_tool("systemd-analyze", "--version") {
+        return;
+    }
+    let dir = unit_under_test();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "securexfer.service"])
+        .env("MANPATH", dir.path().join("man"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // An unknown or invalid setting is only a warning: any output is a failure.
+    assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
+}
+
+#[test]
+fn the_systemd_unit_is_hardened() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = fs::read_to_string(root.join("contrib/systemd/securexfer.service")).unwrap();
+    let lines: BTreeSet<&str> = unit.lines().map(str::trim).collect();
+    for setting in [
+        "DynamicUser=yes",
+        "StateDirectory=securexfer",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "CapabilityBoundingSet=",
+        "RestrictAddressFamilies=AF_INET AF_INET6",
+        "SystemCallFilter=@system-service",
+        "Restart=on-failure",
+        "KillSignal=SIGTERM",
+    ] {
+        assert!(lines.contains(setting), "the unit lacks {setting}");
+    }
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).unwrap();
+    for arg in ["--port 1357", "--storage /var/lib/securexfer/", "--db /var/lib/securexfer/"] {
+        assert!(exec.contains(arg), "ExecStart lacks {arg}");
+    }
+    let grace: u64 =
+        exec.split_once("--grace ").unwrap().1.split(' ').next().unwrap().parse().unwrap();
+    let stop: u64 =
+        unit.lines().find_map(|l| l.strip_prefix("TimeoutStopSec=")).unwrap().parse().unwrap();
+    assert!(stop > grace, "TimeoutStopSec={stop} must exceed --grace {grace}");
+    if !have_tool("systemd-analyze", "--version") {
+        return;
+    }
+    // systemd's own exposure score (0 to 10, shown as 1.6 when written): 2.0 at most.
+    let dir = unit_under_test();
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=20", "securexfer.service"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exposure above 2.0:\n{report}");
 }
