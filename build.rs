@@ -1,55 +1,73 @@
 //! Generates shell completions and man pages from the same clap definition the binary uses
-//! (`src/cli.rs`, which imports only std and clap).
+//! (`src/cli.rs`, which imports only std and clap), with the code the binary's `completions`
+//! and `man` subcommands use (`src/generate.rs`).
 //!
 //! They are written to `OUT_DIR`; `tests/generated.rs` fails when the committed copies in
 //! `completions/` and `man/` differ. `SECUREXFER_UPDATE_GENERATED=1 cargo build` refreshes the
 //! committed copies.
 
-use clap::CommandFactory;
-use clap_complete::Shell;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 #[allow(dead_code)]
 #[path = "src/cli.rs"]
 mod cli;
+#[path = "src/generate.rs"]
+mod generate;
 
 fn main() -> io::Result<()> {
     println!("cargo:rerun-if-changed=src/cli.rs");
+    println!("cargo:rerun-if-changed=src/generate.rs");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=SECUREXFER_UPDATE_GENERATED");
+    let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    println!("cargo:rustc-env=SECUREXFER_GIT_COMMIT={}", git_commit(&root));
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let completions = out.join("completions");
     let man = out.join("man");
     fs::create_dir_all(&completions)?;
     fs::create_dir_all(&man)?;
-    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish, Shell::PowerShell, Shell::Elvish] {
-        // clap_complete changes the command it is given: each shell gets a fresh one.
-        let mut cmd = cli::Cli::command();
-        clap_complete::generate_to(shell, &mut cmd, "securexfer", &completions)?;
+    for shell in generate::SHELLS {
+        fs::write(
+            completions.join(generate::completion_file_name(shell)),
+            generate::completion(shell),
+        )?;
     }
-    write_man_pages(cli::Cli::command(), "securexfer", &man)?;
+    generate::write_man_pages(&man)?;
     if std::env::var_os("SECUREXFER_UPDATE_GENERATED").is_some() {
-        let root = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
         copy_dir(&completions, &root.join("completions"))?;
         copy_dir(&man, &root.join("man"))?;
     }
     Ok(())
 }
 
-/// One page for the command and one for every subcommand, named `securexfer-serve.1` etc.
-fn write_man_pages(cmd: clap::Command, name: &str, dir: &Path) -> io::Result<()> {
-    // clap wants 'static names; a build script may leak a few bytes.
-    let static_name: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    let cmd = cmd.name(static_name).bin_name(name.replace('-', " "));
-    let mut page = Vec::new();
-    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
-    fs::write(dir.join(format!("{name}.1")), page)?;
-    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
-        write_man_pages(sub.clone(), &format!("{name}-{}", sub.get_name()), dir)?;
+/// The commit being built, for `--version`: `git rev-parse --short HEAD`, or "unknown"
+/// outside a git checkout (a crate tarball, an archive of the sources).
+fn git_commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        let out = Command::new("git").args(args).current_dir(root).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_owned())
+    };
+    let Some(commit) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown".to_owned();
+    };
+    // Build again when HEAD moves: HEAD itself changes on a checkout, the branch it names on
+    // a commit (a loose ref, or packed-refs once packed). In a worktree .git is a file, so
+    // git says where these are. Only existing files: cargo reruns always for missing ones.
+    let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])];
+    watched.push(git(&["rev-parse", "--git-path", "packed-refs"]));
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(git(&["rev-parse", "--git-path", &branch]));
     }
-    Ok(())
+    for path in watched.into_iter().flatten().map(|p| root.join(p)) {
+        if path.exists() {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
+    commit
 }
 
 fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {

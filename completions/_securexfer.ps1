@@ -29,6 +29,8 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('register', 'register', [CompletionResultType]::ParameterValue, 'Make a key pair, register a name with a server and save the identity')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send files to a server and verify them (registers first if there is no identity)')
             [CompletionResult]::new('db', 'db', [CompletionResultType]::ParameterValue, 'Read the server''s database')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for a shell on stdout')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write the man pages (one per command) into a directory')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -159,11 +161,27 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
         'securexfer;db;help;help' {
             break
         }
+        'securexfer;completions' {
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'securexfer;man' {
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'securexfer;help' {
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the storage server')
             [CompletionResult]::new('register', 'register', [CompletionResultType]::ParameterValue, 'Make a key pair, register a name with a server and save the identity')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send files to a server and verify them (registers first if there is no identity)')
             [CompletionResult]::new('db', 'db', [CompletionResultType]::ParameterValue, 'Read the server''s database')
+            [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for a shell on stdout')
+            [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write the man pages (one per command) into a directory')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -189,6 +207,12 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;help;db;restore' {
+            break
+        }
+        'securexfer;help;completions' {
+            break
+        }
+        'securexfer;help;man' {
             break
         }
         'securexfer;help;help' {

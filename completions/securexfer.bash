@@ -16,11 +16,17 @@ _securexfer() {
             ",$1")
                 cmd="securexfer"
                 ;;
+            securexfer,completions)
+                cmd="securexfer__subcmd__completions"
+                ;;
             securexfer,db)
                 cmd="securexfer__subcmd__db"
                 ;;
             securexfer,help)
                 cmd="securexfer__subcmd__help"
+                ;;
+            securexfer,man)
+                cmd="securexfer__subcmd__man"
                 ;;
             securexfer,register)
                 cmd="securexfer__subcmd__register"
@@ -55,11 +61,17 @@ _securexfer() {
             securexfer__subcmd__db__subcmd__help,verify)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__verify"
                 ;;
+            securexfer__subcmd__help,completions)
+                cmd="securexfer__subcmd__help__subcmd__completions"
+                ;;
             securexfer__subcmd__help,db)
                 cmd="securexfer__subcmd__help__subcmd__db"
                 ;;
             securexfer__subcmd__help,help)
                 cmd="securexfer__subcmd__help__subcmd__help"
+                ;;
+            securexfer__subcmd__help,man)
+                cmd="securexfer__subcmd__help__subcmd__man"
                 ;;
             securexfer__subcmd__help,register)
                 cmd="securexfer__subcmd__help__subcmd__register"
@@ -86,8 +98,22 @@ _securexfer() {
 
     case "${cmd}" in
         securexfer)
-            opts="-h -V --help --version serve register send db help"
+            opts="-h -V --help --version serve register send db completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__completions)
+            opts="-h -V --help --version bash zsh fish powershell elvish"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -191,11 +217,25 @@ _securexfer() {
             fi
             case "${prev}" in
                 --db)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
                     COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
                     return 0
                     ;;
                 --storage)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=()
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o plusdirs
+                    fi
                     return 0
                     ;;
                 --client)
@@ -266,8 +306,22 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help)
-            opts="serve register send db help"
+            opts="serve register send db completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -349,6 +403,20 @@ _securexfer() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        securexfer__subcmd__help__subcmd__man)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         securexfer__subcmd__help__subcmd__register)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -391,6 +459,26 @@ _securexfer() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        securexfer__subcmd__man)
+            opts="-h -V --help --version"
+            if [[ ${cur} == -* ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            local oldifs="$IFS"
+            IFS=$'\n'
+            COMPREPLY=( $(compgen -d -- "${cur}") )
+            IFS="$oldifs"
+            if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                compopt -o filenames 2>/dev/null
+            fi
+            return 0
+            ;;
         securexfer__subcmd__register)
             opts="-v -q -h -V --config --server --name --identity --connect-timeout --timeout --verbose --force --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -411,7 +499,18 @@ _securexfer() {
                     return 0
                     ;;
                 --identity)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
                     COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
                     return 0
                     ;;
                 --connect-timeout)
@@ -431,7 +530,7 @@ _securexfer() {
             ;;
         securexfer__subcmd__send)
             opts="-v -q -h -V --config --server --name --identity --connect-timeout --timeout --verbose --quiet --json --as --help --version"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+            if [[ ${cur} == -* ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -449,7 +548,18 @@ _securexfer() {
                     return 0
                     ;;
                 --identity)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
                     COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
                     return 0
                     ;;
                 --connect-timeout)
@@ -468,7 +578,13 @@ _securexfer() {
                     COMPREPLY=()
                     ;;
             esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            local oldifs="$IFS"
+            IFS=$'\n'
+            COMPREPLY=( $(compgen -f -- "${cur}") )
+            IFS="$oldifs"
+            if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                compopt -o filenames 2>/dev/null
+            fi
             return 0
             ;;
         securexfer__subcmd__serve)
@@ -491,11 +607,25 @@ _securexfer() {
                     return 0
                     ;;
                 --storage)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=()
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o plusdirs
+                    fi
                     return 0
                     ;;
                 --db)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
                     COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
                     return 0
                     ;;
                 --max-file-size)

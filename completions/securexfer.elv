@@ -26,6 +26,8 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand register 'Make a key pair, register a name with a server and save the identity'
             cand send 'Send files to a server and verify them (registers first if there is no identity)'
             cand db 'Read the server''s database'
+            cand completions 'Print the completion script for a shell on stdout'
+            cand man 'Write the man pages (one per command) into a directory'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;serve'= {
@@ -143,11 +145,25 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         }
         &'securexfer;db;help;help'= {
         }
+        &'securexfer;completions'= {
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'securexfer;man'= {
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'securexfer;help'= {
             cand serve 'Run the storage server'
             cand register 'Make a key pair, register a name with a server and save the identity'
             cand send 'Send files to a server and verify them (registers first if there is no identity)'
             cand db 'Read the server''s database'
+            cand completions 'Print the completion script for a shell on stdout'
+            cand man 'Write the man pages (one per command) into a directory'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;help;serve'= {
@@ -166,6 +182,10 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;help;db;verify'= {
         }
         &'securexfer;help;db;restore'= {
+        }
+        &'securexfer;help;completions'= {
+        }
+        &'securexfer;help;man'= {
         }
         &'securexfer;help;help'= {
         }

@@ -30,11 +30,13 @@ complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "serve" -d 'Ru
 complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "register" -d 'Make a key pair, register a name with a server and save the identity'
 complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "send" -d 'Send files to a server and verify them (registers first if there is no identity)'
 complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "db" -d 'Read the server\'s database'
+complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "completions" -d 'Print the completion script for a shell on stdout'
+complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "man" -d 'Write the man pages (one per command) into a directory'
 complete -c securexfer -n "__fish_securexfer_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l config -d 'Configuration file (default /etc/securexfer/serve.toml, if it exists): keys are the long flags (`max-file-size = "8G"`). Flags and SECUREXFER_* variables win over it' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l listen -d 'Address to listen on. The default accepts only this machine; use 0.0.0.0 (or ::) to accept remote clients' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l port -d 'Port to listen on (0 picks a free one, printed at start-up)' -r
-complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l storage -d 'Directory where received files are stored, one subdirectory per client id' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l storage -d 'Directory where received files are stored, one subdirectory per client id' -r -f -a "(__fish_complete_directories)"
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l db -d 'SQLite database of clients and files' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-file-size -d 'Largest file accepted (encrypted size; suffixes K, M, G). Larger uploads are refused before anything is read. The protocol\'s own limit is 4G minus 16 bytes' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-connections -d 'Most simultaneous connections. When full, the oldest idle connection that never made a key exchange is closed to make room; without one, newcomers wait' -r
@@ -84,7 +86,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify restore help" -f -a "restore" -d 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify restore help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l db -d 'The server\'s database' -r -F
-complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l storage -d 'Storage directory, to check that recorded files are present' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l storage -d 'Storage directory, to check that recorded files are present' -r -f -a "(__fish_complete_directories)"
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l client -d 'Show only this client (name or id)' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -l json -d 'Print JSON instead of tables'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from inspect" -s h -l help -d 'Print help'
@@ -104,11 +106,17 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_see
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "verify" -d 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "restore" -d 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "serve" -d 'Run the storage server'
-complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "register" -d 'Make a key pair, register a name with a server and save the identity'
-complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "send" -d 'Send files to a server and verify them (registers first if there is no identity)'
-complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "db" -d 'Read the server\'s database'
-complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c securexfer -n "__fish_securexfer_using_subcommand completions" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand man" -s h -l help -d 'Print help'
+complete -c securexfer -n "__fish_securexfer_using_subcommand man" -s V -l version -d 'Print version'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db completions man help" -f -a "serve" -d 'Run the storage server'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db completions man help" -f -a "register" -d 'Make a key pair, register a name with a server and save the identity'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db completions man help" -f -a "send" -d 'Send files to a server and verify them (registers first if there is no identity)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db completions man help" -f -a "db" -d 'Read the server\'s database'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db completions man help" -f -a "completions" -d 'Print the completion script for a shell on stdout'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db completions man help" -f -a "man" -d 'Write the man pages (one per command) into a directory'
+complete -c securexfer -n "__fish_securexfer_using_subcommand help; and not __fish_seen_subcommand_from serve register send db completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and __fish_seen_subcommand_from db" -f -a "inspect" -d 'Show clients and files, read-only (safe while the server runs)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and __fish_seen_subcommand_from db" -f -a "verify" -d 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
 complete -c securexfer -n "__fish_securexfer_using_subcommand help; and __fish_seen_subcommand_from db" -f -a "restore" -d 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'

@@ -1,7 +1,7 @@
 //! The command line, and nothing else: `build.rs` includes this file to generate shell
 //! completions and man pages, so it may use only `std` and `clap`.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueHint};
 use std::path::PathBuf;
 
 /// Exit codes, documented in `--help` and the README.
@@ -43,6 +43,10 @@ pub enum Command {
     /// Read the server's database.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Print the completion script for a shell on stdout.
+    Completions(CompletionsArgs),
+    /// Write the man pages (one per command) into a directory.
+    Man(ManArgs),
 }
 
 /// `securexfer serve`.
@@ -62,10 +66,22 @@ pub struct ServeArgs {
     #[arg(long, env = "SECUREXFER_PORT", value_name = "N")]
     pub port: Option<u16>,
     /// Directory where received files are stored, one subdirectory per client id.
-    #[arg(long, env = "SECUREXFER_STORAGE", default_value = "storage", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "SECUREXFER_STORAGE",
+        default_value = "storage",
+        value_name = "DIR",
+        value_hint = ValueHint::DirPath
+    )]
     pub storage: PathBuf,
     /// SQLite database of clients and files.
-    #[arg(long, env = "SECUREXFER_DB", default_value = "defensive.db", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "SECUREXFER_DB",
+        default_value = "defensive.db",
+        value_name = "PATH",
+        value_hint = ValueHint::FilePath
+    )]
     pub db: PathBuf,
     /// Largest file accepted (encrypted size; suffixes K, M, G). Larger uploads are refused
     /// before anything is read. The protocol's own limit is 4G minus 16 bytes.
@@ -179,7 +195,7 @@ pub struct ClientArgs {
     /// The identity file (me.info; priv.key is kept beside it). Default: me.info in the
     /// working directory if there is one (the existing client's), else this server's
     /// identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer).
-    #[arg(long, env = "SECUREXFER_IDENTITY", value_name = "PATH")]
+    #[arg(long, env = "SECUREXFER_IDENTITY", value_name = "PATH", value_hint = ValueHint::FilePath)]
     pub identity: Option<PathBuf>,
     /// Seconds to wait for a connection.
     #[arg(long, env = "SECUREXFER_CONNECT_TIMEOUT", default_value_t = 10, value_name = "SECS")]
@@ -213,7 +229,7 @@ pub struct RegisterArgs {
 directory (line 3 on), as the existing client does. Flags override that file.")]
 pub struct SendArgs {
     /// Files to send, in turn.
-    #[arg(value_name = "FILE")]
+    #[arg(value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub files: Vec<PathBuf>,
     /// Where to reach the server and who to be.
     #[command(flatten)]
@@ -283,10 +299,22 @@ pub struct RestoreArgs {
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The server's database.
-    #[arg(long, env = "SECUREXFER_DB", default_value = "defensive.db", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "SECUREXFER_DB",
+        default_value = "defensive.db",
+        value_name = "PATH",
+        value_hint = ValueHint::FilePath
+    )]
     pub db: PathBuf,
     /// Storage directory, to check that recorded files are present.
-    #[arg(long, env = "SECUREXFER_STORAGE", default_value = "storage", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "SECUREXFER_STORAGE",
+        default_value = "storage",
+        value_name = "DIR",
+        value_hint = ValueHint::DirPath
+    )]
     pub storage: PathBuf,
     /// Show only this client (name or id).
     #[arg(long, value_name = "NAME|ID")]
@@ -294,6 +322,39 @@ pub struct InspectArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `securexfer completions`.
+#[derive(Debug, Args)]
+#[command(after_help = "For example: securexfer completions bash > \
+/usr/share/bash-completion/completions/securexfer")]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: CompletionShell,
+}
+
+/// The shells `securexfer completions` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    /// Bash (with bash-completion).
+    Bash,
+    /// Zsh.
+    Zsh,
+    /// Fish.
+    Fish,
+    /// PowerShell.
+    Powershell,
+    /// Elvish.
+    Elvish,
+}
+
+/// `securexfer man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write securexfer.1 and the subcommands' pages into (created if needed).
+    #[arg(value_name = "DIR", default_value = ".", value_hint = ValueHint::DirPath)]
+    pub dir: PathBuf,
 }
 
 /// Parses sizes such as `1048576`, `512K`, `64M`, `4G` (binary units).

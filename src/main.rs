@@ -4,6 +4,7 @@
 
 mod cli;
 mod cmd;
+mod generate;
 
 use clap::{CommandFactory, FromArgMatches};
 use std::process::ExitCode;
@@ -23,9 +24,19 @@ fn main() -> ExitCode {
 }
 
 /// The command line, with the configuration file's settings where flags and variables
-/// left defaults (see `cmd::config`).
+/// left defaults (see `cmd::config`). `--version` names the commit built (from build.rs)
+/// and the protocol spoken too; the man pages keep the plain version, so they do not
+/// change with every commit.
 fn parse() -> anyhow::Result<cli::Cli> {
-    let command = cli::Cli::command();
+    let version = format!(
+        "{} (commit {}, protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("SECUREXFER_GIT_COMMIT"),
+        securexfer::protocol::VERSION
+    );
+    // clap wants a 'static version; this runs once.
+    let version: &'static str = Box::leak(version.into_boxed_str());
+    let command = cli::Cli::command().version(version);
     let argv = cmd::config::with_file_settings(&command, std::env::args_os().collect())?;
     let matches = command.get_matches_from(argv);
     Ok(cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))

@@ -53,6 +53,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("warn");
             db::restore(args)
         }
+        Command::Completions(args) => {
+            let script = crate::generate::completion(args.shell);
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &script)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man(args) => {
+            crate::generate::write_man_pages(&args.dir).map_err(|e| {
+                anyhow::Error::new(e)
+                    .context(format!("cannot write man pages to {}", args.dir.display()))
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
