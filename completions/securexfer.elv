@@ -40,6 +40,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --max-connections 'Most simultaneous connections. When full, the oldest idle connection that never made a key exchange is closed to make room; without one, newcomers wait'
             cand --max-connections-per-address 'Most connections one IP address may hold at once; more are closed at once. 0: no cap'
             cand --request-deadline 'Seconds a client gets for a whole request header and fixed-size payload, from its first byte (file content is not included); slower peers are disconnected'
+            cand --max-uploads 'Most uploads whose content is being read at once; a 1028 beyond gets 2107 before its content is read. Each must also average 64 KiB/s after an idle timeout''s grace'
             cand --idle-timeout 'Seconds a client may stay silent, between requests or in the middle of one'
             cand --session-window 'Seconds after a key exchange during which a client that opens one connection per request may send and confirm files from the same IP address'
             cand --grace 'Seconds transfers in flight may run on after SIGINT or SIGTERM'

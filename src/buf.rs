@@ -34,6 +34,11 @@ impl AlignedBuf {
         AlignedBuf { raw, start, capacity, len: 0 }
     }
 
+    /// How many bytes were ever made ready (zeroed or written): growing to that costs nothing.
+    pub(crate) fn initialized(&self) -> usize {
+        self.raw.len() - self.start
+    }
+
     /// Makes the buffer `len` bytes long; bytes not written since hold old contents (or
     /// zeros).
     ///

@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// first byte (file content is not included); slower peers are disconnected.
     #[arg(long, env = "SECUREXFER_REQUEST_DEADLINE", default_value_t = 30, value_name = "SECS")]
     pub request_deadline: u64,
+    /// Most uploads whose content is being read at once; a 1028 beyond gets 2107 before
+    /// its content is read. Each must also average 64 KiB/s after an idle timeout's grace.
+    #[arg(long, env = "SECUREXFER_MAX_UPLOADS", default_value_t = 256, value_name = "N")]
+    pub max_uploads: usize,
     /// Seconds a client may stay silent, between requests or in the middle of one.
     #[arg(long, env = "SECUREXFER_IDLE_TIMEOUT", default_value_t = 60, value_name = "SECS")]
     pub idle_timeout: u64,

@@ -1268,6 +1268,14 @@ fn normal_client_beside_tricklers(
                 std::thread::sleep(Duration::from_millis(500));
             }
         });
+        // Stops the trickler even when an assertion below fails (the scope joins it).
+        struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
         let quiet: Vec<TcpStream> = (0..silent)
             .map(|i| connect_from(&server, &format!("127.0.0.{}", 3 + i % 50)))
             .collect();
@@ -1308,6 +1316,127 @@ fn tricklers_and_silent_connections_leave_room_for_a_normal_client() {
 fn two_thousand_tricklers_and_three_thousand_silent_connections_leave_room_for_a_normal_client() {
     let fast = normal_client_beside_tricklers(&[], 2100, 3000, 20);
     assert!(fast >= 19, "only {fast} of 20 transfers completed within 2 s");
+}
+
+/// The server's resident memory, from /proc.
+fn server_rss(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// `parked` clients (four threads registering them) each announce a 4 GiB upload and send
+/// 32 bytes of it; then a normal client makes `tries` whole transfers. Returns the
+/// slowest transfer and the server's RSS during them.
+fn normal_client_beside_parked_uploads(parked: usize, tries: usize) -> (Duration, u64) {
+    raise_fd_limit();
+    let max_uploads = (parked + 10).to_string();
+    let flags = [
+        "--max-uploads",
+        &max_uploads,
+        "--max-connections-per-address",
+        "0",
+        "--registrations-per-minute",
+        "100000",
+    ];
+    let server = Server::start(&flags);
+    // About 4 GiB: the largest whose 1028 payload size (259 + content) fits in 32 bits.
+    let content = 0xFFFF_FEF0u32;
+    let streams: Vec<TcpStream> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let server = &server;
+                scope.spawn(move || {
+                    (t..parked)
+                        .step_by(4)
+                        .map(|i| {
+                            let mut stream = connect(server);
+                            let client = Client::setup(&format!("parked-{i}"), &mut stream);
+                            stream
+                                .write_all(&send_file_head(client.id, content, b"huge.bin"))
+                                .unwrap();
+                            stream.write_all(&[0u8; 32]).unwrap();
+                            stream
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().expect("a parking thread")).collect()
+    });
+    wait_until("every upload to be parked", || leftovers(&server.storage()).len() == parked);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..tries {
+        let start = Instant::now();
+        assert_serves(&server);
+        slowest = slowest.max(start.elapsed());
+    }
+    let rss = server_rss(&server);
+    drop(streams);
+    (slowest, rss)
+}
+
+#[test]
+fn parked_uploads_hold_no_thread_and_little_memory_and_never_delay_a_normal_client() {
+    let (slowest, rss) = normal_client_beside_parked_uploads(300, 5);
+    assert!(slowest < Duration::from_secs(1), "a normal transfer took {slowest:?}");
+    assert!(rss < 128 << 20, "the server's RSS is {} MiB", rss >> 20);
+}
+
+#[test]
+#[ignore = "1100 parked uploads"]
+fn eleven_hundred_parked_uploads_stay_under_256_mib_and_never_delay_a_normal_client() {
+    let (slowest, rss) = normal_client_beside_parked_uploads(1100, 10);
+    eprintln!("slowest normal transfer {slowest:?}, server RSS {} MiB", rss >> 20);
+    assert!(slowest < Duration::from_secs(1), "a normal transfer took {slowest:?}");
+    assert!(rss < 256 << 20, "the server's RSS is {} MiB", rss >> 20);
+}
+
+#[test]
+fn uploads_beyond_max_uploads_get_2107_before_their_content_is_read() {
+    let server = Server::start(&["--max-uploads", "2"]);
+    let mut parked = Vec::new();
+    for i in 0..2 {
+        let mut stream = connect(&server);
+        let client = Client::setup(&format!("park-{i}"), &mut stream);
+        stream.write_all(&send_file_head(client.id, 1 << 20, b"slow.bin")).unwrap();
+        parked.push(stream);
+    }
+    wait_until("both uploads to start", || leftovers(&server.storage()).len() == 2);
+    let mut stream = connect(&server);
+    let client = Client::setup("third", &mut stream);
+    expect_refused(&mut stream, &send_file_head(client.id, 1 << 20, b"slow.bin"));
+    drop(parked);
+    wait_until("the parked uploads to go", || leftovers(&server.storage()).is_empty());
+    assert_serves(&server);
+}
+
+#[test]
+fn an_upload_slower_than_the_minimum_rate_is_cut_off() {
+    // 256 KiB at 64 KiB/s after a 1 s grace: due within 5 s; 16 bytes every 300 ms is
+    // never idle for the timeout, but far too slow.
+    let server = Server::start(&["--idle-timeout", "1"]);
+    let mut stream = connect(&server);
+    let client = Client::setup("crawler", &mut stream);
+    stream.write_all(&send_file_head(client.id, 256 << 10, b"crawl.bin")).unwrap();
+    let start = Instant::now();
+    stream.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut byte = [0u8; 1];
+    let answered = loop {
+        assert!(start.elapsed() < Duration::from_secs(10), "never cut off");
+        if stream.write_all(&[0u8; 16]).is_err() {
+            break false;
+        }
+        match stream.read(&mut byte) {
+            Ok(_) => break true,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(_) => break false,
+        }
+    };
+    assert!(answered, "expected a 2107 first");
+    assert!(start.elapsed() > Duration::from_secs(3), "{:?}", start.elapsed());
+    assert!(server.log().contains("slower than the minimum rate"), "{}", server.log());
+    wait_until("the partial upload to be deleted", || leftovers(&server.storage()).is_empty());
 }
 
 #[test]

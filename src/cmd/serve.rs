@@ -31,6 +31,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         keep_versions: args.keep_versions,
         request_deadline: Duration::from_secs(args.request_deadline.max(1)),
         max_connections_per_address: args.max_connections_per_address,
+        max_uploads: args.max_uploads.max(1),
         ..Config::new(args.storage.clone(), args.db.clone())
     };
     raise_open_file_limit();

@@ -571,6 +571,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 file.content_size, config.disk_reserve
             )));
         }
+        let in_flight = Arc::clone(&self.shared.uploads).try_acquire_owned().map_err(|_| {
+            refuse(format!(
+                "{} uploads are already arriving (--max-uploads); try again later",
+                config.max_uploads
+            ))
+        })?;
         let idle = config.idle_timeout;
         let storage = self.shared.storage.clone();
         let temp = tokio::task::spawn_blocking(move || storage.begin_upload(id))
@@ -593,7 +599,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             compat,
         )
         .await;
-        drop(large_slot);
+        drop((large_slot, in_flight));
         let received = match received {
             Ok(r) => r,
             Err(UploadError::Padding) => return Ok(self.padding_failure(&session, &file.file_name)),

@@ -43,6 +43,8 @@ pub const DEFAULT_REQUEST_DEADLINE: Duration = Duration::from_secs(30);
 /// that open a connection per request need one round trip on it; a silent or wandering
 /// peer gives its slot back.
 pub const KEYLESS_LIFETIME: Duration = Duration::from_secs(60);
+/// Default most uploads whose content is being read at once.
+pub const DEFAULT_MAX_UPLOADS: usize = 256;
 /// Default number of earlier versions kept of each stored file.
 pub const DEFAULT_KEEP_VERSIONS: usize = 1;
 /// Default free space kept on the storage file system.
@@ -84,6 +86,8 @@ pub struct Config {
     pub request_deadline: Duration,
     /// Most connections one address may hold (0: no cap); more are closed at once.
     pub max_connections_per_address: usize,
+    /// Most uploads whose content is being read at once; a 1028 beyond gets 2107.
+    pub max_uploads: usize,
 }
 
 /// The version byte of the one existing client that checks a CRC-32 of the ciphertext
@@ -108,6 +112,7 @@ impl Config {
             keep_versions: DEFAULT_KEEP_VERSIONS,
             request_deadline: DEFAULT_REQUEST_DEADLINE,
             max_connections_per_address: slots::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_uploads: DEFAULT_MAX_UPLOADS,
         }
     }
 }
@@ -147,6 +152,10 @@ pub enum ServerError {
 pub(crate) struct Shared {
     config: Config,
     db: Arc<Mutex<Db>>,
+    /// The database's own thread (see [`DbThread`]).
+    db_thread: DbThread,
+    /// Uploads whose content is being read, against `--max-uploads`.
+    pub(crate) uploads: Arc<Semaphore>,
     storage: Storage,
     sessions: Sessions,
     /// Slots for uploads on the fast large-upload path; see [`LARGE_UPLOAD_SLOTS`].
@@ -205,6 +214,8 @@ impl Shared {
             quotas,
             commits: Mutex::new(HashMap::new()),
             slots: slots::Slots::new(config.max_connections_per_address),
+            db_thread: DbThread::start(),
+            uploads: Arc::new(Semaphore::new(config.max_uploads.max(1))),
             config,
             db: Arc::new(Mutex::new(db)),
             storage,
@@ -238,25 +249,49 @@ impl Shared {
         self.registrations.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs a database operation on a blocking thread.
+    /// Runs a database operation on the database's own thread: it never waits behind
+    /// file work in the blocking pool, however many uploads are under way.
     async fn db<T, F>(&self, f: F) -> Result<T, ServerError>
     where
         T: Send + 'static,
         F: FnOnce(&Db) -> Result<T, DbError> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.db_thread.run(Box::new(move || {
             let guard = db.lock().unwrap_or_else(|p| p.into_inner());
-            f(&guard)
-        })
-        .await
-        .map_err(|e| ServerError::Task(e.to_string()))?
-        .map_err(|e| {
+            let _ = tx.send(f(&guard));
+        }))?;
+        rx.await.map_err(|e| ServerError::Task(e.to_string()))?.map_err(|e| {
             if let DbError::Replaced { .. } = e {
                 error!("{e}");
             }
             ServerError::from(e)
         })
+    }
+}
+
+type DbJob = Box<dyn FnOnce() + Send>;
+
+/// One thread that runs every database operation in turn (SQLite serialises writes on
+/// one connection anyway). It stops when the server's state is dropped.
+struct DbThread {
+    tx: Mutex<std::sync::mpsc::Sender<DbJob>>,
+}
+
+impl DbThread {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<DbJob>();
+        std::thread::Builder::new()
+            .name("securexfer-db".into())
+            .spawn(move || rx.into_iter().for_each(|job| job()))
+            .expect("start the database thread");
+        DbThread { tx: Mutex::new(tx) }
+    }
+
+    fn run(&self, job: DbJob) -> Result<(), ServerError> {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        tx.send(job).map_err(|_| ServerError::Task("the database thread stopped".into()))
     }
 }
 

@@ -10,7 +10,7 @@ use crate::sys::{drop_written, set_direct, start_writeback};
 use std::io::{self, Write};
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
@@ -60,6 +60,9 @@ pub enum UploadError {
     /// Writing the file failed (a full disk, say).
     #[error("writing the upload failed: {0}")]
     Storage(io::Error),
+    /// The upload fell below [`MIN_UPLOAD_RATE`].
+    #[error("the client sent the upload slower than the minimum rate")]
+    TooSlow,
     /// The content decrypted to invalid padding (wrong key or damaged content).
     #[error("the content does not decrypt with this session's key (bad padding)")]
     Padding,
@@ -67,11 +70,22 @@ pub enum UploadError {
 
 type Chunk = (AlignedBuf, bool);
 
+/// Bytes per second an upload must average (after a first idle timeout's grace): a peer
+/// that announces a large file and trickles it must not hold its slot for days.
+pub const MIN_UPLOAD_RATE: u64 = 64 * 1024;
+/// Bytes of a chunk buffer made ready (zeroed) ahead of the bytes read into it: a parked
+/// upload costs this much memory, not a whole chunk.
+const READ_STEP: usize = 16 * 1024;
+
 /// Reads `content_size` bytes of encrypted content from `reader` and writes the plaintext
 /// to `file`. `content_size` must already be validated (non-zero multiple of 16).
 /// `allow_large` lets an upload of [`LARGE_UPLOAD`] bytes or more take the large-upload
 /// path (the caller bounds how many do at once). `crc_ciphertext` also computes the CRC-32
 /// of the ciphertext.
+///
+/// Small uploads hold no thread while they wait for bytes: each chunk is decrypted and
+/// written by a short job on the blocking pool. Large ones (bounded by the caller) keep a
+/// worker for their whole life. Buffers are allocated as the bytes arrive.
 pub async fn receive<R: AsyncRead + Unpin>(
     reader: &mut R,
     content_size: u32,
@@ -86,16 +100,23 @@ pub async fn receive<R: AsyncRead + Unpin>(
     let (full_tx, full_rx) = mpsc::channel::<Chunk>(buffers);
     let (empty_tx, mut empty_rx) = mpsc::channel::<AlignedBuf>(buffers);
     let chunk_len = chunk.min(content_size as usize);
-    for _ in 0..buffers {
-        empty_tx.try_send(AlignedBuf::new(chunk_len)).expect("room for every buffer");
-    }
     let crc = crc_ciphertext.then(ZlibCrc32::default);
-    let worker =
-        tokio::task::spawn_blocking(move || process(full_rx, empty_tx, key, file, large, crc));
-    let read = read_chunks(reader, content_size, chunk_len, idle, &full_tx, &mut empty_rx).await;
-    drop(full_tx);
-    let processed =
-        worker.await.map_err(|e| UploadError::Storage(io::Error::other(e.to_string())))?;
+    let processor = Processor::new(key, file, large, crc, empty_tx);
+    let deadline =
+        Instant::now() + idle + Duration::from_secs(u64::from(content_size) / MIN_UPLOAD_RATE);
+    let reading = async {
+        let pool = BufferPool { chunk_len, left: buffers, empty_rx: &mut empty_rx };
+        let read = read_chunks(reader, content_size, idle, deadline, &full_tx, pool).await;
+        drop(full_tx);
+        read
+    };
+    let (read, processed) = if large {
+        let worker = tokio::task::spawn_blocking(move || processor.run_blocking(full_rx));
+        let (read, processed) = tokio::join!(reading, worker);
+        (read, processed.unwrap_or_else(|e| Err(task_failed(e))))
+    } else {
+        tokio::join!(reading, processor.run_async(full_rx))
+    };
     // A storage error stops the worker, which makes the reader stop: report the cause.
     match (read, processed) {
         (_, Err(e @ UploadError::Storage(_))) => Err(e),
@@ -104,22 +125,46 @@ pub async fn receive<R: AsyncRead + Unpin>(
     }
 }
 
+fn task_failed(e: tokio::task::JoinError) -> UploadError {
+    UploadError::Storage(io::Error::other(e.to_string()))
+}
+
+/// The chunk buffers of one upload: made when first needed, then reused as the worker
+/// hands them back.
+struct BufferPool<'a> {
+    chunk_len: usize,
+    left: usize,
+    empty_rx: &'a mut mpsc::Receiver<AlignedBuf>,
+}
+
+impl BufferPool<'_> {
+    async fn next(&mut self) -> Option<AlignedBuf> {
+        if let Ok(buf) = self.empty_rx.try_recv() {
+            return Some(buf);
+        }
+        if self.left > 0 {
+            self.left -= 1;
+            return Some(AlignedBuf::new(self.chunk_len));
+        }
+        self.empty_rx.recv().await
+    }
+}
+
 async fn read_chunks<R: AsyncRead + Unpin>(
     reader: &mut R,
     content_size: u32,
-    chunk_len: usize,
     idle: Duration,
+    deadline: Instant,
     full_tx: &mpsc::Sender<Chunk>,
-    empty_rx: &mut mpsc::Receiver<AlignedBuf>,
+    mut pool: BufferPool<'_>,
 ) -> Result<(), UploadError> {
     let mut remaining = content_size as usize;
     while remaining > 0 {
-        let Some(mut buf) = empty_rx.recv().await else {
+        let Some(mut buf) = pool.next().await else {
             return Ok(()); // the worker stopped; it reports why
         };
-        let n = chunk_len.min(remaining);
-        buf.set_len(n);
-        read_exact_idle(reader, &mut buf, idle).await?;
+        let n = pool.chunk_len.min(remaining);
+        read_exact_idle(reader, &mut buf, n, idle, deadline).await?;
         remaining -= n;
         if full_tx.send((buf, remaining == 0)).await.is_err() {
             return Ok(());
@@ -128,59 +173,133 @@ async fn read_chunks<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// `read_exact` where the timeout applies to each read, not the whole buffer: a slow but
-/// steady client is fine, a silent one is not.
+/// Fills `buf` to `len` bytes; the timeout applies to each read, not the whole buffer (a
+/// slow but steady client is fine, a silent one is not), and the whole upload must end
+/// by `deadline` (see [`MIN_UPLOAD_RATE`]). The buffer grows as bytes arrive.
 async fn read_exact_idle<R: AsyncRead + Unpin>(
     reader: &mut R,
-    buf: &mut [u8],
+    buf: &mut AlignedBuf,
+    len: usize,
     idle: Duration,
+    deadline: Instant,
 ) -> Result<(), UploadError> {
     let mut filled = 0;
-    while filled < buf.len() {
-        let n = tokio::time::timeout(idle, reader.read(&mut buf[filled..]))
+    while filled < len {
+        // Grow ahead of the bytes, doubling: a parked upload touches READ_STEP bytes, a
+        // fast one reaches the whole chunk in a few reads.
+        let ready = buf.initialized().max(READ_STEP).max(2 * filled);
+        buf.set_len(len.min(ready));
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(idle.min(left), reader.read(&mut buf[filled..]))
             .await
-            .map_err(|_| UploadError::TimedOut(idle))?
+            .map_err(
+                |_| if left < idle { UploadError::TooSlow } else { UploadError::TimedOut(idle) },
+            )?
             .map_err(UploadError::Socket)?;
         if n == 0 {
             return Err(UploadError::Socket(io::ErrorKind::UnexpectedEof.into()));
         }
         filled += n;
     }
+    buf.set_len(len);
     Ok(())
 }
 
-fn process(
-    mut full_rx: mpsc::Receiver<Chunk>,
-    empty_tx: mpsc::Sender<AlignedBuf>,
-    key: AesKey,
-    file: std::fs::File,
-    direct: bool,
-    mut ciphertext_crc: Option<ZlibCrc32>,
-) -> Result<Received, UploadError> {
-    let mut out = Output::new(FileSink::new(file, direct), empty_tx);
-    let mut decryptor = CbcDecryptor::new(&key);
-    let mut cksum = Cksum::new();
-    let mut finished = false;
-    while let Some((mut buf, last)) = full_rx.blocking_recv() {
-        if let Some(crc) = ciphertext_crc.as_mut() {
+/// Decrypts, checksums and writes an upload's chunks in order.
+struct Processor {
+    out: Output,
+    decryptor: CbcDecryptor,
+    cksum: Cksum,
+    ciphertext_crc: Option<ZlibCrc32>,
+    finished: bool,
+    failed: Option<UploadError>,
+}
+
+impl Processor {
+    fn new(
+        key: AesKey,
+        file: std::fs::File,
+        direct: bool,
+        ciphertext_crc: Option<ZlibCrc32>,
+        empty_tx: mpsc::Sender<AlignedBuf>,
+    ) -> Self {
+        Processor {
+            out: Output::new(FileSink::new(file, direct), empty_tx),
+            decryptor: CbcDecryptor::new(&key),
+            cksum: Cksum::new(),
+            ciphertext_crc,
+            finished: false,
+            failed: None,
+        }
+    }
+
+    /// One chunk; false once the upload cannot go on.
+    fn chunk(&mut self, (mut buf, last): Chunk) -> bool {
+        if let Some(crc) = self.ciphertext_crc.as_mut() {
             crc.update(&buf);
         }
-        decryptor.decrypt_blocks(&mut buf);
-        let len =
-            if last { unpadded_len(&buf).map_err(|_| UploadError::Padding)? } else { buf.len() };
-        cksum.update(&buf[..len]);
-        if !out.write(buf, len) {
-            break; // it failed; `finish` says why
+        self.decryptor.decrypt_blocks(&mut buf);
+        let len = if last {
+            match unpadded_len(&buf) {
+                Ok(len) => len,
+                Err(_) => {
+                    self.failed = Some(UploadError::Padding);
+                    return false;
+                }
+            }
+        } else {
+            buf.len()
+        };
+        self.cksum.update(&buf[..len]);
+        if !self.out.write(buf, len) {
+            return false; // it failed; `finish` says why
         }
-        finished = last;
+        self.finished = last;
+        true
     }
-    out.finish().map_err(UploadError::Storage)?;
-    if !finished {
-        // The reader stopped early and says why; nothing here is complete.
-        return Err(UploadError::Socket(io::ErrorKind::UnexpectedEof.into()));
+
+    fn finish(self) -> Result<Received, UploadError> {
+        let finish = self.out.finish().map_err(UploadError::Storage);
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        finish?;
+        if !self.finished {
+            // The reader stopped early and says why; nothing here is complete.
+            return Err(UploadError::Socket(io::ErrorKind::UnexpectedEof.into()));
+        }
+        let ciphertext_crc32 = self.ciphertext_crc.map(|crc| crc.finish());
+        Ok(Received { size: self.cksum.len(), cksum: self.cksum.finish(), ciphertext_crc32 })
     }
-    let ciphertext_crc32 = ciphertext_crc.map(|crc| crc.finish());
-    Ok(Received { size: cksum.len(), cksum: cksum.finish(), ciphertext_crc32 })
+
+    /// On a worker thread of its own, for the whole upload.
+    fn run_blocking(mut self, mut full_rx: mpsc::Receiver<Chunk>) -> Result<Received, UploadError> {
+        while let Some(chunk) = full_rx.blocking_recv() {
+            if !self.chunk(chunk) {
+                break;
+            }
+        }
+        self.finish()
+    }
+
+    /// One short blocking job per chunk: no thread is held while the peer is slow.
+    async fn run_async(self, mut full_rx: mpsc::Receiver<Chunk>) -> Result<Received, UploadError> {
+        let mut this = self;
+        while let Some(chunk) = full_rx.recv().await {
+            let (back, ok) = tokio::task::spawn_blocking(move || {
+                let ok = this.chunk(chunk);
+                (this, ok)
+            })
+            .await
+            .map_err(task_failed)?;
+            this = back;
+            if !ok {
+                break;
+            }
+        }
+        drop(full_rx);
+        tokio::task::spawn_blocking(move || this.finish()).await.map_err(task_failed)?
+    }
 }
 
 /// Where decrypted chunks go, and how their buffers get back to the socket reader.
