@@ -408,9 +408,12 @@ fn an_upload_lost_with_a_broken_connection_before_1029_is_sent_again() {
         assert_eq!(run.json()[0]["sends"], 2, "sent again once\n{}", run.stderr);
         assert_same(&stored(&server, &work.id(), "data.bin"), &data, "stored file");
         // The 1029 on the new connection was refused (no upload waits there; with strict
-        // sessions, no key exchange either), and only the second send was confirmed.
+        // sessions, no key exchange either), and the second send was confirmed. (When the
+        // first 1029 reaches the server before the cut, that send is stored too, and its
+        // lost answer makes the client send again: the same bytes, stored twice.)
         assert!(server.log().contains("refused with 2107"), "{}", server.log());
-        assert_eq!(server.log().matches("file verified and stored").count(), 1);
+        let stores = server.log().matches("file verified and stored").count();
+        assert!((1..=2).contains(&stores), "{stores} stores\n{}", server.log());
     }
 }
 
