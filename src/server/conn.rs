@@ -16,6 +16,7 @@
 //! closed, since what follows cannot be parsed. Content with bad padding is an attack (see
 //! [`super::backoff`]): 2107, the session ends everywhere and the connection is closed.
 
+use super::refusal::{Fault, Refusal};
 use super::session::{Pending, Session};
 use super::upload::{self, UploadError};
 use super::{ServerError, Shared};
@@ -31,7 +32,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 /// Largest payload of an unknown code that is skipped (answered 2107) rather than ending
 /// the connection.
@@ -50,18 +51,6 @@ enum Next {
     ReplyAndClose(Response),
 }
 
-/// A refusal: answered with 2107, logged with its reason.
-struct Refused(String);
-
-fn refuse(reason: impl Into<String>) -> Refused {
-    Refused(reason.into())
-}
-
-impl From<ServerError> for Refused {
-    fn from(e: ServerError) -> Self {
-        Refused(e.to_string())
-    }
-}
 
 /// One client connection.
 pub(crate) struct Connection<S> {
@@ -81,6 +70,10 @@ pub(crate) struct Connection<S> {
     accepted: Instant,
     /// When the request being read must be complete (see [`super::Config::request_deadline`]).
     deadline: Option<Instant>,
+    /// Refusals of the peer's doing or of a limit, by reason: the first of each is logged
+    /// at its level, the rest at debug and summed up in one line when the connection ends,
+    /// so a peer repeating a refused request cannot flood the log.
+    refusals: Vec<(&'static str, u64)>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -96,6 +89,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             slot: None,
             accepted: Instant::now(),
             deadline: None,
+            refusals: Vec::new(),
         }
     }
 
@@ -199,10 +193,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
         }
         let _ = self.stream.shutdown().await;
+        let repeated: Vec<String> = self
+            .refusals
+            .iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(reason, n)| format!("{reason} x{}", n - 1))
+            .collect();
+        if !repeated.is_empty() {
+            info!(
+                "the connection repeated refused requests (logged at debug): {}",
+                repeated.join(", ")
+            );
+        }
         if let Some(session) = &self.session {
             let dropped = session.drop_pending_of(self.conn_id);
             if dropped > 0 {
                 info!(dropped, "connection closed with unconfirmed uploads; they were deleted");
+            }
+        }
+    }
+
+    /// Counts a refusal; whether one with this reason was seen before on this connection.
+    fn seen_refusal(&mut self, reason: &'static str) -> bool {
+        match self.refusals.iter_mut().find(|(r, _)| *r == reason) {
+            Some((_, n)) => {
+                *n += 1;
+                true
+            }
+            None => {
+                self.refusals.push((reason, 1));
+                false
             }
         }
     }
@@ -305,9 +325,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let _entered = span.enter();
         match result {
             Ok(next) => Ok(next),
-            Err(Refused(reason)) => {
-                warn!(client = %header.client_id, "refused with 2107: {reason}");
-                Ok(if code == RequestCode::SendFile {
+            Err(refusal) => {
+                let (client, reason) = (header.client_id, refusal.reason());
+                let fault = refusal.fault();
+                if fault != Fault::Internal && self.seen_refusal(reason) {
+                    debug!(%client, reason, "refused with 2107 again: {refusal}");
+                } else {
+                    match fault {
+                        Fault::Peer => warn!(%client, reason, "refused with 2107: {refusal}"),
+                        Fault::Limit => info!(%client, reason, "refused with 2107: {refusal}"),
+                        Fault::Internal => error!(
+                            %client, reason, "refused with 2107 (a server failure): {refusal}"
+                        ),
+                    }
+                }
+                // A refused 1028 leaves its content unread.
+                Ok(if code == RequestCode::SendFile || refusal.closes() {
                     Next::ReplyAndClose(Response::GeneralError)
                 } else {
                     Next::Reply(Response::GeneralError)
@@ -339,13 +372,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         &mut self,
         header: &RequestHeader,
         request: Request,
-    ) -> Result<Next, Refused> {
+    ) -> Result<Next, Refusal> {
         let id = header.client_id;
         let code = request.code();
         if code != RequestCode::Register {
             let known = self.shared.db(move |db| db.touch(id)).await?;
             if !known && code != RequestCode::Reconnect {
-                return Err(refuse(format!("unknown client id {id}")));
+                return Err(Refusal::UnknownClient(id));
             }
         }
         let next = match request {
@@ -360,7 +393,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 let session = self.authorize(id)?;
                 session
                     .take_pending(file_name.as_str())
-                    .ok_or_else(|| refuse(format!("no upload of {file_name} waits")))?;
+                    .ok_or_else(|| Refusal::NothingWaits(file_name.to_string()))?;
                 info!(%file_name, "client will resend");
                 if self.compat_crc32(header) {
                     Next::Reply(Response::Acknowledged { client_id: Some(id) })
@@ -374,47 +407,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     /// The session that may act for `id` on this connection.
-    fn authorize(&self, id: ClientId) -> Result<Arc<Session>, Refused> {
+    fn authorize(&self, id: ClientId) -> Result<Arc<Session>, Refusal> {
         if let Some(session) = &self.session {
             if session.has_ended() {
-                return Err(refuse("this connection's session was ended after a padding failure"));
+                return Err(Refusal::SessionEnded);
             }
             if session.id == id {
                 return Ok(Arc::clone(session));
             }
             // A connection that made a key exchange as one client never acts for another,
             // even one whose session from this address is still in the window.
-            return Err(refuse(format!(
-                "this connection's key exchange was for client {}, not {id}",
-                session.id
-            )));
+            return Err(Refusal::OtherClient { session: session.id, asked: id });
         }
-        self.shared.sessions.find(id, self.peer.ip()).ok_or_else(|| {
-            refuse(format!(
-                "client {id} has no key exchange on this connection{}",
-                if self.shared.config.strict_sessions {
-                    ""
-                } else {
-                    " or from this address within the session window"
-                }
-            ))
-        })
+        let strict = self.shared.config.strict_sessions;
+        self.shared.sessions.find(id, self.peer.ip()).ok_or(Refusal::NoSession { id, strict })
     }
 
     /// Takes one of this address's registrations; see [`super::ratelimit`].
-    fn check_registration_limit(&self) -> Result<(), Refused> {
+    fn check_registration_limit(&self) -> Result<(), Refusal> {
         let (ip, now) = (self.peer.ip(), Instant::now());
         let mut limit = self.shared.registrations();
         if limit.allow(ip, now) {
             return Ok(());
         }
-        Err(refuse(format!(
-            "too many registrations from {ip}: the next one in {:.1} s",
-            limit.wait(ip, now).as_secs_f64()
-        )))
+        Err(Refusal::RegistrationLimit { ip, wait: limit.wait(ip, now) })
     }
 
-    async fn register(&mut self, name: FixedName) -> Result<Next, Refused> {
+    async fn register(&mut self, name: FixedName) -> Result<Next, Refusal> {
         self.check_registration_limit()?;
         let (id, ip) = (ClientId::random(), self.peer.ip());
         let text = name.as_str().to_owned();
@@ -443,24 +462,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         id: ClientId,
         name: FixedName,
         field: PublicKeyField,
-    ) -> Result<Next, Refused> {
+    ) -> Result<Next, Refusal> {
         let (record, usual_ip) =
             self.shared.db(move |db| Ok((db.client_by_id(id)?, db.usual_address(id)?))).await?;
-        let record = record.ok_or_else(|| refuse("unknown client"))?;
+        let record = record.ok_or(Refusal::UnknownClient(id))?;
         if record.name != name.as_str() {
-            return Err(refuse(format!("name {name} does not belong to client {id}")));
+            return Err(Refusal::NameMismatch { id, name: name.to_string() });
         }
         let same_key = record.public_key.as_deref() == Some(&field.0[..]);
         let may_register = self.registered_here == Some(id)
             || self.shared.sessions.registered_recently(id, self.peer.ip());
         let first_key = record.public_key.is_none() && may_register;
         if !(same_key || first_key) {
-            return Err(refuse(format!(
-                "client {id} may not set its public key here: it was not registered on this \
-                 connection or address, or already has a different key"
-            )));
+            return Err(Refusal::KeyNotAllowed(id));
         }
-        let key = PublicKey::from_field(&field).map_err(|e| refuse(e.to_string()))?;
+        let key = PublicKey::from_field(&field).map_err(|e| Refusal::BadPublicKey(e.to_string()))?;
         self.check_backoff(id, usual_ip)?;
         let stored = field.0.to_vec();
         self.shared.db(move |db| db.set_public_key(id, &stored)).await?;
@@ -469,7 +485,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(Next::Reply(Response::PublicKeyAccepted { client_id: id, encrypted_key }))
     }
 
-    async fn reconnect(&mut self, id: ClientId, name: FixedName) -> Result<Next, Refused> {
+    async fn reconnect(&mut self, id: ClientId, name: FixedName) -> Result<Next, Refusal> {
         let text = name.as_str().to_owned();
         let (record, usual_ip) = self
             .shared
@@ -497,15 +513,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Refuses while padding failures hold key exchanges (and uploads) of `id` from this
     /// address back; see [`super::backoff`].
-    fn check_backoff(&self, id: ClientId, usual_ip: Option<IpAddr>) -> Result<(), Refused> {
+    fn check_backoff(&self, id: ClientId, usual_ip: Option<IpAddr>) -> Result<(), Refusal> {
         let now = Instant::now();
         match self.shared.backoff().blocked_for(id, self.peer.ip(), usual_ip, now) {
             None => Ok(()),
-            Some(wait) => Err(refuse(format!(
-                "padding failures of client {id} or from {}: refused for {:.1} s more",
-                self.peer.ip(),
-                wait.as_secs_f64()
-            ))),
+            Some(wait) => Err(Refusal::BackedOff { id, ip: self.peer.ip(), wait }),
         }
     }
 
@@ -531,9 +543,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         id: ClientId,
         key: &PublicKey,
         usual_ip: Option<IpAddr>,
-    ) -> Result<Vec<u8>, Refused> {
+    ) -> Result<Vec<u8>, Refusal> {
         let aes_key: [u8; 16] = random_bytes();
-        let encrypted = key.encrypt_aes_key(&aes_key).map_err(|e| refuse(e.to_string()))?;
+        let encrypted = key
+            .encrypt_aes_key(&aes_key)
+            .map_err(|e| Refusal::Internal(format!("encrypting the AES key: {e}")))?;
         self.shared.db(move |db| db.set_aes_key(id, &aes_key)).await?;
         if let Some(old) = self.session.take() {
             old.drop_pending_of(self.conn_id);
@@ -553,36 +567,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         &mut self,
         header: &RequestHeader,
         file: FileHeader,
-    ) -> Result<Next, Refused> {
+    ) -> Result<Next, Refusal> {
         let id = header.client_id;
         let config = &self.shared.config;
-        file.check_sizes(header.payload_size, config.max_content)
-            .map_err(|e| refuse(e.to_string()))?;
+        file.check_sizes(header.payload_size, config.max_content)?;
         let session = self.authorize(id)?;
         // Sessions made before a padding failure elsewhere are held back as well.
         self.check_backoff(id, session.usual_ip)?;
-        let stored_name =
-            storage_name(file.file_name.as_str()).map_err(|e| refuse(e.to_string()))?.to_owned();
-        let quota = self.shared.quotas.reserve(id, u64::from(file.content_size)).map_err(refuse)?;
+        let stored_name = storage_name(file.file_name.as_str())?.to_owned();
+        let quota =
+            self.shared.quotas.reserve(id, u64::from(file.content_size)).map_err(Refusal::Quota)?;
         let needed = u64::from(file.content_size) + config.disk_reserve;
         if let Some(available) = self.shared.storage.available_bytes().filter(|&a| a < needed) {
-            return Err(refuse(format!(
-                "not enough disk space for {} bytes ({available} available, {} kept free)",
-                file.content_size, config.disk_reserve
-            )));
+            return Err(Refusal::DiskFull {
+                needed: u64::from(file.content_size),
+                available,
+                reserve: config.disk_reserve,
+            });
         }
-        let in_flight = Arc::clone(&self.shared.uploads).try_acquire_owned().map_err(|_| {
-            refuse(format!(
-                "{} uploads are already arriving (--max-uploads); try again later",
-                config.max_uploads
-            ))
-        })?;
+        let in_flight = Arc::clone(&self.shared.uploads)
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Busy(config.max_uploads))?;
         let idle = config.idle_timeout;
         let storage = self.shared.storage.clone();
         let temp = tokio::task::spawn_blocking(move || storage.begin_upload(id))
             .await
-            .map_err(|e| refuse(e.to_string()))?
-            .map_err(|e| refuse(format!("cannot create the upload file: {e}")))?;
+            .map_err(|e| Refusal::Internal(e.to_string()))?
+            .map_err(|source| Refusal::Storage {
+                what: "cannot create the upload file".into(),
+                source,
+            })?;
         let (std_file, upload) = temp.into_parts();
         // Held until the upload ends; without one, a large upload takes the small path.
         let large_slot = (file.content_size >= upload::LARGE_UPLOAD)
@@ -603,7 +617,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let received = match received {
             Ok(r) => r,
             Err(UploadError::Padding) => return Ok(self.padding_failure(&session, &file.file_name)),
-            Err(e) => return Err(refuse(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
         info!(
             file_name = %file.file_name, size = received.size, cksum = received.cksum,
@@ -619,7 +633,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             quota,
         };
         if !session.put_pending(file.file_name.to_string(), pending) {
-            return Err(refuse("the session ended during the upload (a padding failure)"));
+            return Err(Refusal::EndedDuringUpload);
         }
         Ok(Next::Reply(Response::FileReceived {
             client_id: id,
@@ -636,11 +650,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         self.shared.config.compat_crc32_ciphertext && header.version == super::COMPAT_CRC32_VERSION
     }
 
-    async fn confirm(&mut self, id: ClientId, file_name: FixedName) -> Result<Next, Refused> {
+    async fn confirm(&mut self, id: ClientId, file_name: FixedName) -> Result<Next, Refusal> {
         let session = self.authorize(id)?;
         let pending = session
             .take_pending(file_name.as_str())
-            .ok_or_else(|| refuse(format!("no upload of {file_name} waits for confirmation")))?;
+            .ok_or_else(|| Refusal::NothingWaits(file_name.to_string()))?;
         let turn = self.shared.commit_turn(id, &pending.stored_name).await;
         let intent = CommitIntent {
             client_id: id,
@@ -676,8 +690,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         .await
         {
             Ok(Ok(committed)) => Ok(committed),
-            Ok(Err(e)) => Err(refuse(format!("could not store {file_name}: {e}"))),
-            Err(e) => Err(refuse(e.to_string())),
+            Ok(Err(source)) => {
+                Err(Refusal::Storage { what: format!("could not store {file_name}"), source })
+            }
+            Err(e) => Err(Refusal::Internal(e.to_string())),
         };
         let committed = match committed {
             Ok(committed) => committed,
@@ -709,11 +725,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
     }
 
-    async fn give_up(&mut self, id: ClientId, file_name: FixedName) -> Result<Next, Refused> {
+    async fn give_up(&mut self, id: ClientId, file_name: FixedName) -> Result<Next, Refusal> {
         let session = self.authorize(id)?;
         let pending = session
             .take_pending(file_name.as_str())
-            .ok_or_else(|| refuse(format!("no upload of {file_name} waits")))?;
+            .ok_or_else(|| Refusal::NothingWaits(file_name.to_string()))?;
         let (sent, rel) = (file_name.to_string(), Storage::relative_path(id, &pending.stored_name));
         // Deleting a large upload takes a while: not on the runtime's threads.
         tokio::task::spawn_blocking(move || drop(pending));

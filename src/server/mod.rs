@@ -6,6 +6,7 @@ mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ratelimit;
+pub mod refusal;
 pub mod session;
 pub mod slots;
 pub mod upload;
