@@ -1241,6 +1241,32 @@ fn when_full_the_oldest_idle_connection_without_a_key_exchange_makes_room() {
     assert_closed(&mut silent[0]);
 }
 
+#[test]
+fn a_newcomer_that_found_nobody_to_evict_gets_in_once_someone_is_idle() {
+    // Both slots are held by connections in the middle of a request: nobody can be asked
+    // to leave when the newcomer arrives. Then one finishes its request and waits, idle
+    // and without a key exchange: it must make room then, not when its lifetime ends.
+    let server = Server::start(&["--max-connections", "2", "--idle-timeout", "120"]);
+    let request = raw_register("slow-starter");
+    let mut busy: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = connect(&server);
+            stream.write_all(&request[..10]).unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut newcomer = connect(&server);
+    newcomer.write_all(&raw_register("newcomer")).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    busy[0].write_all(&request[10..]).unwrap();
+    expect(&mut busy[0], ResponseCode::Registered);
+    let start = Instant::now();
+    expect(&mut newcomer, ResponseCode::Registered);
+    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert_closed(&mut busy[0]);
+}
+
 /// Tricklers (one byte of a header every 500 ms from 127.0.0.2) and silent connections
 /// (spread over 127.0.0.3 and up) against a normal client from 127.0.0.1, which makes
 /// `tries` whole transfers; returns how many completed within 2 s.

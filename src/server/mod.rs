@@ -367,11 +367,10 @@ impl Server {
                 Err(_) => {
                     // Full: a connection that never made a key exchange and sits idle
                     // gives its slot up, rather than the newcomer waiting behind it.
-                    shared.slots.evict_one();
-                    tokio::select! {
-                        _ = &mut shutdown => break,
-                        permit = Arc::clone(&limit).acquire_owned() => permit.expect("never closed"),
-                    }
+                    let Some(permit) = make_room(&shared.slots, &limit, &mut shutdown).await else {
+                        break;
+                    };
+                    permit
                 }
             };
             while tasks.try_join_next().is_some() {}
@@ -406,6 +405,27 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || storage.clean_leftovers()).await;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Waits for a connection slot when the server is full, asking the oldest idle connection
+/// without a key exchange to give its slot up. When there is none to ask (connections
+/// accepted a moment ago are not idle until their task first waits for a request), it asks
+/// again shortly instead of waiting for a connection to end by itself, which a trickler or
+/// a silent peer makes last up to its lifetime. `None` when `shutdown` comes first.
+async fn make_room(
+    slots: &slots::Slots,
+    limit: &Arc<Semaphore>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    loop {
+        let asked = slots.evict_one();
+        let again = if asked { Duration::from_secs(1) } else { Duration::from_millis(50) };
+        tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            permit = Arc::clone(limit).acquire_owned() => return Some(permit.expect("never closed")),
+            _ = tokio::time::sleep(again) => {}
+        }
     }
 }
 
