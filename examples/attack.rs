@@ -31,6 +31,7 @@ use securexfer::client::identity::Identity;
 use securexfer::client::wire::Timeouts;
 use securexfer::crypto::aes::encrypt_to_vec;
 use securexfer::crypto::{AesKey, PrivateKey};
+use securexfer::protocol::Version;
 use securexfer::protocol::{
     ClientId, FileHeader, FixedName, RESPONSE_HEADER_LEN, Request, Response, ResponseHeader,
     decode_response_payload, encode_request,
@@ -270,7 +271,8 @@ fn forge(server: SocketAddr, from: &str, victim: &Identity, tally: &Tally, stop:
             continue;
         };
         Tally::add(&tally.connections);
-        let reconnect = encode_request(victim.id, &Request::Reconnect { name: name.clone() });
+        let reconnect =
+            encode_request(Version::V3, victim.id, &Request::Reconnect { name: name.clone() });
         match exchange(&mut stream, &reconnect) {
             Ok(Some(Response::ReconnectAccepted { .. })) => Tally::add(&tally.granted),
             _ => {
@@ -283,13 +285,13 @@ fn forge(server: SocketAddr, from: &str, victim: &Identity, tally: &Tally, stop:
             content_size: 16,
             file_name: FixedName::new(FORGED_FILE, "file name").expect("a valid name"),
         };
-        let mut bytes = encode_request(victim.id, &Request::SendFile(header));
+        let mut bytes = encode_request(Version::V3, victim.id, &Request::SendFile(header));
         bytes.extend_from_slice(&content);
         if let Ok(Some(Response::FileReceived { .. })) = exchange(&mut stream, &bytes) {
             let confirm = Request::CrcOk {
                 file_name: FixedName::new(FORGED_FILE, "file name").expect("a valid name"),
             };
-            let _ = exchange(&mut stream, &encode_request(victim.id, &confirm));
+            let _ = exchange(&mut stream, &encode_request(Version::V3, victim.id, &confirm));
         }
     }
 }
@@ -316,7 +318,7 @@ fn park(server: SocketAddr, tag: &str, n: usize, tally: &Tally) -> Vec<TcpStream
         let name = FixedName::new(&format!("{tag}-parked-{i}"), "name").expect("a valid name");
         let key_request = Request::SendPublicKey { name, public_key: public.clone() };
         if !matches!(
-            exchange(&mut stream, &encode_request(id, &key_request)),
+            exchange(&mut stream, &encode_request(Version::V3, id, &key_request)),
             Ok(Some(Response::PublicKeyAccepted { .. }))
         ) {
             Tally::add(&tally.refused);
@@ -326,7 +328,7 @@ fn park(server: SocketAddr, tag: &str, n: usize, tally: &Tally) -> Vec<TcpStream
             content_size,
             file_name: FixedName::new("huge.bin", "file name").expect("a valid name"),
         };
-        let mut bytes = encode_request(id, &Request::SendFile(header));
+        let mut bytes = encode_request(Version::V3, id, &Request::SendFile(header));
         bytes.extend_from_slice(&[0u8; 32]);
         if stream.write_all(&bytes).is_ok() {
             Tally::add(&tally.granted);
@@ -389,7 +391,7 @@ fn register_flood(
             let Ok(name) = FixedName::new(&format!("{tag}-flood-{t}-{n}"), "name") else { break };
             match exchange(
                 &mut stream,
-                &encode_request(ClientId::ZERO, &Request::Register { name }),
+                &encode_request(Version::V3, ClientId::ZERO, &Request::Register { name }),
             ) {
                 Ok(Some(Response::Registered { .. })) => Tally::add(&tally.granted),
                 Ok(Some(_)) => Tally::add(&tally.refused),
@@ -413,7 +415,7 @@ fn never_confirm(server: SocketAddr, tag: &str, tally: &Tally, stop: &AtomicBool
     let public = key.public_key().to_field().expect("a 1024-bit key");
     let request = Request::SendPublicKey { name, public_key: public };
     let Ok(Some(Response::PublicKeyAccepted { encrypted_key, .. })) =
-        exchange(&mut first, &encode_request(id, &request))
+        exchange(&mut first, &encode_request(Version::V3, id, &request))
     else {
         return;
     };
@@ -435,7 +437,7 @@ fn never_confirm(server: SocketAddr, tag: &str, tally: &Tally, stop: &AtomicBool
                 content_size: content.len() as u32,
                 file_name: FixedName::new(&format!("hoard-{n}.bin"), "file name").expect("a name"),
             };
-            let mut bytes = encode_request(id, &Request::SendFile(header));
+            let mut bytes = encode_request(Version::V3, id, &Request::SendFile(header));
             bytes.extend_from_slice(&content);
             match exchange(stream, &bytes) {
                 Ok(Some(Response::FileReceived { .. })) => Tally::add(&tally.granted),
@@ -449,7 +451,10 @@ fn never_confirm(server: SocketAddr, tag: &str, tally: &Tally, stop: &AtomicBool
 /// 1025 on `stream`: the new id, or `None` when refused or cut off.
 fn register_raw(stream: &mut TcpStream, name: &str) -> Option<ClientId> {
     let name = FixedName::new(name, "name").ok()?;
-    match exchange(stream, &encode_request(ClientId::ZERO, &Request::Register { name })) {
+    match exchange(
+        stream,
+        &encode_request(Version::V3, ClientId::ZERO, &Request::Register { name }),
+    ) {
         Ok(Some(Response::Registered { client_id })) => Some(client_id),
         _ => None,
     }

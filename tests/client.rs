@@ -17,6 +17,7 @@ use common::Server;
 use securexfer::client::identity::{Identity, TransferInfo};
 use securexfer::crypto::aes::decrypt_to_vec;
 use securexfer::crypto::{AesKey, Cksum, PublicKey};
+use securexfer::protocol::Version;
 use securexfer::protocol::{
     ClientId, FILE_HEADER_LEN, FileHeader, REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader,
     Response, decode_request, decode_response,
@@ -1281,7 +1282,7 @@ fn serve_connection(
                 Some(Some(request)) => request,
                 Some(None) => {
                     state.lock().unwrap().log.push((2107, "short request".into()));
-                    stream.write_all(&Response::GeneralError.encode())?;
+                    stream.write_all(&Response::GeneralError.encode(Version::V3))?;
                     continue;
                 }
             }
@@ -1337,7 +1338,7 @@ fn serve_connection(
             None => answer(id, &request, crc, script, state),
         };
         if let Some(response) = answer {
-            let mut bytes = response.encode();
+            let mut bytes = response.encode(Version::V3);
             bytes[0] = script.version;
             if script.close_after_reply && script.close_late {
                 stream.write_all(&bytes)?;

@@ -13,6 +13,7 @@ mod common;
 use common::Server;
 use securexfer::crypto::aes::{decrypt_to_vec, encrypt_to_vec};
 use securexfer::crypto::{AesKey, Cksum, PrivateKey, random_bytes};
+use securexfer::protocol::Version;
 use securexfer::protocol::{
     CLIENT_ID_LEN, ClientId, FILE_HEADER_LEN, FileHeader, FixedName, NAME_LEN, PUBLIC_KEY_LEN,
     REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN, Request, RequestCode, Response, ResponseCode,
@@ -188,7 +189,7 @@ impl Client {
 
     /// Sends `request` under this client's id and version byte.
     fn send(&self, stream: &mut TcpStream, request: &Request) {
-        let mut bytes = encode_request(self.id, request);
+        let mut bytes = encode_request(Version::V3, self.id, request);
         bytes[CLIENT_ID_LEN] = self.version;
         stream.write_all(&bytes).expect("send request");
     }
@@ -255,7 +256,7 @@ impl Client {
             content_size: content.len() as u32,
             file_name: FixedName::new(file_name, "file name").expect("a valid file name"),
         };
-        let mut bytes = encode_request(self.id, &Request::SendFile(header));
+        let mut bytes = encode_request(Version::V3, self.id, &Request::SendFile(header));
         bytes[CLIENT_ID_LEN] = self.version;
         bytes.extend_from_slice(&content);
         bytes

@@ -21,7 +21,7 @@ use crate::crypto::rsa::KeyError;
 use crate::crypto::{AesKey, PrivateKey};
 use crate::protocol::{
     ClientId, DecodeError, FileHeader, FixedName, MAX_PLAINTEXT_SIZE, Request, Response,
-    ResponseCode, encode_request, encrypted_len,
+    ResponseCode, Version, encode_request, encrypted_len,
 };
 use identity::Identity;
 use std::fs::File;
@@ -293,6 +293,8 @@ impl From<ClientError> for Failure {
 /// A client talking to one server.
 pub struct Client {
     server: String,
+    /// The protocol spoken (protocol 3 until protocol 4 lands).
+    version: Version,
     timeouts: Timeouts,
     wire: Option<Wire>,
     events: Box<dyn FnMut(Event) + Send>,
@@ -336,6 +338,7 @@ impl Client {
     pub fn new(server: &str, timeouts: Timeouts) -> Self {
         Client {
             server: server.to_owned(),
+            version: Version::V3,
             timeouts,
             wire: None,
             events: Box::new(|_| {}),
@@ -496,8 +499,11 @@ impl Client {
     /// closes after every reply may answer the 1030 (and close) or wait for the resend on
     /// the same connection: a moment's look tells which, and the resend follows it.
     fn announce_resend(&mut self, session: &Session, file_name: &FixedName) {
-        let retry =
-            encode_request(self.id(session), &Request::CrcRetry { file_name: file_name.clone() });
+        let retry = encode_request(
+            self.version,
+            self.id(session),
+            &Request::CrcRetry { file_name: file_name.clone() },
+        );
         let one_per_request = self.one_per_request;
         let sent = self.wire().map(|wire| {
             wire.send(&retry)?;
@@ -602,7 +608,11 @@ impl Client {
         upload: &Upload<'_>,
         attempt: u32,
     ) -> Result<SendOutcome, Retry> {
-        let head = encode_request(self.id(session), &Request::SendFile(upload.header.clone()));
+        let head = encode_request(
+            self.version,
+            self.id(session),
+            &Request::SendFile(upload.header.clone()),
+        );
         let key = self.key.unwrap_or(session.aes_key);
         let (Some(wire), events) = (self.wire.as_mut(), &mut self.events) else {
             return Err(Retry::Failed(Failure::Connection("not connected".into())));
@@ -789,7 +799,7 @@ impl Client {
     /// any id), the saved id is restored and used on a new connection.
     fn rekey_on(&mut self, mut wire: Wire) -> Result<Wire, Failure> {
         let Some(identity) = self.rekey.clone() else { return Ok(wire) };
-        if let Some(key) = redo_key_exchange(&mut wire, &identity)? {
+        if let Some(key) = redo_key_exchange(&mut wire, self.version, &identity)? {
             self.key = Some(key);
             // A server that closes after its 2105 is one that closes after every reply:
             // the request then needs a connection of its own. (Key exchanges are redone
@@ -814,7 +824,7 @@ impl Client {
         let identity = identity.clone();
         let mut wire = Wire::connect(&self.server, self.timeouts)
             .map_err(|e| Failure::Connection(format!("cannot connect to {}: {e}", self.server)))?;
-        match redo_key_exchange(&mut wire, &identity)? {
+        match redo_key_exchange(&mut wire, self.version, &identity)? {
             Some(key) => self.key = Some(key),
             None => {
                 return Err(unexpected(
@@ -869,7 +879,7 @@ impl Client {
     /// carried a request turns out to be closed, the server is one that closes after every
     /// reply: reconnect once and resend, without counting a failure.
     fn roundtrip(&mut self, id: ClientId, request: &Request) -> Result<Response, Failure> {
-        let bytes = encode_request(id, request);
+        let bytes = encode_request(self.version, id, request);
         for fresh in [false, true] {
             let wire = self.wire()?;
             let (reused, answered) = (wire.sent > 0, wire.answered > 0);
@@ -945,10 +955,14 @@ pub fn stored_file_name(name: &str) -> Result<FixedName, ClientError> {
 
 /// A 1027 on a fresh connection, after the previous one was lost; returns the new AES key.
 /// `None` when the server denies it (2106).
-fn redo_key_exchange(wire: &mut Wire, identity: &Identity) -> Result<Option<AesKey>, Failure> {
+fn redo_key_exchange(
+    wire: &mut Wire,
+    version: Version,
+    identity: &Identity,
+) -> Result<Option<AesKey>, Failure> {
     let name = FixedName::new(&identity.name, "name")
         .map_err(|e| Failure::Fatal(ClientError::BadName(e)))?;
-    let request = encode_request(identity.id, &Request::Reconnect { name });
+    let request = encode_request(version, identity.id, &Request::Reconnect { name });
     wire.send(&request).map_err(|e| Failure::Connection(e.to_string()))?;
     match wire.recv() {
         Ok(Response::ReconnectAccepted { encrypted_key, .. }) => identity

@@ -21,9 +21,11 @@ pub use request::{
     DecodedRequest, FileHeader, Request, RequestHeader, decode_request, encode_request,
 };
 pub use response::{Response, ResponseHeader, decode_response, decode_response_payload};
+pub use version::Version;
 
-/// The version byte securexfer writes. Peers may send anything; it is never checked.
-pub const VERSION: u8 = 3;
+/// The version byte protocol 3 writes ([`Version::V3`]). Peers may send anything; on the
+/// plain TCP path it is never checked.
+pub const VERSION: u8 = Version::V3.byte();
 /// Length of a client id.
 pub const CLIENT_ID_LEN: usize = 16;
 /// Request header: client id (16), version (1), code (2), payload size (4).
@@ -62,3 +64,4 @@ pub fn encrypted_len(len: u64) -> u64 {
 
 #[cfg(test)]
 mod tests;
+mod version;

@@ -4,7 +4,7 @@
 use super::reader::Reader;
 use super::{
     AES_BLOCK_LEN, CLIENT_ID_LEN, CONTENT_SIZE_LEN, ClientId, DecodeError, FILE_HEADER_LEN,
-    FixedName, NAME_LEN, PUBLIC_KEY_LEN, PublicKeyField, REQUEST_HEADER_LEN, RequestCode, VERSION,
+    FixedName, NAME_LEN, PUBLIC_KEY_LEN, PublicKeyField, REQUEST_HEADER_LEN, RequestCode, Version,
 };
 use std::ops::Range;
 
@@ -232,12 +232,12 @@ fn name_field(r: &mut Reader<'_>, field: &'static str) -> Result<FixedName, Deco
     FixedName::decode(r.take::<NAME_LEN>()?, field)
 }
 
-/// Encodes header and payload as securexfer sends them (version 3, spec layout). For 1028
-/// the caller writes the `content_size` bytes of content right after.
-pub fn encode_request(client_id: ClientId, request: &Request) -> Vec<u8> {
+/// Encodes header and payload as securexfer sends them in `version` (spec layout). For
+/// 1028 the caller writes the `content_size` bytes of content right after.
+pub fn encode_request(version: Version, client_id: ClientId, request: &Request) -> Vec<u8> {
     let header = RequestHeader {
         client_id,
-        version: VERSION,
+        version: version.byte(),
         code: request.code(),
         payload_size: request.payload_size(),
     };

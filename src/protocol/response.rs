@@ -3,7 +3,7 @@
 use super::reader::Reader;
 use super::{
     CLIENT_ID_LEN, ClientId, DecodeError, FILE_RECEIVED_LEN, FixedName, MAX_RESPONSE_PAYLOAD,
-    NAME_LEN, RESPONSE_HEADER_LEN, ResponseCode, VERSION,
+    NAME_LEN, RESPONSE_HEADER_LEN, ResponseCode, Version,
 };
 
 /// The header every response starts with.
@@ -133,11 +133,11 @@ impl Response {
         }
     }
 
-    /// Header and payload as securexfer sends them (version 3).
-    pub fn encode(&self) -> Vec<u8> {
+    /// Header and payload as securexfer sends them in `version`.
+    pub fn encode(&self, version: Version) -> Vec<u8> {
         let payload = self.payload();
         let header = ResponseHeader {
-            version: VERSION,
+            version: version.byte(),
             code: self.code(),
             payload_size: payload.len() as u32,
         };

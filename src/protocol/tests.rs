@@ -126,7 +126,7 @@ fn arb_response() -> impl Strategy<Value = Response> {
 
 /// A valid request's full bytes (header, payload, content).
 fn encoded_request(id: ClientId, request: &Request, content: &[u8]) -> Vec<u8> {
-    let mut bytes = encode_request(id, request);
+    let mut bytes = encode_request(Version::V3, id, request);
     bytes.extend_from_slice(content);
     bytes
 }
@@ -215,7 +215,7 @@ proptest! {
 
     #[test]
     fn every_response_round_trips_through_encode_and_decode(response in arb_response()) {
-        let bytes = response.encode();
+        let bytes = response.encode(Version::V3);
         let (header, decoded, len) = decode_response(&bytes).expect("a valid response decodes");
         prop_assert_eq!(header.version, VERSION);
         prop_assert_eq!(header.code, response.code());
@@ -248,7 +248,7 @@ proptest! {
     fn a_stream_of_responses_decodes_one_after_another(
         responses in prop::collection::vec(arb_response(), 1..6),
     ) {
-        let stream: Vec<u8> = responses.iter().flat_map(Response::encode).collect();
+        let stream: Vec<u8> = responses.iter().flat_map(|r| r.encode(Version::V3)).collect();
         let mut at = 0;
         for response in &responses {
             let (_, decoded, len) = decode_response(&stream[at..]).expect("decodes");
@@ -278,7 +278,7 @@ proptest! {
         response in arb_response(),
         cut in any::<prop::sample::Index>(),
     ) {
-        let bytes = response.encode();
+        let bytes = response.encode(Version::V3);
         let cut = cut.index(bytes.len());
         let result = decode_response(&bytes[..cut]);
         let Err(DecodeError::Incomplete { needed }) = result else {
@@ -301,7 +301,7 @@ proptest! {
         prop_assert_eq!(decoded.len, len);
         prop_assert_eq!(&decoded.request, &request);
 
-        let mut bytes = response.encode();
+        let mut bytes = response.encode(Version::V3);
         let len = bytes.len();
         bytes.extend_from_slice(&extra);
         let (_, decoded, used) = decode_response(&bytes).expect("decodes");
@@ -426,7 +426,7 @@ proptest! {
         response in arb_response(),
         mutations in prop::collection::vec(arb_mutation(), 1..4),
     ) {
-        let bytes = apply(response.encode(), &mutations);
+        let bytes = apply(response.encode(Version::V3), &mutations);
         if let Ok((header, _, len)) = decode_response(&bytes) {
             prop_assert_eq!(len, RESPONSE_HEADER_LEN + header.payload_size as usize);
             prop_assert!(len <= bytes.len());
@@ -440,7 +440,7 @@ proptest! {
 #[test]
 fn request_header_is_id_version_code_size_little_endian() {
     let id = ClientId([0xAB; 16]);
-    let bytes = encode_request(id, &Request::Register { name: name("bob") });
+    let bytes = encode_request(Version::V3, id, &Request::Register { name: name("bob") });
     assert_eq!(bytes.len(), REQUEST_HEADER_LEN + NAME_LEN);
     assert_eq!(&bytes[..16], &[0xAB; 16]);
     assert_eq!(bytes[16], 3);
@@ -453,7 +453,7 @@ fn request_header_is_id_version_code_size_little_endian() {
 #[test]
 fn send_file_payload_size_covers_content_size_and_name_and_content() {
     let header = FileHeader { content_size: 32, file_name: name("f") };
-    let bytes = encode_request(ClientId::ZERO, &Request::SendFile(header));
+    let bytes = encode_request(Version::V3, ClientId::ZERO, &Request::SendFile(header));
     assert_eq!(bytes.len(), REQUEST_HEADER_LEN + FILE_HEADER_LEN, "content is not included");
     assert_eq!(&bytes[17..19], &1028u16.to_le_bytes());
     assert_eq!(&bytes[19..23], &(259u32 + 32).to_le_bytes());
@@ -463,7 +463,7 @@ fn send_file_payload_size_covers_content_size_and_name_and_content() {
 
 #[test]
 fn response_header_is_version_code_size_little_endian() {
-    let bytes = Response::Registered { client_id: ClientId([9; 16]) }.encode();
+    let bytes = Response::Registered { client_id: ClientId([9; 16]) }.encode(Version::V3);
     assert_eq!(&bytes[..7], &[3, 0x34, 0x08, 16, 0, 0, 0], "3, 2100 LE, 16 LE");
     assert_eq!(&bytes[7..], &[9; 16]);
 }
@@ -476,7 +476,7 @@ fn file_received_payload_is_id_size_name_cksum() {
         file_name: name("x.bin"),
         cksum: 0xA1B2_C3D4,
     };
-    let bytes = response.encode();
+    let bytes = response.encode(Version::V3);
     assert_eq!(bytes.len(), RESPONSE_HEADER_LEN + FILE_RECEIVED_LEN);
     let payload = &bytes[RESPONSE_HEADER_LEN..];
     assert_eq!(&payload[..16], &[1; 16]);
@@ -487,7 +487,7 @@ fn file_received_payload_is_id_size_name_cksum() {
 
 #[test]
 fn acknowledged_without_id_encodes_an_empty_payload() {
-    let bytes = Response::Acknowledged { client_id: None }.encode();
+    let bytes = Response::Acknowledged { client_id: None }.encode(Version::V3);
     assert_eq!(bytes.len(), RESPONSE_HEADER_LEN);
     assert_eq!(&bytes[3..7], &[0, 0, 0, 0]);
 }
@@ -805,7 +805,7 @@ fn short_buffers_are_incomplete_and_say_how_much_is_missing() {
     assert!(decode_request(&file, NO_LIMIT).is_ok());
 
     assert_eq!(decode_response(&[]), Err(DecodeError::Incomplete { needed: 7 }));
-    let response = Response::Registered { client_id: ClientId([5; 16]) }.encode();
+    let response = Response::Registered { client_id: ClientId([5; 16]) }.encode(Version::V3);
     assert_eq!(decode_response(&response[..10]), Err(DecodeError::Incomplete { needed: 13 }));
 }
 
@@ -841,7 +841,8 @@ fn response_with_a_huge_payload_size_is_refused_from_the_header() {
 
 #[test]
 fn request_with_any_version_byte_is_accepted_and_the_byte_kept() {
-    let valid = encode_request(ClientId([1; 16]), &Request::Reconnect { name: name("bob") });
+    let valid =
+        encode_request(Version::V3, ClientId([1; 16]), &Request::Reconnect { name: name("bob") });
     for version in 0..=u8::MAX {
         let mut bytes = valid.clone();
         bytes[CLIENT_ID_LEN] = version;
@@ -864,7 +865,8 @@ fn response_with_any_version_byte_is_accepted_and_the_byte_kept() {
 #[test]
 fn any_client_id_is_accepted_in_register() {
     for id in [[0; 16], [0xAA; 16], [0xFF; 16]] {
-        let bytes = encode_request(ClientId(id), &Request::Register { name: name("bob") });
+        let bytes =
+            encode_request(Version::V3, ClientId(id), &Request::Register { name: name("bob") });
         assert_eq!(decode_request(&bytes, NO_LIMIT).map(|d| d.header.client_id), Ok(ClientId(id)));
     }
 }

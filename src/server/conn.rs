@@ -23,7 +23,7 @@ use super::{ServerError, Shared};
 use crate::crypto::{PublicKey, random_bytes};
 use crate::protocol::{
     ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, PublicKeyField,
-    REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader, Response, storage_name,
+    REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader, Response, Version, storage_name,
 };
 use crate::store::{CommitIntent, Storage};
 use std::io;
@@ -51,13 +51,16 @@ enum Next {
     ReplyAndClose(Response),
 }
 
-
 /// One client connection.
 pub(crate) struct Connection<S> {
     shared: Arc<Shared>,
     stream: S,
     conn_id: u64,
     peer: SocketAddr,
+    /// The protocol this connection speaks, decided before its first request (every
+    /// connection on the plain TCP path speaks protocol 3, whatever version byte the peer
+    /// writes).
+    version: Version,
     /// Registered on this connection with 1025, awaiting 1026.
     registered_here: Option<ClientId>,
     /// The session this connection made with 1026 or 1027.
@@ -83,6 +86,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             stream,
             conn_id,
             peer,
+            version: Version::V3,
             registered_here: None,
             session: None,
             span: tracing::Span::none(),
@@ -180,8 +184,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             if let Some(response) = response {
                 // A peer that sends but never reads must not hold the connection forever.
                 let idle = self.shared.config.idle_timeout;
-                let written =
-                    tokio::time::timeout(idle, self.stream.write_all(&response.encode())).await;
+                let written = tokio::time::timeout(
+                    idle,
+                    self.stream.write_all(&response.encode(self.version)),
+                )
+                .await;
                 if !matches!(written, Ok(Ok(()))) {
                     debug!("could not answer within {idle:?}; closing");
                     break;
@@ -476,7 +483,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if !(same_key || first_key) {
             return Err(Refusal::KeyNotAllowed(id));
         }
-        let key = PublicKey::from_field(&field).map_err(|e| Refusal::BadPublicKey(e.to_string()))?;
+        let key =
+            PublicKey::from_field(&field).map_err(|e| Refusal::BadPublicKey(e.to_string()))?;
         self.check_backoff(id, usual_ip)?;
         let stored = field.0.to_vec();
         self.shared.db(move |db| db.set_public_key(id, &stored)).await?;
@@ -552,7 +560,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if let Some(old) = self.session.take() {
             old.drop_pending_of(self.conn_id);
         }
-        let session = Arc::new(Session::new(id, aes_key, self.peer.ip(), self.conn_id, usual_ip));
+        let session = Arc::new(Session::new(
+            self.version,
+            id,
+            aes_key,
+            self.peer.ip(),
+            self.conn_id,
+            usual_ip,
+        ));
         self.shared.sessions.publish(&session);
         self.session = Some(session);
         if let Some(slot) = &self.slot {

@@ -15,6 +15,7 @@ mod session;
 
 pub use session::check_session;
 
+use crate::protocol::Version;
 use crate::protocol::{
     CLIENT_ID_LEN, ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, NAME_LEN,
     REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN, Request, RequestHeader, Response, ResponseCode,
@@ -79,7 +80,7 @@ fn check_request(data: &[u8]) {
 /// whenever that fits in 32 bits).
 fn check_request_round_trip(data: &[u8], decoded: &crate::protocol::DecodedRequest) {
     let header = &decoded.header;
-    let encoded = encode_request(header.client_id, &decoded.request);
+    let encoded = encode_request(Version::V3, header.client_id, &decoded.request);
     assert_eq!(encoded.len(), decoded.content.start, "the head ends where the content starts");
     assert_eq!(decoded.content.end, decoded.len, "the content ends the request");
     assert!(decoded.len <= data.len(), "a request lies inside its buffer");
@@ -165,7 +166,7 @@ fn check_file_header(bytes: Option<&[u8]>, payload_size: Option<&[u8]>) {
     assert!(size > 0 && size % 16 == 0, "content size {size} passed the checks");
     let spec = u64::from(payload_size) == FILE_HEADER_LEN as u64 + size;
     assert!(spec || payload_size == FILE_HEADER_LEN as u32, "payload {payload_size}");
-    let encoded = encode_request(ClientId::ZERO, &Request::SendFile(file.clone()));
+    let encoded = encode_request(Version::V3, ClientId::ZERO, &Request::SendFile(file.clone()));
     let header = RequestHeader::decode(encoded[..REQUEST_HEADER_LEN].try_into().expect("23"))
         .expect("an encoded 1028 header decodes");
     file.check_sizes(header.payload_size, u32::MAX)
@@ -190,7 +191,7 @@ fn check_response(data: &[u8]) {
         return;
     };
     assert_eq!(len, RESPONSE_HEADER_LEN + header.payload_size as usize);
-    let encoded = response.encode();
+    let encoded = response.encode(Version::V3);
     let (again_header, again, again_len) = decode_response(&encoded).expect("re-encoded response");
     assert_eq!(again, response, "a response survives re-encoding");
     assert_eq!((again_header.version, again_len), (VERSION, encoded.len()));

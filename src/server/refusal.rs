@@ -7,8 +7,8 @@
 //! [`Fault`] (hence the log level) and its stable [`Refusal::reason`] label, which logs
 //! carry as a field and tests assert.
 
-use super::upload::UploadError;
 use super::ServerError;
+use super::upload::UploadError;
 use crate::protocol::{ClientId, DecodeError, FileNameError};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -150,9 +150,17 @@ impl Refusal {
     pub fn fault(&self) -> Fault {
         use Refusal::*;
         match self {
-            UnknownClient(_) | NoSession { .. } | OtherClient { .. } | SessionEnded
-            | EndedDuringUpload | NothingWaits(_) | NameMismatch { .. } | KeyNotAllowed(_)
-            | BadPublicKey(_) | BadRequest(_) | BadFileName(_) => Fault::Peer,
+            UnknownClient(_)
+            | NoSession { .. }
+            | OtherClient { .. }
+            | SessionEnded
+            | EndedDuringUpload
+            | NothingWaits(_)
+            | NameMismatch { .. }
+            | KeyNotAllowed(_)
+            | BadPublicKey(_)
+            | BadRequest(_)
+            | BadFileName(_) => Fault::Peer,
             Upload(UploadError::Storage(_)) => Fault::Internal,
             Upload(_) => Fault::Peer,
             RegistrationLimit { .. } | BackedOff { .. } | Quota(_) | Busy(_) | DiskFull { .. } => {
@@ -235,7 +243,10 @@ mod tests {
         assert!(text.ends_with("on this connection"), "{text}");
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let limit = Refusal::RegistrationLimit { ip, wait: Duration::from_millis(1500) };
-        assert_eq!(limit.to_string(), "too many registrations from 10.0.0.1: the next one in 1.5 s");
+        assert_eq!(
+            limit.to_string(),
+            "too many registrations from 10.0.0.1: the next one in 1.5 s"
+        );
         assert_eq!(limit.reason(), "registration-limit");
     }
 }

@@ -7,7 +7,7 @@
 //! `--strict-sessions` the registry is off and only the owning connection is served.
 
 use crate::crypto::AesKey;
-use crate::protocol::ClientId;
+use crate::protocol::{ClientId, Version};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -105,6 +105,9 @@ pub struct Pending {
 /// The result of one key exchange.
 #[derive(Debug)]
 pub struct Session {
+    /// The protocol of the key exchange: it decides how the session's content is
+    /// encrypted and checked.
+    pub version: Version,
     /// The client.
     pub id: ClientId,
     /// The AES key sent in this exchange.
@@ -128,6 +131,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Session {
     /// A new session.
     pub fn new(
+        version: Version,
         id: ClientId,
         aes_key: AesKey,
         ip: IpAddr,
@@ -135,6 +139,7 @@ impl Session {
         usual_ip: Option<IpAddr>,
     ) -> Self {
         Session {
+            version,
             id,
             aes_key,
             ip,

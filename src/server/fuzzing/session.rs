@@ -32,6 +32,7 @@ use super::super::session::Sessions;
 use super::super::{Config, Shared};
 use crate::crypto::aes::encrypt_to_vec;
 use crate::crypto::{AesKey, Cksum, PrivateKey, PublicKey};
+use crate::protocol::Version;
 use crate::protocol::{
     ClientId, DecodeError, FixedName, NAME_LEN, PUBLIC_KEY_LEN, PublicKeyField, REQUEST_HEADER_LEN,
     RequestCode, Response, ResponseCode, TEMP_PREFIX, VERSION, decode_response, storage_name,
@@ -720,7 +721,7 @@ async fn read_responses(mut read: ReadHalf<DuplexStream>, tx: mpsc::UnboundedSen
             match decode_response(&buf) {
                 Ok((_, response, len)) => {
                     assert_eq!(
-                        response.encode(),
+                        response.encode(Version::V3),
                         buf[..len],
                         "the server sends canonical responses"
                     );
