@@ -1,8 +1,12 @@
 //! Replays the fuzz corpora in `fuzz/corpus/<target>/` through the checks the fuzz targets
-//! run (`securexfer::server::fuzzing`), so that CI re-tests every input the fuzzer kept and
-//! every crash it once found, without cargo-fuzz or a nightly compiler.
+//! run (the harness in `fuzz/harness/`, included here as it is there), so that CI re-tests
+//! every input the fuzzer kept and every crash it once found, without cargo-fuzz or a
+//! nightly compiler.
 
-use securexfer::server::fuzzing::{check_decode, check_session};
+#[path = "../fuzz/harness/mod.rs"]
+mod harness;
+
+use harness::{check_decode, check_session};
 use std::path::{Path, PathBuf};
 
 /// The files of one target's corpus, in name order. An empty or missing corpus fails:

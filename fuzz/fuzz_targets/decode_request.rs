@@ -4,4 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| securexfer::server::fuzzing::check_decode(data));
+#[path = "../harness/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod harness;
+
+fuzz_target!(|data: &[u8]| harness::check_decode(data));

@@ -3,7 +3,7 @@
 
 decode_request: every single request and response of the wire captures in
 ../shared/captures (or $CAPTURES), plus a few edge cases. server_session: short scripts
-in the format of securexfer::server::fuzzing::session (one op byte, then parameters).
+in the format of fuzz/harness/session.rs (one op byte, then parameters).
 Run from the repository root: python3 fuzz/seeds/make_seeds.py
 """
 import glob

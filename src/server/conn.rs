@@ -383,7 +383,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let id = header.client_id;
         let code = request.code();
         if code != RequestCode::Register {
-            let known = self.shared.db(move |db| db.touch(id)).await?;
+            let known = self.shared.records().touch(id).await?;
             if !known && code != RequestCode::Reconnect {
                 return Err(Refusal::UnknownClient(id));
             }
@@ -444,16 +444,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         self.check_registration_limit()?;
         let (id, ip) = (ClientId::random(), self.peer.ip());
         let text = name.as_str().to_owned();
-        let inserted = self
-            .shared
-            .db(move |db| {
-                let inserted = db.insert_client(id, &text)?;
-                if inserted {
-                    db.set_usual_address(id, ip)?;
-                }
-                Ok(inserted)
-            })
-            .await?;
+        let inserted = self.shared.records().register(id, text, ip).await?;
         if !inserted {
             info!(%name, "registration refused: name taken");
             return Ok(Next::Reply(Response::RegistrationFailed));
@@ -470,8 +461,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         name: FixedName,
         field: PublicKeyField,
     ) -> Result<Next, Refusal> {
-        let (record, usual_ip) =
-            self.shared.db(move |db| Ok((db.client_by_id(id)?, db.usual_address(id)?))).await?;
+        let (record, usual_ip) = (
+            self.shared.records().client(id).await?,
+            self.shared.records().usual_address(id).await?,
+        );
         let record = record.ok_or(Refusal::UnknownClient(id))?;
         if record.name != name.as_str() {
             return Err(Refusal::NameMismatch { id, name: name.to_string() });
@@ -487,7 +480,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             PublicKey::from_field(&field).map_err(|e| Refusal::BadPublicKey(e.to_string()))?;
         self.check_backoff(id, usual_ip)?;
         let stored = field.0.to_vec();
-        self.shared.db(move |db| db.set_public_key(id, &stored)).await?;
+        self.shared.records().set_public_key(id, stored).await?;
         let encrypted_key = self.start_session(id, &key, usual_ip).await?;
         info!("public key received; AES key sent");
         Ok(Next::Reply(Response::PublicKeyAccepted { client_id: id, encrypted_key }))
@@ -495,10 +488,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     async fn reconnect(&mut self, id: ClientId, name: FixedName) -> Result<Next, Refusal> {
         let text = name.as_str().to_owned();
-        let (record, usual_ip) = self
-            .shared
-            .db(move |db| Ok((db.client_by_name(&text)?, db.usual_address(id)?)))
-            .await?;
+        let record = self.shared.records().client_named(text).await?;
+        let usual_ip = self.shared.records().usual_address(id).await?;
         let denied = Next::Reply(Response::ReconnectDenied { client_id: Some(id) });
         let Some(record) = record.filter(|r| r.id == id) else {
             info!(%name, client = %id, "reconnect denied: no client with this name and id");
@@ -556,7 +547,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let encrypted = key
             .encrypt_aes_key(&aes_key)
             .map_err(|e| Refusal::Internal(format!("encrypting the AES key: {e}")))?;
-        self.shared.db(move |db| db.set_aes_key(id, &aes_key)).await?;
+        self.shared.records().set_aes_key(id, aes_key).await?;
         if let Some(old) = self.session.take() {
             old.drop_pending_of(self.conn_id);
         }
@@ -685,18 +676,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         // Recorded before the rename, forgotten in the transaction that records the file:
         // a crash anywhere in between is finished or undone at start-up.
         // The copy it replaces is kept as a version, if it is a confirmed one.
-        let mut begun = intent.clone();
+        // (Under the commit turn, so nobody else records this name in between.)
+        let mut intent = intent;
         let keep = self.shared.config.keep_versions;
-        let intent = self
-            .shared
-            .db(move |db| {
-                if keep > 0 && db.has_verified_at(id, &begun.path_name)? {
-                    begun.archive = Some(Storage::new_version_path(id));
-                }
-                db.begin_commit(&begun)?;
-                Ok(begun)
-            })
-            .await?;
+        let records = self.shared.records();
+        if keep > 0 && records.has_verified_at(id, intent.path_name.clone()).await? {
+            intent.archive = Some(Storage::new_version_path(id));
+        }
+        records.begin_commit(intent.clone()).await?;
         let storage = self.shared.storage.clone();
         let (name, archive) = (pending.stored_name.clone(), intent.archive.clone());
         let committed = match tokio::task::spawn_blocking(move || {
@@ -714,7 +701,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Ok(committed) => committed,
             Err(refused) => {
                 let abandoned = intent.clone();
-                let _ = self.shared.db(move |db| db.abandon_commit(&abandoned)).await;
+                let _ = self.shared.records().abandon_commit(abandoned).await;
                 return Err(refused);
             }
         };
@@ -724,7 +711,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             tokio::task::spawn_blocking(move || drop(replaced));
         }
         let (ip, size) = (self.peer.ip(), intent.size);
-        let pruned = self.shared.db(move |db| db.finish_commit(&intent, Some(ip), keep)).await?;
+        let pruned = self.shared.records().finish_commit(intent, Some(ip), keep).await?;
         drop(turn);
         if !pruned.is_empty() {
             let storage = self.shared.storage.clone();
@@ -748,7 +735,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let (sent, rel) = (file_name.to_string(), Storage::relative_path(id, &pending.stored_name));
         // Deleting a large upload takes a while: not on the runtime's threads.
         tokio::task::spawn_blocking(move || drop(pending));
-        self.shared.db(move |db| db.record_given_up(id, &sent, &rel)).await?;
+        self.shared.records().record_given_up(id, sent, rel).await?;
         warn!(%file_name, "client gave up after repeated checksum mismatches; nothing stored");
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
     }

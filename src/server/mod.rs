@@ -3,15 +3,13 @@
 
 pub mod backoff;
 mod conn;
-#[doc(hidden)]
-pub mod fuzzing;
 pub mod ratelimit;
 pub mod refusal;
 pub mod session;
 pub mod slots;
 pub mod upload;
 
-use crate::store::{Db, DbError, Storage};
+use crate::store::{Db, DbError, RecordsError, SharedRecords, SqliteRecords, Storage};
 use backoff::Backoff;
 use ratelimit::RateLimit;
 use session::Sessions;
@@ -127,6 +125,9 @@ pub enum ServerError {
     /// The database failed.
     #[error("{0}")]
     Db(#[from] DbError),
+    /// The records could not answer.
+    #[error("{0}")]
+    Records(#[from] RecordsError),
     /// The storage directory is unusable.
     #[error("storage directory {path}: {source}")]
     Storage {
@@ -152,9 +153,8 @@ pub enum ServerError {
 /// State every connection shares.
 pub(crate) struct Shared {
     config: Config,
-    db: Arc<Mutex<Db>>,
-    /// The database's own thread (see [`DbThread`]).
-    db_thread: DbThread,
+    /// Clients, files and commits on record.
+    records: SharedRecords,
     /// Uploads whose content is being read, against `--max-uploads`.
     pub(crate) uploads: Arc<Semaphore>,
     storage: Storage,
@@ -171,6 +171,8 @@ pub(crate) struct Shared {
     commits: Mutex<HashMap<CommitKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Every connection's slot (per-address cap, eviction).
     slots: Arc<slots::Slots>,
+    /// The next connection's number (for logs and for telling connections apart).
+    next_conn: AtomicU64,
 }
 
 type CommitKey = (crate::protocol::ClientId, String);
@@ -202,7 +204,12 @@ impl Drop for CommitTurn<'_> {
 pub(crate) const LARGE_UPLOAD_SLOTS: usize = 64;
 
 impl Shared {
-    pub(crate) fn new(config: Config, db: Db, storage: Storage, sessions: Sessions) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        records: SharedRecords,
+        storage: Storage,
+        sessions: Sessions,
+    ) -> Self {
         let large_uploads = Arc::new(tokio::sync::Semaphore::new(LARGE_UPLOAD_SLOTS));
         let per_minute = config.registrations_per_minute;
         let registrations = Mutex::new(RateLimit::new(per_minute, per_minute.saturating_mul(2)));
@@ -215,14 +222,14 @@ impl Shared {
             quotas,
             commits: Mutex::new(HashMap::new()),
             slots: slots::Slots::new(config.max_connections_per_address),
-            db_thread: DbThread::start(),
             uploads: Arc::new(Semaphore::new(config.max_uploads.max(1))),
             config,
-            db: Arc::new(Mutex::new(db)),
+            records,
             storage,
             sessions,
             large_uploads,
             backoff: Mutex::new(Backoff::new()),
+            next_conn: AtomicU64::new(1),
         }
     }
 
@@ -250,49 +257,14 @@ impl Shared {
         self.registrations.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Runs a database operation on the database's own thread: it never waits behind
-    /// file work in the blocking pool, however many uploads are under way.
-    async fn db<T, F>(&self, f: F) -> Result<T, ServerError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Db) -> Result<T, DbError> + Send + 'static,
-    {
-        let db = Arc::clone(&self.db);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.db_thread.run(Box::new(move || {
-            let guard = db.lock().unwrap_or_else(|p| p.into_inner());
-            let _ = tx.send(f(&guard));
-        }))?;
-        rx.await.map_err(|e| ServerError::Task(e.to_string()))?.map_err(|e| {
-            if let DbError::Replaced { .. } = e {
-                error!("{e}");
-            }
-            ServerError::from(e)
-        })
-    }
-}
-
-type DbJob = Box<dyn FnOnce() + Send>;
-
-/// One thread that runs every database operation in turn (SQLite serialises writes on
-/// one connection anyway). It stops when the server's state is dropped.
-struct DbThread {
-    tx: Mutex<std::sync::mpsc::Sender<DbJob>>,
-}
-
-impl DbThread {
-    fn start() -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<DbJob>();
-        std::thread::Builder::new()
-            .name("securexfer-db".into())
-            .spawn(move || rx.into_iter().for_each(|job| job()))
-            .expect("start the database thread");
-        DbThread { tx: Mutex::new(tx) }
+    fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn run(&self, job: DbJob) -> Result<(), ServerError> {
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-        tx.send(job).map_err(|_| ServerError::Task("the database thread stopped".into()))
+    /// The records, for one call. A call that fails because the database file was
+    /// replaced is logged as an error where it happens, whoever asked.
+    fn records(&self) -> &dyn crate::store::Records {
+        &*self.records
     }
 }
 
@@ -307,18 +279,29 @@ impl Server {
     /// Opens the database and the storage directory, finishes or undoes the commits a
     /// crash interrupted, and deletes uploads a crash left.
     pub fn open(config: Config) -> Result<Self, ServerError> {
-        let storage_error = |source| ServerError::Storage { path: config.storage.clone(), source };
-        let storage = Storage::open(&config.storage)
-            .and_then(|storage| storage.check_writable().map(|()| storage))
-            .map_err(storage_error)?;
-        let lock = storage.lock_exclusive().map_err(|e| {
-            storage_error(io::Error::other(format!(
-                "cannot lock it ({e}): is another server (or `db restore`) using it?"
-            )))
-        })?;
+        let (storage, lock) = open_storage(&config)?;
         let db = Db::open(&config.db)?;
-        reconcile_commits(&db, &storage, config.keep_versions).map_err(storage_error)?;
-        let leftovers = storage.clean_leftovers().map_err(storage_error)?;
+        reconcile_commits(&db, &storage, config.keep_versions).map_err(storage_error(&config))?;
+        let records: SharedRecords = Arc::new(SqliteRecords::new(db));
+        Server::assemble(config, records, storage, lock)
+    }
+
+    /// A server over records the caller supplies instead of the database `config` names:
+    /// for serving in process (tests, fuzzing; see [`Server::serve_connection`]) and for
+    /// other record stores. Commits a crash interrupted are not looked at: the records
+    /// must have none (a fresh store has none).
+    pub fn with_records(config: Config, records: SharedRecords) -> Result<Self, ServerError> {
+        let (storage, lock) = open_storage(&config)?;
+        Server::assemble(config, records, storage, lock)
+    }
+
+    fn assemble(
+        config: Config,
+        records: SharedRecords,
+        storage: Storage,
+        lock: std::fs::File,
+    ) -> Result<Self, ServerError> {
+        let leftovers = storage.clean_leftovers().map_err(storage_error(&config))?;
         if leftovers.removed > 0 {
             warn!(removed = leftovers.removed, "deleted unfinished uploads left by an earlier run");
         }
@@ -326,8 +309,29 @@ impl Server {
             warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
         }
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
-        let shared = Arc::new(Shared::new(config, db, storage, sessions));
+        let shared = Arc::new(Shared::new(config, records, storage, sessions));
         Ok(Server { shared, _lock: lock })
+    }
+
+    /// Serves one connection over any byte stream, exactly as the accept loop serves a
+    /// TCP connection from `peer` (but outside the connection limits: no slot, no
+    /// per-address cap, no eviction), until the peer leaves, misbehaves or `stop` turns
+    /// true. The future owns what it needs, so it can be spawned. This is the seam for
+    /// running protocol conversations in process, over `tokio::io::duplex` say, in tests
+    /// and fuzzing.
+    pub fn serve_connection<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let conn_id = self.shared.next_conn_id();
+        let connection = conn::Connection::new(Arc::clone(&self.shared), stream, conn_id, peer);
+        let span = info_span!("conn", id = conn_id, peer = %peer, client = tracing::field::Empty);
+        connection.run(stop).instrument(span)
     }
 
     /// Serves `listener` until `shutdown` completes, then lets transfers in flight finish
@@ -341,7 +345,6 @@ impl Server {
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let next_id = AtomicU64::new(1);
         let janitor = tokio::spawn(janitor(Arc::clone(&shared), stop_rx.clone()));
         tokio::pin!(shutdown);
         loop {
@@ -357,7 +360,7 @@ impl Server {
                     }
                 },
             };
-            let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+            let conn_id = shared.next_conn_id();
             let Some(slot) = shared.slots.admit(conn_id, peer.ip()) else {
                 debug!(%peer, "closed at once: the address holds its --max-connections-per-address");
                 continue;
@@ -406,6 +409,24 @@ impl Server {
         info!("stopped");
         Ok(())
     }
+}
+
+/// The error for a storage directory that cannot be used.
+fn storage_error(config: &Config) -> impl Fn(io::Error) -> ServerError + '_ {
+    |source| ServerError::Storage { path: config.storage.clone(), source }
+}
+
+/// Opens, checks and locks the storage directory.
+fn open_storage(config: &Config) -> Result<(Storage, std::fs::File), ServerError> {
+    let storage = Storage::open(&config.storage)
+        .and_then(|storage| storage.check_writable().map(|()| storage))
+        .map_err(storage_error(config))?;
+    let lock = storage.lock_exclusive().map_err(|e| {
+        storage_error(config)(io::Error::other(format!(
+            "cannot lock it ({e}): is another server (or `db restore`) using it?"
+        )))
+    })?;
+    Ok((storage, lock))
 }
 
 /// Waits for a connection slot when the server is full, asking the oldest idle connection
@@ -519,7 +540,7 @@ impl Shared {
         // A registration may wait for its 1026 on its own connection for the idle timeout,
         // or from its address for the window.
         let age = self.config.session_window.max(self.config.idle_timeout);
-        match self.db(move |db| db.forget_keyless(age)).await {
+        match self.records().forget_keyless(age).await {
             Ok(0) => {}
             Ok(forgotten) => info!(forgotten, "forgot registrations that never sent a public key"),
             Err(e) => warn!("could not forget registrations without a public key: {e}"),

@@ -134,7 +134,10 @@ pub enum Refusal {
         /// Why it failed.
         source: std::io::Error,
     },
-    /// The server's own machinery failed (the database, a task, key encryption).
+    /// The records could not answer.
+    #[error("{0}")]
+    Records(#[from] crate::store::RecordsError),
+    /// The server's own machinery failed (a task, key encryption).
     #[error("{0}")]
     Internal(String),
 }
@@ -166,7 +169,7 @@ impl Refusal {
             RegistrationLimit { .. } | BackedOff { .. } | Quota(_) | Busy(_) | DiskFull { .. } => {
                 Fault::Limit
             }
-            Storage { .. } | Internal(_) => Fault::Internal,
+            Storage { .. } | Records(_) | Internal(_) => Fault::Internal,
         }
     }
 
@@ -195,6 +198,7 @@ impl Refusal {
             Busy(_) => "busy",
             DiskFull { .. } => "disk-full",
             Storage { .. } => "storage",
+            Records(_) => "records",
             Internal(_) => "internal",
         }
     }

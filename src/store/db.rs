@@ -356,18 +356,6 @@ impl Db {
         Ok(())
     }
 
-    /// The AES key last sent to a client. The server never reads it back (a session keeps
-    /// its key in memory); the fuzz harness uses it to follow a session without paying for
-    /// an RSA decryption on every key exchange.
-    pub fn aes_key(&self, id: ClientId) -> Result<Option<[u8; 16]>, DbError> {
-        let key: Option<Option<Vec<u8>>> = self
-            .conn
-            .prepare_cached("SELECT AESKey FROM clients WHERE ID = ?1")?
-            .query_row([&id.0[..]], |r| r.get(0))
-            .optional()?;
-        Ok(key.flatten().and_then(|k| k.try_into().ok()))
-    }
-
     /// Records `ip` as the client's usual address (registration, or a confirmed file).
     pub fn set_usual_address(&self, id: ClientId, ip: IpAddr) -> Result<(), DbError> {
         self.check_file()?;

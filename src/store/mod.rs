@@ -2,6 +2,8 @@
 
 pub mod db;
 pub mod files;
+pub mod records;
 
 pub use db::{ClientRecord, CommitIntent, Db, DbError, FileRecord, VersionRecord};
 pub use files::{Storage, VERSIONS_DIR};
+pub use records::{Records, RecordsError, RecordsFuture, SharedRecords, SqliteRecords};

@@ -6,17 +6,19 @@
 //!   deliberately ignores), and file names never map to an unsafe stored name.
 //! - [`check_session`]: a script of requests, read from the bytes, runs against the real
 //!   per-connection state machine; the script format and the invariants are described in
-//!   `src/server/fuzzing/session.rs` and `fuzz/README.md`.
+//!   `fuzz/harness/session.rs` and `fuzz/README.md`.
 //!
-//! Not part of the stable API: it exists so that the fuzz crate and the tests run exactly
-//! the same checks.
+//! It lives outside the library and uses only its public API (the protocol codecs and
+//! [`securexfer::server::Server::serve_connection`]): the fuzz targets in `fuzz/` and
+//! `tests/fuzz_corpus.rs` both include this directory with `#[path]`, so that they run
+//! exactly the same checks.
 
 mod session;
 
 pub use session::check_session;
 
-use crate::protocol::Version;
-use crate::protocol::{
+use securexfer::protocol::Version;
+use securexfer::protocol::{
     CLIENT_ID_LEN, ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, NAME_LEN,
     REQUEST_HEADER_LEN, RESPONSE_HEADER_LEN, Request, RequestHeader, Response, ResponseCode,
     ResponseHeader, TEMP_PREFIX, VERSION, decode_request, decode_response, encode_request,
@@ -78,7 +80,7 @@ fn check_request(data: &[u8]) {
 /// sends: any version byte (it sends 3), bytes after a name's NUL (it pads with zeros),
 /// and the 259-byte payload size of the short 1028 layout (it states 259 + content size
 /// whenever that fits in 32 bits).
-fn check_request_round_trip(data: &[u8], decoded: &crate::protocol::DecodedRequest) {
+fn check_request_round_trip(data: &[u8], decoded: &securexfer::protocol::DecodedRequest) {
     let header = &decoded.header;
     let encoded = encode_request(Version::V3, header.client_id, &decoded.request);
     assert_eq!(encoded.len(), decoded.content.start, "the head ends where the content starts");
@@ -113,7 +115,7 @@ fn check_request_round_trip(data: &[u8], decoded: &crate::protocol::DecodedReque
 
 /// Every prefix of a whole request is incomplete, and says exactly how far the next part
 /// (header, payload, content) reaches. Checked at the boundaries, where mistakes live.
-fn check_prefixes_are_incomplete(data: &[u8], decoded: &crate::protocol::DecodedRequest) {
+fn check_prefixes_are_incomplete(data: &[u8], decoded: &securexfer::protocol::DecodedRequest) {
     let (head, end) = (decoded.content.start, decoded.len);
     let cuts = [0, 1, REQUEST_HEADER_LEN - 1, REQUEST_HEADER_LEN, head - 1, head, end - 1];
     for cut in cuts.into_iter().filter(|&c| c < end) {

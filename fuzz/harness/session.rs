@@ -1,5 +1,6 @@
 //! A script of requests run against the real connection state machine, in process, over
-//! `tokio::io::duplex`, with a fresh storage directory and in-memory database per run.
+//! `tokio::io::duplex`, with a fresh storage directory and in-memory database per run, through the
+//! library's public seam ([`Server::with_records`], [`Server::serve_connection`]).
 //!
 //! # The script
 //!
@@ -7,8 +8,9 @@
 //! bit 2: a 4 KiB content limit). Then each operation is one byte (modulo 12, see
 //! [`Script::step`]) followed by its parameters; missing bytes read as zero, so every input
 //! is a script. Requests are well formed unless a parameter says otherwise: valid names,
-//! the pre-made RSA keys, AES content encrypted with the key the server sent (read from its
-//! database: decrypting it with RSA would cost more than the rest of the run). Raw requests
+//! the pre-made RSA keys, AES content encrypted with the key the server sent (as it gave
+//! it to its records, see [`KeyTap`]: decrypting it with RSA would cost more than the rest
+//! of the run). Raw requests
 //! and raw bytes cover the rest. After each operation a ping (a 1027 that is always denied)
 //! marks where its answers end, or the client closes its side when framing is in doubt.
 //!
@@ -27,17 +29,17 @@
 //! - At the end: every verified record names a file whose size and cksum it holds, every
 //!   stored file has one, and once all state is dropped no temporary file is left.
 
-use super::super::conn::Connection;
-use super::super::session::Sessions;
-use super::super::{Config, Shared};
-use crate::crypto::aes::encrypt_to_vec;
-use crate::crypto::{AesKey, Cksum, PrivateKey, PublicKey};
-use crate::protocol::Version;
-use crate::protocol::{
+use securexfer::crypto::aes::encrypt_to_vec;
+use securexfer::crypto::{AesKey, Cksum, PrivateKey, PublicKey};
+use securexfer::protocol::Version;
+use securexfer::protocol::{
     ClientId, DecodeError, FixedName, NAME_LEN, PUBLIC_KEY_LEN, PublicKeyField, REQUEST_HEADER_LEN,
     RequestCode, Response, ResponseCode, TEMP_PREFIX, VERSION, decode_response, storage_name,
 };
-use crate::store::{Db, Storage};
+use securexfer::server::{Config, Server};
+use securexfer::store::{
+    ClientRecord, CommitIntent, Db, FileRecord, Records, RecordsFuture, SqliteRecords, Storage,
+};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -63,7 +65,7 @@ const CLIENT_NAMES: [&str; 2] = ["alice", "bob"];
 const FILE_NAMES: [&str; 7] =
     ["f.txt", "/home/u/f.txt", r"C:\dir\f.txt", "..", "a/.", ".securexfer-part-x", "C:"];
 /// Plaintext size of a "large" file: more than one upload chunk.
-const LARGE: usize = super::super::upload::CHUNK + 17;
+const LARGE: usize = securexfer::server::upload::CHUNK + 17;
 
 /// Runs the script in `data` against a fresh server state.
 ///
@@ -194,7 +196,8 @@ struct Model {
 }
 
 struct Script {
-    shared: Arc<Shared>,
+    server: Option<Server>,
+    records: Arc<KeyTap>,
     base: tempfile::TempDir,
     root: PathBuf,
     stop: (watch::Sender<bool>, watch::Receiver<bool>),
@@ -219,14 +222,16 @@ impl Script {
         if config_byte & 4 != 0 {
             config.max_content = 4096;
         }
-        let sessions = Sessions::new(config.session_window, config.strict_sessions);
         let db = Db::open_in_memory().expect("an in-memory database");
+        let records = Arc::new(KeyTap { inner: SqliteRecords::new(db), keys: Mutex::default() });
         let model = Model { strict: config.strict_sessions, ..Model::default() };
         let root = storage.root().to_owned();
-        let shared = Shared::new(config, db, storage, sessions);
+        drop(storage);
+        let server = Server::with_records(config, records.clone()).expect("the server");
         let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
         Script {
-            shared: Arc::new(shared),
+            server: Some(server),
+            records,
             base,
             root,
             stop: watch::channel(false),
@@ -499,8 +504,8 @@ impl Script {
         let conn_id = self.next_conn;
         self.next_conn += 1;
         let peer = SocketAddr::new(ip, 40_000 + conn_id as u16);
-        let connection = Connection::new(Arc::clone(&self.shared), server_end, conn_id, peer);
-        let server = tokio::spawn(connection.run(self.stop.1.clone()));
+        let server = self.server.as_ref().expect("the server runs until the end");
+        let server = tokio::spawn(server.serve_connection(server_end, peer, self.stop.1.clone()));
         let (read, writer) = tokio::io::split(client);
         let (tx, responses) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_responses(read, tx));
@@ -551,7 +556,7 @@ impl Script {
                 conn.open = true;
                 break;
             }
-            self.model.observe(&mut conn, &response, &self.shared.db);
+            self.model.observe(&mut conn, &response, &self.records);
             answers.push(response);
         }
         let raw = conn.raw;
@@ -576,7 +581,7 @@ impl Script {
         };
         let _ = conn.writer.shutdown().await;
         while let Some(response) = conn.responses.recv().await {
-            self.model.observe(&mut conn, &response, &self.shared.db);
+            self.model.observe(&mut conn, &response, &self.records);
         }
         join(conn.server).await;
         join(conn.reader).await;
@@ -607,7 +612,7 @@ impl Script {
         self.close(0).await;
         self.close(1).await;
         self.check_disk();
-        let files = self.shared.db.lock().expect("db").files().expect("listing files");
+        let files = self.records.files().await.expect("listing files");
         let verified: Vec<_> = files.iter().filter(|f| f.verified).collect();
         for file in &verified {
             let stored = storage_name(&file.file_name).expect("a recorded name is storable");
@@ -624,13 +629,14 @@ impl Script {
                 "{path} is stored but not recorded as verified"
             );
         }
-        let Script { shared, root, base, .. } = self;
+        let Script { server, records, root, base, .. } = self;
+        drop(server);
         assert_eq!(
-            Arc::strong_count(&shared),
+            Arc::strong_count(&records),
             1,
             "every connection has let go of the server state"
         );
-        drop(shared);
+        drop(records);
         let left: Vec<_> =
             stored_files(&root).into_iter().filter(|(_, n)| n.starts_with(TEMP_PREFIX)).collect();
         assert!(left.is_empty(), "temporary files outlived the server: {left:?}");
@@ -660,7 +666,7 @@ impl Model {
     }
 
     /// Learns from an answer and checks the ones that grant or use a session.
-    fn observe(&mut self, conn: &mut Conn, response: &Response, db: &Mutex<Db>) {
+    fn observe(&mut self, conn: &mut Conn, response: &Response, records: &KeyTap) {
         match response {
             Response::Registered { client_id } => {
                 conn.registered_here.insert(*client_id);
@@ -671,7 +677,7 @@ impl Model {
             Response::PublicKeyAccepted { client_id, .. }
             | Response::ReconnectAccepted { client_id, .. } => {
                 // The key the server just recorded is the one it sent.
-                let aes = db.lock().expect("db").aes_key(*client_id).expect("reading the db");
+                let aes = records.key_of(*client_id);
                 conn.own = Some((*client_id, aes));
                 self.exchanged.insert((*client_id, conn.ip));
                 match aes {
@@ -763,7 +769,7 @@ fn stored_files(root: &Path) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for dir in read_dir(root) {
         let client = dir.file_name().to_string_lossy().into_owned();
-        if client == crate::store::VERSIONS_DIR {
+        if client == securexfer::store::VERSIONS_DIR {
             continue; // earlier versions of replaced files, not stored files
         }
         let is_dir = dir.file_type().is_ok_and(|t| t.is_dir());
@@ -781,4 +787,74 @@ fn stored_files(root: &Path) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// The server's records (SQLite in memory), noting each AES key the server records so
+/// that the script can encrypt with it.
+struct KeyTap {
+    inner: SqliteRecords,
+    keys: Mutex<HashMap<ClientId, AesKey>>,
+}
+
+impl KeyTap {
+    /// The AES key last recorded for `id`.
+    fn key_of(&self, id: ClientId) -> Option<AesKey> {
+        self.keys.lock().expect("keys").get(&id).copied()
+    }
+}
+
+impl Records for KeyTap {
+    fn register(&self, id: ClientId, name: String, ip: IpAddr) -> RecordsFuture<'_, bool> {
+        self.inner.register(id, name, ip)
+    }
+    fn client(&self, id: ClientId) -> RecordsFuture<'_, Option<ClientRecord>> {
+        self.inner.client(id)
+    }
+    fn client_named(&self, name: String) -> RecordsFuture<'_, Option<ClientRecord>> {
+        self.inner.client_named(name)
+    }
+    fn usual_address(&self, id: ClientId) -> RecordsFuture<'_, Option<IpAddr>> {
+        self.inner.usual_address(id)
+    }
+    fn set_public_key(&self, id: ClientId, field: Vec<u8>) -> RecordsFuture<'_, ()> {
+        self.inner.set_public_key(id, field)
+    }
+    fn set_aes_key(&self, id: ClientId, key: [u8; 16]) -> RecordsFuture<'_, ()> {
+        self.keys.lock().expect("keys").insert(id, key);
+        self.inner.set_aes_key(id, key)
+    }
+    fn touch(&self, id: ClientId) -> RecordsFuture<'_, bool> {
+        self.inner.touch(id)
+    }
+    fn forget_keyless(&self, age: Duration) -> RecordsFuture<'_, usize> {
+        self.inner.forget_keyless(age)
+    }
+    fn has_verified_at(&self, id: ClientId, path_name: String) -> RecordsFuture<'_, bool> {
+        self.inner.has_verified_at(id, path_name)
+    }
+    fn begin_commit(&self, intent: CommitIntent) -> RecordsFuture<'_, ()> {
+        self.inner.begin_commit(intent)
+    }
+    fn finish_commit(
+        &self,
+        intent: CommitIntent,
+        ip: Option<IpAddr>,
+        keep: usize,
+    ) -> RecordsFuture<'_, Vec<String>> {
+        self.inner.finish_commit(intent, ip, keep)
+    }
+    fn abandon_commit(&self, intent: CommitIntent) -> RecordsFuture<'_, ()> {
+        self.inner.abandon_commit(intent)
+    }
+    fn record_given_up(
+        &self,
+        id: ClientId,
+        file_name: String,
+        path_name: String,
+    ) -> RecordsFuture<'_, ()> {
+        self.inner.record_given_up(id, file_name, path_name)
+    }
+    fn files(&self) -> RecordsFuture<'_, Vec<FileRecord>> {
+        self.inner.files()
+    }
 }

@@ -1,0 +1,269 @@
+//! The server's records behind a trait: what a connection asks of them, by name, whatever
+//! holds them.
+//!
+//! Today one implementation exists, [`SqliteRecords`]: a SQLite database with a thread
+//! of its own. A database server (the scale-out configuration) is a second implementation
+//! of the same trait. The methods return boxed futures rather than being `async fn`s so
+//! that the server can hold any implementation as `Arc<dyn Records>` without a generic
+//! parameter reaching every connection; one allocation per call is nothing beside a
+//! database round trip.
+//!
+//! Errors are [`RecordsError`], which names what an operator must know (the database file
+//! was replaced, the backend failed) and carries no backend's own types.
+
+use super::db::{ClientRecord, CommitIntent, Db, DbError, FileRecord};
+use crate::protocol::ClientId;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Why the records could not answer.
+#[derive(Debug, Error)]
+pub enum RecordsError {
+    /// The database file was deleted or replaced while the server had it open: nothing
+    /// more is written, and the server must be restarted.
+    #[error("{0}")]
+    Replaced(String),
+    /// The backend failed (its message says how).
+    #[error("{0}")]
+    Backend(String),
+    /// The records' own worker is gone (the server is stopping).
+    #[error("the database thread stopped")]
+    Stopped,
+}
+
+impl From<DbError> for RecordsError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Replaced { .. } => RecordsError::Replaced(e.to_string()),
+            other => RecordsError::Backend(other.to_string()),
+        }
+    }
+}
+
+/// What every records call returns.
+pub type RecordsFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, RecordsError>> + Send + 'a>>;
+
+/// The records a protocol server needs. Every method is one step that either happens
+/// whole or not at all.
+pub trait Records: Send + Sync + 'static {
+    /// Records a new client `id` called `name`, registered from `ip` (its usual address
+    /// from then on); false when the name is taken.
+    fn register(&self, id: ClientId, name: String, ip: IpAddr) -> RecordsFuture<'_, bool>;
+    /// The client with this id.
+    fn client(&self, id: ClientId) -> RecordsFuture<'_, Option<ClientRecord>>;
+    /// The client with this name.
+    fn client_named(&self, name: String) -> RecordsFuture<'_, Option<ClientRecord>>;
+    /// The address the client registered from or last confirmed a file from.
+    fn usual_address(&self, id: ClientId) -> RecordsFuture<'_, Option<IpAddr>>;
+    /// Sets the client's public key field.
+    fn set_public_key(&self, id: ClientId, field: Vec<u8>) -> RecordsFuture<'_, ()>;
+    /// Records the AES key last sent to the client.
+    fn set_aes_key(&self, id: ClientId, key: [u8; 16]) -> RecordsFuture<'_, ()>;
+    /// Notes that the client made a request now; false when no such client exists.
+    fn touch(&self, id: ClientId) -> RecordsFuture<'_, bool>;
+    /// Forgets registrations that never sent a public key and were last seen longer than
+    /// `age` ago; how many.
+    fn forget_keyless(&self, age: Duration) -> RecordsFuture<'_, usize>;
+    /// Whether a verified file of the client is recorded at `path_name`.
+    fn has_verified_at(&self, id: ClientId, path_name: String) -> RecordsFuture<'_, bool>;
+    /// Records the intent to commit, before the upload is moved into place.
+    fn begin_commit(&self, intent: CommitIntent) -> RecordsFuture<'_, ()>;
+    /// Records the committed file (verified), forgets the intent, records a version for
+    /// the copy it replaced and forgets versions beyond `keep`, all at once; `ip` becomes
+    /// the client's usual address. Returns the paths of the versions forgotten, for their
+    /// files to be deleted.
+    fn finish_commit(
+        &self,
+        intent: CommitIntent,
+        ip: Option<IpAddr>,
+        keep: usize,
+    ) -> RecordsFuture<'_, Vec<String>>;
+    /// Forgets an intent whose move into place did not happen.
+    fn abandon_commit(&self, intent: CommitIntent) -> RecordsFuture<'_, ()>;
+    /// Records that the client gave up on `file_name` (stored nothing).
+    fn record_given_up(
+        &self,
+        id: ClientId,
+        file_name: String,
+        path_name: String,
+    ) -> RecordsFuture<'_, ()>;
+    /// Every file on record, verified or not.
+    fn files(&self) -> RecordsFuture<'_, Vec<FileRecord>>;
+}
+
+type Job = Box<dyn FnOnce(&Db) + Send>;
+
+/// The records in a SQLite database, run on a thread of their own: SQLite serialises
+/// writes on one connection anyway, and the calls never wait behind file work in the
+/// blocking pool, however many uploads are under way.
+pub struct SqliteRecords {
+    tx: Mutex<std::sync::mpsc::Sender<Job>>,
+}
+
+impl SqliteRecords {
+    /// Takes `db` onto the records thread, which runs until this is dropped.
+    pub fn new(db: Db) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("securexfer-db".into())
+            .spawn(move || rx.into_iter().for_each(|job| job(&db)))
+            .expect("start the database thread");
+        SqliteRecords { tx: Mutex::new(tx) }
+    }
+
+    /// Runs `f` on the records thread.
+    fn run<T, F>(&self, f: F) -> RecordsFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Db) -> Result<T, DbError> + Send + 'static,
+    {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let sent = {
+            let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+            tx.send(Box::new(move |db: &Db| {
+                let _ = done.send(f(db));
+            }))
+        };
+        Box::pin(async move {
+            sent.map_err(|_| RecordsError::Stopped)?;
+            Ok(result.await.map_err(|_| RecordsError::Stopped)??)
+        })
+    }
+}
+
+impl Records for SqliteRecords {
+    fn register(&self, id: ClientId, name: String, ip: IpAddr) -> RecordsFuture<'_, bool> {
+        self.run(move |db| {
+            let inserted = db.insert_client(id, &name)?;
+            if inserted {
+                db.set_usual_address(id, ip)?;
+            }
+            Ok(inserted)
+        })
+    }
+
+    fn client(&self, id: ClientId) -> RecordsFuture<'_, Option<ClientRecord>> {
+        self.run(move |db| db.client_by_id(id))
+    }
+
+    fn client_named(&self, name: String) -> RecordsFuture<'_, Option<ClientRecord>> {
+        self.run(move |db| db.client_by_name(&name))
+    }
+
+    fn usual_address(&self, id: ClientId) -> RecordsFuture<'_, Option<IpAddr>> {
+        self.run(move |db| db.usual_address(id))
+    }
+
+    fn set_public_key(&self, id: ClientId, field: Vec<u8>) -> RecordsFuture<'_, ()> {
+        self.run(move |db| db.set_public_key(id, &field))
+    }
+
+    fn set_aes_key(&self, id: ClientId, key: [u8; 16]) -> RecordsFuture<'_, ()> {
+        self.run(move |db| db.set_aes_key(id, &key))
+    }
+
+    fn touch(&self, id: ClientId) -> RecordsFuture<'_, bool> {
+        self.run(move |db| db.touch(id))
+    }
+
+    fn forget_keyless(&self, age: Duration) -> RecordsFuture<'_, usize> {
+        self.run(move |db| db.forget_keyless(age))
+    }
+
+    fn has_verified_at(&self, id: ClientId, path_name: String) -> RecordsFuture<'_, bool> {
+        self.run(move |db| db.has_verified_at(id, &path_name))
+    }
+
+    fn begin_commit(&self, intent: CommitIntent) -> RecordsFuture<'_, ()> {
+        self.run(move |db| db.begin_commit(&intent))
+    }
+
+    fn finish_commit(
+        &self,
+        intent: CommitIntent,
+        ip: Option<IpAddr>,
+        keep: usize,
+    ) -> RecordsFuture<'_, Vec<String>> {
+        self.run(move |db| db.finish_commit(&intent, ip, keep))
+    }
+
+    fn abandon_commit(&self, intent: CommitIntent) -> RecordsFuture<'_, ()> {
+        self.run(move |db| db.abandon_commit(&intent))
+    }
+
+    fn record_given_up(
+        &self,
+        id: ClientId,
+        file_name: String,
+        path_name: String,
+    ) -> RecordsFuture<'_, ()> {
+        self.run(move |db| db.record_given_up(id, &file_name, &path_name))
+    }
+
+    fn files(&self) -> RecordsFuture<'_, Vec<FileRecord>> {
+        self.run(|db| db.files())
+    }
+}
+
+/// Records shared by every connection.
+pub type SharedRecords = Arc<dyn Records>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records() -> SqliteRecords {
+        SqliteRecords::new(Db::open_in_memory().expect("an in-memory database"))
+    }
+
+    #[tokio::test]
+    async fn a_registration_is_found_by_id_and_name_and_a_taken_name_is_refused() {
+        let records = records();
+        let (id, ip) = (ClientId([3; 16]), "127.0.0.9".parse().unwrap());
+        assert!(records.register(id, "carol".into(), ip).await.unwrap());
+        assert!(!records.register(ClientId([4; 16]), "carol".into(), ip).await.unwrap());
+        assert_eq!(records.client(id).await.unwrap().unwrap().name, "carol");
+        assert_eq!(records.client_named("carol".into()).await.unwrap().unwrap().id, id);
+        assert_eq!(records.usual_address(id).await.unwrap(), Some(ip));
+        assert!(records.touch(id).await.unwrap());
+        assert!(!records.touch(ClientId([5; 16])).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_commit_is_begun_finished_and_then_recorded_verified() {
+        let records = records();
+        let id = ClientId([6; 16]);
+        records.register(id, "dave".into(), "127.0.0.1".parse().unwrap()).await.unwrap();
+        let path_name = format!("{}/a.bin", id.to_hex());
+        let intent = CommitIntent {
+            client_id: id,
+            stored_name: "a.bin".into(),
+            file_name: "a.bin".into(),
+            path_name: path_name.clone(),
+            source: format!("{}/tmp", id.to_hex()),
+            size: 5,
+            cksum: 7,
+            archive: None,
+            restores: None,
+        };
+        assert!(!records.has_verified_at(id, path_name.clone()).await.unwrap());
+        records.begin_commit(intent.clone()).await.unwrap();
+        let pruned = records.finish_commit(intent, None, 1).await.unwrap();
+        assert!(pruned.is_empty());
+        assert!(records.has_verified_at(id, path_name.clone()).await.unwrap());
+        let files = records.files().await.unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!((files[0].path_name.as_str(), files[0].verified), (path_name.as_str(), true));
+    }
+
+    #[test]
+    fn a_replaced_database_file_says_so_without_sqlite_types() {
+        let e = RecordsError::from(DbError::Replaced { path: "x.db".into() });
+        assert!(matches!(e, RecordsError::Replaced(_)));
+        assert!(e.to_string().contains("restart the server"), "{e}");
+    }
+}
