@@ -406,13 +406,23 @@ fn an_upload_lost_with_a_broken_connection_before_1029_is_sent_again() {
         work.run(&["register", "--server", &proxy, "--name", "breaker"]).ok("register");
         let run = work.send(&proxy, None, &["data.bin"], &["--json"]);
         run.ok(&format!("send through a proxy that cuts after the 2103 (strict: {strict})"));
-        assert_eq!(run.json()[0]["sends"], 2, "sent again once\n{}", run.stderr);
+        // Without strict sessions a 1029 from a new connection may also borrow the first
+        // connection's session while the server has not yet seen that connection close,
+        // and confirm the upload still waiting there: one send, just as right.
+        let sends = run.json()[0]["sends"].as_u64().expect("sends");
+        if strict {
+            assert_eq!(sends, 2, "sent again once\n{}", run.stderr);
+        } else {
+            assert!((1..=2).contains(&sends), "{sends} sends\n{}", run.stderr);
+        }
         assert_same(&stored(&server, &work.id(), "data.bin"), &data, "stored file");
         // The 1029 on the new connection was refused (no upload waits there; with strict
         // sessions, no key exchange either), and the second send was confirmed. (When the
         // first 1029 reaches the server before the cut, that send is stored too, and its
         // lost answer makes the client send again: the same bytes, stored twice.)
-        assert!(server.log().contains("refused with 2107"), "{}", server.log());
+        if sends == 2 {
+            assert!(server.log().contains("refused with 2107"), "{}", server.log());
+        }
         let stores = server.log().matches("file verified and stored").count();
         assert!((1..=2).contains(&stores), "{stores} stores\n{}", server.log());
     }

@@ -1609,6 +1609,8 @@ fn a_crash_mid_upload_leaves_a_consistent_database_and_no_partial_files() {
 /// describes the bytes at its path (size and cksum), every stored file has a verified
 /// row, and no unfinished upload is left.
 fn assert_rows_describe_the_bytes(server: &Server) {
+    // A copy replaced by a confirm is deleted just after the answer, not before it.
+    wait_until("the replaced copies to be deleted", || leftovers(&server.storage()).is_empty());
     let db = open_db(server);
     let mut stmt =
         db.prepare("SELECT PathName, Size, Cksum FROM files WHERE Verified = 1").unwrap();
