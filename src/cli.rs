@@ -146,6 +146,13 @@ pub struct ServeArgs {
     /// one back). 0 keeps none.
     #[arg(long, env = "SECUREXFER_KEEP_VERSIONS", default_value_t = 1, value_name = "N")]
     pub keep_versions: usize,
+    /// Serve metrics in the Prometheus text format on http://ADDR/metrics (for example
+    /// 127.0.0.1:9357; port 0 picks a free one, logged at start-up): connections,
+    /// requests by code and outcome, refusals by reason, bytes received, uploads by
+    /// outcome and their duration, sessions, free disk space, database latency. The
+    /// endpoint has no authentication: keep it on loopback or a monitoring network.
+    #[arg(long, env = "SECUREXFER_METRICS", value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
     /// How log lines are written to stderr: `text` for people, `json` (one object per
     /// line) for log collectors.
     #[arg(

@@ -2732,3 +2732,121 @@ fn an_unknown_setting_in_the_config_file_is_a_usage_error_with_file_and_line() {
     assert_eq!(code, 2, "{line}");
     assert!(line.contains("serve.toml:2:") && line.contains("max-file-sise"), "{line}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Metrics (serve --metrics)
+
+/// The metrics address the server logged at start-up (it was given port 0).
+fn metrics_address(server: &Server) -> String {
+    let mut found = None;
+    wait_until("the metrics address in the log", || {
+        found = server
+            .log()
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split("/metrics").next())
+            .map(str::to_owned);
+        found.is_some()
+    });
+    found.expect("found")
+}
+
+/// One HTTP GET: the status code and the body.
+fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the metrics endpoint");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read the answer to the end");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status code");
+    (code, body.to_owned())
+}
+
+/// The value of one series, written exactly as exposed (`name{labels}`).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+}
+
+fn scrape(address: &str) -> String {
+    let (code, body) = http_get(address, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+#[test]
+fn metrics_count_a_transfer_while_it_runs_and_after() {
+    let server = Server::start(&["--metrics", "127.0.0.1:0"]);
+    let address = metrics_address(&server);
+    let verified = r#"securexfer_uploads_total{outcome="verified"}"#;
+    let bytes = "securexfer_received_bytes_total";
+    let before = scrape(&address);
+    assert_eq!(sample(&before, verified), 0.0);
+    assert_eq!(sample(&before, "securexfer_connections_open"), 0.0);
+    assert!(sample(&before, "securexfer_storage_free_bytes") > 0.0, "{before}");
+
+    // During an upload: half its content sent.
+    let mut stream = connect(&server);
+    let client = Client::setup("metered", &mut stream);
+    let data = common::random_bytes(1 << 20, 7);
+    let request = client.file_request("m.bin", &data);
+    let half = request.len() / 2;
+    stream.write_all(&request[..half]).expect("send half");
+    let mut during = String::new();
+    wait_until("the half upload to be counted", || {
+        during = scrape(&address);
+        sample(&during, bytes) >= sample(&before, bytes) + half as f64
+    });
+    assert_eq!(sample(&during, "securexfer_connections_open"), 1.0, "{during}");
+    assert_eq!(sample(&during, "securexfer_sessions"), 1.0, "{during}");
+    assert_eq!(sample(&during, r#"securexfer_requests_total{code="1025",outcome="ok"}"#), 1.0);
+    assert_eq!(sample(&during, r#"securexfer_requests_total{code="1026",outcome="ok"}"#), 1.0);
+    assert_eq!(sample(&during, r#"securexfer_requests_total{code="1028",outcome="ok"}"#), 0.0);
+    assert_eq!(sample(&during, verified), 0.0);
+    stream.write_all(&request[half..]).expect("send the rest");
+    expect(&mut stream, ResponseCode::FileReceived);
+    assert_eq!(client.confirm(&mut stream, "m.bin").code(), ResponseCode::Acknowledged);
+    let raw = scrape(&address);
+    assert_eq!(sample(&raw, verified), 1.0, "{raw}");
+
+    // After a send by the real client.
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = common::random_bytes(3 << 20, 8);
+    std::fs::write(work.path().join("real.bin"), &file).expect("write");
+    let sent = common::command()
+        .current_dir(work.path())
+        .env("XDG_CONFIG_HOME", work.path().join("config"))
+        .env("HOME", work.path())
+        .args(["send", "real.bin", "--server", &server.address(), "--name", "real", "-q"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run send");
+    assert!(sent.status.success(), "send: {}", String::from_utf8_lossy(&sent.stderr));
+    let after = scrape(&address);
+    assert!(sample(&after, bytes) >= sample(&raw, bytes) + file.len() as f64, "{after}");
+    assert_eq!(sample(&after, verified), 2.0, "{after}");
+    for code in ["1025", "1026", "1028", "1029"] {
+        let series = format!(r#"securexfer_requests_total{{code="{code}",outcome="ok"}}"#);
+        assert_eq!(sample(&after, &series), 2.0, "{series}: {after}");
+    }
+    assert_eq!(sample(&after, "securexfer_upload_duration_seconds_count"), 2.0, "{after}");
+    assert!(sample(&after, "securexfer_connections_accepted_total") >= 2.0, "{after}");
+    assert!(sample(&after, "securexfer_db_duration_seconds_count") >= 8.0, "{after}");
+    assert_eq!(sample(&after, r#"securexfer_refusals_total{reason="malformed"}"#), 0.0);
+
+    // A refusal is counted by its reason.
+    let mut other = connect(&server);
+    expect_refused(&mut other, &frame(ClientId([9; 16]), VERSION, 1029, 255, &name_field(b"x")));
+    let refused = scrape(&address);
+    assert_eq!(
+        sample(&refused, r#"securexfer_requests_total{code="1029",outcome="refused"}"#),
+        1.0
+    );
+    assert_eq!(sample(&refused, r#"securexfer_refusals_total{reason="unknown_client"}"#), 1.0);
+
+    for path in ["/", "/metrics/x", "/favicon.ico"] {
+        assert_eq!(http_get(&address, path).0, 404, "{path}");
+    }
+}

@@ -16,12 +16,13 @@
 //! closed, since what follows cannot be parsed. Content with bad padding is an attack (see
 //! [`super::backoff`]): 2107, the session ends everywhere and the connection is closed.
 
+use super::metrics::{CloseReason, Reason, UploadOutcome};
 use super::session::{Pending, Session};
 use super::upload::{self, UploadError};
 use super::{ServerError, Shared};
 use crate::crypto::{PublicKey, random_bytes};
 use crate::protocol::{
-    ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, PublicKeyField,
+    CLIENT_ID_LEN, ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, PublicKeyField,
     REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader, Response, storage_name,
 };
 use crate::store::{CommitIntent, Storage};
@@ -50,16 +51,19 @@ enum Next {
     ReplyAndClose(Response),
 }
 
-/// A refusal: answered with 2107, logged with its reason.
-struct Refused(String);
+/// A refusal: answered with 2107, logged with its text, counted by its reason.
+struct Refused {
+    reason: Reason,
+    text: String,
+}
 
-fn refuse(reason: impl Into<String>) -> Refused {
-    Refused(reason.into())
+fn refuse(reason: Reason, text: impl Into<String>) -> Refused {
+    Refused { reason, text: text.into() }
 }
 
 impl From<ServerError> for Refused {
     fn from(e: ServerError) -> Self {
-        Refused(e.to_string())
+        refuse(Reason::Internal, e.to_string())
     }
 }
 
@@ -107,7 +111,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Completes when the server wants this connection's slot back, or its lifetime
     /// without a key exchange is over.
-    fn must_yield(&self) -> impl std::future::Future<Output = &'static str> + use<S> {
+    fn must_yield(
+        &self,
+    ) -> impl std::future::Future<Output = (CloseReason, &'static str)> + use<S> {
         let evict = self.slot.as_ref().map(|s| Arc::clone(&s.evict));
         let end = (self.session.is_none())
             .then(|| tokio::time::Instant::from_std(self.accepted + super::KEYLESS_LIFETIME));
@@ -125,8 +131,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
             };
             tokio::select! {
-                _ = evicted => "evicted to make room for a new connection (the server is full)",
-                _ = lifetime => "no key exchange within the lifetime of a keyless connection",
+                _ = evicted => (
+                    CloseReason::Evicted,
+                    "evicted to make room for a new connection (the server is full)",
+                ),
+                _ = lifetime => (
+                    CloseReason::KeylessLifetime,
+                    "no key exchange within the lifetime of a keyless connection",
+                ),
             }
         }
     }
@@ -150,7 +162,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break,
-                    why = yield_slot => {
+                    (reason, why) = yield_slot => {
+                        self.shared.metrics.connection_refused(reason);
                         debug!("closed: {why}");
                         break;
                     }
@@ -288,14 +301,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let request = match Request::decode_payload(code, &payload) {
             Ok(r) => r,
             Err(e) => {
-                warn!(code = code.as_u16(), "refused: {e}");
-                // After a 1028's file header comes content we will not read: close.
-                let response = Response::GeneralError;
-                return Ok(if code == RequestCode::SendFile {
-                    Next::ReplyAndClose(response)
-                } else {
-                    Next::Reply(response)
-                });
+                // A fixed-size payload leaves the stream in step; after a 1028's file
+                // header comes content we will not read: close.
+                let in_step = code != RequestCode::SendFile;
+                return Ok(self.undecodable(Some(code), &e, in_step));
             }
         };
         // Every line a request logs carries its code: one line per request says what it was
@@ -303,17 +312,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let span = tracing::info_span!("request", code = code.as_u16());
         let result = self.dispatch(&header, request).instrument(span.clone()).await;
         let _entered = span.enter();
-        match result {
-            Ok(next) => Ok(next),
-            Err(Refused(reason)) => {
-                warn!(client = %header.client_id, "refused with 2107: {reason}");
-                Ok(if code == RequestCode::SendFile {
+        let next = match result {
+            Ok(next) => next,
+            Err(Refused { reason, text }) => {
+                warn!(client = %header.client_id, "refused with 2107: {text}");
+                self.shared.metrics.refusal(reason);
+                if code == RequestCode::SendFile {
                     Next::ReplyAndClose(Response::GeneralError)
                 } else {
                     Next::Reply(Response::GeneralError)
-                })
+                }
             }
-        }
+        };
+        let response = match &next {
+            Next::Reply(r) | Next::ReplyAndClose(r) => Some(r),
+            Next::Silent => None,
+        };
+        self.shared.metrics.request(Some(code), response);
+        Ok(next)
     }
 
     /// A header that does not decode. An unknown code with a small payload is skipped so
@@ -323,16 +339,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         bytes: &[u8; REQUEST_HEADER_LEN],
         error: DecodeError,
     ) -> Result<Next, ServerError> {
-        warn!("refused request: {error}");
-        if let DecodeError::UnknownRequestCode(_) = error {
-            let size = u32::from_le_bytes(bytes[REQUEST_HEADER_LEN - 4..].try_into().expect("4"));
-            if size <= MAX_SKIPPED_PAYLOAD {
-                let mut skip = vec![0u8; size as usize];
-                self.read_exact(&mut skip).await?;
-                return Ok(Next::Reply(Response::GeneralError));
-            }
+        let raw_code = u16::from_le_bytes([bytes[CLIENT_ID_LEN + 1], bytes[CLIENT_ID_LEN + 2]]);
+        let size = u32::from_le_bytes(bytes[REQUEST_HEADER_LEN - 4..].try_into().expect("4"));
+        let skip =
+            matches!(error, DecodeError::UnknownRequestCode(_)) && size <= MAX_SKIPPED_PAYLOAD;
+        if skip {
+            let mut skipped = vec![0u8; size as usize];
+            self.read_exact(&mut skipped).await?;
         }
-        Ok(Next::ReplyAndClose(Response::GeneralError))
+        Ok(self.undecodable(RequestCode::try_from(raw_code).ok(), &error, skip))
+    }
+
+    /// A request that did not decode: 2107, and the connection goes on only if `in_step`
+    /// (its bytes were all read).
+    fn undecodable(
+        &mut self,
+        code: Option<RequestCode>,
+        error: &DecodeError,
+        in_step: bool,
+    ) -> Next {
+        self.shared.metrics.malformed(code);
+        let code = code.map(RequestCode::as_u16);
+        if in_step {
+            warn!(code, "refused with 2107: {error}");
+            Next::Reply(Response::GeneralError)
+        } else {
+            warn!(code, "refused with 2107, closing (the stream is out of step): {error}");
+            Next::ReplyAndClose(Response::GeneralError)
+        }
     }
 
     async fn dispatch(
@@ -345,7 +379,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if code != RequestCode::Register {
             let known = self.shared.db(move |db| db.touch(id)).await?;
             if !known && code != RequestCode::Reconnect {
-                return Err(refuse(format!("unknown client id {id}")));
+                return Err(refuse(Reason::UnknownClient, format!("unknown client id {id}")));
             }
         }
         let next = match request {
@@ -358,9 +392,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Request::CrcOk { file_name } => self.confirm(id, file_name).await?,
             Request::CrcRetry { file_name } => {
                 let session = self.authorize(id)?;
-                session
-                    .take_pending(file_name.as_str())
-                    .ok_or_else(|| refuse(format!("no upload of {file_name} waits")))?;
+                session.take_pending(file_name.as_str()).ok_or_else(|| no_pending(&file_name))?;
+                self.shared.metrics.upload(UploadOutcome::Mismatch);
                 info!(%file_name, "client will resend");
                 if self.compat_crc32(header) {
                     Next::Reply(Response::Acknowledged { client_id: Some(id) })
@@ -377,27 +410,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     fn authorize(&self, id: ClientId) -> Result<Arc<Session>, Refused> {
         if let Some(session) = &self.session {
             if session.has_ended() {
-                return Err(refuse("this connection's session was ended after a padding failure"));
+                return Err(refuse(
+                    Reason::NoSession,
+                    "this connection's session was ended after a padding failure",
+                ));
             }
             if session.id == id {
                 return Ok(Arc::clone(session));
             }
             // A connection that made a key exchange as one client never acts for another,
             // even one whose session from this address is still in the window.
-            return Err(refuse(format!(
-                "this connection's key exchange was for client {}, not {id}",
-                session.id
-            )));
+            return Err(refuse(
+                Reason::NoSession,
+                format!("this connection's key exchange was for client {}, not {id}", session.id),
+            ));
         }
         self.shared.sessions.find(id, self.peer.ip()).ok_or_else(|| {
-            refuse(format!(
-                "client {id} has no key exchange on this connection{}",
-                if self.shared.config.strict_sessions {
-                    ""
-                } else {
-                    " or from this address within the session window"
-                }
-            ))
+            refuse(
+                Reason::NoSession,
+                format!(
+                    "client {id} has no key exchange on this connection{}",
+                    if self.shared.config.strict_sessions {
+                        ""
+                    } else {
+                        " or from this address within the session window"
+                    }
+                ),
+            )
         })
     }
 
@@ -408,10 +447,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if limit.allow(ip, now) {
             return Ok(());
         }
-        Err(refuse(format!(
-            "too many registrations from {ip}: the next one in {:.1} s",
-            limit.wait(ip, now).as_secs_f64()
-        )))
+        Err(refuse(
+            Reason::RateLimited,
+            format!(
+                "too many registrations from {ip}: the next one in {:.1} s",
+                limit.wait(ip, now).as_secs_f64()
+            ),
+        ))
     }
 
     async fn register(&mut self, name: FixedName) -> Result<Next, Refused> {
@@ -446,21 +488,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     ) -> Result<Next, Refused> {
         let (record, usual_ip) =
             self.shared.db(move |db| Ok((db.client_by_id(id)?, db.usual_address(id)?))).await?;
-        let record = record.ok_or_else(|| refuse("unknown client"))?;
+        let record = record.ok_or_else(|| refuse(Reason::UnknownClient, "unknown client"))?;
         if record.name != name.as_str() {
-            return Err(refuse(format!("name {name} does not belong to client {id}")));
+            return Err(refuse(
+                Reason::KeyNotAllowed,
+                format!("name {name} does not belong to client {id}"),
+            ));
         }
         let same_key = record.public_key.as_deref() == Some(&field.0[..]);
         let may_register = self.registered_here == Some(id)
             || self.shared.sessions.registered_recently(id, self.peer.ip());
         let first_key = record.public_key.is_none() && may_register;
         if !(same_key || first_key) {
-            return Err(refuse(format!(
-                "client {id} may not set its public key here: it was not registered on this \
-                 connection or address, or already has a different key"
-            )));
+            return Err(refuse(
+                Reason::KeyNotAllowed,
+                format!(
+                    "client {id} may not set its public key here: it was not registered on \
+                     this connection or address, or already has a different key"
+                ),
+            ));
         }
-        let key = PublicKey::from_field(&field).map_err(|e| refuse(e.to_string()))?;
+        let key = PublicKey::from_field(&field)
+            .map_err(|e| refuse(Reason::BadPublicKey, e.to_string()))?;
         self.check_backoff(id, usual_ip)?;
         let stored = field.0.to_vec();
         self.shared.db(move |db| db.set_public_key(id, &stored)).await?;
@@ -501,11 +550,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let now = Instant::now();
         match self.shared.backoff().blocked_for(id, self.peer.ip(), usual_ip, now) {
             None => Ok(()),
-            Some(wait) => Err(refuse(format!(
-                "padding failures of client {id} or from {}: refused for {:.1} s more",
-                self.peer.ip(),
-                wait.as_secs_f64()
-            ))),
+            Some(wait) => Err(refuse(
+                Reason::Backoff,
+                format!(
+                    "padding failures of client {id} or from {}: refused for {:.1} s more",
+                    self.peer.ip(),
+                    wait.as_secs_f64()
+                ),
+            )),
         }
     }
 
@@ -514,6 +566,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// uploads, and key exchanges back off.
     fn padding_failure(&self, session: &Arc<Session>, file_name: &FixedName) -> Next {
         self.shared.sessions.withdraw(session);
+        self.shared.metrics.refusal(Reason::BadPadding);
         let dropped = session.end();
         let (id, ip) = (session.id, self.peer.ip());
         let blocked = self.shared.backoff().failure(id, ip, session.usual_ip, Instant::now());
@@ -533,12 +586,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         usual_ip: Option<IpAddr>,
     ) -> Result<Vec<u8>, Refused> {
         let aes_key: [u8; 16] = random_bytes();
-        let encrypted = key.encrypt_aes_key(&aes_key).map_err(|e| refuse(e.to_string()))?;
+        let encrypted = key
+            .encrypt_aes_key(&aes_key)
+            .map_err(|e| refuse(Reason::BadPublicKey, e.to_string()))?;
         self.shared.db(move |db| db.set_aes_key(id, &aes_key)).await?;
         if let Some(old) = self.session.take() {
             old.drop_pending_of(self.conn_id);
         }
-        let session = Arc::new(Session::new(id, aes_key, self.peer.ip(), self.conn_id, usual_ip));
+        let session = Session::new(id, aes_key, self.peer.ip(), self.conn_id, usual_ip)
+            .counted(self.shared.metrics.session_started());
+        let session = Arc::new(session);
         self.shared.sessions.publish(&session);
         self.session = Some(session);
         if let Some(slot) = &self.slot {
@@ -557,38 +614,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let id = header.client_id;
         let config = &self.shared.config;
         file.check_sizes(header.payload_size, config.max_content)
-            .map_err(|e| refuse(e.to_string()))?;
+            .map_err(|e| refuse(Reason::BadFileRequest, e.to_string()))?;
         let session = self.authorize(id)?;
         // Sessions made before a padding failure elsewhere are held back as well.
         self.check_backoff(id, session.usual_ip)?;
-        let stored_name =
-            storage_name(file.file_name.as_str()).map_err(|e| refuse(e.to_string()))?.to_owned();
-        let quota = self.shared.quotas.reserve(id, u64::from(file.content_size)).map_err(refuse)?;
+        let stored_name = storage_name(file.file_name.as_str())
+            .map_err(|e| refuse(Reason::BadFileRequest, e.to_string()))?
+            .to_owned();
+        let quota = self
+            .shared
+            .quotas
+            .reserve(id, u64::from(file.content_size))
+            .map_err(|e| refuse(Reason::Quota, e))?;
         let needed = u64::from(file.content_size) + config.disk_reserve;
         if let Some(available) = self.shared.storage.available_bytes().filter(|&a| a < needed) {
-            return Err(refuse(format!(
-                "not enough disk space for {} bytes ({available} available, {} kept free)",
-                file.content_size, config.disk_reserve
-            )));
+            return Err(refuse(
+                Reason::DiskFull,
+                format!(
+                    "not enough disk space for {} bytes ({available} available, {} kept free)",
+                    file.content_size, config.disk_reserve
+                ),
+            ));
         }
         let in_flight = Arc::clone(&self.shared.uploads).try_acquire_owned().map_err(|_| {
-            refuse(format!(
-                "{} uploads are already arriving (--max-uploads); try again later",
-                config.max_uploads
-            ))
+            refuse(
+                Reason::MaxUploads,
+                format!(
+                    "{} uploads are already arriving (--max-uploads); try again later",
+                    config.max_uploads
+                ),
+            )
         })?;
         let idle = config.idle_timeout;
         let storage = self.shared.storage.clone();
         let temp = tokio::task::spawn_blocking(move || storage.begin_upload(id))
             .await
-            .map_err(|e| refuse(e.to_string()))?
-            .map_err(|e| refuse(format!("cannot create the upload file: {e}")))?;
+            .map_err(|e| refuse(Reason::Internal, e.to_string()))?
+            .map_err(|e| refuse(Reason::Storage, format!("cannot create the upload file: {e}")))?;
         let (std_file, upload) = temp.into_parts();
         // Held until the upload ends; without one, a large upload takes the small path.
         let large_slot = (file.content_size >= upload::LARGE_UPLOAD)
             .then(|| Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
             .flatten();
         let compat = self.compat_crc32(header);
+        let started = Instant::now();
         let received = upload::receive(
             &mut self.stream,
             file.content_size,
@@ -602,9 +671,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         drop((large_slot, in_flight));
         let received = match received {
             Ok(r) => r,
-            Err(UploadError::Padding) => return Ok(self.padding_failure(&session, &file.file_name)),
-            Err(e) => return Err(refuse(e.to_string())),
+            Err(e) => {
+                self.shared.metrics.upload(UploadOutcome::Failed);
+                return match e {
+                    UploadError::Padding => Ok(self.padding_failure(&session, &file.file_name)),
+                    UploadError::Storage(_) => Err(refuse(Reason::Storage, e.to_string())),
+                    e => Err(refuse(Reason::UploadFailed, e.to_string())),
+                };
+            }
         };
+        self.shared.metrics.upload_received(started);
         info!(
             file_name = %file.file_name, size = received.size, cksum = received.cksum,
             "file received; waiting for the client's checksum verdict"
@@ -619,7 +695,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             quota,
         };
         if !session.put_pending(file.file_name.to_string(), pending) {
-            return Err(refuse("the session ended during the upload (a padding failure)"));
+            return Err(refuse(
+                Reason::NoSession,
+                "the session ended during the upload (a padding failure)",
+            ));
         }
         Ok(Next::Reply(Response::FileReceived {
             client_id: id,
@@ -638,9 +717,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     async fn confirm(&mut self, id: ClientId, file_name: FixedName) -> Result<Next, Refused> {
         let session = self.authorize(id)?;
-        let pending = session
-            .take_pending(file_name.as_str())
-            .ok_or_else(|| refuse(format!("no upload of {file_name} waits for confirmation")))?;
+        let pending =
+            session.take_pending(file_name.as_str()).ok_or_else(|| no_pending(&file_name))?;
         let turn = self.shared.commit_turn(id, &pending.stored_name).await;
         let intent = CommitIntent {
             client_id: id,
@@ -676,8 +754,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         .await
         {
             Ok(Ok(committed)) => Ok(committed),
-            Ok(Err(e)) => Err(refuse(format!("could not store {file_name}: {e}"))),
-            Err(e) => Err(refuse(e.to_string())),
+            Ok(Err(e)) => Err(refuse(Reason::Storage, format!("could not store {file_name}: {e}"))),
+            Err(e) => Err(refuse(Reason::Internal, e.to_string())),
         };
         let committed = match committed {
             Ok(committed) => committed,
@@ -705,20 +783,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
             });
         }
+        self.shared.metrics.upload(UploadOutcome::Verified);
         info!(%file_name, path = %relative, size, "file verified and stored");
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
     }
 
     async fn give_up(&mut self, id: ClientId, file_name: FixedName) -> Result<Next, Refused> {
         let session = self.authorize(id)?;
-        let pending = session
-            .take_pending(file_name.as_str())
-            .ok_or_else(|| refuse(format!("no upload of {file_name} waits")))?;
+        let pending =
+            session.take_pending(file_name.as_str()).ok_or_else(|| no_pending(&file_name))?;
         let (sent, rel) = (file_name.to_string(), Storage::relative_path(id, &pending.stored_name));
         // Deleting a large upload takes a while: not on the runtime's threads.
         tokio::task::spawn_blocking(move || drop(pending));
         self.shared.db(move |db| db.record_given_up(id, &sent, &rel)).await?;
+        self.shared.metrics.upload(UploadOutcome::GivenUp);
         warn!(%file_name, "client gave up after repeated checksum mismatches; nothing stored");
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
     }
+}
+
+/// The refusal of a verdict (1029-1031) for a file no upload waits for.
+fn no_pending(file_name: &FixedName) -> Refused {
+    refuse(Reason::NoPendingUpload, format!("no upload of {file_name} waits for a verdict"))
 }

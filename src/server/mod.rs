@@ -5,6 +5,7 @@ pub mod backoff;
 mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
+mod metrics;
 pub mod ratelimit;
 pub mod session;
 pub mod slots;
@@ -27,6 +28,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, error, info, info_span, warn};
+
+/// The path `serve --metrics ADDR` serves the metrics on.
+pub use metrics::endpoint::PATH as METRICS_PATH;
 
 /// Default most simultaneous connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
@@ -170,6 +174,8 @@ pub(crate) struct Shared {
     commits: Mutex<HashMap<CommitKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Every connection's slot (per-address cap, eviction).
     slots: Arc<slots::Slots>,
+    /// What `--metrics` exposes (kept whether or not it is exposed).
+    metrics: metrics::Metrics,
 }
 
 type CommitKey = (crate::protocol::ClientId, String);
@@ -222,6 +228,7 @@ impl Shared {
             sessions,
             large_uploads,
             backoff: Mutex::new(Backoff::new()),
+            metrics: metrics::Metrics::new(),
         }
     }
 
@@ -258,11 +265,14 @@ impl Shared {
     {
         let db = Arc::clone(&self.db);
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let started = std::time::Instant::now();
         self.db_thread.run(Box::new(move || {
             let guard = db.lock().unwrap_or_else(|p| p.into_inner());
             let _ = tx.send(f(&guard));
         }))?;
-        rx.await.map_err(|e| ServerError::Task(e.to_string()))?.map_err(|e| {
+        let done = rx.await;
+        self.metrics.db_call(started);
+        done.map_err(|e| ServerError::Task(e.to_string()))?.map_err(|e| {
             if let DbError::Replaced { .. } = e {
                 error!("{e}");
             }
@@ -300,6 +310,8 @@ pub struct Server {
     shared: Arc<Shared>,
     /// The storage directory's lock, held while the server runs (`db restore` checks it).
     _lock: std::fs::File,
+    /// Where to serve the metrics, if anywhere (see [`Server::with_metrics`]).
+    metrics: Option<TcpListener>,
 }
 
 impl Server {
@@ -326,7 +338,14 @@ impl Server {
         }
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
         let shared = Arc::new(Shared::new(config, db, storage, sessions));
-        Ok(Server { shared, _lock: lock })
+        Ok(Server { shared, _lock: lock, metrics: None })
+    }
+
+    /// Serves the metrics (Prometheus text) at [`METRICS_PATH`] on `listener` while the
+    /// server runs, the grace period included.
+    pub fn with_metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(listener);
+        self
     }
 
     /// Serves `listener` until `shutdown` completes, then lets transfers in flight finish
@@ -337,6 +356,8 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
         let shared = self.shared;
+        let endpoint =
+            self.metrics.map(|l| tokio::spawn(metrics::endpoint::serve(l, Arc::clone(&shared))));
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -358,6 +379,7 @@ impl Server {
             };
             let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
             let Some(slot) = shared.slots.admit(conn_id, peer.ip()) else {
+                shared.metrics.connection_refused(metrics::CloseReason::PerAddressCap);
                 debug!(%peer, "closed at once: the address holds its --max-connections-per-address");
                 continue;
             };
@@ -377,13 +399,15 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let span =
                 info_span!("conn", id = conn_id, peer = %peer, client = tracing::field::Empty);
+            let open = shared.metrics.connection_opened();
+            let stream = shared.metrics.count_received(stream);
             let connection =
                 conn::Connection::new(Arc::clone(&shared), stream, conn_id, peer).with_slot(slot);
             let stop = stop_rx.clone();
             tasks.spawn(
                 async move {
                     connection.run(stop).await;
-                    drop(permit);
+                    drop((permit, open));
                 }
                 .instrument(span),
             );
@@ -403,6 +427,9 @@ impl Server {
         shared.sessions.clear();
         let storage = shared.storage.clone();
         let _ = tokio::task::spawn_blocking(move || storage.clean_leftovers()).await;
+        if let Some(endpoint) = endpoint {
+            endpoint.abort();
+        }
         info!("stopped");
         Ok(())
     }
