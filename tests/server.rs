@@ -2734,6 +2734,45 @@ fn an_unknown_setting_in_the_config_file_is_a_usage_error_with_file_and_line() {
 }
 
 // ---------------------------------------------------------------------------------------
+// A peer out of step
+
+#[test]
+fn a_burst_of_undecodable_headers_gets_one_answer_one_warning_and_a_closed_connection() {
+    let server = Server::start(&[]);
+    // Requests of a code protocol 3 lacks with empty payloads, then all-zero headers (code
+    // 0, size 0): each is framed well enough to be skipped, so a server that skips them
+    // one by one answers and logs every 23 bytes.
+    for (code, mark) in [(9999u16, "unknown request code 9999"), (0, "unknown request code 0")] {
+        let mut stream = connect(&server);
+        let burst: Vec<u8> = (0..50).flat_map(|_| frame(ClientId::ZERO, 0, code, 0, &[])).collect();
+        stream.write_all(&burst).expect("send the burst");
+        let mut answers = Vec::new();
+        while let Some(response) = try_read_response(&mut stream).expect("read") {
+            answers.push(response.code());
+        }
+        assert_eq!(answers, [ResponseCode::GeneralError], "one 2107, then the connection closed");
+        wait_until("the warning", || server.log().contains(mark));
+        // The connection is closed: everything it logged is written.
+        std::thread::sleep(Duration::from_millis(200));
+        let log = server.log();
+        assert_eq!(log.lines().filter(|l| l.contains(mark)).count(), 1, "one warning:\n{log}");
+    }
+    assert_serves(&server);
+}
+
+#[test]
+fn an_http_request_on_the_protocol_port_gets_one_2107_and_is_closed() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let probe =
+        b"GET / HTTP/1.1\r\nHost: files.example.org\r\nUser-Agent: probe\r\n\r\n".repeat(20);
+    let _ = stream.write_all(&probe);
+    expect(&mut stream, ResponseCode::GeneralError);
+    assert_closed(&mut stream);
+    assert_serves(&server);
+}
+
+// ---------------------------------------------------------------------------------------
 // Metrics (serve --metrics)
 
 /// The metrics address the server logged at start-up (it was given port 0).

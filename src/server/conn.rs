@@ -13,7 +13,8 @@
 //!
 //! Anything else gets 2107. A request whose bytes cannot be trusted for framing (a bad
 //! header, or a 1028 refused before its content was read) gets 2107 and the connection is
-//! closed, since what follows cannot be parsed. Content with bad padding is an attack (see
+//! closed, since what follows cannot be parsed. A second request in a row that does not decode closes
+//! the connection without another answer (see [`Connection::undecodable`]). Content with bad padding is an attack (see
 //! [`super::backoff`]): 2107, the session ends everywhere and the connection is closed.
 
 use super::metrics::{CloseReason, Reason, UploadOutcome};
@@ -49,6 +50,8 @@ enum Next {
     Silent,
     /// Send this and close: the stream cannot be trusted any more.
     ReplyAndClose(Response),
+    /// Close without an answer: the peer is out of step and was answered once already.
+    Close,
 }
 
 /// A refusal: answered with 2107, logged with its text, counted by its reason.
@@ -85,6 +88,8 @@ pub(crate) struct Connection<S> {
     accepted: Instant,
     /// When the request being read must be complete (see [`super::Config::request_deadline`]).
     deadline: Option<Instant>,
+    /// Whether the last request did not decode (see [`Connection::undecodable`]).
+    undecodable_before: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -100,6 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             slot: None,
             accepted: Instant::now(),
             deadline: None,
+            undecodable_before: false,
         }
     }
 
@@ -191,6 +197,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Ok(Next::Reply(r)) => (Some(r), false),
                 Ok(Next::Silent) => (None, false),
                 Ok(Next::ReplyAndClose(r)) => (Some(r), true),
+                Ok(Next::Close) => (None, true),
                 Err(e) => {
                     debug!("connection ended: {e}");
                     break;
@@ -307,6 +314,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 return Ok(self.undecodable(Some(code), &e, in_step));
             }
         };
+        self.undecodable_before = false;
         // Every line a request logs carries its code: one line per request says what it was
         // and how it ended.
         let span = tracing::info_span!("request", code = code.as_u16());
@@ -326,7 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         };
         let response = match &next {
             Next::Reply(r) | Next::ReplyAndClose(r) => Some(r),
-            Next::Silent => None,
+            Next::Silent | Next::Close => None,
         };
         self.shared.metrics.request(Some(code), response);
         Ok(next)
@@ -341,8 +349,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     ) -> Result<Next, ServerError> {
         let raw_code = u16::from_le_bytes([bytes[CLIENT_ID_LEN + 1], bytes[CLIENT_ID_LEN + 2]]);
         let size = u32::from_le_bytes(bytes[REQUEST_HEADER_LEN - 4..].try_into().expect("4"));
-        let skip =
-            matches!(error, DecodeError::UnknownRequestCode(_)) && size <= MAX_SKIPPED_PAYLOAD;
+        let skip = matches!(error, DecodeError::UnknownRequestCode(_))
+            && size <= MAX_SKIPPED_PAYLOAD
+            && !self.undecodable_before;
         if skip {
             let mut skipped = vec![0u8; size as usize];
             self.read_exact(&mut skipped).await?;
@@ -351,7 +360,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     /// A request that did not decode: 2107, and the connection goes on only if `in_step`
-    /// (its bytes were all read).
+    /// (its bytes were all read) and the request before decoded. Two in a row mean the
+    /// peer is out of step, or sending garbage, which would otherwise be answered and
+    /// logged once for every 23 bytes: the second closes the connection without another
+    /// answer or warning, so a misbehaving connection gets one of each.
     fn undecodable(
         &mut self,
         code: Option<RequestCode>,
@@ -359,6 +371,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         in_step: bool,
     ) -> Next {
         self.shared.metrics.malformed(code);
+        if std::mem::replace(&mut self.undecodable_before, true) {
+            debug!("closing: a second request in a row that does not decode ({error})");
+            return Next::Close;
+        }
         let code = code.map(RequestCode::as_u16);
         if in_step {
             warn!(code, "refused with 2107: {error}");
