@@ -210,7 +210,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db__subcmd__inspect)
-            opts="-h -V --db --storage --client --json --help --version"
+            opts="-h -V --db --storage --client --bytes --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -100,7 +100,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
-            cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -108,8 +108,9 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;db;inspect'= {
             cand --db 'The server''s database'
             cand --storage 'Storage directory, to check that recorded files are present'
-            cand --client 'Show only this client (name or id)'
-            cand --json 'Print JSON instead of tables'
+            cand --client 'Show only this client (name or id). A name or id that matches no client is an error (exit 2)'
+            cand --bytes 'Print sizes as byte counts, not in binary units (1.50 MiB)'
+            cand --json 'Print JSON instead of tables (sizes are always byte counts there)'
             cand -h 'Print help'
             cand --help 'Print help'
             cand -V 'Print version'
@@ -134,7 +135,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --help 'Print help'
         }
         &'securexfer;db;help'= {
-            cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -175,7 +176,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;help;send'= {
         }
         &'securexfer;help;db'= {
-            cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
         }

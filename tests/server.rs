@@ -2889,3 +2889,91 @@ fn metrics_count_a_transfer_while_it_runs_and_after() {
         assert_eq!(http_get(&address, path).0, 404, "{path}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// db inspect for people
+
+/// `securexfer db inspect` on the server's files with `extra` flags, stdout a pipe.
+fn inspect_tables(server: &Server, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["db", "inspect", "--db", "server.db", "--storage", "storage"];
+    args.extend_from_slice(extra);
+    common::run_in(&server.dir, &args)
+}
+
+/// A server holding a file of 1.5 MiB under a 200-character name, sent twice (so one
+/// version is kept).
+fn server_with_a_long_name() -> (Server, String) {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("inspected", &mut stream);
+    let long = format!("{}.bin", "n".repeat(196));
+    for seed in [1, 2] {
+        client.upload(&mut stream, &long, &common::random_bytes(1536 * 1024, seed));
+    }
+    (server, long)
+}
+
+#[test]
+fn db_inspect_shows_binary_units_by_default_and_byte_counts_with_bytes() {
+    let (server, long) = server_with_a_long_name();
+    let out = inspect_tables(&server, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let file_line = text.lines().find(|l| l.starts_with("inspected") && l.contains("yes"));
+    assert!(file_line.is_some_and(|l| l.contains("1.50 MiB")), "{text}");
+    let versions = text.split("VERSIONS (1)").nth(1).expect("one kept version");
+    assert!(versions.contains("1.50 MiB"), "the version's size: {text}");
+    assert!(!text.contains("1572864"), "{text}");
+    // Not a terminal: the long name is printed whole.
+    assert!(text.contains(&long) && !text.contains('…'), "{text}");
+
+    let out = inspect_tables(&server, &["--bytes"]);
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(text.contains("1572864") && !text.contains("MiB"), "{text}");
+}
+
+#[test]
+fn db_inspect_fits_a_narrow_terminal_cutting_long_names_with_an_ellipsis() {
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no `script` (util-linux) to give db inspect a terminal");
+        return;
+    }
+    let (server, long) = server_with_a_long_name();
+    let bin = env!("CARGO_BIN_EXE_securexfer");
+    for cols in [80usize, 120] {
+        let line =
+            format!("stty cols {cols} rows 24; {bin} db inspect --db server.db --storage storage");
+        let out = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .current_dir(&server.dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run script");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let screen = String::from_utf8(out.stdout).expect("utf-8");
+        let lines: Vec<&str> = screen.lines().map(|l| l.trim_end_matches('\r')).collect();
+        assert!(lines.iter().any(|l| l.starts_with("FILES (1)")), "{screen}");
+        for l in &lines {
+            assert!(l.chars().count() <= cols, "{cols} columns: {l:?}");
+        }
+        assert!(!screen.contains(&long), "the long name is cut: {screen}");
+        let cut = lines.iter().find(|l| l.starts_with("inspected") && l.contains('…'));
+        assert!(cut.is_some_and(|l| l.contains("1.50 MiB")), "sizes are never cut: {screen}");
+        let client_line = lines.iter().find(|l| l.contains("inspected") && l.contains("yes"));
+        assert!(client_line.is_some(), "{screen}");
+    }
+}
+
+#[test]
+fn db_inspect_with_a_client_that_matches_nothing_is_an_error() {
+    let (server, _) = server_with_a_long_name();
+    for extra in [&["--client", "nobody"][..], &["--client", "nobody", "--json"]] {
+        let out = inspect_tables(&server, extra);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no client \"nobody\""), "{stderr}");
+        assert!(out.stdout.is_empty(), "nothing listed: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let out = inspect_tables(&server, &["--client", "inspected"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
