@@ -210,7 +210,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db__subcmd__inspect)
-            opts="-h -V --db --storage --client --json --help --version"
+            opts="-h -V --db --storage --client --bytes --json --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -588,7 +588,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__serve)
-            opts="-v -q -h -V --config --listen --port --storage --db --max-file-size --max-connections --max-connections-per-address --request-deadline --max-uploads --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --keep-versions --log-format --verbose --quiet --help --version"
+            opts="-v -q -h -V --config --listen --port --storage --db --max-file-size --max-connections --max-connections-per-address --request-deadline --max-uploads --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --keep-versions --metrics --log-format --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -673,6 +673,10 @@ _securexfer() {
                     return 0
                     ;;
                 --keep-versions)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -48,6 +48,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --compat 'Serve an existing client that deviates from the protocol. `crc32-ciphertext`: to clients whose requests carry version byte 1 (the `dor` client; nobody else sends it), answer 1028 with the zlib CRC-32 of the ciphertext received, as that client checks, and answer its 1030 with 2104, as it waits for one. Every other client gets exactly the protocol'
             cand --registrations-per-minute 'Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to twice as many; more get 2107. 0 turns the limit off'
             cand --keep-versions 'Earlier versions kept of each stored file when a newer confirmed upload of the same name replaces it (under DIR/.versions/; `db inspect` lists them, `db restore` puts one back). 0 keeps none'
+            cand --metrics 'Serve metrics in the Prometheus text format on http://ADDR/metrics (for example 127.0.0.1:9357; port 0 picks a free one, logged at start-up): connections, requests by code and outcome, refusals by reason, bytes received, uploads by outcome and their duration, sessions, free disk space, database latency. The endpoint has no authentication: keep it on loopback or a monitoring network'
             cand --log-format 'How log lines are written to stderr: `text` for people, `json` (one object per line) for log collectors'
             cand --strict-sessions 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
             cand -v 'Log warnings and errors only (-q), or more detail (-v: debug, -vv: trace). Without them, RUST_LOG sets what is logged (default: info)'
@@ -99,7 +100,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
-            cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -107,8 +108,9 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;db;inspect'= {
             cand --db 'The server''s database'
             cand --storage 'Storage directory, to check that recorded files are present'
-            cand --client 'Show only this client (name or id)'
-            cand --json 'Print JSON instead of tables'
+            cand --client 'Show only this client (name or id). A name or id that matches no client is an error (exit 2)'
+            cand --bytes 'Print sizes as byte counts, not in binary units (1.50 MiB)'
+            cand --json 'Print JSON instead of tables (sizes are always byte counts there)'
             cand -h 'Print help'
             cand --help 'Print help'
             cand -V 'Print version'
@@ -133,7 +135,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --help 'Print help'
         }
         &'securexfer;db;help'= {
-            cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -174,7 +176,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;help;send'= {
         }
         &'securexfer;help;db'= {
-            cand inspect 'Show clients and files, read-only (safe while the server runs)'
+            cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
         }

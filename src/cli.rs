@@ -146,6 +146,13 @@ pub struct ServeArgs {
     /// one back). 0 keeps none.
     #[arg(long, env = "SECUREXFER_KEEP_VERSIONS", default_value_t = 1, value_name = "N")]
     pub keep_versions: usize,
+    /// Serve metrics in the Prometheus text format on http://ADDR/metrics (for example
+    /// 127.0.0.1:9357; port 0 picks a free one, logged at start-up): connections,
+    /// requests by code and outcome, refusals by reason, bytes received, uploads by
+    /// outcome and their duration, sessions, free disk space, database latency. The
+    /// endpoint has no authentication: keep it on loopback or a monitoring network.
+    #[arg(long, env = "SECUREXFER_METRICS", value_name = "HOST:PORT")]
+    pub metrics: Option<String>,
     /// How log lines are written to stderr: `text` for people, `json` (one object per
     /// line) for log collectors.
     #[arg(
@@ -254,7 +261,9 @@ pub struct SendArgs {
 /// `securexfer db ...`.
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
-    /// Show clients and files, read-only (safe while the server runs).
+    /// Show clients, files and kept versions, read-only (safe while the server runs).
+    /// Sizes are in binary units (--bytes for byte counts); on a terminal, long names are
+    /// cut with an ellipsis to fit its width (never in a pipe or a file).
     Inspect(InspectArgs),
     /// Re-read every stored file and check it against its record (size and cksum):
     /// reports missing, changed and unrecorded files. Read-only. Exit 5 if any.
@@ -320,10 +329,14 @@ pub struct InspectArgs {
         value_hint = ValueHint::DirPath
     )]
     pub storage: PathBuf,
-    /// Show only this client (name or id).
+    /// Show only this client (name or id). A name or id that matches no client is an
+    /// error (exit 2).
     #[arg(long, value_name = "NAME|ID")]
     pub client: Option<String>,
-    /// Print JSON instead of tables.
+    /// Print sizes as byte counts, not in binary units (1.50 MiB).
+    #[arg(long)]
+    pub bytes: bool,
+    /// Print JSON instead of tables (sizes are always byte counts there).
     #[arg(long)]
     pub json: bool,
 }

@@ -143,6 +143,20 @@ pub fn terminal_echoes_control_chars() -> bool {
     false
 }
 
+/// The width in columns of the terminal on stdout, if stdout is one and it says (a
+/// pseudo-terminal nobody sized says 0).
+pub fn stdout_terminal_width() -> Option<usize> {
+    #[cfg(unix)]
+    // SAFETY: TIOCGWINSZ fills a zeroed winsize for descriptor 1 or fails; nothing else.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        let rc = libc::ioctl(1, libc::TIOCGWINSZ, &mut size);
+        (rc == 0 && size.ws_col > 0).then_some(usize::from(size.ws_col))
+    }
+    #[cfg(not(unix))]
+    None
+}
+
 /// The result of a libc call that returns -1 on error.
 fn check(rc: libc::c_int) -> std::io::Result<libc::c_int> {
     if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(rc) }

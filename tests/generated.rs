@@ -278,16 +278,23 @@ fn every_securexfer_variable_is_in_the_environment_of_its_page() {
     assert!(seen.len() >= 18, "only {} variables found", seen.len());
 }
 
-/// contrib/systemd/securexfer.service with ExecStart pointing at the binary under test
+/// The units of contrib/systemd with ExecStart pointing at the binary under test
 /// (`systemd-analyze verify` checks that it exists), in a temporary directory with the man
-/// pages its Documentation= names under man/man1 (verify runs `man` on them too).
+/// pages their Documentation= names under man/man1 (verify runs `man` on them too).
 fn unit_under_test() -> tempfile::TempDir {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let unit = fs::read_to_string(root.join("contrib/systemd/securexfer.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/bin/securexfer serve "), "ExecStart moved");
     let dir = tempfile::tempdir().unwrap();
-    let unit = unit.replace("ExecStart=/usr/local/bin/securexfer", &format!("ExecStart={BIN}"));
-    fs::write(dir.path().join("securexfer.service"), unit).unwrap();
+    for name in names(&root.join("contrib/systemd")) {
+        let unit = fs::read_to_string(root.join("contrib/systemd").join(&name)).unwrap();
+        if name.ends_with(".service") {
+            assert!(
+                unit.contains("ExecStart=/usr/local/bin/securexfer "),
+                "{name}: ExecStart moved"
+            );
+        }
+        let unit = unit.replace("ExecStart=/usr/local/bin/securexfer", &format!("ExecStart={BIN}"));
+        fs::write(dir.path().join(&name), unit).unwrap();
+    }
     let man1 = dir.path().join("man/man1");
     fs::create_dir_all(&man1).unwrap();
     for name in names(&root.join("man")) {
@@ -297,13 +304,15 @@ fn unit_under_test() -> tempfile::TempDir {
 }
 
 #[test]
-fn the_systemd_unit_passes_systemd_analyze_verify() {
+fn the_systemd_units_pass_systemd_analyze_verify() {
     if !have_tool("systemd-analyze", "--version") {
         return;
     }
     let dir = unit_under_test();
+    let units = ["securexfer.service", "securexfer-verify.service", "securexfer-verify.timer"];
     let out = Command::new("systemd-analyze")
-        .args(["verify", "securexfer.service"])
+        .arg("verify")
+        .args(units)
         .env("MANPATH", dir.path().join("man"))
         .current_dir(dir.path())
         .output()
@@ -355,4 +364,69 @@ fn the_systemd_unit_is_hardened() {
         .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "exposure above 2.0:\n{report}");
+}
+
+/// The operator's guide, for the checks below.
+fn operations_guide() -> String {
+    fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/operations.md")).unwrap()
+}
+
+/// GitHub's anchor for a heading: lower case, spaces as dashes, other punctuation dropped.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_operations_guide_links_only_to_files_and_sections_in_the_repository() {
+    let guide = operations_guide();
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    let mut links = 0;
+    for (i, _) in guide.match_indices("](") {
+        let target = guide[i + 2..].split(')').next().unwrap();
+        links += 1;
+        assert!(!target.contains("://"), "a link outside the repository: {target}");
+        let (file, section) = target.split_once('#').unwrap_or((target, ""));
+        let path = if file.is_empty() { docs.join("operations.md") } else { docs.join(file) };
+        let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{target}: {e}"));
+        if !section.is_empty() {
+            let found = text
+                .lines()
+                .filter_map(|l| l.strip_prefix('#'))
+                .any(|h| anchor(h.trim_start_matches('#')) == section);
+            assert!(found, "{target}: no such section in {}", path.display());
+        }
+    }
+    assert!(links >= 5, "only {links} links found");
+}
+
+#[test]
+fn every_securexfer_command_in_the_operations_guide_parses() {
+    let guide = operations_guide();
+    let mut checked = 0;
+    for block in guide.split("```sh").skip(1) {
+        let block = block.split("```").next().unwrap();
+        for line in block.lines() {
+            let line = line.split(" # ").next().unwrap().trim();
+            let line = line.strip_prefix("sudo ").unwrap_or(line);
+            let line = line.strip_prefix("docker exec securexfer ").unwrap_or(line);
+            let Some(args) = line.strip_prefix("securexfer ") else { continue };
+            let mut argv: Vec<&str> = args.split_whitespace().collect();
+            argv.push("--help");
+            let out =
+                Command::new(BIN).args(&argv).env_remove("SECUREXFER_CONFIG").output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "securexfer {args}: {stderr}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} commands found");
 }

@@ -2761,3 +2761,248 @@ fn an_unknown_setting_in_the_config_file_is_a_usage_error_with_file_and_line() {
     assert_eq!(code, 2, "{line}");
     assert!(line.contains("serve.toml:2:") && line.contains("max-file-sise"), "{line}");
 }
+
+// ---------------------------------------------------------------------------------------
+// A peer out of step
+
+#[test]
+fn a_burst_of_undecodable_headers_gets_one_answer_one_warning_and_a_closed_connection() {
+    let server = Server::start(&[]);
+    // Requests of a code protocol 3 lacks with empty payloads, then all-zero headers (code
+    // 0, size 0): each is framed well enough to be skipped, so a server that skips them
+    // one by one answers and logs every 23 bytes.
+    for (code, mark) in [(9999u16, "unknown request code 9999"), (0, "unknown request code 0")] {
+        let mut stream = connect(&server);
+        let burst: Vec<u8> = (0..50).flat_map(|_| frame(ClientId::ZERO, 0, code, 0, &[])).collect();
+        stream.write_all(&burst).expect("send the burst");
+        let mut answers = Vec::new();
+        while let Some(response) = try_read_response(&mut stream).expect("read") {
+            answers.push(response.code());
+        }
+        assert_eq!(answers, [ResponseCode::GeneralError], "one 2107, then the connection closed");
+        wait_until("the warning", || server.log().contains(mark));
+        // The connection is closed: everything it logged is written.
+        std::thread::sleep(Duration::from_millis(200));
+        let log = server.log();
+        assert_eq!(log.lines().filter(|l| l.contains(mark)).count(), 1, "one warning:\n{log}");
+    }
+    assert_serves(&server);
+}
+
+#[test]
+fn an_http_request_on_the_protocol_port_gets_one_2107_and_is_closed() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let probe =
+        b"GET / HTTP/1.1\r\nHost: files.example.org\r\nUser-Agent: probe\r\n\r\n".repeat(20);
+    let _ = stream.write_all(&probe);
+    expect(&mut stream, ResponseCode::GeneralError);
+    assert_closed(&mut stream);
+    assert_serves(&server);
+}
+
+// ---------------------------------------------------------------------------------------
+// Metrics (serve --metrics)
+
+/// The metrics address the server logged at start-up (it was given port 0).
+fn metrics_address(server: &Server) -> String {
+    let mut found = None;
+    wait_until("the metrics address in the log", || {
+        found = server
+            .log()
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split("/metrics").next())
+            .map(str::to_owned);
+        found.is_some()
+    });
+    found.expect("found")
+}
+
+/// One HTTP GET: the status code and the body.
+fn http_get(address: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).expect("connect to the metrics endpoint");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("read the answer to the end");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status code");
+    (code, body.to_owned())
+}
+
+/// The value of one series, written exactly as exposed (`name{labels}`).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
+}
+
+fn scrape(address: &str) -> String {
+    let (code, body) = http_get(address, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+#[test]
+fn metrics_count_a_transfer_while_it_runs_and_after() {
+    let server = Server::start(&["--metrics", "127.0.0.1:0"]);
+    let address = metrics_address(&server);
+    let verified = r#"securexfer_uploads_total{outcome="verified"}"#;
+    let bytes = "securexfer_received_bytes_total";
+    let before = scrape(&address);
+    assert_eq!(sample(&before, verified), 0.0);
+    assert_eq!(sample(&before, "securexfer_connections_open"), 0.0);
+    assert!(sample(&before, "securexfer_storage_free_bytes") > 0.0, "{before}");
+
+    // During an upload: half its content sent.
+    let mut stream = connect(&server);
+    let client = Client::setup("metered", &mut stream);
+    let data = common::random_bytes(1 << 20, 7);
+    let request = client.file_request("m.bin", &data);
+    let half = request.len() / 2;
+    stream.write_all(&request[..half]).expect("send half");
+    let mut during = String::new();
+    wait_until("the half upload to be counted", || {
+        during = scrape(&address);
+        sample(&during, bytes) >= sample(&before, bytes) + half as f64
+    });
+    assert_eq!(sample(&during, "securexfer_connections_open"), 1.0, "{during}");
+    assert_eq!(sample(&during, "securexfer_sessions"), 1.0, "{during}");
+    assert_eq!(sample(&during, r#"securexfer_requests_total{code="1025",outcome="ok"}"#), 1.0);
+    assert_eq!(sample(&during, r#"securexfer_requests_total{code="1026",outcome="ok"}"#), 1.0);
+    assert_eq!(sample(&during, r#"securexfer_requests_total{code="1028",outcome="ok"}"#), 0.0);
+    assert_eq!(sample(&during, verified), 0.0);
+    stream.write_all(&request[half..]).expect("send the rest");
+    expect(&mut stream, ResponseCode::FileReceived);
+    assert_eq!(client.confirm(&mut stream, "m.bin").code(), ResponseCode::Acknowledged);
+    let raw = scrape(&address);
+    assert_eq!(sample(&raw, verified), 1.0, "{raw}");
+
+    // After a send by the real client.
+    let work = tempfile::tempdir().expect("tempdir");
+    let file = common::random_bytes(3 << 20, 8);
+    std::fs::write(work.path().join("real.bin"), &file).expect("write");
+    let sent = common::command()
+        .current_dir(work.path())
+        .env("XDG_CONFIG_HOME", work.path().join("config"))
+        .env("HOME", work.path())
+        .args(["send", "real.bin", "--server", &server.address(), "--name", "real", "-q"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run send");
+    assert!(sent.status.success(), "send: {}", String::from_utf8_lossy(&sent.stderr));
+    let after = scrape(&address);
+    assert!(sample(&after, bytes) >= sample(&raw, bytes) + file.len() as f64, "{after}");
+    assert_eq!(sample(&after, verified), 2.0, "{after}");
+    for code in ["1025", "1026", "1028", "1029"] {
+        let series = format!(r#"securexfer_requests_total{{code="{code}",outcome="ok"}}"#);
+        assert_eq!(sample(&after, &series), 2.0, "{series}: {after}");
+    }
+    assert_eq!(sample(&after, "securexfer_upload_duration_seconds_count"), 2.0, "{after}");
+    assert!(sample(&after, "securexfer_connections_accepted_total") >= 2.0, "{after}");
+    assert!(sample(&after, "securexfer_db_duration_seconds_count") >= 8.0, "{after}");
+    assert_eq!(sample(&after, r#"securexfer_refusals_total{reason="malformed"}"#), 0.0);
+
+    // A refusal is counted by its reason.
+    let mut other = connect(&server);
+    expect_refused(&mut other, &frame(ClientId([9; 16]), VERSION, 1029, 255, &name_field(b"x")));
+    let refused = scrape(&address);
+    assert_eq!(
+        sample(&refused, r#"securexfer_requests_total{code="1029",outcome="refused"}"#),
+        1.0
+    );
+    assert_eq!(sample(&refused, r#"securexfer_refusals_total{reason="unknown_client"}"#), 1.0);
+
+    for path in ["/", "/metrics/x", "/favicon.ico"] {
+        assert_eq!(http_get(&address, path).0, 404, "{path}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// db inspect for people
+
+/// `securexfer db inspect` on the server's files with `extra` flags, stdout a pipe.
+fn inspect_tables(server: &Server, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["db", "inspect", "--db", "server.db", "--storage", "storage"];
+    args.extend_from_slice(extra);
+    common::run_in(&server.dir, &args)
+}
+
+/// A server holding a file of 1.5 MiB under a 200-character name, sent twice (so one
+/// version is kept).
+fn server_with_a_long_name() -> (Server, String) {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("inspected", &mut stream);
+    let long = format!("{}.bin", "n".repeat(196));
+    for seed in [1, 2] {
+        client.upload(&mut stream, &long, &common::random_bytes(1536 * 1024, seed));
+    }
+    (server, long)
+}
+
+#[test]
+fn db_inspect_shows_binary_units_by_default_and_byte_counts_with_bytes() {
+    let (server, long) = server_with_a_long_name();
+    let out = inspect_tables(&server, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    let file_line = text.lines().find(|l| l.starts_with("inspected") && l.contains("yes"));
+    assert!(file_line.is_some_and(|l| l.contains("1.50 MiB")), "{text}");
+    let versions = text.split("VERSIONS (1)").nth(1).expect("one kept version");
+    assert!(versions.contains("1.50 MiB"), "the version's size: {text}");
+    assert!(!text.contains("1572864"), "{text}");
+    // Not a terminal: the long name is printed whole.
+    assert!(text.contains(&long) && !text.contains('…'), "{text}");
+
+    let out = inspect_tables(&server, &["--bytes"]);
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(text.contains("1572864") && !text.contains("MiB"), "{text}");
+}
+
+#[test]
+fn db_inspect_fits_a_narrow_terminal_cutting_long_names_with_an_ellipsis() {
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no `script` (util-linux) to give db inspect a terminal");
+        return;
+    }
+    let (server, long) = server_with_a_long_name();
+    let bin = env!("CARGO_BIN_EXE_securexfer");
+    for cols in [80usize, 120] {
+        let line =
+            format!("stty cols {cols} rows 24; {bin} db inspect --db server.db --storage storage");
+        let out = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .current_dir(&server.dir)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run script");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let screen = String::from_utf8(out.stdout).expect("utf-8");
+        let lines: Vec<&str> = screen.lines().map(|l| l.trim_end_matches('\r')).collect();
+        assert!(lines.iter().any(|l| l.starts_with("FILES (1)")), "{screen}");
+        for l in &lines {
+            assert!(l.chars().count() <= cols, "{cols} columns: {l:?}");
+        }
+        assert!(!screen.contains(&long), "the long name is cut: {screen}");
+        let cut = lines.iter().find(|l| l.starts_with("inspected") && l.contains('…'));
+        assert!(cut.is_some_and(|l| l.contains("1.50 MiB")), "sizes are never cut: {screen}");
+        let client_line = lines.iter().find(|l| l.contains("inspected") && l.contains("yes"));
+        assert!(client_line.is_some(), "{screen}");
+    }
+}
+
+#[test]
+fn db_inspect_with_a_client_that_matches_nothing_is_an_error() {
+    let (server, _) = server_with_a_long_name();
+    for extra in [&["--client", "nobody"][..], &["--client", "nobody", "--json"]] {
+        let out = inspect_tables(&server, extra);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("no client \"nobody\""), "{stderr}");
+        assert!(out.stdout.is_empty(), "nothing listed: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    let out = inspect_tables(&server, &["--client", "inspected"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -168,6 +168,15 @@ mod tests {
     }
 
     #[test]
+    fn the_operations_guide_example_is_a_valid_serve_toml() {
+        let guide = include_str!("../../docs/operations.md");
+        let block = guide.split("```toml").nth(1).expect("a toml block").split("```").next();
+        let out = from_file(block.unwrap(), &["securexfer", "serve"]).unwrap();
+        let out: Vec<String> = out.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert!(out.contains(&"--metrics=127.0.0.1:9357".to_owned()), "{out:?}");
+    }
+
+    #[test]
     fn an_unknown_key_names_the_file_and_line() {
         let err = from_file("port = 1\n\nmax-file-sise = \"1G\"\n", &["securexfer", "serve"])
             .unwrap_err()

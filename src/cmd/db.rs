@@ -3,6 +3,7 @@
 
 use super::UsageError;
 use super::out::outln;
+use super::table::{self, cut, fixed};
 use crate::cli::{InspectArgs, RestoreArgs};
 use anyhow::Context;
 use securexfer::protocol::{ClientId, storage_name};
@@ -19,19 +20,50 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     if let Some(filter) = &args.client {
         let id = ClientId::parse(filter);
         clients.retain(|c| c.name == *filter || Some(c.id) == id);
+        if clients.is_empty() {
+            // An empty listing would look like a client with nothing stored.
+            return Err(UsageError(format!(
+                "no client {filter:?} in {} (by name or id); without --client, db inspect \
+                 lists them all",
+                args.db.display()
+            ))
+            .into());
+        }
         files.retain(|f| f.client_name == *filter || Some(f.client_id) == id);
         versions.retain(|v| v.client_name == *filter || Some(v.client_id) == id);
     }
     if args.json {
         print_json(&clients, &files, &versions, &args.storage)?;
     } else {
-        print_tables(&clients, &files, &args.storage);
-        print_versions(&versions);
+        let layout = Layout { width: table::terminal_width(), raw: args.bytes };
+        print_tables(&clients, &files, &args.storage, layout);
+        print_versions(&versions, layout);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_versions(versions: &[VersionRecord]) {
+/// How the tables are printed.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    /// The terminal's width, if the tables go to one that says.
+    width: Option<usize>,
+    /// Sizes as byte counts (`--bytes`).
+    raw: bool,
+}
+
+impl Layout {
+    fn size(self, bytes: Option<u64>) -> String {
+        bytes.map_or_else(|| "-".into(), |b| table::size(b, self.raw))
+    }
+
+    fn print(self, columns: &[table::Column], rows: &[Vec<String>]) {
+        for line in table::render(columns, rows, self.width) {
+            outln!("{line}");
+        }
+    }
+}
+
+fn print_versions(versions: &[VersionRecord], layout: Layout) {
     outln!();
     outln!("VERSIONS ({})", versions.len());
     let rows: Vec<Vec<String>> = versions
@@ -42,12 +74,20 @@ fn print_versions(versions: &[VersionRecord]) {
                 v.name.clone(),
                 v.version.to_string(),
                 v.path_name.clone(),
-                v.size.map_or_else(|| "-".into(), |s| s.to_string()),
+                layout.size(v.size),
                 v.stored_at.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    print_table(&["CLIENT", "NAME", "VERSION", "KEPT AT", "SIZE", "STORED (UTC)"], &rows);
+    let columns = [
+        cut("CLIENT"),
+        cut("NAME"),
+        fixed("VERSION"),
+        cut("KEPT AT"),
+        fixed("SIZE"),
+        fixed("STORED (UTC)"),
+    ];
+    layout.print(&columns, &rows);
 }
 
 fn version_json(v: &VersionRecord) -> serde_json::Value {
@@ -159,7 +199,7 @@ fn print_json(
     Ok(())
 }
 
-fn print_tables(clients: &[ClientRecord], files: &[FileRecord], storage: &Path) {
+fn print_tables(clients: &[ClientRecord], files: &[FileRecord], storage: &Path, layout: Layout) {
     outln!("CLIENTS ({})", clients.len());
     let rows: Vec<Vec<String>> = clients
         .iter()
@@ -173,7 +213,10 @@ fn print_tables(clients: &[ClientRecord], files: &[FileRecord], storage: &Path) 
             ]
         })
         .collect();
-    print_table(&["ID", "NAME", "LAST SEEN (UTC)", "PUBLIC KEY", "AES KEY"], &rows);
+    // The id is cut like a short commit hash; `--client` takes the name too.
+    let columns =
+        [cut("ID"), cut("NAME"), fixed("LAST SEEN (UTC)"), fixed("PUBLIC KEY"), fixed("AES KEY")];
+    layout.print(&columns, &rows);
     outln!();
     outln!("FILES ({})", files.len());
     let rows: Vec<Vec<String>> = files
@@ -185,32 +228,22 @@ fn print_tables(clients: &[ClientRecord], files: &[FileRecord], storage: &Path) 
                 f.file_name.clone(),
                 f.path_name.clone(),
                 yes_no(f.verified),
-                disk.map_or_else(|| "-".into(), |s| s.to_string()),
+                layout.size(disk),
                 yes_no(disk.is_some()),
             ]
         })
         .collect();
-    print_table(&["CLIENT", "FILE NAME", "STORED AT", "VERIFIED", "SIZE", "PRESENT"], &rows);
+    let columns = [
+        cut("CLIENT"),
+        cut("FILE NAME"),
+        cut("STORED AT"),
+        fixed("VERIFIED"),
+        fixed("SIZE"),
+        fixed("PRESENT"),
+    ];
+    layout.print(&columns, &rows);
 }
 
 fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
-}
-
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let parts: Vec<String> =
-            cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        outln!("{}", parts.join("  ").trim_end());
-    };
-    line(headers.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
 }

@@ -7,6 +7,7 @@ mod progress;
 mod register;
 mod send;
 mod serve;
+mod table;
 mod verify;
 
 use crate::cli::{Cli, Command, DbCommand};

@@ -48,7 +48,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.listen.as_str(), port))
             .await
-            .map_err(|e| StartError::listen(&args.listen, port, e))?;
+            .map_err(|e| StartError::listen(format!("{}:{port}", args.listen), &args.listen, e))?;
+        let server = match &args.metrics {
+            Some(address) => server.with_metrics(metrics_listener(address).await?),
+            None => server,
+        };
         let addr = listener.local_addr()?;
         // The one line on stdout: scripts and tests read the port from it.
         outln!("securexfer listening on {addr}");
@@ -86,8 +90,21 @@ pub enum StartError {
     },
 }
 
+/// The listener for `--metrics HOST:PORT`; its address is logged (the port may be 0).
+async fn metrics_listener(address: &str) -> Result<tokio::net::TcpListener, StartError> {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| StartError::listen(address.to_owned(), host, e))?;
+    let bound =
+        listener.local_addr().map_err(|e| StartError::listen(address.to_owned(), host, e))?;
+    info!(address = %bound, "metrics on http://{bound}{}", securexfer::server::METRICS_PATH);
+    Ok(listener)
+}
+
 impl StartError {
-    fn listen(host: &str, port: u16, e: std::io::Error) -> StartError {
+    /// `address` (`HOST:PORT`) could not be listened on.
+    fn listen(address: String, host: &str, e: std::io::Error) -> StartError {
         use std::io::ErrorKind;
         let why = match e.kind() {
             ErrorKind::AddrInUse => {
@@ -101,7 +118,7 @@ impl StartError {
             }
             _ => e.to_string(),
         };
-        StartError::Listen { address: format!("{host}:{port}"), why }
+        StartError::Listen { address, why }
     }
 
     /// The documented exit code.

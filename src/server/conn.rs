@@ -13,16 +13,19 @@
 //!
 //! Anything else gets 2107. A request whose bytes cannot be trusted for framing (a bad
 //! header, or a 1028 refused before its content was read) gets 2107 and the connection is
-//! closed, since what follows cannot be parsed. Content with bad padding is an attack (see
+//! closed, since what follows cannot be parsed. A second request in a row that does not
+//! decode closes the connection without another answer (see [`Connection::undecodable`]).
+//! Content with bad padding is an attack (see
 //! [`super::backoff`]): 2107, the session ends everywhere and the connection is closed.
 
+use super::metrics::{CloseReason, Reason, UploadOutcome};
 use super::refusal::{Fault, Refusal};
 use super::session::{Pending, Session};
 use super::upload::{self, UploadError};
 use super::{ServerError, Shared};
 use crate::crypto::{PublicKey, random_bytes};
 use crate::protocol::{
-    ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, PublicKeyField,
+    CLIENT_ID_LEN, ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, PublicKeyField,
     REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader, Response, Version, storage_name,
 };
 use crate::store::{CommitIntent, Storage};
@@ -49,6 +52,8 @@ enum Next {
     Silent,
     /// Send this and close: the stream cannot be trusted any more.
     ReplyAndClose(Response),
+    /// Close without an answer: the peer is out of step and was answered once already.
+    Close,
 }
 
 /// One client connection.
@@ -77,6 +82,8 @@ pub(crate) struct Connection<S> {
     /// at its level, the rest at debug and summed up in one line when the connection ends,
     /// so a peer repeating a refused request cannot flood the log.
     refusals: Vec<(&'static str, u64)>,
+    /// Whether the last request did not decode (see [`Connection::undecodable`]).
+    undecodable_before: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -94,6 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             accepted: Instant::now(),
             deadline: None,
             refusals: Vec::new(),
+            undecodable_before: false,
         }
     }
 
@@ -105,7 +113,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Completes when the server wants this connection's slot back, or its lifetime
     /// without a key exchange is over.
-    fn must_yield(&self) -> impl std::future::Future<Output = &'static str> + use<S> {
+    fn must_yield(
+        &self,
+    ) -> impl std::future::Future<Output = (CloseReason, &'static str)> + use<S> {
         let evict = self.slot.as_ref().map(|s| Arc::clone(&s.evict));
         let end = (self.session.is_none())
             .then(|| tokio::time::Instant::from_std(self.accepted + super::KEYLESS_LIFETIME));
@@ -123,8 +133,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
             };
             tokio::select! {
-                _ = evicted => "evicted to make room for a new connection (the server is full)",
-                _ = lifetime => "no key exchange within the lifetime of a keyless connection",
+                _ = evicted => (
+                    CloseReason::Evicted,
+                    "evicted to make room for a new connection (the server is full)",
+                ),
+                _ = lifetime => (
+                    CloseReason::KeylessLifetime,
+                    "no key exchange within the lifetime of a keyless connection",
+                ),
             }
         }
     }
@@ -148,7 +164,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break,
-                    why = yield_slot => {
+                    (reason, why) = yield_slot => {
+                        self.shared.metrics.connection_refused(reason);
                         debug!("closed: {why}");
                         break;
                     }
@@ -176,6 +193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Ok(Next::Reply(r)) => (Some(r), false),
                 Ok(Next::Silent) => (None, false),
                 Ok(Next::ReplyAndClose(r)) => (Some(r), true),
+                Ok(Next::Close) => (None, true),
                 Err(e) => {
                     debug!("connection ended: {e}");
                     break;
@@ -315,25 +333,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let request = match Request::decode_payload(code, &payload) {
             Ok(r) => r,
             Err(e) => {
-                warn!(code = code.as_u16(), "refused: {e}");
-                // After a 1028's file header comes content we will not read: close.
-                let response = Response::GeneralError;
-                return Ok(if code == RequestCode::SendFile {
-                    Next::ReplyAndClose(response)
-                } else {
-                    Next::Reply(response)
-                });
+                // A fixed-size payload leaves the stream in step; after a 1028's file
+                // header comes content we will not read: close.
+                let in_step = code != RequestCode::SendFile;
+                return Ok(self.undecodable(Some(code), &e, in_step));
             }
         };
+        self.undecodable_before = false;
         // Every line a request logs carries its code: one line per request says what it was
         // and how it ended.
         let span = tracing::info_span!("request", code = code.as_u16());
         let result = self.dispatch(&header, request).instrument(span.clone()).await;
         let _entered = span.enter();
-        match result {
-            Ok(next) => Ok(next),
+        let next = match result {
+            Ok(next) => next,
             Err(refusal) => {
-                let (client, reason) = (header.client_id, refusal.reason());
+                self.shared.metrics.refusal(refusal.reason());
+                let (client, reason) = (header.client_id, refusal.reason().as_str());
                 let fault = refusal.fault();
                 if fault != Fault::Internal && self.seen_refusal(reason) {
                     debug!(%client, reason, "refused with 2107 again: {refusal}");
@@ -347,13 +363,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                     }
                 }
                 // A refused 1028 leaves its content unread.
-                Ok(if code == RequestCode::SendFile || refusal.closes() {
+                if code == RequestCode::SendFile || refusal.closes() {
                     Next::ReplyAndClose(Response::GeneralError)
                 } else {
                     Next::Reply(Response::GeneralError)
-                })
+                }
             }
-        }
+        };
+        let response = match &next {
+            Next::Reply(r) | Next::ReplyAndClose(r) => Some(r),
+            Next::Silent | Next::Close => None,
+        };
+        self.shared.metrics.request(Some(code), response);
+        Ok(next)
     }
 
     /// A header that does not decode. An unknown code with a small payload is skipped so
@@ -363,16 +385,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         bytes: &[u8; REQUEST_HEADER_LEN],
         error: DecodeError,
     ) -> Result<Next, ServerError> {
-        warn!("refused request: {error}");
-        if let DecodeError::UnknownRequestCode(_) = error {
-            let size = u32::from_le_bytes(bytes[REQUEST_HEADER_LEN - 4..].try_into().expect("4"));
-            if size <= MAX_SKIPPED_PAYLOAD {
-                let mut skip = vec![0u8; size as usize];
-                self.read_exact(&mut skip).await?;
-                return Ok(Next::Reply(Response::GeneralError));
-            }
+        let raw_code = u16::from_le_bytes([bytes[CLIENT_ID_LEN + 1], bytes[CLIENT_ID_LEN + 2]]);
+        let size = u32::from_le_bytes(bytes[REQUEST_HEADER_LEN - 4..].try_into().expect("4"));
+        let skip = matches!(error, DecodeError::UnknownRequestCode(_))
+            && size <= MAX_SKIPPED_PAYLOAD
+            && !self.undecodable_before;
+        if skip {
+            let mut skipped = vec![0u8; size as usize];
+            self.read_exact(&mut skipped).await?;
         }
-        Ok(Next::ReplyAndClose(Response::GeneralError))
+        Ok(self.undecodable(RequestCode::try_from(raw_code).ok(), &error, skip))
+    }
+
+    /// A request that did not decode: 2107, and the connection goes on only if `in_step`
+    /// (its bytes were all read) and the request before decoded. Two in a row mean the
+    /// peer is out of step, or sending garbage, which would otherwise be answered and
+    /// logged once for every 23 bytes: the second closes the connection without another
+    /// answer or warning, so a misbehaving connection gets one of each.
+    fn undecodable(
+        &mut self,
+        code: Option<RequestCode>,
+        error: &DecodeError,
+        in_step: bool,
+    ) -> Next {
+        self.shared.metrics.malformed(code);
+        if std::mem::replace(&mut self.undecodable_before, true) {
+            debug!("closing: a second request in a row that does not decode ({error})");
+            return Next::Close;
+        }
+        let code = code.map(RequestCode::as_u16);
+        let reason = Reason::Malformed.as_str();
+        if in_step {
+            warn!(code, reason, "refused with 2107: {error}");
+            Next::Reply(Response::GeneralError)
+        } else {
+            warn!(code, reason, "refused with 2107, closing (the stream is out of step): {error}");
+            Next::ReplyAndClose(Response::GeneralError)
+        }
     }
 
     async fn dispatch(
@@ -401,6 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 session
                     .take_pending(file_name.as_str())
                     .ok_or_else(|| Refusal::NothingWaits(file_name.to_string()))?;
+                self.shared.metrics.upload(UploadOutcome::Mismatch);
                 info!(%file_name, "client will resend");
                 if self.compat_crc32(header) {
                     Next::Reply(Response::Acknowledged { client_id: Some(id) })
@@ -525,6 +575,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// uploads, and key exchanges back off.
     fn padding_failure(&self, session: &Arc<Session>, file_name: &FixedName) -> Next {
         self.shared.sessions.withdraw(session);
+        self.shared.metrics.refusal(Reason::BadPadding);
         let dropped = session.end();
         let (id, ip) = (session.id, self.peer.ip());
         let blocked = self.shared.backoff().failure(id, ip, session.usual_ip, Instant::now());
@@ -551,14 +602,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if let Some(old) = self.session.take() {
             old.drop_pending_of(self.conn_id);
         }
-        let session = Arc::new(Session::new(
-            self.version,
-            id,
-            aes_key,
-            self.peer.ip(),
-            self.conn_id,
-            usual_ip,
-        ));
+        let session =
+            Session::new(self.version, id, aes_key, self.peer.ip(), self.conn_id, usual_ip)
+                .counted(self.shared.metrics.session_started());
+        let session = Arc::new(session);
         self.shared.sessions.publish(&session);
         self.session = Some(session);
         if let Some(slot) = &self.slot {
@@ -609,6 +656,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .then(|| Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
             .flatten();
         let compat = self.compat_crc32(header);
+        let started = Instant::now();
         let received = upload::receive(
             &mut self.stream,
             file.content_size,
@@ -622,9 +670,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         drop((large_slot, in_flight));
         let received = match received {
             Ok(r) => r,
-            Err(UploadError::Padding) => return Ok(self.padding_failure(&session, &file.file_name)),
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                self.shared.metrics.upload(UploadOutcome::Failed);
+                return match e {
+                    UploadError::Padding => Ok(self.padding_failure(&session, &file.file_name)),
+                    e => Err(e.into()),
+                };
+            }
         };
+        self.shared.metrics.upload_received(started);
         info!(
             file_name = %file.file_name, size = received.size, cksum = received.cksum,
             "file received; waiting for the client's checksum verdict"
@@ -723,6 +777,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 }
             });
         }
+        self.shared.metrics.upload(UploadOutcome::Verified);
         info!(%file_name, path = %relative, size, "file verified and stored");
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
     }
@@ -736,6 +791,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         // Deleting a large upload takes a while: not on the runtime's threads.
         tokio::task::spawn_blocking(move || drop(pending));
         self.shared.records().record_given_up(id, sent, rel).await?;
+        self.shared.metrics.upload(UploadOutcome::GivenUp);
         warn!(%file_name, "client gave up after repeated checksum mismatches; nothing stored");
         Ok(Next::Reply(Response::Acknowledged { client_id: Some(id) }))
     }

@@ -3,8 +3,9 @@
 
 pub mod backoff;
 mod conn;
+mod metrics;
 pub mod ratelimit;
-pub mod refusal;
+pub(crate) mod refusal;
 pub mod session;
 pub mod slots;
 pub mod upload;
@@ -26,6 +27,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{Instrument, debug, error, info, info_span, warn};
+
+/// The path `serve --metrics ADDR` serves the metrics on.
+pub use metrics::endpoint::PATH as METRICS_PATH;
 
 /// Default most simultaneous connections.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
@@ -173,6 +177,8 @@ pub(crate) struct Shared {
     slots: Arc<slots::Slots>,
     /// The next connection's number (for logs and for telling connections apart).
     next_conn: AtomicU64,
+    /// What `--metrics` exposes (kept whether or not it is exposed).
+    metrics: Arc<metrics::Metrics>,
 }
 
 type CommitKey = (crate::protocol::ClientId, String);
@@ -209,6 +215,7 @@ impl Shared {
         records: SharedRecords,
         storage: Storage,
         sessions: Sessions,
+        metrics: Arc<metrics::Metrics>,
     ) -> Self {
         let large_uploads = Arc::new(tokio::sync::Semaphore::new(LARGE_UPLOAD_SLOTS));
         let per_minute = config.registrations_per_minute;
@@ -230,6 +237,7 @@ impl Shared {
             large_uploads,
             backoff: Mutex::new(Backoff::new()),
             next_conn: AtomicU64::new(1),
+            metrics,
         }
     }
 
@@ -273,6 +281,8 @@ pub struct Server {
     shared: Arc<Shared>,
     /// The storage directory's lock, held while the server runs (`db restore` checks it).
     _lock: std::fs::File,
+    /// Where to serve the metrics, if anywhere (see [`Server::with_metrics`]).
+    metrics: Option<TcpListener>,
 }
 
 impl Server {
@@ -282,8 +292,10 @@ impl Server {
         let (storage, lock) = open_storage(&config)?;
         let db = Db::open(&config.db)?;
         reconcile_commits(&db, &storage, config.keep_versions).map_err(storage_error(&config))?;
-        let records: SharedRecords = Arc::new(SqliteRecords::new(db));
-        Server::assemble(config, records, storage, lock)
+        let metrics = Arc::new(metrics::Metrics::new());
+        let timing = Arc::clone(&metrics);
+        let records = SqliteRecords::new(db).timed(move |took| timing.db_call(took));
+        Server::assemble(config, Arc::new(records), storage, lock, metrics)
     }
 
     /// A server over records the caller supplies instead of the database `config` names:
@@ -292,7 +304,14 @@ impl Server {
     /// must have none (a fresh store has none).
     pub fn with_records(config: Config, records: SharedRecords) -> Result<Self, ServerError> {
         let (storage, lock) = open_storage(&config)?;
-        Server::assemble(config, records, storage, lock)
+        Server::assemble(config, records, storage, lock, Arc::new(metrics::Metrics::new()))
+    }
+
+    /// Serves the metrics (Prometheus text) at [`METRICS_PATH`] on `listener` while the
+    /// server runs, the grace period included.
+    pub fn with_metrics(mut self, listener: TcpListener) -> Self {
+        self.metrics = Some(listener);
+        self
     }
 
     fn assemble(
@@ -300,6 +319,7 @@ impl Server {
         records: SharedRecords,
         storage: Storage,
         lock: std::fs::File,
+        metrics: Arc<metrics::Metrics>,
     ) -> Result<Self, ServerError> {
         let leftovers = storage.clean_leftovers().map_err(storage_error(&config))?;
         if leftovers.removed > 0 {
@@ -309,8 +329,8 @@ impl Server {
             warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
         }
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
-        let shared = Arc::new(Shared::new(config, records, storage, sessions));
-        Ok(Server { shared, _lock: lock })
+        let shared = Arc::new(Shared::new(config, records, storage, sessions, metrics));
+        Ok(Server { shared, _lock: lock, metrics: None })
     }
 
     /// Serves one connection over any byte stream, exactly as the accept loop serves a
@@ -342,6 +362,8 @@ impl Server {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServerError> {
         let shared = self.shared;
+        let endpoint =
+            self.metrics.map(|l| tokio::spawn(metrics::endpoint::serve(l, Arc::clone(&shared))));
         let limit = Arc::new(Semaphore::new(shared.config.max_connections));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -362,6 +384,7 @@ impl Server {
             };
             let conn_id = shared.next_conn_id();
             let Some(slot) = shared.slots.admit(conn_id, peer.ip()) else {
+                shared.metrics.connection_refused(metrics::CloseReason::PerAddressCap);
                 debug!(%peer, "closed at once: the address holds its --max-connections-per-address");
                 continue;
             };
@@ -380,13 +403,15 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let span =
                 info_span!("conn", id = conn_id, peer = %peer, client = tracing::field::Empty);
+            let open = shared.metrics.connection_opened();
+            let stream = shared.metrics.count_received(stream);
             let connection =
                 conn::Connection::new(Arc::clone(&shared), stream, conn_id, peer).with_slot(slot);
             let stop = stop_rx.clone();
             tasks.spawn(
                 async move {
                     connection.run(stop).await;
-                    drop(permit);
+                    drop((permit, open));
                 }
                 .instrument(span),
             );
@@ -406,6 +431,9 @@ impl Server {
         shared.sessions.clear();
         let storage = shared.storage.clone();
         let _ = tokio::task::spawn_blocking(move || storage.clean_leftovers()).await;
+        if let Some(endpoint) = endpoint {
+            endpoint.abort();
+        }
         info!("stopped");
         Ok(())
     }

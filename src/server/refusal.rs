@@ -5,9 +5,10 @@
 //! trouble (a database or disk that failed): the first is the peer's business, the second
 //! needs someone to act. So every refusal is a variant here, and the variant decides its
 //! [`Fault`] (hence the log level) and its stable [`Refusal::reason`] label, which logs
-//! carry as a field and tests assert.
+//! carry as a field, the metrics count refusals by, and tests assert.
 
 use super::ServerError;
+use super::metrics::Reason;
 use super::upload::UploadError;
 use crate::protocol::{ClientId, DecodeError, FileNameError};
 use std::net::IpAddr;
@@ -173,33 +174,28 @@ impl Refusal {
         }
     }
 
-    /// A stable label for logs, metrics and tests.
-    pub fn reason(&self) -> &'static str {
+    /// Its reason: a stable label for logs, metrics and tests (the values are listed,
+    /// with what each means, in [`Reason`]).
+    pub fn reason(&self) -> Reason {
         use Refusal::*;
         match self {
-            UnknownClient(_) => "unknown-client",
-            NoSession { .. } => "no-session",
-            OtherClient { .. } => "other-client",
-            SessionEnded | EndedDuringUpload => "session-ended",
-            NothingWaits(_) => "nothing-waits",
-            NameMismatch { .. } => "name-mismatch",
-            KeyNotAllowed(_) => "key-not-allowed",
-            BadPublicKey(_) => "bad-public-key",
-            BadRequest(_) => "bad-request",
-            BadFileName(_) => "bad-file-name",
-            Upload(UploadError::Storage(_)) => "storage",
-            Upload(UploadError::TooSlow) => "too-slow",
-            Upload(UploadError::TimedOut(_)) => "timed-out",
-            Upload(UploadError::Socket(_)) => "connection-lost",
-            Upload(UploadError::Padding) => "bad-padding",
-            RegistrationLimit { .. } => "registration-limit",
-            BackedOff { .. } => "backed-off",
-            Quota(_) => "quota",
-            Busy(_) => "busy",
-            DiskFull { .. } => "disk-full",
-            Storage { .. } => "storage",
-            Records(_) => "records",
-            Internal(_) => "internal",
+            UnknownClient(_) => Reason::UnknownClient,
+            NoSession { .. } | OtherClient { .. } | SessionEnded | EndedDuringUpload => {
+                Reason::NoSession
+            }
+            NothingWaits(_) => Reason::NoPendingUpload,
+            NameMismatch { .. } | KeyNotAllowed(_) => Reason::KeyNotAllowed,
+            BadPublicKey(_) => Reason::BadPublicKey,
+            BadRequest(_) | BadFileName(_) => Reason::BadFileRequest,
+            Upload(UploadError::Storage(_)) | Storage { .. } => Reason::Storage,
+            Upload(UploadError::Padding) => Reason::BadPadding,
+            Upload(_) => Reason::UploadFailed,
+            RegistrationLimit { .. } => Reason::RateLimited,
+            BackedOff { .. } => Reason::Backoff,
+            Quota(_) => Reason::Quota,
+            Busy(_) => Reason::MaxUploads,
+            DiskFull { .. } => Reason::DiskFull,
+            Records(_) | Internal(_) => Reason::Internal,
         }
     }
 
@@ -251,6 +247,6 @@ mod tests {
             limit.to_string(),
             "too many registrations from 10.0.0.1: the next one in 1.5 s"
         );
-        assert_eq!(limit.reason(), "registration-limit");
+        assert_eq!(limit.reason().as_str(), "rate_limited");
     }
 }

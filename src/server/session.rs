@@ -121,6 +121,8 @@ pub struct Session {
     last_used: Mutex<Instant>,
     /// The uploads waiting for a verdict; `None` once the session has ended.
     pending: Mutex<Option<HashMap<String, Pending>>>,
+    /// Counts the session in the metrics while it lives.
+    live: Option<super::metrics::Live>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -147,7 +149,14 @@ impl Session {
             usual_ip,
             last_used: Mutex::new(Instant::now()),
             pending: Mutex::new(Some(HashMap::new())),
+            live: None,
         }
+    }
+
+    /// The session, counted in the metrics' sessions while it lives.
+    pub(crate) fn counted(mut self, live: super::metrics::Live) -> Self {
+        self.live = Some(live);
+        self
     }
 
     fn touch(&self) {

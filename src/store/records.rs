@@ -102,6 +102,9 @@ type Job = Box<dyn FnOnce(&Db) + Send>;
 /// blocking pool, however many uploads are under way.
 pub struct SqliteRecords {
     tx: Mutex<std::sync::mpsc::Sender<Job>>,
+    /// Told how long each call took, from asking to the answer (the metrics' database
+    /// latency: waiting behind other calls included).
+    timing: Option<Box<dyn Fn(Duration) + Send + Sync>>,
 }
 
 impl SqliteRecords {
@@ -112,7 +115,13 @@ impl SqliteRecords {
             .name("securexfer-db".into())
             .spawn(move || rx.into_iter().for_each(|job| job(&db)))
             .expect("start the database thread");
-        SqliteRecords { tx: Mutex::new(tx) }
+        SqliteRecords { tx: Mutex::new(tx), timing: None }
+    }
+
+    /// Tells `timing` how long each call takes.
+    pub fn timed(mut self, timing: impl Fn(Duration) + Send + Sync + 'static) -> Self {
+        self.timing = Some(Box::new(timing));
+        self
     }
 
     /// Runs `f` on the records thread.
@@ -128,9 +137,14 @@ impl SqliteRecords {
                 let _ = done.send(f(db));
             }))
         };
+        let started = std::time::Instant::now();
         Box::pin(async move {
             sent.map_err(|_| RecordsError::Stopped)?;
-            Ok(result.await.map_err(|_| RecordsError::Stopped)??)
+            let answer = result.await;
+            if let Some(timing) = &self.timing {
+                timing(started.elapsed());
+            }
+            Ok(answer.map_err(|_| RecordsError::Stopped)??)
         })
     }
 }
