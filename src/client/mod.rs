@@ -17,6 +17,7 @@ pub mod identity;
 pub mod upload;
 pub mod wire;
 
+use crate::content::Scheme;
 use crate::crypto::rsa::KeyError;
 use crate::crypto::{AesKey, PrivateKey};
 use crate::protocol::{
@@ -478,7 +479,7 @@ impl Client {
     /// some existing servers report instead of the plaintext's cksum. An exact match proves
     /// the server holds the bytes sent (a false match is a 2^-32 event); said once a run.
     fn ciphertext_crc_matches(&mut self, streamed: &SendOutcome) -> bool {
-        if streamed.theirs != streamed.ours.ciphertext_crc32 {
+        if Some(streamed.theirs) != streamed.ours.ciphertext_crc32 {
             return false;
         }
         if !std::mem::replace(&mut self.noted_crc32, true) {
@@ -603,7 +604,7 @@ impl Client {
         attempt: u32,
     ) -> Result<SendOutcome, Retry> {
         let head = encode_request(self.id(session), &Request::SendFile(upload.header.clone()));
-        let key = self.key.unwrap_or(session.aes_key);
+        let scheme = Scheme::V3 { key: self.key.unwrap_or(session.aes_key) };
         let (Some(wire), events) = (self.wire.as_mut(), &mut self.events) else {
             return Err(Retry::Failed(Failure::Connection("not connected".into())));
         };
@@ -612,7 +613,7 @@ impl Client {
             upload.file,
             upload.path,
             upload.size,
-            &key,
+            &scheme,
             &head,
             wire.stream(),
             &mut progress,

@@ -19,6 +19,7 @@
 use super::session::{Pending, Session};
 use super::upload::{self, UploadError};
 use super::{ServerError, Shared};
+use crate::content::Scheme;
 use crate::crypto::{PublicKey, random_bytes};
 use crate::protocol::{
     ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, PublicKeyField,
@@ -588,15 +589,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let large_slot = (file.content_size >= upload::LARGE_UPLOAD)
             .then(|| Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
             .flatten();
-        let compat = self.compat_crc32(header);
+        let opener = Scheme::V3 { key: session.aes_key }.opener(self.compat_crc32(header));
         let received = upload::receive(
             &mut self.stream,
             file.content_size,
-            session.aes_key,
+            opener,
             std_file,
             idle,
             large_slot.is_some(),
-            compat,
         )
         .await;
         drop((large_slot, in_flight));

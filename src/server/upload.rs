@@ -1,11 +1,11 @@
 //! Receiving the encrypted content of a 1028 in one streaming pass: the connection task
-//! reads fixed-size chunks from the socket while a blocking worker decrypts, checksums and
-//! writes the previous ones (large uploads: hands them to a writer thread, see `Output`).
+//! reads fixed-size chunks from the socket while a blocking worker opens them (the
+//! content transform of [`crate::content`]: decrypt, unpad, checksum) and writes the
+//! previous ones (large uploads: hands them to a writer thread, see `Output`).
 //! A few chunk buffers circulate between them, so memory stays flat whatever the file size.
 
 use crate::buf::AlignedBuf;
-use crate::crypto::aes::unpadded_len;
-use crate::crypto::{AesKey, CbcDecryptor, Cksum, ZlibCrc32};
+use crate::content::{ContentError, Digest, Opener};
 use crate::sys::{drop_written, set_direct, start_writeback};
 use std::io::{self, Write};
 use std::sync::mpsc::{SyncSender, sync_channel};
@@ -34,18 +34,6 @@ const DIRECT_BUFFERS: usize = 5;
 /// Bytes of an upload handed to the disk at a time; at most two such windows of it sit
 /// in the page cache (see `FileSink`).
 pub const WRITE_BEHIND: u64 = 32 * 1024 * 1024;
-
-/// What an upload produced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Received {
-    /// Plaintext bytes written.
-    pub size: u64,
-    /// cksum of the plaintext.
-    pub cksum: u32,
-    /// The zlib CRC-32 of the ciphertext, when asked for (see
-    /// [`crate::server::Config::compat_crc32_ciphertext`]).
-    pub ciphertext_crc32: Option<u32>,
-}
 
 /// Why an upload failed. After [`UploadError::Padding`] the content was read to its end
 /// (the server ends the session anyway: a correct client never sends it).
@@ -77,11 +65,12 @@ pub const MIN_UPLOAD_RATE: u64 = 64 * 1024;
 /// upload costs this much memory, not a whole chunk.
 const READ_STEP: usize = 16 * 1024;
 
-/// Reads `content_size` bytes of encrypted content from `reader` and writes the plaintext
-/// to `file`. `content_size` must already be validated (non-zero multiple of 16).
-/// `allow_large` lets an upload of [`LARGE_UPLOAD`] bytes or more take the large-upload
-/// path (the caller bounds how many do at once). `crc_ciphertext` also computes the CRC-32
-/// of the ciphertext.
+/// Reads `content_size` bytes of encrypted content from `reader`, opens it with `opener`
+/// and writes the plaintext to `file`; returns what the opener found (the CRC-32 of the
+/// ciphertext too when the opener was asked for it, see
+/// [`crate::server::Config::compat_crc32_ciphertext`]). `content_size` must already be
+/// validated (non-zero multiple of 16). `allow_large` lets an upload of [`LARGE_UPLOAD`]
+/// bytes or more take the large-upload path (the caller bounds how many do at once).
 ///
 /// Small uploads hold no thread while they wait for bytes: each chunk is decrypted and
 /// written by a short job on the blocking pool. Large ones (bounded by the caller) keep a
@@ -89,19 +78,17 @@ const READ_STEP: usize = 16 * 1024;
 pub async fn receive<R: AsyncRead + Unpin>(
     reader: &mut R,
     content_size: u32,
-    key: AesKey,
+    opener: Opener,
     file: std::fs::File,
     idle: Duration,
     allow_large: bool,
-    crc_ciphertext: bool,
-) -> Result<Received, UploadError> {
+) -> Result<Digest, UploadError> {
     let large = allow_large && content_size >= LARGE_UPLOAD;
     let (chunk, buffers) = if large { (LARGE_CHUNK, DIRECT_BUFFERS) } else { (CHUNK, BUFFERS) };
     let (full_tx, full_rx) = mpsc::channel::<Chunk>(buffers);
     let (empty_tx, mut empty_rx) = mpsc::channel::<AlignedBuf>(buffers);
     let chunk_len = chunk.min(content_size as usize);
-    let crc = crc_ciphertext.then(ZlibCrc32::default);
-    let processor = Processor::new(key, file, large, crc, empty_tx);
+    let processor = Processor::new(opener, file, large, empty_tx);
     let deadline =
         Instant::now() + idle + Duration::from_secs(u64::from(content_size) / MIN_UPLOAD_RATE);
     let reading = async {
@@ -205,29 +192,24 @@ async fn read_exact_idle<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// Decrypts, checksums and writes an upload's chunks in order.
+/// Opens (decrypts, checksums) and writes an upload's chunks in order.
 struct Processor {
     out: Output,
-    decryptor: CbcDecryptor,
-    cksum: Cksum,
-    ciphertext_crc: Option<ZlibCrc32>,
+    opener: Opener,
     finished: bool,
     failed: Option<UploadError>,
 }
 
 impl Processor {
     fn new(
-        key: AesKey,
+        opener: Opener,
         file: std::fs::File,
         direct: bool,
-        ciphertext_crc: Option<ZlibCrc32>,
         empty_tx: mpsc::Sender<AlignedBuf>,
     ) -> Self {
         Processor {
             out: Output::new(FileSink::new(file, direct), empty_tx),
-            decryptor: CbcDecryptor::new(&key),
-            cksum: Cksum::new(),
-            ciphertext_crc,
+            opener,
             finished: false,
             failed: None,
         }
@@ -235,22 +217,13 @@ impl Processor {
 
     /// One chunk; false once the upload cannot go on.
     fn chunk(&mut self, (mut buf, last): Chunk) -> bool {
-        if let Some(crc) = self.ciphertext_crc.as_mut() {
-            crc.update(&buf);
-        }
-        self.decryptor.decrypt_blocks(&mut buf);
-        let len = if last {
-            match unpadded_len(&buf) {
-                Ok(len) => len,
-                Err(_) => {
-                    self.failed = Some(UploadError::Padding);
-                    return false;
-                }
+        let len = match self.opener.chunk(&mut buf, last) {
+            Ok(len) => len,
+            Err(ContentError::Padding(_)) => {
+                self.failed = Some(UploadError::Padding);
+                return false;
             }
-        } else {
-            buf.len()
         };
-        self.cksum.update(&buf[..len]);
         if !self.out.write(buf, len) {
             return false; // it failed; `finish` says why
         }
@@ -258,7 +231,7 @@ impl Processor {
         true
     }
 
-    fn finish(self) -> Result<Received, UploadError> {
+    fn finish(self) -> Result<Digest, UploadError> {
         let finish = self.out.finish().map_err(UploadError::Storage);
         if let Some(e) = self.failed {
             return Err(e);
@@ -268,12 +241,11 @@ impl Processor {
             // The reader stopped early and says why; nothing here is complete.
             return Err(UploadError::Socket(io::ErrorKind::UnexpectedEof.into()));
         }
-        let ciphertext_crc32 = self.ciphertext_crc.map(|crc| crc.finish());
-        Ok(Received { size: self.cksum.len(), cksum: self.cksum.finish(), ciphertext_crc32 })
+        Ok(self.opener.finish())
     }
 
     /// On a worker thread of its own, for the whole upload.
-    fn run_blocking(mut self, mut full_rx: mpsc::Receiver<Chunk>) -> Result<Received, UploadError> {
+    fn run_blocking(mut self, mut full_rx: mpsc::Receiver<Chunk>) -> Result<Digest, UploadError> {
         while let Some(chunk) = full_rx.blocking_recv() {
             if !self.chunk(chunk) {
                 break;
@@ -283,7 +255,7 @@ impl Processor {
     }
 
     /// One short blocking job per chunk: no thread is held while the peer is slow.
-    async fn run_async(self, mut full_rx: mpsc::Receiver<Chunk>) -> Result<Received, UploadError> {
+    async fn run_async(self, mut full_rx: mpsc::Receiver<Chunk>) -> Result<Digest, UploadError> {
         let mut this = self;
         while let Some(chunk) = full_rx.recv().await {
             let (back, ok) = tokio::task::spawn_blocking(move || {
@@ -471,6 +443,8 @@ impl FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::content::Scheme;
+    use crate::crypto::{Cksum, ZlibCrc32};
 
     /// Writes `data` through a sink in `chunk`-sized pieces taken from aligned buffers (as
     /// the upload worker does) and returns what ended up in the file.
@@ -518,10 +492,11 @@ mod tests {
             let size = ciphertext.len() as u32;
             let mut reader = &ciphertext[..];
             let idle = Duration::from_secs(10);
-            let got = receive(&mut reader, size, key, file, idle, allow_large, crc).await.unwrap();
+            let opener = Scheme::V3 { key }.opener(crc);
+            let got = receive(&mut reader, size, opener, file, idle, allow_large).await.unwrap();
             let ciphertext_crc32 = crc.then(|| ZlibCrc32::of(&ciphertext));
             let want =
-                Received { size: data.len() as u64, cksum: Cksum::of(&data), ciphertext_crc32 };
+                Digest { size: data.len() as u64, cksum: Cksum::of(&data), ciphertext_crc32 };
             assert_eq!(got, want);
             assert!(std::fs::read(&path).unwrap() == data, "allow_large: {allow_large}");
         }
