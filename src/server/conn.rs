@@ -25,7 +25,7 @@ use crate::protocol::{
     ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, PublicKeyField,
     REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader, Response, storage_name,
 };
-use crate::store::{CommitIntent, Storage};
+use crate::store::{BlobStore, CommitIntent, StagedBlob};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -579,28 +579,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             ))
         })?;
         let idle = config.idle_timeout;
-        let storage = self.shared.storage.clone();
-        let temp = tokio::task::spawn_blocking(move || storage.begin_upload(id))
-            .await
-            .map_err(|e| refuse(e.to_string()))?
-            .map_err(|e| refuse(format!("cannot create the upload file: {e}")))?;
-        let (std_file, upload) = temp.into_parts();
         // Held until the upload ends; without one, a large upload takes the small path.
         let large_slot = (file.content_size >= upload::LARGE_UPLOAD)
             .then(|| Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
             .flatten();
+        let (storage, large) = (self.shared.storage.clone(), large_slot.is_some());
+        let size = u64::from(file.content_size);
+        let staged = tokio::task::spawn_blocking(move || storage.stage(id, size, large))
+            .await
+            .map_err(|e| refuse(e.to_string()))?
+            .map_err(|e| refuse(format!("cannot create the upload file: {e}")))?;
         let opener = Scheme::V3 { key: session.aes_key }.opener(self.compat_crc32(header));
-        let received = upload::receive(
-            &mut self.stream,
-            file.content_size,
-            opener,
-            std_file,
-            idle,
-            large_slot.is_some(),
-        )
-        .await;
+        let received =
+            upload::receive(&mut self.stream, file.content_size, opener, staged, idle, large).await;
         drop((large_slot, in_flight));
-        let received = match received {
+        let (received, staged) = match received {
             Ok(r) => r,
             Err(UploadError::Padding) => return Ok(self.padding_failure(&session, &file.file_name)),
             Err(e) => return Err(refuse(e.to_string())),
@@ -610,7 +603,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             "file received; waiting for the client's checksum verdict"
         );
         let pending = Pending {
-            upload,
+            upload: staged,
             conn: self.conn_id,
             stored_name,
             size: received.size,
@@ -646,8 +639,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             client_id: id,
             stored_name: pending.stored_name.clone(),
             file_name: file_name.to_string(),
-            path_name: Storage::relative_path(id, &pending.stored_name),
-            source: self.shared.storage.relative_of(&pending.upload).unwrap_or_default(),
+            path_name: self.shared.storage.path_name(id, &pending.stored_name),
+            source: pending.upload.location().to_owned(),
             size: pending.size,
             cksum: pending.cksum,
             archive: None,
@@ -658,11 +651,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         // The copy it replaces is kept as a version, if it is a confirmed one.
         let mut begun = intent.clone();
         let keep = self.shared.config.keep_versions;
+        let new_version = self.shared.storage.new_version_name(id);
         let intent = self
             .shared
             .db(move |db| {
                 if keep > 0 && db.has_verified_at(id, &begun.path_name)? {
-                    begun.archive = Some(Storage::new_version_path(id));
+                    begun.archive = Some(new_version);
                 }
                 db.begin_commit(&begun)?;
                 Ok(begun)
@@ -687,7 +681,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 return Err(refused);
             }
         };
-        let relative = committed.relative.clone();
+        let relative = committed.path_name.clone();
         if let Some(replaced) = committed.replaced {
             // Deleting the replaced copy can take a while; nobody needs to wait for it.
             tokio::task::spawn_blocking(move || drop(replaced));
@@ -699,7 +693,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let storage = self.shared.storage.clone();
             tokio::task::spawn_blocking(move || {
                 for path in pruned {
-                    if let Err(e) = storage.remove_version(id, &path) {
+                    if let Err(e) = storage.delete_version(id, &path) {
                         warn!(%path, "could not delete a version beyond --keep-versions: {e}");
                     }
                 }
@@ -714,7 +708,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let pending = session
             .take_pending(file_name.as_str())
             .ok_or_else(|| refuse(format!("no upload of {file_name} waits")))?;
-        let (sent, rel) = (file_name.to_string(), Storage::relative_path(id, &pending.stored_name));
+        let (sent, rel) =
+            (file_name.to_string(), self.shared.storage.path_name(id, &pending.stored_name));
         // Deleting a large upload takes a while: not on the runtime's threads.
         tokio::task::spawn_blocking(move || drop(pending));
         self.shared.db(move |db| db.record_given_up(id, &sent, &rel)).await?;
