@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod client;
+pub mod content;
 pub mod crypto;
 pub mod protocol;
 pub mod server;

@@ -5,9 +5,11 @@
 //! base64 round trips, and typed errors (never panics) for wrong keys and garbage.
 
 use proptest::prelude::*;
+use securexfer::content::{ContentError, Digest, Scheme};
 use securexfer::crypto::aes::{self, BLOCK, padded_len, unpadded_len};
 use securexfer::crypto::{
     AesKey, CbcDecryptor, CbcEncryptor, Cksum, KeyError, PaddingError, PrivateKey, PublicKey,
+    ZlibCrc32,
 };
 use securexfer::protocol::{PUBLIC_KEY_LEN, PublicKeyField};
 use std::collections::HashMap;
@@ -460,6 +462,88 @@ fn decrypting_with_the_wrong_key_does_not_give_the_plaintext() {
 #[should_panic(expected = "whole blocks")]
 fn encrypting_a_partial_block_mid_stream_is_a_caller_bug() {
     CbcEncryptor::new(&[0; 16]).encrypt_blocks(&mut [0u8; 15]);
+}
+
+// ---------------------------------------------------------------------------------------
+// The content transform (protocol 3): the same vectors through the seam both pipelines use
+
+/// Seals `data` in place in chunks of `pattern` (rounded up to whole blocks), as the
+/// client's pipeline does, and returns what goes on the wire with the digest.
+fn seal_in_chunks(scheme: &Scheme, data: &[u8], pattern: &[usize]) -> (Vec<u8>, Digest) {
+    let mut sealer = scheme.sealer(true);
+    let mut buf = data.to_vec();
+    buf.resize(data.len() + scheme.tail_room(), 0);
+    let mut at = 0;
+    for &size in pattern.iter().cycle() {
+        let size = size.div_ceil(BLOCK).max(1) * BLOCK;
+        if at + size >= data.len() {
+            let sealed = sealer.chunk(&mut buf[at..], data.len() - at, true);
+            buf.truncate(at + sealed);
+            return (buf, sealer.finish());
+        }
+        assert_eq!(sealer.chunk(&mut buf[at..at + size], size, false), size);
+        at += size;
+    }
+    unreachable!("the pattern cycles")
+}
+
+/// Opens `wire` in place in chunks of `pattern` (rounded to blocks), as the server's
+/// upload does, keeping only the plaintext.
+fn open_in_chunks(
+    scheme: &Scheme,
+    wire: &[u8],
+    pattern: &[usize],
+) -> Result<(Vec<u8>, Digest), ContentError> {
+    let mut opener = scheme.opener(true);
+    let mut buf = wire.to_vec();
+    let (mut at, mut plain_end) = (0, 0);
+    for &size in pattern.iter().cycle() {
+        let end = (at + size.div_ceil(BLOCK).max(1) * BLOCK).min(buf.len());
+        let last = end == buf.len();
+        let n = opener.chunk(&mut buf[at..end], last)?;
+        buf.copy_within(at..at + n, plain_end);
+        plain_end += n;
+        at = end;
+        if last {
+            break;
+        }
+    }
+    buf.truncate(plain_end);
+    Ok((buf, opener.finish()))
+}
+
+#[test]
+fn the_content_transform_seals_every_vector_as_openssl_does_and_opens_it_back() {
+    for row in aes_rows() {
+        let scheme = Scheme::V3 { key: row.key };
+        for pattern in CHUNKINGS {
+            let (wire, sent) = seal_in_chunks(&scheme, &row.plaintext, pattern);
+            check_ciphertext(&row, &wire, &format!("sealed in {pattern:?}"));
+            let want = Digest {
+                size: row.plaintext.len() as u64,
+                cksum: Cksum::of(&row.plaintext),
+                ciphertext_crc32: Some(ZlibCrc32::of(&wire)),
+            };
+            assert_eq!(sent, want, "{} sealed in {pattern:?}", row.name);
+            let (plain, received) = open_in_chunks(&scheme, &wire, pattern).unwrap();
+            assert!(plain == row.plaintext, "{} opened in {pattern:?}", row.name);
+            assert_eq!(received, want, "{} opened in {pattern:?}", row.name);
+        }
+    }
+}
+
+#[test]
+fn the_content_transform_refuses_bad_padding() {
+    let key = aes_rows()[0].key;
+    let mut inconsistent = [4u8; BLOCK];
+    inconsistent[BLOCK - 3] = 9;
+    for block in [[0u8; BLOCK], [17u8; BLOCK], [0xFF; BLOCK], inconsistent] {
+        let wire = ciphertext_ending_in(&key, block);
+        for pattern in [&[16][..], &[32]] {
+            let opened = open_in_chunks(&Scheme::V3 { key }, &wire, pattern);
+            assert_eq!(opened.err(), Some(ContentError::Padding(PaddingError)), "{block:?}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod upload;
 pub mod wire;
 
+use crate::content::Scheme;
 use crate::crypto::rsa::KeyError;
 use crate::crypto::{AesKey, PrivateKey};
 use crate::protocol::{
@@ -481,7 +482,7 @@ impl Client {
     /// some existing servers report instead of the plaintext's cksum. An exact match proves
     /// the server holds the bytes sent (a false match is a 2^-32 event); said once a run.
     fn ciphertext_crc_matches(&mut self, streamed: &SendOutcome) -> bool {
-        if streamed.theirs != streamed.ours.ciphertext_crc32 {
+        if Some(streamed.theirs) != streamed.ours.ciphertext_crc32 {
             return false;
         }
         if !std::mem::replace(&mut self.noted_crc32, true) {
@@ -613,7 +614,7 @@ impl Client {
             self.id(session),
             &Request::SendFile(upload.header.clone()),
         );
-        let key = self.key.unwrap_or(session.aes_key);
+        let scheme = Scheme::of(self.version, self.key.unwrap_or(session.aes_key));
         let (Some(wire), events) = (self.wire.as_mut(), &mut self.events) else {
             return Err(Retry::Failed(Failure::Connection("not connected".into())));
         };
@@ -622,7 +623,7 @@ impl Client {
             upload.file,
             upload.path,
             upload.size,
-            &key,
+            &scheme,
             &head,
             wire.stream(),
             &mut progress,

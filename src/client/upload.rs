@@ -1,11 +1,12 @@
 //! Streaming a file onto the socket: one thread reads and checksums, one encrypts, the
 //! caller's thread writes (the request's head together with the first chunk, so that a
-//! small request leaves in one write). CBC encryption is serial, so it gets a core of its own and never
-//! waits for the disk or the socket. A few fixed-size buffers circulate; memory does not
-//! grow with the file.
+//! small request leaves in one write). The three steps of the content transform
+//! ([`crate::content::Sealer::into_parts`]) run one on each: CBC encryption is serial, so
+//! it gets a core of its own and never waits for the disk or the socket. A few fixed-size
+//! buffers circulate; memory does not grow with the file.
 
 use crate::buf::AlignedBuf;
-use crate::crypto::{AesKey, CbcEncryptor, Cksum, ZlibCrc32};
+use crate::content::{Digest, PlainCheck, Scheme, SealCipher, WireCheck};
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::path::Path;
@@ -49,8 +50,8 @@ pub struct Streamed {
     /// The `cksum` of the plaintext (what the protocol compares).
     pub cksum: u32,
     /// The zlib CRC-32 of the ciphertext as sent (what some existing servers report
-    /// instead; see `docs/compatibility.md`).
-    pub ciphertext_crc32: u32,
+    /// instead; see `docs/compatibility.md`), where the scheme has a ciphertext.
+    pub ciphertext_crc32: Option<u32>,
 }
 
 /// A chunk travelling down the pipeline: its buffer, how many bytes are valid, whether it
@@ -61,14 +62,14 @@ struct Chunk {
     last: bool,
 }
 
-/// Reads `len` bytes of `file` from its start, encrypts them with `key` and writes `head`
-/// followed by the ciphertext to `out`, the head in the same write as the first chunk.
-/// Calls `progress` with the ciphertext bytes done. `path` is for messages only.
+/// Reads `len` bytes of `file` from its start, seals them as `scheme` says and writes
+/// `head` followed by the sealed content to `out`, the head in the same write as the first
+/// chunk. Calls `progress` with the content bytes done. `path` is for messages only.
 pub fn stream_file(
     file: &File,
     path: &Path,
     len: u64,
-    key: &AesKey,
+    scheme: &Scheme,
     head: &[u8],
     out: &mut (impl Write + ?Sized),
     progress: &mut dyn FnMut(u64),
@@ -80,15 +81,19 @@ pub fn stream_file(
     let (enc_tx, enc_rx) = sync_channel::<Chunk>(DEPTH);
     let (free_tx, free_rx) = sync_channel::<AlignedBuf>(2 * DEPTH + 2);
     // Room for a whole chunk plus the padding block; a small file needs only its size.
-    let capacity = len.min(CHUNK as u64) as usize + 16;
+    let tail_room = scheme.tail_room();
+    let capacity = len.min(CHUNK as u64) as usize + tail_room;
     for _ in 0..2 * DEPTH + 1 {
         free_tx.try_send(AlignedBuf::new(capacity)).expect("room");
     }
-    let key = *key;
+    // The client always checks the CRC-32 too: it cannot know in advance which habit the
+    // server has.
+    let (plain, cipher, wire) = scheme.sealer(true).into_parts();
     thread::scope(|scope| {
-        let reader = scope.spawn(move || read_stage(reader, len, free_rx, read_tx));
-        scope.spawn(move || encrypt_stage(&key, read_rx, enc_tx));
-        let sent = write_stage(out, head, enc_rx, free_tx, progress);
+        let reader =
+            scope.spawn(move || read_stage(reader, len, tail_room, plain, free_rx, read_tx));
+        scope.spawn(move || encrypt_stage(cipher, read_rx, enc_tx));
+        let sent = write_stage(out, head, wire, enc_rx, free_tx, progress);
         // If writing failed, the stages above stop when their channels close.
         let read = reader.join().expect("reader thread");
         match (read, sent) {
@@ -99,7 +104,10 @@ pub fn stream_file(
                 }
             }),
             (Ok(_), Err(e)) => Err(StreamError::Send(e)),
-            (Ok(cksum), Ok(ciphertext_crc32)) => Ok(Streamed { cksum, ciphertext_crc32 }),
+            (Ok(plain), Ok(wire)) => {
+                let digest = Digest::from_parts(plain, wire);
+                Ok(Streamed { cksum: digest.cksum, ciphertext_crc32: digest.ciphertext_crc32 })
+            }
         }
     })
 }
@@ -109,27 +117,30 @@ enum ReadFailure {
     Short(u64),
 }
 
+/// Reads the file in chunks (each buffer with `tail_room` to spare for the sealing) and
+/// checks the plaintext.
 fn read_stage(
     mut file: &File,
     len: u64,
+    tail_room: usize,
+    mut plain: PlainCheck,
     free_rx: Receiver<AlignedBuf>,
     tx: SyncSender<Chunk>,
-) -> Result<u32, ReadFailure> {
-    let mut cksum = Cksum::new();
+) -> Result<PlainCheck, ReadFailure> {
     let mut remaining = len;
     loop {
-        let Ok(mut buf) = free_rx.recv() else { return Ok(cksum.finish()) };
+        let Ok(mut buf) = free_rx.recv() else { return Ok(plain) };
         let want = remaining.min(CHUNK as u64) as usize;
-        buf.set_len(want + 16);
+        buf.set_len(want + tail_room);
         let got = read_full(&mut file, &mut buf[..want]).map_err(ReadFailure::Io)?;
         if got < want {
             return Err(ReadFailure::Short(len - remaining + got as u64));
         }
-        cksum.update(&buf[..got]);
+        plain.update(&buf[..got]);
         remaining -= got as u64;
         let last = remaining == 0;
         if tx.send(Chunk { buf, len: got, last }).is_err() || last {
-            return Ok(cksum.finish());
+            return Ok(plain);
         }
     }
 }
@@ -147,16 +158,10 @@ fn read_full(file: &mut &File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-fn encrypt_stage(key: &AesKey, rx: Receiver<Chunk>, tx: SyncSender<Chunk>) {
-    let mut encryptor = Some(CbcEncryptor::new(key));
+/// Seals each chunk in place; stops after the last.
+fn encrypt_stage(mut cipher: SealCipher, rx: Receiver<Chunk>, tx: SyncSender<Chunk>) {
     for mut chunk in rx {
-        let Some(enc) = encryptor.as_mut() else { return };
-        if chunk.last {
-            let enc = encryptor.take().expect("present");
-            chunk.len = enc.encrypt_last(&mut chunk.buf, chunk.len);
-        } else {
-            enc.encrypt_blocks(&mut chunk.buf[..chunk.len]);
-        }
+        chunk.len = cipher.seal(&mut chunk.buf, chunk.len, chunk.last);
         let last = chunk.last;
         if tx.send(chunk).is_err() || last {
             return;
@@ -164,21 +169,20 @@ fn encrypt_stage(key: &AesKey, rx: Receiver<Chunk>, tx: SyncSender<Chunk>) {
     }
 }
 
-/// Writes the chunks as they come, `head` in front of the first; returns the CRC-32 of the
-/// ciphertext written.
+/// Writes the chunks as they come, `head` in front of the first, and checks them as sent.
 fn write_stage(
     out: &mut (impl Write + ?Sized),
     head: &[u8],
+    mut wire: WireCheck,
     rx: Receiver<Chunk>,
     free_tx: SyncSender<AlignedBuf>,
     progress: &mut dyn FnMut(u64),
-) -> io::Result<u32> {
+) -> io::Result<WireCheck> {
     let mut done = 0u64;
-    let mut crc = ZlibCrc32::default();
     let mut head = Some(head);
     for chunk in rx {
         let data = &chunk.buf[..chunk.len];
-        crc.update(data);
+        wire.update(data);
         match head.take() {
             Some(head) if !head.is_empty() => out.write_all(&[head, data].concat())?,
             _ => out.write_all(data)?,
@@ -189,9 +193,9 @@ fn write_stage(
         let _ = free_tx.try_send(chunk.buf);
         if last {
             out.flush()?;
-            return Ok(crc.finish());
+            return Ok(wire);
         }
     }
     // The reader stopped early; it reports why.
-    Ok(crc.finish())
+    Ok(wire)
 }

@@ -23,12 +23,13 @@ use super::refusal::{Fault, Refusal};
 use super::session::{Pending, Session};
 use super::upload::{self, UploadError};
 use super::{ServerError, Shared};
+use crate::content::Scheme;
 use crate::crypto::{PublicKey, random_bytes};
 use crate::protocol::{
     CLIENT_ID_LEN, ClientId, DecodeError, FILE_HEADER_LEN, FileHeader, FixedName, PublicKeyField,
     REQUEST_HEADER_LEN, Request, RequestCode, RequestHeader, Response, Version, storage_name,
 };
-use crate::store::{CommitIntent, Storage};
+use crate::store::{BlobStore, CommitIntent, StagedBlob};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -642,33 +643,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .try_acquire_owned()
             .map_err(|_| Refusal::Busy(config.max_uploads))?;
         let idle = config.idle_timeout;
-        let storage = self.shared.storage.clone();
-        let temp = tokio::task::spawn_blocking(move || storage.begin_upload(id))
+        // Held until the upload ends; without one, a large upload takes the small path.
+        let large_slot = (file.content_size >= upload::LARGE_UPLOAD)
+            .then(|| Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
+            .flatten();
+        let (storage, large) = (self.shared.storage.clone(), large_slot.is_some());
+        let size = u64::from(file.content_size);
+        let staged = tokio::task::spawn_blocking(move || storage.stage(id, size, large))
             .await
             .map_err(|e| Refusal::Internal(e.to_string()))?
             .map_err(|source| Refusal::Storage {
                 what: "cannot create the upload file".into(),
                 source,
             })?;
-        let (std_file, upload) = temp.into_parts();
-        // Held until the upload ends; without one, a large upload takes the small path.
-        let large_slot = (file.content_size >= upload::LARGE_UPLOAD)
-            .then(|| Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
-            .flatten();
-        let compat = self.compat_crc32(header);
+        let opener = Scheme::of(session.version, session.aes_key).opener(self.compat_crc32(header));
         let started = Instant::now();
-        let received = upload::receive(
-            &mut self.stream,
-            file.content_size,
-            session.aes_key,
-            std_file,
-            idle,
-            large_slot.is_some(),
-            compat,
-        )
-        .await;
+        let received =
+            upload::receive(&mut self.stream, file.content_size, opener, staged, idle, large).await;
         drop((large_slot, in_flight));
-        let received = match received {
+        let (received, staged) = match received {
             Ok(r) => r,
             Err(e) => {
                 self.shared.metrics.upload(UploadOutcome::Failed);
@@ -684,7 +677,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             "file received; waiting for the client's checksum verdict"
         );
         let pending = Pending {
-            upload,
+            upload: staged,
             conn: self.conn_id,
             stored_name,
             size: received.size,
@@ -720,8 +713,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             client_id: id,
             stored_name: pending.stored_name.clone(),
             file_name: file_name.to_string(),
-            path_name: Storage::relative_path(id, &pending.stored_name),
-            source: self.shared.storage.relative_of(&pending.upload).unwrap_or_default(),
+            path_name: self.shared.storage.path_name(id, &pending.stored_name),
+            source: pending.upload.location().to_owned(),
             size: pending.size,
             cksum: pending.cksum,
             archive: None,
@@ -735,7 +728,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let keep = self.shared.config.keep_versions;
         let records = self.shared.records();
         if keep > 0 && records.has_verified_at(id, intent.path_name.clone()).await? {
-            intent.archive = Some(Storage::new_version_path(id));
+            intent.archive = Some(self.shared.storage.new_version_name(id));
         }
         records.begin_commit(intent.clone()).await?;
         let storage = self.shared.storage.clone();
@@ -759,7 +752,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 return Err(refused);
             }
         };
-        let relative = committed.relative.clone();
+        let relative = committed.path_name.clone();
         if let Some(replaced) = committed.replaced {
             // Deleting the replaced copy can take a while; nobody needs to wait for it.
             tokio::task::spawn_blocking(move || drop(replaced));
@@ -771,7 +764,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let storage = self.shared.storage.clone();
             tokio::task::spawn_blocking(move || {
                 for path in pruned {
-                    if let Err(e) = storage.remove_version(id, &path) {
+                    if let Err(e) = storage.delete_version(id, &path) {
                         warn!(%path, "could not delete a version beyond --keep-versions: {e}");
                     }
                 }
@@ -787,7 +780,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let pending = session
             .take_pending(file_name.as_str())
             .ok_or_else(|| Refusal::NothingWaits(file_name.to_string()))?;
-        let (sent, rel) = (file_name.to_string(), Storage::relative_path(id, &pending.stored_name));
+        let (sent, rel) =
+            (file_name.to_string(), self.shared.storage.path_name(id, &pending.stored_name));
         // Deleting a large upload takes a while: not on the runtime's threads.
         tokio::task::spawn_blocking(move || drop(pending));
         self.shared.records().record_given_up(id, sent, rel).await?;

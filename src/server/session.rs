@@ -83,11 +83,15 @@ impl Drop for Reservation {
     }
 }
 
+/// What the server's blob store stages an upload as (see [`crate::store::BlobStore`]).
+pub type StagedUpload = <crate::store::Storage as crate::store::BlobStore>::Staged;
+
 /// An upload that arrived (2103 sent) and waits for the client's verdict.
 #[derive(Debug)]
 pub struct Pending {
-    /// The decrypted content; deleted from disk when dropped.
-    pub upload: tempfile::TempPath,
+    /// The decrypted content, staged in the blob store; dropping it aborts the upload
+    /// (nothing of it is kept).
+    pub upload: StagedUpload,
     /// The connection it arrived on.
     pub conn: u64,
     /// The name it will be stored under.

@@ -1,9 +1,12 @@
-//! The server's state that outlives a connection: records in SQLite and files on disk.
+//! The server's state that outlives a connection: records in SQLite, and the files'
+//! bytes in a blob store ([`BlobStore`]; on local disk, [`Storage`]).
 
+pub mod blob;
 pub mod db;
-pub mod files;
+pub mod local;
 pub mod records;
 
+pub use blob::{BlobInfo, BlobStore, Chunk, Committed, StagedBlob};
 pub use db::{ClientRecord, CommitIntent, Db, DbError, FileRecord, VersionRecord};
-pub use files::{Storage, VERSIONS_DIR};
+pub use local::{StagedFile, Storage, VERSIONS_DIR};
 pub use records::{Records, RecordsError, RecordsFuture, SharedRecords, SqliteRecords};

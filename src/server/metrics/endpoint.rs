@@ -7,6 +7,7 @@
 //! carries no authentication: bind it to loopback or a monitoring network.
 
 use super::super::Shared;
+use crate::store::BlobStore;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,6 +1,18 @@
-//! Files on disk: `<storage>/<client id hex>/<file name>`, written through a temporary
-//! file in the same directory and renamed into place only when the client confirms.
+//! The local-disk blob store: files at `<storage>/<client id hex>/<file name>`, written
+//! through a temporary file in the same directory ([`StagedFile`]) and renamed into place
+//! only when the client confirms; earlier versions under [`VERSIONS_DIR`].
+//!
+//! [`Storage`] implements [`BlobStore`]. What only a local directory has stays as its own
+//! methods, used by start-up and the `db` commands rather than the protocol server:
+//! reading a stored file back for crash reconciliation ([`Storage::digest`]), cleaning
+//! temporary files a crash left ([`Storage::clean_leftovers`]), the versions directory
+//! as `db restore` and reconciliation walk it, and the directory lock.
 
+mod staged;
+
+pub use staged::{StagedFile, WRITE_BEHIND};
+
+use super::blob::{BlobInfo, BlobStore, Committed, Deferred};
 use crate::protocol::ClientId;
 use crate::protocol::TEMP_PREFIX;
 use crate::sys::{available_bytes, link_at, lock_exclusive, open_at, rename_at, unlink_at};
@@ -9,14 +21,14 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use tempfile::NamedTempFile;
 
 /// The directory under the storage root where earlier versions are kept, as
 /// `.versions/<client id hex>/<random hex>`: client directories are named by 32 hex digits,
 /// so it never clashes with one, and nothing a client sends is ever stored in it.
 pub const VERSIONS_DIR: &str = ".versions";
 
-/// The storage directory.
+/// The storage directory: the local [`BlobStore`] (named for the `--storage DIR` it
+/// serves).
 #[derive(Debug, Clone)]
 pub struct Storage {
     root: PathBuf,
@@ -131,16 +143,6 @@ fn temp_name() -> String {
     format!("{TEMP_PREFIX}{hex}")
 }
 
-/// A stored upload: where it is, and the copy it replaced, which is deleted when this is
-/// dropped.
-#[derive(Debug)]
-pub struct Committed {
-    /// The path relative to the storage directory.
-    pub relative: String,
-    /// The earlier copy under a temporary name, if there was one.
-    pub replaced: Option<tempfile::TempPath>,
-}
-
 impl Storage {
     /// Uses (and creates) `root`.
     pub fn open(root: &Path) -> io::Result<Self> {
@@ -167,11 +169,6 @@ impl Storage {
     /// [`crate::protocol::storage_name`], which guarantees a single safe component.
     pub fn relative_path(id: ClientId, name: &str) -> String {
         format!("{}/{}", id.to_hex(), name)
-    }
-
-    /// `path` (inside storage) relative to the storage directory, as records keep it.
-    pub fn relative_of(&self, path: &Path) -> Option<String> {
-        path.strip_prefix(&self.root).ok()?.to_str().map(str::to_owned)
     }
 
     /// The plaintext size and cksum of the stored file at `relative` (`<id hex>/<name>`),
@@ -203,23 +200,32 @@ impl Storage {
         Ok(Some((cksum.len(), cksum.finish())))
     }
 
-    /// A new temporary file in the client's directory (created if needed). It deletes
-    /// itself when dropped unless [`Storage::commit`] moves it into place.
+    /// A client's directory, without following a symbolic link; `create` makes it first
+    /// if needed.
+    fn client_dir(&self, id: ClientId, create: bool) -> io::Result<(ClientDir, PathBuf)> {
+        let dir = self.root.join(id.to_hex());
+        if create {
+            match fs::create_dir(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+        }
+        Ok((ClientDir::open(&dir)?, dir))
+    }
+
+    /// A new temporary file in the client's directory (created if needed), which deletes
+    /// itself when dropped unless the commit moves it into place.
     ///
     /// The directory is never reached through a symbolic link: one planted at
     /// `<storage>/<id hex>` (to a directory outside storage, or another client's) makes
     /// this fail, and the file is created relative to the directory opened, so it lands
     /// where that was checked.
-    pub fn begin_upload(&self, id: ClientId) -> io::Result<NamedTempFile> {
-        let dir = self.root.join(id.to_hex());
-        match fs::create_dir(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
-        let handle = ClientDir::open(&dir)?;
+    fn create_upload(&self, id: ClientId, direct: bool) -> io::Result<StagedFile> {
+        let (handle, dir) = self.client_dir(id, true)?;
         let (file, name) = handle.create_temp()?;
         // The root is absolute (canonical), so this never needs the working directory.
-        Ok(NamedTempFile::from_parts(file, tempfile::TempPath::try_from_path(dir.join(name))?))
+        let path = tempfile::TempPath::try_from_path(dir.join(&name))?;
+        Ok(StagedFile::new(file, direct, id, name, path))
     }
 
     /// A fresh path for a version of one of `id`'s files, relative to storage.
@@ -301,40 +307,33 @@ impl Storage {
     }
 
     /// Makes a finished upload durable and moves it to its final name, replacing an
-    /// earlier copy atomically.
-    ///
-    /// An earlier copy is not deleted here: freeing a large file's blocks is slow (0.17 s
-    /// for 1 GiB on ext4 here, in the `rename` that drops its last link), and the client
-    /// is waiting for its 2104. It is linked to a temporary name first and handed back;
-    /// dropping the [`Committed`] (on a blocking thread, after the reply) deletes it, and a
-    /// crash before that leaves a temporary file that start-up cleans away.
+    /// earlier copy atomically; the earlier copy, unless kept as the version `archive`,
+    /// comes back under a temporary name (see [`BlobStore::commit`] for why).
     ///
     /// Everything happens relative to the client's directory opened without following a
-    /// symbolic link, as in [`Storage::begin_upload`].
-    pub fn commit(
+    /// symbolic link, as in staging.
+    fn commit_file(
         &self,
-        upload: tempfile::TempPath,
+        mut upload: StagedFile,
         id: ClientId,
         name: &str,
         archive: Option<&str>,
-    ) -> io::Result<Committed> {
-        let relative = Self::relative_path(id, name);
-        let dir_path = self.root.join(id.to_hex());
-        let dir = ClientDir::open(&dir_path)?;
-        let temp_name = upload
-            .file_name()
-            .and_then(|n| n.to_str())
-            .filter(|n| n.starts_with(TEMP_PREFIX) && upload.parent() == Some(&dir_path))
-            .ok_or_else(|| io::Error::other("the upload is not in the client's directory"))?
-            .to_owned();
-        dir.open_file(&temp_name)?.sync_all()?;
+    ) -> io::Result<Option<tempfile::TempPath>> {
+        use super::blob::StagedBlob;
+        upload.finish()?;
+        let (dir, dir_path) = self.client_dir(id, false)?;
+        if upload.owner != id || upload.path.parent() != Some(&dir_path) {
+            return Err(io::Error::other("the upload is not in the client's directory"));
+        }
+        let temp_name = upload.name.as_str();
+        dir.open_file(temp_name)?.sync_all()?;
         if let Some(archive) = archive {
             // Kept as a version: the rename below leaves its bytes there.
             self.keep_version(id, name, archive)?;
-            dir.rename(&temp_name, name)?;
-            let _ = upload.keep();
+            dir.rename(temp_name, name)?;
+            let _ = upload.path.keep();
             dir.file.sync_all()?;
-            return Ok(Committed { relative, replaced: None });
+            return Ok(None);
         }
         // No earlier copy (NotFound), or a file system without hard links: then the rename
         // below deletes the earlier copy itself, as it always may.
@@ -342,11 +341,11 @@ impl Storage {
             .link_aside(name)
             .ok()
             .and_then(|aside| tempfile::TempPath::try_from_path(dir_path.join(aside)).ok());
-        dir.rename(&temp_name, name)?;
+        dir.rename(temp_name, name)?;
         // Moved into place: nothing is left for the temporary path to delete.
-        let _ = upload.keep();
+        let _ = upload.path.keep();
         dir.file.sync_all()?;
-        Ok(Committed { relative, replaced })
+        Ok(replaced)
     }
 
     /// Deletes temporary files left by a crash, and reports every entry that does not
@@ -405,9 +404,88 @@ impl Storage {
             }
         }
     }
+}
+
+impl BlobStore for Storage {
+    type Staged = StagedFile;
+
+    /// A temporary file in the client's directory; `large` writes it with `O_DIRECT`
+    /// from a thread of its own (see `FileSink`). The size is not needed ahead.
+    fn stage(&self, owner: ClientId, _size_hint: u64, large: bool) -> io::Result<StagedFile> {
+        self.create_upload(owner, large)
+    }
+
+    /// An earlier copy is not deleted here: freeing a large file's blocks is slow (in the
+    /// `rename` that drops its last link; bench/README.md, "Where the time goes"), and the
+    /// client is waiting for its 2104. It is linked to a temporary name first and handed
+    /// back in [`Committed::replaced`]; dropping that (on a blocking thread, after the
+    /// reply) deletes it, and a crash before that leaves a temporary file that start-up
+    /// cleans away.
+    fn commit(
+        &self,
+        staged: StagedFile,
+        owner: ClientId,
+        name: &str,
+        archive: Option<&str>,
+    ) -> io::Result<Committed> {
+        let replaced = self.commit_file(staged, owner, name, archive)?;
+        let path_name = Self::relative_path(owner, name);
+        Ok(Committed { path_name, replaced: replaced.map(Deferred::new) })
+    }
+
+    fn get(&self, owner: ClientId, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        let (dir, _) = self.client_dir(owner, false)?;
+        let file = dir.open_file(name)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other(format!("{name} is not a regular file")));
+        }
+        Ok(Box::new(file))
+    }
+
+    /// The names come from reading the directory by its path, but each file is opened
+    /// through the directory checked not to be a link, so a name that is not really
+    /// there is left out rather than followed.
+    fn list(&self, owner: ClientId) -> io::Result<Vec<BlobInfo>> {
+        let (dir, dir_path) = match self.client_dir(owner, false) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            found => found?,
+        };
+        let mut blobs = Vec::new();
+        for entry in fs::read_dir(dir_path)? {
+            let Ok(name) = entry?.file_name().into_string() else { continue };
+            if name.starts_with(TEMP_PREFIX) {
+                continue;
+            }
+            let Ok(file) = dir.open_file(&name) else { continue };
+            let meta = file.metadata()?;
+            if meta.is_file() {
+                blobs.push(BlobInfo { name, size: meta.len() });
+            }
+        }
+        Ok(blobs)
+    }
+
+    fn delete(&self, owner: ClientId, name: &str) -> io::Result<()> {
+        let (dir, _) = self.client_dir(owner, false)?;
+        unlink_at(&dir.file, &c_name(name)?)?;
+        dir.file.sync_all()
+    }
+
+    fn delete_version(&self, owner: ClientId, version: &str) -> io::Result<()> {
+        self.remove_version(owner, version)
+    }
+
+    /// `<id hex>/<name>`, relative to the storage directory.
+    fn path_name(&self, owner: ClientId, name: &str) -> String {
+        Self::relative_path(owner, name)
+    }
+
+    fn new_version_name(&self, owner: ClientId) -> String {
+        Self::new_version_path(owner)
+    }
 
     /// Bytes available to this process on the storage file system, if the OS says.
-    pub fn available_bytes(&self) -> Option<u64> {
+    fn available_bytes(&self) -> Option<u64> {
         available_bytes(&self.root)
     }
 }
@@ -415,63 +493,177 @@ impl Storage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use crate::buf::AlignedBuf;
+    use crate::store::blob::{Chunk, StagedBlob};
+    use tokio::sync::mpsc;
+
+    const ID: ClientId = ClientId([7; 16]);
+
+    fn storage() -> (tempfile::TempDir, Storage) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(&dir.path().join("storage")).unwrap();
+        (dir, storage)
+    }
+
+    /// Writes `data` to `staged` in chunks of up to 1 MiB, as the upload pipeline does.
+    fn write(staged: &mut StagedFile, data: &[u8]) {
+        let (home, mut back) = mpsc::channel(2);
+        let mut spare = vec![AlignedBuf::new(1 << 20), AlignedBuf::new(1 << 20)];
+        for piece in data.chunks(1 << 20) {
+            let mut buf = spare.pop().unwrap_or_else(|| back.blocking_recv().unwrap());
+            buf.set_len(piece.len());
+            buf.copy_from_slice(piece);
+            staged.write(Chunk::new(buf, piece.len(), home.clone())).unwrap();
+        }
+        staged.finish().unwrap();
+    }
+
+    fn stage_with(storage: &Storage, data: &[u8], large: bool) -> StagedFile {
+        let mut staged = storage.stage(ID, data.len() as u64, large).unwrap();
+        write(&mut staged, data);
+        staged
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
 
     #[test]
     fn an_upload_dropped_before_commit_leaves_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
-        let id = ClientId([7; 16]);
-        let mut tmp = storage.begin_upload(id).unwrap();
-        tmp.write_all(b"partial").unwrap();
-        drop(tmp);
-        let client_dir = storage.root().join(id.to_hex());
-        assert_eq!(fs::read_dir(client_dir).unwrap().count(), 0);
+        let (_dir, storage) = storage();
+        for large in [false, true] {
+            // Finished or not: a writer thread may still hold the file.
+            drop(stage_with(&storage, b"partial", large));
+            let mut unfinished = storage.stage(ID, 3 << 20, large).unwrap();
+            let (home, _back) = mpsc::channel(1);
+            let mut buf = AlignedBuf::new(1 << 20);
+            buf.set_len(1 << 20);
+            unfinished.write(Chunk::new(buf, 1 << 20, home)).unwrap();
+            drop(unfinished);
+            assert_eq!(entries(&storage.root().join(ID.to_hex())), Vec::<String>::new());
+        }
+    }
+
+    #[test]
+    fn a_committed_upload_is_stored_listed_read_and_deleted() {
+        let (_dir, storage) = storage();
+        let data: Vec<u8> = (0..(3 << 20) + 4096 + 5).map(|i| (i % 251) as u8).collect();
+        for (name, large) in [("small.bin", false), ("large.bin", true)] {
+            let staged = stage_with(&storage, &data, large);
+            assert!(staged.location().starts_with(&format!("{}/{TEMP_PREFIX}", ID.to_hex())));
+            let committed = storage.commit(staged, ID, name, None).unwrap();
+            assert_eq!(committed.path_name, storage.path_name(ID, name));
+            assert!(committed.replaced.is_none(), "nothing was replaced");
+            let mut read = Vec::new();
+            storage.get(ID, name).unwrap().read_to_end(&mut read).unwrap();
+            assert!(read == data, "{name} reads back as written");
+        }
+        let mut listed = storage.list(ID).unwrap();
+        listed.sort_by(|a, b| a.name.cmp(&b.name));
+        let size = data.len() as u64;
+        let want = [("large.bin", size), ("small.bin", size)]
+            .map(|(name, size)| BlobInfo { name: name.into(), size });
+        assert_eq!(listed, want);
+        storage.delete(ID, "small.bin").unwrap();
+        assert_eq!(entries(&storage.root().join(ID.to_hex())), ["large.bin"]);
+        assert_eq!(
+            storage.get(ID, "small.bin").err().map(|e| e.kind()),
+            Some(io::ErrorKind::NotFound)
+        );
+        assert_eq!(storage.list(ClientId([8; 16])).unwrap(), [], "a client with no directory");
+    }
+
+    #[test]
+    fn a_staged_upload_in_progress_is_not_listed() {
+        let (_dir, storage) = storage();
+        let _staged = stage_with(&storage, b"not yet", false);
+        assert_eq!(storage.list(ID).unwrap(), []);
     }
 
     #[test]
     fn commit_replaces_the_old_copy_and_cleanup_removes_leftovers() {
-        let dir = tempfile::tempdir().unwrap();
-        let storage = Storage::open(dir.path()).unwrap();
-        let id = ClientId([7; 16]);
+        let (_dir, storage) = storage();
         for content in [&b"one"[..], b"two"] {
-            let mut tmp = storage.begin_upload(id).unwrap();
-            tmp.write_all(content).unwrap();
-            let committed = storage.commit(tmp.into_temp_path(), id, "f.txt", None).unwrap();
-            let aside = committed.replaced.as_ref().map(|p| p.to_path_buf());
+            let staged = stage_with(&storage, content, false);
+            let replaced = storage.commit_file(staged, ID, "f.txt", None).unwrap();
+            let aside = replaced.as_ref().map(|p| p.to_path_buf());
             match &aside {
                 // The first copy replaces nothing; the second keeps the first aside until
                 // it is dropped.
                 None => assert_eq!(content, b"one"),
                 Some(aside) => assert_eq!(fs::read(aside).unwrap(), b"one"),
             }
-            assert_eq!(fs::read(storage.root().join(&committed.relative)).unwrap(), content);
-            drop(committed);
+            let stored = storage.root().join(storage.path_name(ID, "f.txt"));
+            assert_eq!(fs::read(stored).unwrap(), content);
+            drop(replaced);
             assert!(aside.is_none_or(|p| !p.exists()), "the earlier copy is deleted on drop");
         }
-        let (_file, kept) = storage.begin_upload(id).unwrap().keep().unwrap();
+        let kept = stage_with(&storage, b"crashed", false).path.keep().unwrap();
         assert!(kept.exists());
         assert_eq!(storage.clean_leftovers().unwrap().removed, 1);
         assert!(!kept.exists());
-        assert!(storage.root().join(id.to_hex()).join("f.txt").exists());
+        assert!(storage.root().join(ID.to_hex()).join("f.txt").exists());
     }
 
     #[test]
-    fn a_symlink_at_a_stored_name_is_replaced_not_written_through() {
-        let dir = tempfile::tempdir().unwrap();
+    fn commit_with_an_archive_keeps_the_earlier_copy_as_that_version() {
+        let (_dir, storage) = storage();
+        let first = stage_with(&storage, b"one", false);
+        drop(storage.commit(first, ID, "f.txt", None).unwrap());
+        let archive = storage.new_version_name(ID);
+        let second = stage_with(&storage, b"two", false);
+        let committed = storage.commit(second, ID, "f.txt", Some(&archive)).unwrap();
+        assert!(committed.replaced.is_none(), "the earlier copy is the version now");
+        assert_eq!(fs::read(storage.root().join(&archive)).unwrap(), b"one");
+        assert_eq!(storage.version_files(), [(ID, archive.clone())]);
+        storage.delete_version(ID, &archive).unwrap();
+        assert_eq!(storage.version_files(), []);
+    }
+
+    #[test]
+    fn an_upload_is_committed_only_for_its_own_client() {
+        let (_dir, storage) = storage();
+        let staged = stage_with(&storage, b"mine", false);
+        let other = ClientId([8; 16]);
+        storage.stage(other, 0, false).map(drop).unwrap(); // the other's directory exists
+        assert!(storage.commit(staged, other, "f.txt", None).is_err());
+        assert_eq!(storage.list(other).unwrap(), []);
+        assert_eq!(entries(&storage.root().join(ID.to_hex())), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_symlinked_client_directory_is_refused_for_everything() {
+        let (_dir, storage) = storage();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("f.txt"), b"outside").unwrap();
+        std::os::unix::fs::symlink(outside.path(), storage.root().join(ID.to_hex())).unwrap();
+        assert!(storage.stage(ID, 0, false).is_err());
+        assert!(storage.get(ID, "f.txt").is_err());
+        assert!(storage.list(ID).is_err());
+        assert!(storage.delete(ID, "f.txt").is_err());
+        assert_eq!(entries(outside.path()), ["f.txt"], "nothing was created or deleted there");
+    }
+
+    #[test]
+    fn a_symlink_at_a_stored_name_is_replaced_not_written_through_nor_read() {
+        let (_dir, storage) = storage();
         let outside = tempfile::tempdir().unwrap();
         let victim = outside.path().join("victim");
         fs::write(&victim, b"untouched").unwrap();
-        let storage = Storage::open(&dir.path().join("storage")).unwrap();
-        let id = ClientId([7; 16]);
-        let mut tmp = storage.begin_upload(id).unwrap();
-        tmp.write_all(b"upload").unwrap();
-        let link = storage.root().join(id.to_hex()).join("f.txt");
+        let staged = stage_with(&storage, b"upload", false);
+        let link = storage.root().join(ID.to_hex()).join("f.txt");
         std::os::unix::fs::symlink(&victim, &link).unwrap();
-        drop(storage.commit(tmp.into_temp_path(), id, "f.txt", None).unwrap());
+        assert!(storage.get(ID, "f.txt").is_err(), "a link is never followed");
+        assert_eq!(storage.list(ID).unwrap(), [], "nor listed");
+        drop(storage.commit(staged, ID, "f.txt", None).unwrap());
         assert_eq!(fs::read(&victim).unwrap(), b"untouched");
         assert!(!fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
         assert_eq!(fs::read(&link).unwrap(), b"upload");
-        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 1);
+        assert_eq!(entries(outside.path()), ["victim"]);
     }
 }
