@@ -2,7 +2,7 @@
 //! (`src/cli.rs`, which imports only std and clap), with the code the binary's `completions`
 //! and `man` subcommands use (`src/generate.rs`).
 //!
-//! They are written to `OUT_DIR`; `tests/generated.rs` fails when the committed copies in
+//! They are written to `OUT_DIR`; `tests/suite/generated.rs` fails when the committed copies in
 //! `completions/` and `man/` differ. `SECUREXFER_UPDATE_GENERATED=1 cargo build` refreshes the
 //! committed copies.
 

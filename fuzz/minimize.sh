@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Minimizes corpus/<target> with `cargo fuzz cmin`, keeping the named inputs that must stay
 # whatever coverage they add: the hand-made seeds (seed-*) and the inputs of fixed crashes
-# (crash-*), which tests/fuzz_corpus.rs replays as regression tests.
+# (crash-*), which tests/suite/fuzz_corpus.rs replays as regression tests.
 # Usage (from fuzz/): ./minimize.sh decode_request|server_session
 set -euo pipefail
 cd "$(dirname "$0")"

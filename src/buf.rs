@@ -3,8 +3,8 @@
 //! The kernel copies file and socket data to and from user memory with `rep movsb`. On AMD
 //! Zen that runs about 4x slower when the user buffer starts 1 to 31 bytes past a 64-byte
 //! boundary, and that is exactly where glibc's `malloc` puts large blocks (a fresh mapping
-//! plus a 16-byte header), so every `Vec<u8>` chunk buffer hit the slow case: `read` of a
-//! cached file ran at 1.6 GB/s into one and at 6.5 GB/s into an aligned buffer, here.
+//! plus a 16-byte header), so every `Vec<u8>` chunk buffer hit the slow case (the figures
+//! are in bench/README.md, "Where the time goes").
 //!
 //! A page (rather than a cache line) because the server writes large uploads with
 //! `O_DIRECT`, which wants the memory aligned to the file system's block.

@@ -1,5 +1,5 @@
 //! The request and response decoders on arbitrary bytes, with round trips through the
-//! encoders; the checks live in the library so that `tests/fuzz_corpus.rs` replays them.
+//! encoders; the checks live in the library so that `tests/suite/fuzz_corpus.rs` replays them.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

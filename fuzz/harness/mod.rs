@@ -1,5 +1,5 @@
 //! Checks shared by the fuzz targets in `fuzz/` and the corpus replay in
-//! `tests/fuzz_corpus.rs`: each takes arbitrary bytes and panics when an invariant breaks.
+//! `tests/suite/fuzz_corpus.rs`: each takes arbitrary bytes and panics when an invariant breaks.
 //!
 //! - [`check_decode`]: the request and response codecs decode arbitrary bytes without
 //!   panicking, and whatever decodes re-encodes to the same bytes (up to what the decoder
@@ -10,7 +10,7 @@
 //!
 //! It lives outside the library and uses only its public API (the protocol codecs and
 //! [`securexfer::server::Server::serve_connection`]): the fuzz targets in `fuzz/` and
-//! `tests/fuzz_corpus.rs` both include this directory with `#[path]`, so that they run
+//! `tests/suite/fuzz_corpus.rs` both include this directory with `#[path]`, so that they run
 //! exactly the same checks.
 
 mod session;

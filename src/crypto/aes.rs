@@ -3,13 +3,13 @@
 //!
 //! CBC encryption is one serial chain: its speed is the latency of ten AES rounds per block,
 //! and every cycle of per-block overhead shows. The `aes`/`cbc` crates dispatch per call and
-//! ran at about 0.75x `openssl enc` here, so on x86-64 with AES-NI (detected at run time,
+//! ran well behind `openssl enc` (bench/README.md), so on x86-64 with AES-NI (detected at run time,
 //! never assumed) the chain runs in a small intrinsic loop instead; everywhere else the
 //! `cbc` crate does the work. Both paths are tested against OpenSSL's vectors and each other.
 //!
 //! Decryption has no chain, so many blocks go through the rounds at once; where the CPU
 //! has VAES (256-bit AES instructions, detected at run time) two blocks share each
-//! instruction, which took the server's decryption from 6.5 to 10 GB/s here.
+//! instruction (`cargo bench --bench crypto` measures both).
 
 use aes::Aes128;
 use aes::cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit};
@@ -414,7 +414,7 @@ mod ni {
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     //! The hand-written AES-NI/VAES path against the portable `cbc` crate path. OpenSSL's
-    //! vectors (tests/vectors.rs) pin both to the standard; these pin them to each other
+    //! vectors (tests/suite/vectors.rs) pin both to the standard; these pin them to each other
     //! over lengths, keys and chunk splits no vector file lists.
     use super::*;
     use proptest::prelude::*;

@@ -595,8 +595,8 @@ impl Db {
 }
 
 /// Runs `sql` through the connection's statement cache: the server runs the same few
-/// statements for every session, and preparing them each time was about 7% of its CPU
-/// in the reconnect load test.
+/// statements for every session, and preparing them each time was a visible part of its
+/// CPU in the reconnect load test (`bench/load.sh reconnect`; see bench/README.md).
 fn exec_cached(
     conn: &Connection,
     sql: &str,

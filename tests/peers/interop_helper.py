@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Cryptography operations done by Python's `cryptography` package, for tests/python_interop.rs.
+"""Cryptography operations done by Python's `cryptography` package, for tests/suite/python_interop.rs.
 
 An independent implementation of the protocol's crypto: RSA-OAEP with SHA-1 and MGF1-SHA-1
 (empty label) for the AES key, AES-128-CBC with a zero IV and PKCS#7 for file content.

@@ -8,7 +8,7 @@
 //! tests. CI always has the captures (and fails without them, see
 //! [`common::captures_dir`]); a checkout without them skips with a message.
 
-mod common;
+use crate::common;
 
 use securexfer::crypto::aes::{BLOCK, unpadded_len};
 use securexfer::crypto::{AesKey, CbcDecryptor, Cksum, PrivateKey, PublicKey};

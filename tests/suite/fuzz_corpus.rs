@@ -3,7 +3,7 @@
 //! every input the fuzzer kept and every crash it once found, without cargo-fuzz or a
 //! nightly compiler.
 
-#[path = "../fuzz/harness/mod.rs"]
+#[path = "../../fuzz/harness/mod.rs"]
 mod harness;
 
 use harness::{check_decode, check_session};

@@ -8,7 +8,7 @@
 //! clients, and an independent Python client. Every test checks what the server answered
 //! and what it left behind: bytes under `storage/<id hex>/`, rows in `server.db`.
 
-mod common;
+use crate::common;
 
 use common::Server;
 use securexfer::crypto::aes::{decrypt_to_vec, encrypt_to_vec};

@@ -1,0 +1,16 @@
+//! The integration tests, as one test binary with a module per area (one link instead of
+//! nine, and helpers shared without copies). They start the real `securexfer` binary, or
+//! serve in process through the library's public seam, and speak raw bytes where an
+//! attacker would.
+
+mod common;
+mod fake_server;
+
+mod captures;
+mod client;
+mod fuzz_corpus;
+mod generated;
+mod python_interop;
+mod server;
+mod system_tools;
+mod vectors;
