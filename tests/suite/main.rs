@@ -10,6 +10,7 @@ mod captures;
 mod client;
 mod fuzz_corpus;
 mod generated;
+mod in_process;
 mod python_interop;
 mod server;
 mod system_tools;

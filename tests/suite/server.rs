@@ -641,6 +641,38 @@ fn a_reconnect_for_an_unknown_name_or_id_is_denied_with_2106() {
     assert!(real.aes.is_some());
 }
 
+#[test]
+fn refusals_are_logged_with_a_reason_and_a_level_that_says_whose_fault_it_was() {
+    let server = Server::start(&[]);
+    // The peer's fault: a file request for an id nobody registered, twice (the second
+    // goes to debug).
+    let mut stream = connect(&server);
+    for _ in 0..2 {
+        let unknown =
+            frame(ClientId([0x42; 16]), VERSION, 1029, NAME_LEN as u32, &name_field(b"x"));
+        stream.write_all(&unknown).unwrap();
+        expect(&mut stream, ResponseCode::GeneralError);
+    }
+    drop(stream);
+    // A limit doing its job: the registration limit (20 at once, then 10 a minute).
+    let mut flood = connect_from(&server, "127.0.0.7");
+    for n in 0..21 {
+        flood.write_all(&raw_register(&format!("flood-{n}"))).unwrap();
+        read_response(&mut flood);
+    }
+    wait_until("both refusals to be logged", || {
+        let log = server.log();
+        log.contains("unknown_client") && log.contains("rate_limited")
+    });
+    let log = server.log();
+    let line = |reason: &str| log.lines().filter(|l| l.contains(reason)).collect::<Vec<_>>();
+    let unknown = line("reason=\"unknown_client\"");
+    assert_eq!(unknown.len(), 1, "one line for the repeated refusal:\n{log}");
+    assert!(unknown[0].contains("WARN"), "{}", unknown[0]);
+    let limited = line("reason=\"rate_limited\"");
+    assert!(limited.len() == 1 && limited[0].contains("INFO"), "{limited:?}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Variants of existing clients
 
