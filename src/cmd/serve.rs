@@ -46,9 +46,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind((args.listen.as_str(), port))
-            .await
-            .map_err(|e| StartError::listen(format!("{}:{port}", args.listen), &args.listen, e))?;
+        let listener =
+            tokio::net::TcpListener::bind((args.listen.as_str(), port)).await.map_err(|e| {
+                StartError::listen(format!("{}:{port}", args.listen), &args.listen, "--port", e)
+            })?;
         let server = match &args.metrics {
             Some(address) => server.with_metrics(metrics_listener(address).await?),
             None => server,
@@ -95,20 +96,21 @@ async fn metrics_listener(address: &str) -> Result<tokio::net::TcpListener, Star
     let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|e| StartError::listen(address.to_owned(), host, e))?;
-    let bound =
-        listener.local_addr().map_err(|e| StartError::listen(address.to_owned(), host, e))?;
+        .map_err(|e| StartError::listen(address.to_owned(), host, "--metrics address", e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| StartError::listen(address.to_owned(), host, "--metrics address", e))?;
     info!(address = %bound, "metrics on http://{bound}{}", securexfer::server::METRICS_PATH);
     Ok(listener)
 }
 
 impl StartError {
-    /// `address` (`HOST:PORT`) could not be listened on.
-    fn listen(address: String, host: &str, e: std::io::Error) -> StartError {
+    /// `address` (`HOST:PORT`, given with `flag`) could not be listened on.
+    fn listen(address: String, host: &str, flag: &str, e: std::io::Error) -> StartError {
         use std::io::ErrorKind;
         let why = match e.kind() {
             ErrorKind::AddrInUse => {
-                "another program listens there; stop it or choose another --port".to_owned()
+                format!("another program listens there; stop it or choose another {flag}")
             }
             ErrorKind::PermissionDenied => {
                 format!("not permitted ({e}); ports below 1024 need root or CAP_NET_BIND_SERVICE")

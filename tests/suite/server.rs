@@ -2624,7 +2624,17 @@ fn an_address_in_use_is_exit_7_with_what_to_do() {
     assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("another program listens there"), "{stderr}");
+    assert!(stderr.contains("choose another --port"), "{stderr}");
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    // The metrics address taken: the hint names that flag, not --port.
+    let taken = format!("127.0.0.1:{port}");
+    let mut cmd = common::command();
+    cmd.current_dir(dir.path())
+        .args(["serve", "--port", "0", "--storage", "s", "--db", "d.db", "--metrics", &taken]);
+    let out = cmd.stdin(std::process::Stdio::null()).output().expect("run serve");
+    assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("choose another --metrics address"), "{stderr}");
 }
 
 #[test]
