@@ -108,7 +108,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)')
-            [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
+            [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
             [CompletionResult]::new('restore', 'restore', [CompletionResultType]::ParameterValue, 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -147,7 +147,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
         }
         'securexfer;db;help' {
             [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)')
-            [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
+            [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
             [CompletionResult]::new('restore', 'restore', [CompletionResultType]::ParameterValue, 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
@@ -199,7 +199,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
         }
         'securexfer;help;db' {
             [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)')
-            [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
+            [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
             [CompletionResult]::new('restore', 'restore', [CompletionResultType]::ParameterValue, 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)')
             break
         }

@@ -101,7 +101,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
             cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
-            cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
+            cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -136,7 +136,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         }
         &'securexfer;db;help'= {
             cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
-            cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
+            cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
@@ -177,7 +177,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         }
         &'securexfer;help;db'= {
             cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
-            cand verify 'Re-read every stored file and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
+            cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
         }
         &'securexfer;help;db;inspect'= {

@@ -265,8 +265,8 @@ pub enum DbCommand {
     /// Sizes are in binary units (--bytes for byte counts); on a terminal, long names are
     /// cut with an ellipsis to fit its width (never in a pipe or a file).
     Inspect(InspectArgs),
-    /// Re-read every stored file and check it against its record (size and cksum):
-    /// reports missing, changed and unrecorded files. Read-only. Exit 5 if any.
+    /// Re-read every stored file and kept version and check it against its record (size
+    /// and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any.
     Verify(VerifyArgs),
     /// Put an earlier version of a stored file back; the current one becomes a version in
     /// turn. Run it with the server stopped (it refuses while one holds the storage).

@@ -1,5 +1,5 @@
-//! `securexfer db verify`: every verified record against the bytes on disk, and every
-//! file on disk against the records. Read-only, so it is safe while the server runs (an
+//! `securexfer db verify`: every verified record (stored files and the versions kept of
+//! them) against the bytes on disk, and every file on disk against the records. Read-only, so it is safe while the server runs (an
 //! upload confirmed during the check may show as unrecorded or changed; run it again).
 
 use super::out::outln;
@@ -7,7 +7,7 @@ use crate::cli::VerifyArgs;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use securexfer::crypto::Cksum;
 use securexfer::protocol::TEMP_PREFIX;
-use securexfer::store::{Db, FileRecord};
+use securexfer::store::{Db, FileRecord, VERSIONS_DIR, VersionRecord};
 use std::collections::HashSet;
 use std::io::{IsTerminal, Read};
 use std::path::Path;
@@ -40,15 +40,34 @@ impl Finding {
     }
 }
 
+/// A kept version, checked as a file is: it is a verified record of bytes on disk.
+fn version_record(v: VersionRecord) -> (FileRecord, Option<i64>) {
+    let record = FileRecord {
+        client_id: v.client_id,
+        client_name: v.client_name,
+        file_name: v.file_name,
+        path_name: v.path_name,
+        verified: true,
+        size: v.size,
+        cksum: v.cksum,
+        stored_at: v.stored_at,
+    };
+    (record, Some(v.version))
+}
+
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let db = Db::open_read_only(&args.db)?;
-    let records: Vec<FileRecord> = db.files()?.into_iter().filter(|f| f.verified).collect();
+    let mut checked: Vec<(FileRecord, Option<i64>)> =
+        db.files()?.into_iter().filter(|f| f.verified).map(|f| (f, None)).collect();
+    checked.extend(db.versions()?.into_iter().map(version_record));
+    let versions: Vec<Option<i64>> = checked.iter().map(|(_, v)| *v).collect();
+    let records: Vec<FileRecord> = checked.into_iter().map(|(f, _)| f).collect();
     let total: u64 = records.iter().filter_map(|f| f.size).sum();
     let bar = progress_bar(total, !args.json && std::io::stderr().is_terminal());
-    let mut results: Vec<(String, Option<&FileRecord>, Finding)> = Vec::new();
-    for record in &records {
+    let mut results: Vec<Checked> = Vec::new();
+    for (record, version) in records.iter().zip(versions) {
         let finding = check(&args.storage.join(&record.path_name), record, &bar);
-        results.push((record.path_name.clone(), Some(record), finding));
+        results.push((record.path_name.clone(), Some((record, version)), finding));
     }
     let recorded: HashSet<&str> = records.iter().map(|r| r.path_name.as_str()).collect();
     for path in stored_files(&args.storage)? {
@@ -106,11 +125,26 @@ fn check(path: &Path, record: &FileRecord, bar: &ProgressBar) -> Finding {
     if matches { Finding::Ok } else { Finding::Changed { size, cksum } }
 }
 
-/// Regular files under `storage/<client dir>/`, as paths relative to `storage`;
-/// unfinished uploads (the temporary prefix) and anything deeper are not stored files.
+/// One result: the path, its record (with the version number for a kept version) if it
+/// has one, and what the check found.
+type Checked<'a> = (String, Option<(&'a FileRecord, Option<i64>)>, Finding);
+
+/// Regular files under `storage/<client dir>/` and `storage/.versions/<client dir>/`, as
+/// paths relative to `storage`; unfinished uploads (the temporary prefix) and anything
+/// deeper are not stored files.
 fn stored_files(storage: &Path) -> anyhow::Result<Vec<String>> {
+    let mut found = files_in_client_dirs(storage, "")?;
+    let versions = storage.join(VERSIONS_DIR);
+    if versions.is_dir() {
+        found.extend(files_in_client_dirs(&versions, &format!("{VERSIONS_DIR}/"))?);
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn files_in_client_dirs(top: &Path, prefix: &str) -> anyhow::Result<Vec<String>> {
     let mut found = Vec::new();
-    for client in std::fs::read_dir(storage)? {
+    for client in std::fs::read_dir(top)? {
         let client = client?;
         if !client.file_type()?.is_dir() {
             continue;
@@ -120,15 +154,14 @@ fn stored_files(storage: &Path) -> anyhow::Result<Vec<String>> {
             let name = entry.file_name().to_string_lossy().into_owned();
             if entry.file_type()?.is_file() && !name.starts_with(TEMP_PREFIX) {
                 let dir = client.file_name().to_string_lossy().into_owned();
-                found.push(format!("{dir}/{name}"));
+                found.push(format!("{prefix}{dir}/{name}"));
             }
         }
     }
-    found.sort();
     Ok(found)
 }
 
-fn print_text(results: &[(String, Option<&FileRecord>, Finding)]) {
+fn print_text(results: &[Checked]) {
     let mut counts = [0usize; 4];
     for (path, record, finding) in results {
         let index = match finding {
@@ -138,7 +171,11 @@ fn print_text(results: &[(String, Option<&FileRecord>, Finding)]) {
             Finding::Unrecorded => 3,
         };
         counts[index] += 1;
-        let owner = record.map(|r| format!(" ({}, {})", r.client_name, r.file_name));
+        let owner = record.map(|(r, version)| match version {
+            Some(n) => format!(" ({}, {}, version {n})", r.client_name, r.file_name),
+            None => format!(" ({}, {})", r.client_name, r.file_name),
+        });
+        let record = record.map(|(r, _)| r);
         match finding {
             Finding::Ok => {}
             Finding::Missing(why) => {
@@ -166,12 +203,15 @@ fn print_text(results: &[(String, Option<&FileRecord>, Finding)]) {
     );
 }
 
-fn print_json(results: &[(String, Option<&FileRecord>, Finding)]) -> anyhow::Result<()> {
+fn print_json(results: &[Checked]) -> anyhow::Result<()> {
     let files: Vec<_> = results
         .iter()
         .map(|(path, record, finding)| {
             let mut doc = serde_json::json!({ "path": path, "status": finding.status() });
-            if let Some(r) = record {
+            if let Some((r, version)) = record {
+                if let Some(n) = version {
+                    doc["version"] = (*n).into();
+                }
                 doc["client_id"] = r.client_id.to_hex().into();
                 doc["client_name"] = r.client_name.clone().into();
                 doc["file_name"] = r.file_name.clone().into();

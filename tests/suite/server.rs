@@ -2629,8 +2629,17 @@ fn an_address_in_use_is_exit_7_with_what_to_do() {
     // The metrics address taken: the hint names that flag, not --port.
     let taken = format!("127.0.0.1:{port}");
     let mut cmd = common::command();
-    cmd.current_dir(dir.path())
-        .args(["serve", "--port", "0", "--storage", "s", "--db", "d.db", "--metrics", &taken]);
+    cmd.current_dir(dir.path()).args([
+        "serve",
+        "--port",
+        "0",
+        "--storage",
+        "s",
+        "--db",
+        "d.db",
+        "--metrics",
+        &taken,
+    ]);
     let out = cmd.stdin(std::process::Stdio::null()).output().expect("run serve");
     assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -2762,6 +2771,40 @@ fn db_verify_finds_missing_changed_and_unrecorded_files() {
     assert_eq!(status("edited.bin").as_deref(), Some("changed"));
     assert_eq!(status("stray.bin").as_deref(), Some("unrecorded"));
     assert_eq!(doc["summary"]["checked"], 4);
+}
+
+#[test]
+fn db_verify_checks_the_versions_kept_too() {
+    let server = Server::start(&[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("versions-checked", &mut stream);
+    let (first, second) = (common::random_bytes(20_000, 91), common::random_bytes(20_000, 92));
+    client.upload(&mut stream, "twice.bin", &first);
+    client.upload(&mut stream, "twice.bin", &second);
+    let (code, doc) = db_verify(&server);
+    assert_eq!(code, Some(0), "{doc}");
+    let files = doc["files"].as_array().unwrap().clone();
+    let version = files.iter().find(|f| f["version"] == 1).expect("the kept version is checked");
+    assert_eq!(version["status"], "ok", "{doc}");
+    assert_eq!(version["recorded_size"], first.len(), "{doc}");
+    assert_eq!(doc["summary"]["checked"], 2, "{doc}");
+
+    // The kept copy edited on disk is found, and so is a stray file among the versions.
+    let path = server.storage().join(version["path"].as_str().unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[7] ^= 0x80;
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::write(path.with_file_name("stray"), b"no record").unwrap();
+    let (code, doc) = db_verify(&server);
+    assert_eq!(code, Some(5), "{doc}");
+    let statuses: Vec<(String, String)> = doc["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["path"].as_str().unwrap().to_owned(), f["status"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(statuses.contains(&(version["path"].as_str().unwrap().to_owned(), "changed".into())));
+    assert!(statuses.iter().any(|(p, s)| p.ends_with("/stray") && s == "unrecorded"), "{doc}");
 }
 
 // ---------------------------------------------------------------------------------------
