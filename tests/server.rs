@@ -3006,3 +3006,58 @@ fn db_inspect_with_a_client_that_matches_nothing_is_an_error() {
     let out = inspect_tables(&server, &["--client", "inspected"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+// ---------------------------------------------------------------------------------------
+// The server key (protocol 4, issue 14)
+
+#[test]
+fn the_server_key_and_its_fingerprint_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Server::start_in(dir.path(), &[]);
+    let fingerprint = first.fingerprint.clone();
+    let key = dir.path().join("server.db.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).expect("the key file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(first.terminate(WAIT).is_some());
+    let second = Server::start_in(dir.path(), &[]);
+    assert_eq!(second.fingerprint, fingerprint);
+}
+
+#[test]
+fn a_corrupt_server_key_stops_the_start_with_exit_code_6() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.db.key"), "not a key\n").unwrap();
+    let output = common::run_in(
+        dir.path(),
+        &["serve", "--port", "0", "--storage", "storage", "--db", "server.db"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("server.db.key"), "{stderr}");
+    assert_eq!(std::fs::read(dir.path().join("server.db.key")).unwrap(), b"not a key\n");
+}
+
+#[test]
+fn the_start_up_line_stays_first_and_the_fingerprint_comes_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = common::command()
+        .current_dir(dir.path())
+        .args(["serve", "--port", "0", "--storage", "storage", "--db", "server.db"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    let mut lines = io::BufRead::lines(io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let second = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.starts_with("securexfer listening on 127.0.0.1:"), "{first}");
+    let fingerprint = second.strip_prefix("server key fingerprint SHA256:").expect(&second);
+    assert_eq!(fingerprint.len(), 43, "{second}");
+}

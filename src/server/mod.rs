@@ -3,6 +3,7 @@
 
 pub mod backoff;
 mod conn;
+pub mod identity;
 mod metrics;
 pub mod ratelimit;
 pub(crate) mod refusal;
@@ -152,6 +153,9 @@ pub enum ServerError {
     /// A blocking task died.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// The server key (protocol 4) cannot be used.
+    #[error("{0}")]
+    Identity(#[from] identity::IdentityError),
 }
 
 /// State every connection shares.
@@ -283,28 +287,41 @@ pub struct Server {
     _lock: std::fs::File,
     /// Where to serve the metrics, if anywhere (see [`Server::with_metrics`]).
     metrics: Option<TcpListener>,
+    /// The server key's fingerprint, `SHA256:…`.
+    fingerprint: String,
 }
 
 impl Server {
     /// Opens the database and the storage directory, finishes or undoes the commits a
-    /// crash interrupted, and deletes uploads a crash left.
+    /// crash interrupted, and deletes uploads a crash left. Loads the server key beside the
+    /// database, making it on the first start (see [`identity`]).
     pub fn open(config: Config) -> Result<Self, ServerError> {
         let (storage, lock) = open_storage(&config)?;
         let db = Db::open(&config.db)?;
+        let identity = identity::ServerIdentity::load_or_create(&identity::key_path(&config.db))?;
         reconcile_commits(&db, &storage, config.keep_versions).map_err(storage_error(&config))?;
         let metrics = Arc::new(metrics::Metrics::new());
         let timing = Arc::clone(&metrics);
         let records = SqliteRecords::new(db).timed(move |took| timing.db_call(took));
-        Server::assemble(config, Arc::new(records), storage, lock, metrics)
+        Server::assemble(config, Arc::new(records), storage, lock, metrics, &identity)
     }
 
     /// A server over records the caller supplies instead of the database `config` names:
     /// for serving in process (tests, fuzzing; see [`Server::serve_connection`]) and for
     /// other record stores. Commits a crash interrupted are not looked at: the records
-    /// must have none (a fresh store has none).
+    /// must have none (a fresh store has none). The server key lives in memory only: with
+    /// no database there is nothing to keep it beside.
     pub fn with_records(config: Config, records: SharedRecords) -> Result<Self, ServerError> {
         let (storage, lock) = open_storage(&config)?;
-        Server::assemble(config, records, storage, lock, Arc::new(metrics::Metrics::new()))
+        let identity = identity::ServerIdentity::ephemeral()?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        Server::assemble(config, records, storage, lock, metrics, &identity)
+    }
+
+    /// The server key's fingerprint (`SHA256:` and unpadded base64 of the SHA-256 of its
+    /// SubjectPublicKeyInfo), what protocol-4 clients pin.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Serves the metrics (Prometheus text) at [`METRICS_PATH`] on `listener` while the
@@ -320,6 +337,7 @@ impl Server {
         storage: Storage,
         lock: std::fs::File,
         metrics: Arc<metrics::Metrics>,
+        identity: &identity::ServerIdentity,
     ) -> Result<Self, ServerError> {
         let leftovers = storage.clean_leftovers().map_err(storage_error(&config))?;
         if leftovers.removed > 0 {
@@ -330,7 +348,8 @@ impl Server {
         }
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
         let shared = Arc::new(Shared::new(config, records, storage, sessions, metrics));
-        Ok(Server { shared, _lock: lock, metrics: None })
+        let fingerprint = identity.fingerprint().to_owned();
+        Ok(Server { shared, _lock: lock, metrics: None, fingerprint })
     }
 
     /// Serves one connection over any byte stream, exactly as the accept loop serves a
