@@ -9,6 +9,7 @@ pub mod ratelimit;
 pub(crate) mod refusal;
 pub mod session;
 pub mod slots;
+pub mod tls;
 pub mod upload;
 
 use crate::store::{Db, DbError, RecordsError, SharedRecords, SqliteRecords, Storage};
@@ -156,6 +157,9 @@ pub enum ServerError {
     /// The server key (protocol 4) cannot be used.
     #[error("{0}")]
     Identity(#[from] identity::IdentityError),
+    /// The TLS configuration could not be made from the server key.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// State every connection shares.
@@ -183,6 +187,8 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     /// What `--metrics` exposes (kept whether or not it is exposed).
     metrics: Arc<metrics::Metrics>,
+    /// Protocol 4's TLS configuration (the server key's certificate, ALPN).
+    tls: Arc<rustls::ServerConfig>,
 }
 
 type CommitKey = (crate::protocol::ClientId, String);
@@ -220,6 +226,7 @@ impl Shared {
         storage: Storage,
         sessions: Sessions,
         metrics: Arc<metrics::Metrics>,
+        tls: Arc<rustls::ServerConfig>,
     ) -> Self {
         let large_uploads = Arc::new(tokio::sync::Semaphore::new(LARGE_UPLOAD_SLOTS));
         let per_minute = config.registrations_per_minute;
@@ -242,6 +249,7 @@ impl Shared {
             backoff: Mutex::new(Backoff::new()),
             next_conn: AtomicU64::new(1),
             metrics,
+            tls,
         }
     }
 
@@ -339,6 +347,7 @@ impl Server {
         metrics: Arc<metrics::Metrics>,
         identity: &identity::ServerIdentity,
     ) -> Result<Self, ServerError> {
+        let tls = tls::server_config(identity)?;
         let leftovers = storage.clean_leftovers().map_err(storage_error(&config))?;
         if leftovers.removed > 0 {
             warn!(removed = leftovers.removed, "deleted unfinished uploads left by an earlier run");
@@ -347,7 +356,7 @@ impl Server {
             warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
         }
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
-        let shared = Arc::new(Shared::new(config, records, storage, sessions, metrics));
+        let shared = Arc::new(Shared::new(config, records, storage, sessions, metrics, tls));
         let fingerprint = identity.fingerprint().to_owned();
         Ok(Server { shared, _lock: lock, metrics: None, fingerprint })
     }
@@ -357,7 +366,7 @@ impl Server {
     /// per-address cap, no eviction), until the peer leaves, misbehaves or `stop` turns
     /// true. The future owns what it needs, so it can be spawned. This is the seam for
     /// running protocol conversations in process, over `tokio::io::duplex` say, in tests
-    /// and fuzzing.
+    /// and fuzzing. It speaks protocol 3 only: telling TLS apart needs a socket to peek at.
     pub fn serve_connection<S>(
         &self,
         stream: S,
@@ -423,13 +432,10 @@ impl Server {
             let span =
                 info_span!("conn", id = conn_id, peer = %peer, client = tracing::field::Empty);
             let open = shared.metrics.connection_opened();
-            let stream = shared.metrics.count_received(stream);
-            let connection =
-                conn::Connection::new(Arc::clone(&shared), stream, conn_id, peer).with_slot(slot);
-            let stop = stop_rx.clone();
+            let (task_shared, stop) = (Arc::clone(&shared), stop_rx.clone());
             tasks.spawn(
                 async move {
-                    connection.run(stop).await;
+                    serve_accepted(task_shared, stream, conn_id, peer, slot, stop).await;
                     drop((permit, open));
                 }
                 .instrument(span),
@@ -455,6 +461,33 @@ impl Server {
         }
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Serves one accepted connection: protocol 4 if it opens with a TLS ClientHello, else
+/// protocol 3 exactly as before (the bytes looked at are not consumed).
+async fn serve_accepted(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    conn_id: u64,
+    peer: SocketAddr,
+    slot: slots::Slot,
+    mut stop: watch::Receiver<bool>,
+) {
+    let idle = shared.config.idle_timeout;
+    match tls::sniff(&stream, &slot, &mut stop, idle).await {
+        tls::Sniffed::Tls => {
+            slot.set_idle(false);
+            let deadline = shared.config.request_deadline;
+            tls::serve(stream, peer, Arc::clone(&shared.tls), deadline).await;
+        }
+        tls::Sniffed::Silent => debug!("connection ended: {}", ServerError::Idle(idle)),
+        tls::Sniffed::Protocol3 => {
+            let stream = shared.metrics.count_received(stream);
+            let connection =
+                conn::Connection::new(Arc::clone(&shared), stream, conn_id, peer).with_slot(slot);
+            connection.run(stop).await;
+        }
     }
 }
 
