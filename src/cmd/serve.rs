@@ -35,6 +35,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..Config::new(args.storage.clone(), args.db.clone())
     };
     raise_open_file_limit();
+    let key = securexfer::server::identity::key_path(&args.db);
     let server = Server::open(config).map_err(|cause| StartError::Open {
         storage: args.storage.display().to_string(),
         db: args.db.display().to_string(),
@@ -57,7 +58,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let addr = listener.local_addr()?;
         // The one line on stdout: scripts and tests read the port from it.
         outln!("securexfer listening on {addr}");
+        // The second line: what protocol-4 clients pin (the first stays as scripts read it).
+        outln!("server key fingerprint {}", server.fingerprint());
         std::io::stdout().flush()?;
+        info!(fingerprint = server.fingerprint(), key = %key.display(), "server key (protocol 4)");
         if addr.ip().is_loopback() {
             info!("only this machine can connect; use --listen 0.0.0.0 to accept remote clients");
         }

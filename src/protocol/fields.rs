@@ -12,9 +12,25 @@ impl ClientId {
     /// The all-zero id that clients send before they have one.
     pub const ZERO: ClientId = ClientId([0; CLIENT_ID_LEN]);
 
-    /// A fresh random id (UUID v4 bytes: 122 random bits).
+    /// A fresh random id (UUID v4 bytes: 122 random bits) that never starts 0x16 0x03.
+    ///
+    /// Requests open with the client id, and the server tells protocol 4 (TLS) from
+    /// protocol 3 by the first bytes of a connection (see [`super::sniff`]): an id that
+    /// starts like a TLS handshake record would make that client's requests look like TLS.
+    /// Such ids (one in 65,536) are drawn again; 16 bits less choice in 1 in 65,536 ids
+    /// costs nothing measurable of the id's 122 random bits.
     pub fn random() -> Self {
-        ClientId(*uuid::Uuid::new_v4().as_bytes())
+        Self::first_usable(|| *uuid::Uuid::new_v4().as_bytes())
+    }
+
+    /// The first candidate from `draw` that cannot be taken for the start of TLS.
+    fn first_usable(mut draw: impl FnMut() -> [u8; CLIENT_ID_LEN]) -> Self {
+        loop {
+            let candidate = draw();
+            if !super::sniff::could_open_tls(&candidate) {
+                return ClientId(candidate);
+            }
+        }
     }
 
     /// 32 lowercase hex digits, as `me.info` and the storage directory use.
@@ -113,5 +129,30 @@ pub struct PublicKeyField(pub [u8; PUBLIC_KEY_LEN]);
 impl fmt::Debug for PublicKeyField {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PublicKeyField({} bytes)", PUBLIC_KEY_LEN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::sniff::{Sniff, classify};
+
+    #[test]
+    fn an_id_that_starts_like_tls_is_drawn_again() {
+        let hello = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut draws =
+            [hello, [0x16, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], [0x16; 16]].into_iter();
+        let id = ClientId::first_usable(|| draws.next().unwrap());
+        assert_eq!(id, ClientId([0x16; 16]), "0x16 0x16 cannot open TLS: kept");
+        assert_eq!(draws.next(), None, "both TLS-looking candidates were drawn and refused");
+    }
+
+    #[test]
+    fn issued_ids_never_classify_as_tls() {
+        for _ in 0..100_000 {
+            let id = ClientId::random();
+            assert!(!crate::protocol::sniff::could_open_tls(&id.0), "{id}");
+            assert_eq!(classify(&id.0), Sniff::Protocol3, "{id}");
+        }
     }
 }

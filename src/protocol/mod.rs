@@ -12,6 +12,7 @@ mod filename;
 mod reader;
 mod request;
 mod response;
+pub mod sniff;
 
 pub use codes::{RequestCode, ResponseCode};
 pub use error::DecodeError;

@@ -3,11 +3,13 @@
 
 pub mod backoff;
 mod conn;
+pub mod identity;
 mod metrics;
 pub mod ratelimit;
 pub(crate) mod refusal;
 pub mod session;
 pub mod slots;
+pub mod tls;
 pub mod upload;
 
 use crate::store::{Db, DbError, RecordsError, SharedRecords, SqliteRecords, Storage};
@@ -152,6 +154,12 @@ pub enum ServerError {
     /// A blocking task died.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// The server key (protocol 4) cannot be used.
+    #[error("{0}")]
+    Identity(#[from] identity::IdentityError),
+    /// The TLS configuration could not be made from the server key.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// State every connection shares.
@@ -179,6 +187,8 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     /// What `--metrics` exposes (kept whether or not it is exposed).
     metrics: Arc<metrics::Metrics>,
+    /// Protocol 4's TLS configuration (the server key's certificate, ALPN).
+    tls: Arc<rustls::ServerConfig>,
 }
 
 type CommitKey = (crate::protocol::ClientId, String);
@@ -216,6 +226,7 @@ impl Shared {
         storage: Storage,
         sessions: Sessions,
         metrics: Arc<metrics::Metrics>,
+        tls: Arc<rustls::ServerConfig>,
     ) -> Self {
         let large_uploads = Arc::new(tokio::sync::Semaphore::new(LARGE_UPLOAD_SLOTS));
         let per_minute = config.registrations_per_minute;
@@ -238,6 +249,7 @@ impl Shared {
             backoff: Mutex::new(Backoff::new()),
             next_conn: AtomicU64::new(1),
             metrics,
+            tls,
         }
     }
 
@@ -283,28 +295,41 @@ pub struct Server {
     _lock: std::fs::File,
     /// Where to serve the metrics, if anywhere (see [`Server::with_metrics`]).
     metrics: Option<TcpListener>,
+    /// The server key's fingerprint, `SHA256:…`.
+    fingerprint: String,
 }
 
 impl Server {
     /// Opens the database and the storage directory, finishes or undoes the commits a
-    /// crash interrupted, and deletes uploads a crash left.
+    /// crash interrupted, and deletes uploads a crash left. Loads the server key beside the
+    /// database, making it on the first start (see [`identity`]).
     pub fn open(config: Config) -> Result<Self, ServerError> {
         let (storage, lock) = open_storage(&config)?;
         let db = Db::open(&config.db)?;
+        let identity = identity::ServerIdentity::load_or_create(&identity::key_path(&config.db))?;
         reconcile_commits(&db, &storage, config.keep_versions).map_err(storage_error(&config))?;
         let metrics = Arc::new(metrics::Metrics::new());
         let timing = Arc::clone(&metrics);
         let records = SqliteRecords::new(db).timed(move |took| timing.db_call(took));
-        Server::assemble(config, Arc::new(records), storage, lock, metrics)
+        Server::assemble(config, Arc::new(records), storage, lock, metrics, &identity)
     }
 
     /// A server over records the caller supplies instead of the database `config` names:
     /// for serving in process (tests, fuzzing; see [`Server::serve_connection`]) and for
     /// other record stores. Commits a crash interrupted are not looked at: the records
-    /// must have none (a fresh store has none).
+    /// must have none (a fresh store has none). The server key lives in memory only: with
+    /// no database there is nothing to keep it beside.
     pub fn with_records(config: Config, records: SharedRecords) -> Result<Self, ServerError> {
         let (storage, lock) = open_storage(&config)?;
-        Server::assemble(config, records, storage, lock, Arc::new(metrics::Metrics::new()))
+        let identity = identity::ServerIdentity::ephemeral()?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        Server::assemble(config, records, storage, lock, metrics, &identity)
+    }
+
+    /// The server key's fingerprint (`SHA256:` and unpadded base64 of the SHA-256 of its
+    /// SubjectPublicKeyInfo), what protocol-4 clients pin.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Serves the metrics (Prometheus text) at [`METRICS_PATH`] on `listener` while the
@@ -320,7 +345,9 @@ impl Server {
         storage: Storage,
         lock: std::fs::File,
         metrics: Arc<metrics::Metrics>,
+        identity: &identity::ServerIdentity,
     ) -> Result<Self, ServerError> {
+        let tls = tls::server_config(identity)?;
         let leftovers = storage.clean_leftovers().map_err(storage_error(&config))?;
         if leftovers.removed > 0 {
             warn!(removed = leftovers.removed, "deleted unfinished uploads left by an earlier run");
@@ -329,8 +356,9 @@ impl Server {
             warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
         }
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
-        let shared = Arc::new(Shared::new(config, records, storage, sessions, metrics));
-        Ok(Server { shared, _lock: lock, metrics: None })
+        let shared = Arc::new(Shared::new(config, records, storage, sessions, metrics, tls));
+        let fingerprint = identity.fingerprint().to_owned();
+        Ok(Server { shared, _lock: lock, metrics: None, fingerprint })
     }
 
     /// Serves one connection over any byte stream, exactly as the accept loop serves a
@@ -338,7 +366,7 @@ impl Server {
     /// per-address cap, no eviction), until the peer leaves, misbehaves or `stop` turns
     /// true. The future owns what it needs, so it can be spawned. This is the seam for
     /// running protocol conversations in process, over `tokio::io::duplex` say, in tests
-    /// and fuzzing.
+    /// and fuzzing. It speaks protocol 3 only: telling TLS apart needs a socket to peek at.
     pub fn serve_connection<S>(
         &self,
         stream: S,
@@ -404,13 +432,10 @@ impl Server {
             let span =
                 info_span!("conn", id = conn_id, peer = %peer, client = tracing::field::Empty);
             let open = shared.metrics.connection_opened();
-            let stream = shared.metrics.count_received(stream);
-            let connection =
-                conn::Connection::new(Arc::clone(&shared), stream, conn_id, peer).with_slot(slot);
-            let stop = stop_rx.clone();
+            let (task_shared, stop) = (Arc::clone(&shared), stop_rx.clone());
             tasks.spawn(
                 async move {
-                    connection.run(stop).await;
+                    serve_accepted(task_shared, stream, conn_id, peer, slot, stop).await;
                     drop((permit, open));
                 }
                 .instrument(span),
@@ -436,6 +461,33 @@ impl Server {
         }
         info!("stopped");
         Ok(())
+    }
+}
+
+/// Serves one accepted connection: protocol 4 if it opens with a TLS ClientHello, else
+/// protocol 3 exactly as before (the bytes looked at are not consumed).
+async fn serve_accepted(
+    shared: Arc<Shared>,
+    stream: tokio::net::TcpStream,
+    conn_id: u64,
+    peer: SocketAddr,
+    slot: slots::Slot,
+    mut stop: watch::Receiver<bool>,
+) {
+    let idle = shared.config.idle_timeout;
+    match tls::sniff(&stream, &slot, &mut stop, idle).await {
+        tls::Sniffed::Tls => {
+            slot.set_idle(false);
+            let deadline = shared.config.request_deadline;
+            tls::serve(stream, peer, Arc::clone(&shared.tls), deadline).await;
+        }
+        tls::Sniffed::Silent => debug!("connection ended: {}", ServerError::Idle(idle)),
+        tls::Sniffed::Protocol3 => {
+            let stream = shared.metrics.count_received(stream);
+            let connection =
+                conn::Connection::new(Arc::clone(&shared), stream, conn_id, peer).with_slot(slot);
+            connection.run(stop).await;
+        }
     }
 }
 

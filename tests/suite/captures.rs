@@ -408,3 +408,28 @@ fn absent_captures_skip_on_a_developer_machine_and_fail_in_ci() {
     assert_eq!(captures_decision(false, Some("")), Skip);
     assert_eq!(captures_decision(false, Some("true")), Fail);
 }
+
+#[test]
+fn no_captured_request_can_be_taken_for_a_tls_client_hello() {
+    use securexfer::protocol::sniff::{Sniff, classify};
+    let Some(captures) = common::captures_dir() else { return };
+    let mut checked = 0;
+    for implementation in IMPLEMENTATIONS {
+        let folder = captures.join(implementation);
+        for run in RUNS {
+            for name in connection_names(&folder, run) {
+                let c2s = read(&folder.join(format!("{name}.c2s.bin")));
+                // Any request may open a connection (some clients open one per request), so
+                // the server's look at a connection could land on each of them.
+                let mut at = 0;
+                while at < c2s.len() {
+                    let sniffed = classify(&c2s[at..]);
+                    assert_eq!(sniffed, Sniff::Protocol3, "{implementation}/{name} byte {at}");
+                    at += decode_request(&c2s[at..], u32::MAX).expect("decodes").len;
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 12, "only {checked} requests replayed");
+}

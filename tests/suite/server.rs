@@ -3091,3 +3091,279 @@ fn db_inspect_with_a_client_that_matches_nothing_is_an_error() {
     let out = inspect_tables(&server, &["--client", "inspected"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+// ---------------------------------------------------------------------------------------
+// The server key (protocol 4, issue 14)
+
+#[test]
+fn the_server_key_and_its_fingerprint_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Server::start_in(dir.path(), &[]);
+    let fingerprint = first.fingerprint.clone();
+    let key = dir.path().join("server.db.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).expect("the key file").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(first.terminate(WAIT).is_some());
+    let second = Server::start_in(dir.path(), &[]);
+    assert_eq!(second.fingerprint, fingerprint);
+    tls::handshake(connect(&second), tls13_config(&fingerprint)).expect("the same key");
+}
+
+#[test]
+fn a_corrupt_server_key_stops_the_start_with_exit_code_6() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("server.db.key"), "not a key\n").unwrap();
+    let output = common::run_in(
+        dir.path(),
+        &["serve", "--port", "0", "--storage", "storage", "--db", "server.db"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("server.db.key"), "{stderr}");
+    assert_eq!(std::fs::read(dir.path().join("server.db.key")).unwrap(), b"not a key\n");
+}
+
+#[test]
+fn the_start_up_line_stays_first_and_the_fingerprint_comes_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = common::command()
+        .current_dir(dir.path())
+        .args(["serve", "--port", "0", "--storage", "storage", "--db", "server.db"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve");
+    let mut lines = io::BufRead::lines(io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().unwrap().unwrap();
+    let second = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.starts_with("securexfer listening on 127.0.0.1:"), "{first}");
+    let fingerprint = second.strip_prefix("server key fingerprint SHA256:").expect(&second);
+    assert_eq!(fingerprint.len(), 43, "{second}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Protocol 4's way in: TLS 1.3 on the same port (issue 14, first step)
+
+/// A TLS client for protocol 4, written against rustls alone (not the server's code).
+mod tls {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{
+        CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, Error,
+        SignatureScheme, StreamOwned, SupportedProtocolVersion,
+    };
+    use std::net::TcpStream;
+    use std::sync::Arc;
+
+    /// `SHA256:` and unpadded base64 of the SHA-256 of `spki`, computed here independently.
+    pub fn fingerprint(spki: &[u8]) -> String {
+        use base64::Engine;
+        let digest = ring::digest::digest(&ring::digest::SHA256, spki);
+        format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
+    }
+
+    /// Accepts exactly the server whose SubjectPublicKeyInfo has the pinned fingerprint (and
+    /// whose handshake signature that key made); names and CAs play no part.
+    #[derive(Debug)]
+    pub struct PinnedKey {
+        pub fingerprint: String,
+        algorithms: WebPkiSupportedAlgorithms,
+    }
+
+    impl PinnedKey {
+        pub fn new(fingerprint: &str) -> Self {
+            let algorithms =
+                rustls::crypto::ring::default_provider().signature_verification_algorithms;
+            PinnedKey { fingerprint: fingerprint.to_owned(), algorithms }
+        }
+    }
+
+    impl ServerCertVerifier for PinnedKey {
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, Error> {
+            let cert = webpki::EndEntityCert::try_from(end_entity)
+                .map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            if fingerprint(cert.subject_public_key_info().as_ref()) == self.fingerprint {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure))
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    }
+
+    /// A client configuration pinning `fingerprint`, offering `versions` and `alpn`.
+    pub fn config(
+        fingerprint: &str,
+        versions: &[&'static SupportedProtocolVersion],
+        alpn: &[&[u8]],
+    ) -> Arc<ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config =
+            ClientConfig::builder_with_provider(Arc::clone(&provider) as Arc<CryptoProvider>)
+                .with_protocol_versions(versions)
+                .expect("versions")
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedKey::new(fingerprint)))
+                .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// Connects and completes the handshake (or says why not).
+    pub fn handshake(
+        stream: TcpStream,
+        config: Arc<ClientConfig>,
+    ) -> Result<StreamOwned<ClientConnection, TcpStream>, String> {
+        let name = ServerName::try_from("securexfer").expect("a name");
+        let connection = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+        let mut tls = StreamOwned::new(connection, stream);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock).map_err(|e| e.to_string())?;
+        }
+        Ok(tls)
+    }
+}
+
+/// What protocol 4 is offered as.
+const ALPN4: &[u8] = b"securexfer/4";
+
+fn tls13_config(fingerprint: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    tls::config(fingerprint, &[&rustls::version::TLS13], &[ALPN4])
+}
+
+/// Waits until the server's log contains `needle`.
+fn wait_for_log(server: &Server, needle: &str) {
+    let start = Instant::now();
+    while !server.log().contains(needle) {
+        assert!(start.elapsed() < WAIT, "the log never said {needle:?}:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_tls_client_pinning_the_printed_fingerprint_completes_the_handshake_on_the_protocol_3_port() {
+    let server = Server::start(&[]);
+    assert!(server.fingerprint.starts_with("SHA256:"), "{}", server.fingerprint);
+    let mut tls = tls::handshake(connect(&server), tls13_config(&server.fingerprint))
+        .expect("the handshake completes");
+    assert_eq!(tls.conn.alpn_protocol(), Some(ALPN4));
+    assert_eq!(tls.conn.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    let certs = tls.conn.peer_certificates().expect("a certificate").to_vec();
+    let cert = webpki::EndEntityCert::try_from(&certs[0]).expect("a certificate");
+    assert_eq!(tls::fingerprint(cert.subject_public_key_info().as_ref()), server.fingerprint);
+    // This step serves no requests yet: a clean close (close_notify, not a bare FIN).
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).expect("close_notify, then the end");
+    assert!(rest.is_empty());
+    wait_for_log(&server, "handshake complete (ALPN securexfer/4)");
+    assert!(server.log().contains(&server.fingerprint), "the fingerprint is logged too");
+    // And protocol 3 goes on, on the same port.
+    assert_serves(&server);
+}
+
+#[test]
+fn a_tls_client_pinning_another_key_refuses_the_server() {
+    let server = Server::start(&[]);
+    let other = tls::fingerprint(b"some other key");
+    let refused = tls::handshake(connect(&server), tls13_config(&other));
+    assert!(refused.is_err(), "a key that is not the pinned one must fail the handshake");
+    assert_serves(&server);
+}
+
+#[test]
+fn tls_1_2_and_a_client_without_alpn_securexfer_4_are_refused() {
+    let server = Server::start(&[]);
+    let only_tls12 = tls::config(&server.fingerprint, &[&rustls::version::TLS12], &[ALPN4]);
+    let refused = tls::handshake(connect(&server), only_tls12).expect_err("TLS 1.2 is refused");
+    assert!(refused.to_lowercase().contains("protocolversion"), "{refused}");
+    wait_for_log(&server, "TLS handshake failed");
+    for alpn in [&[][..], &[&b"h2"[..]][..]] {
+        let config = tls::config(&server.fingerprint, &[&rustls::version::TLS13], alpn);
+        assert!(tls::handshake(connect(&server), config).is_err(), "ALPN {alpn:?} is refused");
+    }
+    wait_for_log(&server, "does not offer ALPN securexfer/4");
+    assert_serves(&server);
+}
+
+#[test]
+fn openssl_s_client_completes_a_tls_1_3_handshake_with_alpn_securexfer_4() {
+    use std::process::Command;
+    let found = Command::new("sh").args(["-c", "command -v openssl"]).output();
+    if !found.is_ok_and(|o| o.status.success()) {
+        assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "CI must have openssl");
+        eprintln!("SKIPPED: openssl is not installed");
+        return;
+    }
+    let server = Server::start(&[]);
+    let output = Command::new("openssl")
+        .args(["s_client", "-connect", &server.address(), "-alpn", "securexfer/4", "-tls1_3"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run openssl s_client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("ALPN protocol: securexfer/4"), "{stdout}");
+    assert!(stdout.contains("TLSv1.3"), "{stdout}");
+    assert!(stdout.contains("Verify return code: 18"), "self-signed, as expected: {stdout}");
+    wait_for_log(&server, "handshake complete (ALPN securexfer/4)");
+    // OpenSSL reads the key file, and finds the fingerprint the server printed.
+    let spki = Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(server.dir.join("server.db.key"))
+        .output()
+        .expect("run openssl pkey");
+    assert!(spki.status.success(), "{}", String::from_utf8_lossy(&spki.stderr));
+    assert_eq!(tls::fingerprint(&spki.stdout), server.fingerprint);
+}
+
+#[test]
+fn a_peer_that_stalls_after_the_first_bytes_of_a_tls_record_or_sends_nothing_is_closed() {
+    let server = Server::start(&["--idle-timeout", "1"]);
+    let started = Instant::now();
+    let mut stalled = connect(&server);
+    stalled.write_all(&[0x16, 0x03]).unwrap();
+    let silent = connect(&server);
+    for mut stream in [stalled, silent] {
+        let mut rest = Vec::new();
+        // Closed by the server (a FIN, or a reset for the unread bytes), never answered.
+        let _ = stream.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "no answer: {rest:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+    assert_serves(&server);
+}

@@ -32,6 +32,8 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    /// The server key's fingerprint from the second start-up line, `SHA256:…`.
+    pub fingerprint: String,
     _temp: Option<tempfile::TempDir>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -64,14 +66,23 @@ impl Server {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start securexfer serve");
         let stdout = child.stdout.take().expect("stdout");
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read start-up line");
+        stdout.read_line(&mut line).expect("read start-up line");
         let addr: SocketAddr = line
             .trim()
             .rsplit(' ')
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no address in start-up line {line:?}"));
+        // The second line names the server key's fingerprint (protocol 4).
+        let mut second = String::new();
+        stdout.read_line(&mut second).expect("read the fingerprint line");
+        let fingerprint = second
+            .trim()
+            .strip_prefix("server key fingerprint ")
+            .unwrap_or_else(|| panic!("no fingerprint in the second line {second:?}"))
+            .to_owned();
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut stderr = child.stderr.take().expect("stderr");
         let sink = std::sync::Arc::clone(&log);
@@ -84,7 +95,7 @@ impl Server {
                 sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
-        Server { child, addr, dir: dir.to_owned(), _temp: None, log }
+        Server { child, addr, dir: dir.to_owned(), _temp: None, log, fingerprint }
     }
 
     /// `127.0.0.1:PORT`.

@@ -1,0 +1,280 @@
+//! The server's identity for protocol 4: an Ed25519 key pair kept beside the database, the
+//! self-signed certificate TLS presents it in, and its fingerprint.
+//!
+//! The key file is `<database>.key` (`server.db` → `server.db.key`): one key per database,
+//! so two servers with their databases in one directory never share a key, and a backup of
+//! the directory keeps each database with its key. It holds the key as PKCS#8 in PEM
+//! (`-----BEGIN PRIVATE KEY-----`), which `openssl pkey` reads and `openssl genpkey
+//! -algorithm ed25519` writes, so an operator may bring their own. It is written once,
+//! atomically (a temporary file renamed into place) with mode 0600, and never rewritten.
+//!
+//! The certificate is made afresh at each start from the key (Ed25519 signatures are
+//! deterministic but validity dates are not): clients trust the key, not the certificate,
+//! so only the key needs to last. The fingerprint is what clients pin: the SHA-256 of the
+//! key's SubjectPublicKeyInfo DER, shown as ssh shows keys, `SHA256:` and unpadded base64.
+
+use base64::Engine;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The PEM label of a PKCS#8 private key.
+const PEM_LABEL: &str = "PRIVATE KEY";
+/// The name the certificate is issued to. Clients check the key, never the name.
+const CERT_NAME: &str = "securexfer";
+/// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE, the algorithm
+/// identifier 1.3.101.112, and the BIT STRING header of the 32-byte key.
+const ED25519_SPKI_PREFIX: [u8; 12] =
+    [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+
+/// The DER prefix of an Ed25519 private key in PKCS#8 v1 (RFC 8410, section 7): SEQUENCE,
+/// version 0, the algorithm identifier, and the OCTET STRING around the 32-byte seed.
+const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// Why the server identity cannot be used.
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    /// The key file could not be read or written.
+    #[error("server key {path}: {source}")]
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The key file exists but does not hold a usable Ed25519 key.
+    #[error(
+        "server key {path}: {reason}; restore the file from a backup (clients that trust \
+         this server know its key), or move it away to make a new key"
+    )]
+    Corrupt {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The certificate could not be made.
+    #[error("cannot make the server certificate: {0}")]
+    Certificate(String),
+}
+
+/// The server's key, its certificate and fingerprint.
+pub struct ServerIdentity {
+    /// The PKCS#8 DER of the private key.
+    pkcs8: Vec<u8>,
+    /// The self-signed certificate around the key.
+    certificate: CertificateDer<'static>,
+    /// `SHA256:…` of the SubjectPublicKeyInfo.
+    fingerprint: String,
+}
+
+impl std::fmt::Debug for ServerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the private key.
+        f.debug_struct("ServerIdentity").field("fingerprint", &self.fingerprint).finish()
+    }
+}
+
+/// Where the key of database `db` is kept: `<db>.key`.
+pub fn key_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".key");
+    PathBuf::from(name)
+}
+
+/// `SHA256:` and the unpadded base64 of the SHA-256 of `spki_der`, as ssh shows keys.
+pub fn fingerprint(spki_der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
+    format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
+}
+
+impl ServerIdentity {
+    /// Loads the key at `path`, or makes one and writes it there when there is none.
+    pub fn load_or_create(path: &Path) -> Result<Self, IdentityError> {
+        let io_err = |source| IdentityError::Io { path: path.to_owned(), source };
+        match fs::read(path) {
+            Ok(text) => Self::from_pem(path, &text),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let identity = Self::from_pkcs8(path, generate()?)?;
+                write_private(path, pem_encode(&identity.pkcs8).as_bytes()).map_err(io_err)?;
+                Ok(identity)
+            }
+            Err(e) => Err(io_err(e)),
+        }
+    }
+
+    /// A key that lives only as long as the process: for servers over records the caller
+    /// supplies (tests, fuzzing), which have no database to keep a key beside.
+    pub fn ephemeral() -> Result<Self, IdentityError> {
+        Self::from_pkcs8(Path::new("(in memory)"), generate()?)
+    }
+
+    /// `SHA256:…`, what clients pin.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The certificate TLS presents.
+    pub fn certificate(&self) -> CertificateDer<'static> {
+        self.certificate.clone()
+    }
+
+    /// The private key, for the TLS configuration.
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.pkcs8.clone()))
+    }
+
+    fn from_pem(path: &Path, text: &[u8]) -> Result<Self, IdentityError> {
+        let corrupt = |reason: &str| IdentityError::Corrupt {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let text = std::str::from_utf8(text).map_err(|_| corrupt("not PEM text"))?;
+        let pkcs8 = pem_decode(text).ok_or_else(|| corrupt("not a PEM \"PRIVATE KEY\""))?;
+        Self::from_pkcs8(path, pkcs8)
+    }
+
+    fn from_pkcs8(path: &Path, pkcs8: Vec<u8>) -> Result<Self, IdentityError> {
+        // v1 (OpenSSL's) and v2 (ring's, with the public key) PKCS#8 both load.
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8).map_err(|e| {
+            IdentityError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("not an Ed25519 PKCS#8 key ({e})"),
+            }
+        })?;
+        let spki = [&ED25519_SPKI_PREFIX[..], pair.public_key().as_ref()].concat();
+        let certificate = self_signed(&pkcs8)?;
+        Ok(ServerIdentity { fingerprint: fingerprint(&spki), pkcs8, certificate })
+    }
+}
+
+/// A fresh Ed25519 key as PKCS#8 v1 DER (RFC 8410: the prefix, then the 32-byte seed).
+/// Not ring's own `generate_pkcs8`: that writes PKCS#8 v2, which OpenSSL 3.0 cannot read,
+/// and operators should be able to inspect the key with `openssl pkey`.
+fn generate() -> Result<Vec<u8>, IdentityError> {
+    use ring::rand::SecureRandom;
+    let mut seed = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| IdentityError::Certificate("no random numbers for a key".to_owned()))?;
+    Ok([&ED25519_PKCS8_V1_PREFIX[..], &seed].concat())
+}
+
+/// A self-signed certificate for the key in `pkcs8`.
+fn self_signed(pkcs8: &[u8]) -> Result<CertificateDer<'static>, IdentityError> {
+    let cert_err = |e: rcgen::Error| IdentityError::Certificate(e.to_string());
+    let der = PrivatePkcs8KeyDer::from(pkcs8);
+    let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
+        .map_err(cert_err)?;
+    let params = rcgen::CertificateParams::new(vec![CERT_NAME.to_owned()]).map_err(cert_err)?;
+    Ok(params.self_signed(&key).map_err(cert_err)?.der().clone())
+}
+
+fn pem_encode(der: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> =
+        body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64")).collect();
+    format!("-----BEGIN {PEM_LABEL}-----\n{}\n-----END {PEM_LABEL}-----\n", lines.join("\n"))
+}
+
+fn pem_decode(text: &str) -> Option<Vec<u8>> {
+    let begin = format!("-----BEGIN {PEM_LABEL}-----");
+    let end = format!("-----END {PEM_LABEL}-----");
+    let (_, rest) = text.split_once(&begin)?;
+    let (body, _) = rest.split_once(&end)?;
+    let body: String = body.split_whitespace().collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
+}
+
+/// Writes `content` to `path` atomically with mode 0600, as the client writes its identity
+/// (`client::identity`): a temporary file in the same directory, synced, renamed into place.
+fn write_private(path: &Path, content: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(".securexfer-").tempfile_in(&dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    tmp.write_all(content)?;
+    tmp.as_file().sync_all()?;
+    // Not persist_noclobber's race with a second server: the storage lock is already held.
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_made_once_with_mode_0600_and_reused_with_the_same_fingerprint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = key_path(&dir.path().join("server.db"));
+        assert!(path.ends_with("server.db.key"));
+        let first = ServerIdentity::load_or_create(&path).unwrap();
+        let written = fs::read(&path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let again = ServerIdentity::load_or_create(&path).unwrap();
+        assert_eq!(again.fingerprint(), first.fingerprint());
+        assert_eq!(fs::read(&path).unwrap(), written, "the file is never rewritten");
+        let text = std::str::from_utf8(&written).unwrap();
+        let der = pem_decode(text).unwrap();
+        assert!(der.starts_with(&ED25519_PKCS8_V1_PREFIX) && der.len() == 48, "PKCS#8 v1");
+        assert!(first.fingerprint().starts_with("SHA256:"));
+        assert_eq!(first.fingerprint().len(), "SHA256:".len() + 43, "32 bytes, no padding");
+        let other = ServerIdentity::load_or_create(&dir.path().join("other.key")).unwrap();
+        assert_ne!(other.fingerprint(), first.fingerprint());
+    }
+
+    #[test]
+    fn a_corrupt_key_file_is_a_clear_error_and_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db.key");
+        for junk in
+            [&b"garbage"[..], b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"]
+        {
+            fs::write(&path, junk).unwrap();
+            let error = ServerIdentity::load_or_create(&path).unwrap_err();
+            assert!(matches!(error, IdentityError::Corrupt { .. }), "{error}");
+            assert!(error.to_string().contains("server.db.key"), "{error}");
+            assert_eq!(fs::read(&path).unwrap(), junk, "never overwritten");
+        }
+    }
+
+    #[test]
+    fn the_certificate_carries_the_key_the_fingerprint_names() {
+        let identity = ServerIdentity::ephemeral().unwrap();
+        let cert = identity.certificate();
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&identity.pkcs8).unwrap();
+        let spki = [&ED25519_SPKI_PREFIX[..], pair.public_key().as_ref()].concat();
+        assert!(cert.windows(spki.len()).any(|w| w == spki), "the SPKI is in the certificate");
+        assert_eq!(identity.fingerprint(), fingerprint(&spki));
+        assert!(!format!("{identity:?}").contains("pkcs8"), "no key in Debug");
+    }
+
+    #[test]
+    fn a_key_from_openssl_genpkey_loads() {
+        // `openssl genpkey -algorithm ed25519` (PKCS#8 v1, no public key inside).
+        let pem = "-----BEGIN PRIVATE KEY-----\n\
+                   MC4CAQAwBQYDK2VwBCIEIA4l2WoIDmhdj/Uw2YRKMsDE+6BSiw6SbjmuUSN7dkSj\n\
+                   -----END PRIVATE KEY-----\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db.key");
+        fs::write(&path, pem).unwrap();
+        ServerIdentity::load_or_create(&path).unwrap();
+    }
+}
