@@ -37,6 +37,9 @@ _securexfer() {
             securexfer,serve)
                 cmd="securexfer__subcmd__serve"
                 ;;
+            securexfer__subcmd__db,fingerprint)
+                cmd="securexfer__subcmd__db__subcmd__fingerprint"
+                ;;
             securexfer__subcmd__db,help)
                 cmd="securexfer__subcmd__db__subcmd__help"
                 ;;
@@ -48,6 +51,9 @@ _securexfer() {
                 ;;
             securexfer__subcmd__db,verify)
                 cmd="securexfer__subcmd__db__subcmd__verify"
+                ;;
+            securexfer__subcmd__db__subcmd__help,fingerprint)
+                cmd="securexfer__subcmd__db__subcmd__help__subcmd__fingerprint"
                 ;;
             securexfer__subcmd__db__subcmd__help,help)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__help"
@@ -81,6 +87,9 @@ _securexfer() {
                 ;;
             securexfer__subcmd__help,serve)
                 cmd="securexfer__subcmd__help__subcmd__serve"
+                ;;
+            securexfer__subcmd__help__subcmd__db,fingerprint)
+                cmd="securexfer__subcmd__help__subcmd__db__subcmd__fingerprint"
                 ;;
             securexfer__subcmd__help__subcmd__db,inspect)
                 cmd="securexfer__subcmd__help__subcmd__db__subcmd__inspect"
@@ -126,7 +135,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db)
-            opts="-h -V --help --version inspect verify restore help"
+            opts="-h -V --help --version inspect verify restore fingerprint help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -139,9 +148,52 @@ _securexfer() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        securexfer__subcmd__db__subcmd__help)
-            opts="inspect verify restore help"
+        securexfer__subcmd__db__subcmd__fingerprint)
+            opts="-h -V --db --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__db__subcmd__help)
+            opts="inspect verify restore fingerprint help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__db__subcmd__help__subcmd__fingerprint)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -334,8 +386,22 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db)
-            opts="inspect verify restore"
+            opts="inspect verify restore fingerprint"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__help__subcmd__db__subcmd__fingerprint)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

@@ -103,6 +103,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
+            cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;inspect'= {
@@ -134,10 +135,18 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand -h 'Print help'
             cand --help 'Print help'
         }
+        &'securexfer;db;fingerprint'= {
+            cand --db 'The server''s database (the key is DB.key beside it)'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'securexfer;db;help'= {
             cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
+            cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;help;inspect'= {
@@ -145,6 +154,8 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;db;help;verify'= {
         }
         &'securexfer;db;help;restore'= {
+        }
+        &'securexfer;db;help;fingerprint'= {
         }
         &'securexfer;db;help;help'= {
         }
@@ -179,12 +190,15 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
+            cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
         }
         &'securexfer;help;db;inspect'= {
         }
         &'securexfer;help;db;verify'= {
         }
         &'securexfer;help;db;restore'= {
+        }
+        &'securexfer;help;db;fingerprint'= {
         }
         &'securexfer;help;completions'= {
         }

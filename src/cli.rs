@@ -271,6 +271,24 @@ pub enum DbCommand {
     /// Put an earlier version of a stored file back; the current one becomes a version in
     /// turn. Run it with the server stopped (it refuses while one holds the storage).
     Restore(RestoreArgs),
+    /// Print the fingerprint of the server's key (`SHA256:...`, kept in DB.key beside the
+    /// database), for clients to pin before their first contact. Exit 6 if there is no
+    /// key yet (`serve` makes it at its first start).
+    Fingerprint(FingerprintArgs),
+}
+
+/// `securexfer db fingerprint`.
+#[derive(Debug, Args)]
+pub struct FingerprintArgs {
+    /// The server's database (the key is DB.key beside it).
+    #[arg(
+        long,
+        env = "SECUREXFER_DB",
+        default_value = "defensive.db",
+        value_name = "PATH",
+        value_hint = ValueHint::FilePath
+    )]
+    pub db: PathBuf,
 }
 
 /// `securexfer db verify`.

@@ -242,6 +242,11 @@ const STORAGE: (&str, &str) = (
     "Received files, as storage/CLIENT_ID_HEX/NAME; uploads in progress are temporary files there until confirmed.",
 );
 
+const SERVER_KEY: (&str, &str) = (
+    "DB.key (beside --db)",
+    "The server's Ed25519 key for protocol 4 (PEM, mode 0600), made at the first start of serve and never rewritten; db fingerprint prints its fingerprint.",
+);
+
 fn files(name: &str) -> &'static [(&'static str, &'static str)] {
     const CLIENT: &[(&str, &str)] =
         &[IDENTITY, PRIV_KEY, DEFAULT_SERVER, LOCAL_IDENTITY, TRANSFER_INFO];
@@ -253,13 +258,16 @@ fn files(name: &str) -> &'static [(&'static str, &'static str)] {
         TRANSFER_INFO,
         PORT_INFO,
         DATABASE,
+        SERVER_KEY,
         STORAGE,
     ];
     match name {
         "securexfer" => ALL,
-        "securexfer-serve" => &[PORT_INFO, DATABASE, STORAGE],
+        "securexfer-serve" => &[PORT_INFO, DATABASE, SERVER_KEY, STORAGE],
         "securexfer-register" | "securexfer-send" => CLIENT,
-        "securexfer-db" | "securexfer-db-inspect" => &[DATABASE, STORAGE],
+        "securexfer-db" | "securexfer-db-inspect" => &[DATABASE, SERVER_KEY, STORAGE],
+        "securexfer-db-verify" | "securexfer-db-restore" => &[DATABASE, STORAGE],
+        "securexfer-db-fingerprint" => &[DATABASE, SERVER_KEY],
         "securexfer-completions" => &[
             (
                 "/usr/share/bash-completion/completions/securexfer",
@@ -338,6 +346,21 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
         "securexfer-db" | "securexfer-db-inspect" => {
             &[INSPECT, ("Everything, as JSON:", "securexfer db inspect --json")]
         }
+        "securexfer-db-verify" => &[
+            (
+                "Check every stored file and kept version against the records (exit 5 if any differ):",
+                "securexfer db verify --db /var/lib/securexfer/securexfer.db --storage /var/lib/securexfer/storage",
+            ),
+            ("The same, as JSON for a monitoring job:", "securexfer db verify --json"),
+        ],
+        "securexfer-db-restore" => &[(
+            "With the server stopped, put alice's previous report.pdf back:",
+            "securexfer db restore --db /var/lib/securexfer/securexfer.db --storage /var/lib/securexfer/storage --client alice --file report.pdf",
+        )],
+        "securexfer-db-fingerprint" => &[(
+            "Print the server key's fingerprint, for clients to pin:",
+            "securexfer db fingerprint --db /var/lib/securexfer/securexfer.db",
+        )],
         "securexfer-completions" => &[
             (
                 "Install the bash completions:",

@@ -4,9 +4,10 @@
 use super::UsageError;
 use super::out::outln;
 use super::table::{self, cut, fixed};
-use crate::cli::{InspectArgs, RestoreArgs};
+use crate::cli::{FingerprintArgs, InspectArgs, RestoreArgs};
 use anyhow::Context;
 use securexfer::protocol::{ClientId, storage_name};
+use securexfer::server::identity::{self, ServerIdentity};
 use securexfer::store::{ClientRecord, CommitIntent, Db, FileRecord, Storage, VersionRecord};
 use std::path::Path;
 use std::process::ExitCode;
@@ -32,9 +33,23 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         files.retain(|f| f.client_name == *filter || Some(f.client_id) == id);
         versions.retain(|v| v.client_name == *filter || Some(v.client_id) == id);
     }
+    let key_path = identity::key_path(&args.db);
+    let key = ServerIdentity::load(&key_path)?;
+    let fingerprint = key.as_ref().map(|k| k.fingerprint().to_owned());
     if args.json {
-        print_json(&clients, &files, &versions, &args.storage)?;
+        let server_key = serde_json::json!({
+            "path": key_path.display().to_string(),
+            "fingerprint": fingerprint,
+        });
+        print_json(&clients, &files, &versions, &args.storage, server_key)?;
     } else {
+        match &fingerprint {
+            Some(f) => outln!("SERVER KEY {f} ({})\n", key_path.display()),
+            None => outln!(
+                "SERVER KEY none yet ({} is made at the first start of serve)\n",
+                key_path.display()
+            ),
+        }
         let layout = Layout { width: table::terminal_width(), raw: args.bytes };
         print_tables(&clients, &files, &args.storage, layout);
         print_versions(&versions, layout);
@@ -162,6 +177,7 @@ fn print_json(
     files: &[FileRecord],
     versions: &[VersionRecord],
     storage: &Path,
+    server_key: serde_json::Value,
 ) -> anyhow::Result<()> {
     let clients: Vec<_> = clients
         .iter()
@@ -194,7 +210,12 @@ fn print_json(
         })
         .collect();
     let versions: Vec<_> = versions.iter().map(version_json).collect();
-    let doc = serde_json::json!({ "clients": clients, "files": files, "versions": versions });
+    let doc = serde_json::json!({
+        "server_key": server_key,
+        "clients": clients,
+        "files": files,
+        "versions": versions,
+    });
     outln!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())
 }
@@ -246,4 +267,22 @@ fn print_tables(clients: &[ClientRecord], files: &[FileRecord], storage: &Path, 
 
 fn yes_no(b: bool) -> String {
     if b { "yes" } else { "no" }.into()
+}
+
+/// `db fingerprint`: the server key's fingerprint alone on stdout, for scripts and for
+/// telling clients what to pin.
+pub fn fingerprint(args: FingerprintArgs) -> anyhow::Result<ExitCode> {
+    let path = identity::key_path(&args.db);
+    match ServerIdentity::load(&path)? {
+        Some(key) => {
+            outln!("{}", key.fingerprint());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => Err(super::LocalError(format!(
+            "no server key at {} yet: `securexfer serve --db {}` makes it at its first start",
+            path.display(),
+            args.db.display()
+        ))
+        .into()),
+    }
 }

@@ -16,6 +16,11 @@ use securexfer::client::{ClientError, FailureKind};
 use securexfer::store::DbError;
 use std::process::ExitCode;
 
+/// A local file that is missing or unusable (exit code 6), said in words.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LocalError(pub String);
+
 /// A mistake in how the command was called: exit code 2, like clap's own.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -53,6 +58,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(DbCommand::Restore(args)) => {
             init_logging("warn");
             db::restore(args)
+        }
+        Command::Db(DbCommand::Fingerprint(args)) => {
+            init_logging("warn");
+            db::fingerprint(args)
         }
         Command::Completions(args) => {
             let script = crate::generate::completion(args.shell);
@@ -130,7 +139,11 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<serve::StartError>() {
             return e.exit_code();
         }
-        if cause.is::<IdentityError>() || cause.is::<DbError>() {
+        if cause.is::<IdentityError>()
+            || cause.is::<DbError>()
+            || cause.is::<LocalError>()
+            || cause.is::<securexfer::server::identity::IdentityError>()
+        {
             return 6;
         }
     }

@@ -108,6 +108,16 @@ impl ServerIdentity {
         }
     }
 
+    /// Loads the key at `path` without ever making one: `None` when there is none yet
+    /// (the operator's tools only look; `serve` makes the key at its first start).
+    pub fn load(path: &Path) -> Result<Option<Self>, IdentityError> {
+        match fs::read(path) {
+            Ok(text) => Self::from_pem(path, &text).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(IdentityError::Io { path: path.to_owned(), source }),
+        }
+    }
+
     /// A key that lives only as long as the process: for servers over records the caller
     /// supplies (tests, fuzzing), which have no database to keep a key beside.
     pub fn ephemeral() -> Result<Self, IdentityError> {

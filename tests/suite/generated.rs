@@ -198,7 +198,9 @@ fn section<'a>(page: &'a str, name: &str) -> Option<&'a str> {
     let head =
         if name.contains(' ') { format!(".SH \"{name}\"\n") } else { format!(".SH {name}\n") };
     let start = page.find(&head)? + head.len();
-    let end = page[start..].find("\n.SH ").map_or(page.len(), |i| start + i + 1);
+    // An empty section is followed at once by the next heading.
+    let rest = format!("\n{}", &page[start..]);
+    let end = rest.find("\n.SH ").map_or(page.len(), |i| start + i);
     Some(&page[start..end])
 }
 

@@ -3367,3 +3367,24 @@ fn a_peer_that_stalls_after_the_first_bytes_of_a_tls_record_or_sends_nothing_is_
     assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     assert_serves(&server);
 }
+
+#[test]
+fn db_fingerprint_and_db_inspect_show_the_key_the_server_presents() {
+    let dir = tempfile::tempdir().unwrap();
+    // Before the first start there is no key, and looking does not make one.
+    let none = common::run_in(dir.path(), &["db", "fingerprint", "--db", "server.db"]);
+    assert_eq!(none.status.code(), Some(6), "{}", String::from_utf8_lossy(&none.stderr));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("makes it at its first start"));
+    assert!(!dir.path().join("server.db.key").exists(), "db fingerprint made a key");
+
+    let server = Server::start_in(dir.path(), &[]);
+    let out = common::run_in(dir.path(), &["db", "fingerprint", "--db", "server.db"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), server.fingerprint);
+    let doc = inspect(&server);
+    assert_eq!(doc["server_key"]["fingerprint"], server.fingerprint.as_str(), "{doc}");
+    let text =
+        common::run_in(dir.path(), &["db", "inspect", "--db", "server.db", "--storage", "storage"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.starts_with(&format!("SERVER KEY {}", server.fingerprint)), "{text}");
+}
