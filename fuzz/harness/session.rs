@@ -637,8 +637,16 @@ impl Script {
             "every connection has let go of the server state"
         );
         drop(records);
-        let left: Vec<_> =
-            stored_files(&root).into_iter().filter(|(_, n)| n.starts_with(TEMP_PREFIX)).collect();
+        // Replaced copies and abandoned uploads are deleted on the blocking pool just after
+        // their answer, so give those deletions a moment to finish.
+        let temporary = || -> Vec<_> {
+            stored_files(&root).into_iter().filter(|(_, n)| n.starts_with(TEMP_PREFIX)).collect()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !temporary().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let left = temporary();
         assert!(left.is_empty(), "temporary files outlived the server: {left:?}");
         drop(base);
     }
