@@ -387,7 +387,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         error: DecodeError,
     ) -> Result<Next, ServerError> {
         let raw_code = u16::from_le_bytes([bytes[CLIENT_ID_LEN + 1], bytes[CLIENT_ID_LEN + 2]]);
-        let size = u32::from_le_bytes(bytes[REQUEST_HEADER_LEN - 4..].try_into().expect("4"));
+        let [.., s0, s1, s2, s3] = *bytes;
+        let size = u32::from_le_bytes([s0, s1, s2, s3]);
         let skip = matches!(error, DecodeError::UnknownRequestCode(_))
             && size <= MAX_SKIPPED_PAYLOAD
             && !self.undecodable_before;
