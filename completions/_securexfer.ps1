@@ -29,6 +29,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('register', 'register', [CompletionResultType]::ParameterValue, 'Make a key pair, register a name with a server and save the identity')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send files to a server and verify them (registers first if there is no identity)')
             [CompletionResult]::new('db', 'db', [CompletionResultType]::ParameterValue, 'Read the server''s database')
+            [CompletionResult]::new('trust', 'trust', [CompletionResultType]::ParameterValue, 'Check which key a server presents over protocol 4 (TLS 1.3) and trust it: on first contact the key is trusted and saved in known_servers; later, a different key is a hard failure (exit 8). With --fingerprint, only that key is accepted (and saved)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for a shell on stdout')
             [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write the man pages (one per command) into a directory')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -177,6 +178,16 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
         'securexfer;db;help;help' {
             break
         }
+        'securexfer;trust' {
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server address as HOST:PORT; the port defaults to 1357. Default: the server of the latest `register`')
+            [CompletionResult]::new('--fingerprint', '--fingerprint', [CompletionResultType]::ParameterName, 'The key the server must present, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact, or accepts a new key the operator confirmed')
+            [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for the connection and the handshake')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'securexfer;completions' {
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
@@ -196,6 +207,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('register', 'register', [CompletionResultType]::ParameterValue, 'Make a key pair, register a name with a server and save the identity')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send files to a server and verify them (registers first if there is no identity)')
             [CompletionResult]::new('db', 'db', [CompletionResultType]::ParameterValue, 'Read the server''s database')
+            [CompletionResult]::new('trust', 'trust', [CompletionResultType]::ParameterValue, 'Check which key a server presents over protocol 4 (TLS 1.3) and trust it: on first contact the key is trusted and saved in known_servers; later, a different key is a hard failure (exit 8). With --fingerprint, only that key is accepted (and saved)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for a shell on stdout')
             [CompletionResult]::new('man', 'man', [CompletionResultType]::ParameterValue, 'Write the man pages (one per command) into a directory')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
@@ -227,6 +239,9 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;help;db;fingerprint' {
+            break
+        }
+        'securexfer;help;trust' {
             break
         }
         'securexfer;help;completions' {

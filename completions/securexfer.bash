@@ -37,6 +37,9 @@ _securexfer() {
             securexfer,serve)
                 cmd="securexfer__subcmd__serve"
                 ;;
+            securexfer,trust)
+                cmd="securexfer__subcmd__trust"
+                ;;
             securexfer__subcmd__db,fingerprint)
                 cmd="securexfer__subcmd__db__subcmd__fingerprint"
                 ;;
@@ -88,6 +91,9 @@ _securexfer() {
             securexfer__subcmd__help,serve)
                 cmd="securexfer__subcmd__help__subcmd__serve"
                 ;;
+            securexfer__subcmd__help,trust)
+                cmd="securexfer__subcmd__help__subcmd__trust"
+                ;;
             securexfer__subcmd__help__subcmd__db,fingerprint)
                 cmd="securexfer__subcmd__help__subcmd__db__subcmd__fingerprint"
                 ;;
@@ -107,7 +113,7 @@ _securexfer() {
 
     case "${cmd}" in
         securexfer)
-            opts="-h -V --help --version serve register send db completions man help"
+            opts="-h -V --help --version serve register send db trust completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -358,7 +364,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help)
-            opts="serve register send db completions man help"
+            opts="serve register send db trust completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -512,6 +518,20 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__help__subcmd__trust)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -748,6 +768,32 @@ _securexfer() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__trust)
+            opts="-h -V --server --fingerprint --connect-timeout --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --fingerprint)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --connect-timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 *)

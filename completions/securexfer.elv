@@ -26,6 +26,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand register 'Make a key pair, register a name with a server and save the identity'
             cand send 'Send files to a server and verify them (registers first if there is no identity)'
             cand db 'Read the server''s database'
+            cand trust 'Check which key a server presents over protocol 4 (TLS 1.3) and trust it: on first contact the key is trusted and saved in known_servers; later, a different key is a hard failure (exit 8). With --fingerprint, only that key is accepted (and saved)'
             cand completions 'Print the completion script for a shell on stdout'
             cand man 'Write the man pages (one per command) into a directory'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -159,6 +160,15 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         }
         &'securexfer;db;help;help'= {
         }
+        &'securexfer;trust'= {
+            cand --server 'Server address as HOST:PORT; the port defaults to 1357. Default: the server of the latest `register`'
+            cand --fingerprint 'The key the server must present, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact, or accepts a new key the operator confirmed'
+            cand --connect-timeout 'Seconds to wait for the connection and the handshake'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'securexfer;completions'= {
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
@@ -176,6 +186,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand register 'Make a key pair, register a name with a server and save the identity'
             cand send 'Send files to a server and verify them (registers first if there is no identity)'
             cand db 'Read the server''s database'
+            cand trust 'Check which key a server presents over protocol 4 (TLS 1.3) and trust it: on first contact the key is trusted and saved in known_servers; later, a different key is a hard failure (exit 8). With --fingerprint, only that key is accepted (and saved)'
             cand completions 'Print the completion script for a shell on stdout'
             cand man 'Write the man pages (one per command) into a directory'
             cand help 'Print this message or the help of the given subcommand(s)'
@@ -199,6 +210,8 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;help;db;restore'= {
         }
         &'securexfer;help;db;fingerprint'= {
+        }
+        &'securexfer;help;trust'= {
         }
         &'securexfer;help;completions'= {
         }

@@ -16,6 +16,8 @@ Exit codes:
   6  local problem (a file or identity cannot be read or written; for serve: the
      storage directory or the database cannot be used)
   7  serve cannot listen on its address (in use, not permitted, not this machine's)
+  8  the server's key is not the one trusted for it (it changed since it was first seen,
+     or differs from --fingerprint): nothing was sent
   130  interrupted (Ctrl-C)";
 
 /// Send files securely to a storage server you run yourself.
@@ -43,6 +45,10 @@ pub enum Command {
     /// Read the server's database.
     #[command(subcommand)]
     Db(DbCommand),
+    /// Check which key a server presents over protocol 4 (TLS 1.3) and trust it: on first
+    /// contact the key is trusted and saved in known_servers; later, a different key is a
+    /// hard failure (exit 8). With --fingerprint, only that key is accepted (and saved).
+    Trust(TrustArgs),
     /// Print the completion script for a shell on stdout.
     Completions(CompletionsArgs),
     /// Write the man pages (one per command) into a directory.
@@ -360,6 +366,23 @@ pub struct InspectArgs {
 }
 
 /// `securexfer completions`.
+/// `securexfer trust`.
+#[derive(Debug, Args)]
+pub struct TrustArgs {
+    /// Server address as HOST:PORT; the port defaults to 1357. Default: the server of the
+    /// latest `register`.
+    #[arg(long, env = "SECUREXFER_SERVER", value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// The key the server must present, as `securexfer db fingerprint` shows it on the
+    /// server (SHA256:...): pins it before the first contact, or accepts a new key the
+    /// operator confirmed.
+    #[arg(long, value_name = "SHA256:...")]
+    pub fingerprint: Option<String>,
+    /// Seconds to wait for the connection and the handshake.
+    #[arg(long, env = "SECUREXFER_CONNECT_TIMEOUT", default_value_t = 10, value_name = "SECS")]
+    pub connect_timeout: u64,
+}
+
 #[derive(Debug, Args)]
 #[command(after_help = "For example: securexfer completions bash > \
 /usr/share/bash-completion/completions/securexfer")]

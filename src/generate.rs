@@ -242,6 +242,11 @@ const STORAGE: (&str, &str) = (
     "Received files, as storage/CLIENT_ID_HEX/NAME; uploads in progress are temporary files there until confirmed.",
 );
 
+const KNOWN_SERVERS: (&str, &str) = (
+    "~/.config/securexfer/known_servers ($XDG_CONFIG_HOME/securexfer/known_servers)",
+    "The server keys trusted, one HOST:PORT SHA256:... per line, written by securexfer trust.",
+);
+
 const SERVER_KEY: (&str, &str) = (
     "DB.key (beside --db)",
     "The server's Ed25519 key for protocol 4 (PEM, mode 0600), made at the first start of serve and never rewritten; db fingerprint prints its fingerprint.",
@@ -257,6 +262,7 @@ fn files(name: &str) -> &'static [(&'static str, &'static str)] {
         LOCAL_IDENTITY,
         TRANSFER_INFO,
         PORT_INFO,
+        KNOWN_SERVERS,
         DATABASE,
         SERVER_KEY,
         STORAGE,
@@ -268,6 +274,7 @@ fn files(name: &str) -> &'static [(&'static str, &'static str)] {
         "securexfer-db" | "securexfer-db-inspect" => &[DATABASE, SERVER_KEY, STORAGE],
         "securexfer-db-verify" | "securexfer-db-restore" => &[DATABASE, STORAGE],
         "securexfer-db-fingerprint" => &[DATABASE, SERVER_KEY],
+        "securexfer-trust" => &[KNOWN_SERVERS, DEFAULT_SERVER],
         "securexfer-completions" => &[
             (
                 "/usr/share/bash-completion/completions/securexfer",
@@ -361,6 +368,16 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
             "Print the server key's fingerprint, for clients to pin:",
             "securexfer db fingerprint --db /var/lib/securexfer/securexfer.db",
         )],
+        "securexfer-trust" => &[
+            (
+                "Trust a server's key on first use (compare the fingerprint shown with securexfer db fingerprint on the server):",
+                "securexfer trust --server files.example.org:1357",
+            ),
+            (
+                "Pin the key the operator gave before the first contact:",
+                "securexfer trust --server files.example.org:1357 --fingerprint SHA256:jbA361SaIFtqa3vgN9f6RiNjmkaoPE7F7L38pwtBX6I",
+            ),
+        ],
         "securexfer-completions" => &[
             (
                 "Install the bash completions:",

@@ -14,6 +14,7 @@
 
 pub mod home;
 pub mod identity;
+pub mod trust;
 pub mod upload;
 pub mod wire;
 

@@ -8,6 +8,7 @@ mod register;
 mod send;
 mod serve;
 mod table;
+mod trust;
 mod verify;
 
 use crate::cli::{Cli, Command, DbCommand};
@@ -62,6 +63,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(DbCommand::Fingerprint(args)) => {
             init_logging("warn");
             db::fingerprint(args)
+        }
+        Command::Trust(args) => {
+            init_logging("warn");
+            trust::run(args)
         }
         Command::Completions(args) => {
             let script = crate::generate::completion(args.shell);
@@ -138,6 +143,15 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<serve::StartError>() {
             return e.exit_code();
+        }
+        if let Some(e) = cause.downcast_ref::<securexfer::client::trust::TrustError>() {
+            use securexfer::client::trust::TrustError;
+            return match e {
+                TrustError::KeyMismatch { .. } => 8,
+                TrustError::Connect { .. } => 3,
+                TrustError::NotProtocol4 { .. } => 4,
+                TrustError::Io { .. } | TrustError::Corrupt { .. } => 6,
+            };
         }
         if cause.is::<IdentityError>()
             || cause.is::<DbError>()

@@ -2043,3 +2043,80 @@ fn only_missing_files_means_no_connection_and_no_identity() {
     assert_eq!(sent.code(), Some(6), "{}", sent.stderr);
     assert!(!work.path().join("me.info").exists(), "nothing registered");
 }
+
+// ---------------------------------------------------------------------------------------
+// Trusting a server's key (protocol 4)
+
+#[test]
+fn trust_saves_the_key_on_first_use_and_then_finds_it_the_same() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let first = work.run(&["trust", "--server", &server.address()]);
+    first.ok("trust on first use");
+    assert!(first.stdout.contains("trusted on first use"), "{}", first.stdout);
+    assert!(first.stdout.contains(&server.fingerprint), "{}", first.stdout);
+    let known = fs::read_to_string(work.config().join("securexfer/known_servers")).unwrap();
+    assert!(known.contains(&format!("{} {}", server.address(), server.fingerprint)), "{known}");
+    let again = work.run(&["trust", "--server", &server.address()]);
+    again.ok("trust again");
+    assert!(again.stdout.contains("presents the key trusted for it"), "{}", again.stdout);
+    assert_eq!(fs::read_to_string(work.config().join("securexfer/known_servers")).unwrap(), known);
+}
+
+#[test]
+fn a_changed_server_key_is_a_hard_failure_with_exit_8_and_nothing_is_trusted() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let path = work.config().join("securexfer/known_servers");
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    // What the client trusted before: another key.
+    let old = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
+    let known = format!("{} {old}\n", server.address());
+    fs::write(&path, &known).unwrap();
+    let run = work.run(&["trust", "--server", &server.address()]);
+    run.expect_code(8, "a changed key");
+    assert!(run.stderr.contains("WARNING: THE KEY OF"), "{}", run.stderr);
+    assert!(run.stderr.contains(&server.fingerprint) && run.stderr.contains(old), "{}", run.stderr);
+    assert!(run.stderr.contains("Nothing was sent"), "{}", run.stderr);
+    assert_eq!(fs::read_to_string(&path).unwrap(), known, "the trusted key is kept");
+
+    // The operator confirms the new key: given with --fingerprint, it replaces the old one.
+    let confirmed =
+        work.run(&["trust", "--server", &server.address(), "--fingerprint", &server.fingerprint]);
+    confirmed.ok("the confirmed key");
+    assert!(confirmed.stdout.contains(&format!("instead of {old}")), "{}", confirmed.stdout);
+    let now = fs::read_to_string(&path).unwrap();
+    assert!(now.contains(&format!("{} {}", server.address(), server.fingerprint)), "{now}");
+    assert!(!now.contains(old), "{now}");
+}
+
+#[test]
+fn a_fingerprint_given_before_the_first_contact_must_match() {
+    let server = Server::start(&[]);
+    let work = Workdir::new();
+    let other = "SHA256:ypeBEsobvcr6wjGzmiPcTaeG7/gUfE5yuYB3ha/uSLs";
+    let wrong = work.run(&["trust", "--server", &server.address(), "--fingerprint", other]);
+    wrong.expect_code(8, "a pinned key that differs");
+    assert!(wrong.stderr.contains("the --fingerprint given"), "{}", wrong.stderr);
+    assert!(!work.config().join("securexfer/known_servers").exists(), "nothing was trusted");
+    let malformed = work.run(&["trust", "--server", &server.address(), "--fingerprint", "abc"]);
+    malformed.expect_code(2, "not a fingerprint");
+    let right =
+        work.run(&["trust", "--server", &server.address(), "--fingerprint", &server.fingerprint]);
+    right.ok("the pinned key");
+    assert!(work.config().join("securexfer/known_servers").exists());
+}
+
+#[test]
+fn trusting_a_server_that_speaks_only_protocol_3_or_none_says_so() {
+    let work = Workdir::new();
+    let fake = Fake::start(Script::new(0));
+    let run = work.run(&["trust", "--server", &fake.addr]);
+    run.expect_code(4, "a protocol-3 server");
+    assert!(run.stderr.contains("does not speak protocol 4"), "{}", run.stderr);
+    let closed = closed_port();
+    let run = work.run(&["trust", "--server", &closed]);
+    run.expect_code(3, "nobody listening");
+    assert!(run.stderr.contains(&format!("cannot connect to {closed}")), "{}", run.stderr);
+    assert!(!work.config().join("securexfer/known_servers").exists());
+}
