@@ -5,7 +5,6 @@ use crate::cli::ServeArgs;
 use anyhow::Context;
 use securexfer::server::{Config, Server};
 use securexfer::sys::raise_open_file_limit;
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -59,8 +58,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // The one line on stdout: scripts and tests read the port from it.
         outln!("securexfer listening on {addr}");
         // The second line: what protocol-4 clients pin (the first stays as scripts read it).
+        // (outln! flushes each line, and a reader that went away after the first line
+        // is not an error: the server goes on.)
         outln!("server key fingerprint {}", server.fingerprint());
-        std::io::stdout().flush()?;
         info!(fingerprint = server.fingerprint(), key = %key.display(), "server key (protocol 4)");
         if addr.ip().is_loopback() {
             info!("only this machine can connect; use --listen 0.0.0.0 to accept remote clients");
