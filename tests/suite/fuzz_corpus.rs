@@ -6,7 +6,7 @@
 #[path = "../../fuzz/harness/mod.rs"]
 mod harness;
 
-use harness::{check_decode, check_session};
+use harness::{check_decode, check_session, check_v4_frames};
 use std::path::{Path, PathBuf};
 
 /// The files of one target's corpus, in name order. An empty or missing corpus fails:
@@ -47,6 +47,37 @@ fn every_decode_request_corpus_input_passes_the_codec_checks() {
 #[test]
 fn every_server_session_corpus_input_passes_the_session_checks() {
     replay("server_session", check_session);
+}
+
+#[test]
+fn every_v4_frames_corpus_input_passes_the_frame_checks() {
+    replay("v4_frames", check_v4_frames);
+}
+
+/// The seed conversations of the v4 corpus are what they say: every frame of each decodes,
+/// read by the side it is meant for, and the client's frames keep the tag rules, so the
+/// corpus starts from valid frames as well as broken ones (`fuzz/seeds/make_v4_seeds.py`).
+#[test]
+fn the_v4_seed_conversations_decode_to_the_last_byte() {
+    use securexfer::protocol::v4::{Side, TagCheck, decode_frame};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/v4_frames");
+    for (seed, reader, frames) in [
+        ("seed-client-conversation", Side::Server, 8),
+        ("seed-server-conversation", Side::Client, 6),
+    ] {
+        let bytes = std::fs::read(dir.join(seed)).expect("a seed file");
+        let (mut rest, mut count, mut tags) = (&bytes[..], 0, TagCheck::new());
+        while !rest.is_empty() {
+            let (header, _, used) =
+                decode_frame(rest, reader).unwrap_or_else(|e| panic!("{seed}: {e}"));
+            if reader == Side::Server {
+                tags.check(&header).unwrap_or_else(|e| panic!("{seed}: {e}"));
+            }
+            rest = &rest[used..];
+            count += 1;
+        }
+        assert_eq!(count, frames, "{seed}");
+    }
 }
 
 /// The decode corpus is request bytes the fuzzer found interesting: none of them may open
