@@ -266,8 +266,8 @@ impl FrameHeader {
         self.length
     }
 
-    /// The whole frame's size: header and payload. At most 12 bytes + 1 MiB, so it fits a
-    /// `usize` on every platform Rust's standard library supports with threads.
+    /// The whole frame's size: header and payload, at most 12 bytes + 1 MiB (securexfer
+    /// builds for 32- and 64-bit targets, where that fits a `usize`).
     pub fn frame_len(&self) -> usize {
         HEADER_LEN + self.length as usize
     }
@@ -296,6 +296,7 @@ pub fn encode_frame(
     tag: u32,
     payload: &[u8],
 ) -> Result<Vec<u8>, FrameError> {
+    // A payload beyond 4 GiB is far over every limit; u32::MAX says so in the error.
     let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     let header = FrameHeader::new(frame_type, tag, length)?;
     let mut out = Vec::with_capacity(header.frame_len());
