@@ -2,7 +2,7 @@
 # Minimizes corpus/<target> with `cargo fuzz cmin`, keeping the named inputs that must stay
 # whatever coverage they add: the hand-made seeds (seed-*) and the inputs of fixed crashes
 # (crash-*), which tests/suite/fuzz_corpus.rs replays as regression tests.
-# Usage (from fuzz/): ./minimize.sh decode_request|server_session
+# Usage (from fuzz/): ./minimize.sh decode_request|server_session|v4_frames
 set -euo pipefail
 cd "$(dirname "$0")"
 target=${1:?usage: $0 <target>}

@@ -7,6 +7,9 @@
 //! - [`check_session`]: a script of requests, read from the bytes, runs against the real
 //!   per-connection state machine; the script format and the invariants are described in
 //!   `fuzz/harness/session.rs` and `fuzz/README.md`.
+//! - [`check_v4_frames`]: protocol 4's frame codec reads arbitrary bytes as a stream of
+//!   frames; what decodes re-encodes byte for byte, prefixes are incomplete, and a bad
+//!   header is refused from its 12 bytes alone (`fuzz/harness/v4.rs`).
 //!
 //! It lives outside the library and uses only its public API (the protocol codecs and
 //! [`securexfer::server::Server::serve_connection`]): the fuzz targets in `fuzz/` and
@@ -14,8 +17,10 @@
 //! exactly the same checks.
 
 mod session;
+mod v4;
 
 pub use session::check_session;
+pub use v4::check_v4_frames;
 
 use securexfer::protocol::Version;
 use securexfer::protocol::{

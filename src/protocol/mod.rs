@@ -3,7 +3,7 @@
 //! read and write bytes, this module only says what they mean.
 //!
 //! See `docs/protocol-v3.md` in the repository for the spec and the variants of existing
-//! implementations that are accepted here.
+//! implementations that are accepted here. Protocol 4's codec is in [`v4`].
 
 mod codes;
 mod error;
@@ -13,6 +13,7 @@ mod reader;
 mod request;
 mod response;
 pub mod sniff;
+pub mod v4;
 
 pub use codes::{RequestCode, ResponseCode};
 pub use error::DecodeError;

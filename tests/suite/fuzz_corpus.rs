@@ -6,7 +6,7 @@
 #[path = "../../fuzz/harness/mod.rs"]
 mod harness;
 
-use harness::{check_decode, check_session};
+use harness::{check_decode, check_session, check_v4_frames};
 use std::path::{Path, PathBuf};
 
 /// The files of one target's corpus, in name order. An empty or missing corpus fails:
@@ -47,6 +47,100 @@ fn every_decode_request_corpus_input_passes_the_codec_checks() {
 #[test]
 fn every_server_session_corpus_input_passes_the_session_checks() {
     replay("server_session", check_session);
+}
+
+#[test]
+fn every_v4_frames_corpus_input_passes_the_frame_checks() {
+    replay("v4_frames", check_v4_frames);
+}
+
+/// The seed conversations of the v4 corpus are what they say: every frame of each decodes,
+/// read by the side it is meant for, and the client's frames keep the tag rules, so the
+/// corpus starts from valid frames as well as broken ones (`fuzz/seeds/make_v4_seeds.py`).
+#[test]
+fn the_v4_seed_conversations_decode_to_the_last_byte() {
+    use securexfer::protocol::v4::{Side, TagCheck, decode_frame};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/v4_frames");
+    for (seed, reader, frames) in [
+        ("seed-client-conversation", Side::Server, 8),
+        ("seed-server-conversation", Side::Client, 6),
+    ] {
+        let bytes = std::fs::read(dir.join(seed)).expect("a seed file");
+        let (mut rest, mut count, mut tags) = (&bytes[..], 0, TagCheck::new());
+        while !rest.is_empty() {
+            let (header, _, used) =
+                decode_frame(rest, reader).unwrap_or_else(|e| panic!("{seed}: {e}"));
+            if reader == Side::Server {
+                tags.check(&header).unwrap_or_else(|e| panic!("{seed}: {e}"));
+            }
+            rest = &rest[used..];
+            count += 1;
+        }
+        assert_eq!(count, frames, "{seed}");
+    }
+}
+
+/// Each broken seed of the v4 corpus is refused, by the side it is meant for, for the
+/// reason its name gives, so the corpus holds every kind of refusal the frame layer and the
+/// first payload decoders have.
+#[test]
+fn the_v4_broken_seeds_are_refused_for_the_reason_their_name_gives() {
+    use securexfer::protocol::v4::Side::{Client, Server};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/v4_frames");
+    for (seed, reader, reason) in [
+        ("seed-broken-direction", Server, "WrongDirection"),
+        ("seed-broken-flags", Server, "NonZeroFlags"),
+        ("seed-broken-empty-data", Server, "BadLength"),
+        ("seed-broken-over-limit", Server, "BadLength"),
+        ("seed-broken-data-over-limit", Client, "BadLength"),
+        ("seed-broken-empty-type-with-payload", Server, "BadLength"),
+        ("seed-broken-unknown-type", Server, "UnknownType"),
+        ("seed-broken-tag-not-increasing", Server, "TagNotIncreasing"),
+        ("seed-broken-hello-tag", Server, "TagNotZero"),
+        ("seed-broken-data-tag", Server, "TagNotOpenPut"),
+        ("seed-broken-bool", Client, "NotBool"),
+        ("seed-broken-kind", Client, "KindMismatch"),
+        ("seed-broken-trailing", Server, "TrailingBytes"),
+        ("seed-broken-utf8", Server, "TextNotUtf8"),
+        ("seed-broken-control", Client, "TextControl"),
+        ("seed-truncated-header", Server, "Incomplete"),
+        ("seed-truncated-payload", Server, "Incomplete"),
+    ] {
+        let bytes = std::fs::read(dir.join(seed)).expect("a seed file");
+        let refusal = format!("{:?}", first_v4_refusal(&bytes, reader));
+        assert!(refusal.starts_with(reason), "{seed}: {refusal}");
+    }
+}
+
+/// The first reason the frames in `bytes`, read by `reader`, are refused: by the frame
+/// layer, the tag rules (the server's reading) or the `HELLO`, `WELCOME` or `ERROR`
+/// payload decoders.
+fn first_v4_refusal(
+    bytes: &[u8],
+    reader: securexfer::protocol::v4::Side,
+) -> securexfer::protocol::v4::FrameError {
+    use securexfer::protocol::v4::{
+        ErrorFrame, FrameType, Hello, Side, TagCheck, Welcome, decode_frame,
+    };
+    let (mut rest, mut tags) = (bytes, TagCheck::new());
+    loop {
+        let checked = decode_frame(rest, reader).and_then(|(header, payload, used)| {
+            if reader == Side::Server {
+                tags.check(&header)?;
+            }
+            match header.frame_type() {
+                FrameType::Hello => Hello::decode(payload).map(drop),
+                FrameType::Welcome => Welcome::decode(payload).map(drop),
+                FrameType::Error => ErrorFrame::decode(payload).map(drop),
+                _ => Ok(()),
+            }
+            .map(|()| used)
+        });
+        match checked {
+            Ok(used) => rest = &rest[used..],
+            Err(error) => return error,
+        }
+    }
 }
 
 /// The decode corpus is request bytes the fuzzer found interesting: none of them may open
