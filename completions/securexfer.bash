@@ -778,7 +778,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__trust)
-            opts="-h -V --server --fingerprint --connect-timeout --help --version"
+            opts="-h -V --server --server-fingerprint --fingerprint --connect-timeout --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -789,6 +789,10 @@ _securexfer() {
                     return 0
                     ;;
                 --fingerprint)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server-fingerprint)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

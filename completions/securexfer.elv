@@ -163,6 +163,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;trust'= {
             cand --server 'Server address as HOST:PORT; the port defaults to 1357. Default: the server of the latest `register`'
             cand --fingerprint 'The key the server must present, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact, or accepts a new key the operator confirmed'
+            cand --server-fingerprint 'The key the server must present, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact, or accepts a new key the operator confirmed'
             cand --connect-timeout 'Seconds to wait for the connection and the handshake'
             cand -h 'Print help'
             cand --help 'Print help'

@@ -116,7 +116,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_see
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "fingerprint" -d 'Print the fingerprint of the server\'s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand trust" -l server -d 'Server address as HOST:PORT; the port defaults to 1357. Default: the server of the latest `register`' -r
-complete -c securexfer -n "__fish_securexfer_using_subcommand trust" -l fingerprint -d 'The key the server must present, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact, or accepts a new key the operator confirmed' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand trust" -l fingerprint -l server-fingerprint -d 'The key the server must present, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact, or accepts a new key the operator confirmed' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand trust" -l connect-timeout -d 'Seconds to wait for the connection and the handshake' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand trust" -s h -l help -d 'Print help'
 complete -c securexfer -n "__fish_securexfer_using_subcommand trust" -s V -l version -d 'Print version'

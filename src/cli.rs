@@ -376,7 +376,7 @@ pub struct TrustArgs {
     /// The key the server must present, as `securexfer db fingerprint` shows it on the
     /// server (SHA256:...): pins it before the first contact, or accepts a new key the
     /// operator confirmed.
-    #[arg(long, value_name = "SHA256:...")]
+    #[arg(long, visible_alias = "server-fingerprint", value_name = "SHA256:...")]
     pub fingerprint: Option<String>,
     /// Seconds to wait for the connection and the handshake.
     #[arg(long, env = "SECUREXFER_CONNECT_TIMEOUT", default_value_t = 10, value_name = "SECS")]
