@@ -7,7 +7,7 @@
 //! fingerprint` shows it). Names and certificate authorities play no part: a self-hosted
 //! server has neither, and the key is what an attacker in the middle cannot present.
 
-use base64::Engine;
+use crate::crypto::fingerprint;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -75,21 +75,6 @@ pub enum TrustError {
     },
 }
 
-/// `SHA256:` and the unpadded base64 of the SHA-256 of a SubjectPublicKeyInfo.
-pub fn fingerprint(spki_der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
-    format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
-}
-
-/// Whether `text` has the shape of a fingerprint (`SHA256:` and 43 base64 characters).
-pub fn is_fingerprint(text: &str) -> bool {
-    text.strip_prefix("SHA256:").is_some_and(|b64| {
-        base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(b64)
-            .is_ok_and(|digest| digest.len() == 32)
-    })
-}
-
 /// The `known_servers` file: one `HOST:PORT SHA256:…` per line; `#` starts a comment.
 #[derive(Debug, Clone)]
 pub struct KnownServers {
@@ -120,7 +105,7 @@ impl KnownServers {
             let (Some(server), Some(key), None) = (words.next(), words.next(), words.next()) else {
                 return Err(corrupt("expected two words"));
             };
-            if !is_fingerprint(key) {
+            if !fingerprint::is_valid(key) {
                 return Err(corrupt("the second word is not a SHA256: fingerprint"));
             }
             entries.push((server.to_owned(), key.to_owned()));
@@ -180,7 +165,7 @@ impl ServerCertVerifier for KeyCheck {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let cert = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        let presented = fingerprint(cert.subject_public_key_info().as_ref());
+        let presented = fingerprint::of(cert.subject_public_key_info().as_ref());
         let matches = self.expected.as_deref().is_none_or(|e| e == presented);
         *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = Some(presented);
         if matches {
@@ -289,16 +274,6 @@ mod tests {
 
     const KEY_A: &str = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
     const KEY_B: &str = "SHA256:ypeBEsobvcr6wjGzmiPcTaeG7/gUfE5yuYB3ha/uSLs";
-
-    #[test]
-    fn fingerprints_have_the_shape_ssh_shows() {
-        assert_eq!(fingerprint(b""), KEY_A);
-        assert!(is_fingerprint(KEY_A) && is_fingerprint(KEY_B));
-        for bad in ["", "SHA256:", "SHA256:abc", "MD5:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU"]
-        {
-            assert!(!is_fingerprint(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn keys_are_trusted_per_server_replaced_and_read_back() {

@@ -22,7 +22,7 @@ pub fn run(args: TrustArgs) -> anyhow::Result<ExitCode> {
         .ok_or_else(|| UsageError("no server: pass --server HOST:PORT".into()))?;
     let server = normalize_server(&server)?;
     if let Some(pin) = &args.fingerprint
-        && !trust::is_fingerprint(pin)
+        && !securexfer::crypto::fingerprint::is_valid(pin)
     {
         return Err(UsageError(format!(
             "--fingerprint {pin:?} is not a fingerprint: it looks like SHA256: and 43 base64 \

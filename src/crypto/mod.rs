@@ -4,6 +4,7 @@
 
 pub mod aes;
 pub mod cksum;
+pub mod fingerprint;
 pub mod rsa;
 
 pub use self::aes::{AesKey, CbcDecryptor, CbcEncryptor, PaddingError};

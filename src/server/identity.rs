@@ -87,12 +87,6 @@ pub fn key_path(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// `SHA256:` and the unpadded base64 of the SHA-256 of `spki_der`, as ssh shows keys.
-pub fn fingerprint(spki_der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
-    format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
-}
-
 impl ServerIdentity {
     /// Loads the key at `path`, or makes one and writes it there when there is none.
     pub fn load_or_create(path: &Path) -> Result<Self, IdentityError> {
@@ -159,7 +153,11 @@ impl ServerIdentity {
         })?;
         let spki = [&ED25519_SPKI_PREFIX[..], pair.public_key().as_ref()].concat();
         let certificate = self_signed(&pkcs8)?;
-        Ok(ServerIdentity { fingerprint: fingerprint(&spki), pkcs8, certificate })
+        Ok(ServerIdentity {
+            fingerprint: crate::crypto::fingerprint::of(&spki),
+            pkcs8,
+            certificate,
+        })
     }
 }
 
@@ -272,7 +270,7 @@ mod tests {
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&identity.pkcs8).unwrap();
         let spki = [&ED25519_SPKI_PREFIX[..], pair.public_key().as_ref()].concat();
         assert!(cert.windows(spki.len()).any(|w| w == spki), "the SPKI is in the certificate");
-        assert_eq!(identity.fingerprint(), fingerprint(&spki));
+        assert_eq!(identity.fingerprint(), crate::crypto::fingerprint::of(&spki));
         assert!(!format!("{identity:?}").contains("pkcs8"), "no key in Debug");
     }
 
