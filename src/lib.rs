@@ -7,6 +7,7 @@
 //! `crypto::aes` and the OS calls in [`sys`].
 #![deny(unsafe_code)]
 
+pub mod atomic_file;
 pub mod client;
 pub mod content;
 pub mod crypto;

@@ -9,7 +9,7 @@ use crate::crypto::PrivateKey;
 use crate::crypto::rsa::KeyError;
 use crate::protocol::ClientId;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -111,30 +111,13 @@ impl Identity {
         }
         let key = self.key.to_base64();
         let me = format!("{}\n{}\n{}\n", self.name, self.id.to_hex(), key);
-        write_private(&path.with_file_name(PRIV_KEY), &format!("{key}\n"))?;
-        write_private(path, &me)
+        let write = |path: &Path, text: &str| {
+            crate::atomic_file::write_private(path, text.as_bytes())
+                .map_err(|source| IdentityError::Io { path: path.to_owned(), source })
+        };
+        write(&path.with_file_name(PRIV_KEY), &format!("{key}\n"))?;
+        write(path, &me)
     }
-}
-
-/// Writes `content` to `path` atomically with mode 0600.
-fn write_private(path: &Path, content: &str) -> Result<(), IdentityError> {
-    let io_err = |source| IdentityError::Io { path: path.to_owned(), source };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir).map_err(io_err)?;
-    let mut tmp =
-        tempfile::Builder::new().prefix(".securexfer-").tempfile_in(&dir).map_err(io_err)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(fs::Permissions::from_mode(0o600)).map_err(io_err)?;
-    }
-    tmp.write_all(content.as_bytes()).map_err(io_err)?;
-    tmp.as_file().sync_all().map_err(io_err)?;
-    tmp.persist(path).map_err(|e| io_err(e.error))?;
-    Ok(())
 }
 
 /// `transfer.info`: the server, the client name, and the files to send.

@@ -12,7 +12,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
-use std::io::{self, Write};
+use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -130,17 +130,12 @@ impl KnownServers {
             Some(entry) => entry.1 = key.to_owned(),
             None => self.entries.push((server.to_owned(), key.to_owned())),
         }
-        let io_err = |source| TrustError::Io { path: self.path.clone(), source };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io_err)?;
-        let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io_err)?;
         let mut text = String::from("# Server keys securexfer trusts: HOST:PORT SHA256:...\n");
         for (server, key) in &self.entries {
             text.push_str(&format!("{server} {key}\n"));
         }
-        file.write_all(text.as_bytes()).map_err(io_err)?;
-        file.as_file().sync_all().map_err(io_err)?;
-        file.persist(&self.path).map_err(|e| io_err(e.error))?;
+        crate::atomic_file::write_private(&self.path, text.as_bytes())
+            .map_err(|source| TrustError::Io { path: self.path.clone(), source })?;
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use base64::Engine;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -95,7 +95,8 @@ impl ServerIdentity {
             Ok(text) => Self::from_pem(path, &text),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let identity = Self::from_pkcs8(path, generate()?)?;
-                write_private(path, pem_encode(&identity.pkcs8).as_bytes()).map_err(io_err)?;
+                crate::atomic_file::write_private(path, pem_encode(&identity.pkcs8).as_bytes())
+                    .map_err(io_err)?;
                 Ok(identity)
             }
             Err(e) => Err(io_err(e)),
@@ -197,27 +198,6 @@ fn pem_decode(text: &str) -> Option<Vec<u8>> {
     let (body, _) = rest.split_once(&end)?;
     let body: String = body.split_whitespace().collect();
     base64::engine::general_purpose::STANDARD.decode(body).ok()
-}
-
-/// Writes `content` to `path` atomically with mode 0600, as the client writes its identity
-/// (`client::identity`): a temporary file in the same directory, synced, renamed into place.
-fn write_private(path: &Path, content: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".securexfer-").tempfile_in(&dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file().set_permissions(fs::Permissions::from_mode(0o600))?;
-    }
-    tmp.write_all(content)?;
-    tmp.as_file().sync_all()?;
-    // Not persist_noclobber's race with a second server: the storage lock is already held.
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 #[cfg(test)]
