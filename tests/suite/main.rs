@@ -6,6 +6,7 @@
 mod common;
 mod fake_server;
 
+mod backends;
 mod captures;
 mod client;
 mod fuzz_corpus;

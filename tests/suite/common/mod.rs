@@ -211,3 +211,42 @@ pub fn captures_dir() -> Option<PathBuf> {
         }
     }
 }
+
+/// The value of `var`, which names a real backend `.ci/services.sh` started (PostgreSQL,
+/// the S3-compatible server), or `None` (after printing `SKIPPED: …`) when it is unset: a
+/// developer without the services still runs everything else. Same rule as the captures:
+/// CI always starts them, so there an unset variable fails the test rather than letting a
+/// test that tested nothing pass.
+///
+/// # Panics
+/// When `var` is unset and `CI` is `true`.
+pub fn real_backend(var: &str) -> Option<String> {
+    let value = std::env::var(var).ok().filter(|v| !v.is_empty());
+    let ci = std::env::var("CI").ok();
+    match captures_decision(value.is_some(), ci.as_deref()) {
+        CapturesDecision::Run => value,
+        CapturesDecision::Skip => {
+            eprintln!(
+                "SKIPPED: {var} is not set (start the services with \
+                 `eval \"$(.ci/services.sh start)\"`; CI always has them)"
+            );
+            None
+        }
+        CapturesDecision::Fail => {
+            panic!("{var} is not set, and CI=true: .ci/run must start the services")
+        }
+    }
+}
+
+/// The test PostgreSQL (`postgres://USER:PASSWORD@127.0.0.1:PORT/DB`), see [`real_backend`].
+pub fn test_postgres() -> Option<String> {
+    real_backend("SECUREXFER_TEST_POSTGRES")
+}
+
+/// The test S3-compatible server's endpoint (`http://127.0.0.1:PORT`), with its bucket
+/// (`s3://BUCKET`); credentials are in the usual `AWS_*` variables. See [`real_backend`].
+pub fn test_s3() -> Option<(String, String)> {
+    let bucket = real_backend("SECUREXFER_TEST_S3")?;
+    let endpoint = real_backend("AWS_ENDPOINT_URL")?;
+    Some((endpoint, bucket))
+}
