@@ -119,6 +119,18 @@ fn version_json(v: &VersionRecord) -> serde_json::Value {
     })
 }
 
+/// Decides the commits a crash interrupted, as `serve` does at start-up, before a restore
+/// looks at the records: through the records trait, on a runtime of its own.
+fn finish_interrupted_commits(db: &Path, storage: &Storage) -> anyhow::Result<()> {
+    let records = securexfer::store::SqliteRecords::new(Db::open(db)?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(securexfer::server::reconcile_commits(&records, storage, usize::MAX))?;
+    Ok(())
+}
+
 pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     let storage = Storage::open(&args.storage)
         .with_context(|| format!("storage directory {}", args.storage.display()))?;
@@ -128,8 +140,8 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             args.storage.display()
         ))
     })?;
+    finish_interrupted_commits(&args.db, &storage)?;
     let db = Db::open(&args.db)?;
-    securexfer::server::reconcile_commits(&db, &storage, usize::MAX)?;
     let id = ClientId::parse(&args.client);
     let client = db
         .clients()?

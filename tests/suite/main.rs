@@ -13,6 +13,7 @@ mod fuzz_corpus;
 mod generated;
 mod in_process;
 mod python_interop;
+mod records;
 mod server;
 mod system_tools;
 mod vectors;

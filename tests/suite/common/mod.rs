@@ -56,10 +56,23 @@ impl Server {
 
     /// Like [`Server::start_in`], with a chance to adjust the command (limits, say).
     pub fn start_with(dir: &Path, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
+        Server::launch(dir, "server.db", extra, adjust)
+    }
+
+    /// Starts a server over the database `db` (a `postgres://` address, say) with its
+    /// storage in a fresh temporary directory.
+    pub fn start_on(db: &str, extra: &[&str]) -> Server {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let mut server = Server::launch(temp.path(), db, extra, |_| {});
+        server._temp = Some(temp);
+        server
+    }
+
+    fn launch(dir: &Path, db: &str, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
         let mut cmd = command();
         adjust(&mut cmd);
         cmd.current_dir(dir)
-            .args(["serve", "--port", "0", "--storage", "storage", "--db", "server.db"])
+            .args(["serve", "--port", "0", "--storage", "storage", "--db", db])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -249,4 +262,29 @@ pub fn test_s3() -> Option<(String, String)> {
     let bucket = real_backend("SECUREXFER_TEST_S3")?;
     let endpoint = real_backend("AWS_ENDPOINT_URL")?;
     Some((endpoint, bucket))
+}
+
+/// A fresh, empty database on the test PostgreSQL, as a `postgres://` address, or `None`
+/// (skipped, see [`real_backend`]). Each test gets its own, so tests run in parallel
+/// without seeing each other's rows; they go when the throwaway cluster is stopped.
+pub fn fresh_postgres() -> Option<String> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let admin = test_postgres()?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!("securexfer_test_{}_{n}_{nanos}", std::process::id());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL: {e}"));
+        let task = tokio::spawn(connection);
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("CREATE DATABASE");
+        drop(client);
+        let _ = task.await;
+    });
+    let (base, _db) = admin.rsplit_once('/').expect("a database in the address");
+    Some(format!("{base}/{name}"))
 }
