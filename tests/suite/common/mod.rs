@@ -68,6 +68,12 @@ impl Server {
         server
     }
 
+    /// Starts a server over the database `db` with its storage in `dir` (kept by the
+    /// caller, so a test can restart it on the same state).
+    pub fn start_in_on(dir: &Path, db: &str, extra: &[&str]) -> Server {
+        Server::launch(dir, db, extra, |_| {})
+    }
+
     fn launch(dir: &Path, db: &str, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
         let mut cmd = command();
         adjust(&mut cmd);

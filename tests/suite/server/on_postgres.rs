@@ -107,3 +107,50 @@ fn two_servers_on_one_postgres_present_one_key_and_know_each_others_clients() {
     let c = Server::start_on(&url, &[]);
     drop(client.reconnected(&c));
 }
+
+#[test]
+fn commits_a_crash_interrupted_are_decided_at_start_up_from_the_postgres_records() {
+    let Some(url) = common::fresh_postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start_in_on(dir.path(), &url, &[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("dora", &mut stream);
+    client.upload(&mut stream, "kept.bin", &common::random_bytes(1_000, 46));
+    drop(stream);
+    server.kill();
+    // As a crash leaves them: one file renamed into place before its row was written, one
+    // intent whose rename never happened.
+    let (landed, lost) = (common::random_bytes(2_000, 47), common::random_bytes(3_000, 48));
+    std::fs::write(stored_path(&server, client.id, "landed.bin"), &landed).unwrap();
+    let intent = |name: &str, data: &[u8]| securexfer::store::CommitIntent {
+        client_id: client.id,
+        stored_name: name.into(),
+        file_name: name.into(),
+        path_name: format!("{}/{name}", client.id.to_hex()),
+        source: format!("{}/{TEMP_PREFIX}gone", client.id.to_hex()),
+        size: data.len() as u64,
+        cksum: Cksum::of(data),
+        archive: None,
+        restores: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let records = PostgresRecords::connect(&url, 1).await.unwrap();
+        records.begin_commit(intent("landed.bin", &landed)).await.unwrap();
+        records.begin_commit(intent("lost.bin", &lost)).await.unwrap();
+    });
+    let restarted = Server::start_in_on(dir.path(), &url, &[]);
+    assert_recorded_verified(&url, client.id, "landed.bin", &landed);
+    let files = postgres_files(&url);
+    assert!(files.iter().all(|f| f.file_name != "lost.bin"), "{files:?}");
+    runtime.block_on(async {
+        let records = PostgresRecords::connect(&url, 1).await.unwrap();
+        assert!(records.commit_intents().await.unwrap().is_empty(), "every intent decided");
+    });
+    assert!(restarted.log().contains("finished a commit interrupted by a crash"));
+    let mut stream = connect(&restarted);
+    let after = Client::setup("after", &mut stream);
+    let data = common::random_bytes(4_000, 49);
+    after.upload(&mut stream, "after.bin", &data);
+    assert_recorded_verified(&url, after.id, "after.bin", &data);
+}
