@@ -141,16 +141,25 @@ stop() {
     kill -9 "$pid" 2>/dev/null || true
     say "rclone stopped"
   fi
-  rm -rf "$dir"
+  # Only a directory this script made (a mistaken SECUREXFER_SERVICES_DIR is left alone).
+  if [ -e "$dir/.securexfer-services" ]; then
+    rm -rf "$dir"
+  fi
 }
 
 case "${1:-}" in
   start)
     [ -e "$dir/env" ] && { say "already running (stop first): $dir"; cat "$dir/env"; exit 0; }
     started=$(date +%s.%N)
+    if [ -d "$dir" ] && [ -n "$(ls -A "$dir")" ] && [ ! -e "$dir/.securexfer-services" ]; then
+      say "$dir is not empty and not ours: choose another SECUREXFER_SERVICES_DIR"
+      exit 1
+    fi
     install_missing
     rm -rf "$dir"
     mkdir -p "$dir"
+    : >"$dir/.securexfer-services"
+    # The cluster's owner (not root) must reach its data and socket below.
     chmod 755 "$dir"
     start_postgres || { stop; exit 1; }
     start_s3 || { stop; exit 1; }
