@@ -154,3 +154,27 @@ fn commits_a_crash_interrupted_are_decided_at_start_up_from_the_postgres_records
     after.upload(&mut stream, "after.bin", &data);
     assert_recorded_verified(&url, after.id, "after.bin", &data);
 }
+
+#[test]
+fn the_operators_tools_say_they_read_sqlite_only_when_given_postgres_and_hide_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "postgres://admin:hunter2@127.0.0.1:1/records";
+    for command in [["db", "inspect"], ["db", "verify"], ["db", "fingerprint"]] {
+        let out = common::run_in(dir.path(), &[command[0], command[1], "--db", url]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {stderr}");
+        assert!(stderr.contains("only `serve` supports"), "{command:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{command:?} shows the password: {stderr}");
+    }
+}
+
+#[test]
+fn serve_over_an_unreachable_postgres_exits_6_with_the_reason_and_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "postgres://admin:hunter2@127.0.0.1:1/records";
+    let out = common::run_in(dir.path(), &["serve", "--port", "0", "--db", url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert!(stderr.contains("PostgreSQL") && stderr.contains("admin:***@"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the password shown: {stderr}");
+}
