@@ -38,7 +38,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l config -
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l listen -d 'Address to listen on. The default accepts only this machine; use 0.0.0.0 (or ::) to accept remote clients' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l port -d 'Port to listen on (0 picks a free one, printed at start-up)' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l storage -d 'Directory where received files are stored, one subdirectory per client id' -r -f -a "(__fish_complete_directories)"
-complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l db -d 'SQLite database of clients and files' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l db -d 'SQLite database of clients and files; or a PostgreSQL database that several servers share, as postgres://USER:PASSWORD@HOST:PORT/DB (no TLS to it yet: loopback or a private network)' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-file-size -d 'Largest file accepted (encrypted size; suffixes K, M, G). Larger uploads are refused before anything is read. The protocol\'s own limit is 4G minus 16 bytes' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-connections -d 'Most simultaneous connections. When full, the oldest idle connection that never made a key exchange is closed to make room; without one, newcomers wait' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand serve" -l max-connections-per-address -d 'Most connections one IP address may hold at once; more are closed at once. 0: no cap' -r

@@ -80,12 +80,14 @@ pub struct ServeArgs {
         value_hint = ValueHint::DirPath
     )]
     pub storage: PathBuf,
-    /// SQLite database of clients and files.
+    /// SQLite database of clients and files; or a PostgreSQL database that several servers
+    /// share, as postgres://USER:PASSWORD@HOST:PORT/DB (no TLS to it yet: loopback or a
+    /// private network).
     #[arg(
         long,
         env = "SECUREXFER_DB",
         default_value = "defensive.db",
-        value_name = "PATH",
+        value_name = "PATH|URL",
         value_hint = ValueHint::FilePath
     )]
     pub db: PathBuf,

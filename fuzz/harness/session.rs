@@ -865,4 +865,10 @@ impl Records for KeyTap {
     fn files(&self) -> RecordsFuture<'_, Vec<FileRecord>> {
         self.inner.files()
     }
+    fn commit_intents(&self) -> RecordsFuture<'_, Vec<CommitIntent>> {
+        self.inner.commit_intents()
+    }
+    fn versions(&self) -> RecordsFuture<'_, Vec<securexfer::store::VersionRecord>> {
+        self.inner.versions()
+    }
 }

@@ -12,7 +12,22 @@ use securexfer::store::{ClientRecord, CommitIntent, Db, FileRecord, Storage, Ver
 use std::path::Path;
 use std::process::ExitCode;
 
+/// The operator's tools read SQLite files only so far: a `postgres://` address is a usage
+/// error that says so (rather than "no such file", with the password in it).
+pub fn sqlite_only(db: &Path, command: &str) -> Result<(), UsageError> {
+    let shown = db.to_string_lossy();
+    if securexfer::store::postgres::is_postgres_url(&shown) {
+        let shown = securexfer::store::postgres::redacted(&shown);
+        return Err(UsageError(format!(
+            "`securexfer {command}` reads a SQLite database file; {shown} is PostgreSQL, \
+             which only `serve` supports so far"
+        )));
+    }
+    Ok(())
+}
+
 pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    sqlite_only(&args.db, "db inspect")?;
     let db = Db::open_read_only(&args.db)?;
     let mut clients = db.clients()?;
     let mut files = db.files()?;
@@ -119,7 +134,20 @@ fn version_json(v: &VersionRecord) -> serde_json::Value {
     })
 }
 
+/// Decides the commits a crash interrupted, as `serve` does at start-up, before a restore
+/// looks at the records: through the records trait, on a runtime of its own.
+fn finish_interrupted_commits(db: &Path, storage: &Storage) -> anyhow::Result<()> {
+    let records = securexfer::store::SqliteRecords::new(Db::open(db)?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(securexfer::server::reconcile_commits(&records, storage, usize::MAX))?;
+    Ok(())
+}
+
 pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
+    sqlite_only(&args.db, "db restore")?;
     let storage = Storage::open(&args.storage)
         .with_context(|| format!("storage directory {}", args.storage.display()))?;
     let _lock = storage.lock_exclusive().map_err(|_| {
@@ -128,8 +156,8 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
             args.storage.display()
         ))
     })?;
+    finish_interrupted_commits(&args.db, &storage)?;
     let db = Db::open(&args.db)?;
-    securexfer::server::reconcile_commits(&db, &storage, usize::MAX)?;
     let id = ClientId::parse(&args.client);
     let client = db
         .clients()?
@@ -272,6 +300,7 @@ fn yes_no(b: bool) -> String {
 /// `db fingerprint`: the server key's fingerprint alone on stdout, for scripts and for
 /// telling clients what to pin.
 pub fn fingerprint(args: FingerprintArgs) -> anyhow::Result<ExitCode> {
+    sqlite_only(&args.db, "db fingerprint")?;
     let path = identity::key_path(&args.db);
     match ServerIdentity::load(&path)? {
         Some(key) => {

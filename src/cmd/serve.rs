@@ -34,18 +34,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..Config::new(args.storage.clone(), args.db.clone())
     };
     raise_open_file_limit();
-    let key = securexfer::server::identity::key_path(&args.db);
-    let server = Server::open(config).map_err(|cause| StartError::Open {
-        storage: args.storage.display().to_string(),
-        db: args.db.display().to_string(),
-        cause,
-    })?;
+    // What logs and errors show of the database: never a PostgreSQL password.
+    let db_shown = securexfer::store::postgres::redacted(&args.db.to_string_lossy());
+    let key = if securexfer::store::postgres::is_postgres_url(&db_shown) {
+        format!("in {db_shown}")
+    } else {
+        securexfer::server::identity::key_path(&args.db).display().to_string()
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(1024)
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        // In the runtime: a PostgreSQL pool needs one from its first connection on.
+        let server = Server::open(config).await.map_err(|cause| StartError::Open {
+            storage: args.storage.display().to_string(),
+            db: db_shown.clone(),
+            cause,
+        })?;
         let listener =
             tokio::net::TcpListener::bind((args.listen.as_str(), port)).await.map_err(|e| {
                 StartError::listen(format!("{}:{port}", args.listen), &args.listen, "--port", e)
@@ -61,11 +68,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // (outln! flushes each line, and a reader that went away after the first line
         // is not an error: the server goes on.)
         outln!("server key fingerprint {}", server.fingerprint());
-        info!(fingerprint = server.fingerprint(), key = %key.display(), "server key (protocol 4)");
+        info!(fingerprint = server.fingerprint(), key = %key, "server key (protocol 4)");
         if addr.ip().is_loopback() {
             info!("only this machine can connect; use --listen 0.0.0.0 to accept remote clients");
         }
-        info!(storage = %args.storage.display(), db = %args.db.display(), "serving");
+        info!(storage = %args.storage.display(), db = %db_shown, "serving");
         server.run(listener, shutdown_signal()).await?;
         anyhow::Ok(())
     })?;

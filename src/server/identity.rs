@@ -119,6 +119,17 @@ impl ServerIdentity {
         Self::from_pkcs8(Path::new("(in memory)"), generate()?)
     }
 
+    /// A fresh key as PKCS#8, for records that keep the key themselves (see
+    /// [`crate::store::Records::server_key`]).
+    pub fn generate_pkcs8() -> Result<Vec<u8>, IdentityError> {
+        generate()
+    }
+
+    /// The key `pkcs8` kept in `place` (what errors name: a database, say).
+    pub fn from_stored(place: &str, pkcs8: Vec<u8>) -> Result<Self, IdentityError> {
+        Self::from_pkcs8(Path::new(place), pkcs8)
+    }
+
     /// `SHA256:…`, what clients pin.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint

@@ -12,7 +12,8 @@ pub mod slots;
 pub mod tls;
 pub mod upload;
 
-use crate::store::{Db, DbError, RecordsError, SharedRecords, SqliteRecords, Storage};
+use crate::store::postgres::{self, PostgresRecords};
+use crate::store::{Db, DbError, Records, RecordsError, SharedRecords, SqliteRecords, Storage};
 use backoff::Backoff;
 use ratelimit::RateLimit;
 use session::Sessions;
@@ -300,18 +301,22 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the database and the storage directory, finishes or undoes the commits a
-    /// crash interrupted, and deletes uploads a crash left. Loads the server key beside the
-    /// database, making it on the first start (see [`identity`]).
-    pub fn open(config: Config) -> Result<Self, ServerError> {
+    /// Opens the database (a SQLite file, or PostgreSQL when `config.db` is a
+    /// `postgres://` address) and the storage directory, finishes or undoes the commits a
+    /// crash interrupted, and deletes uploads a crash left. Loads the server key from the
+    /// records when they keep it (PostgreSQL: every instance presents one key), else from
+    /// beside the database file, making it on the first start (see [`identity`]).
+    pub async fn open(config: Config) -> Result<Self, ServerError> {
         let (storage, lock) = open_storage(&config)?;
-        let db = Db::open(&config.db)?;
-        let identity = identity::ServerIdentity::load_or_create(&identity::key_path(&config.db))?;
-        reconcile_commits(&db, &storage, config.keep_versions).map_err(storage_error(&config))?;
         let metrics = Arc::new(metrics::Metrics::new());
-        let timing = Arc::clone(&metrics);
-        let records = SqliteRecords::new(db).timed(move |took| timing.db_call(took));
-        Server::assemble(config, Arc::new(records), storage, lock, metrics, &identity)
+        let records = open_records(&config, Arc::clone(&metrics)).await?;
+        let identity = match records.server_key(identity::ServerIdentity::generate_pkcs8()?).await?
+        {
+            Some(pkcs8) => identity::ServerIdentity::from_stored("the database", pkcs8)?,
+            None => identity::ServerIdentity::load_or_create(&identity::key_path(&config.db))?,
+        };
+        reconcile_commits(&*records, &storage, config.keep_versions).await?;
+        Server::assemble(config, records, storage, lock, metrics, &identity)
     }
 
     /// A server over records the caller supplies instead of the database `config` names:
@@ -530,32 +535,53 @@ async fn make_room(
     }
 }
 
-/// Decides every commit (or restore) a crash interrupted (see [`crate::store::CommitIntent`]) by the bytes on disk:
-/// a file in place with the intent's size and cksum was renamed there, so it is recorded
-/// verified; otherwise the rename never happened and the records stay as they were (the
-/// temporary file goes with the other leftovers). Either way every row then describes the
-/// bytes on disk and every stored file has its row.
-pub fn reconcile_commits(db: &Db, storage: &Storage, keep: usize) -> io::Result<()> {
-    let intents = db.commit_intents().map_err(io::Error::other)?;
-    for mut intent in intents {
-        let landed = storage.digest(&intent.path_name)? == Some((intent.size, intent.cksum));
+/// The records `config.db` names, their calls timed into `metrics`.
+async fn open_records(
+    config: &Config,
+    metrics: Arc<metrics::Metrics>,
+) -> Result<SharedRecords, ServerError> {
+    let timing = move |took| metrics.db_call(took);
+    let db = config.db.to_string_lossy();
+    if postgres::is_postgres_url(&db) {
+        let records = PostgresRecords::connect(&db, postgres::DEFAULT_POOL_SIZE)
+            .await
+            .map_err(RecordsError::from)?;
+        return Ok(Arc::new(records.timed(timing)));
+    }
+    Ok(Arc::new(SqliteRecords::new(Db::open(&config.db)?).timed(timing)))
+}
+
+/// Decides every commit (or restore) a crash interrupted (see [`crate::store::CommitIntent`])
+/// by the bytes in storage: a file in place with the intent's size and cksum was renamed
+/// there, so it is recorded verified; otherwise the rename never happened and the records
+/// stay as they were (the temporary file goes with the other leftovers). Either way every
+/// row then describes the bytes in storage and every stored file has its row. The records
+/// are asked through [`Records`], whichever holds them; storage is read on the blocking
+/// pool.
+pub async fn reconcile_commits(
+    records: &dyn Records,
+    storage: &Storage,
+    keep: usize,
+) -> Result<(), ServerError> {
+    for mut intent in records.commit_intents().await? {
+        let (path, size, cksum) = (intent.path_name.clone(), intent.size, intent.cksum);
+        let landed = on_storage(storage, move |s| s.digest(&path)).await? == Some((size, cksum));
         let id = intent.client_id;
         if landed {
             // The copy it replaced was linked as a version before the rename, if at all.
             if let Some(archive) = intent.archive.clone()
-                && storage.digest(&archive)?.is_none()
+                && on_storage(storage, move |s| s.digest(&archive)).await?.is_none()
             {
                 intent.archive = None;
             }
-            let pruned = db.finish_commit(&intent, None, keep).map_err(io::Error::other)?;
-            for path in pruned {
-                storage.remove_version(id, &path)?;
-            }
+            let pruned = records.finish_commit(intent.clone(), None, keep).await?;
+            on_storage(storage, move |s| pruned.iter().try_for_each(|p| s.remove_version(id, p)))
+                .await?;
         } else {
-            if let Some(archive) = &intent.archive {
-                storage.remove_version(id, archive)?;
+            if let Some(archive) = intent.archive.clone() {
+                on_storage(storage, move |s| s.remove_version(id, &archive)).await?;
             }
-            db.abandon_commit(&intent).map_err(io::Error::other)?;
+            records.abandon_commit(intent.clone()).await?;
         }
         info!(
             client = %id, file_name = %intent.file_name, landed,
@@ -564,13 +590,24 @@ pub fn reconcile_commits(db: &Db, storage: &Storage, keep: usize) -> io::Result<
     }
     // Versions forgotten just before a crash deleted their files.
     let recorded: std::collections::HashSet<String> =
-        db.versions().map_err(io::Error::other)?.into_iter().map(|v| v.path_name).collect();
-    for (id, path) in storage.version_files() {
-        if !recorded.contains(&path) {
-            storage.remove_version(id, &path)?;
-        }
-    }
-    Ok(())
+        records.versions().await?.into_iter().map(|v| v.path_name).collect();
+    on_storage(storage, move |s| {
+        s.version_files()
+            .into_iter()
+            .filter(|(_, path)| !recorded.contains(path))
+            .try_for_each(|(id, path)| s.remove_version(id, &path))
+    })
+    .await
+}
+
+/// Runs `f` on the storage on the blocking pool; its error names the storage directory.
+async fn on_storage<T: Send + 'static>(
+    storage: &Storage,
+    f: impl FnOnce(&Storage) -> io::Result<T> + Send + 'static,
+) -> Result<T, ServerError> {
+    let (copy, path) = (storage.clone(), storage.root().to_owned());
+    let result = tokio::task::spawn_blocking(move || f(&copy)).await.map_err(io::Error::other);
+    result.and_then(|r| r).map_err(|source| ServerError::Storage { path, source })
 }
 
 /// How often the janitor runs: often enough that what it forgets goes soon after its

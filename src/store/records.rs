@@ -11,7 +11,7 @@
 //! Errors are [`RecordsError`], which names what an operator must know (the database file
 //! was replaced, the backend failed) and carries no backend's own types.
 
-use super::db::{ClientRecord, CommitIntent, Db, DbError, FileRecord};
+use super::db::{ClientRecord, CommitIntent, Db, DbError, FileRecord, VersionRecord};
 use crate::protocol::ClientId;
 use std::future::Future;
 use std::net::IpAddr;
@@ -93,6 +93,19 @@ pub trait Records: Send + Sync + 'static {
     ) -> RecordsFuture<'_, ()>;
     /// Every file on record, verified or not.
     fn files(&self) -> RecordsFuture<'_, Vec<FileRecord>>;
+    /// The commits begun and neither finished nor abandoned: at start-up, the ones a crash
+    /// interrupted ([`crate::server::reconcile_commits`] decides them).
+    fn commit_intents(&self) -> RecordsFuture<'_, Vec<CommitIntent>>;
+    /// Every kept version.
+    fn versions(&self) -> RecordsFuture<'_, Vec<VersionRecord>>;
+    /// The server key (PKCS#8) every server over these records presents: `candidate` is
+    /// stored if none is yet, and the stored one returned. `None` when these records keep
+    /// no key: the server keeps it in a file beside its database (one machine, one key).
+    /// Records that several instances share keep it, so that all present one key.
+    fn server_key(&self, candidate: Vec<u8>) -> RecordsFuture<'_, Option<Vec<u8>>> {
+        drop(candidate);
+        Box::pin(async { Ok(None) })
+    }
 }
 
 type Job = Box<dyn FnOnce(&Db) + Send>;
@@ -220,6 +233,14 @@ impl Records for SqliteRecords {
 
     fn files(&self) -> RecordsFuture<'_, Vec<FileRecord>> {
         self.run(|db| db.files())
+    }
+
+    fn commit_intents(&self) -> RecordsFuture<'_, Vec<CommitIntent>> {
+        self.run(|db| db.commit_intents())
+    }
+
+    fn versions(&self) -> RecordsFuture<'_, Vec<VersionRecord>> {
+        self.run(|db| db.versions())
     }
 }
 

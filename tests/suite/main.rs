@@ -6,12 +6,14 @@
 mod common;
 mod fake_server;
 
+mod backends;
 mod captures;
 mod client;
 mod fuzz_corpus;
 mod generated;
 mod in_process;
 mod python_interop;
+mod records;
 mod server;
 mod system_tools;
 mod vectors;

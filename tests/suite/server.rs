@@ -3442,3 +3442,4 @@ fn a_closed_stdout_does_not_stop_the_server() {
     let _ = child.kill();
     let _ = child.wait();
 }
+mod on_postgres;

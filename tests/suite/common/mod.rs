@@ -56,10 +56,29 @@ impl Server {
 
     /// Like [`Server::start_in`], with a chance to adjust the command (limits, say).
     pub fn start_with(dir: &Path, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
+        Server::launch(dir, "server.db", extra, adjust)
+    }
+
+    /// Starts a server over the database `db` (a `postgres://` address, say) with its
+    /// storage in a fresh temporary directory.
+    pub fn start_on(db: &str, extra: &[&str]) -> Server {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let mut server = Server::launch(temp.path(), db, extra, |_| {});
+        server._temp = Some(temp);
+        server
+    }
+
+    /// Starts a server over the database `db` with its storage in `dir` (kept by the
+    /// caller, so a test can restart it on the same state).
+    pub fn start_in_on(dir: &Path, db: &str, extra: &[&str]) -> Server {
+        Server::launch(dir, db, extra, |_| {})
+    }
+
+    fn launch(dir: &Path, db: &str, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
         let mut cmd = command();
         adjust(&mut cmd);
         cmd.current_dir(dir)
-            .args(["serve", "--port", "0", "--storage", "storage", "--db", "server.db"])
+            .args(["serve", "--port", "0", "--storage", "storage", "--db", db])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -210,4 +229,68 @@ pub fn captures_dir() -> Option<PathBuf> {
             panic!("{} not found, and CI=true: CI must replay the captures", dir.display())
         }
     }
+}
+
+/// The value of `var`, which names a real backend `.ci/services.sh` started (PostgreSQL,
+/// the S3-compatible server), or `None` (after printing `SKIPPED: …`) when it is unset: a
+/// developer without the services still runs everything else. Same rule as the captures:
+/// CI always starts them, so there an unset variable fails the test rather than letting a
+/// test that tested nothing pass.
+///
+/// # Panics
+/// When `var` is unset and `CI` is `true`.
+pub fn real_backend(var: &str) -> Option<String> {
+    let value = std::env::var(var).ok().filter(|v| !v.is_empty());
+    let ci = std::env::var("CI").ok();
+    match captures_decision(value.is_some(), ci.as_deref()) {
+        CapturesDecision::Run => value,
+        CapturesDecision::Skip => {
+            eprintln!(
+                "SKIPPED: {var} is not set (start the services with \
+                 `eval \"$(.ci/services.sh start)\"`; CI always has them)"
+            );
+            None
+        }
+        CapturesDecision::Fail => {
+            panic!("{var} is not set, and CI=true: .ci/run must start the services")
+        }
+    }
+}
+
+/// The test PostgreSQL (`postgres://USER:PASSWORD@127.0.0.1:PORT/DB`), see [`real_backend`].
+pub fn test_postgres() -> Option<String> {
+    real_backend("SECUREXFER_TEST_POSTGRES")
+}
+
+/// The test S3-compatible server's endpoint (`http://127.0.0.1:PORT`), with its bucket
+/// (`s3://BUCKET`); credentials are in the usual `AWS_*` variables. See [`real_backend`].
+pub fn test_s3() -> Option<(String, String)> {
+    let bucket = real_backend("SECUREXFER_TEST_S3")?;
+    let endpoint = real_backend("AWS_ENDPOINT_URL")?;
+    Some((endpoint, bucket))
+}
+
+/// A fresh, empty database on the test PostgreSQL, as a `postgres://` address, or `None`
+/// (skipped, see [`real_backend`]). Each test gets its own, so tests run in parallel
+/// without seeing each other's rows; they go when the throwaway cluster is stopped.
+pub fn fresh_postgres() -> Option<String> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let admin = test_postgres()?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!("securexfer_test_{}_{n}_{nanos}", std::process::id());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL: {e}"));
+        let task = tokio::spawn(connection);
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("CREATE DATABASE");
+        drop(client);
+        let _ = task.await;
+    });
+    let (base, _db) = admin.rsplit_once('/').expect("a database in the address");
+    Some(format!("{base}/{name}"))
 }

@@ -1,0 +1,105 @@
+//! The PostgreSQL schema: SQLite's tables (`src/store/db.rs`) translated, created and
+//! evolved by an append-only list of migrations tracked in `schema_migrations`.
+//!
+//! Several `serve` instances may start at once against one database: each runs the
+//! migrations in one transaction that first takes a transaction-scoped advisory lock, so
+//! one migrates while the others wait and then find nothing left to do. (Without the lock
+//! two `CREATE TABLE IF NOT EXISTS` at once can still fail on a duplicate type.) A failed
+//! step rolls the whole transaction back: the schema is at one version or the next,
+//! never between.
+
+use super::PostgresError;
+
+/// The advisory lock the migrations hold: any fixed 64-bit number other programs sharing
+/// the database are unlikely to use ("securexf" in ASCII).
+pub(super) const MIGRATION_LOCK: i64 = 0x7365_6375_7265_7866;
+
+/// The schema, one step per entry. Never edit a step that has shipped; append a new one.
+///
+/// The translation from SQLite: ids and keys `BYTEA` with the same length checks; sizes
+/// and cksums `BIGINT` (a cksum is a `u32`, which `INTEGER` cannot hold); times
+/// `TIMESTAMPTZ` (SQLite keeps UTC text; the records read them back in that form);
+/// flags `BOOLEAN`; names lower case, as PostgreSQL folds them. Step 1 is SQLite's five
+/// steps at once (none of them had shipped for PostgreSQL), plus the server key that every
+/// instance must present alike.
+const MIGRATIONS: &[&str] = &[
+    // 1: clients, files, commit intents, versions (SQLite's 1-5), and the server key.
+    "CREATE TABLE clients (
+        id BYTEA PRIMARY KEY CHECK (length(id) = 16),
+        name TEXT NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 255),
+        public_key BYTEA CHECK (public_key IS NULL OR length(public_key) = 160),
+        last_seen TIMESTAMPTZ,
+        aes_key BYTEA CHECK (aes_key IS NULL OR length(aes_key) = 16),
+        usual_address TEXT
+    );
+    CREATE TABLE files (
+        id BYTEA NOT NULL REFERENCES clients (id),
+        file_name TEXT NOT NULL,
+        path_name TEXT NOT NULL,
+        verified BOOLEAN NOT NULL DEFAULT false,
+        size BIGINT,
+        cksum BIGINT,
+        stored_at TIMESTAMPTZ,
+        PRIMARY KEY (id, file_name)
+    );
+    CREATE INDEX files_by_path ON files (id, path_name);
+    CREATE TABLE commit_intents (
+        id BYTEA NOT NULL CHECK (length(id) = 16),
+        stored_name TEXT NOT NULL,
+        file_name TEXT NOT NULL,
+        path_name TEXT NOT NULL,
+        source TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        cksum BIGINT NOT NULL,
+        archive TEXT,
+        restores BIGINT,
+        PRIMARY KEY (id, stored_name)
+    );
+    CREATE TABLE versions (
+        id BYTEA NOT NULL CHECK (length(id) = 16),
+        name TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        file_name TEXT NOT NULL,
+        path_name TEXT NOT NULL UNIQUE,
+        size BIGINT,
+        cksum BIGINT,
+        stored_at TIMESTAMPTZ,
+        PRIMARY KEY (id, name, version)
+    );
+    CREATE TABLE server_key (
+        only_row BOOLEAN PRIMARY KEY DEFAULT true CHECK (only_row),
+        pkcs8 BYTEA NOT NULL
+    );",
+];
+
+/// The newest schema version this build knows.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.len() as i32
+}
+
+/// Brings the database to [`latest_version`], under the migration lock, in one
+/// transaction; returns the version it found.
+pub(super) async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, PostgresError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )",
+    )
+    .await?;
+    let found: i32 =
+        tx.query_one("SELECT COALESCE(max(version), 0) FROM schema_migrations", &[]).await?.get(0);
+    let known = latest_version();
+    if found > known {
+        return Err(PostgresError::TooNew { found: i64::from(found), known: i64::from(known) });
+    }
+    for (step, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.batch_execute(sql).await?;
+        let version = step as i32 + 1;
+        tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&version]).await?;
+    }
+    tx.commit().await?;
+    Ok(found)
+}
