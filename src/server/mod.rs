@@ -52,6 +52,8 @@ pub const KEYLESS_LIFETIME: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_UPLOADS: usize = 256;
 /// Default number of earlier versions kept of each stored file.
 pub const DEFAULT_KEEP_VERSIONS: usize = 1;
+/// Default largest file, 4 GiB (`--max-file-size 4G`).
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 4 << 30;
 /// Default free space kept on the storage file system.
 pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 
@@ -93,6 +95,12 @@ pub struct Config {
     pub max_connections_per_address: usize,
     /// Most uploads whose content is being read at once; a 1028 beyond gets 2107.
     pub max_uploads: usize,
+    /// Who may register (protocol 4's `REGISTER`; under `token` and `closed`, protocol 3's
+    /// 1025 gets 2107, or anyone could register over protocol 3 and then upgrade).
+    pub registration: crate::protocol::v4::Registration,
+    /// The largest file protocol 4 accepts (`--max-file-size`, not cut to protocol 3's
+    /// 4 GiB as `max_content` is).
+    pub max_file_size: u64,
 }
 
 /// The version byte of the one existing client that checks a CRC-32 of the ciphertext
@@ -118,6 +126,8 @@ impl Config {
             request_deadline: DEFAULT_REQUEST_DEADLINE,
             max_connections_per_address: slots::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             max_uploads: DEFAULT_MAX_UPLOADS,
+            registration: crate::protocol::v4::Registration::Open,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
         }
     }
 }
