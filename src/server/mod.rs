@@ -11,6 +11,7 @@ pub mod session;
 pub mod slots;
 pub mod tls;
 pub mod upload;
+pub mod v4;
 
 use crate::store::{Db, DbError, RecordsError, SharedRecords, SqliteRecords, Storage};
 use backoff::Backoff;
@@ -199,6 +200,11 @@ pub(crate) struct Shared {
     metrics: Arc<metrics::Metrics>,
     /// Protocol 4's TLS configuration (the server key's certificate, ALPN).
     tls: Arc<rustls::ServerConfig>,
+    /// The raw SHA-256 of the server key's SPKI (protocol 4's upgrade statement names it).
+    server_fingerprint: [u8; 32],
+    /// Protocol 4's open puts per client: 64, and twice `--max-file-size` of declared
+    /// bytes (docs/protocol-v4.md, "Limits and timeouts").
+    v4_puts: session::Quotas,
 }
 
 type CommitKey = (crate::protocol::ClientId, String);
@@ -237,6 +243,7 @@ impl Shared {
         sessions: Sessions,
         metrics: Arc<metrics::Metrics>,
         tls: Arc<rustls::ServerConfig>,
+        server_fingerprint: [u8; 32],
     ) -> Self {
         let large_uploads = Arc::new(tokio::sync::Semaphore::new(LARGE_UPLOAD_SLOTS));
         let per_minute = config.registrations_per_minute;
@@ -245,7 +252,13 @@ impl Shared {
             session::MAX_PENDING_UPLOADS,
             session::MAX_PENDING_BYTES_IN_FILES * u64::from(config.max_content),
         );
+        let v4_puts = session::Quotas::new(
+            usize::from(v4::MAX_OPEN_PUTS),
+            config.max_file_size.saturating_mul(2),
+        );
         Shared {
+            v4_puts,
+            server_fingerprint,
             registrations,
             quotas,
             commits: Mutex::new(HashMap::new()),
@@ -366,7 +379,18 @@ impl Server {
             warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
         }
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
-        let shared = Arc::new(Shared::new(config, records, storage, sessions, metrics, tls));
+        let spki = v4::client_key::spki_of(&identity.certificate())
+            .ok_or_else(|| rustls::Error::General("the server certificate has no key".into()))?;
+        let server_fingerprint = crate::crypto::fingerprint::raw(&spki);
+        let shared = Arc::new(Shared::new(
+            config,
+            records,
+            storage,
+            sessions,
+            metrics,
+            tls,
+            server_fingerprint,
+        ));
         let fingerprint = identity.fingerprint().to_owned();
         Ok(Server { shared, _lock: lock, metrics: None, fingerprint })
     }
@@ -488,8 +512,7 @@ async fn serve_accepted(
     match tls::sniff(&stream, &slot, &mut stop, idle).await {
         tls::Sniffed::Tls => {
             slot.set_idle(false);
-            let deadline = shared.config.request_deadline;
-            tls::serve(stream, peer, Arc::clone(&shared.tls), deadline).await;
+            tls::serve(Arc::clone(&shared), stream, peer, stop).await;
         }
         tls::Sniffed::Silent => debug!("connection ended: {}", ServerError::Idle(idle)),
         tls::Sniffed::Protocol3 => {

@@ -211,3 +211,4 @@ pub fn captures_dir() -> Option<PathBuf> {
         }
     }
 }
+pub mod v4;
