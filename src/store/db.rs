@@ -312,6 +312,10 @@ pub struct Db {
     conn: Connection,
     /// The file it was opened from (none in memory).
     file: Option<FileIdentity>,
+    /// Whether the schema has protocol 4's columns (migration 6). A database opened
+    /// read-only (`db inspect`) is not migrated, and one last written by an older
+    /// securexfer is read without them.
+    has_v4: bool,
 }
 
 /// Which file a path named: device and inode.
@@ -376,7 +380,8 @@ impl Db {
         if tables != 2 {
             return Err(DbError::Foreign { path: shown });
         }
-        Ok(Db { conn, file: None })
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        Ok(Db { conn, file: None, has_v4: version >= V4_SCHEMA })
     }
 
     fn setup(conn: Connection, writable: bool) -> Result<Self, DbError> {
@@ -386,7 +391,7 @@ impl Db {
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
         }
-        let mut db = Db { conn, file: None };
+        let mut db = Db { conn, file: None, has_v4: true };
         db.migrate()?;
         Ok(db)
     }
@@ -438,13 +443,13 @@ impl Db {
         condition: &str,
         value: impl rusqlite::ToSql,
     ) -> Result<Option<ClientRecord>, DbError> {
-        let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE {condition}");
+        let sql = format!("SELECT {} FROM clients WHERE {condition}", self.client_columns());
         Ok(self.conn.prepare_cached(&sql)?.query_row([value], client_row).optional()?)
     }
 
     /// Every client, by name.
     pub fn clients(&self) -> Result<Vec<ClientRecord>, DbError> {
-        let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients ORDER BY Name");
+        let sql = format!("SELECT {} FROM clients ORDER BY Name", self.client_columns());
         let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map([], client_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -730,11 +735,12 @@ impl Db {
 
     /// Every file, by client name and file name.
     pub fn files(&self) -> Result<Vec<FileRecord>, DbError> {
-        let mut stmt = self.conn.prepare(
+        let v4 = if self.has_v4 { "f.Blake3, f.Protocol, f.Generation" } else { "NULL, 3, NULL" };
+        let mut stmt = self.conn.prepare(&format!(
             "SELECT f.ID, c.Name, f.FileName, f.PathName, f.Verified, f.Size, f.Cksum, f.StoredAt,
-                    f.Blake3, f.Protocol, f.Generation
-             FROM files f JOIN clients c ON c.ID = f.ID ORDER BY c.Name, f.FileName",
-        )?;
+                    {v4}
+             FROM files f JOIN clients c ON c.ID = f.ID ORDER BY c.Name, f.FileName"
+        ))?;
         let rows = stmt.query_map([], |r| {
             Ok(FileRecord {
                 client_id: id_of(r.get::<_, Vec<u8>>(0)?),
@@ -751,6 +757,10 @@ impl Db {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn client_columns(&self) -> &'static str {
+        if self.has_v4 { CLIENT_COLUMNS } else { CLIENT_COLUMNS_V3 }
     }
 
     /// The client whose protocol-4 key has this fingerprint.
@@ -860,6 +870,10 @@ impl Db {
 /// The columns [`client_row`] reads, in its order.
 const CLIENT_COLUMNS: &str =
     "ID, Name, PublicKey, LastSeen, AESKey IS NOT NULL, KeyFingerprint, Protocol3Allowed";
+/// The same from a schema before protocol 4: no key, protocol 3 allowed.
+const CLIENT_COLUMNS_V3: &str = "ID, Name, PublicKey, LastSeen, AESKey IS NOT NULL, NULL, 1";
+/// The schema version that added protocol 4's columns.
+const V4_SCHEMA: i64 = 6;
 
 /// Takes the next value of the server-wide generation counter.
 fn next_generation(conn: &Connection) -> rusqlite::Result<u64> {
@@ -1125,6 +1139,35 @@ mod tests {
         assert!(matches!(refused, Err(DbError::Replaced { .. })), "{refused:?}");
         std::fs::write(&path, b"another file").unwrap();
         assert!(matches!(db.touch(ClientId([1; 16])), Err(DbError::Replaced { .. })));
+    }
+
+    #[test]
+    fn a_database_from_before_protocol_4_is_read_without_its_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for step in &MIGRATIONS[..5] {
+                conn.execute_batch(step).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            conn.execute("INSERT INTO clients (ID, Name) VALUES (?1, 'old')", [&[1u8; 16][..]])
+                .unwrap();
+            conn.execute(
+                "INSERT INTO files (ID, FileName, PathName, Verified) VALUES (?1, 'f', 'x/f', 1)",
+                [&[1u8; 16][..]],
+            )
+            .unwrap();
+        }
+        let db = Db::open_read_only(&path).unwrap();
+        let clients = db.clients().unwrap();
+        assert_eq!((clients[0].key_fingerprint, clients[0].protocol3_allowed), (None, true));
+        assert_eq!(db.files().unwrap()[0].protocol, 3);
+        drop(db);
+        // And opening it to write migrates it.
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(db.clients().unwrap()[0].name, "old");
     }
 
     #[test]

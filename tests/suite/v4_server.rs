@@ -601,3 +601,24 @@ fn a_server_killed_during_an_upload_records_nothing_after_restart() {
     // And the key is still that client.
     assert!(Conn::hello(server.addr, &key).1.registered);
 }
+
+#[test]
+fn a_put_beyond_max_uploads_is_busy_until_one_ends() {
+    let server = Server::start(&["--max-uploads", "1"]);
+    let key = Key::ed25519();
+    let (mut first, _) = registered(&server, &key, "olga");
+    let tag = first.tag();
+    first.send(v4::PUT_BEGIN, tag, &v4::put_begin_payload(false, 10, 0, "a.bin"));
+    first.send(v4::DATA, tag, b"12345");
+    wait_for_log(&server, "protocol-4 put accepted");
+    // The same client on another connection: the one upload slot is taken.
+    let (mut second, _) = Conn::hello(server.addr, &key);
+    let refused = second.put("b.bin", b"x");
+    let (got, error) = second.read_error();
+    assert_eq!((got, error.code, error.kind, error.closes), (refused, code::BUSY, 1, false));
+    first.send(v4::DATA, tag, b"67890");
+    first.send(v4::PUT_END, tag, &[]);
+    v4::put_received(&first.read().unwrap());
+    let (_, committed) = second.put_and_commit("b.bin", b"x", blake3(b"x"));
+    v4::committed(&committed);
+}
