@@ -1097,6 +1097,38 @@ mod tests {
     }
 
     #[test]
+    fn a_protocol_4_intent_keeps_its_hash_and_mtime_for_the_commit_start_up_finishes() {
+        let db = Db::open_in_memory().unwrap();
+        let id = ClientId([1; 16]);
+        db.insert_client(id, "a").unwrap();
+        let v4 = Some(V4Content { blake3: [9; 32], mtime_ns: -5 });
+        let intent = CommitIntent {
+            client_id: id,
+            stored_name: "f".into(),
+            file_name: "f".into(),
+            path_name: "x/f".into(),
+            source: "x/.securexfer-part-1".into(),
+            size: 3,
+            cksum: 7,
+            archive: None,
+            restores: None,
+            v4,
+        };
+        db.begin_commit(&intent).unwrap();
+        // What start-up reads back is what reconcile_commits finishes with.
+        let found = db.commit_intents().unwrap();
+        assert_eq!(found, std::slice::from_ref(&intent));
+        db.finish_commit(&found[0], None, 1).unwrap();
+        let file = &db.files().unwrap()[0];
+        assert_eq!((file.blake3, file.protocol, file.verified), (Some([9; 32]), 4, true));
+        // A protocol-3 commit of the same name afterwards is protocol 3 again, hash unknown.
+        db.finish_commit(&CommitIntent { v4: None, ..intent }, None, 1).unwrap();
+        let file = &db.files().unwrap()[0];
+        assert_eq!((file.blake3, file.protocol), (None, 3));
+        assert_eq!(file.generation, Some(2), "every commit takes the next generation");
+    }
+
+    #[test]
     fn the_usual_address_is_recorded_and_replaced() {
         let db = Db::open_in_memory().unwrap();
         let id = ClientId([1; 16]);
