@@ -1,7 +1,7 @@
 //! One protocol-4 connection's rules as a pure state machine: frame headers and payloads
 //! in, what to do with them out. No sockets, no storage, no clock of its own (the time is
 //! passed in), so tests and the fuzz target drive it directly. What a request *does*
-//! (records, storage) is the driver's ([`super::driver`]); which frames are allowed when,
+//! (records, storage) is the driver's (`server::v4::driver`); which frames are allowed when,
 //! and which answer a breach gets, is decided here, in one place (docs/protocol-v4.md,
 //! "State machine").
 
