@@ -5,6 +5,7 @@
 pub mod aes;
 pub mod cksum;
 pub mod fingerprint;
+pub mod invite;
 pub mod rsa;
 
 pub use self::aes::{AesKey, CbcDecryptor, CbcEncryptor, PaddingError};

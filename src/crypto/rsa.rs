@@ -120,6 +120,17 @@ impl PrivateKey {
         BASE64.encode(der.as_bytes())
     }
 
+    /// This key's RSASSA-PKCS1-v1_5 signature with SHA-256 of `message` (the upgrade
+    /// proof of protocol 4; see [`PublicKey::verify_pkcs1v15_sha256`]). Deterministic:
+    /// the same key and message give the same signature.
+    pub fn sign_pkcs1v15_sha256(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        use sha2::Digest;
+        let hashed = sha2::Sha256::digest(message);
+        self.0
+            .sign(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &hashed)
+            .map_err(|e| KeyError::Oaep(e.to_string()))
+    }
+
     /// Decrypts an AES key sent in a 2102 or 2105.
     pub fn decrypt_aes_key(&self, ciphertext: &[u8]) -> Result<AesKey, KeyError> {
         let plain =
@@ -170,6 +181,16 @@ impl PublicKey {
     /// Encrypts an AES key for a 2102 or 2105.
     pub fn encrypt_aes_key(&self, key: &AesKey) -> Result<Vec<u8>, KeyError> {
         self.0.oaep_encrypt::<Sha1>(key).map_err(|e| KeyError::Oaep(e.to_string()))
+    }
+
+    /// Whether `signature` is this key's RSASSA-PKCS1-v1_5 signature with SHA-256 of
+    /// `message` (RFC 8017, 8.2): protocol 4's proof that a protocol-3 client holds its
+    /// private key (docs/protocol-v4.md, "Upgrade of a protocol-3 client"). Verifying is a
+    /// public operation, so the timing advisory on RSA decryption does not reach it.
+    pub fn verify_pkcs1v15_sha256(&self, message: &[u8], signature: &[u8]) -> bool {
+        use sha2::Digest;
+        let hashed = sha2::Sha256::digest(message);
+        self.0.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &hashed, signature).is_ok()
     }
 }
 

@@ -9,7 +9,10 @@ pub mod postgres;
 pub mod records;
 
 pub use blob::{BlobInfo, BlobStore, Chunk, Committed, StagedBlob};
-pub use db::{ClientRecord, CommitIntent, Db, DbError, FileRecord, VersionRecord};
+pub use db::{
+    Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
+    NewClient, Registered, V4Content, VersionRecord,
+};
 pub use local::{StagedFile, Storage, VERSIONS_DIR};
 pub use postgres::{PostgresError, PostgresRecords};
 pub use records::{Records, RecordsError, RecordsFuture, SharedRecords, SqliteRecords};

@@ -198,6 +198,10 @@ fn client_row(row: &tokio_postgres::Row) -> ClientRecord {
         public_key: row.get(2),
         last_seen: row.get(3),
         has_aes_key: row.get(4),
+        // Protocol 4 is not on PostgreSQL yet (issue 16): no client has a key here, and
+        // the records methods of protocol 4 answer that this backend lacks them.
+        key_fingerprint: None,
+        protocol3_allowed: true,
     }
 }
 
@@ -373,6 +377,10 @@ impl Records for PostgresRecords {
                     size: size_of(r.get(5)),
                     cksum: cksum_of(r.get(6)),
                     stored_at: r.get(7),
+                    // Protocol-3 uploads only, until protocol 4 is on PostgreSQL.
+                    blake3: None,
+                    protocol: 3,
+                    generation: None,
                 })
                 .collect())
         })
@@ -395,6 +403,7 @@ impl Records for PostgresRecords {
                     cksum: cksum_of(r.get(6)).unwrap_or(0),
                     archive: r.get(7),
                     restores: r.get(8),
+                    v4: None,
                 })
                 .collect())
         })

@@ -16,4 +16,5 @@ mod python_interop;
 mod records;
 mod server;
 mod system_tools;
+mod v4_server;
 mod vectors;

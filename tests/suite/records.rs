@@ -80,6 +80,7 @@ fn intent(id: ClientId, name: &str, size: u64, archive: Option<&str>) -> CommitI
         cksum: 0xfedc_ba98, // above i32::MAX: a cksum is a u32
         archive: archive.map(str::to_owned),
         restores: None,
+        v4: None,
     }
 }
 

@@ -294,3 +294,5 @@ pub fn fresh_postgres() -> Option<String> {
     let (base, _db) = admin.rsplit_once('/').expect("a database in the address");
     Some(format!("{base}/{name}"))
 }
+
+pub mod v4;

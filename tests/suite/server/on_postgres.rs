@@ -132,6 +132,7 @@ fn commits_a_crash_interrupted_are_decided_at_start_up_from_the_postgres_records
         cksum: Cksum::of(data),
         archive: None,
         restores: None,
+        v4: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {

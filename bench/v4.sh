@@ -1,0 +1,219 @@
+#!/usr/bin/env bash
+# Protocol 4 end to end (issue 14), on one file of random data (1 GiB), with same-run
+# baselines, each run REPS times (interleaved) and reported as medians:
+#   (a) securexfer send --protocol 4 -> serve: the whole send, from process start through
+#       the TLS 1.3 handshake (both keys checked), streaming, both BLAKE3 hashes, the
+#       commit (the server fsyncs before COMMITTED) and close_notify, to exit
+#   (b) securexfer send --protocol 3 -> the same server: the whole protocol-3 send
+#   (c) a plaintext TCP copy of the same file into an fsynced file on 127.0.0.1 (python3
+#       receiving with 1 MiB reads, bash's /dev/tcp sending): the floor of any sender
+#   (d) scp -c aes128-gcm@openssh.com to a throwaway sshd on 127.0.0.1
+# Client CPU and peak RSS come from /usr/bin/time, the server's from /proc (CPU before
+# and after each run; VmHWM of a fresh server per protocol).
+#
+# usage: bench/v4.sh [--size 1G|BYTES] [--reps N]
+#   NO_BUILD=1 skips `cargo build --release`; KEEP=1 keeps the work directory;
+#   TMPDIR chooses where the files go.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source bench/lib.sh
+
+size_arg=${SIZE:-1G}
+reps=${REPS:-3}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --size) size_arg=$2; shift 2 ;;
+    --reps) reps=$2; shift 2 ;;
+    *) echo "usage: $0 [--size 1G|BYTES] [--reps N]" >&2; exit 2 ;;
+  esac
+done
+case $size_arg in
+  *G|*g) size=$(( ${size_arg%?} << 30 )) ;;
+  *M|*m) size=$(( ${size_arg%?} << 20 )) ;;
+  *) size=$size_arg ;;
+esac
+
+need_tool /usr/bin/time time
+need_tool openssl openssl
+need_tool /usr/sbin/sshd openssh-server
+need_tool scp openssh-client
+build_release
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/securexfer-v4.XXXXXX")
+sshd_pid=
+sink_pid=
+cleanup() {
+  stop_server
+  [ -n "$sshd_pid" ] && { kill "$sshd_pid" 2>/dev/null || true; wait "$sshd_pid" 2>/dev/null || true; }
+  [ -n "$sink_pid" ] && { kill "$sink_pid" 2>/dev/null || true; wait "$sink_pid" 2>/dev/null || true; }
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+start_sshd() {
+  local d=$work/ssh
+  mkdir -p "$d/dest" /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -f "$d/host_key"
+  ssh-keygen -q -t ed25519 -N '' -f "$d/client_key"
+  cp "$d/client_key.pub" "$d/authorized_keys"
+  ssh_port=$(free_port)
+  cat >"$d/sshd_config" <<EOF
+Port $ssh_port
+ListenAddress 127.0.0.1
+HostKey $d/host_key
+AuthorizedKeysFile $d/authorized_keys
+PidFile $d/sshd.pid
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+EOF
+  /usr/sbin/sshd -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
+  sshd_pid=$!
+  wait_port "$ssh_port" || { echo "sshd did not start:" >&2; cat "$d/sshd.log" >&2; return 1; }
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_port() {
+  for _ in $(seq 50); do
+    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# A plaintext TCP receiver: one connection per run, into an fsynced file, then it says
+# "done" on its stdout (a fifo) so that the sender's time includes the fsync.
+start_sink() {
+  sink_port=$(free_port)
+  mkfifo "$work/sink.done"
+  python3 - "$sink_port" "$work/sink.out" "$work/sink.done" <<'EOF' &
+import os, socket, sys
+port, out, done = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", port))
+srv.listen(1)
+buf = bytearray(1 << 20)
+view = memoryview(buf)
+while True:
+    conn, _ = srv.accept()
+    with open(out, "wb") as f:
+        while True:
+            n = conn.recv_into(buf)
+            if n == 0:
+                break
+            f.write(view[:n])
+        f.flush()
+        os.fsync(f.fileno())
+    conn.close()
+    with open(done, "w") as d:
+        d.write("done\n")
+EOF
+  sink_pid=$!
+  wait_port "$sink_port"
+}
+
+plain_copy() {
+  cat "$1" >"/dev/tcp/127.0.0.1/$sink_port"
+  read -r _ <"$work/sink.done"
+}
+
+# timed_cpu CMD...: wall seconds (run_secs), client CPU seconds (run_cpu), peak RSS
+# (run_kib), and the server's CPU seconds during the run (run_server_cpu).
+timed_cpu() {
+  local t0 t1 s0 s1
+  sync
+  s0=$(cpu_secs "$server_pid")
+  t0=$(now_ns)
+  /usr/bin/time -f '%U %S %M' -o "$work/time.out" "$@"
+  t1=$(now_ns)
+  s1=$(cpu_secs "$server_pid")
+  run_secs=$(calc "($t1 - $t0) / 1e9")
+  read -r u s run_kib <"$work/time.out"
+  run_cpu=$(calc "$u + $s")
+  run_server_cpu=$(calc "$s1 - $s0")
+}
+
+timed_plain() {
+  local t0 t1
+  sync
+  t0=$(now_ns)
+  "$@"
+  t1=$(now_ns)
+  run_secs=$(calc "($t1 - $t0) / 1e9")
+}
+
+# One protocol's runs against a fresh server: sets the named arrays' medians in globals.
+# run_protocol 3|4
+run_protocol() {
+  local proto=$1 home=$work/home$1 walls=() cpus=() scpus=() kibs=() r
+  start_server "$work/server$proto"
+  mkdir -p "$home"
+  XDG_CONFIG_HOME=$home "$bin" register --server "$server_addr" --name "v4bench-$proto-$$" \
+    --protocol "$proto" >/dev/null 2>"$work/register$proto.err" \
+    || { cat "$work/register$proto.err" >&2; exit 1; }
+  for ((r = 1; r <= reps; r++)); do
+    XDG_CONFIG_HOME=$home timed_cpu "$bin" send "$file" --server "$server_addr" --protocol "$proto" --quiet
+    walls+=("$run_secs"); cpus+=("$run_cpu"); scpus+=("$run_server_cpu"); kibs+=("$run_kib")
+    local stored
+    stored=$(ls "$work/server$proto"/storage/*/data.bin)
+    cmp "$file" "$stored" || { echo "protocol $proto: the stored file differs" >&2; exit 1; }
+    # The other contenders run between two of ours, as in e2e.sh.
+    if [ "$proto" = 4 ]; then
+      timed_plain plain_copy "$file"; plain+=("$run_secs")
+      cmp -s "$file" "$work/sink.out" || { echo "the plaintext copy differs" >&2; exit 1; }
+      rm -f "$work/sink.out"
+      # shellcheck disable=SC2046
+      timed_plain scp -q -c aes128-gcm@openssh.com -i "$work/ssh/client_key" -P "$ssh_port" \
+        -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes \
+        -o LogLevel=ERROR "$file" "$(id -un)@127.0.0.1:$work/ssh/dest/"
+      scp+=("$run_secs")
+      rm -f "$work/ssh/dest/data.bin"
+    fi
+  done
+  eval "wall$proto=$(median "${walls[@]}") cpu$proto=$(median "${cpus[@]}")"
+  eval "scpu$proto=$(median "${scpus[@]}") ckib$proto=$(maximum "${kibs[@]}")"
+  eval "skib$proto=$(peak_rss_kib "$server_pid")"
+  eval "runs$proto='${walls[*]}'"
+  stop_server
+}
+
+start_sshd
+start_sink
+file=$work/data.bin
+make_file() {
+  { openssl enc -aes-128-ctr -K "$(openssl rand -hex 16)" -iv "$(openssl rand -hex 16)" -in /dev/zero 2>/dev/null || true; } \
+    | head -c "$size" >"$file"
+  cat "$file" >/dev/null
+}
+make_file
+echo "v4 bench: $bin, $size bytes, $reps runs each, work in $work (load $(load_avg))"
+plain=() scp=()
+run_protocol 4
+run_protocol 3
+plain_m=$(median "${plain[@]}"); scp_m=$(median "${scp[@]}")
+mb=$(calc "$size / 1e6")
+gib=$(calc "$size / 1073741824")
+echo
+echo "== $size bytes ($gib GiB), medians of $reps (load now: $(load_avg))"
+row() { printf '%-44s %7.3f s %8.0f MB/s   (runs: %s)\n' "$1" "$2" "$(calc "$mb / $2")" "$3"; }
+row "(a) securexfer send --protocol 4" "$wall4" "$runs4"
+row "(b) securexfer send --protocol 3" "$wall3" "$runs3"
+row "(c) plaintext TCP copy, fsynced" "$plain_m" "${plain[*]}"
+row "(d) scp -c aes128-gcm@openssh.com" "$scp_m" "${scp[*]}"
+r1=$(calc "$plain_m / $wall4"); r2=$(calc "$scp_m / $wall4")
+c4=$(calc "($cpu4 + $scpu4) / $gib"); c3=$(calc "($cpu3 + $scpu3) / $gib")
+r3=$(calc "$c4 / $c3")
+echo "ratio v4 MB/s / plaintext copy MB/s          $r1   target >= 0.9  $(verdict "$r1" '>=' 0.9)"
+echo "ratio v4 MB/s / scp MB/s                     $r2   target >= 2    $(verdict "$r2" '>=' 2)"
+echo "CPU s per GiB, client + server: v4 $c4 (client $cpu4, server $scpu4), v3 $c3 (client $cpu3, server $scpu3)"
+echo "ratio v4 CPU / v3 CPU                        $r3   target <= 0.5  $(verdict "$r3" '<=' 0.5)"
+echo "peak RSS v4: server $(calc "$skib4 / 1024") MiB, client $(calc "$ckib4 / 1024") MiB   target < 64 each  $(verdict "$(maximum "$skib4" "$ckib4")" '<' 65536)"
+echo "peak RSS v3: server $(calc "$skib3 / 1024") MiB, client $(calc "$ckib3 / 1024") MiB"
