@@ -16,6 +16,7 @@ pub mod home;
 pub mod identity;
 pub mod trust;
 pub mod upload;
+pub mod v4;
 pub mod wire;
 
 use crate::content::Scheme;
