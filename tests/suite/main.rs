@@ -14,4 +14,5 @@ mod in_process;
 mod python_interop;
 mod server;
 mod system_tools;
+mod v4_client;
 mod vectors;
