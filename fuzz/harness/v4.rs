@@ -2,15 +2,16 @@
 //! frames by each side in turn.
 
 use securexfer::protocol::v4::{
-    ErrorFrame, FrameError, FrameHeader, FrameType, HEADER_LEN, Hello, Side, TagCheck, Welcome,
-    decode_frame, encode_frame,
+    Commit, Committed, ErrorFrame, FrameError, FrameHeader, FrameType, HEADER_LEN, Hello, PutBegin,
+    PutReceived, Register, Registered, Side, TagCheck, Upgrade, Welcome, decode_frame,
+    encode_frame,
 };
 
 /// Reads `data` as the frames a server and then a client would receive, and checks:
 ///
 /// - nothing panics, and every error has a message;
 /// - a frame that decodes re-encodes to exactly its bytes, and its payload, when it is a
-///   `HELLO`, `WELCOME` or `ERROR` that decodes, re-encodes to exactly the payload;
+///   message with fields that decodes, re-encodes to exactly the payload;
 /// - every strict prefix of a decoded frame is `Incomplete`, asking for the rest of the
 ///   header and then the rest of the frame;
 /// - a header that is refused is refused from its 12 bytes alone, with no payload;
@@ -62,6 +63,13 @@ fn check_frame(bytes: &[u8], header: &FrameHeader, payload: &[u8], reader: Side)
         FrameType::Hello => Hello::decode(payload).map(|m| m.encode()),
         FrameType::Welcome => Welcome::decode(payload).map(|m| m.encode()),
         FrameType::Error => ErrorFrame::decode(payload).map(|m| m.encode()),
+        FrameType::Register => Register::decode(payload).map(|m| m.encode()),
+        FrameType::Registered => Registered::decode(payload).map(|m| m.encode()),
+        FrameType::Upgrade => Upgrade::decode(payload).map(|m| m.encode()),
+        FrameType::PutBegin => PutBegin::decode(payload).map(|m| m.encode()),
+        FrameType::PutReceived => PutReceived::decode(payload).map(|m| Ok(m.encode())),
+        FrameType::Commit => Commit::decode(payload).map(|m| Ok(m.encode())),
+        FrameType::Committed => Committed::decode(payload).map(|m| Ok(m.encode())),
         _ => return,
     };
     match reencoded {

@@ -136,6 +136,27 @@ pub enum FrameError {
         /// The byte offset of the character.
         position: usize,
     },
+    /// A binary field whose length is not one its field allows.
+    #[error("the {field} field is {len} bytes long; it must be {allowed}")]
+    BadBinLength {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The lengths allowed, in words.
+        allowed: &'static str,
+    },
+    /// Bits set in an options field that protocol 4.0 does not define.
+    #[error("the {field} field has bits 0x{bits:02x} set that protocol 4.0 does not define")]
+    ReservedBits {
+        /// Which field.
+        field: &'static str,
+        /// The undefined bits that were set.
+        bits: u8,
+    },
+    /// Fields of one message that contradict each other (e.g. an offset past the size).
+    #[error("{0}")]
+    Inconsistent(&'static str),
     /// A text field longer than its limit.
     #[error("the {field} field is {len} bytes long; at most {max} are allowed")]
     TextTooLong {

@@ -1,7 +1,9 @@
 //! Protocol 4's codec, as typed values with no I/O (issue 14): the 12-byte frame header,
 //! the table of frame types with their payload limits, whole frames out of a buffer, the
-//! tag rules of the client's frames, and the payloads of the first messages (`HELLO`,
-//! `WELCOME`, `ERROR`).
+//! tag rules of the client's frames, the payloads of the messages of issue 14 (`HELLO`,
+//! `WELCOME`, `ERROR`, `REGISTER`, `UPGRADE`, `REGISTERED`, `PUT_BEGIN`, `PUT_RECEIVED`,
+//! `COMMIT`, `COMMITTED`), the rules of names and paths ([`names`]) and the statement an
+//! upgrade signs.
 //!
 //! Everything here travels inside TLS after the handshake (see
 //! [`super::sniff`] and `docs/protocol-v4.md`, sections "Framing" and "Messages"). Nothing
@@ -9,16 +11,27 @@
 
 mod error;
 mod frame;
+mod identity;
 mod message;
+pub mod names;
+mod put;
 mod reader;
 mod tag;
 
 pub use error::FrameError;
 pub use frame::{FrameHeader, FrameType, PayloadRule, Role, Side, decode_frame, encode_frame};
+pub use identity::{
+    Register, Registered, TOKEN_LEN, UPGRADE_CONTEXT, UPGRADE_EXPORTER_LABEL,
+    UPGRADE_SIGNATURE_LEN, Upgrade, upgrade_statement,
+};
 pub use message::{
     ERROR_FIXED_LEN, ErrorCode, ErrorFrame, ErrorKind, ErrorUnit, HELLO_FIXED_LEN, Hello,
     MAX_CLIENT_NAME_LEN, MAX_ERROR_MESSAGE_LEN, MAX_SOFTWARE_LEN, Registration, WELCOME_FIXED_LEN,
     Welcome,
+};
+pub use put::{
+    COMMITTED_LEN, Commit, Committed, Hash, NO_HASH, PUT_BEGIN_FIXED_LEN, PUT_RECEIVED_LEN,
+    PutBegin, PutReceived, UNKNOWN_SIZE,
 };
 pub use tag::TagCheck;
 

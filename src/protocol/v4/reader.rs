@@ -76,6 +76,41 @@ impl<'a> Fields<'a> {
         self.text(field, len, max)
     }
 
+    /// A `str8` whose content rules (control characters, NFC, components) are not the
+    /// codec's but the receiver's, so that breaking them is a refusal it can name rather
+    /// than a malformed frame: only UTF-8 and the length are checked here.
+    pub(super) fn name8(&mut self, field: &'static str, max: usize) -> Result<String, FrameError> {
+        let len = usize::from(self.u8()?);
+        self.utf8(field, len, max)
+    }
+
+    /// As [`Fields::name8`] with a `u16` length.
+    pub(super) fn name16(&mut self, field: &'static str, max: usize) -> Result<String, FrameError> {
+        let len = usize::from(self.u16()?);
+        self.utf8(field, len, max)
+    }
+
+    /// A `bin8`: a length byte, then that many bytes.
+    pub(super) fn bin8(&mut self) -> Result<&'a [u8], FrameError> {
+        let len = usize::from(self.u8()?);
+        self.bytes(len)
+    }
+
+    /// A `bin16`: a `u16` length, then that many bytes.
+    pub(super) fn bin16(&mut self) -> Result<&'a [u8], FrameError> {
+        let len = usize::from(self.u16()?);
+        self.bytes(len)
+    }
+
+    fn utf8(&mut self, field: &'static str, len: usize, max: usize) -> Result<String, FrameError> {
+        let bytes = self.bytes(len)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| FrameError::TextNotUtf8 { field })?;
+        if len > max {
+            return Err(FrameError::TextTooLong { field, len, max });
+        }
+        Ok(text.to_owned())
+    }
+
     fn text(&mut self, field: &'static str, len: usize, max: usize) -> Result<String, FrameError> {
         let bytes = self.bytes(len)?;
         let text = std::str::from_utf8(bytes).map_err(|_| FrameError::TextNotUtf8 { field })?;
@@ -125,6 +160,38 @@ pub(super) fn put_str16(
     max: usize,
 ) -> Result<(), FrameError> {
     check_text(field, text, max.min(usize::from(u16::MAX)))?;
+    out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+/// Writes a name or path as `str8` (see [`Fields::name8`]): only its length is checked.
+pub(super) fn put_name8(
+    out: &mut Vec<u8>,
+    field: &'static str,
+    text: &str,
+    max: usize,
+) -> Result<(), FrameError> {
+    let max = max.min(usize::from(u8::MAX));
+    if text.len() > max {
+        return Err(FrameError::TextTooLong { field, len: text.len(), max });
+    }
+    out.push(text.len() as u8);
+    out.extend_from_slice(text.as_bytes());
+    Ok(())
+}
+
+/// Writes a name or path as `str16` (see [`Fields::name16`]): only its length is checked.
+pub(super) fn put_name16(
+    out: &mut Vec<u8>,
+    field: &'static str,
+    text: &str,
+    max: usize,
+) -> Result<(), FrameError> {
+    let max = max.min(usize::from(u16::MAX));
+    if text.len() > max {
+        return Err(FrameError::TextTooLong { field, len: text.len(), max });
+    }
     out.extend_from_slice(&(text.len() as u16).to_le_bytes());
     out.extend_from_slice(text.as_bytes());
     Ok(())

@@ -565,3 +565,220 @@ fn server_frames_are_not_the_clients_to_send() {
         Err(FrameError::WrongDirection { raw_type: 0x8001, reader: Side::Server })
     ));
 }
+
+// ---------------------------------------------------------------------------------------
+// Register, upgrade, put, commit: one encoding per message
+
+/// Any UTF-8, control characters included: the codec leaves name rules to the receiver.
+fn arb_name(max_chars: usize) -> impl Strategy<Value = String> {
+    prop::collection::vec(any::<char>(), 0..=max_chars).prop_map(|c| c.into_iter().collect())
+}
+
+fn arb_register() -> impl Strategy<Value = Register> {
+    (arb_name(60), prop::option::of(any::<[u8; TOKEN_LEN]>()))
+        .prop_map(|(name, token)| Register { name, token })
+}
+
+fn arb_upgrade() -> impl Strategy<Value = Upgrade> {
+    (any::<[u8; 16]>(), arb_name(60), prop::collection::vec(any::<u8>(), 128))
+        .prop_map(|(id, name, signature)| Upgrade { client_id: ClientId(id), name, signature })
+}
+
+fn arb_put_begin() -> impl Strategy<Value = PutBegin> {
+    (any::<bool>(), prop::option::of(0..UNKNOWN_SIZE), any::<u64>(), any::<Hash>(), any::<i64>())
+        .prop_flat_map(|(no_clobber, size, offset, hash, mtime_ns)| {
+            // Only consistent fields: an offset within a known size, a hash only with it.
+            let offset = match size {
+                Some(size) if size > 0 => offset % (size + 1),
+                _ => 0,
+            };
+            let prefix_hash = if offset == 0 { NO_HASH } else { hash };
+            arb_name(300).prop_map(move |path| PutBegin {
+                no_clobber,
+                size,
+                offset,
+                prefix_hash,
+                mtime_ns,
+                path,
+            })
+        })
+}
+
+proptest! {
+    #[test]
+    fn register_round_trips(register in arb_register()) {
+        prop_assume!(register.name.len() <= 255);
+        let bytes = register.encode().expect("valid");
+        prop_assert_eq!(Register::decode(&bytes), Ok(register));
+    }
+
+    #[test]
+    fn registered_round_trips(id in any::<[u8; 16]>(), name in arb_name(60)) {
+        prop_assume!(name.len() <= 255);
+        let registered = Registered { client_id: ClientId(id), name };
+        let bytes = registered.encode().expect("valid");
+        prop_assert_eq!(bytes.len(), 16 + 1 + registered.name.len());
+        prop_assert_eq!(Registered::decode(&bytes), Ok(registered));
+    }
+
+    #[test]
+    fn upgrade_round_trips(upgrade in arb_upgrade()) {
+        prop_assume!(upgrade.name.len() <= 255);
+        let bytes = upgrade.encode().expect("valid");
+        prop_assert_eq!(Upgrade::decode(&bytes), Ok(upgrade));
+    }
+
+    #[test]
+    fn put_begin_round_trips(put in arb_put_begin()) {
+        let bytes = put.encode().expect("valid");
+        prop_assert_eq!(bytes.len(), PUT_BEGIN_FIXED_LEN + 2 + put.path.len());
+        prop_assert_eq!(PutBegin::decode(&bytes), Ok(put));
+    }
+
+    #[test]
+    fn answers_round_trip(size in any::<u64>(), hash in any::<Hash>(), flag in any::<bool>(), at in any::<i64>()) {
+        let received = PutReceived { size, hash, replaces: flag };
+        prop_assert_eq!(received.encode().len(), PUT_RECEIVED_LEN);
+        prop_assert_eq!(PutReceived::decode(&received.encode()), Ok(received));
+        let committed = Committed { generation: size, stored_at: at, kept_version: flag };
+        prop_assert_eq!(committed.encode().len(), COMMITTED_LEN);
+        prop_assert_eq!(Committed::decode(&committed.encode()), Ok(committed));
+        let commit = Commit { hash };
+        prop_assert_eq!(Commit::decode(&commit.encode()), Ok(commit));
+    }
+
+    #[test]
+    fn new_payloads_refuse_every_strict_prefix_and_extension(
+        put in arb_put_begin(), register in arb_register(), extra in 1usize..4,
+    ) {
+        prop_assume!(register.name.len() <= 255);
+        type Decode = fn(&[u8]) -> Result<(), FrameError>;
+        let cases: [(Vec<u8>, Decode); 3] = [
+            (put.encode().expect("valid"), |b| PutBegin::decode(b).map(drop)),
+            (register.encode().expect("valid"), |b| Register::decode(b).map(drop)),
+            (PutReceived { size: 1, hash: NO_HASH, replaces: false }.encode(), |b| PutReceived::decode(b).map(drop)),
+        ];
+        for (bytes, decode) in cases {
+            for len in 0..bytes.len() {
+                prop_assert!(decode(&bytes[..len]).is_err(), "a prefix of {} bytes", len);
+            }
+            let mut longer = bytes.clone();
+            longer.extend(std::iter::repeat_n(0, extra));
+            prop_assert!(decode(&longer).is_err());
+        }
+    }
+}
+
+fn put_begin() -> PutBegin {
+    PutBegin {
+        no_clobber: false,
+        size: Some(10),
+        offset: 0,
+        prefix_hash: NO_HASH,
+        mtime_ns: 1_700_000_000_000_000_000,
+        path: "a/b.txt".into(),
+    }
+}
+
+#[test]
+fn the_new_fixed_parts_have_the_lengths_the_design_gives() {
+    assert_eq!(PUT_BEGIN_FIXED_LEN, 57);
+    assert_eq!(PUT_RECEIVED_LEN, 41);
+    assert_eq!(COMMITTED_LEN, 17);
+    assert_eq!(UPGRADE_CONTEXT.len(), 21);
+    let unknown = PutBegin { size: None, ..put_begin() }.encode().expect("valid");
+    assert_eq!(&unknown[1..9], &[0xff; 8], "an unknown size is u64::MAX");
+    assert_eq!(PutBegin::decode(&unknown).expect("valid").data_len(), None);
+    assert_eq!(put_begin().data_len(), Some(10));
+}
+
+#[test]
+fn a_put_whose_fields_contradict_each_other_is_malformed() {
+    let contradictions = [
+        PutBegin { offset: 11, prefix_hash: [1; 32], ..put_begin() },
+        PutBegin { size: None, offset: 1, prefix_hash: [1; 32], ..put_begin() },
+        PutBegin { prefix_hash: [1; 32], ..put_begin() },
+    ];
+    // u64::MAX on the wire is "unknown", so only the encoder can see this contradiction.
+    let max = PutBegin { size: Some(UNKNOWN_SIZE), ..put_begin() };
+    assert!(matches!(max.encode(), Err(FrameError::Inconsistent(_))));
+    for put in contradictions {
+        assert!(matches!(put.encode(), Err(FrameError::Inconsistent(_))), "{put:?}");
+        // The same bytes built by hand are refused by the decoder.
+        let mut raw = vec![0u8];
+        raw.extend_from_slice(&put.size.unwrap_or(UNKNOWN_SIZE).to_le_bytes());
+        raw.extend_from_slice(&put.offset.to_le_bytes());
+        raw.extend_from_slice(&put.prefix_hash);
+        raw.extend_from_slice(&put.mtime_ns.to_le_bytes());
+        raw.extend_from_slice(&[1, 0, b'x']);
+        let refused = PutBegin::decode(&raw);
+        assert!(matches!(refused, Err(FrameError::Inconsistent(_))), "{put:?}: {refused:?}");
+    }
+    let resumed = PutBegin { offset: 10, prefix_hash: [1; 32], ..put_begin() };
+    assert_eq!(PutBegin::decode(&resumed.encode().expect("valid")), Ok(resumed.clone()));
+    assert_eq!(resumed.data_len(), Some(0));
+    let mut bytes = put_begin().encode().expect("valid");
+    bytes[0] = 0x03;
+    assert_eq!(
+        PutBegin::decode(&bytes),
+        Err(FrameError::ReservedBits { field: "options", bits: 0x02 })
+    );
+}
+
+#[test]
+fn a_token_is_absent_or_sixteen_bytes_and_a_signature_is_128() {
+    let register = Register { name: "alice".into(), token: None };
+    assert_eq!(register.encode().expect("valid"), b"\x05alice\x00");
+    let mut bad = b"\x05alice\x03abc".to_vec();
+    assert_eq!(
+        Register::decode(&bad),
+        Err(FrameError::BadBinLength { field: "token", len: 3, allowed: "0 or 16" })
+    );
+    bad.truncate(6);
+    bad.push(16);
+    bad.extend_from_slice(&[7; 16]);
+    assert_eq!(Register::decode(&bad).expect("valid").token, Some([7; 16]));
+    let upgrade =
+        Upgrade { client_id: ClientId([1; 16]), name: "a".into(), signature: vec![0; 127] };
+    assert!(matches!(upgrade.encode(), Err(FrameError::BadBinLength { len: 127, .. })));
+    let mut bytes = Upgrade { signature: vec![0; 128], ..upgrade }.encode().expect("valid");
+    assert_eq!(bytes.len(), 16 + 2 + 2 + 128);
+    bytes[18..20].copy_from_slice(&129u16.to_le_bytes());
+    bytes.push(0);
+    assert!(matches!(Upgrade::decode(&bytes), Err(FrameError::BadBinLength { len: 129, .. })));
+}
+
+#[test]
+fn names_are_utf8_but_their_rules_are_the_receivers() {
+    // A control character in a name is carried (the server answers name_refused).
+    let register = Register { name: "a\tb".into(), token: None };
+    assert_eq!(Register::decode(&register.encode().expect("valid")), Ok(register));
+    assert_eq!(Register::decode(b"\x01\xff\x00"), Err(FrameError::TextNotUtf8 { field: "name" }));
+    let long = Register { name: "x".repeat(256), token: None };
+    assert!(matches!(long.encode(), Err(FrameError::TextTooLong { len: 256, .. })));
+}
+
+#[test]
+fn the_upgrade_statement_is_the_designs_concatenation() {
+    let id = ClientId([9; 16]);
+    let m = upgrade_statement(&[1; 32], &[2; 32], &[3; 32], &id, "bob").expect("short name");
+    assert_eq!(m.len(), 21 + 32 * 3 + 16 + 1 + 3);
+    assert_eq!(&m[..21], b"securexfer/4 upgrade\0");
+    assert_eq!(&m[21..53], &[1; 32]);
+    assert_eq!(&m[53..85], &[2; 32]);
+    assert_eq!(&m[85..117], &[3; 32]);
+    assert_eq!(&m[117..133], &[9; 16]);
+    assert_eq!(&m[133..], b"\x03bob");
+    // Each input changes the statement.
+    let other = [
+        upgrade_statement(&[0; 32], &[2; 32], &[3; 32], &id, "bob"),
+        upgrade_statement(&[1; 32], &[0; 32], &[3; 32], &id, "bob"),
+        upgrade_statement(&[1; 32], &[2; 32], &[0; 32], &id, "bob"),
+        upgrade_statement(&[1; 32], &[2; 32], &[3; 32], &ClientId([0; 16]), "bob"),
+        upgrade_statement(&[1; 32], &[2; 32], &[3; 32], &id, "bo"),
+    ];
+    for o in other {
+        assert_ne!(o.as_deref(), Some(&m[..]));
+    }
+    assert_eq!(upgrade_statement(&[1; 32], &[2; 32], &[3; 32], &id, &"x".repeat(256)), None);
+}
