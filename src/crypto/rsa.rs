@@ -51,6 +51,9 @@ pub enum KeyError {
     /// The decrypted AES key does not have 16 bytes.
     #[error("the decrypted AES key has {0} bytes, expected 16")]
     AesKeyLength(usize),
+    /// Signing failed (a key the `rsa` crate cannot sign with).
+    #[error("RSA signing failed: {0}")]
+    Signature(String),
 }
 
 /// A client's private key.
@@ -120,6 +123,17 @@ impl PrivateKey {
         BASE64.encode(der.as_bytes())
     }
 
+    /// The RSASSA-PKCS1-v1_5 signature with SHA-256 (RFC 8017, section 8.2) of `message`:
+    /// protocol 4's upgrade proof. Deterministic, and a signature of a message whose hash
+    /// the client computed itself, so none of the decryption oracles of RSA reach it.
+    pub fn sign_pkcs1v15_sha256(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(message);
+        self.0
+            .sign(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest)
+            .map_err(|e| KeyError::Signature(e.to_string()))
+    }
+
     /// Decrypts an AES key sent in a 2102 or 2105.
     pub fn decrypt_aes_key(&self, ciphertext: &[u8]) -> Result<AesKey, KeyError> {
         let plain =
@@ -130,6 +144,14 @@ impl PrivateKey {
 }
 
 impl PublicKey {
+    /// Whether `signature` is this key's RSASSA-PKCS1-v1_5 signature with SHA-256 of
+    /// `message` (see [`PrivateKey::sign_pkcs1v15_sha256`]).
+    pub fn verify_pkcs1v15_sha256(&self, message: &[u8], signature: &[u8]) -> bool {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(message);
+        self.0.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, signature).is_ok()
+    }
+
     /// Parses the 160-byte field: a DER SubjectPublicKeyInfo of a 1024-bit RSA key, followed
     /// only by zero padding.
     pub fn from_field(field: &PublicKeyField) -> Result<Self, KeyError> {

@@ -98,7 +98,7 @@ impl ClientKey {
 
     /// The 32 bytes behind the fingerprint (the upgrade statement's `fp`).
     pub fn raw_fingerprint(&self) -> [u8; 32] {
-        raw_fingerprint(&self.spki)
+        crate::crypto::fingerprint::raw(&self.spki)
     }
 
     /// A fresh self-signed certificate around the key, for one connection.
@@ -125,14 +125,6 @@ impl ClientKey {
             .map_err(|reason| KeyFileError::Corrupt { path: path.to_owned(), reason })?;
         Ok(ClientKey { pkcs8, spki })
     }
-}
-
-/// The SHA-256 of a SubjectPublicKeyInfo: the raw form of [`crate::crypto::fingerprint::of`].
-pub(crate) fn raw_fingerprint(spki_der: &[u8]) -> [u8; 32] {
-    let digest = ring::digest::digest(&ring::digest::SHA256, spki_der);
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
 }
 
 #[cfg(test)]
@@ -180,6 +172,6 @@ mod tests {
         let parsed = webpki::EndEntityCert::try_from(&cert).unwrap();
         let spki = parsed.subject_public_key_info();
         assert_eq!(crate::crypto::fingerprint::of(spki.as_ref()), key.fingerprint());
-        assert_eq!(raw_fingerprint(spki.as_ref()), key.raw_fingerprint());
+        assert_eq!(crate::crypto::fingerprint::raw(spki.as_ref()), key.raw_fingerprint());
     }
 }

@@ -6,8 +6,10 @@
 //! Everything here is typed and printless: the `securexfer` binary decides what to say.
 
 pub mod conn;
+pub mod error;
 pub mod key;
 pub mod negotiate;
 pub mod pending;
+pub mod session;
 pub mod tls;
 pub mod token;

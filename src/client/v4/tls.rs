@@ -7,11 +7,13 @@
 //! the client sends its own: a server the client does not trust never sees the client's
 //! key.
 
-use super::key::{ClientKey, KeyFileError, raw_fingerprint};
+use super::key::{ClientKey, KeyFileError};
 use super::negotiate::{
     FirstReply, PROBE_SILENCE, Probe, TLS_ALERT_RECORD, TLS_HANDSHAKE_RECORD, classify,
 };
 use crate::client::trust::{ALPN, KeyCheck};
+use crate::crypto::fingerprint;
+use crate::protocol::v4::UPGRADE_EXPORTER_LABEL;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::ServerName;
 use std::io;
@@ -26,9 +28,6 @@ use tokio::net::TcpStream;
 
 /// The TLS stream a protocol-4 connection runs over.
 pub type TlsStream = tokio_rustls::client::TlsStream<Watched>;
-
-/// The label of the TLS exporter value the upgrade signature is bound to.
-pub const UPGRADE_EXPORTER_LABEL: &[u8] = b"EXPORTER-securexfer-upgrade";
 
 /// Why no protocol-4 connection was made.
 #[derive(Debug, Error)]
@@ -229,8 +228,8 @@ fn established(server: &str, tls: TlsStream) -> Result<Dialed, DialError> {
         .export_keying_material([0u8; 32], UPGRADE_EXPORTER_LABEL, Some(b""))
         .map_err(|e| failed(&e.to_string()))?;
     Ok(Dialed {
-        server_key: crate::crypto::fingerprint::of(spki.as_ref()),
-        server_fp: raw_fingerprint(spki.as_ref()),
+        server_key: fingerprint::of(spki.as_ref()),
+        server_fp: fingerprint::raw(spki.as_ref()),
         exporter,
         tls,
     })
