@@ -15,4 +15,5 @@ mod python_interop;
 mod server;
 mod system_tools;
 mod v4_client;
+mod v4_peer;
 mod vectors;

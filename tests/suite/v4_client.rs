@@ -167,3 +167,320 @@ fn tokens_are_sxi_and_26_lowercase_base32_characters() {
         assert!(token::parse(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn the_upgrade_statement_is_signed_with_the_protocol3_key_and_verifies_with_its_public_key() {
+    use securexfer::crypto::PrivateKey;
+    use securexfer::protocol::ClientId;
+    use securexfer::protocol::v4::{UPGRADE_SIGNATURE_LEN, upgrade_statement};
+    let key = PrivateKey::generate();
+    let id = ClientId([7; 16]);
+    let statement = upgrade_statement(&[1; 32], &[2; 32], &[3; 32], &id, "alice").unwrap();
+    let signature = key.sign_pkcs1v15_sha256(&statement).unwrap();
+    assert_eq!(signature.len(), UPGRADE_SIGNATURE_LEN, "the size of the RSA-1024 modulus");
+    assert_eq!(key.sign_pkcs1v15_sha256(&statement).unwrap(), signature, "deterministic");
+    let public = key.public_key();
+    assert!(public.verify_pkcs1v15_sha256(&statement, &signature));
+    // Another connection (exporter), server, key, id or name: the signature is useless.
+    for other in [
+        upgrade_statement(&[9; 32], &[2; 32], &[3; 32], &id, "alice").unwrap(),
+        upgrade_statement(&[1; 32], &[9; 32], &[3; 32], &id, "alice").unwrap(),
+        upgrade_statement(&[1; 32], &[2; 32], &[9; 32], &id, "alice").unwrap(),
+        upgrade_statement(&[1; 32], &[2; 32], &[3; 32], &ClientId([8; 16]), "alice").unwrap(),
+        upgrade_statement(&[1; 32], &[2; 32], &[3; 32], &id, "alicf").unwrap(),
+    ] {
+        assert!(!public.verify_pkcs1v15_sha256(&other, &signature));
+    }
+    assert!(!PrivateKey::generate().public_key().verify_pkcs1v15_sha256(&statement, &signature));
+}
+
+#[test]
+fn refusals_say_what_their_value_and_limit_mean() {
+    use securexfer::client::v4::error::{binary_size, describe_refusal};
+    use securexfer::protocol::v4::{ErrorCode, ErrorFrame, ErrorUnit};
+    let gib = 1u64 << 30;
+    let quota = ErrorFrame {
+        code: ErrorCode::QuotaExceeded,
+        closes: false,
+        unit: ErrorUnit::Bytes,
+        retry_after_ms: 0,
+        value: gib * 98 / 10,
+        limit: 10 * gib,
+        message: String::new(),
+    };
+    let text = describe_refusal(&quota);
+    assert!(text.starts_with("quota exceeded: 9.8 GiB of 10 GiB used"), "{text}");
+    assert!(text.contains("refused"), "permanent: {text}");
+    let files = ErrorFrame { unit: ErrorUnit::Files, value: 99, limit: 100, ..quota.clone() };
+    assert!(describe_refusal(&files).starts_with("quota exceeded: 99 files of 100 files used"));
+    let busy = ErrorFrame {
+        code: ErrorCode::Busy,
+        unit: ErrorUnit::Nothing,
+        message: "too many uploads".into(),
+        ..quota
+    };
+    let text = describe_refusal(&busy);
+    assert!(
+        text.contains("busy") && text.contains("temporary") && text.contains("too many uploads"),
+        "{text}"
+    );
+    assert_eq!(binary_size(512), "512 bytes");
+    assert_eq!(binary_size(1536), "1.5 KiB");
+}
+
+// ---------------------------------------------------------------------------------------
+// The whole flows, through the real binary, against the scripted protocol-4 peer
+// (tests/suite/v4_peer.rs), the protocol-3 fake server and `securexfer serve`.
+
+use crate::common;
+use crate::fake_server::{Fake, Script as FakeScript};
+use crate::v4_peer::{PEER_ID, Peer, Script};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// A client's working directory with its own home (XDG_CONFIG_HOME and HOME inside).
+struct Client {
+    temp: tempfile::TempDir,
+}
+
+impl Client {
+    fn new() -> Client {
+        Client { temp: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self) -> &Path {
+        self.temp.path()
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path().join("config").join("securexfer")
+    }
+
+    fn known_servers(&self) -> PathBuf {
+        self.config().join("known_servers")
+    }
+
+    fn file(&self, name: &str, content: &[u8]) {
+        std::fs::write(self.path().join(name), content).unwrap();
+    }
+
+    /// Runs `securexfer ARGS` with the default protocol (`auto`), unless ARGS say.
+    fn run(&self, args: &[&str]) -> Output {
+        common::command()
+            .env_remove("SECUREXFER_PROTOCOL")
+            .env("XDG_CONFIG_HOME", self.path().join("config"))
+            .env("HOME", self.path())
+            .current_dir(self.path())
+            .args(args)
+            .args(["--connect-timeout", "5", "--timeout", "10"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn code(out: &Output) -> Option<i32> {
+    out.status.code()
+}
+
+#[test]
+fn register_then_send_over_protocol_4_trusting_the_server_on_first_use() {
+    let peer = Peer::start(Script::default());
+    let client = Client::new();
+    let out = client.run(&["register", "--server", &peer.addr, "--name", "alice"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("new server {}, key fingerprint {}", peer.addr, peer.fingerprint)),
+        "{stderr}"
+    );
+    assert!(text(&out.stdout).contains("over protocol 4"), "{}", text(&out.stdout));
+    let known = std::fs::read_to_string(client.known_servers()).unwrap();
+    assert!(known.contains(&format!("{} {} ", peer.addr, peer.fingerprint)), "{known}");
+    let key = client.config().join("servers").join(peer.addr.replace(':', "_")).join("client.key");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "client.key");
+    }
+    assert_eq!(peer.seen.lock().unwrap().register.as_ref().unwrap().name, "alice");
+
+    // The second run finds the key trusted: nothing about trust is said again.
+    let big = common::random_bytes(3 << 20, 5);
+    client.file("big.bin", &big);
+    client.file("small.txt", b"small");
+    let out = client.run(&["send", "big.bin", "small.txt", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert!(!text(&out.stderr).contains("new server"), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.matches("over protocol 4: verified after 1 send(s)").count(), 2, "{stdout}");
+    let seen = peer.seen.lock().unwrap();
+    assert_eq!(seen.files.get("big.bin"), Some(&big));
+    assert_eq!(seen.files.get("small.txt").map(Vec::as_slice), Some(&b"small"[..]));
+    // The COMMIT of each file went out before its PUT_RECEIVED could be read: the frames
+    // the peer read are the put's and then its COMMIT, with no wait between them.
+    let kinds: Vec<_> = seen.frames.iter().filter(|t| **t != FrameType::PutData).collect();
+    assert!(kinds.windows(2).any(|w| *w[0] == FrameType::PutEnd && *w[1] == FrameType::Commit));
+}
+
+#[test]
+fn names_are_normalised_to_nfc_before_they_are_sent() {
+    let peer = Peer::start(Script { registered: true, ..Script::default() });
+    let client = Client::new();
+    let nfd = "cafe\u{301}.txt";
+    client.file(nfd, b"coffee");
+    let out = client.run(&["send", nfd, "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let seen = peer.seen.lock().unwrap();
+    assert!(seen.files.contains_key("caf\u{e9}.txt"), "{:?}", seen.files.keys());
+}
+
+#[test]
+fn a_protocol3_only_peer_gets_the_warning_then_protocol_3_and_is_remembered() {
+    let fake = Fake::start(FakeScript::new(0));
+    let client = Client::new();
+    let out = client.run(&["register", "--server", &fake.addr, "--name", "bob"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    let warning = format!(
+        "warning: {} does not speak protocol 4; protocol 3 does not authenticate the server, \
+         and anyone on the network path can read or change this transfer",
+        fake.addr
+    );
+    assert!(stderr.contains(&warning), "{stderr}");
+    assert!(fake.codes().contains(&1025), "registered over protocol 3: {:?}", fake.codes());
+    let known = std::fs::read_to_string(client.known_servers()).unwrap();
+    assert!(known.contains(&format!("{} protocol-3 ", fake.addr)), "{known}");
+}
+
+#[test]
+fn a_server_known_to_speak_4_that_speaks_only_3_now_is_exit_3_with_no_protocol_3_spoken() {
+    let fake = Fake::start(FakeScript::new(0));
+    let client = Client::new();
+    std::fs::create_dir_all(client.config()).unwrap();
+    std::fs::write(client.known_servers(), format!("{} {KEY}\n", fake.addr)).unwrap();
+    client.file("a.txt", b"a");
+    let out = client.run(&["send", "a.txt", "--server", &fake.addr, "--name", "carol"]);
+    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("protocol 3 was not tried"), "{stderr}");
+    // The fake took the ClientHello for a request of an unknown code; no real one came.
+    assert!(
+        fake.codes().iter().all(|c| ![1025, 1026, 1027, 1028].contains(c)),
+        "{:?}",
+        fake.codes()
+    );
+}
+
+#[test]
+fn protocol_3_to_a_known_server_is_refused_with_exit_8() {
+    let client = Client::new();
+    std::fs::create_dir_all(client.config()).unwrap();
+    std::fs::write(client.known_servers(), format!("127.0.0.1:9 {KEY}\n")).unwrap();
+    client.file("a.txt", b"a");
+    let out = client.run(&["send", "a.txt", "--server", "127.0.0.1:9", "--protocol", "3"]);
+    assert_eq!(code(&out), Some(8), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("never spoken to it"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_changed_server_key_is_exit_8_and_nothing_is_sent() {
+    let peer = Peer::start(Script { registered: true, ..Script::default() });
+    let client = Client::new();
+    std::fs::create_dir_all(client.config()).unwrap();
+    let line = format!("{} {KEY}\n", peer.addr);
+    std::fs::write(client.known_servers(), &line).unwrap();
+    client.file("a.txt", b"a");
+    let out = client.run(&["send", "a.txt", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(8), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("WARNING: THE KEY OF") && stderr.contains(&peer.fingerprint),
+        "{stderr}"
+    );
+    let seen = peer.seen.lock().unwrap();
+    assert!(seen.frames.is_empty(), "nothing was sent: {:?}", seen.frames);
+    assert_eq!(std::fs::read_to_string(client.known_servers()).unwrap(), line);
+    // A pin that disagrees is the same failure, before any contact.
+    let other = Client::new();
+    other.file("a.txt", b"a");
+    let out = other.run(&["send", "a.txt", "--server", &peer.addr, "--server-fingerprint", OTHER]);
+    assert_eq!(code(&out), Some(8), "{}", text(&out.stderr));
+}
+
+#[test]
+fn an_upgrade_keeps_the_protocol3_id_and_name_and_says_so() {
+    use securexfer::client::home::Home;
+    use securexfer::client::identity::Identity;
+    use securexfer::crypto::PrivateKey;
+    let peer = Peer::start(Script::default());
+    let client = Client::new();
+    let home = Home::at(client.config());
+    let id = securexfer::protocol::ClientId([0x33; 16]);
+    let identity = Identity { name: "dave".into(), id, key: PrivateKey::generate() };
+    identity.save(&home.identity_path(&peer.addr), false).unwrap();
+    client.file("a.txt", b"kept");
+    let out = client.run(&["send", "a.txt", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("upgrading dave") && stderr.contains("upgraded dave"), "{stderr}");
+    let seen = peer.seen.lock().unwrap();
+    let upgrade = seen.upgrade.as_ref().expect("an UPGRADE");
+    assert_eq!((upgrade.client_id, upgrade.name.as_str()), (id, "dave"));
+    assert_ne!(upgrade.client_id, PEER_ID);
+    assert_eq!(upgrade.signature.len(), 128);
+    assert!(seen.files.contains_key("a.txt"));
+    assert!(home.client_key_path(&peer.addr).exists());
+}
+
+#[test]
+fn a_hash_mismatch_sends_the_file_again_and_four_are_exit_5() {
+    let peer = Peer::start(Script { registered: true, wrong_hashes: 1, ..Script::default() });
+    let client = Client::new();
+    client.file("a.txt", b"again");
+    let out = client.run(&["send", "a.txt", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("verified after 2 send(s)"), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("BLAKE3 mismatch on send 1"), "{}", text(&out.stderr));
+
+    let peer = Peer::start(Script { registered: true, wrong_hashes: 4, ..Script::default() });
+    let out = client.run(&["send", "a.txt", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(5), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("on all 4 sends"), "{}", text(&out.stderr));
+    let seen = peer.seen.lock().unwrap();
+    assert_eq!(seen.puts, 4);
+    assert!(seen.files.is_empty());
+}
+
+#[test]
+fn a_file_refused_for_its_quota_is_reported_and_the_batch_goes_on() {
+    let script =
+        Script { registered: true, over_quota: vec!["big.bin".into()], ..Script::default() };
+    let peer = Peer::start(script);
+    let client = Client::new();
+    client.file("big.bin", &common::random_bytes(2 << 20, 9));
+    client.file("after.txt", b"after");
+    let out = client.run(&["send", "big.bin", "after.txt", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("quota exceeded: 9.8 GiB of 10 GiB used"), "{stderr}");
+    assert!(peer.seen.lock().unwrap().files.contains_key("after.txt"));
+}
+
+#[test]
+fn a_server_sending_a_frame_out_of_turn_is_exit_4() {
+    let peer =
+        Peer::start(Script { registered: true, unexpected_frame: true, ..Script::default() });
+    let client = Client::new();
+    client.file("a.txt", b"a");
+    client.file("b.txt", b"b");
+    let out = client.run(&["send", "a.txt", "b.txt", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("the server broke protocol 4"), "{stderr}");
+    assert!(stderr.contains("b.txt: not sent"), "the run stops: {stderr}");
+}
