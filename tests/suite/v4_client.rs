@@ -484,3 +484,40 @@ fn a_server_sending_a_frame_out_of_turn_is_exit_4() {
     assert!(stderr.contains("the server broke protocol 4"), "{stderr}");
     assert!(stderr.contains("b.txt: not sent"), "the run stops: {stderr}");
 }
+
+#[test]
+fn register_carries_the_invitation_token_and_refuses_a_malformed_one() {
+    let peer = Peer::start(Script::default());
+    let client = Client::new();
+    let token = "sxi-aaaqeayeaudaocajbifqydiob4";
+    let out = client.run(&["register", "--server", &peer.addr, "--name", "erin", "--token", token]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let expected: [u8; 16] = std::array::from_fn(|i| i as u8);
+    assert_eq!(peer.seen.lock().unwrap().register.as_ref().unwrap().token, Some(expected));
+    let other = Client::new();
+    let out = other.run(&["register", "--server", &peer.addr, "--name", "f", "--token", "sxi-x"]);
+    assert_eq!(code(&out), Some(2), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_tls_alert_is_an_error_and_never_a_reason_to_speak_protocol_3() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        if let Ok((mut tcp, _)) = listener.accept() {
+            let mut hello = [0u8; 512];
+            let _ = tcp.read(&mut hello);
+            // A fatal handshake_failure alert, as a TLS server that will not talk sends.
+            let _ = tcp.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
+        }
+    });
+    let client = Client::new();
+    client.file("a.txt", b"a");
+    let out = client.run(&["send", "a.txt", "--server", &addr, "--name", "gus"]);
+    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("TLS handshake") && !stderr.contains("warning"), "{stderr}");
+    let known = std::fs::read_to_string(client.known_servers()).unwrap_or_default();
+    assert!(!known.contains("protocol-3"), "{known}");
+}
