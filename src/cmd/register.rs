@@ -80,6 +80,7 @@ fn register_v3(
     name: &str,
     path: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
+    super::send::check_name(name)?;
     let mut client = client_for(server, &args.client);
     client.connect()?;
     let session = client.register(name)?;

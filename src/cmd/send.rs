@@ -54,10 +54,9 @@ pub fn server_and_name(
                     .into(),
             )
         })?;
+    // The name's rules depend on the protocol (printable ASCII for 3, UTF-8 NFC for 4):
+    // each path checks it before it is sent.
     let name = args.name.clone().or_else(|| transfer.map(|t| t.name.clone()));
-    if let Some(name) = &name {
-        check_name(name)?;
-    }
     Ok((normalize_server(&server)?, name))
 }
 
@@ -210,6 +209,9 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         && let Spoken::Four(four) = v4::connect(&server, &args.client)?
     {
         return run_v4(&args, &server, name, &files, *four);
+    }
+    if let Some(name) = &name {
+        check_name(name)?;
     }
     let candidates = identity_candidates(args.client.identity.as_deref(), &server);
     let found = candidates.iter().find(|p| p.exists()).cloned();

@@ -521,3 +521,31 @@ fn a_tls_alert_is_an_error_and_never_a_reason_to_speak_protocol_3() {
     let known = std::fs::read_to_string(client.known_servers()).unwrap_or_default();
     assert!(!known.contains("protocol-3"), "{known}");
 }
+
+#[test]
+fn protocol_4_only_never_falls_back_neither_for_a_protocol3_peer_nor_a_silent_one() {
+    let fake = Fake::start(FakeScript::new(0));
+    let client = Client::new();
+    let out = client.run(&["register", "--server", &fake.addr, "--name", "hal", "--protocol", "4"]);
+    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("does not speak protocol 4"), "{}", text(&out.stderr));
+    assert!(!fake.codes().contains(&1025), "{:?}", fake.codes());
+
+    // A peer that accepts and says nothing is taken for protocol 3 after 3 s.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let held = listener.accept();
+        std::thread::sleep(std::time::Duration::from_secs(8));
+        drop(held);
+    });
+    let started = std::time::Instant::now();
+    let out = client.run(&["register", "--server", &addr, "--name", "hal", "--protocol", "4"]);
+    assert_eq!(code(&out), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("said nothing for 3 s"), "{}", text(&out.stderr));
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(3) && took < std::time::Duration::from_secs(7),
+        "{took:?}"
+    );
+}
