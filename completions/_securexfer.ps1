@@ -53,6 +53,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('--compat', '--compat', [CompletionResultType]::ParameterName, 'Serve an existing client that deviates from the protocol. `crc32-ciphertext`: to clients whose requests carry version byte 1 (the `dor` client; nobody else sends it), answer 1028 with the zlib CRC-32 of the ciphertext received, as that client checks, and answer its 1030 with 2104, as it waits for one. Every other client gets exactly the protocol')
             [CompletionResult]::new('--registrations-per-minute', '--registrations-per-minute', [CompletionResultType]::ParameterName, 'Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to twice as many; more get 2107. 0 turns the limit off')
             [CompletionResult]::new('--keep-versions', '--keep-versions', [CompletionResultType]::ParameterName, 'Earlier versions kept of each stored file when a newer confirmed upload of the same name replaces it (under DIR/.versions/; `db inspect` lists them, `db restore` puts one back). 0 keeps none')
+            [CompletionResult]::new('--registration', '--registration', [CompletionResultType]::ParameterName, 'Who may register: `open` (anyone, as protocol 3 always did), `token` (protocol 4 clients with an invitation from `securexfer db invite`), `closed` (nobody). Under token and closed, protocol 3''s registration (1025) gets 2107: it cannot carry a token. Registered clients, and upgrades of protocol-3 clients, work under all three')
             [CompletionResult]::new('--metrics', '--metrics', [CompletionResultType]::ParameterName, 'Serve metrics in the Prometheus text format on http://ADDR/metrics (for example 127.0.0.1:9357; port 0 picks a free one, logged at start-up): connections, requests by code and outcome, refusals by reason, bytes received, uploads by outcome and their duration, sessions, free disk space, database latency. The endpoint has no authentication: keep it on loopback or a monitoring network')
             [CompletionResult]::new('--log-format', '--log-format', [CompletionResultType]::ParameterName, 'How log lines are written to stderr: `text` for people, `json` (one object per line) for log collectors')
             [CompletionResult]::new('--strict-sessions', '--strict-sessions', [CompletionResultType]::ParameterName, 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)')
@@ -117,6 +118,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
             [CompletionResult]::new('restore', 'restore', [CompletionResultType]::ParameterValue, 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)')
             [CompletionResult]::new('fingerprint', 'fingerprint', [CompletionResultType]::ParameterValue, 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)')
+            [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -160,11 +162,22 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'securexfer;db;invite' {
+            [CompletionResult]::new('--db', '--db', [CompletionResultType]::ParameterName, 'The server''s database')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'The client name the token is for: registering with it under another name is refused. Without it, any name')
+            [CompletionResult]::new('--expires', '--expires', [CompletionResultType]::ParameterName, 'How long the token is valid: a number with s, m, h or d (seconds, minutes, hours, days)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'securexfer;db;help' {
             [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)')
             [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
             [CompletionResult]::new('restore', 'restore', [CompletionResultType]::ParameterValue, 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)')
             [CompletionResult]::new('fingerprint', 'fingerprint', [CompletionResultType]::ParameterValue, 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)')
+            [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -178,6 +191,9 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;db;help;fingerprint' {
+            break
+        }
+        'securexfer;db;help;invite' {
             break
         }
         'securexfer;db;help;help' {
@@ -233,6 +249,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
             [CompletionResult]::new('restore', 'restore', [CompletionResultType]::ParameterValue, 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)')
             [CompletionResult]::new('fingerprint', 'fingerprint', [CompletionResultType]::ParameterValue, 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)')
+            [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used')
             break
         }
         'securexfer;help;db;inspect' {
@@ -245,6 +262,9 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;help;db;fingerprint' {
+            break
+        }
+        'securexfer;help;db;invite' {
             break
         }
         'securexfer;help;trust' {

@@ -49,6 +49,9 @@ _securexfer() {
             securexfer__subcmd__db,inspect)
                 cmd="securexfer__subcmd__db__subcmd__inspect"
                 ;;
+            securexfer__subcmd__db,invite)
+                cmd="securexfer__subcmd__db__subcmd__invite"
+                ;;
             securexfer__subcmd__db,restore)
                 cmd="securexfer__subcmd__db__subcmd__restore"
                 ;;
@@ -63,6 +66,9 @@ _securexfer() {
                 ;;
             securexfer__subcmd__db__subcmd__help,inspect)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__inspect"
+                ;;
+            securexfer__subcmd__db__subcmd__help,invite)
+                cmd="securexfer__subcmd__db__subcmd__help__subcmd__invite"
                 ;;
             securexfer__subcmd__db__subcmd__help,restore)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__restore"
@@ -99,6 +105,9 @@ _securexfer() {
                 ;;
             securexfer__subcmd__help__subcmd__db,inspect)
                 cmd="securexfer__subcmd__help__subcmd__db__subcmd__inspect"
+                ;;
+            securexfer__subcmd__help__subcmd__db,invite)
+                cmd="securexfer__subcmd__help__subcmd__db__subcmd__invite"
                 ;;
             securexfer__subcmd__help__subcmd__db,restore)
                 cmd="securexfer__subcmd__help__subcmd__db__subcmd__restore"
@@ -141,7 +150,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db)
-            opts="-h -V --help --version inspect verify restore fingerprint help"
+            opts="-h -V --help --version inspect verify restore fingerprint invite help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -184,7 +193,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db__subcmd__help)
-            opts="inspect verify restore fingerprint help"
+            opts="inspect verify restore fingerprint invite help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -226,6 +235,20 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db__subcmd__help__subcmd__inspect)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__db__subcmd__help__subcmd__invite)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -297,6 +320,43 @@ _securexfer() {
                     return 0
                     ;;
                 --client)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__db__subcmd__invite)
+            opts="-h -V --db --name --expires --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --expires)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -392,7 +452,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db)
-            opts="inspect verify restore fingerprint"
+            opts="inspect verify restore fingerprint invite"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -420,6 +480,20 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db__subcmd__inspect)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__help__subcmd__db__subcmd__invite)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -694,7 +768,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__serve)
-            opts="-v -q -h -V --config --listen --port --storage --db --max-file-size --max-connections --max-connections-per-address --request-deadline --max-uploads --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --keep-versions --metrics --log-format --verbose --quiet --help --version"
+            opts="-v -q -h -V --config --listen --port --storage --db --max-file-size --max-connections --max-connections-per-address --request-deadline --max-uploads --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --keep-versions --registration --metrics --log-format --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -780,6 +854,10 @@ _securexfer() {
                     ;;
                 --keep-versions)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --registration)
+                    COMPREPLY=($(compgen -W "open token closed" -- "${cur}"))
                     return 0
                     ;;
                 --metrics)

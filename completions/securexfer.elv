@@ -49,6 +49,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --compat 'Serve an existing client that deviates from the protocol. `crc32-ciphertext`: to clients whose requests carry version byte 1 (the `dor` client; nobody else sends it), answer 1028 with the zlib CRC-32 of the ciphertext received, as that client checks, and answer its 1030 with 2104, as it waits for one. Every other client gets exactly the protocol'
             cand --registrations-per-minute 'Registrations one IP address (IPv6: one /64) may make per minute, in bursts of up to twice as many; more get 2107. 0 turns the limit off'
             cand --keep-versions 'Earlier versions kept of each stored file when a newer confirmed upload of the same name replaces it (under DIR/.versions/; `db inspect` lists them, `db restore` puts one back). 0 keeps none'
+            cand --registration 'Who may register: `open` (anyone, as protocol 3 always did), `token` (protocol 4 clients with an invitation from `securexfer db invite`), `closed` (nobody). Under token and closed, protocol 3''s registration (1025) gets 2107: it cannot carry a token. Registered clients, and upgrades of protocol-3 clients, work under all three'
             cand --metrics 'Serve metrics in the Prometheus text format on http://ADDR/metrics (for example 127.0.0.1:9357; port 0 picks a free one, logged at start-up): connections, requests by code and outcome, refusals by reason, bytes received, uploads by outcome and their duration, sessions, free disk space, database latency. The endpoint has no authentication: keep it on loopback or a monitoring network'
             cand --log-format 'How log lines are written to stderr: `text` for people, `json` (one object per line) for log collectors'
             cand --strict-sessions 'Serve file requests only on the connection that made the key exchange (refuses clients that open one connection per request)'
@@ -110,6 +111,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
+            cand invite 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;inspect'= {
@@ -148,11 +150,21 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'securexfer;db;invite'= {
+            cand --db 'The server''s database'
+            cand --name 'The client name the token is for: registering with it under another name is refused. Without it, any name'
+            cand --expires 'How long the token is valid: a number with s, m, h or d (seconds, minutes, hours, days)'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'securexfer;db;help'= {
             cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
+            cand invite 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;help;inspect'= {
@@ -162,6 +174,8 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;db;help;restore'= {
         }
         &'securexfer;db;help;fingerprint'= {
+        }
+        &'securexfer;db;help;invite'= {
         }
         &'securexfer;db;help;help'= {
         }
@@ -208,6 +222,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
+            cand invite 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used'
         }
         &'securexfer;help;db;inspect'= {
         }
@@ -216,6 +231,8 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;help;db;restore'= {
         }
         &'securexfer;help;db;fingerprint'= {
+        }
+        &'securexfer;help;db;invite'= {
         }
         &'securexfer;help;trust'= {
         }

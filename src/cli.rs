@@ -154,6 +154,18 @@ pub struct ServeArgs {
     /// one back). 0 keeps none.
     #[arg(long, env = "SECUREXFER_KEEP_VERSIONS", default_value_t = 1, value_name = "N")]
     pub keep_versions: usize,
+    /// Who may register: `open` (anyone, as protocol 3 always did), `token` (protocol 4
+    /// clients with an invitation from `securexfer db invite`), `closed` (nobody). Under
+    /// token and closed, protocol 3's registration (1025) gets 2107: it cannot carry a
+    /// token. Registered clients, and upgrades of protocol-3 clients, work under all three.
+    #[arg(
+        long,
+        env = "SECUREXFER_REGISTRATION",
+        value_enum,
+        default_value = "open",
+        value_name = "POLICY"
+    )]
+    pub registration: RegistrationPolicy,
     /// Serve metrics in the Prometheus text format on http://ADDR/metrics (for example
     /// 127.0.0.1:9357; port 0 picks a free one, logged at start-up): connections,
     /// requests by code and outcome, refusals by reason, bytes received, uploads by
@@ -178,6 +190,17 @@ pub struct ServeArgs {
     /// Log warnings and errors only.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// Who may register with the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegistrationPolicy {
+    /// Anyone.
+    Open,
+    /// Only with an invitation token (protocol 4).
+    Token,
+    /// Nobody.
+    Closed,
 }
 
 /// The server's log format.
@@ -317,6 +340,32 @@ pub enum DbCommand {
     /// database), for clients to pin before their first contact. Exit 6 if there is no
     /// key yet (`serve` makes it at its first start).
     Fingerprint(FingerprintArgs),
+    /// Make an invitation for `serve --registration token`: prints a single-use token
+    /// (`sxi-` and 26 characters) for one protocol-4 client to register with. The database
+    /// keeps only its SHA-256, its name and expiry, and when and by whom it was used.
+    Invite(InviteArgs),
+}
+
+/// `securexfer db invite`.
+#[derive(Debug, Args)]
+pub struct InviteArgs {
+    /// The server's database.
+    #[arg(
+        long,
+        env = "SECUREXFER_DB",
+        default_value = "defensive.db",
+        value_name = "PATH",
+        value_hint = ValueHint::FilePath
+    )]
+    pub db: PathBuf,
+    /// The client name the token is for: registering with it under another name is
+    /// refused. Without it, any name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// How long the token is valid: a number with s, m, h or d (seconds, minutes, hours,
+    /// days).
+    #[arg(long, default_value = "7d", value_name = "DURATION", value_parser = parse_duration)]
+    pub expires: u64,
 }
 
 /// `securexfer db fingerprint`.
@@ -466,10 +515,40 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Parses durations such as `90s`, `30m`, `12h`, `7d` into seconds.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, 's')) => (&text[..i], 1),
+        Some((i, 'm')) => (&text[..i], 60),
+        Some((i, 'h')) => (&text[..i], 3600),
+        Some((i, 'd')) => (&text[..i], 86_400),
+        _ => (text, 1),
+    };
+    let n: u64 = digits.parse().map_err(|_| {
+        format!("{text:?} is not a duration: use a number with s, m, h or d (say 7d)")
+    })?;
+    match n.checked_mul(unit) {
+        Some(0) => Err("a duration of 0 makes a token that is never valid".to_owned()),
+        Some(secs) => Ok(secs),
+        None => Err(format!("{text:?} is too long")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn durations_take_s_m_h_and_d() {
+        assert_eq!(parse_duration("7d"), Ok(7 * 86_400));
+        assert_eq!(parse_duration("12h"), Ok(12 * 3600));
+        assert_eq!(parse_duration("30m"), Ok(1800));
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert!(parse_duration("0d").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
 
     #[test]
     fn the_cli_definition_is_consistent() {

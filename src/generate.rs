@@ -287,6 +287,7 @@ fn files(name: &str) -> &'static [(&'static str, &'static str)] {
         "securexfer-db" | "securexfer-db-inspect" => &[DATABASE, SERVER_KEY, STORAGE],
         "securexfer-db-verify" | "securexfer-db-restore" => &[DATABASE, STORAGE],
         "securexfer-db-fingerprint" => &[DATABASE, SERVER_KEY],
+        "securexfer-db-invite" => &[DATABASE],
         "securexfer-trust" => &[KNOWN_SERVERS, DEFAULT_SERVER],
         "securexfer-completions" => &[
             (
@@ -388,6 +389,10 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
         "securexfer-db-fingerprint" => &[(
             "Print the server key's fingerprint, for clients to pin:",
             "securexfer db fingerprint --db /var/lib/securexfer/securexfer.db",
+        )],
+        "securexfer-db-invite" => &[(
+            "Invite alice, who must register within two days and under that name:",
+            "securexfer db invite --db /var/lib/securexfer/securexfer.db --name alice --expires 2d",
         )],
         "securexfer-trust" => &[
             (

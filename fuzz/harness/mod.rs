@@ -10,6 +10,9 @@
 //! - [`check_v4_frames`]: protocol 4's frame codec reads arbitrary bytes as a stream of
 //!   frames; what decodes re-encodes byte for byte, prefixes are incomplete, and a bad
 //!   header is refused from its 12 bytes alone (`fuzz/harness/v4.rs`).
+//! - [`check_v4_session`]: protocol 4's per-connection state machine reads arbitrary bytes
+//!   as the client's frames, with a stand-in driver; frames are admitted only where the
+//!   design allows them (`fuzz/harness/v4_session.rs`).
 //!
 //! It lives outside the library and uses only its public API (the protocol codecs and
 //! [`securexfer::server::Server::serve_connection`]): the fuzz targets in `fuzz/` and
@@ -18,9 +21,11 @@
 
 mod session;
 mod v4;
+mod v4_session;
 
 pub use session::check_session;
 pub use v4::check_v4_frames;
+pub use v4_session::check_v4_session;
 
 use securexfer::protocol::Version;
 use securexfer::protocol::{

@@ -4,7 +4,7 @@
 use super::UsageError;
 use super::out::outln;
 use super::table::{self, cut, fixed};
-use crate::cli::{FingerprintArgs, InspectArgs, RestoreArgs};
+use crate::cli::{FingerprintArgs, InspectArgs, InviteArgs, RestoreArgs};
 use anyhow::Context;
 use securexfer::protocol::{ClientId, storage_name};
 use securexfer::server::identity::{self, ServerIdentity};
@@ -156,6 +156,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         cksum: version.cksum.unwrap_or_default(),
         archive: current.then(|| Storage::new_version_path(client.id)),
         restores: Some(version.version),
+        v4: None,
     };
     db.begin_commit(&intent)?;
     if let Some(archive) = &intent.archive {
@@ -188,6 +189,8 @@ fn print_json(
                 "last_seen": c.last_seen,
                 "has_public_key": c.public_key.is_some(),
                 "has_aes_key": c.has_aes_key,
+                "key_fingerprint": c.key_fingerprint.as_ref().map(key_fingerprint),
+                "protocol": client_protocol(c),
             })
         })
         .collect();
@@ -206,6 +209,9 @@ fn print_json(
                 "stored_at": f.stored_at,
                 "present": disk.is_some(),
                 "size_on_disk": disk,
+                "blake3": f.blake3.as_ref().map(hex),
+                "protocol": f.protocol,
+                "generation": f.generation,
             })
         })
         .collect();
@@ -231,12 +237,21 @@ fn print_tables(clients: &[ClientRecord], files: &[FileRecord], storage: &Path, 
                 c.last_seen.clone().unwrap_or_else(|| "-".into()),
                 yes_no(c.public_key.is_some()),
                 yes_no(c.has_aes_key),
+                client_protocol(c).to_string(),
+                c.key_fingerprint.as_ref().map_or_else(|| "-".into(), key_fingerprint),
             ]
         })
         .collect();
     // The id is cut like a short commit hash; `--client` takes the name too.
-    let columns =
-        [cut("ID"), cut("NAME"), fixed("LAST SEEN (UTC)"), fixed("PUBLIC KEY"), fixed("AES KEY")];
+    let columns = [
+        cut("ID"),
+        cut("NAME"),
+        fixed("LAST SEEN (UTC)"),
+        fixed("PUBLIC KEY"),
+        fixed("AES KEY"),
+        fixed("PROTO"),
+        cut("V4 KEY"),
+    ];
     layout.print(&columns, &rows);
     outln!();
     outln!("FILES ({})", files.len());
@@ -251,6 +266,7 @@ fn print_tables(clients: &[ClientRecord], files: &[FileRecord], storage: &Path, 
                 yes_no(f.verified),
                 layout.size(disk),
                 yes_no(disk.is_some()),
+                f.blake3.as_ref().map_or_else(|| "-".into(), |h| hex(h)[..16].to_owned()),
             ]
         })
         .collect();
@@ -261,8 +277,24 @@ fn print_tables(clients: &[ClientRecord], files: &[FileRecord], storage: &Path, 
         fixed("VERIFIED"),
         fixed("SIZE"),
         fixed("PRESENT"),
+        cut("BLAKE3"),
     ];
     layout.print(&columns, &rows);
+}
+
+/// The protocol a client speaks: 4 once it has a protocol-4 key (protocol 3 is then
+/// refused for it), else 3.
+fn client_protocol(c: &ClientRecord) -> u8 {
+    if c.key_fingerprint.is_some() { 4 } else { 3 }
+}
+
+/// A raw key fingerprint as people see it: `SHA256:` and unpadded base64.
+fn key_fingerprint(raw: &[u8; 32]) -> String {
+    securexfer::crypto::fingerprint::text(raw)
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn yes_no(b: bool) -> String {
@@ -285,4 +317,19 @@ pub fn fingerprint(args: FingerprintArgs) -> anyhow::Result<ExitCode> {
         ))
         .into()),
     }
+}
+
+/// `db invite`: a fresh single-use token on stdout; the database keeps only its SHA-256.
+pub fn invite(args: InviteArgs) -> anyhow::Result<ExitCode> {
+    use securexfer::crypto::invite::InviteToken;
+    if let Some(name) = &args.name {
+        securexfer::protocol::v4::names::check_client_name(name)
+            .map_err(|e| UsageError(format!("--name {name:?}: {e}")))?;
+    }
+    let db = Db::open(&args.db)?;
+    let token = InviteToken::generate();
+    let valid_for = std::time::Duration::from_secs(args.expires);
+    db.create_invite(&token.hash(), args.name.as_deref(), valid_for)?;
+    outln!("{token}");
+    Ok(ExitCode::SUCCESS)
 }

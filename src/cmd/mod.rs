@@ -65,6 +65,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("warn");
             db::fingerprint(args)
         }
+        Command::Db(DbCommand::Invite(args)) => {
+            init_logging("warn");
+            db::invite(args)
+        }
         Command::Trust(args) => {
             init_logging("warn");
             trust::run(args)

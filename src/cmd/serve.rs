@@ -3,6 +3,7 @@
 use super::out::outln;
 use crate::cli::ServeArgs;
 use anyhow::Context;
+use securexfer::protocol::v4::Registration;
 use securexfer::server::{Config, Server};
 use securexfer::sys::raise_open_file_limit;
 use std::process::ExitCode;
@@ -31,6 +32,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         request_deadline: Duration::from_secs(args.request_deadline.max(1)),
         max_connections_per_address: args.max_connections_per_address,
         max_uploads: args.max_uploads.max(1),
+        registration: match args.registration {
+            crate::cli::RegistrationPolicy::Open => Registration::Open,
+            crate::cli::RegistrationPolicy::Token => Registration::Token,
+            crate::cli::RegistrationPolicy::Closed => Registration::Closed,
+        },
+        max_file_size: args.max_file_size,
         ..Config::new(args.storage.clone(), args.db.clone())
     };
     raise_open_file_limit();

@@ -51,6 +51,9 @@ fn version_record(v: VersionRecord) -> (FileRecord, Option<i64>) {
         size: v.size,
         cksum: v.cksum,
         stored_at: v.stored_at,
+        blake3: None,
+        protocol: 3,
+        generation: None,
     };
     (record, Some(v.version))
 }

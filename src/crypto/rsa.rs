@@ -144,14 +144,6 @@ impl PrivateKey {
 }
 
 impl PublicKey {
-    /// Whether `signature` is this key's RSASSA-PKCS1-v1_5 signature with SHA-256 of
-    /// `message` (see [`PrivateKey::sign_pkcs1v15_sha256`]).
-    pub fn verify_pkcs1v15_sha256(&self, message: &[u8], signature: &[u8]) -> bool {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(message);
-        self.0.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, signature).is_ok()
-    }
-
     /// Parses the 160-byte field: a DER SubjectPublicKeyInfo of a 1024-bit RSA key, followed
     /// only by zero padding.
     pub fn from_field(field: &PublicKeyField) -> Result<Self, KeyError> {
@@ -192,6 +184,16 @@ impl PublicKey {
     /// Encrypts an AES key for a 2102 or 2105.
     pub fn encrypt_aes_key(&self, key: &AesKey) -> Result<Vec<u8>, KeyError> {
         self.0.oaep_encrypt::<Sha1>(key).map_err(|e| KeyError::Oaep(e.to_string()))
+    }
+
+    /// Whether `signature` is this key's RSASSA-PKCS1-v1_5 signature with SHA-256 of
+    /// `message` (RFC 8017, 8.2): protocol 4's proof that a protocol-3 client holds its
+    /// private key (docs/protocol-v4.md, "Upgrade of a protocol-3 client"). Verifying is a
+    /// public operation, so the timing advisory on RSA decryption does not reach it.
+    pub fn verify_pkcs1v15_sha256(&self, message: &[u8], signature: &[u8]) -> bool {
+        use sha2::Digest;
+        let hashed = sha2::Sha256::digest(message);
+        self.0.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &hashed, signature).is_ok()
     }
 }
 

@@ -493,6 +493,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     async fn register(&mut self, name: FixedName) -> Result<Next, Refusal> {
+        use crate::protocol::v4::Registration;
+        match self.shared.config.registration {
+            Registration::Open => {}
+            Registration::Token => return Err(Refusal::RegistrationClosed("token")),
+            Registration::Closed => return Err(Refusal::RegistrationClosed("closed")),
+        }
         self.check_registration_limit()?;
         let (id, ip) = (ClientId::random(), self.peer.ip());
         let text = name.as_str().to_owned();
@@ -521,6 +527,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if record.name != name.as_str() {
             return Err(Refusal::NameMismatch { id, name: name.to_string() });
         }
+        if !record.protocol3_allowed {
+            // Upgraded (or registered over protocol 4): protocol 3 would only help an
+            // attacker who has the old RSA key.
+            warn!(%name, client = %id, "1026 refused: this client uses protocol 4 now");
+            return Err(Refusal::KeyNotAllowed(id));
+        }
         let same_key = record.public_key.as_deref() == Some(&field.0[..]);
         let may_register = self.registered_here == Some(id)
             || self.shared.sessions.registered_recently(id, self.peer.ip());
@@ -547,6 +559,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             info!(%name, client = %id, "reconnect denied: no client with this name and id");
             return Ok(denied);
         };
+        if !record.protocol3_allowed {
+            warn!(
+                %name, client = %id,
+                "reconnect denied: this client was upgraded to protocol 4, which refuses \
+                 protocol 3 for it"
+            );
+            return Ok(denied);
+        }
         let key = record
             .public_key
             .as_deref()
@@ -720,6 +740,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             cksum: pending.cksum,
             archive: None,
             restores: None,
+            v4: None,
         };
         // Recorded before the rename, forgotten in the transaction that records the file:
         // a crash anywhere in between is finished or undone at start-up.

@@ -11,6 +11,7 @@ pub mod session;
 pub mod slots;
 pub mod tls;
 pub mod upload;
+pub mod v4;
 
 use crate::store::{Db, DbError, RecordsError, SharedRecords, SqliteRecords, Storage};
 use backoff::Backoff;
@@ -52,6 +53,8 @@ pub const KEYLESS_LIFETIME: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_UPLOADS: usize = 256;
 /// Default number of earlier versions kept of each stored file.
 pub const DEFAULT_KEEP_VERSIONS: usize = 1;
+/// Default largest file, 4 GiB (`--max-file-size 4G`).
+pub const DEFAULT_MAX_FILE_SIZE: u64 = 4 << 30;
 /// Default free space kept on the storage file system.
 pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 
@@ -93,6 +96,12 @@ pub struct Config {
     pub max_connections_per_address: usize,
     /// Most uploads whose content is being read at once; a 1028 beyond gets 2107.
     pub max_uploads: usize,
+    /// Who may register (protocol 4's `REGISTER`; under `token` and `closed`, protocol 3's
+    /// 1025 gets 2107, or anyone could register over protocol 3 and then upgrade).
+    pub registration: crate::protocol::v4::Registration,
+    /// The largest file protocol 4 accepts (`--max-file-size`, not cut to protocol 3's
+    /// 4 GiB as `max_content` is).
+    pub max_file_size: u64,
 }
 
 /// The version byte of the one existing client that checks a CRC-32 of the ciphertext
@@ -118,6 +127,8 @@ impl Config {
             request_deadline: DEFAULT_REQUEST_DEADLINE,
             max_connections_per_address: slots::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             max_uploads: DEFAULT_MAX_UPLOADS,
+            registration: crate::protocol::v4::Registration::Open,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
         }
     }
 }
@@ -189,6 +200,11 @@ pub(crate) struct Shared {
     metrics: Arc<metrics::Metrics>,
     /// Protocol 4's TLS configuration (the server key's certificate, ALPN).
     tls: Arc<rustls::ServerConfig>,
+    /// The raw SHA-256 of the server key's SPKI (protocol 4's upgrade statement names it).
+    server_fingerprint: [u8; 32],
+    /// Protocol 4's open puts per client: 64, and twice `--max-file-size` of declared
+    /// bytes (docs/protocol-v4.md, "Limits and timeouts").
+    v4_puts: session::Quotas,
 }
 
 type CommitKey = (crate::protocol::ClientId, String);
@@ -227,6 +243,7 @@ impl Shared {
         sessions: Sessions,
         metrics: Arc<metrics::Metrics>,
         tls: Arc<rustls::ServerConfig>,
+        server_fingerprint: [u8; 32],
     ) -> Self {
         let large_uploads = Arc::new(tokio::sync::Semaphore::new(LARGE_UPLOAD_SLOTS));
         let per_minute = config.registrations_per_minute;
@@ -235,7 +252,13 @@ impl Shared {
             session::MAX_PENDING_UPLOADS,
             session::MAX_PENDING_BYTES_IN_FILES * u64::from(config.max_content),
         );
+        let v4_puts = session::Quotas::new(
+            usize::from(v4::MAX_OPEN_PUTS),
+            config.max_file_size.saturating_mul(2),
+        );
         Shared {
+            v4_puts,
+            server_fingerprint,
             registrations,
             quotas,
             commits: Mutex::new(HashMap::new()),
@@ -356,7 +379,18 @@ impl Server {
             warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
         }
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
-        let shared = Arc::new(Shared::new(config, records, storage, sessions, metrics, tls));
+        let spki = v4::client_key::spki_of(&identity.certificate())
+            .ok_or_else(|| rustls::Error::General("the server certificate has no key".into()))?;
+        let server_fingerprint = crate::crypto::fingerprint::raw(&spki);
+        let shared = Arc::new(Shared::new(
+            config,
+            records,
+            storage,
+            sessions,
+            metrics,
+            tls,
+            server_fingerprint,
+        ));
         let fingerprint = identity.fingerprint().to_owned();
         Ok(Server { shared, _lock: lock, metrics: None, fingerprint })
     }
@@ -478,8 +512,7 @@ async fn serve_accepted(
     match tls::sniff(&stream, &slot, &mut stop, idle).await {
         tls::Sniffed::Tls => {
             slot.set_idle(false);
-            let deadline = shared.config.request_deadline;
-            tls::serve(stream, peer, Arc::clone(&shared.tls), deadline).await;
+            tls::serve(Arc::clone(&shared), stream, peer, stop).await;
         }
         tls::Sniffed::Silent => debug!("connection ended: {}", ServerError::Idle(idle)),
         tls::Sniffed::Protocol3 => {

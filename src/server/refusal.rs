@@ -88,6 +88,10 @@ pub enum Refusal {
     /// The upload failed while its content arrived.
     #[error("{0}")]
     Upload(#[from] UploadError),
+    /// A 1025 while the server registers only with a token, or not at all: protocol 3
+    /// cannot carry a token, and a client registered over it could then upgrade.
+    #[error("registration over protocol 3 is refused: the server runs with --registration {0}")]
+    RegistrationClosed(&'static str),
     /// The address used up its registrations for now.
     #[error("too many registrations from {ip}: the next one in {:.1} s", wait.as_secs_f64())]
     RegistrationLimit {
@@ -167,9 +171,12 @@ impl Refusal {
             | BadFileName(_) => Fault::Peer,
             Upload(UploadError::Storage(_)) => Fault::Internal,
             Upload(_) => Fault::Peer,
-            RegistrationLimit { .. } | BackedOff { .. } | Quota(_) | Busy(_) | DiskFull { .. } => {
-                Fault::Limit
-            }
+            RegistrationClosed(_)
+            | RegistrationLimit { .. }
+            | BackedOff { .. }
+            | Quota(_)
+            | Busy(_)
+            | DiskFull { .. } => Fault::Limit,
             Storage { .. } | Records(_) | Internal(_) => Fault::Internal,
         }
     }
@@ -191,6 +198,7 @@ impl Refusal {
             Upload(UploadError::Padding) => Reason::BadPadding,
             Upload(_) => Reason::UploadFailed,
             RegistrationLimit { .. } => Reason::RateLimited,
+            RegistrationClosed(_) => Reason::RegistrationClosed,
             BackedOff { .. } => Reason::Backoff,
             Quota(_) => Reason::Quota,
             Busy(_) => Reason::MaxUploads,

@@ -1,19 +1,22 @@
 //! Protocol 4's way in: telling a TLS connection from a protocol-3 one on the shared port,
-//! and the TLS 1.3 handshake (issue 14, first step).
-//!
-//! This step completes the handshake and closes cleanly (close_notify): requests come
-//! with the next step. The detection rule itself is [`crate::protocol::sniff::classify`].
+//! and the TLS 1.3 handshake with its required client certificate (issue 14). What follows
+//! the handshake is [`super::v4`]'s. The detection rule itself is
+//! [`crate::protocol::sniff::classify`].
 
+use super::Shared;
 use super::identity::ServerIdentity;
 use super::slots::Slot;
+use super::v4::Handshake;
+use super::v4::client_key::{ClientKeyVerifier, is_ed25519, spki_of};
 use crate::protocol::sniff::{SNIFF_LEN, Sniff, classify};
+use crate::protocol::v4::UPGRADE_EXPORTER_LABEL;
+use crate::store::ClientKey;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// The ALPN protocol name of protocol 4. A TLS client that does not offer it is refused:
 /// it would be some other TLS client that found the wrong port.
@@ -22,18 +25,17 @@ pub const ALPN: &[u8] = b"securexfer/4";
 /// Clients send a whole ClientHello at once, so this is rare; it keeps the look from
 /// spinning while the socket stays readable with the same few bytes.
 const SNIFF_RETRY: Duration = Duration::from_millis(10);
-/// How long the peer's own close_notify may take after ours before the socket closes.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// The TLS configuration: TLS 1.3 only, the ring provider, the server's certificate,
-/// ALPN `securexfer/4`, no client certificates yet, no session tickets (nothing to resume).
+/// ALPN `securexfer/4`, a client certificate required (an Ed25519 key: see
+/// [`ClientKeyVerifier`]), no session tickets (nothing to resume).
 pub fn server_config(
     identity: &ServerIdentity,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+        .with_client_cert_verifier(Arc::new(ClientKeyVerifier::new()))
         .with_single_cert(vec![identity.certificate()], identity.private_key())?;
     config.alpn_protocols = vec![ALPN.to_vec()];
     config.send_tls13_tickets = 0;
@@ -99,19 +101,52 @@ pub(crate) async fn sniff(
     }
 }
 
-/// Serves one protocol-4 connection: the TLS handshake within `deadline`, then, in this
-/// first step, a clean close.
+/// Serves one protocol-4 connection: the TLS handshake within the request deadline, then
+/// protocol 4's requests ([`super::v4`]).
 pub(crate) async fn serve(
+    shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    config: Arc<rustls::ServerConfig>,
-    deadline: Duration,
+    stop: watch::Receiver<bool>,
 ) {
-    match tokio::time::timeout(deadline, handshake(stream, config)).await {
-        Ok(Ok(tls)) => close(tls, peer).await,
-        Ok(Err(why)) => warn!("protocol-4 connection refused: {why}"),
-        Err(_) => warn!("protocol-4 connection refused: no TLS handshake within {deadline:?}"),
+    let deadline = shared.config.request_deadline;
+    let tls = match tokio::time::timeout(deadline, handshake(stream, Arc::clone(&shared.tls))).await
+    {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(why)) => return warn!("protocol-4 connection refused: {why}"),
+        Err(_) => {
+            return warn!("protocol-4 connection refused: no TLS handshake within {deadline:?}");
+        }
+    };
+    let Some(handshake) = what_the_handshake_proved(&tls, &shared) else {
+        return warn!("protocol-4 connection refused: no usable client key after the handshake");
+    };
+    let (_, connection) = tls.get_ref();
+    let version = connection.protocol_version();
+    let alpn = connection.alpn_protocol().map(String::from_utf8_lossy).unwrap_or_default();
+    info!(
+        ?version,
+        client_key = %crate::crypto::fingerprint::of(&handshake.key.spki),
+        "protocol-4 connection from {peer}: handshake complete (ALPN {alpn})"
+    );
+    super::v4::serve(shared, tls, peer, handshake, stop).await;
+}
+
+/// The client's key (the verifier already checked it is one Ed25519 certificate), the
+/// connection's exporter value for `UPGRADE`, and the server key's fingerprint.
+fn what_the_handshake_proved(
+    tls: &tokio_rustls::server::TlsStream<TcpStream>,
+    shared: &Shared,
+) -> Option<Handshake> {
+    let (_, connection) = tls.get_ref();
+    let spki = spki_of(connection.peer_certificates()?.first()?)?;
+    if !is_ed25519(&spki) {
+        return None;
     }
+    let mut exporter = [0u8; 32];
+    connection.export_keying_material(&mut exporter, UPGRADE_EXPORTER_LABEL, Some(b"")).ok()?;
+    let key = ClientKey { fingerprint: crate::crypto::fingerprint::raw(&spki), spki };
+    Some(Handshake { key, exporter, server_fingerprint: shared.server_fingerprint })
 }
 
 /// The TLS handshake, refusing a client that does not offer ALPN `securexfer/4` before it
@@ -128,24 +163,4 @@ async fn handshake(
         return Err("the client does not offer ALPN securexfer/4".to_owned());
     }
     start.into_stream(config).await.map_err(|e| format!("TLS handshake failed ({e})"))
-}
-
-/// Sends close_notify, then gives the peer a moment for its own, so that closing does not
-/// reset a connection with the peer's last bytes unread.
-async fn close(mut tls: tokio_rustls::server::TlsStream<TcpStream>, peer: SocketAddr) {
-    let (_, connection) = tls.get_ref();
-    let version = connection.protocol_version();
-    let alpn = connection.alpn_protocol().map(String::from_utf8_lossy).unwrap_or_default();
-    info!(
-        ?version,
-        "protocol-4 connection from {peer}: handshake complete (ALPN {alpn}); protocol 4 \
-         requests are not served yet"
-    );
-    if let Err(e) = tls.shutdown().await {
-        debug!("could not send close_notify: {e}");
-        return;
-    }
-    let mut sink = [0u8; 512];
-    let drain = async { while matches!(tls.read(&mut sink).await, Ok(n) if n > 0) {} };
-    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
 }

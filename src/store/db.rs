@@ -101,6 +101,40 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE commit_intents ADD COLUMN Archive TEXT;
     ALTER TABLE commit_intents ADD COLUMN Restores INTEGER;",
+    // 6: protocol 4 (docs/protocol-v4.md, "Records"). A client's Ed25519 key (its SPKI and
+    // the SHA-256 of it, unique: a key is at most one client), when it was attached, and
+    // whether protocol 3 may still act for the record (not after an upgrade). Files and
+    // versions: the BLAKE3 of the content (NULL for protocol-3 uploads), the mtime the
+    // upload declared, the server-wide generation of the copy, the protocol that stored
+    // it. Invitations for `--registration token`, kept only as the SHA-256 of the token.
+    // Commit intents carry the hash and mtime so that a commit a crash interrupted is
+    // finished with them.
+    "ALTER TABLE clients ADD COLUMN KeySpki BLOB;
+     ALTER TABLE clients ADD COLUMN KeyFingerprint BLOB
+       CHECK (KeyFingerprint IS NULL OR length(KeyFingerprint) = 32);
+     ALTER TABLE clients ADD COLUMN KeyAttachedAt TEXT;
+     ALTER TABLE clients ADD COLUMN Protocol3Allowed INTEGER NOT NULL DEFAULT 1;
+     CREATE UNIQUE INDEX clients_key_fingerprint ON clients (KeyFingerprint);
+     ALTER TABLE files ADD COLUMN Blake3 BLOB CHECK (Blake3 IS NULL OR length(Blake3) = 32);
+     ALTER TABLE files ADD COLUMN MtimeNs INTEGER;
+     ALTER TABLE files ADD COLUMN Generation INTEGER;
+     ALTER TABLE files ADD COLUMN Protocol INTEGER NOT NULL DEFAULT 3;
+     ALTER TABLE versions ADD COLUMN Blake3 BLOB;
+     ALTER TABLE versions ADD COLUMN MtimeNs INTEGER;
+     ALTER TABLE versions ADD COLUMN Generation INTEGER;
+     ALTER TABLE versions ADD COLUMN Protocol INTEGER NOT NULL DEFAULT 3;
+     ALTER TABLE commit_intents ADD COLUMN Blake3 BLOB;
+     ALTER TABLE commit_intents ADD COLUMN MtimeNs INTEGER;
+     CREATE TABLE invites (
+        TokenHash BLOB PRIMARY KEY NOT NULL CHECK (length(TokenHash) = 32),
+        Name TEXT,
+        CreatedAt TEXT NOT NULL,
+        ExpiresAt TEXT NOT NULL,
+        UsedAt TEXT,
+        UsedBy BLOB
+     );
+     CREATE TABLE counters (Name TEXT PRIMARY KEY NOT NULL, Value INTEGER NOT NULL);
+     INSERT INTO counters (Name, Value) VALUES ('generation', 0);",
 ];
 
 /// A client as recorded.
@@ -116,6 +150,83 @@ pub struct ClientRecord {
     pub last_seen: Option<String>,
     /// Whether an AES key was ever sent to it.
     pub has_aes_key: bool,
+    /// The raw SHA-256 of its protocol-4 key's SPKI, once one is attached.
+    pub key_fingerprint: Option<[u8; 32]>,
+    /// Whether protocol 3 may still act for it (false after an upgrade to protocol 4, and
+    /// for clients registered over protocol 4).
+    pub protocol3_allowed: bool,
+}
+
+/// A protocol-4 client key as the records keep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    /// The SubjectPublicKeyInfo (DER) of its Ed25519 key.
+    pub spki: Vec<u8>,
+    /// The raw SHA-256 of `spki`, what clients are found by.
+    pub fingerprint: [u8; 32],
+}
+
+/// A registration over protocol 4.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewClient {
+    /// The new id.
+    pub id: ClientId,
+    /// The name asked for.
+    pub name: String,
+    /// The key it proved in the handshake.
+    pub key: ClientKey,
+    /// The address it registered from (its usual address from then on).
+    pub ip: IpAddr,
+    /// The SHA-256 of the invitation token it gave, which the registration consumes.
+    pub token_hash: Option<[u8; 32]>,
+}
+
+/// How a protocol-4 registration went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// The client exists now.
+    Done,
+    /// Another client has the name.
+    NameTaken,
+    /// The key is already a client.
+    KeyTaken,
+    /// The token is unknown, used, expired, or names another client name.
+    TokenRefused,
+}
+
+/// How attaching a protocol-4 key to a record (an upgrade) went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attached {
+    /// The record has the key now, and protocol 3 is refused for it.
+    Done,
+    /// No such record.
+    NoClient,
+    /// The record already has a protocol-4 key.
+    AlreadyHasKey,
+    /// The key belongs to another client.
+    KeyTaken,
+}
+
+/// What protocol 4 records about a stored copy beyond protocol 3's size and cksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct V4Content {
+    /// The BLAKE3 of the content.
+    pub blake3: [u8; 32],
+    /// The modification time the upload declared (nanoseconds since 1970).
+    pub mtime_ns: i64,
+}
+
+/// A finished commit: what the answer reports and what the caller deletes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedCommit {
+    /// The paths of the versions forgotten beyond `keep`.
+    pub pruned: Vec<String>,
+    /// The stored copy's new generation.
+    pub generation: u64,
+    /// When it was stored (seconds since 1970).
+    pub stored_at: i64,
+    /// Whether the copy it replaced was kept as a version.
+    pub kept_version: bool,
 }
 
 /// A file as recorded.
@@ -137,6 +248,12 @@ pub struct FileRecord {
     pub cksum: Option<u32>,
     /// When it was stored (UTC).
     pub stored_at: Option<String>,
+    /// The BLAKE3 of the content, when known (protocol 4).
+    pub blake3: Option<[u8; 32]>,
+    /// The protocol that stored it (3 or 4).
+    pub protocol: u8,
+    /// The copy's generation, when it has one.
+    pub generation: Option<u64>,
 }
 
 /// A commit under way: recorded before the upload is renamed into place, deleted in the
@@ -162,6 +279,8 @@ pub struct CommitIntent {
     pub archive: Option<String>,
     /// The version it restores (`source` is that version's file), if any.
     pub restores: Option<i64>,
+    /// Protocol 4's hash and mtime; `None` for a protocol-3 commit.
+    pub v4: Option<V4Content>,
 }
 
 /// An earlier version of a stored file, kept when a newer one replaced it.
@@ -319,17 +438,14 @@ impl Db {
         condition: &str,
         value: impl rusqlite::ToSql,
     ) -> Result<Option<ClientRecord>, DbError> {
-        let sql = format!(
-            "SELECT ID, Name, PublicKey, LastSeen, AESKey IS NOT NULL FROM clients WHERE {condition}"
-        );
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients WHERE {condition}");
         Ok(self.conn.prepare_cached(&sql)?.query_row([value], client_row).optional()?)
     }
 
     /// Every client, by name.
     pub fn clients(&self) -> Result<Vec<ClientRecord>, DbError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT ID, Name, PublicKey, LastSeen, AESKey IS NOT NULL FROM clients ORDER BY Name",
-        )?;
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients ORDER BY Name");
+        let mut stmt = self.conn.prepare(&sql)?;
         let rows = stmt.query_map([], client_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -384,7 +500,7 @@ impl Db {
         self.check_file()?;
         let n = exec_cached(
             &self.conn,
-            "DELETE FROM clients WHERE PublicKey IS NULL
+            "DELETE FROM clients WHERE PublicKey IS NULL AND KeyFingerprint IS NULL
                AND (LastSeen IS NULL OR LastSeen < datetime('now', ?1))
                AND NOT EXISTS (SELECT 1 FROM files WHERE files.ID = clients.ID)",
             [format!("-{} seconds", age.as_secs())],
@@ -429,8 +545,9 @@ impl Db {
         exec_cached(
             &self.conn,
             "INSERT OR REPLACE INTO commit_intents
-               (ID, StoredName, FileName, PathName, Source, Size, Cksum, Archive, Restores)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+               (ID, StoredName, FileName, PathName, Source, Size, Cksum, Archive, Restores,
+                Blake3, MtimeNs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 &intent.client_id.0[..],
                 intent.stored_name,
@@ -440,7 +557,9 @@ impl Db {
                 intent.size as i64,
                 intent.cksum,
                 intent.archive,
-                intent.restores
+                intent.restores,
+                intent.v4.map(|v| v.blake3.to_vec()),
+                intent.v4.map(|v| v.mtime_ns)
             ],
         )?;
         Ok(())
@@ -457,6 +576,18 @@ impl Db {
         usual: Option<IpAddr>,
         keep: usize,
     ) -> Result<Vec<String>, DbError> {
+        Ok(self.finish_commit_detailed(intent, usual, keep)?.pruned)
+    }
+
+    /// [`Db::finish_commit`], also saying what protocol 4's `COMMITTED` reports: the new
+    /// generation (every commit, of either protocol, takes the next one of the server-wide
+    /// counter), when the copy was stored, and whether the replaced copy was kept.
+    pub fn finish_commit_detailed(
+        &self,
+        intent: &CommitIntent,
+        usual: Option<IpAddr>,
+        keep: usize,
+    ) -> Result<FinishedCommit, DbError> {
         self.check_file()?;
         let tx = self.conn.unchecked_transaction()?;
         let (id, name) = (intent.client_id, intent.stored_name.as_str());
@@ -464,10 +595,12 @@ impl Db {
             exec_cached(
                 &tx,
                 "INSERT INTO versions
-                   (ID, Name, Version, FileName, PathName, Size, Cksum, StoredAt)
+                   (ID, Name, Version, FileName, PathName, Size, Cksum, StoredAt,
+                    Blake3, MtimeNs, Generation, Protocol)
                  SELECT ID, ?2, (SELECT COALESCE(max(Version), 0) + 1 FROM versions
                                  WHERE ID = ?1 AND Name = ?2),
-                        FileName, ?4, Size, Cksum, StoredAt
+                        FileName, ?4, Size, Cksum, StoredAt, Blake3, MtimeNs, Generation,
+                        Protocol
                  FROM files WHERE ID = ?1 AND PathName = ?3 AND Verified = 1 LIMIT 1",
                 params![&id.0[..], name, intent.path_name, archive],
             )?;
@@ -479,7 +612,17 @@ impl Db {
                 params![&id.0[..], name, version],
             )?;
         }
+        let kept_version = match &intent.archive {
+            Some(archive) => {
+                tx.prepare_cached("SELECT count(*) FROM versions WHERE PathName = ?1")?
+                    .query_row([archive], |r| r.get::<_, i64>(0))?
+                    > 0
+            }
+            None => false,
+        };
+        let generation = next_generation(&tx)?;
         upsert_verified(&tx, id, &intent.file_name, &intent.path_name, intent.size, intent.cksum)?;
+        set_v4_columns(&tx, intent, generation)?;
         if let Some(ip) = usual {
             exec_cached(
                 &tx,
@@ -489,8 +632,14 @@ impl Db {
         }
         delete_intent(&tx, id, name)?;
         let pruned = prune_versions(&tx, id, name, keep)?;
+        let stored_at: i64 = tx
+            .prepare_cached(
+                "SELECT CAST(strftime('%s', StoredAt) AS INTEGER) FROM files
+                 WHERE ID = ?1 AND FileName = ?2",
+            )?
+            .query_row(params![&id.0[..], intent.file_name], |r| r.get(0))?;
         tx.commit()?;
-        Ok(pruned)
+        Ok(FinishedCommit { pruned, generation, stored_at, kept_version })
     }
 
     /// Whether a verified row describes the file at `path_name`.
@@ -536,7 +685,8 @@ impl Db {
     /// The commits a crash interrupted.
     pub fn commit_intents(&self) -> Result<Vec<CommitIntent>, DbError> {
         let mut stmt = self.conn.prepare(
-            "SELECT ID, StoredName, FileName, PathName, Source, Size, Cksum, Archive, Restores
+            "SELECT ID, StoredName, FileName, PathName, Source, Size, Cksum, Archive, Restores,
+                    Blake3, MtimeNs
              FROM commit_intents",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -550,6 +700,12 @@ impl Db {
                 cksum: r.get(6)?,
                 archive: r.get(7)?,
                 restores: r.get(8)?,
+                v4: match (r.get::<_, Option<Vec<u8>>>(9)?, r.get::<_, Option<i64>>(10)?) {
+                    (Some(hash), Some(mtime_ns)) => {
+                        hash_of(hash).map(|blake3| V4Content { blake3, mtime_ns })
+                    }
+                    _ => None,
+                },
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -575,7 +731,8 @@ impl Db {
     /// Every file, by client name and file name.
     pub fn files(&self) -> Result<Vec<FileRecord>, DbError> {
         let mut stmt = self.conn.prepare(
-            "SELECT f.ID, c.Name, f.FileName, f.PathName, f.Verified, f.Size, f.Cksum, f.StoredAt
+            "SELECT f.ID, c.Name, f.FileName, f.PathName, f.Verified, f.Size, f.Cksum, f.StoredAt,
+                    f.Blake3, f.Protocol, f.Generation
              FROM files f JOIN clients c ON c.ID = f.ID ORDER BY c.Name, f.FileName",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -588,10 +745,158 @@ impl Db {
                 size: r.get::<_, Option<i64>>(5)?.map(|s| s as u64),
                 cksum: r.get(6)?,
                 stored_at: r.get(7)?,
+                blake3: r.get::<_, Option<Vec<u8>>>(8)?.and_then(hash_of),
+                protocol: r.get(9)?,
+                generation: r.get::<_, Option<i64>>(10)?.map(|g| g as u64),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    /// The client whose protocol-4 key has this fingerprint.
+    pub fn client_by_key(&self, fingerprint: &[u8; 32]) -> Result<Option<ClientRecord>, DbError> {
+        self.client_where("KeyFingerprint = ?1", &fingerprint[..])
+    }
+
+    /// Registers a protocol-4 client, consuming its invitation token in the same
+    /// transaction (so two connections racing with one token make one client).
+    pub fn register_with_key(&self, new: &NewClient) -> Result<Registered, DbError> {
+        self.check_file()?;
+        let tx = self.conn.unchecked_transaction()?;
+        if self.client_by_key(&new.key.fingerprint)?.is_some() {
+            return Ok(Registered::KeyTaken);
+        }
+        if let Some(hash) = &new.token_hash {
+            let used = exec_cached(
+                &tx,
+                "UPDATE invites SET UsedAt = datetime('now'), UsedBy = ?2
+                 WHERE TokenHash = ?1 AND UsedAt IS NULL AND ExpiresAt > datetime('now')
+                   AND (Name IS NULL OR Name = ?3)",
+                params![&hash[..], &new.id.0[..], new.name],
+            )?;
+            if used != 1 {
+                return Ok(Registered::TokenRefused);
+            }
+        }
+        let inserted = exec_cached(
+            &tx,
+            "INSERT OR IGNORE INTO clients
+               (ID, Name, LastSeen, UsualAddress, KeySpki, KeyFingerprint, KeyAttachedAt,
+                Protocol3Allowed)
+             VALUES (?1, ?2, datetime('now'), ?3, ?4, ?5, datetime('now'), 0)",
+            params![
+                &new.id.0[..],
+                new.name,
+                new.ip.to_string(),
+                new.key.spki,
+                &new.key.fingerprint[..]
+            ],
+        )?;
+        if inserted != 1 {
+            return Ok(Registered::NameTaken);
+        }
+        tx.commit()?;
+        Ok(Registered::Done)
+    }
+
+    /// Attaches a protocol-4 key to the record `id` (an upgrade), only while the record
+    /// has none, and refuses protocol 3 for it from then on: two upgrades racing make one
+    /// winner.
+    pub fn attach_key(&self, id: ClientId, key: &ClientKey) -> Result<Attached, DbError> {
+        self.check_file()?;
+        let tx = self.conn.unchecked_transaction()?;
+        let Some(record) = self.client_by_id(id)? else { return Ok(Attached::NoClient) };
+        if record.key_fingerprint.is_some() {
+            return Ok(Attached::AlreadyHasKey);
+        }
+        if self.client_by_key(&key.fingerprint)?.is_some() {
+            return Ok(Attached::KeyTaken);
+        }
+        let n = exec_cached(
+            &tx,
+            "UPDATE clients SET KeySpki = ?2, KeyFingerprint = ?3,
+               KeyAttachedAt = datetime('now'), Protocol3Allowed = 0
+             WHERE ID = ?1 AND KeyFingerprint IS NULL",
+            params![&id.0[..], key.spki, &key.fingerprint[..]],
+        )?;
+        if n != 1 {
+            return Ok(Attached::AlreadyHasKey);
+        }
+        tx.commit()?;
+        Ok(Attached::Done)
+    }
+
+    /// Records an invitation: the SHA-256 of its token (never the token), the client name
+    /// it is for (if any) and how long it is valid.
+    pub fn create_invite(
+        &self,
+        token_hash: &[u8; 32],
+        name: Option<&str>,
+        valid_for: Duration,
+    ) -> Result<(), DbError> {
+        self.check_file()?;
+        exec_cached(
+            &self.conn,
+            "INSERT INTO invites (TokenHash, Name, CreatedAt, ExpiresAt)
+             VALUES (?1, ?2, datetime('now'), datetime('now', ?3))",
+            params![&token_hash[..], name, format!("+{} seconds", valid_for.as_secs())],
+        )?;
+        Ok(())
+    }
+
+    /// Bytes and number of the client's verified files.
+    pub fn usage(&self, id: ClientId) -> Result<(u64, u64), DbError> {
+        let (bytes, files): (i64, i64) = self
+            .conn
+            .prepare_cached(
+                "SELECT COALESCE(sum(Size), 0), count(*) FROM files
+                 WHERE ID = ?1 AND Verified = 1",
+            )?
+            .query_row([&id.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok((bytes.max(0) as u64, files.max(0) as u64))
+    }
+}
+
+/// The columns [`client_row`] reads, in its order.
+const CLIENT_COLUMNS: &str =
+    "ID, Name, PublicKey, LastSeen, AESKey IS NOT NULL, KeyFingerprint, Protocol3Allowed";
+
+/// Takes the next value of the server-wide generation counter.
+fn next_generation(conn: &Connection) -> rusqlite::Result<u64> {
+    let value: i64 = conn
+        .prepare_cached(
+            "UPDATE counters SET Value = Value + 1 WHERE Name = 'generation' RETURNING Value",
+        )?
+        .query_row([], |r| r.get(0))?;
+    Ok(value as u64)
+}
+
+/// Protocol 4's columns of the row just upserted: the hash and mtime (or none, for a
+/// protocol-3 commit), the generation and the protocol.
+fn set_v4_columns(
+    conn: &Connection,
+    intent: &CommitIntent,
+    generation: u64,
+) -> rusqlite::Result<()> {
+    let protocol = if intent.v4.is_some() { 4 } else { 3 };
+    exec_cached(
+        conn,
+        "UPDATE files SET Blake3 = ?3, MtimeNs = ?4, Generation = ?5, Protocol = ?6
+         WHERE ID = ?1 AND FileName = ?2",
+        params![
+            &intent.client_id.0[..],
+            intent.file_name,
+            intent.v4.map(|v| v.blake3.to_vec()),
+            intent.v4.map(|v| v.mtime_ns),
+            generation as i64,
+            protocol
+        ],
+    )?;
+    Ok(())
+}
+
+fn hash_of(bytes: Vec<u8>) -> Option<[u8; 32]> {
+    bytes.try_into().ok()
 }
 
 /// Runs `sql` through the connection's statement cache: the server runs the same few
@@ -677,6 +982,8 @@ fn client_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientRecord> {
         public_key: r.get(2)?,
         last_seen: r.get(3)?,
         has_aes_key: r.get(4)?,
+        key_fingerprint: r.get::<_, Option<Vec<u8>>>(5)?.and_then(hash_of),
+        protocol3_allowed: r.get(6)?,
     })
 }
 
@@ -751,6 +1058,7 @@ mod tests {
             cksum: 7,
             archive: None,
             restores: None,
+            v4: None,
         };
         db.begin_commit(&intent).unwrap();
         assert_eq!(db.commit_intents().unwrap(), std::slice::from_ref(&intent));

@@ -7,6 +7,9 @@ pub mod local;
 pub mod records;
 
 pub use blob::{BlobInfo, BlobStore, Chunk, Committed, StagedBlob};
-pub use db::{ClientRecord, CommitIntent, Db, DbError, FileRecord, VersionRecord};
+pub use db::{
+    Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
+    NewClient, Registered, V4Content, VersionRecord,
+};
 pub use local::{StagedFile, Storage, VERSIONS_DIR};
 pub use records::{Records, RecordsError, RecordsFuture, SharedRecords, SqliteRecords};

@@ -11,7 +11,10 @@
 //! Errors are [`RecordsError`], which names what an operator must know (the database file
 //! was replaced, the backend failed) and carries no backend's own types.
 
-use super::db::{ClientRecord, CommitIntent, Db, DbError, FileRecord};
+use super::db::{
+    Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
+    NewClient, Registered,
+};
 use crate::protocol::ClientId;
 use std::future::Future;
 use std::net::IpAddr;
@@ -93,6 +96,50 @@ pub trait Records: Send + Sync + 'static {
     ) -> RecordsFuture<'_, ()>;
     /// Every file on record, verified or not.
     fn files(&self) -> RecordsFuture<'_, Vec<FileRecord>>;
+
+    // Protocol 4. These have default bodies that refuse, so that a backend written before
+    // protocol 4 still builds; it serves protocol 3 and answers protocol 4 `internal`.
+
+    /// The client whose protocol-4 key has this raw SHA-256 SPKI fingerprint.
+    fn client_by_key(&self, fingerprint: [u8; 32]) -> RecordsFuture<'_, Option<ClientRecord>> {
+        let _ = fingerprint;
+        unsupported("client_by_key")
+    }
+    /// Registers a protocol-4 client with its key, consuming its invitation token (if
+    /// any) in the same step.
+    fn register_with_key(&self, new: NewClient) -> RecordsFuture<'_, Registered> {
+        let _ = new;
+        unsupported("register_with_key")
+    }
+    /// Attaches a protocol-4 key to a record that has none (an upgrade) and refuses
+    /// protocol 3 for it from then on.
+    fn attach_key(&self, id: ClientId, key: ClientKey) -> RecordsFuture<'_, Attached> {
+        let _ = (id, key);
+        unsupported("attach_key")
+    }
+    /// [`Records::finish_commit`], also returning the new generation, when the copy was
+    /// stored and whether the replaced copy was kept (protocol 4's `COMMITTED`).
+    fn finish_commit_detailed(
+        &self,
+        intent: CommitIntent,
+        ip: Option<IpAddr>,
+        keep: usize,
+    ) -> RecordsFuture<'_, FinishedCommit> {
+        let _ = (intent, ip, keep);
+        unsupported("finish_commit_detailed")
+    }
+    /// Bytes and number of the client's verified files.
+    fn usage(&self, id: ClientId) -> RecordsFuture<'_, (u64, u64)> {
+        let _ = id;
+        unsupported("usage")
+    }
+}
+
+/// The answer of a records method a backend does not implement.
+fn unsupported<T: Send + 'static>(method: &'static str) -> RecordsFuture<'static, T> {
+    Box::pin(async move {
+        Err(RecordsError::Backend(format!("this records backend has no {method} (protocol 4)")))
+    })
 }
 
 type Job = Box<dyn FnOnce(&Db) + Send>;
@@ -221,6 +268,31 @@ impl Records for SqliteRecords {
     fn files(&self) -> RecordsFuture<'_, Vec<FileRecord>> {
         self.run(|db| db.files())
     }
+
+    fn client_by_key(&self, fingerprint: [u8; 32]) -> RecordsFuture<'_, Option<ClientRecord>> {
+        self.run(move |db| db.client_by_key(&fingerprint))
+    }
+
+    fn register_with_key(&self, new: NewClient) -> RecordsFuture<'_, Registered> {
+        self.run(move |db| db.register_with_key(&new))
+    }
+
+    fn attach_key(&self, id: ClientId, key: ClientKey) -> RecordsFuture<'_, Attached> {
+        self.run(move |db| db.attach_key(id, &key))
+    }
+
+    fn finish_commit_detailed(
+        &self,
+        intent: CommitIntent,
+        ip: Option<IpAddr>,
+        keep: usize,
+    ) -> RecordsFuture<'_, FinishedCommit> {
+        self.run(move |db| db.finish_commit_detailed(&intent, ip, keep))
+    }
+
+    fn usage(&self, id: ClientId) -> RecordsFuture<'_, (u64, u64)> {
+        self.run(move |db| db.usage(id))
+    }
 }
 
 /// Records shared by every connection.
@@ -263,6 +335,7 @@ mod tests {
             cksum: 7,
             archive: None,
             restores: None,
+            v4: None,
         };
         assert!(!records.has_verified_at(id, path_name.clone()).await.unwrap());
         records.begin_commit(intent.clone()).await.unwrap();
@@ -272,6 +345,108 @@ mod tests {
         let files = records.files().await.unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!((files[0].path_name.as_str(), files[0].verified), (path_name.as_str(), true));
+    }
+
+    fn key(n: u8) -> ClientKey {
+        ClientKey { spki: vec![n; 44], fingerprint: [n; 32] }
+    }
+
+    fn new_client(id: u8, name: &str, token_hash: Option<[u8; 32]>) -> NewClient {
+        let ip = "127.0.0.1".parse().unwrap();
+        NewClient { id: ClientId([id; 16]), name: name.into(), key: key(id), ip, token_hash }
+    }
+
+    #[tokio::test]
+    async fn a_key_registers_once_and_is_found_by_its_fingerprint_only() {
+        let records = records();
+        assert_eq!(
+            records.register_with_key(new_client(1, "k1", None)).await.unwrap(),
+            Registered::Done
+        );
+        let found = records.client_by_key([1; 32]).await.unwrap().unwrap();
+        assert_eq!((found.name.as_str(), found.protocol3_allowed), ("k1", false));
+        assert_eq!(found.key_fingerprint, Some([1; 32]));
+        let again = NewClient { name: "other".into(), ..new_client(1, "k1", None) };
+        assert_eq!(records.register_with_key(again).await.unwrap(), Registered::KeyTaken);
+        assert_eq!(
+            records.register_with_key(new_client(2, "k1", None)).await.unwrap(),
+            Registered::NameTaken
+        );
+        assert!(records.client_by_key([2; 32]).await.unwrap().is_none());
+        // A protocol-4 client has no RSA key, and is never forgotten as a keyless one.
+        assert_eq!(records.forget_keyless(Duration::ZERO).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_invitation_is_consumed_once_and_only_for_its_name() {
+        let db = Db::open_in_memory().unwrap();
+        let hour = Duration::from_secs(3600);
+        db.create_invite(&[7; 32], None, hour).unwrap();
+        db.create_invite(&[8; 32], Some("named"), hour).unwrap();
+        db.create_invite(&[9; 32], None, Duration::ZERO).unwrap();
+        let records = SqliteRecords::new(db);
+        let reg = |id, name: &str, t| records.register_with_key(new_client(id, name, Some(t)));
+        assert_eq!(reg(1, "a", [6; 32]).await.unwrap(), Registered::TokenRefused, "unknown");
+        assert_eq!(reg(1, "a", [9; 32]).await.unwrap(), Registered::TokenRefused, "expired");
+        assert_eq!(reg(1, "a", [8; 32]).await.unwrap(), Registered::TokenRefused, "other name");
+        assert_eq!(reg(1, "a", [7; 32]).await.unwrap(), Registered::Done);
+        assert_eq!(reg(2, "b", [7; 32]).await.unwrap(), Registered::TokenRefused, "used");
+        assert_eq!(reg(3, "named", [8; 32]).await.unwrap(), Registered::Done);
+        // A refused registration consumed nothing and made nobody.
+        assert!(records.client_by_key([2; 32]).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_key_is_attached_once_to_a_record_without_one() {
+        let records = records();
+        let (id, ip) = (ClientId([5; 16]), "127.0.0.1".parse().unwrap());
+        records.register(id, "v3".into(), ip).await.unwrap();
+        assert!(records.client(id).await.unwrap().unwrap().protocol3_allowed);
+        assert_eq!(
+            records.attach_key(ClientId([6; 16]), key(5)).await.unwrap(),
+            Attached::NoClient
+        );
+        assert_eq!(records.attach_key(id, key(5)).await.unwrap(), Attached::Done);
+        assert_eq!(records.attach_key(id, key(6)).await.unwrap(), Attached::AlreadyHasKey);
+        let record = records.client(id).await.unwrap().unwrap();
+        assert_eq!((record.key_fingerprint, record.protocol3_allowed), (Some([5; 32]), false));
+        let other = ClientId([7; 16]);
+        records.register(other, "v3b".into(), ip).await.unwrap();
+        assert_eq!(records.attach_key(other, key(5)).await.unwrap(), Attached::KeyTaken);
+    }
+
+    #[tokio::test]
+    async fn a_v4_commit_records_its_hash_mtime_protocol_and_a_rising_generation() {
+        let records = records();
+        let id = ClientId([6; 16]);
+        records.register(id, "eve".into(), "127.0.0.1".parse().unwrap()).await.unwrap();
+        let intent = CommitIntent {
+            client_id: id,
+            stored_name: "a".into(),
+            file_name: "a".into(),
+            path_name: format!("{}/a", id.to_hex()),
+            source: format!("{}/tmp", id.to_hex()),
+            size: 5,
+            cksum: 7,
+            archive: None,
+            restores: None,
+            v4: Some(super::super::V4Content { blake3: [3; 32], mtime_ns: 42 }),
+        };
+        records.begin_commit(intent.clone()).await.unwrap();
+        assert_eq!(records.usage(id).await.unwrap(), (0, 0));
+        let first = records.finish_commit_detailed(intent.clone(), None, 1).await.unwrap();
+        let archive = Some(format!(".versions/{}/1", id.to_hex()));
+        let second = records
+            .finish_commit_detailed(CommitIntent { archive, ..intent }, None, 1)
+            .await
+            .unwrap();
+        assert!(second.generation > first.generation);
+        assert!((first.kept_version, second.kept_version) == (false, true));
+        assert!(first.stored_at > 1_700_000_000, "{}", first.stored_at);
+        let files = records.files().await.unwrap();
+        assert_eq!((files[0].blake3, files[0].protocol), (Some([3; 32]), 4));
+        assert_eq!(files[0].generation, Some(second.generation));
+        assert_eq!(records.usage(id).await.unwrap(), (5, 1));
     }
 
     #[test]

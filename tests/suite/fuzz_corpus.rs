@@ -6,7 +6,7 @@
 #[path = "../../fuzz/harness/mod.rs"]
 mod harness;
 
-use harness::{check_decode, check_session, check_v4_frames};
+use harness::{check_decode, check_session, check_v4_frames, check_v4_session};
 use std::path::{Path, PathBuf};
 
 /// The files of one target's corpus, in name order. An empty or missing corpus fails:
@@ -52,6 +52,53 @@ fn every_server_session_corpus_input_passes_the_session_checks() {
 #[test]
 fn every_v4_frames_corpus_input_passes_the_frame_checks() {
     replay("v4_frames", check_v4_frames);
+}
+
+#[test]
+fn every_v4_session_corpus_input_passes_the_state_machine_checks() {
+    replay("v4_session", check_v4_session);
+}
+
+/// The v4_session seeds reach what they are named for: a whole conversation runs to its
+/// end, and each breach closes (`fuzz/seeds/make_v4_session_seeds.py`).
+#[test]
+fn the_v4_session_seeds_reach_the_states_they_are_named_for() {
+    use securexfer::protocol::ClientId;
+    use securexfer::protocol::v4::{Side, decode_frame};
+    use securexfer::server::v4::{Admit, Machine, Request};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/v4_session");
+    let seeds = [
+        ("register-put-commit", false),
+        ("registered-at-hello", false),
+        ("data-past-size", true),
+        ("short-put-end", true),
+        ("before-hello", true),
+        ("list-not-served", true),
+    ];
+    for (seed, closes) in seeds {
+        let bytes = std::fs::read(dir.join(format!("seed-{seed}"))).expect("the seed");
+        let (mut machine, mut rest, mut closed) = (Machine::new(), &bytes[..], None);
+        while let Ok((header, payload, used)) = decode_frame(rest, Side::Server) {
+            rest = &rest[used..];
+            let now = std::time::Instant::now();
+            let request = match machine.header(&header) {
+                Admit::Close(error) => Request::Close(error),
+                Admit::Control => machine.control(&header, payload, now),
+                Admit::Data | Admit::Drop => continue,
+            };
+            match request {
+                Request::Close(error) => closed = closed.or(Some(error.message)),
+                Request::Hello(hello) if hello.software.len() % 2 == 1 => {
+                    machine.registered(ClientId([1; 16]))
+                }
+                Request::Register(_) => machine.registered(ClientId([1; 16])),
+                Request::PutBegin(put) => machine.put_accepted(header.tag(), put.size),
+                _ => {}
+            }
+        }
+        assert!(rest.is_empty(), "{seed}: the seed decodes to its last byte");
+        assert_eq!(closed.is_some(), closes, "{seed}: {closed:?}");
+    }
 }
 
 /// The seed conversations of the v4 corpus are what they say: every frame of each decodes,

@@ -16,4 +16,5 @@ mod server;
 mod system_tools;
 mod v4_client;
 mod v4_peer;
+mod v4_server;
 mod vectors;

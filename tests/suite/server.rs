@@ -3244,20 +3244,24 @@ mod tls {
         }
     }
 
-    /// A client configuration pinning `fingerprint`, offering `versions` and `alpn`.
+    /// A client configuration pinning `fingerprint`, offering `versions` and `alpn`, and
+    /// presenting a fresh Ed25519 client key (the server requires one).
     pub fn config(
         fingerprint: &str,
         versions: &[&'static SupportedProtocolVersion],
         alpn: &[&[u8]],
     ) -> Arc<ClientConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = crate::common::v4::Key::ed25519();
+        let key_der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.pkcs8.clone().into());
         let mut config =
             ClientConfig::builder_with_provider(Arc::clone(&provider) as Arc<CryptoProvider>)
                 .with_protocol_versions(versions)
                 .expect("versions")
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(PinnedKey::new(fingerprint)))
-                .with_no_client_auth();
+                .with_client_auth_cert(vec![key.cert.clone()], key_der)
+                .expect("a client key");
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
@@ -3304,7 +3308,9 @@ fn a_tls_client_pinning_the_printed_fingerprint_completes_the_handshake_on_the_p
     let certs = tls.conn.peer_certificates().expect("a certificate").to_vec();
     let cert = webpki::EndEntityCert::try_from(&certs[0]).expect("a certificate");
     assert_eq!(tls::fingerprint(cert.subject_public_key_info().as_ref()), server.fingerprint);
-    // This step serves no requests yet: a clean close (close_notify, not a bare FIN).
+    // A client that says nothing and closes cleanly (close_notify) gets the server's own.
+    tls.conn.send_close_notify();
+    tls.flush().expect("close_notify sent");
     let mut rest = Vec::new();
     tls.read_to_end(&mut rest).expect("close_notify, then the end");
     assert!(rest.is_empty());
@@ -3348,8 +3354,23 @@ fn openssl_s_client_completes_a_tls_1_3_handshake_with_alpn_securexfer_4() {
         return;
     }
     let server = Server::start(&[]);
+    // The server requires a client key: an Ed25519 one made by OpenSSL.
+    let (key, cert) = (server.dir.join("client.pem"), server.dir.join("client.crt"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ed25519", "-nodes", "-subj", "/CN=client"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl req");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let output = Command::new("openssl")
         .args(["s_client", "-connect", &server.address(), "-alpn", "securexfer/4", "-tls1_3"])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run openssl s_client");

@@ -72,6 +72,8 @@ label_values! {
         BadPublicKey = "bad_public_key",
         /// The address made too many registrations.
         RateLimited = "rate_limited",
+        /// A 1025 under `--registration token` or `closed`.
+        RegistrationClosed = "registration_closed",
         /// Padding failures hold this client's or address's key exchanges back.
         Backoff = "backoff",
         /// Content that did not decrypt under the session key.

@@ -216,3 +216,4 @@ pub fn captures_dir() -> Option<PathBuf> {
         }
     }
 }
+pub mod v4;

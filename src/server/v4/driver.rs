@@ -1,0 +1,349 @@
+//! The I/O around [`Machine`]: reads each frame's 12-byte header, lets the machine judge
+//! it before the payload is read, reads the payload (control frames whole, `DATA` into the
+//! upload), carries out what the machine asks, and writes the answers. Timeouts live here:
+//! the machine only ever sees the time.
+
+use super::errors;
+use super::machine::{Admit, Machine, Request};
+use super::put::{Held, OpenPut};
+use crate::protocol::v4::{
+    CONNECTION_TAG, ErrorFrame, FrameHeader, FrameType, HEADER_LEN, MAX_CONTROL_PAYLOAD, Side,
+    encode_frame,
+};
+use crate::server::Shared;
+use crate::store::ClientKey;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+/// How long the peer's own close_notify may take after ours before the socket closes.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// What the driver knows of the TLS connection that the requests need.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    /// The client's key, proven in the handshake.
+    pub key: ClientKey,
+    /// `TLS-Exporter("EXPORTER-securexfer-upgrade", "", 32)` of this connection.
+    pub exporter: [u8; 32],
+    /// The raw SHA-256 of the server key's SPKI.
+    pub server_fingerprint: [u8; 32],
+}
+
+/// Why a connection ends without a closing `ERROR` of its own.
+#[derive(Debug)]
+pub(super) enum Ended {
+    /// The peer closed, or TLS failed: nothing more can be sent.
+    Gone(io::Error),
+    /// The peer sent close_notify between requests: it is done, and gets ours.
+    PeerDone,
+    /// A closing `ERROR` to send, then close_notify.
+    Close(ErrorFrame),
+    /// The server failed on the request (records, storage): answer it with this `ERROR`
+    /// (`internal`) and go on.
+    Refused(ErrorFrame),
+}
+
+impl From<io::Error> for Ended {
+    fn from(e: io::Error) -> Self {
+        Ended::Gone(e)
+    }
+}
+
+/// One protocol-4 connection after its handshake.
+pub(super) struct Connection<S> {
+    pub(super) shared: Arc<Shared>,
+    pub(super) stream: S,
+    pub(super) peer: SocketAddr,
+    pub(super) machine: Machine,
+    pub(super) handshake: Handshake,
+    /// The put whose data is being read.
+    pub(super) open: Option<OpenPut>,
+    /// Uploads whose data is in, waiting for `COMMIT` or `DISCARD`, by tag.
+    pub(super) held: HashMap<u32, Held>,
+    pub(super) name: String,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        stream: S,
+        peer: SocketAddr,
+        handshake: Handshake,
+    ) -> Self {
+        Connection {
+            shared,
+            stream,
+            peer,
+            machine: Machine::new(),
+            handshake,
+            open: None,
+            held: HashMap::new(),
+            name: String::new(),
+        }
+    }
+
+    /// Serves frames until the peer leaves, misbehaves, stalls, or the server stops.
+    pub(super) async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let ended = loop {
+            match self.next_frame(&mut stop).await {
+                Ok(()) => {}
+                Err(ended) => break ended,
+            }
+        };
+        // Before the last words: a client that reads the closing ERROR finds nothing of
+        // its uncommitted uploads left.
+        self.forget_uploads().await;
+        match ended {
+            Ended::Close(error) => {
+                log_close(&error);
+                self.machine.close();
+                if self.send_error(CONNECTION_TAG, &error).await.is_ok() {
+                    self.close_notify().await;
+                }
+            }
+            Ended::PeerDone => {
+                debug!("protocol-4 client closed the connection");
+                self.close_notify().await;
+            }
+            Ended::Gone(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                debug!("protocol-4 connection ended by the peer");
+            }
+            Ended::Gone(e) => debug!("protocol-4 connection ended: {e}"),
+            Ended::Refused(error) => debug!("protocol-4 connection ended: {}", error.message),
+        }
+    }
+
+    /// Reads one frame and does what it asks.
+    async fn next_frame(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), Ended> {
+        let header = self.read_header(stop).await?;
+        let header = FrameHeader::decode(&header, Side::Server)
+            .map_err(|e| Ended::Close(errors::malformed(&e)))?;
+        match self.machine.header(&header) {
+            Admit::Close(error) => Err(Ended::Close(error)),
+            Admit::Drop => self.skip_payload(&header).await,
+            Admit::Data => self.receive_data(&header).await,
+            Admit::Control => {
+                let payload = self.read_control(&header).await?;
+                let request = self.machine.control(&header, &payload, Instant::now());
+                self.carry_out(&header, request).await
+            }
+        }
+    }
+
+    /// The 12 header bytes: the first within the idle timeout (or the unregistered
+    /// lifetime, or the server's shutdown, whichever comes first), the rest within the
+    /// request deadline.
+    async fn read_header(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<[u8; HEADER_LEN], Ended> {
+        let config = &self.shared.config;
+        let (idle, deadline) = (config.idle_timeout, config.request_deadline);
+        let mut bytes = [0u8; HEADER_LEN];
+        let in_body = self.machine.in_body();
+        let expires = self.machine.expires_at();
+        let first = async {
+            let wait = tokio::time::timeout(idle, self.stream.read(&mut bytes[..1]));
+            match expires {
+                Some(at) => tokio::select! {
+                    read = wait => Some(read),
+                    () = tokio::time::sleep_until(at.into()) => None,
+                },
+                None => Some(wait.await),
+            }
+        };
+        // Between requests the server's shutdown ends the connection; in the middle of a
+        // put's body the put goes on (the grace period bounds it).
+        let stopping = async {
+            if !in_body {
+                loop {
+                    if *stop.borrow_and_update() {
+                        return;
+                    }
+                    if stop.changed().await.is_err() {
+                        break;
+                    }
+                }
+            }
+            std::future::pending::<()>().await
+        };
+        let read = tokio::select! {
+            biased;
+            () = stopping => return Err(Ended::Close(errors::shutting_down())),
+            read = first => read,
+        };
+        match read {
+            None => {
+                return Err(Ended::Close(
+                    self.machine
+                        .expired(Instant::now())
+                        .unwrap_or_else(errors::unregistered_too_long),
+                ));
+            }
+            Some(Err(_)) => {
+                let what = if in_body { "in the middle of a put" } else { "between requests" };
+                return Err(Ended::Close(errors::timeout(&format!(
+                    "nothing arrived for {} s {what}",
+                    idle.as_secs()
+                ))));
+            }
+            // TLS reports 0 only after the peer's close_notify (a bare FIN is an error).
+            Some(Ok(Ok(0))) if !in_body => return Err(Ended::PeerDone),
+            Some(Ok(Ok(0))) => {
+                return Err(Ended::Close(errors::protocol(
+                    "the client closed in the middle of a put's body",
+                )));
+            }
+            Some(Ok(Ok(_))) => {}
+            Some(Ok(Err(e))) => return Err(Ended::Gone(e)),
+        }
+        let rest = tokio::time::timeout(deadline, self.stream.read_exact(&mut bytes[1..]));
+        match rest.await {
+            Ok(Ok(_)) => Ok(bytes),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(Ended::Close(
+                errors::protocol("the connection ended in the middle of a frame header"),
+            )),
+            Ok(Err(e)) => Err(Ended::Gone(e)),
+            Err(_) => Err(Ended::Close(errors::timeout(&format!(
+                "a frame header took more than {} s",
+                deadline.as_secs()
+            )))),
+        }
+    }
+
+    /// A control frame's payload, whole, within the request deadline of its header.
+    async fn read_control(&mut self, header: &FrameHeader) -> Result<Vec<u8>, Ended> {
+        // The header's length is within the type's limit: at most 64 KiB.
+        debug_assert!(header.length() <= MAX_CONTROL_PAYLOAD);
+        let mut payload = vec![0u8; header.length() as usize];
+        self.read_payload(&mut payload).await?;
+        Ok(payload)
+    }
+
+    /// Fills `buf` from the stream within the request deadline.
+    pub(super) async fn read_payload(&mut self, buf: &mut [u8]) -> Result<(), Ended> {
+        let deadline = self.shared.config.request_deadline;
+        match tokio::time::timeout(deadline, self.stream.read_exact(buf)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(Ended::Close(errors::protocol("the connection ended in the middle of a frame")))
+            }
+            Ok(Err(e)) => Err(Ended::Gone(e)),
+            Err(_) => Err(Ended::Close(errors::timeout(&format!(
+                "a frame's payload took more than {} s",
+                deadline.as_secs()
+            )))),
+        }
+    }
+
+    /// Reads and forgets a payload (the body of a refused put).
+    async fn skip_payload(&mut self, header: &FrameHeader) -> Result<(), Ended> {
+        let mut left = header.length() as usize;
+        let mut sink = vec![0u8; left.min(64 * 1024)];
+        while left > 0 {
+            let n = left.min(sink.len());
+            self.read_payload(&mut sink[..n]).await?;
+            left -= n;
+        }
+        Ok(())
+    }
+
+    /// Does what the machine decided a control frame asks.
+    async fn carry_out(&mut self, header: &FrameHeader, request: Request) -> Result<(), Ended> {
+        let tag = header.tag();
+        let done = match request {
+            Request::Close(error) => Err(Ended::Close(error)),
+            Request::Refuse(error) => self.refuse(tag, &error).await,
+            Request::Hello(hello) => self.welcome(hello).await,
+            Request::Register(register) => self.register(tag, register).await,
+            Request::Upgrade(upgrade) => self.upgrade(tag, upgrade).await,
+            Request::PutBegin(put) => self.put_begin(tag, put).await,
+            Request::PutEnd => self.put_end(tag).await,
+            Request::Commit(commit) => self.commit(tag, commit).await,
+            Request::Discard => self.discard(tag).await,
+        };
+        match done {
+            Err(Ended::Refused(error)) => {
+                if header.frame_type() == FrameType::PutBegin {
+                    self.machine.put_refused(tag);
+                }
+                self.refuse(tag, &error).await
+            }
+            other => other,
+        }
+    }
+
+    /// Answers request `tag` with a refusal that keeps the connection.
+    pub(super) async fn refuse(&mut self, tag: u32, error: &ErrorFrame) -> Result<(), Ended> {
+        info!(tag, code = error.code.name(), "protocol-4 request refused: {}", error.message);
+        self.send_error(tag, error).await.map_err(Ended::Gone)
+    }
+
+    /// Writes one frame (a peer that reads nothing for the request deadline is gone).
+    pub(super) async fn send(
+        &mut self,
+        frame_type: FrameType,
+        tag: u32,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        let frame = encode_frame(frame_type, tag, payload).map_err(io::Error::other)?;
+        let deadline = self.shared.config.request_deadline;
+        let write = async {
+            self.stream.write_all(&frame).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(deadline, write).await.map_err(|_| {
+            io::Error::new(io::ErrorKind::TimedOut, "the peer read nothing of an answer")
+        })?
+    }
+
+    async fn send_error(&mut self, tag: u32, error: &ErrorFrame) -> io::Result<()> {
+        let payload = error.encode().map_err(io::Error::other)?;
+        self.send(FrameType::Error, tag, &payload).await
+    }
+
+    /// Sends close_notify, then gives the peer a moment for its own.
+    async fn close_notify(&mut self) {
+        if let Err(e) = self.stream.shutdown().await {
+            debug!("could not send close_notify: {e}");
+            return;
+        }
+        let mut sink = [0u8; 512];
+        let stream = &mut self.stream;
+        let drain = async { while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {} };
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+    }
+
+    /// Uploads not committed when the connection ends are thrown away (resuming them is
+    /// the next issue's), off the runtime's threads: deleting a large file takes a while.
+    async fn forget_uploads(&mut self) {
+        let open = self.open.take();
+        let held: Vec<Held> = self.held.drain().map(|(_, h)| h).collect();
+        if open.is_some() || !held.is_empty() {
+            info!(
+                held = held.len(),
+                open = open.is_some(),
+                "uncommitted protocol-4 uploads thrown away"
+            );
+            let _ = tokio::task::spawn_blocking(move || drop((open, held))).await;
+        }
+    }
+}
+
+/// Logs why the server closes a connection: the peer's fault at warn, timeouts and
+/// shutdown at info.
+fn log_close(error: &ErrorFrame) {
+    use crate::protocol::v4::ErrorCode;
+    match error.code {
+        ErrorCode::Protocol | ErrorCode::Version => {
+            warn!(code = error.code.name(), "protocol-4 connection closed: {}", error.message)
+        }
+        _ => info!(code = error.code.name(), "protocol-4 connection closed: {}", error.message),
+    }
+}

@@ -1,0 +1,43 @@
+//! Protocol 4 served (issue 14): what happens on a TLS connection after its handshake.
+//!
+//! - [`client_key`]: the client certificate the handshake requires (an Ed25519 key).
+//! - `machine`: the connection's rules as a pure state machine (frames in, decisions
+//!   out, the clock as input).
+//! - `driver`: the I/O around it (frames read and written, timeouts).
+//! - `identity` and `put`: what the requests do (`HELLO`, `REGISTER`, `UPGRADE`; `PUT`,
+//!   `COMMIT`, `DISCARD`) with the records and the blob store.
+//! - `errors`: every `ERROR` the server sends.
+//!
+//! `LIST`, `GET`, `RM` and `RESUME_QUERY` belong to the next issue: they get a closing
+//! `ERROR protocol` saying they are not served yet.
+
+pub mod client_key;
+mod driver;
+pub mod errors;
+mod identity;
+pub mod machine;
+mod put;
+
+pub use driver::Handshake;
+pub use identity::{MAX_IN_FLIGHT, MAX_OPEN_PUTS};
+pub use machine::{Admit, Machine, Request, UNREGISTERED_LIFETIME};
+
+use crate::server::Shared;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+/// Serves one protocol-4 connection whose handshake proved `handshake.key`, until the
+/// peer leaves, misbehaves or stalls, or `stop` turns true.
+pub(crate) async fn serve<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    handshake: Handshake,
+    stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    driver::Connection::new(shared, stream, peer, handshake).run(stop).await;
+}

@@ -1,0 +1,406 @@
+//! Uploads over protocol 4: `PUT_BEGIN` checked before any content, its `DATA` streamed
+//! into a staged blob while BLAKE3 (the end-to-end hash) and protocol 3's cksum (what
+//! start-up decides an interrupted commit by) are computed, `PUT_END` answered with
+//! `PUT_RECEIVED`, and `COMMIT` stored through the same commit intent as protocol 3's 1029
+//! (docs/protocol-v4.md, "Uploads"), so crash safety is the same.
+
+use super::driver::{Connection, Ended};
+use super::errors;
+use super::identity::unix_now;
+use crate::buf::AlignedBuf;
+use crate::crypto::Cksum;
+use crate::protocol::v4::{
+    Commit, Committed, ErrorCode, FrameHeader, FrameType, MAX_DATA_PAYLOAD, PutBegin, PutReceived,
+    names,
+};
+use crate::protocol::{ClientId, storage_name};
+use crate::server::session::Reservation;
+use crate::server::upload::MIN_UPLOAD_RATE;
+use crate::store::{BlobStore, Chunk, CommitIntent, StagedBlob, StagedFile, V4Content};
+use std::time::Instant;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tracing::{info, warn};
+
+/// `DATA` buffers per upload: one being filled from the socket, one being hashed and
+/// written. Each holds one frame (at most [`MAX_DATA_PAYLOAD`]), so an upload holds at
+/// most 2 MiB whatever the file's size.
+const BUFFERS: usize = 2;
+
+/// A put whose data is being read.
+pub(super) struct OpenPut {
+    tag: u32,
+    name: String,
+    staged: StagedFile,
+    hasher: blake3::Hasher,
+    cksum: Cksum,
+    received: u64,
+    declared: Option<u64>,
+    mtime_ns: i64,
+    replaces: bool,
+    started: Instant,
+    buffers: Buffers,
+    _in_flight: OwnedSemaphorePermit,
+    reservation: Reservation,
+}
+
+/// An upload whose data is all in, waiting for `COMMIT` or `DISCARD`.
+pub(super) struct Held {
+    name: String,
+    staged: StagedFile,
+    size: u64,
+    hash: [u8; 32],
+    cksum: u32,
+    mtime_ns: i64,
+    _reservation: Reservation,
+}
+
+/// The data buffers of one upload, made when first needed and handed back by the store
+/// when it is done with a chunk.
+struct Buffers {
+    made: usize,
+    home: mpsc::Sender<AlignedBuf>,
+    back: mpsc::Receiver<AlignedBuf>,
+}
+
+impl Buffers {
+    fn new() -> Self {
+        let (home, back) = mpsc::channel(BUFFERS);
+        Buffers { made: 0, home, back }
+    }
+
+    async fn next(&mut self) -> AlignedBuf {
+        if let Ok(buf) = self.back.try_recv() {
+            return buf;
+        }
+        if self.made < BUFFERS {
+            self.made += 1;
+            return AlignedBuf::new(MAX_DATA_PAYLOAD as usize);
+        }
+        // This upload's sender is alive (`self.home`), so a buffer always comes back.
+        self.back.recv().await.expect("the upload holds a sender")
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
+    /// `PUT_BEGIN`: every check before content, then a staged blob to stream into.
+    pub(super) async fn put_begin(&mut self, tag: u32, put: PutBegin) -> Result<(), Ended> {
+        let id = self.machine.client().expect("the machine lets only clients put");
+        // A refusal comes back as `Ended::Refused`, which `carry_out` answers (and the
+        // machine then drops the put's body).
+        let open = self.open_put(id, tag, &put).await?;
+        info!(tag, path = %put.path, size = ?put.size, "protocol-4 put accepted");
+        self.machine.put_accepted(tag, put.size);
+        self.open = Some(open);
+        Ok(())
+    }
+
+    async fn open_put(&mut self, id: ClientId, tag: u32, put: &PutBegin) -> Result<OpenPut, Ended> {
+        let refuse = |error| Err(Ended::Refused(error));
+        let name = match check_name(&put.path) {
+            Ok(name) => name,
+            Err(error) => return refuse(error),
+        };
+        if put.offset > 0 {
+            return refuse(errors::plain(
+                ErrorCode::Conflict,
+                false,
+                "no unfinished upload of this path is kept (resuming is not served yet): start from 0",
+            ));
+        }
+        let config = &self.shared.config;
+        let max = config.max_file_size;
+        if let Some(size) = put.size.filter(|&s| s > max) {
+            return refuse(errors::too_large(size, max));
+        }
+        let path_name = self.shared.storage.path_name(id, &name);
+        let stored = self.shared.records().has_verified_at(id, path_name).await;
+        let replaces = self.internal_on_error(stored)?;
+        if replaces && put.no_clobber {
+            return refuse(errors::plain(
+                ErrorCode::Conflict,
+                false,
+                "a file is stored at this path (no_clobber)",
+            ));
+        }
+        // An unknown size counts as the largest file the server takes.
+        let declared = put.size.unwrap_or(max);
+        let reservation = match self.shared.v4_puts.reserve(id, declared) {
+            Ok(r) => r,
+            Err(why) => return refuse(errors::busy(&format!("too many open uploads: {why}"))),
+        };
+        let needed = declared.saturating_add(config.disk_reserve);
+        if let Some(available) = self.shared.storage.available_bytes().filter(|&a| a < needed) {
+            return refuse(errors::disk_full(
+                declared,
+                available.saturating_sub(config.disk_reserve),
+            ));
+        }
+        let Ok(in_flight) = std::sync::Arc::clone(&self.shared.uploads).try_acquire_owned() else {
+            return refuse(errors::busy(&format!(
+                "{} uploads are already arriving (--max-uploads); try again later",
+                config.max_uploads
+            )));
+        };
+        let storage = self.shared.storage.clone();
+        let staged = tokio::task::spawn_blocking(move || storage.stage(id, declared, false))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|staged| staged);
+        let staged = match staged {
+            Ok(staged) => staged,
+            Err(e) => {
+                let at = unix_now();
+                tracing::error!(at, "cannot create a protocol-4 upload file: {e}");
+                return Err(Ended::Refused(errors::internal(at)));
+            }
+        };
+        Ok(OpenPut {
+            tag,
+            name,
+            staged,
+            hasher: blake3::Hasher::new(),
+            cksum: Cksum::new(),
+            received: 0,
+            declared: put.size,
+            mtime_ns: put.mtime_ns,
+            replaces,
+            started: Instant::now(),
+            buffers: Buffers::new(),
+            _in_flight: in_flight,
+            reservation,
+        })
+    }
+
+    /// One `DATA` frame of the accepted put: hashed and handed to the staged blob.
+    pub(super) async fn receive_data(&mut self, header: &FrameHeader) -> Result<(), Ended> {
+        let mut open = self.open.take().expect("the machine admits DATA only for an open put");
+        let len = header.length() as usize;
+        let mut buf = open.buffers.next().await;
+        buf.set_len(len);
+        self.read_payload(&mut buf[..len]).await?;
+        open.received += len as u64;
+        let max = self.shared.config.max_file_size;
+        if open.declared.is_none() && open.received > max {
+            // An unknown size is checked as its data arrives.
+            let tag = open.tag;
+            let _ = tokio::task::spawn_blocking(move || drop(open)).await;
+            self.machine.put_refused(tag);
+            return self.refuse(tag, &errors::too_large(u64::MAX, max)).await;
+        }
+        let idle = self.shared.config.idle_timeout;
+        let allowed = idle + std::time::Duration::from_secs(open.received / MIN_UPLOAD_RATE);
+        if open.started.elapsed() > allowed {
+            let _ = tokio::task::spawn_blocking(move || drop(open)).await;
+            return Err(Ended::Close(errors::timeout(
+                "the upload arrived slower than the server's minimum rate (64 KiB/s)",
+            )));
+        }
+        let written = tokio::task::spawn_blocking(move || {
+            open.hasher.update(&buf[..len]);
+            open.cksum.update(&buf[..len]);
+            let chunk = Chunk::new(buf, len, open.buffers.home.clone());
+            let written = open.staged.write(chunk);
+            (open, written)
+        })
+        .await;
+        match written {
+            Ok((open, Ok(()))) => {
+                self.open = Some(open);
+                Ok(())
+            }
+            Ok((open, Err(e))) => {
+                let tag = open.tag;
+                let _ = tokio::task::spawn_blocking(move || drop(open)).await;
+                self.machine.put_refused(tag);
+                warn!(tag, "writing a protocol-4 upload failed: {e}");
+                let error = if e.raw_os_error() == Some(libc::ENOSPC) {
+                    errors::disk_full(0, 0)
+                } else {
+                    let at = unix_now();
+                    tracing::error!(at, "writing a protocol-4 upload failed: {e}");
+                    errors::internal(at)
+                };
+                self.refuse(tag, &error).await
+            }
+            Err(e) => Err(Ended::Gone(std::io::Error::other(e))),
+        }
+    }
+
+    /// `PUT_END`: the data is all in; the upload is held under its tag and its hash
+    /// reported.
+    pub(super) async fn put_end(&mut self, tag: u32) -> Result<(), Ended> {
+        let mut open = self.open.take().expect("the machine admits PUT_END only for an open put");
+        let finished = tokio::task::spawn_blocking(move || {
+            let finished = open.staged.finish();
+            (open, finished)
+        })
+        .await
+        .map_err(|e| Ended::Gone(std::io::Error::other(e)))?;
+        let (open, finished) = finished;
+        if let Err(e) = finished {
+            let at = unix_now();
+            tracing::error!(at, "finishing a protocol-4 upload failed: {e}");
+            let _ = tokio::task::spawn_blocking(move || drop(open)).await;
+            return Err(Ended::Refused(errors::internal(at)));
+        }
+        let hash: [u8; 32] = *open.hasher.finalize().as_bytes();
+        let (size, replaces) = (open.received, open.replaces);
+        info!(tag, name = %open.name, size, hash = %short_hex(&hash), "protocol-4 upload received; waiting for COMMIT");
+        let held = Held {
+            name: open.name,
+            staged: open.staged,
+            size,
+            hash,
+            cksum: open.cksum.finish(),
+            mtime_ns: open.mtime_ns,
+            _reservation: open.reservation,
+        };
+        self.held.insert(tag, held);
+        let payload = PutReceived { size, hash, replaces }.encode();
+        self.send(FrameType::PutReceived, tag, &payload).await?;
+        Ok(())
+    }
+
+    /// `DISCARD`: the held upload is thrown away.
+    pub(super) async fn discard(&mut self, tag: u32) -> Result<(), Ended> {
+        let Some(held) = self.held.remove(&tag) else {
+            return self.refuse(tag, &nothing_held(tag)).await;
+        };
+        let _ = tokio::task::spawn_blocking(move || drop(held)).await;
+        info!(tag, "protocol-4 upload discarded");
+        self.send(FrameType::Discarded, tag, &[]).await?;
+        Ok(())
+    }
+
+    /// `COMMIT`: with the server's own hash, the held upload is stored exactly as
+    /// protocol 3 stores a confirmed one (intent, rename, one transaction); with another,
+    /// it is thrown away (`hash_mismatch`).
+    pub(super) async fn commit(&mut self, tag: u32, commit: Commit) -> Result<(), Ended> {
+        let Some(held) = self.held.remove(&tag) else {
+            return self.refuse(tag, &nothing_held(tag)).await;
+        };
+        if held.hash != commit.hash {
+            let ours = short_hex(&held.hash);
+            let _ = tokio::task::spawn_blocking(move || drop(held)).await;
+            warn!(
+                tag,
+                "protocol-4 COMMIT with another hash than the server's ({ours}): upload thrown away"
+            );
+            let error = errors::plain(
+                ErrorCode::HashMismatch,
+                false,
+                "the file's hash is not the one the server computed; the upload was thrown away: send it again",
+            );
+            return self.refuse(tag, &error).await;
+        }
+        let id = self.machine.client().expect("the machine lets only clients commit");
+        let (name, size) = (held.name.clone(), held.size);
+        let finished = self.store(id, held).await?;
+        let payload = Committed {
+            generation: finished.generation,
+            stored_at: finished.stored_at,
+            kept_version: finished.kept_version,
+        }
+        .encode();
+        info!(tag, %name, size, generation = finished.generation, "protocol-4 file verified and stored");
+        self.send(FrameType::Committed, tag, &payload).await?;
+        Ok(())
+    }
+
+    /// Protocol 3's commit (see `Connection::confirm` there): under the name's commit
+    /// turn, the intent is recorded, the file renamed into place (the copy it replaces
+    /// kept as a version), and the file recorded with the intent forgotten in one
+    /// transaction.
+    async fn store(
+        &mut self,
+        id: ClientId,
+        held: Held,
+    ) -> Result<crate::store::FinishedCommit, Ended> {
+        let shared = std::sync::Arc::clone(&self.shared);
+        let turn = shared.commit_turn(id, &held.name).await;
+        let storage = shared.storage.clone();
+        let keep = shared.config.keep_versions;
+        let mut intent = CommitIntent {
+            client_id: id,
+            stored_name: held.name.clone(),
+            file_name: held.name.clone(),
+            path_name: storage.path_name(id, &held.name),
+            source: held.staged.location().to_owned(),
+            size: held.size,
+            cksum: held.cksum,
+            archive: None,
+            restores: None,
+            v4: Some(V4Content { blake3: held.hash, mtime_ns: held.mtime_ns }),
+        };
+        let records = shared.records();
+        let stored = records.has_verified_at(id, intent.path_name.clone()).await;
+        if keep > 0 && self.internal_on_error(stored)? {
+            intent.archive = Some(storage.new_version_name(id));
+        }
+        let begun = records.begin_commit(intent.clone()).await;
+        self.internal_on_error(begun)?;
+        let (name, archive) = (held.name.clone(), intent.archive.clone());
+        let committed = tokio::task::spawn_blocking(move || {
+            let Held { staged, _reservation, .. } = held;
+            storage.commit(staged, id, &name, archive.as_deref())
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|c| c);
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(e) => {
+                let _ = records.abandon_commit(intent).await;
+                let at = unix_now();
+                tracing::error!(at, "storing a protocol-4 upload failed: {e}");
+                return Err(Ended::Refused(errors::internal(at)));
+            }
+        };
+        if let Some(replaced) = committed.replaced {
+            tokio::task::spawn_blocking(move || drop(replaced));
+        }
+        let finished = records.finish_commit_detailed(intent, Some(self.peer.ip()), keep).await;
+        let finished = self.internal_on_error(finished)?;
+        drop(turn);
+        if !finished.pruned.is_empty() {
+            let (storage, pruned) = (shared.storage.clone(), finished.pruned.clone());
+            tokio::task::spawn_blocking(move || {
+                for path in pruned {
+                    if let Err(e) = storage.delete_version(id, &path) {
+                        warn!(%path, "could not delete a version beyond --keep-versions: {e}");
+                    }
+                }
+            });
+        }
+        Ok(finished)
+    }
+}
+
+/// The stored name of a protocol-4 path, or the `name_refused` answer. Folders come with
+/// the next issue: until the storage seam makes directories, a path is one component.
+fn check_name(path: &str) -> Result<String, crate::protocol::v4::ErrorFrame> {
+    let refused =
+        |why: String| errors::plain(ErrorCode::NameRefused, false, &format!("path refused: {why}"));
+    names::check_path(path).map_err(|e| refused(e.to_string()))?;
+    if path.contains('/') {
+        return Err(refused("folders are not served yet: a path is one file name".to_owned()));
+    }
+    // Protocol 3's stored-name rule, which must leave the name as it is (it cuts a
+    // drive prefix such as `C:`).
+    match storage_name(path) {
+        Ok(name) if name == path => Ok(name.to_owned()),
+        Ok(_) => Err(refused("a name that starts with a drive letter and a colon".to_owned())),
+        Err(e) => Err(refused(e.to_string())),
+    }
+}
+
+/// `not_found` for a `COMMIT` or `DISCARD` whose tag holds no upload.
+fn nothing_held(tag: u32) -> crate::protocol::v4::ErrorFrame {
+    errors::plain(ErrorCode::NotFound, false, &format!("no upload is held under tag {tag}"))
+}
+
+/// The first 8 bytes of a hash in hex, for logs.
+pub(crate) fn short_hex(hash: &[u8; 32]) -> String {
+    hash[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
