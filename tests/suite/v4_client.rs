@@ -549,3 +549,76 @@ fn protocol_4_only_never_falls_back_neither_for_a_protocol3_peer_nor_a_silent_on
         "{took:?}"
     );
 }
+
+// Against `securexfer serve` itself (the server side of issue 14).
+
+fn stored_file(server: &common::Server, id: &str, name: &str) -> Vec<u8> {
+    std::fs::read(server.storage().join(id).join(name)).unwrap()
+}
+
+/// The id in `registered NAME as ID ...`.
+fn registered_id(stdout: &str) -> String {
+    stdout.split(" as ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned()
+}
+
+#[test]
+fn register_with_a_token_and_send_over_protocol_4_to_securexfer_serve() {
+    let server = common::Server::start(&["--registration", "token"]);
+    let invite = common::run_in(&server.dir, &["db", "invite", "--db", "server.db"]);
+    assert!(invite.status.success(), "{}", text(&invite.stderr));
+    let token = text(&invite.stdout)
+        .split_whitespace()
+        .find(|w| w.starts_with("sxi-"))
+        .expect("a token")
+        .to_owned();
+    let client = Client::new();
+    let refused = client.run(&["register", "--server", &server.address(), "--name", "jo"]);
+    assert_eq!(code(&refused), Some(4), "no token: {}", text(&refused.stderr));
+    let out =
+        client.run(&["register", "--server", &server.address(), "--name", "jo", "--token", &token]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let id = registered_id(&text(&out.stdout));
+    let big = common::random_bytes((2 << 20) + 12_345, 3);
+    client.file("big.bin", &big);
+    client.file("note.txt", b"note");
+    let out = client.run(&["send", "big.bin", "note.txt", "--server", &server.address(), "--json"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.matches("\"protocol\":4").count(), 2, "{stdout}");
+    assert_eq!(stored_file(&server, &id, "big.bin"), big);
+    assert_eq!(stored_file(&server, &id, "note.txt"), b"note");
+}
+
+#[test]
+fn an_upgrade_with_securexfer_serve_keeps_the_id_and_the_files_and_ends_protocol_3() {
+    let server = common::Server::start(&[]);
+    let client = Client::new();
+    client.file("old.txt", b"sent over protocol 3");
+    let out = client.run(&[
+        "send",
+        "old.txt",
+        "--server",
+        &server.address(),
+        "--name",
+        "kim",
+        "--protocol",
+        "3",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let me =
+        client.config().join("servers").join(server.address().replace(':', "_")).join("me.info");
+    let id = std::fs::read_to_string(&me).unwrap().lines().nth(1).unwrap().to_owned();
+    client.file("new.txt", b"sent over protocol 4");
+    let out = client.run(&["send", "new.txt", "--server", &server.address()]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("upgrading kim") && stderr.contains("upgraded kim"), "{stderr}");
+    assert_eq!(stored_file(&server, &id, "old.txt"), b"sent over protocol 3");
+    assert_eq!(stored_file(&server, &id, "new.txt"), b"sent over protocol 4");
+    // The next run knows its key: no upgrade again; and protocol 3 is refused from here.
+    let again = client.run(&["send", "new.txt", "--server", &server.address()]);
+    assert_eq!(code(&again), Some(0), "{}", text(&again.stderr));
+    assert!(!text(&again.stderr).contains("upgrading"), "{}", text(&again.stderr));
+    let three = client.run(&["send", "old.txt", "--server", &server.address(), "--protocol", "3"]);
+    assert_eq!(code(&three), Some(8), "{}", text(&three.stderr));
+}
