@@ -64,6 +64,16 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// What one send of a file put on the wire.
+#[derive(Clone, Copy)]
+struct Sent<'a> {
+    path: &'a Path,
+    stored_as: &'a str,
+    size: u64,
+    hash: Hash,
+    attempt: u32,
+}
+
 /// How one send of a file ended.
 enum Attempt {
     Stored(Stored),
@@ -264,7 +274,8 @@ impl Session {
         };
         let commit = Commit { hash }.encode();
         let committed = self.conn.request(FrameType::Commit, tag, &commit).await?;
-        self.outcome(path, stored_as, size, hash, attempt, put, committed).await
+        let sent = Sent { path, stored_as, size, hash, attempt };
+        self.outcome(&sent, put, committed).await
     }
 
     /// `DATA` frames of the file, then `PUT_END`; returns the file's BLAKE3, or `None` when
@@ -312,17 +323,13 @@ impl Session {
     }
 
     /// Reads `PUT_RECEIVED` and `COMMITTED` (or their refusals) and decides.
-    #[allow(clippy::too_many_arguments)]
     async fn outcome(
         &mut self,
-        path: &Path,
-        stored_as: &str,
-        size: u64,
-        hash: Hash,
-        attempt: u32,
+        sent: &Sent<'_>,
         put: AnswerFuture,
         committed: AnswerFuture,
     ) -> Result<Attempt, V4Error> {
+        let Sent { path, stored_as, size, hash, attempt } = *sent;
         let received = match self.conn.answer(put).await? {
             Answer::Frame(p) => {
                 PutReceived::decode(&p).map_err(|e| server_broke("PUT_RECEIVED", e))?
