@@ -622,3 +622,24 @@ fn an_upgrade_with_securexfer_serve_keeps_the_id_and_the_files_and_ends_protocol
     let three = client.run(&["send", "old.txt", "--server", &server.address(), "--protocol", "3"]);
     assert_eq!(code(&three), Some(8), "{}", text(&three.stderr));
 }
+
+#[test]
+fn a_temporary_refusal_is_retried_after_the_servers_wait_three_times_then_reported() {
+    let peer = Peer::start(Script { registered: true, busy: 2, ..Script::default() });
+    let client = Client::new();
+    client.file("a.txt", b"patient");
+    let out = client.run(&["send", "a.txt", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.matches("busy (temporary failure").count(), 2, "{stderr}");
+    assert!(text(&out.stdout).contains("verified after 1 send(s)"), "{}", text(&out.stdout));
+    assert_eq!(
+        peer.seen.lock().unwrap().files.get("a.txt").map(Vec::as_slice),
+        Some(&b"patient"[..])
+    );
+
+    let peer = Peer::start(Script { registered: true, busy: 10, ..Script::default() });
+    let out = client.run(&["send", "a.txt", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
+    assert_eq!(peer.seen.lock().unwrap().puts, 4, "the first try and three retries");
+}

@@ -31,6 +31,8 @@ pub(crate) struct Script {
     pub(crate) over_quota: Vec<String>,
     /// Answer the first PUT_BEGIN at once with a COMMITTED for a tag nobody used.
     pub(crate) unexpected_frame: bool,
+    /// Refuse this many puts with `busy` (retry after 100 ms) at PUT_BEGIN.
+    pub(crate) busy: u32,
 }
 
 /// What the peer saw.
@@ -213,6 +215,12 @@ impl State {
         if script.unexpected_frame {
             let bogus = Committed { generation: 1, stored_at: 0, kept_version: false };
             return vec![(FrameType::Committed, tag + 98, bogus.encode())];
+        }
+        if seen.lock().unwrap().puts <= script.busy {
+            self.dropping = Some(tag);
+            let mut e = error(ErrorCode::Busy, 0, 0, "too many uploads at once");
+            e.retry_after_ms = 100;
+            return vec![(FrameType::Error, tag, e.encode().unwrap())];
         }
         if script.over_quota.contains(&begin.path) {
             self.dropping = Some(tag);
