@@ -643,3 +643,17 @@ fn a_temporary_refusal_is_retried_after_the_servers_wait_three_times_then_report
     assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
     assert_eq!(peer.seen.lock().unwrap().puts, 4, "the first try and three retries");
 }
+
+#[test]
+fn the_host_name_goes_out_as_sni_and_an_address_sends_none() {
+    let peer = Peer::start(Script { registered: true, ..Script::default() });
+    let port = peer.addr.rsplit(':').next().unwrap().to_owned();
+    let client = Client::new();
+    client.file("a.txt", b"a");
+    for server in [format!("localhost:{port}"), peer.addr.clone()] {
+        let out = client.run(&["send", "a.txt", "--server", &server]);
+        assert_eq!(code(&out), Some(0), "{server}: {}", text(&out.stderr));
+    }
+    let seen = peer.seen.lock().unwrap();
+    assert_eq!(seen.sni, vec![Some("localhost".to_owned()), None]);
+}

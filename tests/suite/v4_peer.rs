@@ -50,6 +50,8 @@ pub(crate) struct Seen {
     pub(crate) register: Option<Register>,
     /// Puts received (including refused and resent ones).
     pub(crate) puts: u32,
+    /// The SNI of each handshake.
+    pub(crate) sni: Vec<Option<String>>,
 }
 
 /// A running peer. It stops accepting when dropped (and within a minute in any case).
@@ -114,7 +116,11 @@ fn serve(
             return;
         }
     }
-    seen.lock().unwrap().handshakes += 1;
+    {
+        let mut s = seen.lock().unwrap();
+        s.handshakes += 1;
+        s.sni.push(tls.conn.server_name().map(str::to_owned));
+    }
     let mut state = State::default();
     while let Some((header, payload)) = read_frame(&mut tls) {
         seen.lock().unwrap().frames.push(header.frame_type());
