@@ -68,10 +68,15 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l name 
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l identity -d 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client\'s), else this server\'s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l connect-timeout -d 'Seconds to wait for a connection' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l timeout -d 'Seconds to wait for the server on each read or write' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l protocol -d 'Which protocol to speak. `auto` opens with protocol 4 (TLS 1.3, the server\'s key checked against known_servers) and falls back to protocol 3, with a warning, only for a server never seen speaking 4 that does not speak it. `3` is refused (exit 8) for a server known to speak 4; `4` never falls back' -r -f -a "3\t'Protocol 3 only (the existing servers\' protocol; it does not authenticate the server)'
+4\t'Protocol 4 only'
+auto\t'Protocol 4, or 3 for a server never seen speaking 4 that does not speak it'"
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l server-fingerprint -d 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l token -d 'The invitation token the server\'s operator gave (`securexfer db invite`), for a server whose registration policy is `token` (protocol 4): sxi- and 26 characters' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s v -l verbose -d 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -l force -d 'Replace an existing identity (the old one is kept as me.info.bak)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s q -l quiet -d 'Print nothing on success'
-complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s h -l help -d 'Print help'
+complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c securexfer -n "__fish_securexfer_using_subcommand register" -s V -l version -d 'Print version'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l config -d 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l server -d 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`' -r
@@ -79,11 +84,15 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l name -d '
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l identity -d 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client\'s), else this server\'s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l connect-timeout -d 'Seconds to wait for a connection' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l timeout -d 'Seconds to wait for the server on each read or write' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l protocol -d 'Which protocol to speak. `auto` opens with protocol 4 (TLS 1.3, the server\'s key checked against known_servers) and falls back to protocol 3, with a warning, only for a server never seen speaking 4 that does not speak it. `3` is refused (exit 8) for a server known to speak 4; `4` never falls back' -r -f -a "3\t'Protocol 3 only (the existing servers\' protocol; it does not authenticate the server)'
+4\t'Protocol 4 only'
+auto\t'Protocol 4, or 3 for a server never seen speaking 4 that does not speak it'"
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l server-fingerprint -d 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l as -d 'The name to store the file under, instead of its own (one FILE only). Names are up to 254 bytes of printable ASCII' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s v -l verbose -d 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s q -l quiet -d 'No progress bar and no summary lines (errors are still printed)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l json -d 'Print one JSON object per file on stdout, in argument order, then a summary object (the schema is in docs/json.md)'
-complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s h -l help -d 'Print help'
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s V -l version -d 'Print version'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify restore fingerprint invite help" -s h -l help -d 'Print help'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify restore fingerprint invite help" -s V -l version -d 'Print version'

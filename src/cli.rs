@@ -11,13 +11,15 @@ Exit codes:
   1  an unexpected internal error
   2  usage error (bad flags or arguments)
   3  connection failure (cannot reach the server, or it kept dropping the connection)
-  4  the server refused (2107 after retries, name taken, unexpected answer)
-  5  verification failed (checksums differed on all four sends)
+  4  the server refused (2107 after retries, name taken, a protocol-4 refusal such as a
+     quota, or an answer out of protocol)
+  5  verification failed (checksums or BLAKE3 hashes differed on all four sends)
   6  local problem (a file or identity cannot be read or written; for serve: the
      storage directory or the database cannot be used)
   7  serve cannot listen on its address (in use, not permitted, not this machine's)
   8  the server's key is not the one trusted for it (it changed since it was first seen,
-     or differs from --fingerprint): nothing was sent
+     or differs from --fingerprint), or --protocol 3 to a server known to speak
+     protocol 4: nothing was sent
   130  interrupted (Ctrl-C)";
 
 /// Send files securely to a storage server you run yourself.
@@ -249,6 +251,36 @@ pub struct ClientArgs {
     /// (-vv for more). Without it, RUST_LOG sets what is logged.
     #[arg(long, short, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Which protocol to speak. `auto` opens with protocol 4 (TLS 1.3, the server's key
+    /// checked against known_servers) and falls back to protocol 3, with a warning, only
+    /// for a server never seen speaking 4 that does not speak it. `3` is refused (exit 8)
+    /// for a server known to speak 4; `4` never falls back.
+    #[arg(
+        long,
+        env = "SECUREXFER_PROTOCOL",
+        value_enum,
+        default_value = "auto",
+        value_name = "3|4|auto"
+    )]
+    pub protocol: ProtocolArg,
+    /// The key the server must present over protocol 4, as `securexfer db fingerprint`
+    /// shows it on the server (SHA256:...): pins it before the first contact. With a key
+    /// already in known_servers, the two must agree.
+    #[arg(long, env = "SECUREXFER_SERVER_FINGERPRINT", value_name = "SHA256:...")]
+    pub server_fingerprint: Option<String>,
+}
+
+/// `--protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProtocolArg {
+    /// Protocol 3 only (the existing servers' protocol; it does not authenticate the server).
+    #[value(name = "3")]
+    Three,
+    /// Protocol 4 only.
+    #[value(name = "4")]
+    Four,
+    /// Protocol 4, or 3 for a server never seen speaking 4 that does not speak it.
+    Auto,
 }
 
 /// `securexfer register`.
@@ -260,6 +292,10 @@ pub struct RegisterArgs {
     /// Replace an existing identity (the old one is kept as me.info.bak).
     #[arg(long)]
     pub force: bool,
+    /// The invitation token the server's operator gave (`securexfer db invite`), for a
+    /// server whose registration policy is `token` (protocol 4): sxi- and 26 characters.
+    #[arg(long, env = "SECUREXFER_TOKEN", value_name = "TOKEN")]
+    pub token: Option<String>,
     /// Print nothing on success.
     #[arg(long, short)]
     pub quiet: bool,

@@ -244,7 +244,7 @@ const STORAGE: (&str, &str) = (
 
 const KNOWN_SERVERS: (&str, &str) = (
     "~/.config/securexfer/known_servers ($XDG_CONFIG_HOME/securexfer/known_servers)",
-    "The server keys trusted, one HOST:PORT SHA256:... per line, written by securexfer trust.",
+    "The servers known to speak protocol 4 and the key trusted for each (HOST:PORT SHA256:... FIRST-SEEN), written on first contact by trust, register and send; and servers found to speak only protocol 3 in the last 24 hours (HOST:PORT protocol-3 WHEN), which grant nothing.",
 );
 
 const SERVER_KEY: (&str, &str) = (
@@ -252,12 +252,25 @@ const SERVER_KEY: (&str, &str) = (
     "The server's Ed25519 key for protocol 4 (PEM, mode 0600), made at the first start of serve and never rewritten; db fingerprint prints its fingerprint.",
 );
 
+const CLIENT_KEY: (&str, &str) = (
+    "~/.config/securexfer/servers/HOST_PORT/client.key",
+    "The client's Ed25519 key for that server over protocol 4 (PEM, mode 0600), made at the first protocol-4 contact and never rewritten: the server knows the client by it.",
+);
+
 fn files(name: &str) -> &'static [(&'static str, &'static str)] {
-    const CLIENT: &[(&str, &str)] =
-        &[IDENTITY, PRIV_KEY, DEFAULT_SERVER, LOCAL_IDENTITY, TRANSFER_INFO];
+    const CLIENT: &[(&str, &str)] = &[
+        IDENTITY,
+        PRIV_KEY,
+        CLIENT_KEY,
+        KNOWN_SERVERS,
+        DEFAULT_SERVER,
+        LOCAL_IDENTITY,
+        TRANSFER_INFO,
+    ];
     const ALL: &[(&str, &str)] = &[
         IDENTITY,
         PRIV_KEY,
+        CLIENT_KEY,
         DEFAULT_SERVER,
         LOCAL_IDENTITY,
         TRANSFER_INFO,
@@ -339,6 +352,10 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
                 "Register again, keeping the old identity as me.info.bak:",
                 "securexfer register --server files.example.org:1357 --name alice --force",
             ),
+            (
+                "Register with a server that takes invitations only, over protocol 4:",
+                "securexfer register --server files.example.org:1357 --name alice --token sxi-aaaqeayeaudaocajbifqydiob4",
+            ),
         ],
         "securexfer-send" => &[
             SEND,
@@ -349,6 +366,10 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
             (
                 "In a folder with the existing client's transfer.info, do what that client does:",
                 "securexfer send",
+            ),
+            (
+                "Refuse anything but protocol 4, with the server key the operator gave:",
+                "securexfer send --protocol 4 --server-fingerprint SHA256:jbA361SaIFtqa3vgN9f6RiNjmkaoPE7F7L38pwtBX6I report.pdf",
             ),
         ],
         "securexfer-db" | "securexfer-db-inspect" => {

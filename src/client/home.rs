@@ -8,12 +8,14 @@
 //!   default-server                      the server of the latest `register` (one line)
 //!   servers/<host>_<port>/me.info       the identity registered with that server
 //!   servers/<host>_<port>/priv.key      its private key (mode 0600)
+//!   servers/<host>_<port>/client.key    the protocol-4 key for that server (mode 0600)
+//!   known_servers                       the server keys trusted (see `trust`)
 //! ```
 //!
 //! One identity per server, so that registering with a second server never replaces the
 //! first one's, and none in the working directory, so that `send *` cannot pick them up.
-//! A server's directory is also where its protocol-4 key and what the client learnt about
-//! it will go, beside the protocol-3 identity.
+//! A server's protocol-4 key lives beside its protocol-3 identity, so that an upgrade finds
+//! both in one place.
 
 use super::identity::{IdentityError, ME_INFO};
 use std::fs;
@@ -57,6 +59,11 @@ impl Home {
     /// Where the identity for `server` is kept.
     pub fn identity_path(&self, server: &str) -> PathBuf {
         self.server_dir(server).join(ME_INFO)
+    }
+
+    /// Where the protocol-4 key for `server` is kept.
+    pub fn client_key_path(&self, server: &str) -> PathBuf {
+        self.server_dir(server).join(super::v4::key::CLIENT_KEY)
     }
 
     /// The identity of earlier versions, kept in the home directory for every server.

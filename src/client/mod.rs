@@ -16,6 +16,7 @@ pub mod home;
 pub mod identity;
 pub mod trust;
 pub mod upload;
+pub mod v4;
 pub mod wire;
 
 use crate::content::Scheme;
@@ -56,6 +57,8 @@ pub enum FailureKind {
     Verification,
     /// Something local: the file, the identity, the input.
     Local,
+    /// The server's key is not the one trusted for it (protocol 4): nothing was sent.
+    ServerKey,
 }
 
 /// Why a client operation failed.
@@ -241,6 +244,13 @@ pub enum Event {
     },
     /// Something the user should know about this server, said once.
     Note(String),
+    /// The server's BLAKE3 differed from ours (protocol 4): the file is sent again.
+    DigestMismatch {
+        /// The server's, in hex.
+        theirs: String,
+        /// Which send.
+        attempt: u32,
+    },
     /// The server's checksum differed from ours.
     Mismatch {
         /// Ours.

@@ -36,8 +36,11 @@ pub enum TrustError {
         /// Why.
         source: io::Error,
     },
-    /// A line of the file is not `HOST:PORT SHA256:…`.
-    #[error("{path}:{line}: {why} (lines are `HOST:PORT SHA256:...`)")]
+    /// A line of the file is not `HOST:PORT SHA256:… [TIME]` or `HOST:PORT protocol-3 TIME`.
+    #[error(
+        "{path}:{line}: {why} (lines are `HOST:PORT SHA256:... [TIME]` or `HOST:PORT \
+         protocol-3 TIME`)"
+    )]
     Corrupt {
         /// The file.
         path: PathBuf,
@@ -75,11 +78,38 @@ pub enum TrustError {
     },
 }
 
-/// The `known_servers` file: one `HOST:PORT SHA256:…` per line; `#` starts a comment.
+/// How long a server found to speak only protocol 3 is remembered, so that `auto` does not
+/// probe it at every run; after that it is probed again.
+pub const PROTOCOL3_MEMORY_SECS: i64 = 24 * 60 * 60;
+/// The second word of a line that remembers a protocol-3-only server. It grants nothing:
+/// such a line never lets a key through, and a server with a key line is never spoken 3 to.
+pub const PROTOCOL3_WORD: &str = "protocol-3";
+
+/// What `known_servers` says about one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Known {
+    /// It speaks protocol 4 with this key (`SHA256:…`), first seen then (seconds since
+    /// 1970; `None` for lines written before the date was kept).
+    Key {
+        /// The fingerprint.
+        key: String,
+        /// When it was first seen.
+        since: Option<i64>,
+    },
+    /// It was found to speak only protocol 3 at this time.
+    Protocol3 {
+        /// When.
+        at: i64,
+    },
+}
+
+/// The `known_servers` file: `HOST:PORT SHA256:… TIME` per server speaking protocol 4, or
+/// `HOST:PORT protocol-3 TIME` for one found to speak only protocol 3 (TIME as
+/// `2026-12-01T10:00:00Z`; a key line may lack it); `#` starts a comment.
 #[derive(Debug, Clone)]
 pub struct KnownServers {
     path: PathBuf,
-    entries: Vec<(String, String)>,
+    entries: Vec<(String, Known)>,
 }
 
 impl KnownServers {
@@ -96,19 +126,12 @@ impl KnownServers {
             if line.is_empty() {
                 continue;
             }
-            let corrupt = |why: &str| TrustError::Corrupt {
+            let entry = parse_line(line).map_err(|why| TrustError::Corrupt {
                 path: path.to_owned(),
                 line: i + 1,
                 why: why.to_owned(),
-            };
-            let mut words = line.split_whitespace();
-            let (Some(server), Some(key), None) = (words.next(), words.next(), words.next()) else {
-                return Err(corrupt("expected two words"));
-            };
-            if !fingerprint::is_valid(key) {
-                return Err(corrupt("the second word is not a SHA256: fingerprint"));
-            }
-            entries.push((server.to_owned(), key.to_owned()));
+            })?;
+            entries.push(entry);
         }
         Ok(KnownServers { path: path.to_owned(), entries })
     }
@@ -120,19 +143,48 @@ impl KnownServers {
 
     /// The key trusted for `server` (`HOST:PORT`), if any.
     pub fn get(&self, server: &str) -> Option<&str> {
-        self.entries.iter().find(|(s, _)| s == server).map(|(_, k)| k.as_str())
+        match self.entry(server) {
+            Some(Known::Key { key, .. }) => Some(key),
+            _ => None,
+        }
     }
 
-    /// Trusts `key` for `server` from now on (replacing what was trusted before) and
-    /// writes the file atomically: a crash leaves the old file or the new one.
+    /// Everything the file says about `server`.
+    pub fn entry(&self, server: &str) -> Option<&Known> {
+        self.entries.iter().find(|(s, _)| s == server).map(|(_, k)| k)
+    }
+
+    /// Trusts `key` for `server` from now on (replacing what was trusted before, and a
+    /// protocol-3 line) and writes the file atomically: a crash leaves the old file or the
+    /// new one. The date of first sight stays when the key is the one already trusted.
     pub fn trust(&mut self, server: &str, key: &str) -> Result<(), TrustError> {
-        match self.entries.iter_mut().find(|(s, _)| s == server) {
-            Some(entry) => entry.1 = key.to_owned(),
-            None => self.entries.push((server.to_owned(), key.to_owned())),
+        let since = match self.entry(server) {
+            Some(Known::Key { key: old, since }) if old == key => *since,
+            _ => Some(now_secs()),
+        };
+        self.set(server, Known::Key { key: key.to_owned(), since })
+    }
+
+    /// Remembers that `server` spoke only protocol 3 at `at` (never over a key line: a
+    /// server once seen speaking 4 stays a protocol-4 server).
+    pub fn remember_protocol3(&mut self, server: &str, at: i64) -> Result<(), TrustError> {
+        if self.get(server).is_some() {
+            return Ok(());
         }
-        let mut text = String::from("# Server keys securexfer trusts: HOST:PORT SHA256:...\n");
-        for (server, key) in &self.entries {
-            text.push_str(&format!("{server} {key}\n"));
+        self.set(server, Known::Protocol3 { at })
+    }
+
+    fn set(&mut self, server: &str, known: Known) -> Result<(), TrustError> {
+        match self.entries.iter_mut().find(|(s, _)| s == server) {
+            Some(entry) => entry.1 = known,
+            None => self.entries.push((server.to_owned(), known)),
+        }
+        let mut text = String::from(
+            "# Servers securexfer knows: HOST:PORT SHA256:... FIRST-SEEN, or HOST:PORT protocol-3 WHEN\n",
+        );
+        for (server, known) in &self.entries {
+            text.push_str(&format_line(server, known));
+            text.push('\n');
         }
         crate::atomic_file::write_private(&self.path, text.as_bytes())
             .map_err(|source| TrustError::Io { path: self.path.clone(), source })?;
@@ -140,13 +192,114 @@ impl KnownServers {
     }
 }
 
+fn parse_line(line: &str) -> Result<(String, Known), &'static str> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (server, second, time) = match words[..] {
+        [server, second] => (server, second, None),
+        [server, second, time] => {
+            (server, second, Some(parse_time(time).ok_or("the third word is not a UTC time")?))
+        }
+        _ => return Err("expected two or three words"),
+    };
+    let known = if second == PROTOCOL3_WORD {
+        Known::Protocol3 { at: time.ok_or("a protocol-3 line needs its time")? }
+    } else if fingerprint::is_valid(second) {
+        Known::Key { key: second.to_owned(), since: time }
+    } else {
+        return Err("the second word is neither a SHA256: fingerprint nor protocol-3");
+    };
+    Ok((server.to_owned(), known))
+}
+
+fn format_line(server: &str, known: &Known) -> String {
+    match known {
+        Known::Key { key, since: Some(t) } => format!("{server} {key} {}", format_time(*t)),
+        Known::Key { key, since: None } => format!("{server} {key}"),
+        Known::Protocol3 { at } => format!("{server} {PROTOCOL3_WORD} {}", format_time(*at)),
+    }
+}
+
+/// Seconds since 1970-01-01 UTC now.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// `2026-12-01T10:00:00Z` for `secs` since 1970 (civil-from-days, proleptic Gregorian).
+pub fn format_time(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The inverse of [`format_time`]; `None` for anything else.
+pub fn parse_time(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, m, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 59 {
+        return None;
+    }
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + m * 60 + s;
+    (format_time(secs) == text).then_some(secs)
+}
+
 /// Accepts the server's key only if it is `expected` (any key when `None`), and notes the
 /// key presented either way, so that a mismatch can be reported with both.
 #[derive(Debug)]
-struct KeyCheck {
+pub(crate) struct KeyCheck {
     expected: Option<String>,
     presented: Mutex<Option<String>>,
     algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl KeyCheck {
+    /// A check for `expected` (any key when `None`) with the provider's algorithms.
+    pub(crate) fn new(
+        expected: Option<String>,
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> Arc<Self> {
+        Arc::new(KeyCheck {
+            expected,
+            presented: Mutex::new(None),
+            algorithms: provider.signature_verification_algorithms,
+        })
+    }
+
+    /// The fingerprint of the key the server presented, once it did.
+    pub(crate) fn presented(&self) -> Option<String> {
+        self.presented.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// What was expected.
+    pub(crate) fn expected(&self) -> Option<&str> {
+        self.expected.as_deref()
+    }
 }
 
 impl ServerCertVerifier for KeyCheck {
@@ -222,11 +375,7 @@ pub fn presented_key(
     socket.set_write_timeout(Some(timeout)).map_err(connect_err)?;
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let check = Arc::new(KeyCheck {
-        expected: expected.map(str::to_owned),
-        presented: Mutex::new(None),
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let check = KeyCheck::new(expected.map(str::to_owned), &provider);
     let not_v4 = |why: String| TrustError::NotProtocol4 { server: server.to_owned(), why };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -244,7 +393,7 @@ pub fn presented_key(
         }
         Ok::<(), io::Error>(())
     })();
-    let presented = check.presented.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let presented = check.presented();
     match (handshake, presented, expected) {
         (Ok(()), Some(key), _) => {
             tls.send_close_notify();
@@ -292,5 +441,39 @@ mod tests {
         let e = KnownServers::load(&path).unwrap_err();
         assert!(matches!(e, TrustError::Corrupt { line: 3, .. }), "{e}");
         assert!(e.to_string().contains(":3:"), "{e}");
+    }
+
+    #[test]
+    fn times_are_written_as_utc_and_read_back() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(1_796_119_200), "2026-12-01T10:00:00Z");
+        for t in [0, 951_782_400, 1_796_119_200, 4_102_444_799] {
+            assert_eq!(parse_time(&format_time(t)), Some(t), "{t}");
+        }
+        for bad in ["2026-13-01T10:00:00Z", "2026-02-30T10:00:00Z", "yesterday", ""] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn protocol3_lines_are_kept_apart_from_keys_and_never_replace_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KNOWN_SERVERS);
+        std::fs::write(&path, format!("old:1 {KEY_A}\n")).unwrap();
+        let mut known = KnownServers::load(&path).unwrap();
+        assert_eq!(known.entry("old:1"), Some(&Known::Key { key: KEY_A.into(), since: None }));
+        known.remember_protocol3("p3:1", 1_796_119_200).unwrap();
+        known.remember_protocol3("old:1", 1_796_119_200).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("p3:1 protocol-3 2026-12-01T10:00:00Z"), "{text}");
+        let again = KnownServers::load(&path).unwrap();
+        assert_eq!(again.get("p3:1"), None, "a protocol-3 line trusts no key");
+        assert_eq!(again.entry("p3:1"), Some(&Known::Protocol3 { at: 1_796_119_200 }));
+        assert_eq!(again.get("old:1"), Some(KEY_A));
+        let mut again = again;
+        again.trust("p3:1", KEY_B).unwrap();
+        assert!(matches!(again.entry("p3:1"), Some(Known::Key { since: Some(_), .. })));
+        std::fs::write(&path, "x:1 protocol-3\n").unwrap();
+        assert!(KnownServers::load(&path).is_err(), "a protocol-3 line needs its time");
     }
 }

@@ -9,6 +9,7 @@ mod send;
 mod serve;
 mod table;
 mod trust;
+mod v4;
 mod verify;
 
 use crate::cli::{Cli, Command, DbCommand};
@@ -142,6 +143,16 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<ClientError>() {
             return code_for(e.kind());
         }
+        if let Some(e) = cause.downcast_ref::<securexfer::client::v4::error::V4Error>() {
+            return code_for(e.kind());
+        }
+        if let Some(e) = cause.downcast_ref::<securexfer::client::v4::negotiate::Refusal>() {
+            use securexfer::client::v4::negotiate::Refusal;
+            return match e {
+                Refusal::KnownServer { .. } | Refusal::PinDisagrees { .. } => 8,
+                Refusal::PinWithProtocol3 => 2,
+            };
+        }
         if cause.is::<UsageError>() {
             return 2;
         }
@@ -158,6 +169,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             };
         }
         if cause.is::<IdentityError>()
+            || cause.is::<securexfer::client::v4::key::KeyFileError>()
             || cause.is::<DbError>()
             || cause.is::<LocalError>()
             || cause.is::<securexfer::server::identity::IdentityError>()
@@ -175,5 +187,6 @@ pub fn code_for(kind: FailureKind) -> u8 {
         FailureKind::Refused => 4,
         FailureKind::Verification => 5,
         FailureKind::Local => 6,
+        FailureKind::ServerKey => 8,
     }
 }

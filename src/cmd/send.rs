@@ -2,11 +2,14 @@
 
 use super::out::outln;
 use super::progress;
+use super::v4::{self, Spoken};
 use super::{UsageError, code_for};
 use crate::cli::{ClientArgs, SendArgs};
 use anyhow::Context;
 use securexfer::client::home::Home;
 use securexfer::client::identity::{Identity, ME_INFO, TRANSFER_INFO, TransferInfo};
+use securexfer::client::v4::error::V4Error;
+use securexfer::client::v4::session::{Stored, hex};
 use securexfer::client::wire::Timeouts;
 use securexfer::client::{Client, ClientError, Event, FailureKind, Session};
 use securexfer::protocol::MAX_PLAINTEXT_SIZE;
@@ -51,10 +54,9 @@ pub fn server_and_name(
                     .into(),
             )
         })?;
+    // The name's rules depend on the protocol (printable ASCII for 3, UTF-8 NFC for 4):
+    // each path checks it before it is sent.
     let name = args.name.clone().or_else(|| transfer.map(|t| t.name.clone()));
-    if let Some(name) = &name {
-        check_name(name)?;
-    }
     Ok((normalize_server(&server)?, name))
 }
 
@@ -202,6 +204,15 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.files.clone()
     };
+    // A run with nothing to send reaches no server: its problems are reported below.
+    if files.iter().any(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file()))
+        && let Spoken::Four(four) = v4::connect(&server, &args.client)?
+    {
+        return run_v4(&args, &server, name, &files, *four);
+    }
+    if let Some(name) = &name {
+        check_name(name)?;
+    }
     let candidates = identity_candidates(args.client.identity.as_deref(), &server);
     let found = candidates.iter().find(|p| p.exists()).cloned();
     let identity = found
@@ -210,7 +221,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .context("cannot use the saved identity")?;
 
-    let plan = plan_files(&files, args.as_name.as_deref(), found.as_deref())?;
+    let plan = plan_files(&files, args.as_name.as_deref(), found.as_deref(), Rules::V3)?;
     // Files that cannot be sent are found before anything goes on the wire; each is
     // reported in its place among the results.
     let mut worst = 0u8;
@@ -262,7 +273,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
             Err(e) => {
                 let kind = e.kind();
                 summary.failed += 1;
-                shown.suspend(|| report_err(&args, &server, file, &e));
+                shown.suspend(|| report_err(&args, &server, file, &e as &dyn FileError));
                 worst = worst.max(code_for(kind));
                 // A connection that keeps failing will fail the next file too; a refusal
                 // (too large, say) is about this file only.
@@ -282,9 +293,44 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
 struct Planned {
     path: PathBuf,
     stored_name: String,
-    problem: Option<ClientError>,
+    problem: Option<Box<dyn FileError>>,
     /// Bytes one send puts on the wire (for the run's progress).
     wire_bytes: u64,
+}
+
+/// A failure about one file, from either protocol's client.
+trait FileError: std::fmt::Display {
+    /// Its exit group.
+    fn kind(&self) -> FailureKind;
+    /// Whether the message names the file already.
+    fn names_file(&self) -> bool;
+}
+
+impl FileError for ClientError {
+    fn kind(&self) -> FailureKind {
+        ClientError::kind(self)
+    }
+    fn names_file(&self) -> bool {
+        ClientError::names_file(self)
+    }
+}
+
+impl FileError for V4Error {
+    fn kind(&self) -> FailureKind {
+        V4Error::kind(self)
+    }
+    fn names_file(&self) -> bool {
+        V4Error::names_file(self)
+    }
+}
+
+/// Whose rules a file must meet to be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rules {
+    /// Protocol 3: printable-ASCII names, files below 4 GiB.
+    V3,
+    /// Protocol 4: UTF-8 paths (NFC after normalising), 64-bit sizes.
+    V4,
 }
 
 /// Counts for the summary line.
@@ -302,6 +348,7 @@ fn plan_files(
     files: &[PathBuf],
     as_name: Option<&str>,
     identity: Option<&Path>,
+    rules: Rules,
 ) -> anyhow::Result<Vec<Planned>> {
     if as_name.is_some() && files.len() != 1 {
         return Err(UsageError(format!(
@@ -336,12 +383,21 @@ fn plan_files(
             ))
             .into());
         }
-        let problem = problem
-            .or_else(|| securexfer::client::stored_file_name(&stored_name).err())
-            .or_else(|| preflight(path).err());
-        let wire_bytes = std::fs::metadata(path)
-            .map(|m| securexfer::protocol::encrypted_len(m.len()))
-            .unwrap_or(0);
+        let problem: Option<Box<dyn FileError>> = match rules {
+            Rules::V3 => problem
+                .or_else(|| securexfer::client::stored_file_name(&stored_name).err())
+                .or_else(|| preflight(path).err())
+                .map(|e| Box::new(e) as Box<dyn FileError>),
+            Rules::V4 => problem
+                .map(|e| Box::new(e) as Box<dyn FileError>)
+                .or_else(|| v4_name_problem(&stored_name))
+                .or_else(|| v4_preflight(path)),
+        };
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let wire_bytes = match rules {
+            Rules::V3 => securexfer::protocol::encrypted_len(size),
+            Rules::V4 => size,
+        };
         plan.push(Planned { path: path.clone(), stored_name, problem, wire_bytes });
     }
     Ok(plan)
@@ -383,6 +439,162 @@ fn preflight(path: &Path) -> Result<(), ClientError> {
         return Err(ClientError::TooLarge { path: path.to_owned(), size: meta.len() });
     }
     Ok(())
+}
+
+/// What protocol 4's path rules say about a stored name (normalised to NFC first, as the
+/// client sends it).
+fn v4_name_problem(name: &str) -> Option<Box<dyn FileError>> {
+    use unicode_normalization::UnicodeNormalization;
+    let nfc: String = name.nfc().collect();
+    securexfer::protocol::v4::names::check_path(&nfc).err().map(|why| {
+        Box::new(V4Error::BadName { name: nfc, why: why.to_string() }) as Box<dyn FileError>
+    })
+}
+
+/// Whether `path` is a regular file (protocol 4 carries any size).
+fn v4_preflight(path: &Path) -> Option<Box<dyn FileError>> {
+    let open_error =
+        |cause| Box::new(V4Error::Open { path: path.to_owned(), cause }) as Box<dyn FileError>;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => None,
+        Ok(_) => Some(open_error(std::io::Error::other("not a regular file"))),
+        Err(e) => Some(open_error(e)),
+    }
+}
+
+/// `send` over protocol 4: register or upgrade first when the server does not know this
+/// client's key, then each file in turn. A refusal of one file is reported in its place
+/// and the run goes on; a failed connection stops it, as over protocol 3.
+fn run_v4(
+    args: &SendArgs,
+    server: &str,
+    name: Option<String>,
+    files: &[PathBuf],
+    mut four: v4::Four,
+) -> anyhow::Result<ExitCode> {
+    let candidates = identity_candidates(args.client.identity.as_deref(), server);
+    let found = candidates.iter().find(|p| p.exists()).cloned();
+    if !four.session.registered() {
+        become_client(&mut four, server, name, found.as_deref(), &candidates)?;
+    }
+    let plan = plan_files(files, args.as_name.as_deref(), found.as_deref(), Rules::V4)?;
+    let mut worst = 0u8;
+    let mut summary = Summary::default();
+    let show_bar = !args.quiet && !args.json && std::io::stderr().is_terminal();
+    let sendable: Vec<&Planned> = plan.iter().filter(|f| f.problem.is_none()).collect();
+    let total: u64 = sendable.iter().map(|f| f.wire_bytes).sum();
+    let display = progress::Display::new(sendable.len(), total, show_bar);
+    progress::exit_on_interrupt(&display);
+    four.session.on_event(event_printer(Arc::clone(&display), args.quiet, args.json));
+    let mut stopped: Option<String> = None;
+    for file in &plan {
+        if file.problem.is_some() {
+            let shown = progress::lock(&display);
+            worst = worst.max(shown.suspend(|| report_problem(args, server, file, &mut summary)));
+            continue;
+        }
+        if let Some(why) = &stopped {
+            let shown = progress::lock(&display);
+            shown.suspend(|| report_skipped(args, server, file, why, &mut summary));
+            continue;
+        }
+        let started = Instant::now();
+        let k = sendable.iter().position(|f| std::ptr::eq(*f, file)).unwrap_or(0) + 1;
+        progress::lock(&display).start_file(k, &file.stored_name);
+        let result = four.runtime.block_on(four.session.send_file(&file.path, &file.stored_name));
+        let mut shown = progress::lock(&display);
+        shown.finish_file(file.wire_bytes, result.is_ok());
+        match result {
+            Ok(stored) => {
+                summary.verified += 1;
+                shown.suspend(|| report_stored(args, server, file, &stored, started.elapsed()));
+            }
+            Err(e) => {
+                summary.failed += 1;
+                shown.suspend(|| report_err(args, server, file, &e as &dyn FileError));
+                worst = worst.max(code_for(e.kind()));
+                if e.ends_session() {
+                    stopped = Some(format!("not sent: the connection to {server} failed"));
+                }
+            }
+        }
+    }
+    progress::lock(&display).clear();
+    four.close();
+    report_summary(args, server, &summary, worst);
+    Ok(ExitCode::from(worst))
+}
+
+/// Makes this key a client of the server: an upgrade of the protocol-3 identity when
+/// there is one (its id, name and files carry over), else a registration under `name`.
+fn become_client(
+    four: &mut v4::Four,
+    server: &str,
+    name: Option<String>,
+    found: Option<&Path>,
+    candidates: &[PathBuf],
+) -> anyhow::Result<()> {
+    if let Some(path) = found {
+        let identity = Identity::load(path).context("cannot use the saved identity")?;
+        return four.upgrade(server, &identity);
+    }
+    let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+    let name = name.ok_or_else(|| {
+        UsageError(format!(
+            "{server} does not know this client's protocol-4 key, no identity was found to \
+             upgrade (tried {}) and there is no name to register: pass --name NAME",
+            tried.join(", ")
+        ))
+    })?;
+    let registered = four.runtime.block_on(four.session.register(&name, None))?;
+    eprintln!(
+        "securexfer: registered {} as {} with {server} over protocol 4; the client key is {}",
+        registered.name,
+        registered.client_id,
+        four.key_path.display()
+    );
+    if let Some(home) = Home::from_env()
+        && let Err(e) = home.set_default_server(server)
+    {
+        eprintln!("securexfer: warning: cannot remember {server} as the default server: {e}");
+    }
+    Ok(())
+}
+
+fn report_stored(args: &SendArgs, server: &str, file: &Planned, stored: &Stored, took: Duration) {
+    if args.json {
+        let line = serde_json::json!({
+            "file": file.path.display().to_string(),
+            "stored_name": stored.stored_as,
+            "server": server,
+            "status": "verified",
+            "protocol": 4,
+            "size": stored.size,
+            "blake3": hex(&stored.hash),
+            "sends": stored.sends,
+            "generation": stored.generation,
+            "seconds": took.as_secs_f64(),
+        });
+        outln!("{line}");
+    } else if !args.quiet {
+        let rate = progress::rate(stored.size, took.as_secs_f64());
+        let renamed =
+            if Some(stored.stored_as.as_str()) == file.path.file_name().and_then(|n| n.to_str()) {
+                String::new()
+            } else {
+                format!(" as {}", stored.stored_as)
+            };
+        let hash = hex(&stored.hash);
+        outln!(
+            "sent {}{renamed} ({}, BLAKE3 {}…) to {server} over protocol 4: verified after {} \
+             send(s) in {:.2} s ({rate})",
+            file.path.display(),
+            indicatif::HumanBytes(stored.size),
+            &hash[..16],
+            stored.sends,
+            took.as_secs_f64()
+        );
+    }
 }
 
 /// Reconnects with the identity, or registers (again, when the server denies it).
@@ -466,6 +678,10 @@ fn event_printer(
             Event::UploadLost { attempt } if !quiet => display.say(&format!(
                 "securexfer: the connection broke before the server stored send {attempt}; resending"
             )),
+            Event::DigestMismatch { theirs, attempt } if !quiet => display.say(&format!(
+                "securexfer: BLAKE3 mismatch on send {attempt} (the server's {}…); resending",
+                &theirs[..16.min(theirs.len())]
+            )),
             Event::Mismatch { ours, theirs, attempt } if !quiet => display.say(&format!(
                 "securexfer: checksum mismatch on send {attempt} (ours {ours}, server {theirs}); resending"
             )),
@@ -512,7 +728,7 @@ fn report_ok(
     }
 }
 
-fn report_err(args: &SendArgs, server: &str, file: &Planned, error: &ClientError) {
+fn report_err(args: &SendArgs, server: &str, file: &Planned, error: &dyn FileError) {
     if args.json {
         let line = serde_json::json!({
             "file": file.path.display().to_string(),
@@ -533,7 +749,7 @@ fn report_err(args: &SendArgs, server: &str, file: &Planned, error: &ClientError
 
 /// Reports a file that could not be sent at all; returns its exit code.
 fn report_problem(args: &SendArgs, server: &str, file: &Planned, summary: &mut Summary) -> u8 {
-    let error = file.problem.as_ref().expect("a file with a problem");
+    let error = file.problem.as_deref().expect("a file with a problem");
     summary.failed += 1;
     report_err(args, server, file, error);
     code_for(error.kind())

@@ -70,7 +70,13 @@ pub fn run(args: TrustArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The warning ssh users know, on stderr, for a key that is not the one trusted.
-fn warn_mismatch(server: &str, expected: &str, presented: &str, known: &KnownServers, pin: bool) {
+pub(super) fn warn_mismatch(
+    server: &str,
+    expected: &str,
+    presented: &str,
+    known: &KnownServers,
+    pin: bool,
+) {
     let rule = "@".repeat(64);
     let what = if pin {
         format!("the --fingerprint given, {expected}")

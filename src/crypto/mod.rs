@@ -4,6 +4,7 @@
 
 pub mod aes;
 pub mod cksum;
+pub mod ed25519;
 pub mod fingerprint;
 pub mod invite;
 pub mod rsa;

@@ -51,6 +51,9 @@ pub enum KeyError {
     /// The decrypted AES key does not have 16 bytes.
     #[error("the decrypted AES key has {0} bytes, expected 16")]
     AesKeyLength(usize),
+    /// Signing failed (a key the `rsa` crate cannot sign with).
+    #[error("RSA signing failed: {0}")]
+    Signature(String),
 }
 
 /// A client's private key.
@@ -120,15 +123,15 @@ impl PrivateKey {
         BASE64.encode(der.as_bytes())
     }
 
-    /// This key's RSASSA-PKCS1-v1_5 signature with SHA-256 of `message` (the upgrade
-    /// proof of protocol 4; see [`PublicKey::verify_pkcs1v15_sha256`]). Deterministic:
-    /// the same key and message give the same signature.
+    /// The RSASSA-PKCS1-v1_5 signature with SHA-256 (RFC 8017, section 8.2) of `message`:
+    /// protocol 4's upgrade proof. Deterministic, and a signature of a message whose hash
+    /// the client computed itself, so none of the decryption oracles of RSA reach it.
     pub fn sign_pkcs1v15_sha256(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         use sha2::Digest;
-        let hashed = sha2::Sha256::digest(message);
+        let digest = sha2::Sha256::digest(message);
         self.0
-            .sign(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &hashed)
-            .map_err(|e| KeyError::Oaep(e.to_string()))
+            .sign(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest)
+            .map_err(|e| KeyError::Signature(e.to_string()))
     }
 
     /// Decrypts an AES key sent in a 2102 or 2105.

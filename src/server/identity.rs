@@ -13,28 +13,15 @@
 //! so only the key needs to last. The fingerprint is what clients pin: the SHA-256 of the
 //! key's SubjectPublicKeyInfo DER, shown as ssh shows keys, `SHA256:` and unpadded base64.
 
-use base64::Engine;
-use ring::signature::{Ed25519KeyPair, KeyPair};
+use crate::crypto::ed25519;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
-/// The PEM label of a PKCS#8 private key.
-const PEM_LABEL: &str = "PRIVATE KEY";
 /// The name the certificate is issued to. Clients check the key, never the name.
 const CERT_NAME: &str = "securexfer";
-/// The DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410): SEQUENCE, the algorithm
-/// identifier 1.3.101.112, and the BIT STRING header of the 32-byte key.
-const ED25519_SPKI_PREFIX: [u8; 12] =
-    [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
-
-/// The DER prefix of an Ed25519 private key in PKCS#8 v1 (RFC 8410, section 7): SEQUENCE,
-/// version 0, the algorithm identifier, and the OCTET STRING around the 32-byte seed.
-const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
-    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
-];
 
 /// Why the server identity cannot be used.
 #[derive(Debug, Error)]
@@ -95,8 +82,11 @@ impl ServerIdentity {
             Ok(text) => Self::from_pem(path, &text),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let identity = Self::from_pkcs8(path, generate()?)?;
-                crate::atomic_file::write_private(path, pem_encode(&identity.pkcs8).as_bytes())
-                    .map_err(io_err)?;
+                crate::atomic_file::write_private(
+                    path,
+                    ed25519::pem_encode(&identity.pkcs8).as_bytes(),
+                )
+                .map_err(io_err)?;
                 Ok(identity)
             }
             Err(e) => Err(io_err(e)),
@@ -151,20 +141,17 @@ impl ServerIdentity {
             reason: reason.to_owned(),
         };
         let text = std::str::from_utf8(text).map_err(|_| corrupt("not PEM text"))?;
-        let pkcs8 = pem_decode(text).ok_or_else(|| corrupt("not a PEM \"PRIVATE KEY\""))?;
+        let pkcs8 =
+            ed25519::pem_decode(text).ok_or_else(|| corrupt("not a PEM \"PRIVATE KEY\""))?;
         Self::from_pkcs8(path, pkcs8)
     }
 
     fn from_pkcs8(path: &Path, pkcs8: Vec<u8>) -> Result<Self, IdentityError> {
         // v1 (OpenSSL's) and v2 (ring's, with the public key) PKCS#8 both load.
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8).map_err(|e| {
-            IdentityError::Corrupt {
-                path: path.to_owned(),
-                reason: format!("not an Ed25519 PKCS#8 key ({e})"),
-            }
-        })?;
-        let spki = [&ED25519_SPKI_PREFIX[..], pair.public_key().as_ref()].concat();
-        let certificate = self_signed(&pkcs8)?;
+        let spki = ed25519::spki_of(&pkcs8)
+            .map_err(|reason| IdentityError::Corrupt { path: path.to_owned(), reason })?;
+        let certificate = ed25519::self_signed(&pkcs8, CERT_NAME)
+            .map_err(|e| IdentityError::Certificate(e.to_string()))?;
         Ok(ServerIdentity {
             fingerprint: crate::crypto::fingerprint::of(&spki),
             pkcs8,
@@ -173,47 +160,17 @@ impl ServerIdentity {
     }
 }
 
-/// A fresh Ed25519 key as PKCS#8 v1 DER (RFC 8410: the prefix, then the 32-byte seed).
-/// Not ring's own `generate_pkcs8`: that writes PKCS#8 v2, which OpenSSL 3.0 cannot read,
-/// and operators should be able to inspect the key with `openssl pkey`.
+/// A fresh key, as PKCS#8 v1 so that `openssl pkey` reads it.
 fn generate() -> Result<Vec<u8>, IdentityError> {
-    use ring::rand::SecureRandom;
-    let mut seed = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut seed)
-        .map_err(|_| IdentityError::Certificate("no random numbers for a key".to_owned()))?;
-    Ok([&ED25519_PKCS8_V1_PREFIX[..], &seed].concat())
-}
-
-/// A self-signed certificate for the key in `pkcs8`.
-fn self_signed(pkcs8: &[u8]) -> Result<CertificateDer<'static>, IdentityError> {
-    let cert_err = |e: rcgen::Error| IdentityError::Certificate(e.to_string());
-    let der = PrivatePkcs8KeyDer::from(pkcs8);
-    let key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
-        .map_err(cert_err)?;
-    let params = rcgen::CertificateParams::new(vec![CERT_NAME.to_owned()]).map_err(cert_err)?;
-    Ok(params.self_signed(&key).map_err(cert_err)?.der().clone())
-}
-
-fn pem_encode(der: &[u8]) -> String {
-    let body = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> =
-        body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64")).collect();
-    format!("-----BEGIN {PEM_LABEL}-----\n{}\n-----END {PEM_LABEL}-----\n", lines.join("\n"))
-}
-
-fn pem_decode(text: &str) -> Option<Vec<u8>> {
-    let begin = format!("-----BEGIN {PEM_LABEL}-----");
-    let end = format!("-----END {PEM_LABEL}-----");
-    let (_, rest) = text.split_once(&begin)?;
-    let (body, _) = rest.split_once(&end)?;
-    let body: String = body.split_whitespace().collect();
-    base64::engine::general_purpose::STANDARD.decode(body).ok()
+    ed25519::generate_pkcs8()
+        .ok_or_else(|| IdentityError::Certificate("no random numbers for a key".to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519::{PKCS8_V1_PREFIX as ED25519_PKCS8_V1_PREFIX, pem_decode};
+    use ring::signature::{Ed25519KeyPair, KeyPair};
 
     #[test]
     fn the_key_is_made_once_with_mode_0600_and_reused_with_the_same_fingerprint() {
@@ -259,7 +216,7 @@ mod tests {
         let identity = ServerIdentity::ephemeral().unwrap();
         let cert = identity.certificate();
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&identity.pkcs8).unwrap();
-        let spki = [&ED25519_SPKI_PREFIX[..], pair.public_key().as_ref()].concat();
+        let spki = [&ed25519::SPKI_PREFIX[..], pair.public_key().as_ref()].concat();
         assert!(cert.windows(spki.len()).any(|w| w == spki), "the SPKI is in the certificate");
         assert_eq!(identity.fingerprint(), crate::crypto::fingerprint::of(&spki));
         assert!(!format!("{identity:?}").contains("pkcs8"), "no key in Debug");

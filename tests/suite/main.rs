@@ -16,5 +16,7 @@ mod python_interop;
 mod records;
 mod server;
 mod system_tools;
+mod v4_client;
+mod v4_peer;
 mod v4_server;
 mod vectors;

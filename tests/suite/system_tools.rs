@@ -160,3 +160,43 @@ fn our_ciphertext_decrypts_with_openssl() {
         }
     }
 }
+
+/// Protocol 4's upgrade proof is plain RSASSA-PKCS1-v1_5 with SHA-256: OpenSSL verifies
+/// the client's signature of an upgrade statement with the protocol-3 public key, as the
+/// design says an operator can.
+#[test]
+fn openssl_verifies_the_upgrade_signature() {
+    use securexfer::crypto::PrivateKey;
+    use securexfer::protocol::ClientId;
+    let key = PrivateKey::generate();
+    let statement = securexfer::protocol::v4::upgrade_statement(
+        &[1; 32],
+        &[2; 32],
+        &[3; 32],
+        &ClientId([4; 16]),
+        "alice",
+    )
+    .unwrap();
+    let signature = key.sign_pkcs1v15_sha256(&statement).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (public, message, sig) =
+        (dir.path().join("pub.der"), dir.path().join("m.bin"), dir.path().join("sig.bin"));
+    std::fs::write(&public, key.public_key().to_der()).unwrap();
+    std::fs::write(&message, &statement).unwrap();
+    std::fs::write(&sig, &signature).unwrap();
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let args = [
+        "dgst".to_owned(),
+        "-sha256".to_owned(),
+        "-keyform".to_owned(),
+        "DER".to_owned(),
+        "-verify".to_owned(),
+        path(&public),
+        "-signature".to_owned(),
+        path(&sig),
+        path(&message),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run("openssl", &args, "apt-get install openssl");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("Verified OK"));
+}

@@ -1,0 +1,15 @@
+//! The client's side of protocol 4 (issue 14; docs/protocol-v4.md): its key per server,
+//! the TLS dial that tells a protocol-3-only peer from a protocol-4 server, the choice of
+//! protocol `--protocol` and `known_servers` allow, and one connection's frames with
+//! pipelined requests.
+//!
+//! Everything here is typed and printless: the `securexfer` binary decides what to say.
+
+pub mod conn;
+pub mod error;
+pub mod key;
+pub mod negotiate;
+pub mod pending;
+pub mod session;
+pub mod tls;
+pub mod token;
