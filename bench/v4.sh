@@ -93,13 +93,14 @@ wait_port() {
 start_sink() {
   sink_port=$(free_port)
   mkfifo "$work/sink.done"
-  python3 - "$sink_port" "$work/sink.out" "$work/sink.done" <<'EOF' &
+  python3 - "$sink_port" "$work/sink.out" "$work/sink.done" "$work/sink.ready" <<'EOF' &
 import os, socket, sys
-port, out, done = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+port, out, done, ready = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 srv.bind(("127.0.0.1", port))
 srv.listen(1)
+open(ready, "w").close()
 buf = bytearray(1 << 20)
 view = memoryview(buf)
 while True:
@@ -117,7 +118,12 @@ while True:
         d.write("done\n")
 EOF
   sink_pid=$!
-  wait_port "$sink_port"
+  # Not wait_port: a probe connection would be taken for the first copy.
+  for _ in $(seq 50); do
+    [ -e "$work/sink.ready" ] && return 0
+    sleep 0.1
+  done
+  echo "the plaintext receiver did not start" >&2; return 1
 }
 
 plain_copy() {

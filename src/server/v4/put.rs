@@ -15,7 +15,7 @@ use crate::protocol::v4::{
 };
 use crate::protocol::{ClientId, storage_name};
 use crate::server::session::Reservation;
-use crate::server::upload::MIN_UPLOAD_RATE;
+use crate::server::upload::{LARGE_UPLOAD, MIN_UPLOAD_RATE};
 use crate::store::{BlobStore, Chunk, CommitIntent, StagedBlob, StagedFile, V4Content};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -41,6 +41,7 @@ pub(super) struct OpenPut {
     started: Instant,
     buffers: Buffers,
     _in_flight: OwnedSemaphorePermit,
+    _large_slot: Option<OwnedSemaphorePermit>,
     reservation: Reservation,
 }
 
@@ -142,8 +143,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 config.max_uploads
             )));
         };
+        // As protocol 3's: a large upload with a large-upload slot goes to the disk with
+        // O_DIRECT from the store's writer thread, sparing the page-cache copy (a quarter
+        // of the server's CPU on a 1 GiB upload, measured with perf); without a slot it
+        // takes the buffered path.
+        let large_slot = (put.size.is_some_and(|s| s >= u64::from(LARGE_UPLOAD)))
+            .then(|| std::sync::Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
+            .flatten();
+        let large = large_slot.is_some();
         let storage = self.shared.storage.clone();
-        let staged = tokio::task::spawn_blocking(move || storage.stage(id, declared, false))
+        let staged = tokio::task::spawn_blocking(move || storage.stage(id, declared, large))
             .await
             .map_err(std::io::Error::other)
             .and_then(|staged| staged);
@@ -168,6 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             started: Instant::now(),
             buffers: Buffers::new(),
             _in_flight: in_flight,
+            _large_slot: large_slot,
             reservation,
         })
     }
