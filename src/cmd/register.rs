@@ -9,7 +9,7 @@ use super::{LocalError, UsageError};
 use crate::cli::RegisterArgs;
 use securexfer::client::home::Home;
 use securexfer::client::identity::IdentityError;
-use securexfer::client::v4::token;
+use securexfer::crypto::invite::InviteToken;
 use std::process::ExitCode;
 
 pub fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
@@ -20,7 +20,7 @@ pub fn run(args: RegisterArgs) -> anyhow::Result<ExitCode> {
     let token = args
         .token
         .as_deref()
-        .map(token::parse)
+        .map(|t| t.parse::<InviteToken>().map(|t| t.0))
         .transpose()
         .map_err(|e| UsageError(e.to_string()))?;
     let path = new_identity_path(args.client.identity.as_deref(), &server);

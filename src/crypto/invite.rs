@@ -19,10 +19,13 @@ const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct InviteToken(pub [u8; TOKEN_BYTES]);
 
-/// Why a text is not a token.
+/// Why a text is not a token: the reason, in words.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("not an invitation token: it is `sxi-` and 26 characters of a-z and 2-7")]
-pub struct TokenSyntaxError;
+#[error(
+    "{0}: an invitation token is sxi- and 26 characters of a-z and 2-7, as `securexfer db \
+     invite` prints it"
+)]
+pub struct TokenSyntaxError(pub String);
 
 impl InviteToken {
     /// A fresh token from the operating system's random source.
@@ -73,14 +76,24 @@ impl fmt::Debug for InviteToken {
 impl FromStr for InviteToken {
     type Err = TokenSyntaxError;
 
+    /// The text as people paste it: surrounding whitespace aside, exactly one spelling
+    /// (lowercase, the last character's 2 padding bits 0), so a mistyped token is refused
+    /// here rather than by the server.
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let body = text.strip_prefix(TOKEN_PREFIX).ok_or(TokenSyntaxError)?;
+        let bad = |why: String| TokenSyntaxError(why);
+        let body = text
+            .trim()
+            .strip_prefix(TOKEN_PREFIX)
+            .ok_or_else(|| bad("it does not start with sxi-".into()))?;
         if body.len() != TOKEN_CHARS {
-            return Err(TokenSyntaxError);
+            return Err(bad(format!("it has {} characters after sxi-", body.len())));
         }
         let (mut bits, mut held, mut out) = (0u32, 0, Vec::with_capacity(TOKEN_BYTES));
-        for c in body.bytes() {
-            let value = ALPHABET.iter().position(|&a| a == c).ok_or(TokenSyntaxError)?;
+        for (i, c) in body.bytes().enumerate() {
+            let value = ALPHABET
+                .iter()
+                .position(|&a| a == c)
+                .ok_or_else(|| bad(format!("character {} is {:?}", i + 1, c as char)))?;
             bits = (bits << 5) | value as u32;
             held += 5;
             if held >= 8 {
@@ -88,11 +101,11 @@ impl FromStr for InviteToken {
                 out.push((bits >> held) as u8);
             }
         }
-        // The last character ends in 2 bits of padding, which must be 0 (one spelling).
         if bits & ((1 << held) - 1) != 0 {
-            return Err(TokenSyntaxError);
+            return Err(bad("its last character has bits set beyond the 16 bytes".into()));
         }
-        Ok(InviteToken(out.try_into().map_err(|_| TokenSyntaxError)?))
+        let bytes = out.try_into().map_err(|_| bad("it does not hold 16 bytes".into()))?;
+        Ok(InviteToken(bytes))
     }
 }
 

@@ -12,4 +12,3 @@ pub mod negotiate;
 pub mod pending;
 pub mod session;
 pub mod tls;
-pub mod token;
