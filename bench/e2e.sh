@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end throughput of the release binary on loopback, with same-run baselines, on the
 # same file of random data:
-#   (a) securexfer send -> securexfer serve: the whole send (connect, key exchange (1027),
+#   (a) securexfer send --protocol 3 -> securexfer serve: the whole send (connect, key exchange (1027),
 #       send, checksum, confirm; the server fsyncs the file before it acknowledges)
 #   (b) the floor: openssl enc -aes-128-cbc -in FILE -out /dev/null
 #   (c) scp -c aes128-gcm@openssh.com to a throwaway sshd on 127.0.0.1
@@ -41,6 +41,8 @@ need_tool scp openssh-client
 build_release
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/securexfer-e2e.XXXXXX")
+# The client's home (known_servers) stays in the work directory, not the user's.
+export XDG_CONFIG_HOME=$work/home
 sshd_pid=
 cleanup() {
   stop_server
@@ -48,37 +50,6 @@ cleanup() {
   [ "${KEEP:-0}" = 1 ] || rm -rf "$work"
 }
 trap cleanup EXIT
-
-# A throwaway sshd on a free loopback port, its keys and config all in $work/ssh.
-start_sshd() {
-  local d=$work/ssh
-  mkdir -p "$d/dest" /run/sshd
-  ssh-keygen -q -t ed25519 -N '' -f "$d/host_key"
-  ssh-keygen -q -t ed25519 -N '' -f "$d/client_key"
-  cp "$d/client_key.pub" "$d/authorized_keys"
-  ssh_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-  cat >"$d/sshd_config" <<EOF
-Port $ssh_port
-ListenAddress 127.0.0.1
-HostKey $d/host_key
-AuthorizedKeysFile $d/authorized_keys
-PidFile $d/sshd.pid
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-Subsystem sftp internal-sftp
-EOF
-  /usr/sbin/sshd -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
-  sshd_pid=$!
-  for _ in $(seq 50); do
-    (echo >"/dev/tcp/127.0.0.1/$ssh_port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "sshd did not start:" >&2; cat "$d/sshd.log" >&2; return 1
-}
 
 scp_opts() {
   echo -q -c aes128-gcm@openssh.com -i "$work/ssh/client_key" -P "$ssh_port" \
@@ -98,16 +69,6 @@ timed() {
   run_kib=$(tail -1 "$work/time.out")
 }
 
-# Random data fast: AES-CTR of zeros under a random key.
-make_file() {
-  local path=$1 size=$2
-  # openssl dies of SIGPIPE when head has enough: not a failure.
-  { openssl enc -aes-128-ctr -K "$(openssl rand -hex 16)" -iv "$(openssl rand -hex 16)" -in /dev/zero 2>/dev/null || true; } \
-    | head -c "$size" >"$path"
-  [ "$(stat -c %s "$path")" = "$size" ] || { echo "could not make $size bytes of data" >&2; exit 1; }
-  cat "$path" >/dev/null  # into the page cache, so every contender reads from memory
-}
-
 run_size() {
   local size=$1 file=$work/data.bin key
   key=$(openssl rand -hex 16)
@@ -115,10 +76,10 @@ run_size() {
   start_server "$work/server"
   local id=$work/client/me.info
   mkdir -p "$work/client"
-  "$bin" register --server "$server_addr" --name "e2e-$$-$size" --identity "$id" >/dev/null 2>&1
+  "$bin" register --server "$server_addr" --name "e2e-$$-$size" --identity "$id" --protocol 3 >/dev/null 2>&1
   local ours=() floor=() scp=() client_kib=() server_kib sent
   for ((r = 1; r <= reps; r++)); do
-    timed "$bin" send "$file" --server "$server_addr" --identity "$id" --quiet
+    timed "$bin" send "$file" --server "$server_addr" --identity "$id" --protocol 3 --quiet
     ours+=("$run_secs"); client_kib+=("$run_kib")
     sent=$(ls "$work"/server/storage/*/data.bin)
     [ "$(stat -c %s "$sent")" = "$size" ] || { echo "stored size differs" >&2; exit 1; }

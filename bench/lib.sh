@@ -1,4 +1,4 @@
-# Helpers shared by bench/e2e.sh and bench/load.sh (sourced, not run).
+# Helpers shared by the bench scripts (sourced, not run).
 
 bin=${SECUREXFER_BIN:-$PWD/target/release/securexfer}
 
@@ -69,3 +69,47 @@ verdict() { awk -v v="$1" -v t="$3" -v op="$2" 'BEGIN {
 
 # The load average, for the record.
 load_avg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+# A throwaway sshd on a free loopback port, its keys and config all in $work/ssh; sets
+# sshd_pid and ssh_port (the caller stops it).
+start_sshd() {
+  local d=$work/ssh
+  mkdir -p "$d/dest" /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -f "$d/host_key"
+  ssh-keygen -q -t ed25519 -N '' -f "$d/client_key"
+  cp "$d/client_key.pub" "$d/authorized_keys"
+  ssh_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  cat >"$d/sshd_config" <<EOF
+Port $ssh_port
+ListenAddress 127.0.0.1
+HostKey $d/host_key
+AuthorizedKeysFile $d/authorized_keys
+PidFile $d/sshd.pid
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+Subsystem sftp internal-sftp
+EOF
+  /usr/sbin/sshd -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
+  sshd_pid=$!
+  for _ in $(seq 50); do
+    (echo >"/dev/tcp/127.0.0.1/$ssh_port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "sshd did not start:" >&2; cat "$d/sshd.log" >&2; return 1
+}
+
+
+# Random data fast: AES-CTR of zeros under a random key.
+make_file() {
+  local path=$1 size=$2
+  # openssl dies of SIGPIPE when head has enough: not a failure.
+  { openssl enc -aes-128-ctr -K "$(openssl rand -hex 16)" -iv "$(openssl rand -hex 16)" -in /dev/zero 2>/dev/null || true; } \
+    | head -c "$size" >"$path"
+  [ "$(stat -c %s "$path")" = "$size" ] || { echo "could not make $size bytes of data" >&2; exit 1; }
+  cat "$path" >/dev/null  # into the page cache, so every contender reads from memory
+}
+

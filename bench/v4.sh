@@ -50,42 +50,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_sshd() {
-  local d=$work/ssh
-  mkdir -p "$d/dest" /run/sshd
-  ssh-keygen -q -t ed25519 -N '' -f "$d/host_key"
-  ssh-keygen -q -t ed25519 -N '' -f "$d/client_key"
-  cp "$d/client_key.pub" "$d/authorized_keys"
-  ssh_port=$(free_port)
-  cat >"$d/sshd_config" <<EOF
-Port $ssh_port
-ListenAddress 127.0.0.1
-HostKey $d/host_key
-AuthorizedKeysFile $d/authorized_keys
-PidFile $d/sshd.pid
-PermitRootLogin prohibit-password
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-Subsystem sftp internal-sftp
-EOF
-  /usr/sbin/sshd -D -e -f "$d/sshd_config" 2>"$d/sshd.log" &
-  sshd_pid=$!
-  wait_port "$ssh_port" || { echo "sshd did not start:" >&2; cat "$d/sshd.log" >&2; return 1; }
-}
-
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-  for _ in $(seq 50); do
-    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
 }
 
 # A plaintext TCP receiver: one connection per run, into an fsynced file, then it says
@@ -194,12 +160,7 @@ run_protocol() {
 start_sshd
 start_sink
 file=$work/data.bin
-make_file() {
-  { openssl enc -aes-128-ctr -K "$(openssl rand -hex 16)" -iv "$(openssl rand -hex 16)" -in /dev/zero 2>/dev/null || true; } \
-    | head -c "$size" >"$file"
-  cat "$file" >/dev/null
-}
-make_file
+make_file "$file" "$size"
 echo "v4 bench: $bin, $size bytes, $reps runs each, work in $work (load $(load_avg))"
 plain=() scp=()
 run_protocol 4
