@@ -40,7 +40,40 @@ pub struct Server {
     /// The server key's fingerprint from the second start-up line, `SHA256:…`.
     pub fingerprint: String,
     _temp: Option<tempfile::TempDir>,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
+    log: std::sync::Arc<std::sync::Mutex<ServerLog>>,
+}
+
+/// The server's stderr and what has been read of it. Both a background thread (so that
+/// the server never blocks on a full pipe) and [`Server::log`] drain the pipe, under one
+/// lock and without blocking, so `log()` returns everything the server had written by the
+/// time it was called: a thread that had not been scheduled yet cannot make a test read an
+/// old log (CI once did).
+pub struct ServerLog {
+    pipe: Option<std::process::ChildStderr>,
+    text: String,
+}
+
+impl ServerLog {
+    /// Reads what the pipe holds now; at its end, forgets the pipe.
+    fn drain(&mut self) {
+        let Some(pipe) = self.pipe.as_mut() else { return };
+        let mut buf = [0u8; 8192];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => {
+                    self.pipe = None;
+                    return;
+                }
+                Ok(n) => self.text.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    self.pipe = None;
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl Server {
@@ -107,16 +140,29 @@ impl Server {
             .strip_prefix("server key fingerprint ")
             .unwrap_or_else(|| panic!("no fingerprint in the second line {second:?}"))
             .to_owned();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut stderr = child.stderr.take().expect("stderr");
+        let stderr = child.stderr.take().expect("stderr");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stderr);
+        // SAFETY: fcntl(2) on a pipe this process owns (it stays open inside the log).
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK)
+        };
+        let log = std::sync::Arc::new(std::sync::Mutex::new(ServerLog {
+            pipe: Some(stderr),
+            text: String::new(),
+        }));
         let sink = std::sync::Arc::clone(&log);
         std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
+            loop {
+                let mut state = sink.lock().unwrap();
+                state.drain();
+                if state.pipe.is_none() {
+                    return;
                 }
-                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                drop(state);
+                let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                // SAFETY: poll(2) on one valid pollfd; the fd stays open while the pipe is
+                // in the log, and a closed one only makes poll report POLLNVAL.
+                unsafe { libc::poll(&mut poll, 1, 100) };
             }
         });
         Server { child, addr, dir: dir.to_owned(), _temp: None, log, fingerprint }
@@ -139,7 +185,9 @@ impl Server {
 
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        let mut log = self.log.lock().unwrap();
+        log.drain();
+        log.text.clone()
     }
 
     /// Sends SIGTERM and waits (up to `timeout`) for a clean exit; returns its status.
