@@ -3291,15 +3291,6 @@ fn tls13_config(fingerprint: &str) -> std::sync::Arc<rustls::ClientConfig> {
     tls::config(fingerprint, &[&rustls::version::TLS13], &[ALPN4])
 }
 
-/// Waits until the server's log contains `needle`.
-fn wait_for_log(server: &Server, needle: &str) {
-    let start = Instant::now();
-    while !server.log().contains(needle) {
-        assert!(start.elapsed() < WAIT, "the log never said {needle:?}:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_tls_client_pinning_the_printed_fingerprint_completes_the_handshake_on_the_protocol_3_port() {
     let server = Server::start(&[]);
@@ -3317,7 +3308,7 @@ fn a_tls_client_pinning_the_printed_fingerprint_completes_the_handshake_on_the_p
     let mut rest = Vec::new();
     tls.read_to_end(&mut rest).expect("close_notify, then the end");
     assert!(rest.is_empty());
-    wait_for_log(&server, "handshake complete (ALPN securexfer/4)");
+    server.wait_for_log("handshake complete (ALPN securexfer/4)");
     assert!(server.log().contains(&server.fingerprint), "the fingerprint is logged too");
     // And protocol 3 goes on, on the same port.
     assert_serves(&server);
@@ -3338,12 +3329,12 @@ fn tls_1_2_and_a_client_without_alpn_securexfer_4_are_refused() {
     let only_tls12 = tls::config(&server.fingerprint, &[&rustls::version::TLS12], &[ALPN4]);
     let refused = tls::handshake(connect(&server), only_tls12).expect_err("TLS 1.2 is refused");
     assert!(refused.to_lowercase().contains("protocolversion"), "{refused}");
-    wait_for_log(&server, "TLS handshake failed");
+    server.wait_for_log("TLS handshake failed");
     for alpn in [&[][..], &[&b"h2"[..]][..]] {
         let config = tls::config(&server.fingerprint, &[&rustls::version::TLS13], alpn);
         assert!(tls::handshake(connect(&server), config).is_err(), "ALPN {alpn:?} is refused");
     }
-    wait_for_log(&server, "does not offer ALPN securexfer/4");
+    server.wait_for_log("does not offer ALPN securexfer/4");
     assert_serves(&server);
 }
 
@@ -3381,7 +3372,7 @@ fn openssl_s_client_completes_a_tls_1_3_handshake_with_alpn_securexfer_4() {
     assert!(stdout.contains("ALPN protocol: securexfer/4"), "{stdout}");
     assert!(stdout.contains("TLSv1.3"), "{stdout}");
     assert!(stdout.contains("Verify return code: 18"), "self-signed, as expected: {stdout}");
-    wait_for_log(&server, "handshake complete (ALPN securexfer/4)");
+    server.wait_for_log("handshake complete (ALPN securexfer/4)");
     // OpenSSL reads the key file, and finds the fingerprint the server printed.
     let spki = Command::new("openssl")
         .args(["pkey", "-pubout", "-outform", "DER", "-in"])

@@ -44,14 +44,6 @@ fn inspect(server: &Server) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
-fn wait_for_log(server: &Server, needle: &str) {
-    let start = Instant::now();
-    while !server.log().contains(needle) {
-        assert!(start.elapsed() < WAIT, "the log never said {needle:?}:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The whole flow
 
@@ -165,7 +157,7 @@ fn a_handshake_without_a_client_certificate_or_with_a_non_ed25519_key_fails() {
         });
         assert!(outcome.is_err(), "{outcome:?}");
     }
-    wait_for_log(&server, "TLS handshake failed");
+    server.wait_for_log("TLS handshake failed");
     // The server goes on serving keys it can use.
     Conn::hello(server.addr, &Key::ed25519());
 }
@@ -256,7 +248,7 @@ fn under_token_policy_a_token_registers_once_and_protocol_3_registration_is_refu
     assert_eq!(reused.code, code::NOT_AUTHORISED, "a used token");
     v4::registered(&other.register("erin", Some(token_bytes(&named))));
     assert!(matches!(v3_register(&server, "v3client"), Response::GeneralError));
-    wait_for_log(&server, "registration_closed");
+    server.wait_for_log("registration_closed");
     // The database keeps no token, only its hash.
     let db = std::fs::read(server.db()).unwrap();
     let raw = token_bytes(&token);
@@ -377,7 +369,7 @@ fn a_protocol_3_client_upgrades_keeps_its_id_and_files_and_protocol_3_is_refused
     assert!(server.storage().join(id.to_hex()).join("after.txt").exists());
     // Protocol 3 is over for this record.
     assert!(matches!(v3_reconnect(&server, id, "henry"), Response::ReconnectDenied { .. }));
-    wait_for_log(&server, "upgraded to protocol 4");
+    server.wait_for_log("upgraded to protocol 4");
     // A second upgrade of the record, by another key, is a conflict (after the proof).
     let other = Key::ed25519();
     let (mut again, _) = Conn::hello(server.addr, &other);
@@ -548,7 +540,7 @@ fn a_declared_size_above_4_gib_is_accepted_up_to_max_file_size() {
     let tag = conn.tag();
     conn.send(v4::PUT_BEGIN, tag, &v4::put_begin_payload(false, five, 0, "big.bin"));
     conn.send(v4::DATA, tag, &[1u8; 4096]);
-    wait_for_log(&server, "protocol-4 put accepted");
+    server.wait_for_log("protocol-4 put accepted");
     assert!(server.log().contains(&format!("size=Some({five})")), "{}", server.log());
 }
 
@@ -589,7 +581,7 @@ fn a_server_killed_during_an_upload_records_nothing_after_restart() {
     for _ in 0..4 {
         conn.send(v4::DATA, tag, &[5u8; 256 * 1024]);
     }
-    wait_for_log(&server, "protocol-4 put accepted");
+    server.wait_for_log("protocol-4 put accepted");
     std::thread::sleep(Duration::from_millis(200));
     server.kill();
     let server = Server::start_in(dir.path(), &[]);
@@ -610,7 +602,7 @@ fn a_put_beyond_max_uploads_is_busy_until_one_ends() {
     let tag = first.tag();
     first.send(v4::PUT_BEGIN, tag, &v4::put_begin_payload(false, 10, 0, "a.bin"));
     first.send(v4::DATA, tag, b"12345");
-    wait_for_log(&server, "protocol-4 put accepted");
+    server.wait_for_log("protocol-4 put accepted");
     // The same client on another connection: the one upload slot is taken.
     let (mut second, _) = Conn::hello(server.addr, &key);
     let refused = second.put("b.bin", b"x");

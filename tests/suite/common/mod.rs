@@ -183,6 +183,22 @@ impl Server {
         self.dir.join("server.db")
     }
 
+    /// Waits (up to 20 s) until the server's log contains `needle`.
+    ///
+    /// # Panics
+    /// When it never does, with the log.
+    pub fn wait_for_log(&self, needle: &str) {
+        let start = Instant::now();
+        while !self.log().contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the log never said {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         let mut log = self.log.lock().unwrap();
