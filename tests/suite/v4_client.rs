@@ -591,6 +591,24 @@ fn register_with_a_token_and_send_over_protocol_4_to_securexfer_serve() {
     assert_eq!(stored_file(&server, &id, "note.txt"), b"note");
 }
 
+/// A file of 64 MiB or more takes the server's large-upload path (O_DIRECT from the store's
+/// writer thread, whose writes must be block-aligned); one with an unaligned tail arrives
+/// whole and verified. That the path is faster is for bench/v4.sh to show.
+#[test]
+fn a_large_file_with_an_unaligned_tail_arrives_whole_over_protocol_4() {
+    let server = common::Server::start(&[]);
+    let client = Client::new();
+    let out = client.run(&["register", "--server", &server.address(), "--name", "lg"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let id = registered_id(&text(&out.stdout));
+    let large = common::random_bytes((64 << 20) + 4097, 11);
+    client.file("large.bin", &large);
+    let out = client.run(&["send", "large.bin", "--server", &server.address(), "--json"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("\"protocol\":4"), "{}", text(&out.stdout));
+    assert!(stored_file(&server, &id, "large.bin") == large, "the stored file differs");
+}
+
 #[test]
 fn an_upgrade_with_securexfer_serve_keeps_the_id_and_the_files_and_ends_protocol_3() {
     let server = common::Server::start(&[]);
