@@ -310,6 +310,21 @@ impl AsyncWrite for Watched {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
+    /// Passed through, or every TLS record would be its own `send`: rustls hands its
+    /// queued records over as one vectored write, and the default of this method writes
+    /// only the first of them.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
