@@ -6,6 +6,7 @@ mod conn;
 pub mod identity;
 mod metrics;
 pub mod ratelimit;
+mod read_ahead;
 pub(crate) mod refusal;
 pub mod session;
 pub mod slots;

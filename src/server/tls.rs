@@ -15,6 +15,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+
+use super::read_ahead::ReadAhead;
+
+/// A protocol-4 connection once its handshake is done.
+pub(crate) type ServerTls = tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -134,10 +139,7 @@ pub(crate) async fn serve(
 
 /// The client's key (the verifier already checked it is one Ed25519 certificate), the
 /// connection's exporter value for `UPGRADE`, and the server key's fingerprint.
-fn what_the_handshake_proved(
-    tls: &tokio_rustls::server::TlsStream<TcpStream>,
-    shared: &Shared,
-) -> Option<Handshake> {
+fn what_the_handshake_proved(tls: &ServerTls, shared: &Shared) -> Option<Handshake> {
     let (_, connection) = tls.get_ref();
     let spki = spki_of(connection.peer_certificates()?.first()?)?;
     if !is_ed25519(&spki) {
@@ -154,9 +156,11 @@ fn what_the_handshake_proved(
 async fn handshake(
     stream: TcpStream,
     config: Arc<rustls::ServerConfig>,
-) -> Result<tokio_rustls::server::TlsStream<TcpStream>, String> {
-    let acceptor =
-        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+) -> Result<ServerTls, String> {
+    let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+        rustls::server::Acceptor::default(),
+        ReadAhead::new(stream),
+    );
     let start = acceptor.await.map_err(|e| format!("not a usable TLS ClientHello ({e})"))?;
     let offered = start.client_hello().alpn().is_some_and(|mut names| names.any(|n| n == ALPN));
     if !offered {
