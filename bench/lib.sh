@@ -51,6 +51,11 @@ cpu_secs() {
   awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
 }
 
+# The system (kernel) part of those seconds.
+sys_secs() {
+  awk -v hz="$(getconf CLK_TCK)" '{print $15 / hz}' "/proc/$1/stat"
+}
+
 # Nanoseconds since the epoch.
 now_ns() { date +%s%N; }
 

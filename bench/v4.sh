@@ -97,20 +97,23 @@ plain_copy() {
   read -r _ <"$work/sink.done"
 }
 
-# timed_cpu CMD...: wall seconds (run_secs), client CPU seconds (run_cpu), peak RSS
-# (run_kib), and the server's CPU seconds during the run (run_server_cpu).
+# timed_cpu CMD...: wall seconds (run_secs), client CPU seconds (run_cpu, of which system
+# run_sys), peak RSS (run_kib), and the server's CPU seconds during the run
+# (run_server_cpu, of which system run_server_sys).
 timed_cpu() {
-  local t0 t1 s0 s1
+  local t0 t1 s0 s1 k0 k1
   sync
-  s0=$(cpu_secs "$server_pid")
+  s0=$(cpu_secs "$server_pid"); k0=$(sys_secs "$server_pid")
   t0=$(now_ns)
   /usr/bin/time -f '%U %S %M' -o "$work/time.out" "$@"
   t1=$(now_ns)
-  s1=$(cpu_secs "$server_pid")
+  s1=$(cpu_secs "$server_pid"); k1=$(sys_secs "$server_pid")
   run_secs=$(calc "($t1 - $t0) / 1e9")
   read -r u s run_kib <"$work/time.out"
   run_cpu=$(calc "$u + $s")
+  run_sys=$s
   run_server_cpu=$(calc "$s1 - $s0")
+  run_server_sys=$(calc "$k1 - $k0")
 }
 
 timed_plain() {
@@ -125,7 +128,7 @@ timed_plain() {
 # One protocol's runs against a fresh server: sets the named arrays' medians in globals.
 # run_protocol 3|4
 run_protocol() {
-  local proto=$1 home=$work/home$1 walls=() cpus=() scpus=() kibs=() r
+  local proto=$1 home=$work/home$1 walls=() cpus=() scpus=() csys=() ssys=() kibs=() r
   start_server "$work/server$proto"
   mkdir -p "$home"
   XDG_CONFIG_HOME=$home "$bin" register --server "$server_addr" --name "v4bench-$proto-$$" \
@@ -134,6 +137,7 @@ run_protocol() {
   for ((r = 1; r <= reps; r++)); do
     XDG_CONFIG_HOME=$home timed_cpu "$bin" send "$file" --server "$server_addr" --protocol "$proto" --quiet
     walls+=("$run_secs"); cpus+=("$run_cpu"); scpus+=("$run_server_cpu"); kibs+=("$run_kib")
+    csys+=("$run_sys"); ssys+=("$run_server_sys")
     local stored
     stored=$(ls "$work/server$proto"/storage/*/data.bin)
     cmp "$file" "$stored" || { echo "protocol $proto: the stored file differs" >&2; exit 1; }
@@ -153,6 +157,7 @@ run_protocol() {
   eval "wall$proto=$(median "${walls[@]}") cpu$proto=$(median "${cpus[@]}")"
   eval "scpu$proto=$(median "${scpus[@]}") ckib$proto=$(maximum "${kibs[@]}")"
   eval "skib$proto=$(peak_rss_kib "$server_pid")"
+  eval "csys$proto=$(median "${csys[@]}") ssys$proto=$(median "${ssys[@]}")"
   eval "runs$proto='${walls[*]}'"
   stop_server
 }
@@ -182,5 +187,25 @@ echo "ratio v4 MB/s / plaintext copy MB/s          $r1   target >= 0.9  $(verdic
 echo "ratio v4 MB/s / scp MB/s                     $r2   target >= 2    $(verdict "$r2" '>=' 2)"
 echo "CPU s per GiB, client + server: v4 $c4 (client $cpu4, server $scpu4), v3 $c3 (client $cpu3, server $scpu3)"
 echo "ratio v4 CPU / v3 CPU                        $r3   target <= 0.5  $(verdict "$r3" '<=' 0.5)"
+echo "  system seconds per GiB: v4 client $(calc "$csys4 / $gib"), server $(calc "$ssys4 / $gib"); v3 client $(calc "$csys3 / $gib"), server $(calc "$ssys3 / $gib")"
+# The floor under any protocol that moves these bytes through the kernel as protocol 3
+# does (1 MiB socket reads, O_DIRECT writes: the cheapest paths here) and hashes and
+# encrypts them as protocol 4 must: protocol 3's system seconds, plus BLAKE3 and
+# AES-256-GCM once on each side at the speeds `cargo bench --bench crypto` measures now.
+echo
+echo "== the CPU floor of protocol 4 (cargo bench --bench crypto, 256 MiB, 3 repetitions)"
+BENCH_MIB=256 BENCH_REPS=3 cargo bench --quiet --bench crypto >"$work/crypto.out" 2>"$work/crypto.err" \
+  || { cat "$work/crypto.err" >&2; exit 1; }
+blake3_mbs=$(awk '/^BLAKE3/ { for (i = 1; i <= NF; i++) if ($(i + 1) == "MB/s") { print $i; exit } }' "$work/crypto.out")
+gcm_mbs=$(awk '/^AES-256-GCM/ { for (i = 1; i <= NF; i++) if ($(i + 1) == "MB/s") { print $i; exit } }' "$work/crypto.out")
+[ -n "$blake3_mbs" ] && [ -n "$gcm_mbs" ] || { echo "no BLAKE3 or AES-GCM figure in:" >&2; cat "$work/crypto.out" >&2; exit 1; }
+crypto=$(calc "2 * 1073.741824 / $blake3_mbs + 2 * 1073.741824 / $gcm_mbs")
+kernel3=$(calc "($csys3 + $ssys3) / $gib")
+floor=$(calc "$kernel3 + $crypto")
+half=$(calc "$c3 / 2")
+echo "BLAKE3 $blake3_mbs MB/s, AES-256-GCM $gcm_mbs MB/s: both sides hash and encrypt or decrypt: $crypto s per GiB"
+echo "protocol 3's system seconds (client + server): $kernel3 s per GiB"
+echo "floor: $floor s per GiB; half of protocol 3's CPU: $half s per GiB  $(verdict "$floor" '<=' "$half" | sed 's/PASS/(reachable)/; s/MISS/(below the floor: not reachable)/')"
+echo "ratio v4 CPU / floor                         $(calc "$c4 / $floor")"
 echo "peak RSS v4: server $(calc "$skib4 / 1024") MiB, client $(calc "$ckib4 / 1024") MiB   target < 64 each  $(verdict "$(maximum "$skib4" "$ckib4")" '<' 65536)"
 echo "peak RSS v3: server $(calc "$skib3 / 1024") MiB, client $(calc "$ckib3 / 1024") MiB"
