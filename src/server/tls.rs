@@ -16,10 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
+use super::metrics::Counted;
 use super::read_ahead::ReadAhead;
 
 /// A protocol-4 connection once its handshake is done.
-pub(crate) type ServerTls = tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>;
+/// Its bytes are counted as they arrive (`securexfer_received_bytes_total`, as protocol 3's).
+pub(crate) type ServerTls = tokio_rustls::server::TlsStream<ReadAhead<Counted<TcpStream>>>;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -115,6 +117,7 @@ pub(crate) async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     let deadline = shared.config.request_deadline;
+    let stream = shared.metrics.count_received(stream);
     let tls = match tokio::time::timeout(deadline, handshake(stream, Arc::clone(&shared.tls))).await
     {
         Ok(Ok(tls)) => tls,
@@ -154,7 +157,7 @@ fn what_the_handshake_proved(tls: &ServerTls, shared: &Shared) -> Option<Handsha
 /// The TLS handshake, refusing a client that does not offer ALPN `securexfer/4` before it
 /// starts (rustls alone would complete a handshake without ALPN).
 async fn handshake(
-    stream: TcpStream,
+    stream: Counted<TcpStream>,
     config: Arc<rustls::ServerConfig>,
 ) -> Result<ServerTls, String> {
     let acceptor = tokio_rustls::LazyConfigAcceptor::new(

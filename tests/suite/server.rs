@@ -2949,6 +2949,57 @@ fn scrape(address: &str) -> String {
     body
 }
 
+/// Protocol 4 counts in the same series as protocol 3: its verified uploads, the bytes
+/// its connections bring (TLS records included, as protocol 3's counts its ciphertext)
+/// and its upload durations.
+#[test]
+fn metrics_count_protocol_4_uploads_too() {
+    let server = Server::start(&["--metrics", "127.0.0.1:0"]);
+    let address = metrics_address(&server);
+    let home = tempfile::tempdir().unwrap();
+    let file = home.path().join("four.bin");
+    let content = common::random_bytes(300_000, 4);
+    std::fs::write(&file, &content).unwrap();
+    let run = |args: &[&str]| {
+        let out = common::command()
+            .env_remove("SECUREXFER_PROTOCOL")
+            .env("XDG_CONFIG_HOME", home.path().join("config"))
+            .env("HOME", home.path())
+            .current_dir(home.path())
+            .args(args)
+            .args(["--server", &server.address(), "--protocol", "4"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["register", "--name", "metered"]);
+    let before = scrape(&address);
+    run(&["send", "four.bin"]);
+    let after = scrape(&address);
+    let verified = r#"securexfer_uploads_total{outcome="verified"}"#;
+    assert_eq!(sample(&after, verified) - sample(&before, verified), 1.0, "{after}");
+    let bytes = "securexfer_received_bytes_total";
+    let received = sample(&after, bytes) - sample(&before, bytes);
+    assert!(received > content.len() as f64, "{received} bytes counted for {}", content.len());
+    let durations = "securexfer_upload_duration_seconds_count";
+    assert_eq!(sample(&after, durations) - sample(&before, durations), 1.0, "{after}");
+    // A refusal is counted by its code: another client asking for the same name.
+    let taken = r#"securexfer_v4_errors_total{code="name_taken"}"#;
+    assert_eq!(sample(&after, taken), 0.0);
+    let other = tempfile::tempdir().unwrap();
+    let out = common::command()
+        .env_remove("SECUREXFER_PROTOCOL")
+        .env("XDG_CONFIG_HOME", other.path().join("config"))
+        .env("HOME", other.path())
+        .args(["register", "--name", "metered", "--server", &server.address(), "--protocol", "4"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sample(&scrape(&address), taken), 1.0);
+}
+
 #[test]
 fn metrics_count_a_transfer_while_it_runs_and_after() {
     let server = Server::start(&["--metrics", "127.0.0.1:0"]);

@@ -8,6 +8,7 @@
 
 pub(crate) mod endpoint;
 
+use crate::protocol::v4::ErrorCode;
 use crate::protocol::{RequestCode, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -138,6 +139,11 @@ struct ReasonLabel {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CodeLabel {
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
 }
@@ -150,6 +156,7 @@ pub(crate) struct Metrics {
     connections_refused: Family<ReasonLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
     refusals: Family<ReasonLabel, Counter>,
+    v4_errors: Family<CodeLabel, Counter>,
     received_bytes: Counter,
     uploads: Family<OutcomeLabel, Counter>,
     upload_duration: Histogram,
@@ -168,6 +175,7 @@ impl Metrics {
             connections_refused: Family::default(),
             requests: Family::default(),
             refusals: Family::default(),
+            v4_errors: Family::default(),
             received_bytes: Counter::default(),
             uploads: Family::default(),
             upload_duration: Histogram::new(UPLOAD_BUCKETS),
@@ -198,6 +206,11 @@ impl Metrics {
             m.requests.clone(),
         );
         registry.register("refusals", "Requests answered 2107, by reason", m.refusals.clone());
+        registry.register(
+            "v4_errors",
+            "Protocol-4 ERROR frames sent, by code name (quota_exceeded, name_refused, …)",
+            m.v4_errors.clone(),
+        );
         registry.register_with_unit(
             "received",
             "Bytes read from client connections (headers and encrypted content)",
@@ -247,6 +260,9 @@ impl Metrics {
         }
         for reason in Reason::ALL {
             let _ = self.refusals.get_or_create(&ReasonLabel { reason: reason.as_str() });
+        }
+        for code in ErrorCode::ALL {
+            let _ = self.v4_errors.get_or_create(&CodeLabel { code: code.name() });
         }
         for outcome in UploadOutcome::ALL {
             let _ = self.uploads.get_or_create(&OutcomeLabel { outcome: outcome.as_str() });
@@ -309,6 +325,11 @@ impl Metrics {
     }
 
     /// An upload ended so.
+    /// A protocol-4 `ERROR` frame was sent.
+    pub(crate) fn v4_error(&self, code: ErrorCode) {
+        self.v4_errors.get_or_create(&CodeLabel { code: code.name() }).inc();
+    }
+
     pub(crate) fn upload(&self, outcome: UploadOutcome) {
         self.uploads.get_or_create(&OutcomeLabel { outcome: outcome.as_str() }).inc();
     }
@@ -417,6 +438,7 @@ mod tests {
             "securexfer_connections_refused_total",
             "securexfer_requests_total",
             "securexfer_refusals_total",
+            "securexfer_v4_errors_total",
             "securexfer_received_bytes_total",
             "securexfer_uploads_total",
             "securexfer_upload_duration_seconds",

@@ -305,6 +305,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     async fn send_error(&mut self, tag: u32, error: &ErrorFrame) -> io::Result<()> {
         let payload = error.encode().map_err(io::Error::other)?;
+        self.shared.metrics.v4_error(error.code);
         self.send(FrameType::Error, tag, &payload).await
     }
 

@@ -14,6 +14,7 @@ use crate::protocol::v4::{
     names,
 };
 use crate::protocol::{ClientId, storage_name};
+use crate::server::metrics::UploadOutcome;
 use crate::server::session::Reservation;
 use crate::server::upload::{LARGE_UPLOAD, MIN_UPLOAD_RATE};
 use crate::store::{BlobStore, Chunk, CommitIntent, StagedBlob, StagedFile, V4Content};
@@ -223,6 +224,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 let tag = open.tag;
                 let _ = tokio::task::spawn_blocking(move || drop(open)).await;
                 self.machine.put_refused(tag);
+                self.shared.metrics.upload(UploadOutcome::Failed);
                 warn!(tag, "writing a protocol-4 upload failed: {e}");
                 let error = if e.raw_os_error() == Some(libc::ENOSPC) {
                     errors::disk_full(0, 0)
@@ -251,10 +253,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if let Err(e) = finished {
             let at = unix_now();
             tracing::error!(at, "finishing a protocol-4 upload failed: {e}");
+            self.shared.metrics.upload(UploadOutcome::Failed);
             let _ = tokio::task::spawn_blocking(move || drop(open)).await;
             return Err(Ended::Refused(errors::internal(at)));
         }
         let hash: [u8; 32] = *open.hasher.finalize().as_bytes();
+        self.shared.metrics.upload_received(open.started);
         let (size, replaces) = (open.received, open.replaces);
         info!(tag, name = %open.name, size, hash = %short_hex(&hash), "protocol-4 upload received; waiting for COMMIT");
         let held = Held {
@@ -293,6 +297,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if held.hash != commit.hash {
             let ours = short_hex(&held.hash);
             let _ = tokio::task::spawn_blocking(move || drop(held)).await;
+            self.shared.metrics.upload(UploadOutcome::Mismatch);
             warn!(
                 tag,
                 "protocol-4 COMMIT with another hash than the server's ({ours}): upload thrown away"
@@ -306,7 +311,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let id = self.machine.client().expect("the machine lets only clients commit");
         let (name, size) = (held.name.clone(), held.size);
-        let finished = self.store(id, held).await?;
+        let finished = match self.store(id, held).await {
+            Ok(finished) => finished,
+            Err(ended) => {
+                self.shared.metrics.upload(UploadOutcome::Failed);
+                return Err(ended);
+            }
+        };
+        self.shared.metrics.upload(UploadOutcome::Verified);
         let payload = Committed {
             generation: finished.generation,
             stored_at: finished.stored_at,
