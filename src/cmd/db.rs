@@ -184,7 +184,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         cksum: version.cksum.unwrap_or_default(),
         archive: current.then(|| Storage::new_version_path(client.id)),
         restores: Some(version.version),
-        v4: None,
+        v4: version.v4,
     };
     db.begin_commit(&intent)?;
     if let Some(archive) = &intent.archive {

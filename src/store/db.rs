@@ -304,6 +304,9 @@ pub struct VersionRecord {
     pub cksum: Option<u32>,
     /// When it was stored (UTC).
     pub stored_at: Option<String>,
+    /// Its BLAKE3 and declared mtime, when a protocol-4 upload stored it: a restore puts
+    /// them back with the content.
+    pub v4: Option<V4Content>,
 }
 
 /// An open database.
@@ -662,7 +665,7 @@ impl Db {
     pub fn versions(&self) -> Result<Vec<VersionRecord>, DbError> {
         let mut stmt = self.conn.prepare(
             "SELECT v.ID, c.Name, v.Name, v.Version, v.FileName, v.PathName, v.Size, v.Cksum,
-                    v.StoredAt
+                    v.StoredAt, v.Blake3, v.MtimeNs
              FROM versions v JOIN clients c ON c.ID = v.ID ORDER BY c.Name, v.Name, v.Version",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -676,6 +679,10 @@ impl Db {
                 size: r.get::<_, Option<i64>>(6)?.map(|s| s as u64),
                 cksum: r.get(7)?,
                 stored_at: r.get(8)?,
+                v4: r.get::<_, Option<Vec<u8>>>(9)?.and_then(hash_of).map(|blake3| V4Content {
+                    blake3,
+                    mtime_ns: r.get::<_, Option<i64>>(10).ok().flatten().unwrap_or(0),
+                }),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -431,6 +431,8 @@ impl Records for PostgresRecords {
                     size: size_of(r.get(6)),
                     cksum: cksum_of(r.get(7)),
                     stored_at: r.get(8),
+                    // Protocol 4 on PostgreSQL keeps no hashes yet (issue 16).
+                    v4: None,
                 })
                 .collect())
         })

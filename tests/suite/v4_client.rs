@@ -677,3 +677,54 @@ fn the_host_name_goes_out_as_sni_and_an_address_sends_none() {
     let seen = peer.seen.lock().unwrap();
     assert_eq!(seen.sni, vec![Some("localhost".to_owned()), None]);
 }
+
+/// `db restore` of a copy protocol 4 stored puts its BLAKE3 back in the record with its
+/// bytes: the record keeps describing the file it names.
+#[test]
+fn a_restored_protocol_4_copy_keeps_its_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = common::Server::start_in(dir.path(), &[]);
+    let client = Client::new();
+    let out = client.run(&["register", "--server", &server.address(), "--name", "rs"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let first = common::random_bytes(70_000, 21);
+    let second = common::random_bytes(80_000, 22);
+    for copy in [&first, &second] {
+        client.file("r.bin", copy);
+        let out = client.run(&["send", "r.bin", "--server", &server.address()]);
+        assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    }
+    server.terminate(std::time::Duration::from_secs(10)).expect("the server stops");
+    let restore = common::run_in(
+        dir.path(),
+        &[
+            "db",
+            "restore",
+            "--db",
+            "server.db",
+            "--storage",
+            "storage",
+            "--client",
+            "rs",
+            "--file",
+            "r.bin",
+        ],
+    );
+    assert!(restore.status.success(), "{}", text(&restore.stderr));
+    let inspect = common::run_in(
+        dir.path(),
+        &["db", "inspect", "--db", "server.db", "--storage", "storage", "--json"],
+    );
+    assert!(inspect.status.success(), "{}", text(&inspect.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let file = doc["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["file_name"] == "r.bin")
+        .unwrap_or_else(|| panic!("no r.bin in {doc}"));
+    assert_eq!(file["size"], first.len(), "{file}");
+    assert_eq!(file["blake3"], blake3::hash(&first).to_hex().as_str(), "{file}");
+    let version = &doc["versions"][0];
+    assert_eq!(version["size"], second.len(), "{doc}");
+}
