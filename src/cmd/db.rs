@@ -8,7 +8,9 @@ use crate::cli::{FingerprintArgs, InspectArgs, InviteArgs, RestoreArgs};
 use anyhow::Context;
 use securexfer::protocol::{ClientId, storage_name};
 use securexfer::server::identity::{self, ServerIdentity};
-use securexfer::store::{ClientRecord, CommitIntent, Db, FileRecord, Storage, VersionRecord};
+use securexfer::store::{
+    ClientRecord, CommitIntent, Db, FileRecord, InviteRecord, Storage, VersionRecord,
+};
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -33,6 +35,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let mut files = db.files()?;
     // A database from before versions were kept has no versions table.
     let mut versions = db.versions().unwrap_or_default();
+    let mut invites = db.invites()?;
     if let Some(filter) = &args.client {
         let id = ClientId::parse(filter);
         clients.retain(|c| c.name == *filter || Some(c.id) == id);
@@ -47,6 +50,10 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         }
         files.retain(|f| f.client_name == *filter || Some(f.client_id) == id);
         versions.retain(|v| v.client_name == *filter || Some(v.client_id) == id);
+        let names: Vec<&str> = clients.iter().map(|c| c.name.as_str()).collect();
+        invites.retain(|i| {
+            [&i.name, &i.used_by].into_iter().flatten().any(|n| names.contains(&n.as_str()))
+        });
     }
     let key_path = identity::key_path(&args.db);
     let key = ServerIdentity::load(&key_path)?;
@@ -56,7 +63,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             "path": key_path.display().to_string(),
             "fingerprint": fingerprint,
         });
-        print_json(&clients, &files, &versions, &args.storage, server_key)?;
+        print_json(&clients, &files, &versions, &invites, &args.storage, server_key)?;
     } else {
         match &fingerprint {
             Some(f) => outln!("SERVER KEY {f} ({})\n", key_path.display()),
@@ -68,6 +75,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
         let layout = Layout { width: table::terminal_width(), raw: args.bytes };
         print_tables(&clients, &files, &args.storage, layout);
         print_versions(&versions, layout);
+        print_invites(&invites, layout);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -120,6 +128,55 @@ fn print_versions(versions: &[VersionRecord], layout: Layout) {
     layout.print(&columns, &rows);
 }
 
+/// What an invitation is now: `unused`, `used`, or `expired` (unused past its time).
+fn invite_state(i: &InviteRecord) -> &'static str {
+    match (&i.used_at, i.expired) {
+        (Some(_), _) => "used",
+        (None, true) => "expired",
+        (None, false) => "unused",
+    }
+}
+
+fn print_invites(invites: &[InviteRecord], layout: Layout) {
+    outln!();
+    outln!("INVITATIONS ({})", invites.len());
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = invites
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.clone(),
+                dash(&i.name),
+                invite_state(i).to_owned(),
+                i.created_at.clone(),
+                i.expires_at.clone(),
+                dash(&i.used_by),
+            ]
+        })
+        .collect();
+    let columns = [
+        fixed("ID"),
+        cut("FOR NAME"),
+        fixed("STATE"),
+        fixed("CREATED (UTC)"),
+        fixed("EXPIRES (UTC)"),
+        cut("USED BY"),
+    ];
+    layout.print(&columns, &rows);
+}
+
+fn invite_json(i: &InviteRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": i.id,
+        "name": i.name,
+        "state": invite_state(i),
+        "created_at": i.created_at,
+        "expires_at": i.expires_at,
+        "used_at": i.used_at,
+        "used_by": i.used_by,
+    })
+}
+
 fn version_json(v: &VersionRecord) -> serde_json::Value {
     serde_json::json!({
         "client_id": v.client_id.to_hex(),
@@ -131,6 +188,7 @@ fn version_json(v: &VersionRecord) -> serde_json::Value {
         "size": v.size,
         "cksum": v.cksum,
         "stored_at": v.stored_at,
+        "blake3": v.v4.as_ref().map(|c| hex(&c.blake3)),
     })
 }
 
@@ -205,6 +263,7 @@ fn print_json(
     clients: &[ClientRecord],
     files: &[FileRecord],
     versions: &[VersionRecord],
+    invites: &[InviteRecord],
     storage: &Path,
     server_key: serde_json::Value,
 ) -> anyhow::Result<()> {
@@ -249,6 +308,7 @@ fn print_json(
         "clients": clients,
         "files": files,
         "versions": versions,
+        "invitations": invites.iter().map(invite_json).collect::<Vec<_>>(),
     });
     outln!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(())

@@ -309,6 +309,24 @@ pub struct VersionRecord {
     pub v4: Option<V4Content>,
 }
 
+/// An invitation (`db invite`) as recorded: never its token, only the token's SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InviteRecord {
+    /// The first 8 bytes of the token's SHA-256, in hex: enough for an operator to tell
+    /// invitations apart, nothing that helps to guess the token.
+    pub id: String,
+    /// The client name it is for, if it names one.
+    pub name: Option<String>,
+    /// When it was made and when it expires (UTC).
+    pub created_at: String,
+    pub expires_at: String,
+    /// When it was used, and by which client (its name), if it was.
+    pub used_at: Option<String>,
+    pub used_by: Option<String>,
+    /// Whether it has expired unused (at the time of the query).
+    pub expired: bool,
+}
+
 /// An open database.
 #[derive(Debug)]
 pub struct Db {
@@ -859,6 +877,41 @@ impl Db {
             params![&token_hash[..], name, format!("+{} seconds", valid_for.as_secs())],
         )?;
         Ok(())
+    }
+
+    /// Every invitation, oldest first (none in a database from before protocol 4).
+    pub fn invites(&self) -> Result<Vec<InviteRecord>, DbError> {
+        if !self.has_table("invites")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare(
+            "SELECT hex(substr(i.TokenHash, 1, 8)), i.Name, i.CreatedAt, i.ExpiresAt, i.UsedAt,
+                    c.Name, i.UsedAt IS NULL AND i.ExpiresAt <= datetime('now')
+             FROM invites i LEFT JOIN clients c ON c.ID = i.UsedBy
+             ORDER BY i.CreatedAt, i.rowid",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(InviteRecord {
+                id: r.get::<_, String>(0)?.to_ascii_lowercase(),
+                name: r.get(1)?,
+                created_at: r.get(2)?,
+                expires_at: r.get(3)?,
+                used_at: r.get(4)?,
+                used_by: r.get(5)?,
+                expired: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn has_table(&self, name: &str) -> Result<bool, DbError> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            )?
+            .query_row([name], |r| r.get(0))?;
+        Ok(n > 0)
     }
 
     /// Bytes and number of the client's verified files.

@@ -728,3 +728,50 @@ fn a_restored_protocol_4_copy_keeps_its_hash() {
     let version = &doc["versions"][0];
     assert_eq!(version["size"], second.len(), "{doc}");
 }
+
+/// `db inspect` lists invitations by a short id (never the token), the name they are for,
+/// and whether they are unused, used (and by whom) or expired.
+#[test]
+fn db_inspect_lists_invitations_and_never_their_tokens() {
+    let server = common::Server::start(&["--registration", "token"]);
+    let invite = |extra: &[&str]| {
+        let out =
+            common::run_in(&server.dir, &[&["db", "invite", "--db", "server.db"], extra].concat());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).split_whitespace().find(|w| w.starts_with("sxi-")).unwrap().to_owned()
+    };
+    let used = invite(&["--name", "ivy"]);
+    let unused = invite(&[]);
+    let expired = invite(&["--expires", "1s"]);
+    let client = Client::new();
+    let out =
+        client.run(&["register", "--server", &server.address(), "--name", "ivy", "--token", &used]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let json = common::run_in(&server.dir, &["db", "inspect", "--db", "server.db", "--json"]);
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let tables = common::run_in(&server.dir, &["db", "inspect", "--db", "server.db"]);
+    assert!(tables.status.success(), "{}", text(&tables.stderr));
+    for out in [&json, &tables] {
+        let shown = text(&out.stdout);
+        for token in [&used, &unused, &expired] {
+            assert!(!shown.contains(&token[4..]), "a token is shown: {shown}");
+        }
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let states: Vec<(&str, &str, &str)> = doc["invitations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap_or("-"),
+                i["state"].as_str().unwrap(),
+                i["used_by"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(states, [("ivy", "used", "ivy"), ("-", "unused", "-"), ("-", "expired", "-")]);
+    let shown = text(&tables.stdout);
+    assert!(shown.contains("INVITATIONS (3)"), "{shown}");
+}
