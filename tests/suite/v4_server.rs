@@ -193,6 +193,28 @@ fn an_unregistered_key_gets_not_registered_and_a_stranger_who_knows_a_name_and_i
     );
 }
 
+/// A connection whose key is not registered is closed 60 s after `WELCOME` (protocol 3's
+/// keyless lifetime), with `not_registered` on tag 0, however long `--idle-timeout` is; a
+/// registered one opened at the same time goes on.
+#[test]
+#[ignore = "takes a minute"]
+fn an_unregistered_connection_is_closed_a_minute_after_welcome_and_a_registered_one_is_not() {
+    let server = Server::start(&["--idle-timeout", "300"]);
+    let (mut member, _) = registered(&server, &Key::ed25519(), "member");
+    let (mut stranger, _) = Conn::hello(server.addr, &Key::ed25519());
+    let welcomed = Instant::now();
+    stranger.tls.sock.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+    let (tag, error) = stranger.read_error();
+    let after = welcomed.elapsed();
+    assert_eq!((tag, error.code, error.closes), (0, code::NOT_REGISTERED, true), "{error:?}");
+    assert!(
+        after >= Duration::from_secs(59) && after < Duration::from_secs(75),
+        "closed after {after:?}"
+    );
+    let (_, committed) = member.put_and_commit("late.txt", b"still here", blake3(b"still here"));
+    v4::committed(&committed);
+}
+
 // ---------------------------------------------------------------------------------------
 // Registration policy and invitations
 
