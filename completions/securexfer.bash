@@ -701,7 +701,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__send)
-            opts="-v -q -h -V --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --quiet --json --as --help --version"
+            opts="-v -q -h -V --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --quiet --json --as --limit-rate --help --version"
             if [[ ${cur} == -* ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -751,6 +751,10 @@ _securexfer() {
                     return 0
                     ;;
                 --as)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --limit-rate)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -92,6 +92,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --protocol 'Which protocol to speak. `auto` opens with protocol 4 (TLS 1.3, the server''s key checked against known_servers) and falls back to protocol 3, with a warning, only for a server never seen speaking 4 that does not speak it. `3` is refused (exit 8) for a server known to speak 4; `4` never falls back'
             cand --server-fingerprint 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree'
             cand --as 'The name to store the file under, instead of its own (one FILE only). Names are up to 254 bytes of printable ASCII'
+            cand --limit-rate 'Send file content at most RATE bytes per second, as curl''s --limit-rate: a number with an optional K, M or G (binary units), e.g. 500K or 10M. Both protocols'
             cand -v 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
             cand --verbose 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
             cand -q 'No progress bar and no summary lines (errors are still printed)'

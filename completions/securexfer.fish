@@ -89,6 +89,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l protocol 
 auto\t'Protocol 4, or 3 for a server never seen speaking 4 that does not speak it'"
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l server-fingerprint -d 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l as -d 'The name to store the file under, instead of its own (one FILE only). Names are up to 254 bytes of printable ASCII' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l limit-rate -d 'Send file content at most RATE bytes per second, as curl\'s --limit-rate: a number with an optional K, M or G (binary units), e.g. 500K or 10M. Both protocols' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s v -l verbose -d 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s q -l quiet -d 'No progress bar and no summary lines (errors are still printed)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l json -d 'Print one JSON object per file on stdout, in argument order, then a summary object (the schema is in docs/json.md)'

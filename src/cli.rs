@@ -323,6 +323,10 @@ pub struct SendArgs {
     /// to 254 bytes of printable ASCII.
     #[arg(long = "as", value_name = "NAME")]
     pub as_name: Option<String>,
+    /// Send file content at most RATE bytes per second, as curl's --limit-rate: a number
+    /// with an optional K, M or G (binary units), e.g. 500K or 10M. Both protocols.
+    #[arg(long, env = "SECUREXFER_LIMIT_RATE", value_name = "RATE", value_parser = parse_rate)]
+    pub limit_rate: Option<u64>,
 }
 
 /// `securexfer db ...`.
@@ -517,6 +521,24 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift).ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Parses a rate such as `500K` or `10M/s` (bytes per second, binary units); 0 is refused
+/// (no limit is no flag).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let bare = trimmed.strip_suffix("/s").unwrap_or(trimmed);
+    let bare = bare
+        .strip_suffix(['b', 'B'])
+        .filter(|b| b.ends_with(['k', 'K', 'm', 'M', 'g', 'G']))
+        .unwrap_or(bare);
+    match parse_size(bare) {
+        Ok(0) => Err(format!("{text:?}: a rate must be above 0 (leave --limit-rate out for none)")),
+        Ok(rate) => Ok(rate),
+        Err(_) => Err(format!(
+            "{text:?} is not a rate: use bytes per second with an optional K, M or G, e.g. 500K"
+        )),
+    }
+}
+
 /// Parses durations such as `90s`, `30m`, `12h`, `7d` into seconds.
 pub fn parse_duration(text: &str) -> Result<u64, String> {
     let text = text.trim();
@@ -582,5 +604,15 @@ mod tests {
         assert_eq!(parse_size("100"), Ok(100));
         assert!(parse_size("x").is_err());
         assert!(parse_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn rates_are_sizes_per_second_above_zero() {
+        assert_eq!(parse_rate("500K"), Ok(500 << 10));
+        assert_eq!(parse_rate("10M/s"), Ok(10 << 20));
+        assert_eq!(parse_rate("2MB/s"), Ok(2 << 20));
+        assert_eq!(parse_rate("4096"), Ok(4096));
+        assert!(parse_rate("0").unwrap_err().contains("above 0"));
+        assert!(parse_rate("fast").unwrap_err().contains("not a rate"));
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod home;
 pub mod identity;
+pub mod pace;
 pub mod trust;
 pub mod upload;
 pub mod v4;
@@ -337,6 +338,8 @@ pub struct Client {
     noted_crc32: bool,
     /// The saved id, while its byte-reversed form is being tried.
     reversed_from: Option<ClientId>,
+    /// `--limit-rate`: file content goes out at most this many bytes per second.
+    limit_rate: Option<u64>,
 }
 
 impl std::fmt::Debug for Client {
@@ -364,7 +367,13 @@ impl Client {
             id_unconfirmed: false,
             noted_crc32: false,
             reversed_from: None,
+            limit_rate: None,
         }
+    }
+
+    /// Sends file content at most `rate` bytes per second (`--limit-rate`).
+    pub fn set_limit_rate(&mut self, rate: Option<u64>) {
+        self.limit_rate = rate;
     }
 
     /// Reports progress and retries to `events`.
@@ -630,15 +639,26 @@ impl Client {
             return Err(Retry::Failed(Failure::Connection("not connected".into())));
         };
         let mut progress = |n| events(Event::Progress(n));
-        let streamed = upload::stream_file(
-            upload.file,
-            upload.path,
-            upload.size,
-            &scheme,
-            &head,
-            wire.stream(),
-            &mut progress,
-        );
+        let streamed = match self.limit_rate {
+            Some(rate) => upload::stream_file(
+                upload.file,
+                upload.path,
+                upload.size,
+                &scheme,
+                &head,
+                &mut pace::PacedWrite::new(wire.stream(), rate),
+                &mut progress,
+            ),
+            None => upload::stream_file(
+                upload.file,
+                upload.path,
+                upload.size,
+                &scheme,
+                &head,
+                wire.stream(),
+                &mut progress,
+            ),
+        };
         let ours = match streamed {
             Ok(ours) => ours,
             // A server that refuses a file (too large, say) may answer 2107 and close

@@ -240,6 +240,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     let display = progress::Display::new(sendable.len(), total, show_bar);
     progress::exit_on_interrupt(&display);
     let mut client = client_for(&server, &args.client);
+    client.set_limit_rate(args.limit_rate);
     client.on_event(event_printer(Arc::clone(&display), args.quiet, args.json));
     client.connect()?;
 
@@ -486,6 +487,7 @@ fn run_v4(
     let display = progress::Display::new(sendable.len(), total, show_bar);
     progress::exit_on_interrupt(&display);
     four.session.on_event(event_printer(Arc::clone(&display), args.quiet, args.json));
+    four.session.set_limit_rate(args.limit_rate);
     let mut stopped: Option<String> = None;
     for file in &plan {
         if file.problem.is_some() {

@@ -775,3 +775,45 @@ fn db_inspect_lists_invitations_and_never_their_tokens() {
     let shown = text(&tables.stdout);
     assert!(shown.contains("INVITATIONS (3)"), "{shown}");
 }
+
+/// `--limit-rate` holds a send to the rate on both protocols (no faster; how much slower
+/// the machine makes it is not asserted), and the file still arrives whole.
+#[test]
+fn limit_rate_paces_a_send_on_both_protocols() {
+    let server = common::Server::start(&[]);
+    let data = common::random_bytes(600 << 10, 31);
+    for protocol in ["4", "3"] {
+        let client = Client::new();
+        let out = client.run(&[
+            "register",
+            "--server",
+            &server.address(),
+            "--name",
+            &format!("paced{protocol}"),
+            "--protocol",
+            protocol,
+        ]);
+        assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+        let id = registered_id(&text(&out.stdout));
+        client.file("paced.bin", &data);
+        let started = std::time::Instant::now();
+        let out = client.run(&[
+            "send",
+            "paced.bin",
+            "--server",
+            &server.address(),
+            "--protocol",
+            protocol,
+            "--limit-rate",
+            "300K",
+        ]);
+        let took = started.elapsed();
+        assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+        // 600 KiB at 300 KiB/s is 2 s, less the burst a transfer may start with.
+        assert!(took >= std::time::Duration::from_millis(1700), "protocol {protocol}: {took:?}");
+        assert!(stored_file(&server, &id, "paced.bin") == data, "protocol {protocol}");
+    }
+    let out = Client::new().run(&["send", "x", "--limit-rate", "0"]);
+    assert_eq!(code(&out), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("above 0"), "{}", text(&out.stderr));
+}

@@ -56,6 +56,8 @@ pub struct Session {
     events: Box<dyn FnMut(Event) + Send>,
     /// The connection is out of step (a put was cut short): nothing more goes on it.
     broken: Option<String>,
+    /// `--limit-rate`: file content goes out at most this many bytes per second.
+    limit_rate: Option<u64>,
 }
 
 impl std::fmt::Debug for Session {
@@ -85,7 +87,13 @@ impl Session {
     /// `HELLO` and `WELCOME` on a fresh connection.
     pub async fn open(mut conn: Connection, software: &str) -> Result<Session, V4Error> {
         match conn.hello(software).await? {
-            Ok(welcome) => Ok(Session { conn, welcome, events: Box::new(|_| {}), broken: None }),
+            Ok(welcome) => Ok(Session {
+                conn,
+                welcome,
+                events: Box::new(|_| {}),
+                broken: None,
+                limit_rate: None,
+            }),
             Err(refused) => Err(V4Error::Refused { step: "HELLO", error: refused }),
         }
     }
@@ -205,6 +213,11 @@ impl Session {
         true
     }
 
+    /// Sends file content at most `rate` bytes per second (`--limit-rate`).
+    pub fn set_limit_rate(&mut self, rate: Option<u64>) {
+        self.limit_rate = rate;
+    }
+
     /// Sends `path` to be stored as `stored_as` (normalised to NFC first) and verifies it
     /// end to end. A refusal of this file is an error about this file; the session can go
     /// on with the next one unless [`V4Error::ends_session`] says otherwise.
@@ -288,7 +301,12 @@ impl Session {
         tag: u32,
         put: &mut AnswerFuture,
     ) -> Result<Option<Hash>, V4Error> {
-        let mut buf = vec![0u8; DATA_CHUNK.min(self.welcome.max_data.max(1) as usize)];
+        let mut chunk = DATA_CHUNK.min(self.welcome.max_data.max(1) as usize);
+        let mut pace = self.limit_rate.map(|rate| {
+            chunk = crate::client::pace::piece(rate, chunk);
+            crate::client::pace::Pace::new(rate, std::time::Instant::now())
+        });
+        let mut buf = vec![0u8; chunk];
         let mut hasher = blake3::Hasher::new();
         let mut sent = 0u64;
         while sent < size {
@@ -305,6 +323,9 @@ impl Session {
                 return Err(V4Error::Changed { path: path.to_owned(), size, read: sent });
             }
             hasher.update(&buf[..n]);
+            if let Some(pace) = pace.as_mut() {
+                tokio::time::sleep(pace.delay(n, std::time::Instant::now())).await;
+            }
             self.conn.write_frame(FrameType::PutData, tag, &buf[..n]).await?;
             sent += n as u64;
             (self.events)(Event::Progress(sent));
