@@ -701,7 +701,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__send)
-            opts="-v -q -h -V --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --quiet --json --as --limit-rate --help --version"
+            opts="-v -q -h -V --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --quiet --json --as --limit-rate --no-clobber --help --version"
             if [[ ${cur} == -* ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -98,6 +98,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand -q 'No progress bar and no summary lines (errors are still printed)'
             cand --quiet 'No progress bar and no summary lines (errors are still printed)'
             cand --json 'Print one JSON object per file on stdout, in argument order, then a summary object (the schema is in docs/json.md)'
+            cand --no-clobber 'Never replace a stored file: a file whose name is taken on the server is refused (reported, exit 4) and the others are sent. Protocol 4 only'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'

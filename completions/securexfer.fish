@@ -93,6 +93,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l limit-rat
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s v -l verbose -d 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s q -l quiet -d 'No progress bar and no summary lines (errors are still printed)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l json -d 'Print one JSON object per file on stdout, in argument order, then a summary object (the schema is in docs/json.md)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l no-clobber -d 'Never replace a stored file: a file whose name is taken on the server is refused (reported, exit 4) and the others are sent. Protocol 4 only'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s V -l version -d 'Print version'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and not __fish_seen_subcommand_from inspect verify restore fingerprint invite help" -s h -l help -d 'Print help'

@@ -327,6 +327,10 @@ pub struct SendArgs {
     /// with an optional K, M or G (binary units), e.g. 500K or 10M. Both protocols.
     #[arg(long, env = "SECUREXFER_LIMIT_RATE", value_name = "RATE", value_parser = parse_rate)]
     pub limit_rate: Option<u64>,
+    /// Never replace a stored file: a file whose name is taken on the server is refused
+    /// (reported, exit 4) and the others are sent. Protocol 4 only.
+    #[arg(long)]
+    pub no_clobber: bool,
 }
 
 /// `securexfer db ...`.

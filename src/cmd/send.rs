@@ -210,6 +210,13 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     {
         return run_v4(&args, &server, name, &files, *four);
     }
+    if args.no_clobber {
+        return Err(UsageError(format!(
+            "--no-clobber needs protocol 4, and {server} is spoken to over protocol 3, which \
+             always replaces a stored file; nothing was sent"
+        ))
+        .into());
+    }
     if let Some(name) = &name {
         check_name(name)?;
     }
@@ -488,6 +495,7 @@ fn run_v4(
     progress::exit_on_interrupt(&display);
     four.session.on_event(event_printer(Arc::clone(&display), args.quiet, args.json));
     four.session.set_limit_rate(args.limit_rate);
+    four.session.set_no_clobber(args.no_clobber);
     let mut stopped: Option<String> = None;
     for file in &plan {
         if file.problem.is_some() {

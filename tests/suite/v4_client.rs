@@ -817,3 +817,44 @@ fn limit_rate_paces_a_send_on_both_protocols() {
     assert_eq!(code(&out), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("above 0"), "{}", text(&out.stderr));
 }
+
+/// `--no-clobber` refuses a name that is taken on the server (exit 4, the stored copy left
+/// as it was) and sends the others; protocol 3 cannot honour it, so it is refused there
+/// before anything is sent.
+#[test]
+fn no_clobber_keeps_a_stored_file_and_sends_the_others() {
+    let server = common::Server::start(&[]);
+    let client = Client::new();
+    let out = client.run(&["register", "--server", &server.address(), "--name", "nc"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let id = registered_id(&text(&out.stdout));
+    client.file("a.txt", b"first a");
+    let out = client.run(&["send", "a.txt", "--server", &server.address()]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    client.file("a.txt", b"second a");
+    client.file("b.txt", b"b");
+    let out =
+        client.run(&["send", "a.txt", "b.txt", "--no-clobber", "--server", &server.address()]);
+    assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("a.txt") && stderr.contains("no_clobber"), "{stderr}");
+    assert_eq!(stored_file(&server, &id, "a.txt"), b"first a");
+    assert_eq!(stored_file(&server, &id, "b.txt"), b"b");
+
+    let old = Client::new();
+    let out =
+        old.run(&["register", "--server", &server.address(), "--name", "nc3", "--protocol", "3"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    old.file("c.txt", b"c");
+    let out = old.run(&[
+        "send",
+        "c.txt",
+        "--no-clobber",
+        "--protocol",
+        "3",
+        "--server",
+        &server.address(),
+    ]);
+    assert_eq!(code(&out), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("needs protocol 4"), "{}", text(&out.stderr));
+}

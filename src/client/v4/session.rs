@@ -58,6 +58,8 @@ pub struct Session {
     broken: Option<String>,
     /// `--limit-rate`: file content goes out at most this many bytes per second.
     limit_rate: Option<u64>,
+    /// `--no-clobber`: puts ask the server to refuse a path that holds a file.
+    no_clobber: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -93,6 +95,7 @@ impl Session {
                 events: Box::new(|_| {}),
                 broken: None,
                 limit_rate: None,
+                no_clobber: false,
             }),
             Err(refused) => Err(V4Error::Refused { step: "HELLO", error: refused }),
         }
@@ -213,6 +216,12 @@ impl Session {
         true
     }
 
+    /// Has the server refuse to replace a stored file (`--no-clobber`): such a put gets
+    /// `conflict`, which is this file's error.
+    pub fn set_no_clobber(&mut self, no_clobber: bool) {
+        self.no_clobber = no_clobber;
+    }
+
     /// Sends file content at most `rate` bytes per second (`--limit-rate`).
     pub fn set_limit_rate(&mut self, rate: Option<u64>) {
         self.limit_rate = rate;
@@ -271,7 +280,7 @@ impl Session {
         (self.events)(Event::SendStarted { path: path.to_owned(), bytes: size, attempt });
         let tag = self.conn.new_tag();
         let begin = PutBegin {
-            no_clobber: false,
+            no_clobber: self.no_clobber,
             size: Some(size),
             offset: 0,
             prefix_hash: NO_HASH,
