@@ -306,7 +306,8 @@ pub struct RegisterArgs {
 #[command(after_help = "With no FILE, files are taken from transfer.info in the working \
 directory (line 3 on), as the existing client does. Flags override that file.")]
 pub struct SendArgs {
-    /// Files to send, in turn.
+    /// Files to send, in turn. `-` alone is standard input, stored under --as NAME
+    /// (protocol 4 only: its size is known only at its end).
     #[arg(value_name = "FILE", value_hint = ValueHint::FilePath)]
     pub files: Vec<PathBuf>,
     /// Where to reach the server and who to be.

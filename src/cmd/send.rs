@@ -204,6 +204,9 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.files.clone()
     };
+    if files.iter().any(|f| f.as_os_str() == "-") {
+        return run_stdin(&args, &server, name, &files);
+    }
     // A run with nothing to send reaches no server: its problems are reported below.
     if files.iter().any(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file()))
         && let Spoken::Four(four) = v4::connect(&server, &args.client)?
@@ -530,6 +533,64 @@ fn run_v4(
         }
     }
     progress::lock(&display).clear();
+    four.close();
+    report_summary(args, server, &summary, worst);
+    Ok(ExitCode::from(worst))
+}
+
+/// `send - --as NAME`: standard input to one stored file, over protocol 4 only (a
+/// protocol-3 upload declares its size before its content).
+fn run_stdin(
+    args: &SendArgs,
+    server: &str,
+    name: Option<String>,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let Some(stored_name) = args.as_name.clone() else {
+        return Err(UsageError(
+            "send - reads standard input, which has no name: give one with --as NAME".into(),
+        )
+        .into());
+    };
+    if files.len() != 1 {
+        return Err(
+            UsageError("send - sends standard input alone: give no other FILE".into()).into()
+        );
+    }
+    if let Some(problem) = v4_name_problem(&stored_name) {
+        return Err(UsageError(problem.to_string()).into());
+    }
+    let Spoken::Four(four) = v4::connect(server, &args.client)? else {
+        return Err(UsageError(format!(
+            "send - needs protocol 4 (its size is known only at its end, and protocol 3 \
+             declares a file's size first); {server} is spoken to over protocol 3"
+        ))
+        .into());
+    };
+    let mut four = *four;
+    let candidates = identity_candidates(args.client.identity.as_deref(), server);
+    let found = candidates.iter().find(|p| p.exists()).cloned();
+    if !four.session.registered() {
+        become_client(&mut four, server, name, found.as_deref(), &candidates)?;
+    }
+    four.session.set_limit_rate(args.limit_rate);
+    four.session.set_no_clobber(args.no_clobber);
+    let planned = Planned { path: PathBuf::from("-"), stored_name, problem: None, wire_bytes: 0 };
+    let started = Instant::now();
+    let result = four.runtime.block_on(four.session.send_stdin(&planned.stored_name));
+    let mut summary = Summary::default();
+    let worst = match result {
+        Ok(stored) => {
+            summary.verified += 1;
+            report_stored(args, server, &planned, &stored, started.elapsed());
+            0
+        }
+        Err(e) => {
+            summary.failed += 1;
+            report_err(args, server, &planned, &e as &dyn FileError);
+            code_for(e.kind())
+        }
+    };
     four.close();
     report_summary(args, server, &summary, worst);
     Ok(ExitCode::from(worst))

@@ -266,6 +266,31 @@ impl Client {
         std::fs::write(self.path().join(name), content).unwrap();
     }
 
+    /// Runs `securexfer ARGS` with `input` on its standard input.
+    fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write as _;
+        let mut child = common::command()
+            .env_remove("SECUREXFER_PROTOCOL")
+            .env("XDG_CONFIG_HOME", self.path().join("config"))
+            .env("HOME", self.path())
+            .current_dir(self.path())
+            .args(args)
+            .args(["--connect-timeout", "5", "--timeout", "10"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        out
+    }
+
     /// Runs `securexfer ARGS` with the default protocol (`auto`), unless ARGS say.
     fn run(&self, args: &[&str]) -> Output {
         common::command()
@@ -857,4 +882,44 @@ fn no_clobber_keeps_a_stored_file_and_sends_the_others() {
     ]);
     assert_eq!(code(&out), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("needs protocol 4"), "{}", text(&out.stderr));
+}
+
+/// `send - --as NAME` stores standard input (of a size known only at its end) over
+/// protocol 4; without a name, or over protocol 3, it is a usage error.
+#[test]
+fn send_dash_stores_standard_input_under_its_as_name() {
+    let server = common::Server::start(&[]);
+    let client = Client::new();
+    let out = client.run(&["register", "--server", &server.address(), "--name", "piper"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let id = registered_id(&text(&out.stdout));
+    let data = common::random_bytes((3 << 20) + 17, 41);
+    let out = client.run_with_stdin(
+        &["send", "-", "--as", "piped.bin", "--server", &server.address(), "--json"],
+        &data,
+    );
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let line: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(line["size"], data.len(), "{line}");
+    assert_eq!(line["blake3"], blake3::hash(&data).to_hex().as_str(), "{line}");
+    assert!(stored_file(&server, &id, "piped.bin") == data);
+    let empty =
+        client.run_with_stdin(&["send", "-", "--as", "empty", "--server", &server.address()], b"");
+    assert_eq!(code(&empty), Some(0), "{}", text(&empty.stderr));
+    assert_eq!(stored_file(&server, &id, "empty"), b"");
+
+    let unnamed = client.run_with_stdin(&["send", "-", "--server", &server.address()], b"x");
+    assert_eq!(code(&unnamed), Some(2), "{}", text(&unnamed.stderr));
+    assert!(text(&unnamed.stderr).contains("--as NAME"), "{}", text(&unnamed.stderr));
+    let old = Client::new();
+    let out =
+        old.run(&["register", "--server", &server.address(), "--name", "pipe3", "--protocol", "3"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let three = old.run_with_stdin(
+        &["send", "-", "--as", "p", "--protocol", "3", "--server", &server.address()],
+        b"x",
+    );
+    assert_eq!(code(&three), Some(2), "{}", text(&three.stderr));
+    assert!(text(&three.stderr).contains("needs protocol 4"), "{}", text(&three.stderr));
 }

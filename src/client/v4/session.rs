@@ -277,20 +277,65 @@ impl Session {
         let mut file = tokio::fs::File::open(path).await.map_err(open_error)?;
         let meta = file.metadata().await.map_err(open_error)?;
         let size = meta.len();
-        (self.events)(Event::SendStarted { path: path.to_owned(), bytes: size, attempt });
+        self.put_from(&mut file, path, Some(size), mtime_ns(&meta), stored_as, attempt).await
+    }
+
+    /// Sends standard input to be stored as `stored_as` (`send -`): a put of unknown
+    /// size, read to its end. It cannot be read twice, so a hash mismatch or a temporary
+    /// refusal is this file's error at once rather than a reason to send it again.
+    pub async fn send_stdin(&mut self, stored_as: &str) -> Result<Stored, V4Error> {
+        if let Some(why) = &self.broken {
+            return Err(V4Error::Conn(ConnError::Lost(why.clone())));
+        }
+        let stored_as: String = stored_as.nfc().collect();
+        names::check_path(&stored_as)
+            .map_err(|why| V4Error::BadName { name: stored_as.clone(), why: why.to_string() })?;
+        let path = Path::new("-");
+        // Standard input as a file (a pipe or a redirect), read on the blocking pool as a
+        // file is: a duplicate of fd 0, so nothing here closes the process's own.
+        let fd = std::os::fd::AsFd::as_fd(&std::io::stdin()).try_clone_to_owned();
+        let fd = fd.map_err(|cause| V4Error::Open { path: path.to_owned(), cause })?;
+        let mut stdin = tokio::fs::File::from_std(std::fs::File::from(fd));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i64::try_from(d.as_nanos()).ok())
+            .unwrap_or(0);
+        match self.put_from(&mut stdin, path, None, now, &stored_as, 1).await? {
+            Attempt::Stored(stored) => Ok(stored),
+            Attempt::Mismatch { .. } => {
+                Err(V4Error::Verification { path: path.to_owned(), attempts: 1 })
+            }
+            Attempt::Refused(error) => Err(V4Error::Refused { step: "sending the file", error }),
+        }
+    }
+
+    /// One put of `reader` (`size` bytes, or to its end when `None`), its `COMMIT`
+    /// pipelined behind it.
+    async fn put_from<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        path: &Path,
+        size: Option<u64>,
+        mtime_ns: i64,
+        stored_as: &str,
+        attempt: u32,
+    ) -> Result<Attempt, V4Error> {
+        let bytes = size.unwrap_or(0);
+        (self.events)(Event::SendStarted { path: path.to_owned(), bytes, attempt });
         let tag = self.conn.new_tag();
         let begin = PutBegin {
             no_clobber: self.no_clobber,
-            size: Some(size),
+            size,
             offset: 0,
             prefix_hash: NO_HASH,
-            mtime_ns: mtime_ns(&meta),
+            mtime_ns,
             path: stored_as.to_owned(),
         };
         let payload = begin.encode().map_err(V4Error::encode)?;
         let mut put = self.conn.request(FrameType::PutBegin, tag, &payload).await?;
-        let streamed = self.stream(&mut file, path, size, tag, &mut put).await?;
-        let Some(hash) = streamed else {
+        let streamed = self.stream(reader, path, size, tag, &mut put).await?;
+        let Some((hash, size)) = streamed else {
             // Refused while the data was going out: no COMMIT for it.
             return self.refusal_of(put).await;
         };
@@ -300,16 +345,19 @@ impl Session {
         self.outcome(&sent, put, committed).await
     }
 
-    /// `DATA` frames of the file, then `PUT_END`; returns the file's BLAKE3, or `None` when
-    /// the server refused the put before all of it was sent (sending stops there).
-    async fn stream(
+    /// `DATA` frames of the file, then `PUT_END`; returns the file's BLAKE3 and size, or
+    /// `None` when the server refused the put before all of it was sent (sending stops
+    /// there). A `size` of `None` reads `file` to its end.
+    async fn stream<R: tokio::io::AsyncRead + Unpin>(
         &mut self,
-        file: &mut tokio::fs::File,
+        file: &mut R,
         path: &Path,
-        size: u64,
+        size: Option<u64>,
         tag: u32,
         put: &mut AnswerFuture,
-    ) -> Result<Option<Hash>, V4Error> {
+    ) -> Result<Option<(Hash, u64)>, V4Error> {
+        let known = size;
+        let size = size.unwrap_or(u64::MAX);
         let mut chunk = DATA_CHUNK.min(self.welcome.max_data.max(1) as usize);
         let mut pace = self.limit_rate.map(|rate| {
             chunk = crate::client::pace::piece(rate, chunk);
@@ -326,6 +374,9 @@ impl Session {
             let n = read_up_to(file, &mut buf[..want])
                 .await
                 .map_err(|cause| V4Error::Open { path: path.to_owned(), cause })?;
+            if n == 0 && known.is_none() {
+                break;
+            }
             if n == 0 {
                 // The file shrank: the put cannot end honestly, so the connection is done.
                 self.broken = Some("a file shrank while it was being sent".into());
@@ -340,7 +391,7 @@ impl Session {
             (self.events)(Event::Progress(sent));
         }
         self.conn.write_frame(FrameType::PutEnd, tag, &[]).await?;
-        Ok(Some(*hasher.finalize().as_bytes()))
+        Ok(Some((*hasher.finalize().as_bytes(), sent)))
     }
 
     async fn refusal_of(&mut self, put: AnswerFuture) -> Result<Attempt, V4Error> {
@@ -415,7 +466,10 @@ fn server_broke(what: &str, e: crate::protocol::v4::FrameError) -> V4Error {
     V4Error::Conn(ConnError::ServerProtocol(format!("{what}: {e}")))
 }
 
-async fn read_up_to(file: &mut tokio::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+async fn read_up_to<R: tokio::io::AsyncRead + Unpin>(
+    file: &mut R,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..]).await? {
