@@ -16,6 +16,7 @@ mod python_interop;
 mod records;
 mod server;
 mod system_tools;
+mod v4_attacks;
 mod v4_client;
 mod v4_peer;
 mod v4_server;
