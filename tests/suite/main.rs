@@ -17,6 +17,7 @@ mod records;
 mod server;
 mod system_tools;
 mod v4_client;
+mod v4_fetch;
 mod v4_peer;
 mod v4_server;
 mod vectors;

@@ -1,0 +1,273 @@
+//! `LIST`, `GET` and `RM` served by the real binary (issue 15), spoken in raw frames: what
+//! a client gets back of its own files, in what order, at what size, and what it can never
+//! reach (another client's files, paths outside its space).
+
+use crate::common::v4::{self, Conn, Key, code};
+use crate::common::{self, Server};
+
+fn blake3(data: &[u8]) -> [u8; 32] {
+    *blake3::hash(data).as_bytes()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Connects, says HELLO, registers as `name`; the connection and the id.
+fn registered(server: &Server, key: &Key, name: &str) -> (Conn, [u8; 16]) {
+    let (mut conn, _) = Conn::hello(server.addr, key);
+    let (id, _) = v4::registered(&conn.register(name, None));
+    (conn, id)
+}
+
+fn store(conn: &mut Conn, path: &str, data: &[u8]) -> u64 {
+    let (received, committed) = conn.put_and_commit(path, data, blake3(data));
+    v4::put_received(&received);
+    v4::committed(&committed).0
+}
+
+/// The server's database, opened beside it (WAL: the server keeps writing meanwhile).
+fn database(server: &Server) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(server.dir.join("server.db")).expect("the database");
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db
+}
+
+#[test]
+fn a_client_lists_gets_and_removes_its_own_files() {
+    let server = Server::start(&[]);
+    let (mut conn, id) = registered(&server, &Key::ed25519(), "alice");
+    let files: [(&str, Vec<u8>); 3] = [
+        ("zeta.txt", b"last".to_vec()),
+        ("Alpha.bin", common::random_bytes(3 * 1024 * 1024 + 17, 5)),
+        ("é.txt", b"accent".to_vec()),
+    ];
+    let mut generations = Vec::new();
+    for (path, data) in &files {
+        generations.push(store(&mut conn, path, data));
+    }
+    let (entries, end) = conn.list(true, "").expect("a listing");
+    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["Alpha.bin", "zeta.txt", "é.txt"], "byte order of the paths");
+    let alpha = &entries[0];
+    assert_eq!((alpha.kind, alpha.flags, alpha.size), (1, 0x01, files[1].1.len() as u64));
+    assert_eq!((alpha.hash, alpha.generation), (blake3(&files[1].1), generations[1]));
+    assert_eq!((alpha.mtime_ns, alpha.versions), (v4::MTIME_NS, 0));
+    assert!(alpha.stored_at > 1_700_000_000);
+    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    assert_eq!(end[..3], [3, total, total]);
+    assert_eq!((end[3], end[4], end[5]), (u64::MAX, 3, u64::MAX));
+    // A file path lists its one entry.
+    let (one, end) = conn.list(false, "zeta.txt").expect("one entry");
+    assert_eq!((one.len(), one[0].path.as_str(), end[0]), (1, "zeta.txt", 1));
+
+    let (begin, data, hash) = conn.get("Alpha.bin").expect("a download");
+    assert!(data == files[1].1, "the bytes come back as sent");
+    assert_eq!(hash, blake3(&files[1].1));
+    let (size, generation, mtime, flags, recorded) = v4::get_begin(&begin);
+    assert_eq!(
+        (size, generation, mtime, flags),
+        (data.len() as u64, generations[1], v4::MTIME_NS, 1)
+    );
+    assert_eq!(recorded, hash);
+
+    // Removed, kept as a version (--keep-versions 1), gone from the listing.
+    assert_eq!(conn.rm("zeta.txt").expect("removed"), [1, 4, 1]);
+    let (entries, _) = conn.list(true, "").expect("a listing");
+    assert_eq!(entries.len(), 2);
+    assert_eq!(conn.get("zeta.txt").unwrap_err().1.code, code::NOT_FOUND);
+    assert_eq!(conn.rm("zeta.txt").unwrap_err().code, code::NOT_FOUND);
+    assert!(!server.storage().join(hex(&id)).join("zeta.txt").exists());
+    let versions: i64 = database(&server)
+        .query_row("SELECT count(*) FROM versions WHERE Name = 'zeta.txt'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(versions, 1, "the removed copy is a version db restore can bring back");
+    // Another copy of the name lists its kept version.
+    store(&mut conn, "zeta.txt", b"again");
+    let (one, _) = conn.list(false, "zeta.txt").expect("one entry");
+    assert_eq!(one[0].versions, 1);
+}
+
+#[test]
+fn with_keep_versions_0_a_removed_file_is_deleted_outright() {
+    let server = Server::start(&["--keep-versions", "0"]);
+    let (mut conn, id) = registered(&server, &Key::ed25519(), "bo");
+    store(&mut conn, "a", b"12345");
+    assert_eq!(conn.rm("a").expect("removed"), [1, 5, 0]);
+    let dir = server.storage().join(hex(&id));
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "{left:?}");
+    let listed = conn.list(true, "").expect("a listing");
+    assert_eq!(
+        (listed.0.len(), listed.1[0]),
+        (0, 0),
+        "an empty space lists nothing, not not_found"
+    );
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_each_whole() {
+    let server = Server::start(&[]);
+    let (mut conn, _) = registered(&server, &Key::ed25519(), "carol");
+    let a = common::random_bytes(2 * 1024 * 1024 + 1, 8);
+    let b = common::random_bytes(100, 9);
+    store(&mut conn, "a", &a);
+    store(&mut conn, "b", &b);
+    let tags: Vec<u32> = (0..5).map(|_| conn.tag()).collect();
+    let mut burst = Vec::new();
+    burst.extend(v4::frame(v4::GET, tags[0], &v4::get_payload(0, 0, "a")));
+    burst.extend(v4::frame(v4::GET, tags[1], &v4::get_payload(0, 0, "missing")));
+    burst.extend(v4::frame(v4::LIST, tags[2], &v4::list_payload(true, "")));
+    burst.extend(v4::frame(v4::GET, tags[3], &v4::get_payload(0, 0, "b")));
+    burst.extend(v4::frame(v4::GET, tags[4], &v4::get_payload(0, 0, "a")));
+    conn.send_raw(&burst);
+    assert!(conn.read_get(tags[0]).expect("a").1 == a);
+    assert_eq!(conn.read_get(tags[1]).unwrap_err().1.code, code::NOT_FOUND);
+    assert_eq!(conn.read_list(tags[2]).expect("the listing").0.len(), 2);
+    assert!(conn.read_get(tags[3]).expect("b").1 == b);
+    assert!(conn.read_get(tags[4]).expect("a again").1 == a);
+}
+
+#[test]
+fn a_resumed_get_skips_the_prefix_but_hashes_it_and_a_changed_copy_is_a_conflict() {
+    let server = Server::start(&[]);
+    let (mut conn, _) = registered(&server, &Key::ed25519(), "dan");
+    let data = common::random_bytes(1_500_000, 3);
+    let generation = store(&mut conn, "f", &data);
+    let tag = conn.tag();
+    conn.send(v4::GET, tag, &v4::get_payload(1_000_000, generation, "f"));
+    let (_, rest, hash) = conn.read_get(tag).expect("the rest");
+    assert!(rest == data[1_000_000..]);
+    assert_eq!(hash, blake3(&data), "the hash covers the whole file");
+    let tag = conn.tag();
+    conn.send(v4::GET, tag, &v4::get_payload(10, generation + 100, "f"));
+    assert_eq!(conn.read_get(tag).unwrap_err().1.code, code::CONFLICT);
+    let tag = conn.tag();
+    conn.send(v4::GET, tag, &v4::get_payload(2_000_000, generation, "f"));
+    assert_eq!(conn.read_get(tag).unwrap_err().1.code, code::CONFLICT, "past the end");
+}
+
+#[test]
+fn bad_paths_and_unknown_names_are_refused_and_the_connection_goes_on() {
+    let server = Server::start(&[]);
+    let (mut conn, _) = registered(&server, &Key::ed25519(), "eve");
+    store(&mut conn, "ok", b"fine");
+    for path in ["../ok", "/ok", "a//b", "a\\b", ".", "x\u{7}", "e\u{301}"] {
+        assert_eq!(conn.get(path).unwrap_err().1.code, code::NAME_REFUSED, "GET {path:?}");
+        assert_eq!(conn.rm(path).unwrap_err().code, code::NAME_REFUSED, "RM {path:?}");
+        assert_eq!(conn.list(true, path).unwrap_err().code, code::NAME_REFUSED, "LIST {path:?}");
+    }
+    assert_eq!(conn.get("").unwrap_err().1.code, code::NAME_REFUSED, "GET of nothing");
+    assert_eq!(conn.get("nope").unwrap_err().1.code, code::NOT_FOUND);
+    assert_eq!(conn.list(false, "nope").unwrap_err().code, code::NOT_FOUND);
+    let refused = conn.rm("nope").unwrap_err();
+    assert_eq!((refused.code, refused.closes), (code::NOT_FOUND, false));
+    assert!(refused.message.contains("nope"), "{refused:?}");
+    assert_eq!(conn.get("ok").expect("still served").1, b"fine");
+}
+
+#[test]
+fn a_stranger_gets_not_registered_for_list_get_and_rm() {
+    let server = Server::start(&[]);
+    let (mut conn, _) = Conn::hello(server.addr, &Key::ed25519());
+    assert_eq!(conn.list(true, "").unwrap_err().code, code::NOT_REGISTERED);
+    assert_eq!(conn.get("a").unwrap_err().1.code, code::NOT_REGISTERED);
+    assert_eq!(conn.rm("a").unwrap_err().code, code::NOT_REGISTERED);
+}
+
+#[test]
+fn one_client_can_never_list_get_or_remove_anothers_files() {
+    let server = Server::start(&[]);
+    let (mut alice, alice_id) = registered(&server, &Key::ed25519(), "alice");
+    store(&mut alice, "secret", b"alice's");
+    let (mut bob, _) = registered(&server, &Key::ed25519(), "bob");
+    let (entries, end) = bob.list(true, "").expect("bob's listing");
+    assert!(entries.is_empty() && end[0] == 0, "{entries:?}");
+    assert_eq!(bob.list(false, "secret").unwrap_err().code, code::NOT_FOUND);
+    assert_eq!(bob.get("secret").unwrap_err().1.code, code::NOT_FOUND);
+    assert_eq!(bob.rm("secret").unwrap_err().code, code::NOT_FOUND);
+    // Alice's id as a path component is just a name in bob's space.
+    let via_id = format!("{}/secret", hex(&alice_id));
+    assert_eq!(bob.get(&via_id).unwrap_err().1.code, code::NOT_FOUND);
+    assert_eq!(bob.get("../secret").unwrap_err().1.code, code::NAME_REFUSED);
+    assert_eq!(alice.get("secret").expect("alice's own").1, b"alice's");
+}
+
+#[test]
+fn a_listing_of_thousands_of_files_streams_complete_in_byte_order_over_many_frames() {
+    let server = Server::start(&[]);
+    let (mut conn, id) = registered(&server, &Key::ed25519(), "frank");
+    let id_hex = hex(&id);
+    // 3,000 rows with long names, written beside the server: uploads would take minutes.
+    let mut db = database(&server);
+    let tx = db.transaction().unwrap();
+    let mut names: Vec<String> = (0..3000u32)
+        .map(|i| format!("{:0>200}-{}", (i * 7919) % 3000, "x".repeat(i as usize % 50)))
+        .collect();
+    for name in &names {
+        tx.execute(
+            "INSERT INTO files (ID, FileName, PathName, Verified, Size, StoredAt, Protocol)
+             VALUES (?1, ?2, ?3, 1, 1, datetime('now'), 3)",
+            rusqlite::params![&id[..], name, format!("{id_hex}/{name}")],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let tag = conn.tag();
+    conn.send(v4::LIST, tag, &v4::list_payload(true, ""));
+    let (mut got, mut frames) = (Vec::new(), 0);
+    loop {
+        let frame = conn.read().expect("the listing");
+        assert_eq!(frame.tag, tag);
+        if frame.frame_type == v4::LIST_END {
+            assert_eq!(v4::list_end(&frame)[..2], [3000, 3000]);
+            break;
+        }
+        assert!(frame.payload.len() <= 65_536);
+        frames += 1;
+        got.extend(v4::list_entries(&frame).into_iter().map(|e| (e.path, e.flags)));
+    }
+    names.sort();
+    let paths: Vec<&String> = got.iter().map(|(p, _)| p).collect();
+    assert_eq!(paths, names.iter().collect::<Vec<_>>(), "complete, each once, in byte order");
+    assert!(got.iter().all(|(_, flags)| *flags == 0x04), "protocol 3, no hash yet");
+    assert!(frames >= 8, "{frames} LIST_ENTRIES frames for ~770 KB of entries");
+}
+
+#[test]
+fn a_protocol_3_copy_gets_its_blake3_recorded_on_first_read_and_a_damaged_copy_is_corrupt() {
+    let server = Server::start(&[]);
+    let (mut conn, id) = registered(&server, &Key::ed25519(), "gus");
+    let dir = server.storage().join(hex(&id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let old = common::random_bytes(70_000, 4);
+    std::fs::write(dir.join("old.bin"), &old).unwrap();
+    database(&server)
+        .execute(
+            "INSERT INTO files (ID, FileName, PathName, Verified, Size, StoredAt, Protocol)
+             VALUES (?1, 'old.bin', ?2, 1, ?3, datetime('now'), 3)",
+            rusqlite::params![&id[..], format!("{}/old.bin", hex(&id)), old.len() as i64],
+        )
+        .unwrap();
+    let (begin, data, hash) = conn.get("old.bin").expect("a protocol-3 copy");
+    assert!(data == old);
+    assert_eq!(hash, blake3(&old));
+    assert_eq!(v4::get_begin(&begin).3, 0x04, "protocol 3, hash not known yet");
+    let (begin, _, _) = conn.get("old.bin").expect("again");
+    assert_eq!(v4::get_begin(&begin).3, 0x05, "hash known from now on");
+    assert_eq!(v4::get_begin(&begin).4, blake3(&old));
+
+    // A copy changed behind the server's back is refused in place of GET_END.
+    store(&mut conn, "new.bin", &old);
+    let mut damaged = old.clone();
+    damaged[69_999] ^= 1;
+    std::fs::write(dir.join("new.bin"), &damaged).unwrap();
+    let (sent, error) = conn.get("new.bin").unwrap_err();
+    assert_eq!((sent.len(), error.code), (old.len(), code::CORRUPT), "{error:?}");
+    // Longer and shorter than the record.
+    std::fs::write(dir.join("new.bin"), &old[..100]).unwrap();
+    assert_eq!(conn.get("new.bin").unwrap_err().1.code, code::CORRUPT);
+    std::fs::write(dir.join("new.bin"), [&old[..], b"x"].concat()).unwrap();
+    assert_eq!(conn.get("new.bin").unwrap_err().1.code, code::CORRUPT);
+    assert_eq!(conn.get("old.bin").expect("the connection goes on").1.len(), old.len());
+}
