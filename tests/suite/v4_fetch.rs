@@ -271,3 +271,229 @@ fn a_protocol_3_copy_gets_its_blake3_recorded_on_first_read_and_a_damaged_copy_i
     assert_eq!(conn.get("new.bin").unwrap_err().1.code, code::CORRUPT);
     assert_eq!(conn.get("old.bin").expect("the connection goes on").1.len(), old.len());
 }
+
+// ---------------------------------------------------------------------------------------
+// ls, get and rm through the real binary: against `securexfer serve`, and against the
+// scripted peer for a server that lies.
+
+use crate::v4_client::{Client, code, text};
+use crate::v4_peer::{GetLie, Peer, Script};
+
+/// A client registered with `server` as `name`, holding `files` sent over protocol 4.
+fn client_with(server: &Server, name: &str, files: &[(&str, &[u8])]) -> Client {
+    let client = Client::new();
+    let addr = server.addr.to_string();
+    let out = client.run(&["register", "--server", &addr, "--name", name]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let mut args = vec!["send", "--server", &addr];
+    for (file, data) in files {
+        client.file(file, data);
+        args.push(file);
+    }
+    if !files.is_empty() {
+        let out = client.run(&args);
+        assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    }
+    client
+}
+
+#[test]
+fn send_then_ls_get_and_rm_through_the_binary_give_back_the_same_bytes() {
+    let server = Server::start(&[]);
+    let addr = server.addr.to_string();
+    let big = common::random_bytes(5 * 1024 * 1024 + 3, 77);
+    let client =
+        client_with(&server, "alice", &[("big.bin", &big), ("notes.txt", b"some notes\n")]);
+
+    let out = client.run(&["ls", "--server", &addr]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 2, "{listing}");
+    assert!(lines[0].ends_with("  big.bin") && lines[0].contains(" 5 MiB "), "{listing}");
+    assert!(lines[0].contains(&hex(&blake3(&big))[..16]), "{listing}");
+    assert!(lines[1].ends_with("  notes.txt"), "{listing}");
+    let out = client.run(&["ls", "--server", &addr, "*.txt", "--json"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let docs: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(docs.len(), 2, "one file and the summary");
+    assert_eq!(docs[0]["name"], "notes.txt");
+    assert_eq!(docs[0]["size"], 11);
+    assert_eq!(docs[0]["blake3"], hex(&blake3(b"some notes\n")));
+    assert_eq!(
+        (docs[1]["summary"].as_bool(), docs[1]["files_used"].as_u64()),
+        (Some(true), Some(2))
+    );
+
+    // Downloads land in the directory given, identical; an existing file needs --force.
+    let into = client.path().join("down");
+    std::fs::create_dir(&into).unwrap();
+    let dir = into.to_str().unwrap();
+    let out = client.run(&["get", "big.bin", "notes.txt", "-o", dir, "--server", &addr]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert!(std::fs::read(into.join("big.bin")).unwrap() == big);
+    assert_eq!(std::fs::read(into.join("notes.txt")).unwrap(), b"some notes\n");
+    assert_eq!(text(&out.stdout).matches(": verified").count(), 2, "{}", text(&out.stdout));
+    std::fs::write(into.join("notes.txt"), b"mine").unwrap();
+    let out = client.run(&["get", "notes.txt", "-o", dir, "--server", &addr]);
+    assert_eq!(code(&out), Some(6), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--force"), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(into.join("notes.txt")).unwrap(), b"mine", "left alone");
+    let out = client.run(&["get", "notes.txt", "-o", dir, "--force", "--server", &addr, "--json"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(into.join("notes.txt")).unwrap(), b"some notes\n");
+    let doc: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (doc["status"].as_str(), doc["blake3"].as_str()),
+        (Some("verified"), Some(&*hex(&blake3(b"some notes\n"))))
+    );
+    let out = client.run(&["get", "notes.txt", "-o", "-", "--server", &addr]);
+    assert_eq!((code(&out), out.stdout.as_slice()), (Some(0), &b"some notes\n"[..]));
+    let left: Vec<_> = std::fs::read_dir(&into).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left.len(), 2, "no temporary file left: {left:?}");
+
+    // Removed: gone from ls, and a get or rm of it says so, exit 4.
+    let out = client.run(&["rm", "notes.txt", "--server", &addr]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("removed notes.txt"), "{}", text(&out.stdout));
+    let gone = [
+        vec!["get", "notes.txt", "-o", dir, "--force"],
+        vec!["rm", "notes.txt"],
+        vec!["ls", "notes.txt"],
+    ];
+    for mut args in gone {
+        args.extend(["--server", addr.as_str()]);
+        let out = client.run(&args);
+        assert_eq!(code(&out), Some(4), "{args:?}: {}", text(&out.stderr));
+        let expected = format!("not found: notes.txt on {addr}");
+        assert!(text(&out.stderr).contains(&expected), "{args:?}: {}", text(&out.stderr));
+    }
+    assert_eq!(
+        std::fs::read(into.join("notes.txt")).unwrap(),
+        b"some notes\n",
+        "a failed get --force keeps the local file"
+    );
+    let out = client.run(&["ls", "--server", &addr]);
+    assert_eq!(text(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn another_client_cannot_list_get_or_remove_a_clients_files_through_the_binary() {
+    let server = Server::start(&[]);
+    let addr = server.addr.to_string();
+    let alice = client_with(&server, "alice", &[("secret.txt", b"alice's secret")]);
+    let bob = client_with(&server, "bob", &[]);
+    let out = bob.run(&["ls", "--server", &addr]);
+    assert_eq!((code(&out), text(&out.stdout)), (Some(0), String::new()));
+    let out = bob.run(&["get", "secret.txt", "--server", &addr]);
+    assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
+    assert!(!bob.path().join("secret.txt").exists());
+    let out = bob.run(&["rm", "secret.txt", "--server", &addr]);
+    assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
+    let out = alice.run(&["get", "secret.txt", "-o", "-", "--server", &addr]);
+    assert_eq!(out.stdout, b"alice's secret", "{}", text(&out.stderr));
+}
+
+#[test]
+fn ls_get_and_rm_need_protocol_4_and_a_known_client() {
+    let server = Server::start(&[]);
+    let addr = server.addr.to_string();
+    let client = Client::new();
+    for command in ["ls", "get", "rm"] {
+        let mut args = vec![command, "--server", &addr, "--protocol", "3"];
+        if command != "ls" {
+            args.push("a");
+        }
+        let out = client.run(&args);
+        assert_eq!(code(&out), Some(2), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("needs protocol 4"), "{}", text(&out.stderr));
+    }
+    let out = client.run(&["ls", "--server", &addr]);
+    assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("register"), "{}", text(&out.stderr));
+}
+
+fn peer_with(lie: GetLie, extra_listed: &[&str]) -> Peer {
+    Peer::start(Script {
+        registered: true,
+        stored: vec![("a.bin".into(), common::random_bytes(600 * 1024, 3))],
+        get_lie: lie,
+        extra_listed: extra_listed.iter().map(|p| (*p).to_owned()).collect(),
+        ..Script::default()
+    })
+}
+
+#[test]
+fn a_server_sending_more_or_fewer_bytes_or_another_hash_leaves_nothing_under_the_name() {
+    for (lie, exit, says) in [
+        (GetLie::ExtraBytes, 4, "more than the"),
+        (GetLie::FewerBytes, 4, "bytes it announced"),
+        (GetLie::WrongHash, 5, "did not arrive intact"),
+        (GetLie::WrongRecordedHash, 5, "recorded"),
+    ] {
+        let peer = peer_with(lie, &[]);
+        let client = Client::new();
+        let out = client.run(&["get", "a.bin", "--server", &peer.addr]);
+        assert_eq!(code(&out), Some(exit), "{lie:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(says), "{lie:?}: {}", text(&out.stderr));
+        let left: Vec<_> = std::fs::read_dir(client.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "config")
+            .collect();
+        assert!(left.is_empty(), "{lie:?}: nothing written, no temporary file: {left:?}");
+    }
+    let peer = peer_with(GetLie::Honest, &[]);
+    let client = Client::new();
+    let out = client.run(&["get", "a.bin", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(client.path().join("a.bin")).unwrap().len(), 600 * 1024);
+}
+
+#[test]
+fn a_listing_naming_a_path_outside_the_space_is_the_servers_protocol_error() {
+    for bad in ["../escape", "/etc/passwd", "a/../../b", "b\\..\\c"] {
+        let peer = peer_with(GetLie::Honest, &[bad]);
+        let client = Client::new();
+        let out = client.run(&["ls", "--server", &peer.addr]);
+        assert_eq!(code(&out), Some(4), "{bad:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains("path rules"), "{bad:?}: {}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn a_disk_that_fills_during_a_download_leaves_no_file_under_the_name() {
+    use std::os::unix::process::CommandExt;
+    let server = Server::start(&[]);
+    let addr = server.addr.to_string();
+    let data = common::random_bytes(3 * 1024 * 1024, 12);
+    let client = client_with(&server, "full", &[("big.bin", &data)]);
+    let into = client.path().join("down");
+    std::fs::create_dir(&into).unwrap();
+    let mut command = common::command();
+    command
+        .env_remove("SECUREXFER_PROTOCOL")
+        .env("XDG_CONFIG_HOME", client.path().join("config"))
+        .env("HOME", client.path())
+        .current_dir(client.path())
+        .args(["get", "big.bin", "-o", into.to_str().unwrap(), "--server", &addr]);
+    // Files may grow to 1 MiB only: a write beyond fails (EFBIG) as on a full disk.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    assert_eq!(code(&out), Some(6), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cannot write"), "{}", text(&out.stderr));
+    let left: Vec<_> = std::fs::read_dir(&into).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "no partial file, under its name or any: {left:?}");
+}

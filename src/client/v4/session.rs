@@ -50,12 +50,13 @@ pub struct Stored {
 
 /// A registered client on one connection.
 pub struct Session {
-    conn: Connection,
+    pub(super) conn: Connection,
     /// What the server said in `WELCOME`.
     pub welcome: Welcome,
     events: Box<dyn FnMut(Event) + Send>,
-    /// The connection is out of step (a put was cut short): nothing more goes on it.
-    broken: Option<String>,
+    /// The connection is out of step (a put was cut short, a server broke an answer):
+    /// nothing more goes on it.
+    pub(super) broken: Option<String>,
 }
 
 impl std::fmt::Debug for Session {
@@ -381,7 +382,7 @@ fn put_answered(put: &mut AnswerFuture) -> bool {
     !put.is_empty() || put.is_terminated()
 }
 
-fn server_broke(what: &str, e: crate::protocol::v4::FrameError) -> V4Error {
+pub(super) fn server_broke(what: &str, e: crate::protocol::v4::FrameError) -> V4Error {
     V4Error::Conn(ConnError::ServerProtocol(format!("{what}: {e}")))
 }
 
