@@ -196,7 +196,7 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     };
     let (server, mut four) = connect("get", &args.client)?;
     let mut run = GetRun { args: &args, server: &server, worst: 0, got: 0, failed: 0 };
-    let mut ahead: VecDeque<(String, Result<(PathBuf, PendingGet), V4Error>)> = VecDeque::new();
+    let mut ahead: VecDeque<(String, Prepared)> = VecDeque::new();
     let mut names = args.names.iter();
     let mut stopped = false;
     loop {
@@ -232,13 +232,11 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(run.worst))
 }
 
+/// A name's local file and its `GET` sent, or why not.
+type Prepared = Result<(PathBuf, PendingGet), V4Error>;
+
 /// Where `name` goes, checked to be free (unless `force`), and its `GET` sent.
-async fn prepare(
-    session: &mut Session,
-    target: &Target,
-    name: &str,
-    force: bool,
-) -> Result<(PathBuf, PendingGet), V4Error> {
+async fn prepare(session: &mut Session, target: &Target, name: &str, force: bool) -> Prepared {
     let local = match target {
         Target::Stdout => PathBuf::from("-"),
         Target::Dir(dir) => {

@@ -27,12 +27,11 @@ fn match_from(p: &[char], n: &[char]) -> bool {
                 continue;
             }
             Some(&c) => {
-                if let Some((matched, len)) = one(&p[pi..], n[ni]).or_else(|| literal(c, n[ni])) {
-                    if matched {
-                        pi += len;
-                        ni += 1;
-                        continue;
-                    }
+                let (matched, len) = one(&p[pi..], n[ni]).unwrap_or((c == n[ni], 1));
+                if matched {
+                    pi += len;
+                    ni += 1;
+                    continue;
                 }
             }
             None => {}
@@ -48,11 +47,6 @@ fn match_from(p: &[char], n: &[char]) -> bool {
         }
     }
     p[pi..].iter().all(|&c| c == '*')
-}
-
-/// A literal character (`[` with no closing `]` too): whether it matches, and its length.
-fn literal(c: char, n: char) -> Option<(bool, usize)> {
-    Some((c == n, 1))
 }
 
 /// `?` or a `[set]` at the start of `p` against `n`: whether it matches and how many

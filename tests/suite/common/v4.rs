@@ -435,6 +435,10 @@ pub fn registered(frame: &Frame) -> ([u8; 16], String) {
     (p[..16].try_into().unwrap(), String::from_utf8(p[17..17 + len].to_vec()).unwrap())
 }
 
+/// A `GET` answer: its `GET_BEGIN`, the bytes and the `GET_END` hash, or the bytes that came
+/// before the `ERROR` that ended it.
+pub type GetAnswer = Result<(Frame, Vec<u8>, [u8; 32]), (Vec<u8>, ErrorAnswer)>;
+
 /// `LIST recursive path`, laid out by hand.
 pub fn list_payload(recursive: bool, path: &str) -> Vec<u8> {
     let mut out = vec![u8::from(recursive)];
@@ -540,20 +544,14 @@ impl Conn {
 
     /// `GET path`; the `GET_BEGIN` frame, the bytes, and the `GET_END` hash, or the
     /// `ERROR` that ended the answer (with the bytes before it).
-    pub fn get(
-        &mut self,
-        path: &str,
-    ) -> Result<(Frame, Vec<u8>, [u8; 32]), (Vec<u8>, ErrorAnswer)> {
+    pub fn get(&mut self, path: &str) -> GetAnswer {
         let tag = self.tag();
         self.send(GET, tag, &get_payload(0, 0, path));
         self.read_get(tag)
     }
 
     /// The answer to the `GET` under `tag`.
-    pub fn read_get(
-        &mut self,
-        tag: u32,
-    ) -> Result<(Frame, Vec<u8>, [u8; 32]), (Vec<u8>, ErrorAnswer)> {
+    pub fn read_get(&mut self, tag: u32) -> GetAnswer {
         let first = self.read().expect("an answer to GET");
         assert_eq!(first.tag, tag, "{first:?}");
         if let Some(error) = error_of(&first) {
