@@ -25,6 +25,29 @@ use std::process::ExitCode;
 /// never waits for the client's next request between files.
 const GETS_AHEAD: usize = 8;
 
+/// The temporary file a download is being written to, for Ctrl-C to delete.
+type Current = std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>;
+
+/// Ctrl-C during `get` deletes the temporary file being written (nothing is left, under
+/// the name or beside it), says which file was interrupted and exits 130.
+fn tidy_on_interrupt(current: &Current) {
+    let flag: &'static std::sync::atomic::AtomicBool = securexfer::sys::catch_interrupt();
+    let current = std::sync::Arc::clone(current);
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let temp = current.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(temp) = temp {
+                    let _ = std::fs::remove_file(&temp);
+                }
+                eprintln!("securexfer: interrupted: the download under way was not kept");
+                std::process::exit(i32::from(super::progress::INTERRUPTED));
+            }
+        }
+    });
+}
+
 /// ls, get and rm cannot be served: the server does not speak protocol 4, or does not know
 /// this client (exit code 4, a refusal).
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +218,8 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         Target::Dir(args.output.clone())
     };
     let (server, mut four) = connect("get", &args.client)?;
+    let current = Current::default();
+    tidy_on_interrupt(&current);
     let mut run = GetRun { args: &args, server: &server, worst: 0, got: 0, failed: 0 };
     let mut ahead: VecDeque<(String, Prepared)> = VecDeque::new();
     let mut names = args.names.iter();
@@ -208,7 +233,8 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         let Some((name, sent)) = ahead.pop_front() else { break };
         let result = match sent {
             Ok((local, pending)) => {
-                receive(&four.runtime, &mut four.session, &target, &local, pending, args.force)
+                let how = Receive { target: &target, force: args.force, current: &current };
+                receive(&four.runtime, &mut four.session, &how, &local, pending)
             }
             Err(e) => Err(e),
         };
@@ -260,17 +286,23 @@ async fn prepare(session: &mut Session, target: &Target, name: &str, force: bool
     Ok((local, pending))
 }
 
+/// How a download is received.
+struct Receive<'a> {
+    target: &'a Target,
+    force: bool,
+    current: &'a Current,
+}
+
 /// Receives one download: into a temporary file beside its target, synced and renamed
 /// into place only once verified (a failure leaves nothing under the name), or to stdout.
 fn receive(
     runtime: &tokio::runtime::Runtime,
     session: &mut Session,
-    target: &Target,
+    how: &Receive<'_>,
     local: &Path,
     pending: PendingGet,
-    force: bool,
 ) -> Result<(Fetched, PathBuf), V4Error> {
-    let Target::Dir(dir) = target else {
+    let Target::Dir(dir) = how.target else {
         let mut stdout = std::io::stdout().lock();
         let fetched =
             runtime.block_on(session.receive_get(pending, &mut stdout, local, |_, _| {}))?;
@@ -282,7 +314,11 @@ fn receive(
         .prefix(".securexfer-get-")
         .tempfile_in(dir)
         .map_err(write_error)?;
+    let set = |path: Option<PathBuf>| *how.current.lock().unwrap_or_else(|p| p.into_inner()) = path;
+    set(Some(temp.path().to_owned()));
     let mut out = std::io::BufWriter::with_capacity(1 << 20, temp);
+    // On an error the temporary file deletes itself when dropped; a stale path left in
+    // `current` names nothing.
     let fetched = runtime.block_on(session.receive_get(pending, &mut out, local, |_, _| {}))?;
     let temp = out.into_inner().map_err(|e| write_error(e.into_error()))?;
     temp.as_file().sync_all().map_err(write_error)?;
@@ -292,8 +328,9 @@ fn receive(
     }
     // Without --force the rename refuses a file that appeared meanwhile (a link, not a
     // rename over it).
-    let placed = if force { temp.persist(local) } else { temp.persist_noclobber(local) };
+    let placed = if how.force { temp.persist(local) } else { temp.persist_noclobber(local) };
     placed.map_err(|e| write_error(e.error))?;
+    set(None);
     Ok((fetched, local.to_owned()))
 }
 

@@ -481,6 +481,7 @@ fn a_disk_that_fills_during_a_download_leaves_no_file_under_the_name() {
         .current_dir(client.path())
         .args(["get", "big.bin", "-o", into.to_str().unwrap(), "--server", &addr]);
     // Files may grow to 1 MiB only: a write beyond fails (EFBIG) as on a full disk.
+    // SAFETY: between fork and exec only async-signal-safe calls (signal, setrlimit).
     unsafe {
         command.pre_exec(|| {
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
@@ -496,4 +497,76 @@ fn a_disk_that_fills_during_a_download_leaves_no_file_under_the_name() {
     assert!(text(&out.stderr).contains("cannot write"), "{}", text(&out.stderr));
     let left: Vec<_> = std::fs::read_dir(&into).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "no partial file, under its name or any: {left:?}");
+}
+
+/// The peak resident memory of a running process so far (VmHWM), from /proc.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+#[test]
+fn a_large_download_is_streamed_at_constant_memory() {
+    let server = Server::start(&[]);
+    let addr = server.addr.to_string();
+    let size = 160 * 1024 * 1024 + 5;
+    let data = common::random_bytes(size, 99);
+    let client = client_with(&server, "big", &[("huge.bin", &data)]);
+    std::fs::remove_file(client.path().join("huge.bin")).unwrap();
+    let mut child = common::command()
+        .env_remove("SECUREXFER_PROTOCOL")
+        .env("XDG_CONFIG_HOME", client.path().join("config"))
+        .env("HOME", client.path())
+        .current_dir(client.path())
+        .args(["get", "huge.bin", "--server", &addr, "--quiet"])
+        .spawn()
+        .unwrap();
+    let mut peak = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        peak = peak.max(peak_rss(child.id()).unwrap_or(0));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert!(status.success());
+    assert!(std::fs::read(client.path().join("huge.bin")).unwrap() == data);
+    assert!(peak > 0, "the client's memory was seen");
+    assert!(peak < 48 << 20, "a 160 MiB download peaked at {} MiB", peak >> 20);
+}
+
+#[test]
+fn ctrl_c_during_a_download_leaves_nothing_behind_and_exits_130() {
+    let peer = peer_with(GetLie::Stall, &[]);
+    let client = Client::new();
+    let mut child = common::command()
+        .env_remove("SECUREXFER_PROTOCOL")
+        .env("XDG_CONFIG_HOME", client.path().join("config"))
+        .env("HOME", client.path())
+        .current_dir(client.path())
+        .args(["get", "a.bin", "--server", &peer.addr])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let written = |client: &Client| -> Vec<String> {
+        std::fs::read_dir(client.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "config")
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    while written(&client).is_empty() && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let temp = written(&client);
+    assert!(temp.len() == 1 && temp[0].starts_with(".securexfer-get-"), "{temp:?}");
+    // SAFETY: a signal to the child this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(130), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("interrupted"), "{}", text(&out.stderr));
+    assert!(written(&client).is_empty(), "{:?}", written(&client));
 }

@@ -56,6 +56,8 @@ pub(crate) enum GetLie {
     WrongHash,
     /// `GET_BEGIN` with another recorded hash than the bytes'.
     WrongRecordedHash,
+    /// `GET_BEGIN` and the first `DATA`, then nothing (the connection stays open).
+    Stall,
 }
 
 /// What the peer saw.
@@ -360,6 +362,10 @@ fn get(tag: u32, p: &[u8], script: &Script) -> Out {
         _ => {}
     }
     out.extend(body.chunks(256 * 1024).map(|c| (FrameType::GetData, tag, c.to_vec())));
+    if script.get_lie == GetLie::Stall {
+        out.truncate(2);
+        return out;
+    }
     let end = if script.get_lie == GetLie::WrongHash { other } else { hash };
     out.push((FrameType::GetEnd, tag, GetEnd { hash: end }.encode()));
     out
