@@ -87,7 +87,7 @@ impl Session {
                         if let Err(why) = check_entry(&entry, &path, recursive, last.as_deref()) {
                             return Err(self.broke(why));
                         }
-                        last = Some(entry.path.clone());
+                        last = Some(order_key(&entry));
                         each(entry);
                     }
                 }
@@ -216,7 +216,18 @@ fn refusal(step: &'static str, part: &Part) -> Result<V4Error, V4Error> {
     Ok(V4Error::Refused { step, error })
 }
 
-/// Why a listing entry is one no honest server sends, if it is.
+/// Where an entry sorts: the server streams the paths it holds in byte order, so a folder
+/// (standing for the paths below it) sorts as its path and a `/`: `b.txt` comes before the
+/// folder `b`, whose files are `b/…`.
+fn order_key(entry: &ListEntry) -> String {
+    match entry.kind {
+        EntryKind::Folder => format!("{}/", entry.path),
+        EntryKind::File => entry.path.clone(),
+    }
+}
+
+/// Why a listing entry is one no honest server sends, if it is (`last`: the order key of
+/// the entry before it).
 fn check_entry(
     entry: &ListEntry,
     asked: &str,
@@ -232,7 +243,7 @@ fn check_entry(
     if !under {
         return Err(format!("the listing of {asked:?} names {path:?}, which is not under it"));
     }
-    if last.is_some_and(|last| last.as_bytes() >= path.as_bytes()) {
+    if last.is_some_and(|last| last.as_bytes() >= order_key(entry).as_bytes()) {
         return Err(format!("the listing is not in byte order at {path:?}"));
     }
     if recursive && entry.kind == EntryKind::Folder {
@@ -279,5 +290,10 @@ mod tests {
         let folder = entry("d", EntryKind::Folder);
         assert!(check_entry(&folder, "", true, None).is_err());
         assert!(check_entry(&folder, "", false, None).is_ok());
+        // `d.txt` sorts before `d/…`, so before the folder `d`, and `d0` after it.
+        assert!(check_entry(&folder, "", false, Some("d.txt")).is_ok());
+        assert_eq!(order_key(&folder), "d/");
+        assert!(check_entry(&file("d0"), "", false, Some("d/")).is_ok());
+        assert!(check_entry(&file("d"), "", false, Some("d/")).is_err());
     }
 }
