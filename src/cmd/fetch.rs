@@ -3,6 +3,7 @@
 //! removes, reporting each name in its place, for people or as JSON lines.
 
 use super::out::outln;
+use super::progress;
 use super::send::{identity_candidates, server_and_name};
 use super::v4::{self, Four, Spoken};
 use super::{UsageError, code_for};
@@ -30,19 +31,20 @@ type Current = std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>;
 
 /// Ctrl-C during `get` deletes the temporary file being written (nothing is left, under
 /// the name or beside it), says which file was interrupted and exits 130.
-fn tidy_on_interrupt(current: &Current) {
+fn tidy_on_interrupt(current: &Current, display: &progress::Shared) {
     let flag: &'static std::sync::atomic::AtomicBool = securexfer::sys::catch_interrupt();
-    let current = std::sync::Arc::clone(current);
+    let (current, display) = (std::sync::Arc::clone(current), std::sync::Arc::clone(display));
     std::thread::spawn(move || {
         loop {
             std::thread::sleep(std::time::Duration::from_millis(50));
             if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                progress::lock(&display).clear_after_interrupt();
                 let temp = current.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some(temp) = temp {
                     let _ = std::fs::remove_file(&temp);
                 }
                 eprintln!("securexfer: interrupted: the download under way was not kept");
-                std::process::exit(i32::from(super::progress::INTERRUPTED));
+                std::process::exit(i32::from(progress::INTERRUPTED));
             }
         }
     });
@@ -217,13 +219,18 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         }
         Target::Dir(args.output.clone())
     };
+    // Read before any thread of the run exists: the umask can only be read by setting it.
+    let mode = 0o666 & !securexfer::sys::umask();
     let (server, mut four) = connect("get", &args.client)?;
     let current = Current::default();
-    tidy_on_interrupt(&current);
+    let bars = !args.quiet && !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Sizes are known file by file, from each GET_BEGIN: the run's total grows as they come.
+    let display = progress::Display::new(args.names.len(), 0, bars);
+    tidy_on_interrupt(&current, &display);
     let mut run = GetRun { args: &args, server: &server, worst: 0, got: 0, failed: 0 };
     let mut ahead: VecDeque<(String, Prepared)> = VecDeque::new();
     let mut names = args.names.iter();
-    let mut stopped = false;
+    let (mut stopped, mut k) = (false, 0);
     loop {
         while ahead.len() < GETS_AHEAD && !stopped {
             let Some(name) = names.next() else { break };
@@ -231,20 +238,32 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
             ahead.push_back((name.clone(), sent));
         }
         let Some((name, sent)) = ahead.pop_front() else { break };
+        k += 1;
+        progress::lock(&display).start_file(k, &name);
         let result = match sent {
             Ok((local, pending)) => {
-                let how = Receive { target: &target, force: args.force, current: &current };
+                let how = Receive {
+                    target: &target,
+                    force: args.force,
+                    mode,
+                    current: &current,
+                    display: &display,
+                };
                 receive(&four.runtime, &mut four.session, &how, &local, pending)
             }
             Err(e) => Err(e),
         };
+        let size = result.as_ref().map_or(0, |(fetched, _)| fetched.size);
+        let mut shown = progress::lock(&display);
+        shown.finish_file(size, result.is_ok());
         if let Err(e) = &result
             && e.ends_session()
         {
             stopped = true;
         }
-        run.report(&name, result);
+        shown.suspend(|| run.report(&name, result));
     }
+    progress::lock(&display).clear();
     for name in names {
         run.report(
             &name.clone(),
@@ -290,7 +309,26 @@ async fn prepare(session: &mut Session, target: &Target, name: &str, force: bool
 struct Receive<'a> {
     target: &'a Target,
     force: bool,
+    /// The downloaded file's permissions: what a new file gets under the umask (the
+    /// temporary file was made 0600 while it was not yet the user's file).
+    mode: u32,
     current: &'a Current,
+    display: &'a progress::Shared,
+}
+
+impl Receive<'_> {
+    /// Tells the bars: `(0, size)` when a download begins, then the bytes so far.
+    fn progress(&self) -> impl FnMut(u64, u64) + '_ {
+        |received, size| {
+            let mut display = progress::lock(self.display);
+            if received == 0 {
+                display.grow_total(size);
+                display.start_send(size, 1);
+            } else {
+                display.progress(received);
+            }
+        }
+    }
 }
 
 /// Receives one download: into a temporary file beside its target, synced and renamed
@@ -305,7 +343,7 @@ fn receive(
     let Target::Dir(dir) = how.target else {
         let mut stdout = std::io::stdout().lock();
         let fetched =
-            runtime.block_on(session.receive_get(pending, &mut stdout, local, |_, _| {}))?;
+            runtime.block_on(session.receive_get(pending, &mut stdout, local, how.progress()))?;
         stdout.flush().map_err(|cause| V4Error::Write { path: local.to_owned(), cause })?;
         return Ok((fetched, local.to_owned()));
     };
@@ -319,8 +357,14 @@ fn receive(
     let mut out = std::io::BufWriter::with_capacity(1 << 20, temp);
     // On an error the temporary file deletes itself when dropped; a stale path left in
     // `current` names nothing.
-    let fetched = runtime.block_on(session.receive_get(pending, &mut out, local, |_, _| {}))?;
+    let fetched =
+        runtime.block_on(session.receive_get(pending, &mut out, local, how.progress()))?;
     let temp = out.into_inner().map_err(|e| write_error(e.into_error()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let permissions = std::fs::Permissions::from_mode(how.mode);
+        temp.as_file().set_permissions(permissions).map_err(write_error)?;
+    }
     temp.as_file().sync_all().map_err(write_error)?;
     if fetched.mtime_ns > 0 {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(fetched.mtime_ns as u64);

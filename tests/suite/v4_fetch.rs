@@ -333,6 +333,15 @@ fn send_then_ls_get_and_rm_through_the_binary_give_back_the_same_bytes() {
     let out = client.run(&["get", "big.bin", "notes.txt", "-o", dir, "--server", &addr]);
     assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
     assert!(std::fs::read(into.join("big.bin")).unwrap() == big);
+    {
+        // The mode a new file gets under the umask (not the temporary file's 0600).
+        use std::os::unix::fs::PermissionsExt;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let umask = status.lines().find_map(|l| l.strip_prefix("Umask:")).unwrap().trim();
+        let umask = u32::from_str_radix(umask, 8).unwrap();
+        let mode = std::fs::metadata(into.join("big.bin")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o666 & !umask);
+    }
     assert_eq!(std::fs::read(into.join("notes.txt")).unwrap(), b"some notes\n");
     assert_eq!(text(&out.stdout).matches(": verified").count(), 2, "{}", text(&out.stdout));
     std::fs::write(into.join("notes.txt"), b"mine").unwrap();
@@ -540,7 +549,7 @@ fn a_large_download_is_streamed_at_constant_memory() {
 fn ctrl_c_during_a_download_leaves_nothing_behind_and_exits_130() {
     let peer = peer_with(GetLie::Stall, &[]);
     let client = Client::new();
-    let mut child = common::command()
+    let child = common::command()
         .env_remove("SECUREXFER_PROTOCOL")
         .env("XDG_CONFIG_HOME", client.path().join("config"))
         .env("HOME", client.path())
