@@ -120,6 +120,8 @@ extern "C" fn note_interrupt(_signal: libc::c_int) {
 /// so call it before other threads create files.
 pub fn umask() -> u32 {
     #[cfg(unix)]
+    // `mode_t` is u32 on Linux and u16 on the BSDs and macOS.
+    #[allow(clippy::useless_conversion)]
     // SAFETY: umask only swaps the process's mask, and it is set back at once.
     unsafe {
         let mask = libc::umask(0o077);
