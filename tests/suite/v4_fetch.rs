@@ -579,3 +579,62 @@ fn ctrl_c_during_a_download_leaves_nothing_behind_and_exits_130() {
     assert!(text(&out.stderr).contains("interrupted"), "{}", text(&out.stderr));
     assert!(written(&client).is_empty(), "{:?}", written(&client));
 }
+
+#[test]
+fn folders_exist_as_prefixes_a_listing_collapses_them_and_get_or_rm_of_one_is_is_folder() {
+    let server = Server::start(&[]);
+    let (mut conn, id) = registered(&server, &Key::ed25519(), "hal");
+    store(&mut conn, "b.txt", b"b");
+    store(&mut conn, "c", b"c");
+    // Stored paths with folders, as the records will hold them once the blob store makes
+    // directories (uploads of such paths are refused today).
+    let db = database(&server);
+    for path in ["b/x", "b/y/z", "a/deep/er"] {
+        db.execute(
+            "INSERT INTO files (ID, FileName, PathName, Verified, Size, StoredAt, Protocol)
+             VALUES (?1, ?2, ?3, 1, 1, datetime('now'), 4)",
+            rusqlite::params![&id[..], path, format!("{}/{path}", hex(&id))],
+        )
+        .unwrap();
+    }
+    let (top, end) = conn.list(false, "").expect("the top level");
+    let top: Vec<(&str, u8)> = top.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+    assert_eq!(top, [("a", 2), ("b.txt", 1), ("b", 2), ("c", 1)], "byte order of stored paths");
+    assert_eq!(end[0], 4);
+    let (under, _) = conn.list(false, "b").expect("b's children");
+    let under: Vec<(&str, u8)> = under.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+    assert_eq!(under, [("b/x", 1), ("b/y", 2)]);
+    let (all, _) = conn.list(true, "b").expect("all under b");
+    let all: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(all, ["b/x", "b/y/z"]);
+    assert_eq!(conn.get("b").unwrap_err().1.code, code::IS_FOLDER);
+    assert_eq!(conn.rm("a").unwrap_err().code, code::IS_FOLDER);
+    assert_eq!(conn.list(true, "a/de").unwrap_err().code, code::NOT_FOUND, "not a prefix match");
+}
+
+#[test]
+fn each_name_of_a_get_is_reported_in_its_place_and_the_exit_code_is_the_worst() {
+    let peer = peer_with(GetLie::Honest, &[]);
+    let client = Client::new();
+    let out = client.run(&["get", "missing", "a.bin", "--server", &peer.addr, "--json"]);
+    assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
+    let docs: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(docs.len(), 3, "two names and the summary: {docs:?}");
+    assert_eq!(
+        (docs[0]["name"].as_str(), docs[0]["status"].as_str()),
+        (Some("missing"), Some("failed"))
+    );
+    assert_eq!(docs[0]["exit_code"], 4);
+    assert_eq!(docs[0]["error"], format!("not found: missing on {}", peer.addr));
+    assert_eq!(
+        (docs[1]["name"].as_str(), docs[1]["status"].as_str()),
+        (Some("a.bin"), Some("verified"))
+    );
+    assert_eq!((docs[2]["verified"].as_u64(), docs[2]["failed"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(std::fs::read(client.path().join("a.bin")).unwrap().len(), 600 * 1024);
+    let out = client.run(&["get", "a.bin", "-o", "no-such-dir", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(6), "{}", text(&out.stderr));
+    let out = client.run(&["get", "a.bin", "a.bin", "-o", "-", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(2), "{}", text(&out.stderr));
+}
