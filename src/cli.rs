@@ -29,7 +29,9 @@ Exit codes:
 ///
 /// securexfer speaks protocol 3 of the existing Python servers and C++ clients byte for
 /// byte: `serve` runs a server they can use, `register` and `send` are a client that works
-/// with them, and `db inspect` shows what a server has stored.
+/// with them, and `db inspect` shows what a server has stored. Between securexfer's own
+/// client and server, protocol 4 (TLS 1.3) also lists, downloads and removes a client's
+/// files: `ls`, `get`, `rm`.
 #[derive(Debug, Parser)]
 #[command(name = "securexfer", version, propagate_version = true, after_help = EXIT_CODES)]
 pub struct Cli {
