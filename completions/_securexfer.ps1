@@ -28,6 +28,9 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the storage server')
             [CompletionResult]::new('register', 'register', [CompletionResultType]::ParameterValue, 'Make a key pair, register a name with a server and save the identity')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send files to a server and verify them (registers first if there is no identity)')
+            [CompletionResult]::new('ls', 'ls', [CompletionResultType]::ParameterValue, 'List this client''s files on a server (protocol 4): size, when stored, BLAKE3 (the first 16 hex digits) and kept versions, in byte order of their names')
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'Download stored files (protocol 4). Each is written to a temporary file in the target directory and takes its name only once its BLAKE3 matches the server''s')
+            [CompletionResult]::new('rm', 'rm', [CompletionResultType]::ParameterValue, 'Remove stored files from a server (protocol 4). The server keeps a removed copy as a version, as it keeps a replaced one (serve --keep-versions)')
             [CompletionResult]::new('db', 'db', [CompletionResultType]::ParameterValue, 'Read the server''s database')
             [CompletionResult]::new('trust', 'trust', [CompletionResultType]::ParameterValue, 'Check which key a server presents over protocol 4 (TLS 1.3) and trust it: on first contact the key is trusted and saved in known_servers; later, a different key is a hard failure (exit 8). With --fingerprint, only that key is accepted (and saved)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for a shell on stdout')
@@ -105,6 +108,70 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'No progress bar and no summary lines (errors are still printed)')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object per file on stdout, in argument order, then a summary object (the schema is in docs/json.md)')
             [CompletionResult]::new('--no-clobber', '--no-clobber', [CompletionResultType]::ParameterName, 'Never replace a stored file: a file whose name is taken on the server is refused (reported, exit 4) and the others are sent. Protocol 4 only')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'securexfer;ls' {
+            [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'Client name to register (default: line 2 of transfer.info)')
+            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)')
+            [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for a connection')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for the server on each read or write')
+            [CompletionResult]::new('--protocol', '--protocol', [CompletionResultType]::ParameterName, 'Which protocol to speak. `auto` opens with protocol 4 (TLS 1.3, the server''s key checked against known_servers) and falls back to protocol 3, with a warning, only for a server never seen speaking 4 that does not speak it. `3` is refused (exit 8) for a server known to speak 4; `4` never falls back')
+            [CompletionResult]::new('--server-fingerprint', '--server-fingerprint', [CompletionResultType]::ParameterName, 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged')
+            [CompletionResult]::new('--bytes', '--bytes', [CompletionResultType]::ParameterName, 'Print sizes as byte counts, not in binary units (1.5 MiB)')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object per file on stdout, then a summary object (docs/json.md)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print nothing but errors (the exit code says whether every pattern matched)')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print nothing but errors (the exit code says whether every pattern matched)')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'securexfer;get' {
+            [CompletionResult]::new('-o', '-o', [CompletionResultType]::ParameterName, 'Where to write them: a directory that exists, or - for stdout')
+            [CompletionResult]::new('--output', '--output', [CompletionResultType]::ParameterName, 'Where to write them: a directory that exists, or - for stdout')
+            [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'Client name to register (default: line 2 of transfer.info)')
+            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)')
+            [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for a connection')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for the server on each read or write')
+            [CompletionResult]::new('--protocol', '--protocol', [CompletionResultType]::ParameterName, 'Which protocol to speak. `auto` opens with protocol 4 (TLS 1.3, the server''s key checked against known_servers) and falls back to protocol 3, with a warning, only for a server never seen speaking 4 that does not speak it. `3` is refused (exit 8) for a server known to speak 4; `4` never falls back')
+            [CompletionResult]::new('--server-fingerprint', '--server-fingerprint', [CompletionResultType]::ParameterName, 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree')
+            [CompletionResult]::new('--force', '--force', [CompletionResultType]::ParameterName, 'Replace a local file of the same name')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object per file on stdout (stderr with -o -), then a summary object (docs/json.md)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print nothing but errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print nothing but errors')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'securexfer;rm' {
+            [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`')
+            [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'Client name to register (default: line 2 of transfer.info)')
+            [CompletionResult]::new('--identity', '--identity', [CompletionResultType]::ParameterName, 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)')
+            [CompletionResult]::new('--connect-timeout', '--connect-timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for a connection')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'Seconds to wait for the server on each read or write')
+            [CompletionResult]::new('--protocol', '--protocol', [CompletionResultType]::ParameterName, 'Which protocol to speak. `auto` opens with protocol 4 (TLS 1.3, the server''s key checked against known_servers) and falls back to protocol 3, with a warning, only for a server never seen speaking 4 that does not speak it. `3` is refused (exit 8) for a server known to speak 4; `4` never falls back')
+            [CompletionResult]::new('--server-fingerprint', '--server-fingerprint', [CompletionResultType]::ParameterName, 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object per file on stdout, then a summary object (docs/json.md)')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print nothing but errors')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print nothing but errors')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
@@ -230,6 +297,9 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the storage server')
             [CompletionResult]::new('register', 'register', [CompletionResultType]::ParameterValue, 'Make a key pair, register a name with a server and save the identity')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send files to a server and verify them (registers first if there is no identity)')
+            [CompletionResult]::new('ls', 'ls', [CompletionResultType]::ParameterValue, 'List this client''s files on a server (protocol 4): size, when stored, BLAKE3 (the first 16 hex digits) and kept versions, in byte order of their names')
+            [CompletionResult]::new('get', 'get', [CompletionResultType]::ParameterValue, 'Download stored files (protocol 4). Each is written to a temporary file in the target directory and takes its name only once its BLAKE3 matches the server''s')
+            [CompletionResult]::new('rm', 'rm', [CompletionResultType]::ParameterValue, 'Remove stored files from a server (protocol 4). The server keeps a removed copy as a version, as it keeps a replaced one (serve --keep-versions)')
             [CompletionResult]::new('db', 'db', [CompletionResultType]::ParameterValue, 'Read the server''s database')
             [CompletionResult]::new('trust', 'trust', [CompletionResultType]::ParameterValue, 'Check which key a server presents over protocol 4 (TLS 1.3) and trust it: on first contact the key is trusted and saved in known_servers; later, a different key is a hard failure (exit 8). With --fingerprint, only that key is accepted (and saved)')
             [CompletionResult]::new('completions', 'completions', [CompletionResultType]::ParameterValue, 'Print the completion script for a shell on stdout')
@@ -244,6 +314,15 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;help;send' {
+            break
+        }
+        'securexfer;help;ls' {
+            break
+        }
+        'securexfer;help;get' {
+            break
+        }
+        'securexfer;help;rm' {
             break
         }
         'securexfer;help;db' {

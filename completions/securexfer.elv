@@ -25,6 +25,9 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand serve 'Run the storage server'
             cand register 'Make a key pair, register a name with a server and save the identity'
             cand send 'Send files to a server and verify them (registers first if there is no identity)'
+            cand ls 'List this client''s files on a server (protocol 4): size, when stored, BLAKE3 (the first 16 hex digits) and kept versions, in byte order of their names'
+            cand get 'Download stored files (protocol 4). Each is written to a temporary file in the target directory and takes its name only once its BLAKE3 matches the server''s'
+            cand rm 'Remove stored files from a server (protocol 4). The server keeps a removed copy as a version, as it keeps a replaced one (serve --keep-versions)'
             cand db 'Read the server''s database'
             cand trust 'Check which key a server presents over protocol 4 (TLS 1.3) and trust it: on first contact the key is trusted and saved in known_servers; later, a different key is a hard failure (exit 8). With --fingerprint, only that key is accepted (and saved)'
             cand completions 'Print the completion script for a shell on stdout'
@@ -99,6 +102,67 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --quiet 'No progress bar and no summary lines (errors are still printed)'
             cand --json 'Print one JSON object per file on stdout, in argument order, then a summary object (the schema is in docs/json.md)'
             cand --no-clobber 'Never replace a stored file: a file whose name is taken on the server is refused (reported, exit 4) and the others are sent. Protocol 4 only'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'securexfer;ls'= {
+            cand --config 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it'
+            cand --server 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`'
+            cand --name 'Client name to register (default: line 2 of transfer.info)'
+            cand --identity 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)'
+            cand --connect-timeout 'Seconds to wait for a connection'
+            cand --timeout 'Seconds to wait for the server on each read or write'
+            cand --protocol 'Which protocol to speak. `auto` opens with protocol 4 (TLS 1.3, the server''s key checked against known_servers) and falls back to protocol 3, with a warning, only for a server never seen speaking 4 that does not speak it. `3` is refused (exit 8) for a server known to speak 4; `4` never falls back'
+            cand --server-fingerprint 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree'
+            cand -v 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
+            cand --verbose 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
+            cand --bytes 'Print sizes as byte counts, not in binary units (1.5 MiB)'
+            cand --json 'Print one JSON object per file on stdout, then a summary object (docs/json.md)'
+            cand -q 'Print nothing but errors (the exit code says whether every pattern matched)'
+            cand --quiet 'Print nothing but errors (the exit code says whether every pattern matched)'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'securexfer;get'= {
+            cand -o 'Where to write them: a directory that exists, or - for stdout'
+            cand --output 'Where to write them: a directory that exists, or - for stdout'
+            cand --config 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it'
+            cand --server 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`'
+            cand --name 'Client name to register (default: line 2 of transfer.info)'
+            cand --identity 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)'
+            cand --connect-timeout 'Seconds to wait for a connection'
+            cand --timeout 'Seconds to wait for the server on each read or write'
+            cand --protocol 'Which protocol to speak. `auto` opens with protocol 4 (TLS 1.3, the server''s key checked against known_servers) and falls back to protocol 3, with a warning, only for a server never seen speaking 4 that does not speak it. `3` is refused (exit 8) for a server known to speak 4; `4` never falls back'
+            cand --server-fingerprint 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree'
+            cand --force 'Replace a local file of the same name'
+            cand -v 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
+            cand --verbose 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
+            cand --json 'Print one JSON object per file on stdout (stderr with -o -), then a summary object (docs/json.md)'
+            cand -q 'Print nothing but errors'
+            cand --quiet 'Print nothing but errors'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'securexfer;rm'= {
+            cand --config 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it'
+            cand --server 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`'
+            cand --name 'Client name to register (default: line 2 of transfer.info)'
+            cand --identity 'The identity file (me.info; priv.key is kept beside it). Default: me.info in the working directory if there is one (the existing client''s), else this server''s identity in $XDG_CONFIG_HOME/securexfer/servers/HOST_PORT/ (~/.config/securexfer)'
+            cand --connect-timeout 'Seconds to wait for a connection'
+            cand --timeout 'Seconds to wait for the server on each read or write'
+            cand --protocol 'Which protocol to speak. `auto` opens with protocol 4 (TLS 1.3, the server''s key checked against known_servers) and falls back to protocol 3, with a warning, only for a server never seen speaking 4 that does not speak it. `3` is refused (exit 8) for a server known to speak 4; `4` never falls back'
+            cand --server-fingerprint 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree'
+            cand -v 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
+            cand --verbose 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
+            cand --json 'Print one JSON object per file on stdout, then a summary object (docs/json.md)'
+            cand -q 'Print nothing but errors'
+            cand --quiet 'Print nothing but errors'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
@@ -207,6 +271,9 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand serve 'Run the storage server'
             cand register 'Make a key pair, register a name with a server and save the identity'
             cand send 'Send files to a server and verify them (registers first if there is no identity)'
+            cand ls 'List this client''s files on a server (protocol 4): size, when stored, BLAKE3 (the first 16 hex digits) and kept versions, in byte order of their names'
+            cand get 'Download stored files (protocol 4). Each is written to a temporary file in the target directory and takes its name only once its BLAKE3 matches the server''s'
+            cand rm 'Remove stored files from a server (protocol 4). The server keeps a removed copy as a version, as it keeps a replaced one (serve --keep-versions)'
             cand db 'Read the server''s database'
             cand trust 'Check which key a server presents over protocol 4 (TLS 1.3) and trust it: on first contact the key is trusted and saved in known_servers; later, a different key is a hard failure (exit 8). With --fingerprint, only that key is accepted (and saved)'
             cand completions 'Print the completion script for a shell on stdout'
@@ -218,6 +285,12 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;help;register'= {
         }
         &'securexfer;help;send'= {
+        }
+        &'securexfer;help;ls'= {
+        }
+        &'securexfer;help;get'= {
+        }
+        &'securexfer;help;rm'= {
         }
         &'securexfer;help;db'= {
             cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'

@@ -7,15 +7,18 @@ use std::path::PathBuf;
 /// Exit codes, documented in `--help` and the README.
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0  success: every file sent and verified
+  0  success: every file sent (or downloaded, listed, removed) and verified
   1  an unexpected internal error
   2  usage error (bad flags or arguments)
   3  connection failure (cannot reach the server, or it kept dropping the connection)
   4  the server refused (2107 after retries, name taken, a protocol-4 refusal such as a
-     quota, or an answer out of protocol)
-  5  verification failed (checksums or BLAKE3 hashes differed on all four sends)
-  6  local problem (a file or identity cannot be read or written; for serve: the
-     storage directory or the database cannot be used)
+     quota or a name not found, an answer out of protocol, or a server without protocol
+     4 for ls, get and rm)
+  5  verification failed (checksums or BLAKE3 hashes differed on all four sends, or a
+     download's BLAKE3 is not the server's: nothing kept under its name)
+  6  local problem (a file or identity cannot be read or written, a download target
+     exists without --force; for serve: the storage directory or the database cannot be
+     used)
   7  serve cannot listen on its address (in use, not permitted, not this machine's)
   8  the server's key is not the one trusted for it (it changed since it was first seen,
      or differs from --fingerprint), or --protocol 3 to a server known to speak
@@ -26,7 +29,9 @@ Exit codes:
 ///
 /// securexfer speaks protocol 3 of the existing Python servers and C++ clients byte for
 /// byte: `serve` runs a server they can use, `register` and `send` are a client that works
-/// with them, and `db inspect` shows what a server has stored.
+/// with them, and `db inspect` shows what a server has stored. Between securexfer's own
+/// client and server, protocol 4 (TLS 1.3) also lists, downloads and removes a client's
+/// files: `ls`, `get`, `rm`.
 #[derive(Debug, Parser)]
 #[command(name = "securexfer", version, propagate_version = true, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -44,6 +49,15 @@ pub enum Command {
     Register(RegisterArgs),
     /// Send files to a server and verify them (registers first if there is no identity).
     Send(SendArgs),
+    /// List this client's files on a server (protocol 4): size, when stored, BLAKE3 (the
+    /// first 16 hex digits) and kept versions, in byte order of their names.
+    Ls(LsArgs),
+    /// Download stored files (protocol 4). Each is written to a temporary file in the
+    /// target directory and takes its name only once its BLAKE3 matches the server's.
+    Get(GetArgs),
+    /// Remove stored files from a server (protocol 4). The server keeps a removed copy as
+    /// a version, as it keeps a replaced one (serve --keep-versions).
+    Rm(RmArgs),
     /// Read the server's database.
     #[command(subcommand)]
     Db(DbCommand),
@@ -332,6 +346,75 @@ pub struct SendArgs {
     /// (reported, exit 4) and the others are sent. Protocol 4 only.
     #[arg(long)]
     pub no_clobber: bool,
+}
+
+/// `securexfer ls`.
+#[derive(Debug, Args)]
+#[command(after_help = "Patterns are matched by the client against each stored name: * any \
+run of characters but /, ? one character, [abc] [a-z] [!a] one of a set. Quote them so the \
+shell leaves them alone. Needs protocol 4 (the server must know this client's key).")]
+pub struct LsArgs {
+    /// Only names matching these patterns (a name without *, ? or [ must exist). Default:
+    /// every file.
+    #[arg(value_name = "PATTERN")]
+    pub patterns: Vec<String>,
+    /// Where to reach the server and who to be.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print sizes as byte counts, not in binary units (1.5 MiB).
+    #[arg(long)]
+    pub bytes: bool,
+    /// Print one JSON object per file on stdout, then a summary object (docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors (the exit code says whether every pattern matched).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `securexfer get`.
+#[derive(Debug, Args)]
+#[command(after_help = "A file is written as DIR/NAME (the last component of a stored path), \
+never anywhere else whatever the server sends. An existing file is refused unless --force. \
+With -o -, the bytes go to stdout as they arrive (one NAME only): a failed verification \
+then exits 5 after they were written.")]
+pub struct GetArgs {
+    /// Stored names to download, in turn.
+    #[arg(value_name = "NAME", required = true)]
+    pub names: Vec<String>,
+    /// Where to write them: a directory that exists, or - for stdout.
+    #[arg(short, long, value_name = "DIR", default_value = ".", value_hint = ValueHint::DirPath)]
+    pub output: PathBuf,
+    /// Replace a local file of the same name.
+    #[arg(long)]
+    pub force: bool,
+    /// Where to reach the server and who to be.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print one JSON object per file on stdout (stderr with -o -), then a summary object
+    /// (docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `securexfer rm`.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Stored names to remove, in turn.
+    #[arg(value_name = "NAME", required = true)]
+    pub names: Vec<String>,
+    /// Where to reach the server and who to be.
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Print one JSON object per file on stdout, then a summary object (docs/json.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// `securexfer db ...`.

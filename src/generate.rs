@@ -185,7 +185,14 @@ fn environment(name: &str, cmd: &clap::Command) -> String {
             Some((bold(var), format!("Sets {}.", bold(&flag))))
         })
         .collect();
-    let client = matches!(name, "securexfer-register" | "securexfer-send");
+    let client = matches!(
+        name,
+        "securexfer-register"
+            | "securexfer-send"
+            | "securexfer-ls"
+            | "securexfer-get"
+            | "securexfer-rm"
+    );
     if client {
         vars.push((
             bold("XDG_CONFIG_HOME"),
@@ -283,7 +290,11 @@ fn files(name: &str) -> &'static [(&'static str, &'static str)] {
     match name {
         "securexfer" => ALL,
         "securexfer-serve" => &[PORT_INFO, DATABASE, SERVER_KEY, STORAGE],
-        "securexfer-register" | "securexfer-send" => CLIENT,
+        "securexfer-register"
+        | "securexfer-send"
+        | "securexfer-ls"
+        | "securexfer-get"
+        | "securexfer-rm" => CLIENT,
         "securexfer-db" | "securexfer-db-inspect" => &[DATABASE, SERVER_KEY, STORAGE],
         "securexfer-db-verify" | "securexfer-db-restore" => &[DATABASE, STORAGE],
         "securexfer-db-fingerprint" => &[DATABASE, SERVER_KEY],
@@ -372,6 +383,32 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
                 "securexfer send --protocol 4 --server-fingerprint SHA256:jbA361SaIFtqa3vgN9f6RiNjmkaoPE7F7L38pwtBX6I report.pdf",
             ),
         ],
+        "securexfer-ls" => &[
+            ("List every file this client has on the default server:", "securexfer ls"),
+            (
+                "Only the PDFs, sizes in bytes (quote the pattern for the shell):",
+                "securexfer ls '*.pdf' --bytes",
+            ),
+            ("One JSON object per file, for a script:", "securexfer ls --json"),
+        ],
+        "securexfer-get" => &[
+            (
+                "Download two files into the working directory, each verified before it takes its name:",
+                "securexfer get report.pdf photos.tar",
+            ),
+            (
+                "Into another directory, replacing what is there:",
+                "securexfer get report.pdf -o ~/Downloads --force",
+            ),
+            ("To stdout, for a pipe:", "securexfer get notes.txt -o - | less"),
+        ],
+        "securexfer-rm" => &[
+            (
+                "Remove a file (the server keeps it as a version under --keep-versions):",
+                "securexfer rm draft.txt",
+            ),
+            ("Remove several and print the outcome as JSON:", "securexfer rm a.txt b.txt --json"),
+        ],
         "securexfer-db" | "securexfer-db-inspect" => {
             &[INSPECT, ("Everything, as JSON:", "securexfer db inspect --json")]
         }
@@ -424,7 +461,10 @@ fn see_also<'a>(name: &str, pages: &[&'a str]) -> Vec<&'a str> {
     let related: &[&str] = match name {
         "securexfer-serve" => &["securexfer-db-inspect"],
         "securexfer-register" => &["securexfer-send"],
-        "securexfer-send" => &["securexfer-register"],
+        "securexfer-send" => &["securexfer-register", "securexfer-ls", "securexfer-get"],
+        "securexfer-ls" => &["securexfer-get", "securexfer-rm", "securexfer-send"],
+        "securexfer-get" => &["securexfer-ls", "securexfer-send"],
+        "securexfer-rm" => &["securexfer-ls", "securexfer-db-restore"],
         "securexfer-db-inspect" => &["securexfer-serve"],
         _ => &[],
     };

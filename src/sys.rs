@@ -115,6 +115,23 @@ extern "C" fn note_interrupt(_signal: libc::c_int) {
     INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// The process's file-mode creation mask (what a new file's mode loses): a download is
+/// given the mode a file the user creates would get. It can only be read by setting it,
+/// so call it before other threads create files.
+pub fn umask() -> u32 {
+    #[cfg(unix)]
+    // `mode_t` is u32 on Linux and u16 on the BSDs and macOS.
+    #[allow(clippy::useless_conversion)]
+    // SAFETY: umask only swaps the process's mask, and it is set back at once.
+    unsafe {
+        let mask = libc::umask(0o077);
+        libc::umask(mask);
+        u32::from(mask)
+    }
+    #[cfg(not(unix))]
+    0o022
+}
+
 /// Makes Ctrl-C (SIGINT) set a flag instead of killing the process, so that a command can
 /// tidy its terminal and say what was interrupted; returns the flag.
 pub fn catch_interrupt() -> &'static std::sync::atomic::AtomicBool {

@@ -2,9 +2,9 @@
 //! frames by each side in turn.
 
 use securexfer::protocol::v4::{
-    Commit, Committed, ErrorFrame, FrameError, FrameHeader, FrameType, HEADER_LEN, Hello, PutBegin,
-    PutReceived, Register, Registered, Side, TagCheck, Upgrade, Welcome, decode_frame,
-    encode_frame,
+    Commit, Committed, ErrorFrame, FrameError, FrameHeader, FrameType, Get, GetBegin, GetEnd,
+    HEADER_LEN, Hello, List, ListEnd, ListEntries, PutBegin, PutReceived, Register, Registered,
+    Removed, Rm, Side, TagCheck, Upgrade, Welcome, decode_frame, encode_frame,
 };
 
 /// Reads `data` as the frames a server and then a client would receive, and checks:
@@ -70,6 +70,14 @@ fn check_frame(bytes: &[u8], header: &FrameHeader, payload: &[u8], reader: Side)
         FrameType::PutReceived => PutReceived::decode(payload).map(|m| Ok(m.encode())),
         FrameType::Commit => Commit::decode(payload).map(|m| Ok(m.encode())),
         FrameType::Committed => Committed::decode(payload).map(|m| Ok(m.encode())),
+        FrameType::List => List::decode(payload).map(|m| m.encode()),
+        FrameType::ListEntries => ListEntries::decode(payload).map(|m| m.encode()),
+        FrameType::ListEnd => ListEnd::decode(payload).map(|m| Ok(m.encode())),
+        FrameType::Get => Get::decode(payload).map(|m| m.encode()),
+        FrameType::GetBegin => GetBegin::decode(payload).map(|m| m.encode()),
+        FrameType::GetEnd => GetEnd::decode(payload).map(|m| Ok(m.encode())),
+        FrameType::Rm => Rm::decode(payload).map(|m| m.encode()),
+        FrameType::Removed => Removed::decode(payload).map(|m| Ok(m.encode())),
         _ => return,
     };
     match reencoded {

@@ -166,6 +166,9 @@ impl Driver {
                 assert!(due.is_none_or(|d| d == 0), "PUT_END before all the data");
                 self.held.insert(tag);
             }
+            Request::List(_) | Request::Get(_) | Request::Rm(_) => {
+                assert!(self.registered, "a LIST, GET or RM passed on for a stranger");
+            }
             Request::Commit(_) | Request::Discard => {
                 assert!(self.registered, "a commit passed on for a stranger");
                 // The driver answers an unknown tag `not_found`; a known one is done.

@@ -50,7 +50,34 @@ PUT = (
     + frame(0x0203, 2, bytes(32))
 )
 
+def entry(path, kind=1, flags=1, size=5, hash_byte=9):
+    fixed = struct.pack("<BBQqqQH", kind, flags, size, 1700000000000000000, 1796000000, 7, 1)
+    return fixed + bytes([hash_byte]) * 32 + str16(path)
+
+
+FETCH_CLIENT = (
+    HELLO
+    + frame(0x0301, 1, b"\x01" + str16(""))
+    + frame(0x0302, 2, struct.pack("<QQ", 0, 0) + str16("report.pdf"))
+    + frame(0x0303, 3, b"\x00" + str16("old.txt"))
+)
+
+FETCH_SERVER = (
+    frame(0x8301, 1, struct.pack("<H", 2) + entry("a.txt") + entry("b.txt", flags=4, hash_byte=0))
+    + frame(0x8381, 1, struct.pack("<QQQQQQ", 2, 10, 10, 2**64 - 1, 2, 2**64 - 1))
+    + frame(0x8302, 2, struct.pack("<QQqqB", 5, 7, 0, 1796000000, 1) + bytes([9]) * 32)
+    + frame(0x8010, 2, b"hello")
+    + frame(0x8382, 2, bytes([9]) * 32)
+    + frame(0x8303, 3, struct.pack("<QQQ", 1, 5, 1))
+)
+
 SEEDS = {
+    "fetch-client": FETCH_CLIENT,
+    "fetch-server": FETCH_SERVER,
+    "broken-entry-hash-without-flag": frame(0x8301, 1, struct.pack("<H", 1) + entry("a", flags=0)),
+    "broken-entry-folder-size": frame(0x8301, 1, struct.pack("<H", 1) + entry("d", kind=2, flags=0, hash_byte=0)),
+    "broken-list-entries-empty": frame(0x8301, 1, struct.pack("<H", 0)),
+    "broken-get-resume-without-generation": HELLO + frame(0x0302, 1, struct.pack("<QQ", 5, 0) + str16("a")),
     "hello": HELLO,
     "client-conversation": HELLO + frame(0x0101, 1, str8("alice") + b"\x00") + PUT
     + frame(0x0301, 3, b"\x00") + frame(0x0204, 9, b""),

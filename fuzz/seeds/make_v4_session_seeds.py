@@ -73,7 +73,9 @@ SEEDS = {
     "before-hello": register(1, "early"),
     "second-hello": hello() + hello(),
     "wrong-major": frame(0x0001, 0, b"\x05\x00" + str8("x")),
-    "list-not-served": hello("securexfer v4") + frame(0x0301, 1, b"\x00" + str16("")),
+    "resume-query-not-served": hello("securexfer v4") + frame(0x0205, 1, str16("a")),
+    "list-get-rm": hello("securexfer v4") + frame(0x0301, 1, b"\x00" + str16(""))
+    + frame(0x0302, 2, bytes(16) + str16("a")) + frame(0x0303, 3, b"\x00" + str16("a")),
     "register-twice": hello() + register(1, "a") + register(2, "b"),
     "slow-clock": hello() + register(200, "x") + register(250, "y") + register(255, "z"),
 }

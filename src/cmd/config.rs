@@ -55,7 +55,7 @@ fn config_path(name: &str, sub: &ArgMatches) -> Option<PathBuf> {
     let given = sub.try_get_one::<PathBuf>("config").ok().flatten().cloned();
     match name {
         "serve" => Some(given.unwrap_or_else(|| PathBuf::from(SERVE_CONFIG))),
-        "send" | "register" => given.or_else(|| {
+        "send" | "register" | "ls" | "get" | "rm" => given.or_else(|| {
             securexfer::client::home::Home::from_env().map(|h| h.root().join(CLIENT_CONFIG))
         }),
         _ => None,

@@ -2,6 +2,7 @@
 
 pub(crate) mod config;
 mod db;
+mod fetch;
 pub(crate) mod out;
 mod progress;
 mod register;
@@ -48,6 +49,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => {
             init_client_logging(args.client.verbose);
             send::run(args)
+        }
+        Command::Ls(args) => {
+            init_client_logging(args.client.verbose);
+            fetch::ls(args)
+        }
+        Command::Get(args) => {
+            init_client_logging(args.client.verbose);
+            fetch::get(args)
+        }
+        Command::Rm(args) => {
+            init_client_logging(args.client.verbose);
+            fetch::rm(args)
         }
         Command::Db(DbCommand::Inspect(args)) => {
             init_logging("warn");
@@ -155,6 +168,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         }
         if cause.is::<UsageError>() {
             return 2;
+        }
+        if cause.is::<fetch::NotServed>() {
+            return 4;
         }
         if let Some(e) = cause.downcast_ref::<serve::StartError>() {
             return e.exit_code();

@@ -84,6 +84,13 @@ impl Display {
         }
     }
 
+    /// The run turned out `bytes` larger (a download's size is known from its first frame).
+    pub fn grow_total(&self, bytes: u64) {
+        if let Some(bars) = &self.bars {
+            bars.total.inc_length(bytes);
+        }
+    }
+
     /// The current file is done (`bytes` on the wire for one send), verified or not.
     pub fn finish_file(&mut self, bytes: u64, verified: bool) {
         self.done_bytes += bytes;
@@ -116,7 +123,7 @@ impl Display {
     /// so the cursor waits to wrap after the last one, and the `^C` the terminal echoes
     /// (unless echoing control characters is off) opened a line below them: that line is
     /// cleared and left first.
-    fn clear_after_interrupt(&mut self) {
+    pub fn clear_after_interrupt(&mut self) {
         if self.bars.is_some() && securexfer::sys::terminal_echoes_control_chars() {
             eprint!("\r\x1b[2K\x1b[1A");
         }

@@ -60,6 +60,16 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Deletes the stored blob `name` of `owner` (its records are the caller's).
     fn delete(&self, owner: ClientId, name: &str) -> io::Result<()>;
 
+    /// Keeps the stored blob `name` of `owner` as the version `version` (from
+    /// [`BlobStore::new_version_name`]) before it is deleted, so that a removal keeps the
+    /// copy exactly as a replacing commit does; false when there is no such blob. The
+    /// default says `Unsupported`: a store that cannot do it refuses removals while
+    /// `--keep-versions` is above 0, rather than losing the copy.
+    fn keep_as_version(&self, owner: ClientId, name: &str, version: &str) -> io::Result<bool> {
+        let _ = (owner, name, version);
+        Err(io::Error::new(io::ErrorKind::Unsupported, "this blob store cannot keep versions"))
+    }
+
     /// Deletes the version `version` (a [`BlobStore::new_version_name`]) of one of
     /// `owner`'s blobs, if it is there.
     fn delete_version(&self, owner: ClientId, version: &str) -> io::Result<()>;

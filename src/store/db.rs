@@ -135,6 +135,10 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE TABLE counters (Name TEXT PRIMARY KEY NOT NULL, Value INTEGER NOT NULL);
      INSERT INTO counters (Name, Value) VALUES ('generation', 0);",
+    // 7: protocol 4's LIST streams a client's files in byte order of their paths from an
+    // ordered cursor, a page at a time ([`Db::list_page`]); this index makes each page a
+    // range read rather than a sort of all the client's rows.
+    "CREATE INDEX files_id_path ON files (ID, PathName);",
 ];
 
 /// A client as recorded.
@@ -281,6 +285,76 @@ pub struct CommitIntent {
     pub restores: Option<i64>,
     /// Protocol 4's hash and mtime; `None` for a protocol-3 commit.
     pub v4: Option<V4Content>,
+}
+
+/// A stored copy as protocol 4 lists, serves and removes it: one per path (when a
+/// verified and an unverified row share a path, the verified one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCopy {
+    /// The name as the client sent it (the records' key).
+    pub file_name: String,
+    /// The name it is stored under in the client's space: a protocol-4 path.
+    pub stored_name: String,
+    /// Where it is stored, relative to the storage directory.
+    pub path_name: String,
+    /// Whether the client confirmed it (false: a protocol-3 upload given up with 1031).
+    pub verified: bool,
+    /// Plaintext size (0 when unknown).
+    pub size: u64,
+    /// The mtime its upload declared (0 when unknown: protocol 3).
+    pub mtime_ns: i64,
+    /// When it was stored, seconds since 1970 (0 when unknown).
+    pub stored_at: i64,
+    /// Its generation (0 for a copy stored before generations existed).
+    pub generation: u64,
+    /// Earlier copies kept as versions.
+    pub versions: u64,
+    /// Its BLAKE3, when known.
+    pub blake3: Option<[u8; 32]>,
+    /// The protocol that stored it (3 or 4).
+    pub protocol: u8,
+}
+
+/// One page of a client's stored copies in byte order of `path_name`: those after
+/// `start` (or from it, with `inclusive`) and before `end`, at most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRange {
+    /// Where the page starts.
+    pub start: String,
+    /// Whether a copy at `start` itself belongs to the page.
+    pub inclusive: bool,
+    /// Where the range ends (exclusive), if anywhere.
+    pub end: Option<String>,
+    /// The most copies in the page.
+    pub limit: usize,
+}
+
+/// A removal: the copy at `path_name`, kept first as the version `archive` when set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    /// The owner.
+    pub client_id: ClientId,
+    /// The stored name (versions are kept under it).
+    pub stored_name: String,
+    /// Where it is stored.
+    pub path_name: String,
+    /// Where the blob was linked as a version before the removal, if it was.
+    pub archive: Option<String>,
+    /// Versions of the name to keep at most (`--keep-versions`).
+    pub keep: usize,
+}
+
+/// A removal recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// Rows removed (0: nothing was recorded at the path).
+    pub files: u64,
+    /// The bytes of the verified copy removed.
+    pub bytes: u64,
+    /// Whether it was kept as a version.
+    pub kept: bool,
+    /// The paths of versions forgotten beyond `keep`, for their files to be deleted.
+    pub pruned: Vec<String>,
 }
 
 /// An earlier version of a stored file, kept when a newer one replaced it.
@@ -914,6 +988,93 @@ impl Db {
         Ok(n > 0)
     }
 
+    /// One page of the client's stored copies in byte order of their `PathName`
+    /// (SQLite's `BINARY` collation compares the UTF-8 bytes), read by the index of
+    /// migration 7: the caller streams a listing of any length a page at a time.
+    pub fn list_page(&self, id: ClientId, range: &PathRange) -> Result<Vec<StoredCopy>, DbError> {
+        let op = if range.inclusive { ">=" } else { ">" };
+        let sql = format!(
+            "{STORED_COPY_SELECT}
+             WHERE f.ID = ?1 AND f.PathName {op} ?2 AND (?3 IS NULL OR f.PathName < ?3)
+             GROUP BY f.PathName ORDER BY f.PathName LIMIT ?4"
+        );
+        let limit = i64::try_from(range.limit).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows =
+            stmt.query_map(params![&id.0[..], range.start, range.end, limit], stored_copy)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The copy stored at `path_name`, if any.
+    pub fn copy_at(&self, id: ClientId, path_name: &str) -> Result<Option<StoredCopy>, DbError> {
+        let sql =
+            format!("{STORED_COPY_SELECT} WHERE f.ID = ?1 AND f.PathName = ?2 GROUP BY f.PathName");
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row(params![&id.0[..], path_name], stored_copy)
+            .optional()?)
+    }
+
+    /// Records the BLAKE3 of a copy stored without one (protocol 3), computed on its first
+    /// whole read: only for that very copy (its generation) and only if none is recorded.
+    pub fn record_blake3(
+        &self,
+        id: ClientId,
+        path_name: &str,
+        generation: u64,
+        hash: &[u8; 32],
+    ) -> Result<bool, DbError> {
+        self.check_file()?;
+        let generation = (generation != 0).then_some(generation as i64);
+        let n = exec_cached(
+            &self.conn,
+            "UPDATE files SET Blake3 = ?4
+             WHERE ID = ?1 AND PathName = ?2 AND Verified = 1 AND Blake3 IS NULL
+               AND Generation IS ?3",
+            params![&id.0[..], path_name, generation, &hash[..]],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Forgets the copy at `removal.path_name` (every row at that path), keeping its
+    /// record as a version when its blob was linked at `removal.archive`, and forgets the
+    /// versions beyond `keep`, in one transaction.
+    pub fn remove_copy(&self, removal: &Removal) -> Result<Removed, DbError> {
+        self.check_file()?;
+        let tx = self.conn.unchecked_transaction()?;
+        let (id, name) = (removal.client_id, removal.stored_name.as_str());
+        let bytes: i64 = tx
+            .prepare_cached(
+                "SELECT COALESCE(max(Size), 0) FROM files
+                 WHERE ID = ?1 AND PathName = ?2 AND Verified = 1",
+            )?
+            .query_row(params![&id.0[..], removal.path_name], |r| r.get(0))?;
+        let mut kept = false;
+        if let Some(archive) = &removal.archive {
+            kept = exec_cached(
+                &tx,
+                "INSERT INTO versions
+                   (ID, Name, Version, FileName, PathName, Size, Cksum, StoredAt,
+                    Blake3, MtimeNs, Generation, Protocol)
+                 SELECT ID, ?2, (SELECT COALESCE(max(Version), 0) + 1 FROM versions
+                                 WHERE ID = ?1 AND Name = ?2),
+                        FileName, ?4, Size, Cksum, StoredAt, Blake3, MtimeNs, Generation,
+                        Protocol
+                 FROM files WHERE ID = ?1 AND PathName = ?3 AND Verified = 1 LIMIT 1",
+                params![&id.0[..], name, removal.path_name, archive],
+            )? > 0;
+        }
+        let files = exec_cached(
+            &tx,
+            "DELETE FROM files WHERE ID = ?1 AND PathName = ?2",
+            params![&id.0[..], removal.path_name],
+        )?;
+        let pruned = prune_versions(&tx, id, name, removal.keep)?;
+        tx.commit()?;
+        Ok(Removed { files: files as u64, bytes: bytes.max(0) as u64, kept, pruned })
+    }
+
     /// Bytes and number of the client's verified files.
     pub fn usage(&self, id: ClientId) -> Result<(u64, u64), DbError> {
         let (bytes, files): (i64, i64) = self
@@ -925,6 +1086,34 @@ impl Db {
             .query_row([&id.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok((bytes.max(0) as u64, files.max(0) as u64))
     }
+}
+
+/// What [`stored_copy`] reads: one row per path, the verified one where there are two
+/// (SQLite takes the other columns from the row with the `max`).
+const STORED_COPY_SELECT: &str = "SELECT f.FileName, f.PathName, max(f.Verified), f.Size,
+        f.MtimeNs, CAST(strftime('%s', f.StoredAt) AS INTEGER), f.Generation, f.Blake3,
+        f.Protocol,
+        (SELECT count(*) FROM versions v
+         WHERE v.ID = f.ID AND v.Name = substr(f.PathName, instr(f.PathName, '/') + 1))
+     FROM files f";
+
+fn stored_copy(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCopy> {
+    let path_name: String = r.get(1)?;
+    // `<id hex>/<stored name>` (see `Storage::relative_path`).
+    let stored_name = path_name.split_once('/').map_or(path_name.as_str(), |(_, n)| n).to_owned();
+    Ok(StoredCopy {
+        file_name: r.get(0)?,
+        stored_name,
+        path_name,
+        verified: r.get(2)?,
+        size: r.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as u64,
+        mtime_ns: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+        stored_at: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+        generation: r.get::<_, Option<i64>>(6)?.unwrap_or(0).max(0) as u64,
+        blake3: r.get::<_, Option<Vec<u8>>>(7)?.and_then(hash_of),
+        protocol: r.get(8)?,
+        versions: r.get::<_, i64>(9)?.max(0) as u64,
+    })
 }
 
 /// The columns [`client_row`] reads, in its order.

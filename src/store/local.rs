@@ -471,6 +471,10 @@ impl BlobStore for Storage {
         dir.file.sync_all()
     }
 
+    fn keep_as_version(&self, owner: ClientId, name: &str, version: &str) -> io::Result<bool> {
+        self.keep_version(owner, name, version)
+    }
+
     fn delete_version(&self, owner: ClientId, version: &str) -> io::Result<()> {
         self.remove_version(owner, version)
     }

@@ -11,7 +11,8 @@ pub mod records;
 pub use blob::{BlobInfo, BlobStore, Chunk, Committed, StagedBlob};
 pub use db::{
     Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
-    InviteRecord, NewClient, Registered, V4Content, VersionRecord,
+    InviteRecord, NewClient, PathRange, Registered, Removal, Removed, StoredCopy, V4Content,
+    VersionRecord,
 };
 pub use local::{StagedFile, Storage, VERSIONS_DIR};
 pub use postgres::{PostgresError, PostgresRecords};

@@ -13,7 +13,7 @@
 
 use super::db::{
     Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
-    NewClient, Registered, VersionRecord,
+    NewClient, PathRange, Registered, Removal, Removed, StoredCopy, VersionRecord,
 };
 use crate::protocol::ClientId;
 use std::future::Future;
@@ -145,6 +145,34 @@ pub trait Records: Send + Sync + 'static {
     fn usage(&self, id: ClientId) -> RecordsFuture<'_, (u64, u64)> {
         let _ = id;
         unsupported("usage")
+    }
+    /// One page of the client's stored copies in byte order of their path names (protocol
+    /// 4's `LIST` reads a listing of any length a page at a time, at constant memory).
+    fn list_page(&self, id: ClientId, range: PathRange) -> RecordsFuture<'_, Vec<StoredCopy>> {
+        let _ = (id, range);
+        unsupported("list_page")
+    }
+    /// The copy stored at `path_name` (`GET`, `RM`).
+    fn copy_at(&self, id: ClientId, path_name: String) -> RecordsFuture<'_, Option<StoredCopy>> {
+        let _ = (id, path_name);
+        unsupported("copy_at")
+    }
+    /// Records the BLAKE3 of a protocol-3 copy (of this generation) on its first whole
+    /// read; false when the copy changed or has one already.
+    fn record_blake3(
+        &self,
+        id: ClientId,
+        path_name: String,
+        generation: u64,
+        hash: [u8; 32],
+    ) -> RecordsFuture<'_, bool> {
+        let _ = (id, path_name, generation, hash);
+        unsupported("record_blake3")
+    }
+    /// Forgets a removed copy, keeping it as a version when its blob was kept as one.
+    fn remove_copy(&self, removal: Removal) -> RecordsFuture<'_, Removed> {
+        let _ = removal;
+        unsupported("remove_copy")
     }
 }
 
@@ -314,6 +342,28 @@ impl Records for SqliteRecords {
     fn usage(&self, id: ClientId) -> RecordsFuture<'_, (u64, u64)> {
         self.run(move |db| db.usage(id))
     }
+
+    fn list_page(&self, id: ClientId, range: PathRange) -> RecordsFuture<'_, Vec<StoredCopy>> {
+        self.run(move |db| db.list_page(id, &range))
+    }
+
+    fn copy_at(&self, id: ClientId, path_name: String) -> RecordsFuture<'_, Option<StoredCopy>> {
+        self.run(move |db| db.copy_at(id, &path_name))
+    }
+
+    fn record_blake3(
+        &self,
+        id: ClientId,
+        path_name: String,
+        generation: u64,
+        hash: [u8; 32],
+    ) -> RecordsFuture<'_, bool> {
+        self.run(move |db| db.record_blake3(id, &path_name, generation, &hash))
+    }
+
+    fn remove_copy(&self, removal: Removal) -> RecordsFuture<'_, Removed> {
+        self.run(move |db| db.remove_copy(&removal))
+    }
 }
 
 /// Records shared by every connection.
@@ -468,6 +518,90 @@ mod tests {
         assert_eq!((files[0].blake3, files[0].protocol), (Some([3; 32]), 4));
         assert_eq!(files[0].generation, Some(second.generation));
         assert_eq!(records.usage(id).await.unwrap(), (5, 1));
+    }
+
+    fn v4_intent(id: ClientId, name: &str, size: u64) -> CommitIntent {
+        CommitIntent {
+            client_id: id,
+            stored_name: name.into(),
+            file_name: name.into(),
+            path_name: format!("{}/{name}", id.to_hex()),
+            source: format!("{}/tmp", id.to_hex()),
+            size,
+            cksum: 7,
+            archive: None,
+            restores: None,
+            v4: Some(super::super::V4Content { blake3: [size as u8; 32], mtime_ns: 42 }),
+        }
+    }
+
+    fn range(start: String, end: Option<String>, limit: usize) -> PathRange {
+        PathRange { start, inclusive: false, end, limit }
+    }
+
+    #[tokio::test]
+    async fn pages_of_a_listing_come_in_byte_order_and_only_the_clients_own() {
+        let records = records();
+        let (a, b) = (ClientId([1; 16]), ClientId([2; 16]));
+        let ip = "127.0.0.1".parse().unwrap();
+        records.register(a, "a".into(), ip).await.unwrap();
+        records.register(b, "b".into(), ip).await.unwrap();
+        // Byte order: "B" < "a" < "z" < "é" (0xc3 0xa9).
+        for name in ["z", "é", "a", "B"] {
+            let intent = v4_intent(a, name, 3);
+            records.begin_commit(intent.clone()).await.unwrap();
+            records.finish_commit_detailed(intent, None, 1).await.unwrap();
+        }
+        let other = v4_intent(b, "secret", 9);
+        records.begin_commit(other.clone()).await.unwrap();
+        records.finish_commit_detailed(other, None, 1).await.unwrap();
+        let prefix = format!("{}/", a.to_hex());
+        let first = records.list_page(a, range(prefix.clone(), None, 3)).await.unwrap();
+        let names: Vec<&str> = first.iter().map(|c| c.stored_name.as_str()).collect();
+        assert_eq!(names, ["B", "a", "z"]);
+        assert!(first.iter().all(|c| c.verified && c.size == 3 && c.protocol == 4));
+        assert_eq!((first[0].mtime_ns, first[0].blake3), (42, Some([3; 32])));
+        let after = first[2].path_name.clone();
+        let rest = records.list_page(a, range(after, None, 3)).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].stored_name, "é");
+        // The other client's file is never in a's pages, whatever the range.
+        let all = records.list_page(a, range(String::new(), None, 100)).await.unwrap();
+        assert_eq!(all.len(), 4);
+        assert!(records.copy_at(a, format!("{}/secret", b.to_hex())).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_removed_copy_is_kept_as_a_version_and_a_missing_hash_recorded_once() {
+        let records = records();
+        let id = ClientId([3; 16]);
+        records.register(id, "c".into(), "127.0.0.1".parse().unwrap()).await.unwrap();
+        let mut intent = v4_intent(id, "f", 5);
+        intent.v4 = None; // a protocol-3 commit: no BLAKE3
+        records.begin_commit(intent.clone()).await.unwrap();
+        let done = records.finish_commit_detailed(intent.clone(), None, 1).await.unwrap();
+        let copy = records.copy_at(id, intent.path_name.clone()).await.unwrap().unwrap();
+        assert_eq!((copy.blake3, copy.protocol, copy.generation), (None, 3, done.generation));
+        let path = intent.path_name.clone();
+        assert!(
+            !records.record_blake3(id, path.clone(), done.generation + 1, [1; 32]).await.unwrap()
+        );
+        assert!(records.record_blake3(id, path.clone(), done.generation, [1; 32]).await.unwrap());
+        assert!(!records.record_blake3(id, path.clone(), done.generation, [2; 32]).await.unwrap());
+        let copy = records.copy_at(id, path.clone()).await.unwrap().unwrap();
+        assert_eq!(copy.blake3, Some([1; 32]));
+        let removal = Removal {
+            client_id: id,
+            stored_name: "f".into(),
+            path_name: path.clone(),
+            archive: Some(format!(".versions/{}/1", id.to_hex())),
+            keep: 1,
+        };
+        let removed = records.remove_copy(removal.clone()).await.unwrap();
+        assert_eq!((removed.files, removed.bytes, removed.kept), (1, 5, true));
+        assert!(records.copy_at(id, path).await.unwrap().is_none());
+        assert_eq!(records.versions().await.unwrap().len(), 1);
+        assert_eq!(records.remove_copy(removal).await.unwrap().files, 0, "nothing left");
     }
 
     #[test]

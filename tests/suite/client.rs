@@ -288,7 +288,7 @@ fn readme_quick_start() -> Vec<String> {
 #[test]
 fn the_readme_quick_start_works_as_typed() {
     let commands = readme_quick_start();
-    assert_eq!(commands.len(), 4, "serve, register, send, inspect: {commands:?}");
+    assert_eq!(commands.len(), 6, "serve, register, send, ls, get, inspect: {commands:?}");
     let root = tempfile::tempdir().unwrap();
     let srv = root.path().join("srv/securexfer");
     let local = |cmd: &str| {
@@ -325,11 +325,27 @@ fn the_readme_quick_start_works_as_typed() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         work.run(&args).ok(command);
     }
-    let inspect = words(local(&commands[3]));
+    // ls and get with the protocol a user's client has by default (`auto`; this file's
+    // tests otherwise pin 3): the identity upgrades to protocol 4 on the way, as it says.
+    fs::create_dir(work.path().join("restored")).unwrap(); // the block's `mkdir restored`
+    let mut listed = String::new();
+    for command in &commands[3..5] {
+        let args = words(command.clone());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = work.command(&args);
+        cmd.env_remove("SECUREXFER_PROTOCOL");
+        let out = run_command(cmd, DEADLINE);
+        out.ok(command);
+        listed.push_str(&out.stdout);
+    }
+    assert!(listed.contains("report.pdf") && listed.contains("photos.tar"), "{listed}");
+    let restored = fs::read(work.path().join("restored/report.pdf")).unwrap();
+    assert_same(&restored, &fs::read(work.path().join("report.pdf")).unwrap(), "restored");
+    let inspect = words(local(&commands[5]));
     let mut cmd = common::command();
     cmd.current_dir(root.path()).args(&inspect);
     let out = run_command(cmd, DEADLINE);
-    out.ok(&commands[3]);
+    out.ok(&commands[5]);
     assert!(
         out.stdout.contains("report.pdf") && out.stdout.contains("photos.tar"),
         "{}",

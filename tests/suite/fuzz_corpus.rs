@@ -73,7 +73,8 @@ fn the_v4_session_seeds_reach_the_states_they_are_named_for() {
         ("data-past-size", true),
         ("short-put-end", true),
         ("before-hello", true),
-        ("list-not-served", true),
+        ("resume-query-not-served", true),
+        ("list-get-rm", false),
     ];
     for (seed, closes) in seeds {
         let bytes = std::fs::read(dir.join(format!("seed-{seed}"))).expect("the seed");
@@ -111,6 +112,8 @@ fn the_v4_seed_conversations_decode_to_the_last_byte() {
     for (seed, reader, frames) in [
         ("seed-client-conversation", Side::Server, 8),
         ("seed-server-conversation", Side::Client, 6),
+        ("seed-fetch-client", Side::Server, 4),
+        ("seed-fetch-server", Side::Client, 6),
     ] {
         let bytes = std::fs::read(dir.join(seed)).expect("a seed file");
         let (mut rest, mut count, mut tags) = (&bytes[..], 0, TagCheck::new());
@@ -150,6 +153,10 @@ fn the_v4_broken_seeds_are_refused_for_the_reason_their_name_gives() {
         ("seed-broken-trailing", Server, "TrailingBytes"),
         ("seed-broken-utf8", Server, "TextNotUtf8"),
         ("seed-broken-control", Client, "TextControl"),
+        ("seed-broken-entry-hash-without-flag", Client, "Inconsistent"),
+        ("seed-broken-entry-folder-size", Client, "Inconsistent"),
+        ("seed-broken-list-entries-empty", Client, "Inconsistent"),
+        ("seed-broken-get-resume-without-generation", Server, "Inconsistent"),
         ("seed-truncated-header", Server, "Incomplete"),
         ("seed-truncated-payload", Server, "Incomplete"),
     ] {
@@ -160,14 +167,14 @@ fn the_v4_broken_seeds_are_refused_for_the_reason_their_name_gives() {
 }
 
 /// The first reason the frames in `bytes`, read by `reader`, are refused: by the frame
-/// layer, the tag rules (the server's reading) or the `HELLO`, `WELCOME` or `ERROR`
-/// payload decoders.
+/// layer, the tag rules (the server's reading) or the payload decoders of `HELLO`,
+/// `WELCOME`, `ERROR`, `LIST_ENTRIES` and `GET`.
 fn first_v4_refusal(
     bytes: &[u8],
     reader: securexfer::protocol::v4::Side,
 ) -> securexfer::protocol::v4::FrameError {
     use securexfer::protocol::v4::{
-        ErrorFrame, FrameType, Hello, Side, TagCheck, Welcome, decode_frame,
+        ErrorFrame, FrameType, Get, Hello, ListEntries, Side, TagCheck, Welcome, decode_frame,
     };
     let (mut rest, mut tags) = (bytes, TagCheck::new());
     loop {
@@ -179,6 +186,8 @@ fn first_v4_refusal(
                 FrameType::Hello => Hello::decode(payload).map(drop),
                 FrameType::Welcome => Welcome::decode(payload).map(drop),
                 FrameType::Error => ErrorFrame::decode(payload).map(drop),
+                FrameType::ListEntries => ListEntries::decode(payload).map(drop),
+                FrameType::Get => Get::decode(payload).map(drop),
                 _ => Ok(()),
             }
             .map(|()| used)

@@ -18,6 +18,7 @@ mod server;
 mod system_tools;
 mod v4_attacks;
 mod v4_client;
+mod v4_fetch;
 mod v4_peer;
 mod v4_server;
 mod vectors;

@@ -241,16 +241,16 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 /// A client's working directory with its own home (XDG_CONFIG_HOME and HOME inside).
-struct Client {
+pub(crate) struct Client {
     temp: tempfile::TempDir,
 }
 
 impl Client {
-    fn new() -> Client {
+    pub(crate) fn new() -> Client {
         Client { temp: tempfile::tempdir().unwrap() }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.temp.path()
     }
 
@@ -262,7 +262,7 @@ impl Client {
         self.config().join("known_servers")
     }
 
-    fn file(&self, name: &str, content: &[u8]) {
+    pub(crate) fn file(&self, name: &str, content: &[u8]) {
         std::fs::write(self.path().join(name), content).unwrap();
     }
 
@@ -292,7 +292,7 @@ impl Client {
     }
 
     /// Runs `securexfer ARGS` with the default protocol (`auto`), unless ARGS say.
-    fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         common::command()
             .env_remove("SECUREXFER_PROTOCOL")
             .env("XDG_CONFIG_HOME", self.path().join("config"))
@@ -306,11 +306,11 @@ impl Client {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn code(out: &Output) -> Option<i32> {
+pub(crate) fn code(out: &Output) -> Option<i32> {
     out.status.code()
 }
 

@@ -6,9 +6,9 @@
 
 use securexfer::protocol::ClientId;
 use securexfer::protocol::v4::{
-    Commit, Committed, ErrorCode, ErrorFrame, ErrorUnit, FrameHeader, FrameType, HEADER_LEN,
-    PutBegin, PutReceived, Register, Registered, Registration, Side, Upgrade, Welcome,
-    encode_frame,
+    Commit, Committed, CopyFlags, EntryKind, ErrorCode, ErrorFrame, ErrorUnit, FrameHeader,
+    FrameType, Get, GetBegin, GetEnd, HEADER_LEN, ListEnd, ListEntries, ListEntry, PutBegin,
+    PutReceived, Register, Registered, Registration, Side, Upgrade, Welcome, encode_frame,
 };
 use securexfer::server::identity::ServerIdentity;
 use std::collections::HashMap;
@@ -33,6 +33,31 @@ pub(crate) struct Script {
     pub(crate) unexpected_frame: bool,
     /// Refuse this many puts with `busy` (retry after 100 ms) at PUT_BEGIN.
     pub(crate) busy: u32,
+    /// Files the peer holds for LIST and GET: path → content.
+    pub(crate) stored: Vec<(String, Vec<u8>)>,
+    /// How GET answers lie, if they do.
+    pub(crate) get_lie: GetLie,
+    /// Paths listed after the stored ones, as they are (to name what no honest server
+    /// would: `../escape`).
+    pub(crate) extra_listed: Vec<String>,
+}
+
+/// A GET answer's lie.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum GetLie {
+    /// The truth.
+    #[default]
+    Honest,
+    /// One byte more `DATA` than `GET_BEGIN` announced.
+    ExtraBytes,
+    /// `GET_END` one byte early.
+    FewerBytes,
+    /// `GET_END` with another hash than the bytes'.
+    WrongHash,
+    /// `GET_BEGIN` with another recorded hash than the bytes'.
+    WrongRecordedHash,
+    /// `GET_BEGIN` and the first `DATA`, then nothing (the connection stays open).
+    Stall,
 }
 
 /// What the peer saw.
@@ -203,6 +228,8 @@ impl State {
             }
             FrameType::PutEnd => self.put_end(script, seen),
             FrameType::Commit => self.commit(tag, p, seen),
+            FrameType::List => list(tag, script),
+            FrameType::Get => get(tag, p, script),
             _ => {
                 self.closing = true;
                 vec![(
@@ -267,6 +294,81 @@ impl State {
         let done = Committed { generation: self.generation, stored_at: 0, kept_version: false };
         vec![(FrameType::Committed, tag, done.encode())]
     }
+}
+
+fn list(tag: u32, script: &Script) -> Out {
+    let mut stored: Vec<&(String, Vec<u8>)> = script.stored.iter().collect();
+    stored.sort();
+    let mut paths: Vec<(String, &[u8])> =
+        stored.into_iter().map(|(p, d)| (p.clone(), d.as_slice())).collect();
+    paths.extend(script.extra_listed.iter().map(|p| (p.clone(), &b""[..])));
+    let entries = paths
+        .iter()
+        .map(|(path, data)| ListEntry {
+            kind: EntryKind::File,
+            flags: CopyFlags { hash_known: true, unverified: false, protocol3: false },
+            size: data.len() as u64,
+            mtime_ns: 0,
+            stored_at: 1_796_000_000,
+            generation: 1,
+            versions: 0,
+            hash: *blake3::hash(data).as_bytes(),
+            path: path.clone(),
+        })
+        .collect::<Vec<_>>();
+    let mut out = Vec::new();
+    if !entries.is_empty() {
+        let frame = ListEntries { entries: entries.clone() };
+        out.push((FrameType::ListEntries, tag, frame.encode().unwrap()));
+    }
+    let bytes = paths.iter().map(|(_, d)| d.len() as u64).sum();
+    let end = ListEnd {
+        entries: entries.len() as u64,
+        bytes,
+        bytes_used: bytes,
+        bytes_quota: u64::MAX,
+        files_used: entries.len() as u64,
+        files_quota: u64::MAX,
+    };
+    out.push((FrameType::ListEnd, tag, end.encode()));
+    out
+}
+
+fn get(tag: u32, p: &[u8], script: &Script) -> Out {
+    let get = Get::decode(p).unwrap();
+    let Some((_, data)) = script.stored.iter().find(|(path, _)| *path == get.path) else {
+        let e = error(ErrorCode::NotFound, 0, 0, "no file is stored there");
+        return vec![(FrameType::Error, tag, e.encode().unwrap())];
+    };
+    let hash = *blake3::hash(data).as_bytes();
+    let mut other = hash;
+    other[0] ^= 1;
+    let recorded = if script.get_lie == GetLie::WrongRecordedHash { other } else { hash };
+    let begin = GetBegin {
+        size: data.len() as u64,
+        generation: 1,
+        mtime_ns: 0,
+        stored_at: 1_796_000_000,
+        flags: CopyFlags { hash_known: true, unverified: false, protocol3: false },
+        hash: recorded,
+    };
+    let mut out = vec![(FrameType::GetBegin, tag, begin.encode().unwrap())];
+    let mut body = data.clone();
+    match script.get_lie {
+        GetLie::ExtraBytes => body.push(b'!'),
+        GetLie::FewerBytes => {
+            body.pop();
+        }
+        _ => {}
+    }
+    out.extend(body.chunks(256 * 1024).map(|c| (FrameType::GetData, tag, c.to_vec())));
+    if script.get_lie == GetLie::Stall {
+        out.truncate(2);
+        return out;
+    }
+    let end = if script.get_lie == GetLie::WrongHash { other } else { hash };
+    out.push((FrameType::GetEnd, tag, GetEnd { hash: end }.encode()));
+    out
 }
 
 fn welcome(registered: bool) -> Welcome {

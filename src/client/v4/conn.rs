@@ -15,12 +15,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, ReadHalf, WriteHalf};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// How long the server gets for its own close_notify after ours.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// The write buffer: control frames are small and pipelined, so several go in one record.
 const WRITE_BUFFER: usize = 64 * 1024;
+/// Frames of a multi-frame answer held for its reader: beyond them the connection's reader
+/// waits, and TCP's back-pressure reaches the server, so a download holds a few `DATA`
+/// frames (at most 1 MiB each) whatever the file's size.
+const STREAM_FRAMES: usize = 4;
 
 /// Why the connection cannot go on.
 #[derive(Debug, Clone, Error)]
@@ -48,10 +52,38 @@ pub enum Answer {
     Refused(ErrorFrame),
 }
 
-type Reply = oneshot::Sender<Result<Answer, ConnError>>;
+/// One frame of a multi-frame answer (`LIST`, `GET`), its last included: its type says
+/// which (`ERROR` too, whose payload the reader decodes).
+#[derive(Debug, Clone)]
+pub struct Part {
+    /// The frame's type.
+    pub frame_type: FrameType,
+    /// Its payload.
+    pub payload: Vec<u8>,
+}
+
+/// Where the reader hands a request's answer.
+enum Reply {
+    /// A one-frame answer.
+    Once(oneshot::Sender<Result<Answer, ConnError>>),
+    /// Each frame of a multi-frame answer, in order; the last is the answer's end.
+    Stream(mpsc::Sender<Result<Part, ConnError>>),
+}
+
+impl Reply {
+    async fn fail(self, why: ConnError) {
+        match self {
+            Reply::Once(tx) => drop(tx.send(Err(why))),
+            Reply::Stream(tx) => drop(tx.send(Err(why)).await),
+        }
+    }
+}
 
 /// An answer to come.
 pub type AnswerFuture = oneshot::Receiver<Result<Answer, ConnError>>;
+
+/// The frames of a multi-frame answer to come.
+pub type PartStream = mpsc::Receiver<Result<Part, ConnError>>;
 
 /// The connection after the handshake.
 pub struct Connection {
@@ -128,9 +160,34 @@ impl Connection {
     ) -> Result<AnswerFuture, ConnError> {
         let awaited = Awaited::of(frame_type, tag).expect("a request that is answered");
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(awaited, tx);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(awaited, Reply::Once(tx));
         self.write_frame(frame_type, tag, payload).await?;
         Ok(rx)
+    }
+
+    /// Writes a request whose answer has several frames (`LIST`, `GET`) and returns them
+    /// to come, each checked to be a valid next frame of that answer.
+    pub async fn request_stream(
+        &mut self,
+        frame_type: FrameType,
+        tag: u32,
+        payload: &[u8],
+    ) -> Result<PartStream, ConnError> {
+        let awaited = Awaited::of(frame_type, tag).expect("a request that is answered");
+        let (tx, rx) = mpsc::channel(STREAM_FRAMES);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(awaited, Reply::Stream(tx));
+        self.write_frame(frame_type, tag, payload).await?;
+        Ok(rx)
+    }
+
+    /// Sends what is buffered and waits for the next frame of a multi-frame answer.
+    pub async fn next_part(&mut self, parts: &mut PartStream) -> Result<Part, ConnError> {
+        self.flush().await?;
+        match tokio::time::timeout(self.io_timeout, parts.recv()).await {
+            Ok(Some(result)) => result,
+            Ok(None) => Err(self.ended().unwrap_or(ConnError::Lost("the reader stopped".into()))),
+            Err(_) => Err(ConnError::Timeout(self.io_timeout.as_secs())),
+        }
     }
 
     /// Writes a frame that is not answered on its own (`DATA`, `PUT_END`).
@@ -227,7 +284,7 @@ async fn read_loop(
     let why = loop {
         match read_frame(&mut read).await {
             Ok(Some((header, payload))) => {
-                if let Err(why) = deliver(&pending, &header, payload) {
+                if let Err(why) = deliver(&pending, &header, payload).await {
                     break why;
                 }
             }
@@ -239,28 +296,52 @@ async fn read_loop(
     *ended.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
     let due: Vec<Reply> = pending.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
     for reply in due {
-        let _ = reply.send(Err(why.clone()));
+        reply.fail(why.clone()).await;
     }
 }
 
-/// Routes one frame. An error means the connection cannot go on.
-fn deliver(
+/// Routes one frame. An error means the connection cannot go on. A stream's frames wait
+/// for room in its channel (never under the lock); a reader that went away misses them,
+/// and the answer is still followed to its end, so the connection stays in step.
+async fn deliver(
     pending: &Mutex<Pending<Reply>>,
     header: &FrameHeader,
     payload: Vec<u8>,
 ) -> Result<(), ConnError> {
-    let routed = pending.lock().unwrap_or_else(|p| p.into_inner()).route(header);
+    let (routed, part_of) = {
+        let mut pending = pending.lock().unwrap_or_else(|p| p.into_inner());
+        let routed = pending.route(header);
+        let part_of = match (&routed, pending.front()) {
+            (Ok((Route::Part, _)), Some(Reply::Stream(tx))) => Some(tx.clone()),
+            _ => None,
+        };
+        (routed, part_of)
+    };
     let error = |payload: &[u8]| {
         ErrorFrame::decode(payload).map_err(|e| ConnError::ServerProtocol(format!("ERROR: {e}")))
     };
+    let frame_type = header.frame_type();
     match routed {
-        Ok((Route::Answer, Some(reply))) => {
-            let answer = if header.frame_type() == FrameType::Error {
+        Ok((Route::Answer, Some(Reply::Once(reply)))) => {
+            let answer = if frame_type == FrameType::Error {
                 Answer::Refused(error(&payload)?)
             } else {
                 Answer::Frame(payload)
             };
             let _ = reply.send(Ok(answer));
+            Ok(())
+        }
+        Ok((Route::Answer, Some(Reply::Stream(tx)))) => {
+            if frame_type == FrameType::Error {
+                error(&payload)?;
+            }
+            let _ = tx.send(Ok(Part { frame_type, payload })).await;
+            Ok(())
+        }
+        Ok((Route::Part, _)) => {
+            if let Some(tx) = part_of {
+                let _ = tx.send(Ok(Part { frame_type, payload })).await;
+            }
             Ok(())
         }
         Ok((Route::Connection, _)) => Err(ConnError::Closed(error(&payload)?)),

@@ -41,6 +41,30 @@ pub enum V4Error {
         /// Sends made.
         attempts: u32,
     },
+    /// A downloaded file's bytes do not hash to what the server said (`GET_END`) or what
+    /// its records hold (`GET_BEGIN`): nothing was kept under its name.
+    #[error(
+        "{path} did not arrive intact: its BLAKE3 is {ours}, but the server {said} \
+         {theirs} (nothing was written under its name)"
+    )]
+    DownloadMismatch {
+        /// The stored path.
+        path: String,
+        /// What the client computed.
+        ours: String,
+        /// Which hash of the server's disagreed ("computed" or "recorded").
+        said: &'static str,
+        /// That hash.
+        theirs: String,
+    },
+    /// A download could not be written locally (a full disk, a target that appeared).
+    #[error("cannot write {path}: {cause}")]
+    Write {
+        /// The local file.
+        path: PathBuf,
+        /// Why.
+        cause: io::Error,
+    },
     /// A name or path the protocol's rules refuse.
     #[error("{name:?} cannot be a protocol-4 name: {why}")]
     BadName {
@@ -93,9 +117,12 @@ impl V4Error {
             V4Error::Conn(ConnError::Closed(e)) => refusal_kind(e),
             V4Error::Conn(_) => FailureKind::Connection,
             V4Error::Refused { error, .. } => refusal_kind(error),
-            V4Error::Verification { .. } => FailureKind::Verification,
+            V4Error::Verification { .. } | V4Error::DownloadMismatch { .. } => {
+                FailureKind::Verification
+            }
             V4Error::BadName { .. }
             | V4Error::Open { .. }
+            | V4Error::Write { .. }
             | V4Error::Changed { .. }
             | V4Error::Sign(_)
             | V4Error::Encode(_) => FailureKind::Local,
@@ -116,7 +143,11 @@ impl V4Error {
     pub fn names_file(&self) -> bool {
         matches!(
             self,
-            V4Error::Verification { .. } | V4Error::Open { .. } | V4Error::Changed { .. }
+            V4Error::Verification { .. }
+                | V4Error::DownloadMismatch { .. }
+                | V4Error::Open { .. }
+                | V4Error::Write { .. }
+                | V4Error::Changed { .. }
         )
     }
 }

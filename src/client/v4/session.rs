@@ -50,12 +50,13 @@ pub struct Stored {
 
 /// A registered client on one connection.
 pub struct Session {
-    conn: Connection,
+    pub(super) conn: Connection,
     /// What the server said in `WELCOME`.
     pub welcome: Welcome,
     events: Box<dyn FnMut(Event) + Send>,
-    /// The connection is out of step (a put was cut short): nothing more goes on it.
-    broken: Option<String>,
+    /// The connection is out of step (a put was cut short, a server broke an answer):
+    /// nothing more goes on it.
+    pub(super) broken: Option<String>,
     /// `--limit-rate`: file content goes out at most this many bytes per second.
     limit_rate: Option<u64>,
     /// `--no-clobber`: puts ask the server to refuse a path that holds a file.
@@ -462,7 +463,7 @@ fn put_answered(put: &mut AnswerFuture) -> bool {
     !put.is_empty() || put.is_terminated()
 }
 
-fn server_broke(what: &str, e: crate::protocol::v4::FrameError) -> V4Error {
+pub(super) fn server_broke(what: &str, e: crate::protocol::v4::FrameError) -> V4Error {
     V4Error::Conn(ConnError::ServerProtocol(format!("{what}: {e}")))
 }
 

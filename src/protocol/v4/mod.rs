@@ -2,14 +2,16 @@
 //! the table of frame types with their payload limits, whole frames out of a buffer, the
 //! tag rules of the client's frames, the payloads of the messages of issue 14 (`HELLO`,
 //! `WELCOME`, `ERROR`, `REGISTER`, `UPGRADE`, `REGISTERED`, `PUT_BEGIN`, `PUT_RECEIVED`,
-//! `COMMIT`, `COMMITTED`), the rules of names and paths ([`names`]) and the statement an
-//! upgrade signs.
+//! `COMMIT`, `COMMITTED`), those of issue 15's downloads, listings and removal (`LIST`,
+//! `LIST_ENTRIES`, `LIST_END`, `GET`, `GET_BEGIN`, `GET_END`, `RM`, `REMOVED`), the rules
+//! of names and paths ([`names`]) and the statement an upgrade signs.
 //!
 //! Everything here travels inside TLS after the handshake (see
-//! [`super::sniff`] and `docs/protocol-v4.md`, sections "Framing" and "Messages"). Nothing
-//! is served yet: the server still closes a protocol-4 connection after the handshake.
+//! [`super::sniff`] and `docs/protocol-v4.md`, sections "Framing" and "Messages"). The
+//! server's use of it is `crate::server::v4`, the client's `crate::client::v4`.
 
 mod error;
+mod fetch;
 mod frame;
 mod identity;
 mod message;
@@ -19,6 +21,11 @@ mod reader;
 mod tag;
 
 pub use error::FrameError;
+pub use fetch::{
+    CopyFlags, EntryKind, GET_BEGIN_LEN, GET_END_LEN, GET_FIXED_LEN, Get, GetBegin, GetEnd,
+    LIST_END_LEN, LIST_ENTRIES_FIXED_LEN, LIST_ENTRY_FIXED_LEN, LIST_FIXED_LEN, List, ListEnd,
+    ListEntries, ListEntry, REMOVED_LEN, RM_FIXED_LEN, Removed, Rm,
+};
 pub use frame::{FrameHeader, FrameType, PayloadRule, Role, Side, decode_frame, encode_frame};
 pub use identity::{
     Register, Registered, TOKEN_LEN, UPGRADE_CONTEXT, UPGRADE_EXPORTER_LABEL,

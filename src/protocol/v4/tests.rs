@@ -782,3 +782,230 @@ fn the_upgrade_statement_is_the_designs_concatenation() {
     }
     assert_eq!(upgrade_statement(&[1; 32], &[2; 32], &[3; 32], &id, &"x".repeat(256)), None);
 }
+
+// ---------------------------------------------------------------------------------------
+// Downloads, listings, removal: one encoding per message
+
+fn arb_flags() -> impl Strategy<Value = CopyFlags> {
+    (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(hash_known, unverified, protocol3)| {
+        CopyFlags { hash_known, unverified, protocol3 }
+    })
+}
+
+/// A hash consistent with the flags: zeros unless the hash is known.
+fn hash_for(flags: CopyFlags, hash: Hash) -> Hash {
+    if flags.hash_known { hash } else { NO_HASH }
+}
+
+fn arb_entry() -> impl Strategy<Value = ListEntry> {
+    (
+        any::<bool>(),
+        arb_flags(),
+        (any::<u64>(), any::<i64>(), any::<i64>(), any::<u64>(), any::<u16>()),
+        any::<Hash>(),
+        arb_name(40),
+    )
+        .prop_map(
+            |(folder, flags, (size, mtime_ns, stored_at, generation, versions), hash, path)| {
+                if folder {
+                    ListEntry {
+                        kind: EntryKind::Folder,
+                        flags: CopyFlags::default(),
+                        size: 0,
+                        mtime_ns,
+                        stored_at,
+                        generation: 0,
+                        versions,
+                        hash: NO_HASH,
+                        path,
+                    }
+                } else {
+                    let hash = hash_for(flags, hash);
+                    ListEntry {
+                        kind: EntryKind::File,
+                        flags,
+                        size,
+                        mtime_ns,
+                        stored_at,
+                        generation,
+                        versions,
+                        hash,
+                        path,
+                    }
+                }
+            },
+        )
+}
+
+fn arb_get_begin() -> impl Strategy<Value = GetBegin> {
+    (any::<[u64; 2]>(), any::<[i64; 2]>(), arb_flags(), any::<Hash>()).prop_map(
+        |([size, generation], [mtime_ns, stored_at], flags, hash)| GetBegin {
+            size,
+            generation,
+            mtime_ns,
+            stored_at,
+            flags,
+            hash: hash_for(flags, hash),
+        },
+    )
+}
+
+fn arb_get() -> impl Strategy<Value = Get> {
+    (any::<u64>(), any::<u64>(), arb_name(300)).prop_map(|(offset, generation, path)| Get {
+        offset: if generation == 0 { 0 } else { offset },
+        generation,
+        path,
+    })
+}
+
+proptest! {
+    #[test]
+    fn list_and_rm_round_trip(recursive in any::<bool>(), path in arb_name(300)) {
+        let list = List { recursive, path: path.clone() };
+        let bytes = list.encode().expect("valid");
+        prop_assert_eq!(bytes.len(), LIST_FIXED_LEN + 2 + path.len());
+        prop_assert_eq!(List::decode(&bytes), Ok(list));
+        let rm = Rm { recursive, path: path.clone() };
+        let bytes = rm.encode().expect("valid");
+        prop_assert_eq!(bytes.len(), RM_FIXED_LEN + 2 + path.len());
+        prop_assert_eq!(Rm::decode(&bytes), Ok(rm));
+    }
+
+    #[test]
+    fn list_entries_round_trip(entries in prop::collection::vec(arb_entry(), 1..20)) {
+        let list = ListEntries { entries };
+        let bytes = list.encode().expect("valid");
+        let expected: usize = 2 + list.entries.iter().map(ListEntry::encoded_len).sum::<usize>();
+        prop_assert_eq!(bytes.len(), expected);
+        prop_assert_eq!(ListEntries::decode(&bytes), Ok(list));
+    }
+
+    #[test]
+    fn get_and_its_answers_round_trip(get in arb_get(), begin in arb_get_begin(), hash in any::<Hash>(), n in any::<[u64; 6]>()) {
+        let bytes = get.encode().expect("valid");
+        prop_assert_eq!(bytes.len(), GET_FIXED_LEN + 2 + get.path.len());
+        prop_assert_eq!(Get::decode(&bytes), Ok(get));
+        let bytes = begin.encode().expect("valid");
+        prop_assert_eq!(bytes.len(), GET_BEGIN_LEN);
+        prop_assert_eq!(GetBegin::decode(&bytes), Ok(begin));
+        let end = GetEnd { hash };
+        prop_assert_eq!(end.encode().len(), GET_END_LEN);
+        prop_assert_eq!(GetEnd::decode(&end.encode()), Ok(end));
+        let list_end = ListEnd {
+            entries: n[0], bytes: n[1], bytes_used: n[2], bytes_quota: n[3], files_used: n[4],
+            files_quota: n[5],
+        };
+        prop_assert_eq!(list_end.encode().len(), LIST_END_LEN);
+        prop_assert_eq!(ListEnd::decode(&list_end.encode()), Ok(list_end));
+        let removed = Removed { files: n[0], bytes: n[1], kept: n[2] };
+        prop_assert_eq!(removed.encode().len(), REMOVED_LEN);
+        prop_assert_eq!(Removed::decode(&removed.encode()), Ok(removed));
+    }
+
+    #[test]
+    fn fetch_payloads_refuse_every_strict_prefix_and_extension(
+        get in arb_get(), begin in arb_get_begin(), entries in prop::collection::vec(arb_entry(), 1..4),
+        path in arb_name(40), extra in 1usize..4,
+    ) {
+        type Decode = fn(&[u8]) -> Result<(), FrameError>;
+        let cases: [(Vec<u8>, Decode); 8] = [
+            (List { recursive: true, path: path.clone() }.encode().expect("valid"), |b| List::decode(b).map(drop)),
+            (ListEntries { entries }.encode().expect("valid"), |b| ListEntries::decode(b).map(drop)),
+            (ListEnd { entries: 1, bytes: 2, bytes_used: 3, bytes_quota: 4, files_used: 5, files_quota: 6 }.encode(), |b| ListEnd::decode(b).map(drop)),
+            (get.encode().expect("valid"), |b| Get::decode(b).map(drop)),
+            (begin.encode().expect("valid"), |b| GetBegin::decode(b).map(drop)),
+            (GetEnd { hash: [5; 32] }.encode(), |b| GetEnd::decode(b).map(drop)),
+            (Rm { recursive: false, path }.encode().expect("valid"), |b| Rm::decode(b).map(drop)),
+            (Removed { files: 1, bytes: 2, kept: 1 }.encode(), |b| Removed::decode(b).map(drop)),
+        ];
+        for (bytes, decode) in cases {
+            for len in 0..bytes.len() {
+                prop_assert!(decode(&bytes[..len]).is_err(), "a prefix of {} bytes", len);
+            }
+            let mut longer = bytes.clone();
+            longer.extend(std::iter::repeat_n(0, extra));
+            prop_assert!(decode(&longer).is_err());
+        }
+    }
+}
+
+fn file_entry(path: &str) -> ListEntry {
+    ListEntry {
+        kind: EntryKind::File,
+        flags: CopyFlags { hash_known: true, unverified: false, protocol3: false },
+        size: 5,
+        mtime_ns: 1,
+        stored_at: 2,
+        generation: 3,
+        versions: 1,
+        hash: [9; 32],
+        path: path.into(),
+    }
+}
+
+#[test]
+fn the_fetch_fixed_parts_have_the_lengths_the_design_gives() {
+    assert_eq!(LIST_ENTRY_FIXED_LEN, 70, "an entry is 70 bytes plus its path");
+    assert_eq!(LIST_END_LEN, 48);
+    assert_eq!(GET_FIXED_LEN, 16);
+    assert_eq!(GET_BEGIN_LEN, 65);
+    assert_eq!(GET_END_LEN, 32);
+    assert_eq!(REMOVED_LEN, 24);
+    assert_eq!(file_entry("abc").encoded_len(), 73);
+}
+
+#[test]
+fn listing_entries_that_contradict_themselves_are_malformed() {
+    let bad = [
+        ListEntry { flags: CopyFlags::default(), ..file_entry("a") },
+        ListEntry { kind: EntryKind::Folder, ..file_entry("a") },
+        ListEntry {
+            kind: EntryKind::Folder,
+            flags: CopyFlags::default(),
+            hash: NO_HASH,
+            size: 0,
+            ..file_entry("a")
+        },
+    ];
+    for entry in bad {
+        let list = ListEntries { entries: vec![entry.clone()] };
+        assert!(matches!(list.encode(), Err(FrameError::Inconsistent(_))), "{entry:?}");
+    }
+    // The same by hand: a hash with the "hash known" flag clear.
+    let mut bytes = ListEntries { entries: vec![file_entry("a")] }.encode().unwrap();
+    bytes[3] = 0;
+    assert!(matches!(ListEntries::decode(&bytes), Err(FrameError::Inconsistent(_))));
+    bytes[3] = 0x08;
+    assert_eq!(
+        ListEntries::decode(&bytes),
+        Err(FrameError::ReservedBits { field: "flags", bits: 0x08 })
+    );
+    bytes[3] = 1;
+    bytes[2] = 3;
+    assert_eq!(
+        ListEntries::decode(&bytes),
+        Err(FrameError::UnknownValue { field: "kind", value: 3 })
+    );
+    assert!(matches!(ListEntries::decode(&[0, 0]), Err(FrameError::Inconsistent(_))), "empty");
+    assert!(ListEntries { entries: vec![] }.encode().is_err());
+}
+
+#[test]
+fn a_list_entries_frame_is_packed_to_the_control_limit_and_no_further() {
+    let long = "x".repeat(1024);
+    let per = file_entry(&long).encoded_len();
+    let fits = (MAX_CONTROL_PAYLOAD as usize - 2) / per;
+    let full = ListEntries { entries: vec![file_entry(&long); fits] };
+    assert!(full.encode().expect("fits").len() <= MAX_CONTROL_PAYLOAD as usize);
+    let over = ListEntries { entries: vec![file_entry(&long); fits + 1] };
+    assert!(over.encode().is_err());
+}
+
+#[test]
+fn a_resumed_get_names_its_generation() {
+    let get = Get { offset: 10, generation: 0, path: "a".into() };
+    assert!(matches!(get.encode(), Err(FrameError::Inconsistent(_))));
+    let mut bytes = Get { generation: 4, ..get }.encode().unwrap();
+    bytes[8..16].copy_from_slice(&0u64.to_le_bytes());
+    assert!(matches!(Get::decode(&bytes), Err(FrameError::Inconsistent(_))));
+}

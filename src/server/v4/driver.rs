@@ -267,6 +267,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Request::PutEnd => self.put_end(tag).await,
             Request::Commit(commit) => self.commit(tag, commit).await,
             Request::Discard => self.discard(tag).await,
+            Request::List(list) => self.list(tag, list).await,
+            Request::Get(get) => self.get(tag, get).await,
+            Request::Rm(rm) => self.rm(tag, rm).await,
         };
         match done {
             Err(Ended::Refused(error)) => {

@@ -148,3 +148,36 @@ pub fn internal(at: i64) -> ErrorFrame {
         &format!("the server failed (logged at {at}, seconds since 1970)"),
     )
 }
+
+/// `name_refused`: a path that breaks the rules; the message names the rule.
+pub fn path_refused(why: &str) -> ErrorFrame {
+    plain(ErrorCode::NameRefused, false, &format!("path refused: {why}"))
+}
+
+/// `not_found`: nothing is stored at the path (of this client: others' files are never
+/// named, so this says nothing about them).
+pub fn not_found(path: &str) -> ErrorFrame {
+    plain(ErrorCode::NotFound, false, &format!("no file is stored at {path:?}"))
+}
+
+/// `is_folder`: `GET`, or `RM` without `recursive`, of a folder.
+pub fn is_folder(path: &str) -> ErrorFrame {
+    plain(ErrorCode::IsFolder, false, &format!("{path:?} is a folder, not a file"))
+}
+
+/// `conflict`: a resumed `GET` whose copy changed, or whose offset is past its size.
+pub fn copy_changed(why: &str) -> ErrorFrame {
+    plain(ErrorCode::Conflict, false, &format!("{why}: download it again from the start"))
+}
+
+/// `corrupt`: the stored bytes are not what the records say; the operator must look.
+pub fn corrupt(path: &str, why: &str) -> ErrorFrame {
+    plain(
+        ErrorCode::Corrupt,
+        false,
+        &format!(
+            "the stored copy of {path:?} is damaged ({why}); the server's operator should run \
+             `securexfer db verify` and restore it"
+        ),
+    )
+}

@@ -8,8 +8,8 @@
 use super::errors;
 use crate::protocol::ClientId;
 use crate::protocol::v4::{
-    Commit, ErrorFrame, FrameError, FrameHeader, FrameType, Hello, MAJOR_VERSION, PutBegin,
-    Register, TagCheck, Upgrade,
+    Commit, ErrorFrame, FrameError, FrameHeader, FrameType, Get, Hello, List, MAJOR_VERSION,
+    PutBegin, Register, Rm, TagCheck, Upgrade,
 };
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,12 @@ pub enum Request {
     Commit(Commit),
     /// `DISCARD` of a held upload.
     Discard,
+    /// `LIST` from a client: `LIST_ENTRIES`… `LIST_END`.
+    List(List),
+    /// `GET` from a client: `GET_BEGIN`, `DATA`…, `GET_END`.
+    Get(Get),
+    /// `RM` from a client: `REMOVED` once durable.
+    Rm(Rm),
     /// Answer the request with this `ERROR`; the connection goes on.
     Refuse(ErrorFrame),
     /// Send this `ERROR` (tag 0) and close.
@@ -301,10 +307,30 @@ impl Machine {
                     Request::Refuse(errors::not_registered())
                 }
             }
-            FrameType::ResumeQuery | FrameType::List | FrameType::Get | FrameType::Rm => {
+            FrameType::List => {
+                let list = List::decode(payload).map_err(malformed)?;
+                if registered {
+                    Request::List(list)
+                } else {
+                    Request::Refuse(errors::not_registered())
+                }
+            }
+            FrameType::Get => {
+                let get = Get::decode(payload).map_err(malformed)?;
+                if registered {
+                    Request::Get(get)
+                } else {
+                    Request::Refuse(errors::not_registered())
+                }
+            }
+            FrameType::Rm => {
+                let rm = Rm::decode(payload).map_err(malformed)?;
+                if registered { Request::Rm(rm) } else { Request::Refuse(errors::not_registered()) }
+            }
+            FrameType::ResumeQuery => {
                 return Err(errors::protocol(&format!(
                     "{frame_type} is not served yet by this server (protocol 4.0 here serves \
-                     REGISTER, UPGRADE, PUT, COMMIT and DISCARD)"
+                     REGISTER, UPGRADE, PUT, COMMIT, DISCARD, LIST, GET and RM)"
                 )));
             }
             // DATA is never a control frame, and the server's own types never get here

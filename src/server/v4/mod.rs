@@ -4,16 +4,17 @@
 //! - `machine`: the connection's rules as a pure state machine (frames in, decisions
 //!   out, the clock as input).
 //! - `driver`: the I/O around it (frames read and written, timeouts).
-//! - `identity` and `put`: what the requests do (`HELLO`, `REGISTER`, `UPGRADE`; `PUT`,
-//!   `COMMIT`, `DISCARD`) with the records and the blob store.
+//! - `identity`, `put` and `fetch`: what the requests do (`HELLO`, `REGISTER`, `UPGRADE`;
+//!   `PUT`, `COMMIT`, `DISCARD`; `LIST`, `GET`, `RM`) with the records and the blob store.
 //! - `errors`: every `ERROR` the server sends.
 //!
-//! `LIST`, `GET`, `RM` and `RESUME_QUERY` belong to the next issue: they get a closing
-//! `ERROR protocol` saying they are not served yet.
+//! `RESUME_QUERY` (resuming uploads) is not served yet: it gets a closing `ERROR protocol`
+//! saying so.
 
 pub mod client_key;
 mod driver;
 pub mod errors;
+mod fetch;
 mod identity;
 pub mod machine;
 mod put;

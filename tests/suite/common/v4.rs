@@ -24,6 +24,14 @@ pub const PUT_END: u16 = 0x0202;
 pub const COMMIT: u16 = 0x0203;
 pub const DISCARD: u16 = 0x0204;
 pub const LIST: u16 = 0x0301;
+pub const GET: u16 = 0x0302;
+pub const RM: u16 = 0x0303;
+pub const GET_DATA: u16 = 0x8010;
+pub const LIST_ENTRIES: u16 = 0x8301;
+pub const GET_BEGIN: u16 = 0x8302;
+pub const REMOVED: u16 = 0x8303;
+pub const LIST_END: u16 = 0x8381;
+pub const GET_END: u16 = 0x8382;
 pub const WELCOME: u16 = 0x8001;
 pub const ERROR: u16 = 0x8002;
 pub const REGISTERED: u16 = 0x8101;
@@ -40,8 +48,10 @@ pub mod code {
     pub const NAME_TAKEN: u16 = 5;
     pub const NAME_REFUSED: u16 = 6;
     pub const NOT_FOUND: u16 = 7;
+    pub const IS_FOLDER: u16 = 8;
     pub const CONFLICT: u16 = 9;
     pub const TOO_LARGE: u16 = 10;
+    pub const CORRUPT: u16 = 12;
     pub const RATE_LIMITED: u16 = 20;
     pub const BUSY: u16 = 21;
     pub const TIMEOUT: u16 = 23;
@@ -423,4 +433,154 @@ pub fn registered(frame: &Frame) -> ([u8; 16], String) {
     let p = &frame.payload;
     let len = p[16] as usize;
     (p[..16].try_into().unwrap(), String::from_utf8(p[17..17 + len].to_vec()).unwrap())
+}
+
+/// A `GET` answer: its `GET_BEGIN`, the bytes and the `GET_END` hash, or the bytes that came
+/// before the `ERROR` that ended it.
+pub type GetAnswer = Result<(Frame, Vec<u8>, [u8; 32]), (Vec<u8>, ErrorAnswer)>;
+
+/// `LIST recursive path`, laid out by hand.
+pub fn list_payload(recursive: bool, path: &str) -> Vec<u8> {
+    let mut out = vec![u8::from(recursive)];
+    out.extend_from_slice(&(path.len() as u16).to_le_bytes());
+    out.extend_from_slice(path.as_bytes());
+    out
+}
+
+/// `GET offset generation path`.
+pub fn get_payload(offset: u64, generation: u64, path: &str) -> Vec<u8> {
+    let mut out = offset.to_le_bytes().to_vec();
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&(path.len() as u16).to_le_bytes());
+    out.extend_from_slice(path.as_bytes());
+    out
+}
+
+/// `RM recursive path`: the same layout as `LIST`.
+pub fn rm_payload(recursive: bool, path: &str) -> Vec<u8> {
+    list_payload(recursive, path)
+}
+
+/// One `LIST_ENTRIES` entry, read by hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryAnswer {
+    pub kind: u8,
+    pub flags: u8,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub stored_at: i64,
+    pub generation: u64,
+    pub versions: u16,
+    pub hash: [u8; 32],
+    pub path: String,
+}
+
+/// The entries of a `LIST_ENTRIES` payload.
+pub fn list_entries(frame: &Frame) -> Vec<EntryAnswer> {
+    assert_eq!(frame.frame_type, LIST_ENTRIES, "{frame:?} {:?}", error_of(frame));
+    let p = &frame.payload;
+    let count = u16::from_le_bytes([p[0], p[1]]) as usize;
+    let (mut at, mut out) = (2, Vec::new());
+    let u64_at = |at: usize| u64::from_le_bytes(p[at..at + 8].try_into().unwrap());
+    for _ in 0..count {
+        let len = u16::from_le_bytes([p[at + 68], p[at + 69]]) as usize;
+        out.push(EntryAnswer {
+            kind: p[at],
+            flags: p[at + 1],
+            size: u64_at(at + 2),
+            mtime_ns: u64_at(at + 10) as i64,
+            stored_at: u64_at(at + 18) as i64,
+            generation: u64_at(at + 26),
+            versions: u16::from_le_bytes([p[at + 34], p[at + 35]]),
+            hash: p[at + 36..at + 68].try_into().unwrap(),
+            path: String::from_utf8(p[at + 70..at + 70 + len].to_vec()).unwrap(),
+        });
+        at += 70 + len;
+    }
+    assert_eq!(at, p.len(), "nothing follows the last entry");
+    out
+}
+
+/// The totals of a `LIST_END`: entries, bytes, bytes used, bytes quota, files used, quota.
+pub fn list_end(frame: &Frame) -> [u64; 6] {
+    assert_eq!(frame.frame_type, LIST_END, "{frame:?} {:?}", error_of(frame));
+    let p = &frame.payload;
+    std::array::from_fn(|i| u64::from_le_bytes(p[i * 8..i * 8 + 8].try_into().unwrap()))
+}
+
+/// What the tests read of a `GET_BEGIN`: size, generation, mtime, flags, hash.
+pub fn get_begin(frame: &Frame) -> (u64, u64, i64, u8, [u8; 32]) {
+    assert_eq!(frame.frame_type, GET_BEGIN, "{frame:?} {:?}", error_of(frame));
+    let p = &frame.payload;
+    let u64_at = |at: usize| u64::from_le_bytes(p[at..at + 8].try_into().unwrap());
+    (u64_at(0), u64_at(8), u64_at(16) as i64, p[32], p[33..65].try_into().unwrap())
+}
+
+impl Conn {
+    /// `LIST`; every entry of the answer and its `LIST_END` totals, or the `ERROR`.
+    pub fn list(
+        &mut self,
+        recursive: bool,
+        path: &str,
+    ) -> Result<(Vec<EntryAnswer>, [u64; 6]), ErrorAnswer> {
+        let tag = self.tag();
+        self.send(LIST, tag, &list_payload(recursive, path));
+        self.read_list(tag)
+    }
+
+    /// The answer to the `LIST` under `tag`, and how many `LIST_ENTRIES` frames it took.
+    pub fn read_list(&mut self, tag: u32) -> Result<(Vec<EntryAnswer>, [u64; 6]), ErrorAnswer> {
+        let mut entries = Vec::new();
+        loop {
+            let frame = self.read().expect("an answer to LIST");
+            assert_eq!(frame.tag, tag, "{frame:?}");
+            match frame.frame_type {
+                LIST_ENTRIES => entries.extend(list_entries(&frame)),
+                LIST_END => return Ok((entries, list_end(&frame))),
+                _ => return Err(error_of(&frame).unwrap_or_else(|| panic!("{frame:?}"))),
+            }
+        }
+    }
+
+    /// `GET path`; the `GET_BEGIN` frame, the bytes, and the `GET_END` hash, or the
+    /// `ERROR` that ended the answer (with the bytes before it).
+    pub fn get(&mut self, path: &str) -> GetAnswer {
+        let tag = self.tag();
+        self.send(GET, tag, &get_payload(0, 0, path));
+        self.read_get(tag)
+    }
+
+    /// The answer to the `GET` under `tag`.
+    pub fn read_get(&mut self, tag: u32) -> GetAnswer {
+        let first = self.read().expect("an answer to GET");
+        assert_eq!(first.tag, tag, "{first:?}");
+        if let Some(error) = error_of(&first) {
+            return Err((Vec::new(), error));
+        }
+        assert_eq!(first.frame_type, GET_BEGIN, "{first:?}");
+        let mut data = Vec::new();
+        loop {
+            let frame = self.read().expect("the rest of a GET answer");
+            assert_eq!(frame.tag, tag, "{frame:?}");
+            match frame.frame_type {
+                GET_DATA => data.extend_from_slice(&frame.payload),
+                GET_END => return Ok((first, data, frame.payload.try_into().unwrap())),
+                _ => return Err((data, error_of(&frame).unwrap_or_else(|| panic!("{frame:?}")))),
+            }
+        }
+    }
+
+    /// `RM path`; files, bytes and kept of `REMOVED`, or the `ERROR`.
+    pub fn rm(&mut self, path: &str) -> Result<[u64; 3], ErrorAnswer> {
+        let tag = self.tag();
+        self.send(RM, tag, &rm_payload(false, path));
+        let frame = self.read().expect("an answer to RM");
+        assert_eq!(frame.tag, tag, "{frame:?}");
+        if let Some(error) = error_of(&frame) {
+            return Err(error);
+        }
+        assert_eq!(frame.frame_type, REMOVED, "{frame:?}");
+        let p = &frame.payload;
+        Ok(std::array::from_fn(|i| u64::from_le_bytes(p[i * 8..i * 8 + 8].try_into().unwrap())))
+    }
 }

@@ -1,0 +1,516 @@
+//! `securexfer ls`, `get` and `rm`: protocol 4 only. Each connects as `send` does (known
+//! servers, the pinned key, an upgrade of a protocol-3 identity), then lists, downloads or
+//! removes, reporting each name in its place, for people or as JSON lines.
+
+use super::out::outln;
+use super::progress;
+use super::send::{identity_candidates, server_and_name};
+use super::v4::{self, Four, Spoken};
+use super::{UsageError, code_for};
+use crate::cli::{ClientArgs, GetArgs, LsArgs, ProtocolArg, RmArgs};
+use anyhow::Context;
+use securexfer::client::identity::Identity;
+use securexfer::client::trust::format_time;
+use securexfer::client::v4::error::{V4Error, binary_size, describe_refusal};
+use securexfer::client::v4::fetch::{Fetched, PendingGet};
+use securexfer::client::v4::glob;
+use securexfer::client::v4::session::Session;
+use securexfer::client::v4::session::hex;
+use securexfer::protocol::v4::{EntryKind, ErrorCode, ListEntry};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// GETs sent ahead of the one being received: their answers come in order, so the server
+/// never waits for the client's next request between files.
+const GETS_AHEAD: usize = 8;
+
+/// The temporary file a download is being written to, for Ctrl-C to delete.
+type Current = std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>;
+
+/// Ctrl-C during `get` deletes the temporary file being written (nothing is left, under
+/// the name or beside it), says which file was interrupted and exits 130.
+fn tidy_on_interrupt(current: &Current, display: &progress::Shared) {
+    let flag: &'static std::sync::atomic::AtomicBool = securexfer::sys::catch_interrupt();
+    let (current, display) = (std::sync::Arc::clone(current), std::sync::Arc::clone(display));
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                progress::lock(&display).clear_after_interrupt();
+                let temp = current.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(temp) = temp {
+                    let _ = std::fs::remove_file(&temp);
+                }
+                eprintln!("securexfer: interrupted: the download under way was not kept");
+                std::process::exit(i32::from(progress::INTERRUPTED));
+            }
+        }
+    });
+}
+
+/// ls, get and rm cannot be served: the server does not speak protocol 4, or does not know
+/// this client (exit code 4, a refusal).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotServed(pub String);
+
+/// Connects for `command` over protocol 4, as a client the server knows.
+fn connect(command: &str, args: &ClientArgs) -> anyhow::Result<(String, Four)> {
+    if args.protocol == ProtocolArg::Three {
+        return Err(UsageError(format!(
+            "securexfer {command} needs protocol 4: protocol 3 can only send files (drop \
+             --protocol 3)"
+        ))
+        .into());
+    }
+    let (server, _) = server_and_name(args, None)?;
+    let mut four = match v4::connect(&server, args)? {
+        Spoken::Four(four) => *four,
+        Spoken::Three => {
+            return Err(NotServed(format!(
+                "{server} does not speak protocol 4: securexfer {command} needs it (protocol 3 \
+                 can only send files)"
+            ))
+            .into());
+        }
+    };
+    if !four.session.registered() {
+        let candidates = identity_candidates(args.identity.as_deref(), &server);
+        let Some(found) = candidates.iter().find(|p| p.exists()) else {
+            four.close();
+            return Err(NotServed(format!(
+                "{server} does not know this client's protocol-4 key, and there is no \
+                 protocol-3 identity to upgrade: `securexfer register` (or `send`) first"
+            ))
+            .into());
+        };
+        let identity = Identity::load(found).context("cannot use the saved identity")?;
+        four.upgrade(&server, &identity)?;
+    }
+    Ok((server, four))
+}
+
+/// An error about one name in words for people: "not found: NAME on SERVER" and the like.
+fn describe(error: &V4Error, name: &str, server: &str) -> String {
+    match error {
+        V4Error::Refused { error, .. } if error.code == ErrorCode::NotFound => {
+            format!("not found: {name} on {server}")
+        }
+        V4Error::Refused { error, .. } if error.code == ErrorCode::IsFolder => {
+            format!("{name} on {server} is a folder, not a file")
+        }
+        V4Error::Refused { step, error } => {
+            format!("{step} {name} on {server}: {}", describe_refusal(error))
+        }
+        other => format!("{name}: {other}"),
+    }
+}
+
+/// `securexfer ls [PATTERN…]`.
+pub fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
+    let (server, mut four) = connect("ls", &args.client)?;
+    let patterns = args.patterns.clone();
+    let mut matched = vec![false; patterns.len()];
+    let show = |entry: &ListEntry| print_entry(&args, &server, entry);
+    let listed = four.runtime.block_on(four.session.list("", true, |entry| {
+        let mut any = patterns.is_empty();
+        for (pattern, hit) in patterns.iter().zip(matched.iter_mut()) {
+            if glob::matches(pattern, &entry.path) {
+                *hit = true;
+                any = true;
+            }
+        }
+        if any {
+            show(&entry);
+        }
+    }));
+    let end = match listed {
+        Ok(end) => end,
+        Err(e) => {
+            four.close();
+            return Err(anyhow::Error::new(e).context(format!("cannot list the files on {server}")));
+        }
+    };
+    four.close();
+    let mut worst = 0;
+    for (pattern, _) in patterns.iter().zip(&matched).filter(|(_, hit)| !**hit) {
+        worst = 4;
+        let why = if glob::is_pattern(pattern) {
+            format!("no stored file matches {pattern} on {server}")
+        } else {
+            format!("not found: {pattern} on {server}")
+        };
+        if args.json {
+            outln!(
+                "{}",
+                serde_json::json!({ "pattern": pattern, "status": "not_found", "error": why })
+            );
+        }
+        eprintln!("securexfer: {why}");
+    }
+    if args.json {
+        let summary = serde_json::json!({
+            "summary": true,
+            "server": server,
+            "bytes_used": end.bytes_used,
+            "files_used": end.files_used,
+            "exit_code": worst,
+        });
+        outln!("{summary}");
+    }
+    Ok(ExitCode::from(worst))
+}
+
+fn print_entry(args: &LsArgs, server: &str, entry: &ListEntry) {
+    if args.quiet {
+        return;
+    }
+    let known = entry.flags.hash_known;
+    if args.json {
+        let line = serde_json::json!({
+            "name": entry.path,
+            "server": server,
+            "kind": if entry.kind == EntryKind::Folder { "folder" } else { "file" },
+            "size": entry.size,
+            "stored_at": format_time(entry.stored_at),
+            "mtime_ns": entry.mtime_ns,
+            "blake3": known.then(|| hex(&entry.hash)),
+            "generation": entry.generation,
+            "versions": entry.versions,
+            "protocol": if entry.flags.protocol3 { 3 } else { 4 },
+            "verified": !entry.flags.unverified,
+        });
+        outln!("{line}");
+        return;
+    }
+    let size = if args.bytes { entry.size.to_string() } else { binary_size(entry.size) };
+    let hash = if known { hex(&entry.hash)[..16].to_owned() } else { "-".repeat(16) };
+    let note = if entry.flags.unverified { "  (unverified)" } else { "" };
+    outln!(
+        "{size:>11}  {}  {hash}  {:>3}  {}{note}",
+        format_time(entry.stored_at),
+        entry.versions,
+        entry.path
+    );
+}
+
+/// Where `get` writes: a directory, or stdout.
+enum Target {
+    Dir(PathBuf),
+    Stdout,
+}
+
+/// `securexfer get NAME… [-o DIR|-] [--force]`.
+pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let target = if args.output == Path::new("-") {
+        if args.names.len() > 1 {
+            return Err(UsageError("-o - writes one file to stdout: name one NAME".into()).into());
+        }
+        Target::Stdout
+    } else {
+        if !args.output.is_dir() {
+            return Err(super::LocalError(format!(
+                "{} is not a directory to download into",
+                args.output.display()
+            ))
+            .into());
+        }
+        Target::Dir(args.output.clone())
+    };
+    // Read before any thread of the run exists: the umask can only be read by setting it.
+    let mode = 0o666 & !securexfer::sys::umask();
+    let (server, mut four) = connect("get", &args.client)?;
+    let current = Current::default();
+    let bars = !args.quiet && !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // Sizes are known file by file, from each GET_BEGIN: the run's total grows as they come.
+    let display = progress::Display::new(args.names.len(), 0, bars);
+    tidy_on_interrupt(&current, &display);
+    let mut run = GetRun { args: &args, server: &server, worst: 0, got: 0, failed: 0 };
+    let mut ahead: VecDeque<(String, Prepared)> = VecDeque::new();
+    let mut names = args.names.iter();
+    let (mut stopped, mut k) = (false, 0);
+    loop {
+        while ahead.len() < GETS_AHEAD && !stopped {
+            let Some(name) = names.next() else { break };
+            let sent = four.runtime.block_on(prepare(&mut four.session, &target, name, args.force));
+            ahead.push_back((name.clone(), sent));
+        }
+        let Some((name, sent)) = ahead.pop_front() else { break };
+        k += 1;
+        progress::lock(&display).start_file(k, &name);
+        let result = match sent {
+            Ok((local, pending)) => {
+                let how = Receive {
+                    target: &target,
+                    force: args.force,
+                    mode,
+                    current: &current,
+                    display: &display,
+                };
+                receive(&four.runtime, &mut four.session, &how, &local, pending)
+            }
+            Err(e) => Err(e),
+        };
+        let size = result.as_ref().map_or(0, |(fetched, _)| fetched.size);
+        let mut shown = progress::lock(&display);
+        shown.finish_file(size, result.is_ok());
+        if let Err(e) = &result
+            && e.ends_session()
+        {
+            stopped = true;
+        }
+        shown.suspend(|| run.report(&name, result));
+    }
+    progress::lock(&display).clear();
+    for name in names {
+        run.report(
+            &name.clone(),
+            Err(V4Error::Conn(securexfer::client::v4::conn::ConnError::Lost(
+                "not tried: the connection failed for an earlier file".into(),
+            ))),
+        );
+    }
+    four.close();
+    run.summary();
+    Ok(ExitCode::from(run.worst))
+}
+
+/// A name's local file and its `GET` sent, or why not.
+type Prepared = Result<(PathBuf, PendingGet), V4Error>;
+
+/// Where `name` goes, checked to be free (unless `force`), and its `GET` sent.
+async fn prepare(session: &mut Session, target: &Target, name: &str, force: bool) -> Prepared {
+    let local = match target {
+        Target::Stdout => PathBuf::from("-"),
+        Target::Dir(dir) => {
+            // The last component of the stored path, which the path rules make a plain
+            // file name (no `/`, not `.` or `..`): the file lands in DIR and nowhere else.
+            let file = name.rsplit('/').next().unwrap_or(name);
+            let local = dir.join(file);
+            if !force && std::fs::symlink_metadata(&local).is_ok() {
+                return Err(V4Error::Write {
+                    path: local,
+                    cause: std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "it exists; pass --force to replace it",
+                    ),
+                });
+            }
+            local
+        }
+    };
+    let pending = session.send_get(name).await?;
+    Ok((local, pending))
+}
+
+/// How a download is received.
+struct Receive<'a> {
+    target: &'a Target,
+    force: bool,
+    /// The downloaded file's permissions: what a new file gets under the umask (the
+    /// temporary file was made 0600 while it was not yet the user's file).
+    mode: u32,
+    current: &'a Current,
+    display: &'a progress::Shared,
+}
+
+impl Receive<'_> {
+    /// Tells the bars: `(0, size)` when a download begins, then the bytes so far.
+    fn progress(&self) -> impl FnMut(u64, u64) + '_ {
+        |received, size| {
+            let mut display = progress::lock(self.display);
+            if received == 0 {
+                display.grow_total(size);
+                display.start_send(size, 1);
+            } else {
+                display.progress(received);
+            }
+        }
+    }
+}
+
+/// Receives one download: into a temporary file beside its target, synced and renamed
+/// into place only once verified (a failure leaves nothing under the name), or to stdout.
+fn receive(
+    runtime: &tokio::runtime::Runtime,
+    session: &mut Session,
+    how: &Receive<'_>,
+    local: &Path,
+    pending: PendingGet,
+) -> Result<(Fetched, PathBuf), V4Error> {
+    let Target::Dir(dir) = how.target else {
+        let mut stdout = std::io::stdout().lock();
+        let fetched =
+            runtime.block_on(session.receive_get(pending, &mut stdout, local, how.progress()))?;
+        stdout.flush().map_err(|cause| V4Error::Write { path: local.to_owned(), cause })?;
+        return Ok((fetched, local.to_owned()));
+    };
+    let write_error = |cause| V4Error::Write { path: local.to_owned(), cause };
+    let temp = tempfile::Builder::new()
+        .prefix(".securexfer-get-")
+        .tempfile_in(dir)
+        .map_err(write_error)?;
+    let set = |path: Option<PathBuf>| *how.current.lock().unwrap_or_else(|p| p.into_inner()) = path;
+    set(Some(temp.path().to_owned()));
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, temp);
+    // On an error the temporary file deletes itself when dropped; a stale path left in
+    // `current` names nothing.
+    let fetched =
+        runtime.block_on(session.receive_get(pending, &mut out, local, how.progress()))?;
+    let temp = out.into_inner().map_err(|e| write_error(e.into_error()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let permissions = std::fs::Permissions::from_mode(how.mode);
+        temp.as_file().set_permissions(permissions).map_err(write_error)?;
+    }
+    temp.as_file().sync_all().map_err(write_error)?;
+    if fetched.mtime_ns > 0 {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(fetched.mtime_ns as u64);
+        let _ = temp.as_file().set_modified(at);
+    }
+    // Without --force the rename refuses a file that appeared meanwhile (a link, not a
+    // rename over it).
+    let placed = if how.force { temp.persist(local) } else { temp.persist_noclobber(local) };
+    placed.map_err(|e| write_error(e.error))?;
+    set(None);
+    Ok((fetched, local.to_owned()))
+}
+
+/// What a `get` run reported so far.
+struct GetRun<'a> {
+    args: &'a GetArgs,
+    server: &'a str,
+    worst: u8,
+    got: u64,
+    failed: u64,
+}
+
+impl GetRun<'_> {
+    /// JSON goes to stdout, or to stderr when stdout carries the file.
+    fn json_line(&self, line: serde_json::Value) {
+        if self.args.output == Path::new("-") {
+            eprintln!("{line}");
+        } else {
+            outln!("{line}");
+        }
+    }
+
+    fn report(&mut self, name: &str, result: Result<(Fetched, PathBuf), V4Error>) {
+        match result {
+            Ok((fetched, local)) => {
+                self.got += 1;
+                if self.args.json {
+                    self.json_line(serde_json::json!({
+                        "name": name,
+                        "file": local.display().to_string(),
+                        "server": self.server,
+                        "status": "verified",
+                        "size": fetched.size,
+                        "blake3": hex(&fetched.hash),
+                        "generation": fetched.generation,
+                    }));
+                } else if !self.args.quiet {
+                    let line = format!(
+                        "got {name} ({}, BLAKE3 {}…) from {} into {}: verified",
+                        binary_size(fetched.size),
+                        &hex(&fetched.hash)[..16],
+                        self.server,
+                        local.display()
+                    );
+                    if self.args.output == Path::new("-") {
+                        eprintln!("securexfer: {line}");
+                    } else {
+                        outln!("{line}");
+                    }
+                }
+            }
+            Err(e) => {
+                self.failed += 1;
+                let code = code_for(e.kind());
+                self.worst = self.worst.max(code);
+                let why = describe(&e, name, self.server);
+                if self.args.json {
+                    self.json_line(serde_json::json!({
+                        "name": name,
+                        "server": self.server,
+                        "status": "failed",
+                        "exit_code": code,
+                        "error": why,
+                    }));
+                }
+                eprintln!("securexfer: error: {why}");
+            }
+        }
+    }
+
+    fn summary(&self) {
+        if self.args.json {
+            self.json_line(serde_json::json!({
+                "summary": true,
+                "server": self.server,
+                "files": self.got + self.failed,
+                "verified": self.got,
+                "failed": self.failed,
+                "exit_code": self.worst,
+            }));
+        }
+    }
+}
+
+/// `securexfer rm NAME…`.
+pub fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
+    let (server, mut four) = connect("rm", &args.client)?;
+    let (mut worst, mut removed, mut failed) = (0u8, 0u64, 0u64);
+    let mut stopped = false;
+    for name in &args.names {
+        let result = if stopped {
+            Err(V4Error::Conn(securexfer::client::v4::conn::ConnError::Lost(
+                "not tried: the connection failed for an earlier file".into(),
+            )))
+        } else {
+            four.runtime.block_on(four.session.rm(name))
+        };
+        match result {
+            Ok(done) => {
+                removed += 1;
+                let kept = done.kept > 0;
+                if args.json {
+                    let line = serde_json::json!({
+                        "name": name, "server": server, "status": "removed",
+                        "bytes": done.bytes, "kept_version": kept,
+                    });
+                    outln!("{line}");
+                } else if !args.quiet {
+                    let note = if kept { " (the server keeps it as a version)" } else { "" };
+                    outln!("removed {name} ({}) from {server}{note}", binary_size(done.bytes));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                stopped |= e.ends_session();
+                let code = code_for(e.kind());
+                worst = worst.max(code);
+                let why = describe(&e, name, &server);
+                if args.json {
+                    let line = serde_json::json!({
+                        "name": name, "server": server, "status": "failed",
+                        "exit_code": code, "error": why,
+                    });
+                    outln!("{line}");
+                }
+                eprintln!("securexfer: error: {why}");
+            }
+        }
+    }
+    four.close();
+    if args.json {
+        let line = serde_json::json!({
+            "summary": true, "server": server, "files": removed + failed,
+            "removed": removed, "failed": failed, "exit_code": worst,
+        });
+        outln!("{line}");
+    }
+    Ok(ExitCode::from(worst))
+}
