@@ -11,7 +11,7 @@ pub mod records;
 pub use blob::{BlobInfo, BlobStore, Chunk, Committed, StagedBlob};
 pub use db::{
     Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
-    NewClient, Registered, V4Content, VersionRecord,
+    NewClient, Registered, StagedObject, V4Content, VersionRecord,
 };
 pub use local::{StagedFile, Storage, VERSIONS_DIR};
 pub use postgres::{PostgresError, PostgresRecords};
