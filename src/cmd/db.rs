@@ -142,7 +142,8 @@ fn finish_interrupted_commits(db: &Path, storage: &Storage) -> anyhow::Result<()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(securexfer::server::reconcile_commits(&records, storage, usize::MAX))?;
+    let storage = securexfer::store::Blobs::Local(storage.clone());
+    runtime.block_on(securexfer::server::reconcile_commits(&records, &storage, usize::MAX))?;
     Ok(())
 }
 
