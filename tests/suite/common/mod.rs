@@ -119,6 +119,18 @@ impl Server {
         Server::launch_with(dir, db, storage, extra, |_| {})
     }
 
+    /// Like [`Server::start_in_on_storage`], with a chance to adjust the command (its
+    /// environment, say).
+    pub fn start_in_on_storage_with(
+        dir: &Path,
+        db: &str,
+        storage: &str,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Server {
+        Server::launch_with(dir, db, storage, extra, adjust)
+    }
+
     fn launch(dir: &Path, db: &str, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
         Server::launch_with(dir, db, "storage", extra, adjust)
     }

@@ -442,3 +442,99 @@ fn an_object_store_that_cannot_be_reached_stops_start_up_with_what_to_check() {
     assert_eq!(output.status.code(), Some(6), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("s3://BUCKET/PREFIX"));
 }
+
+#[test]
+fn a_protocol_4_put_is_committed_to_the_object_store_with_its_blake3_and_a_kept_version() {
+    use crate::common::v4::{self, Conn, Key};
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), false) else { return };
+    let server = start(dir.path(), &records, &url, &[]);
+    let (mut conn, _welcome) = Conn::hello(server.addr, &Key::ed25519());
+    let (id, _) = v4::registered(&conn.register("vera", None));
+    let id = ClientId(id);
+    let hash = |data: &[u8]| *blake3::hash(data).as_bytes();
+    let first = common::random_bytes(700 * 1024 + 3, 75);
+    let (received, committed) = conn.put_and_commit("report.pdf", &first, hash(&first));
+    assert_eq!(v4::put_received(&received), (first.len() as u64, hash(&first), false));
+    assert!(!v4::committed(&committed).2, "nothing replaced");
+    let second = common::random_bytes(9 << 20, 76); // two parts
+    let (received, committed) = conn.put_and_commit("report.pdf", &second, hash(&second));
+    assert!(v4::put_received(&received).2, "replaces");
+    assert!(v4::committed(&committed).2, "the replaced copy is kept");
+    assert_stored_in_bucket(&records, &url, id, "report.pdf", &second);
+    let files = records.files();
+    assert_eq!((files[0].blake3, files[0].protocol), (Some(hash(&second)), 4));
+    let versions = records.versions();
+    assert_eq!(versions.len(), 1);
+    assert!(object(&url, &versions[0].path_name) == first, "the version is the first object");
+    assert_eq!(objects(&url).len(), 2);
+    assert!(records.staged().is_empty(), "nothing staged left");
+}
+
+/// An S3-compatible server of the test's own (`rclone serve s3`, as `.ci/services.sh`
+/// starts), over `data`, on `port`, with the test credentials: one the test can stop and
+/// start again. Killed when dropped.
+fn own_s3(data: &Path, port: u16) -> OwnS3 {
+    let config = data.join("rclone.conf");
+    std::fs::write(&config, "").unwrap();
+    let auth = format!(
+        "{},{}",
+        std::env::var("AWS_ACCESS_KEY_ID").unwrap(),
+        std::env::var("AWS_SECRET_ACCESS_KEY").unwrap()
+    );
+    let child = std::process::Command::new("rclone")
+        .args(["--config", config.to_str().unwrap(), "serve", "s3"])
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--auth-key", &auth])
+        .arg(data.join("root"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rclone (installed by .ci/services.sh)");
+    wait_until("rclone to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    OwnS3(child)
+}
+
+/// A test's own S3 server, stopped when dropped.
+struct OwnS3(std::process::Child);
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_object_store_that_goes_away_fails_uploads_clearly_and_serves_again_when_it_returns() {
+    let Some(_) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("s3/root/own-bucket")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let s3 = own_s3(&dir.path().join("s3"), port);
+    let url = "s3://own-bucket/prefix";
+    let records = RecordsAt::Sqlite(dir.path().join("server.db"));
+    let server = Server::start_in_on_storage_with(dir.path(), "server.db", url, &[], |cmd| {
+        cmd.env("AWS_ENDPOINT_URL", &endpoint);
+    });
+    let mut stream = connect(&server);
+    let mut client = Client::setup("faulty", &mut stream);
+    let data = common::random_bytes(300_000, 77);
+    client.upload(&mut stream, "before.bin", &data);
+
+    drop(s3);
+    let started = Instant::now();
+    let answer = client.send_file(&mut stream, "during.bin", &data);
+    assert_eq!(answer.code(), ResponseCode::GeneralError, "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+    server.wait_for_log("writing the upload failed");
+    let files = records.files();
+    assert!(files.iter().all(|f| f.file_name != "during.bin"), "{files:?}");
+
+    let _s3 = own_s3(&dir.path().join("s3"), port);
+    let mut again = client.reconnected(&server);
+    client.upload(&mut again, "after.bin", &data);
+    let names: Vec<String> = records.files().into_iter().map(|f| f.file_name).collect();
+    assert_eq!(names, ["after.bin", "before.bin"]);
+}
