@@ -538,3 +538,19 @@ fn an_object_store_that_goes_away_fails_uploads_clearly_and_serves_again_when_it
     let names: Vec<String> = records.files().into_iter().map(|f| f.file_name).collect();
     assert_eq!(names, ["after.bin", "before.bin"]);
 }
+
+#[test]
+fn the_operators_tools_say_they_read_a_local_storage_directory_only() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in ["inspect", "verify", "restore"] {
+        let mut args = vec!["db", command, "--db", "server.db", "--storage", "s3://b/p"];
+        if command == "restore" {
+            args.extend(["--client", "alice", "--file", "f", "--version", "1"]);
+        }
+        let out = common::run_in(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("only `serve` supports"), "{command}: {stderr}");
+        assert!(!dir.path().join("s3:").exists(), "{command} made a local directory");
+    }
+}
