@@ -390,6 +390,7 @@ impl BlobStore for S3Store {
             key,
             owner,
             expires_at,
+            size_hint,
             upload_id: None,
             buf: BytesMut::new(),
             parts: Vec::new(),
@@ -494,6 +495,8 @@ pub struct S3Staged {
     path: Path,
     owner: ClientId,
     expires_at: i64,
+    /// About how many bytes are coming (a small upload's buffer is no larger).
+    size_hint: u64,
     upload_id: Option<String>,
     /// The part being filled.
     buf: BytesMut,
@@ -584,7 +587,10 @@ impl StagedBlob for S3Staged {
         let mut bytes = &chunk[..];
         while !bytes.is_empty() {
             if self.buf.capacity() == 0 {
-                self.buf.reserve(part_size);
+                let sent = (self.parts.len() + usize::from(self.in_flight.is_some())) * part_size;
+                let left =
+                    usize::try_from(self.size_hint).unwrap_or(usize::MAX).saturating_sub(sent);
+                self.buf.reserve(part_size.min(left.max(bytes.len())));
             }
             let n = (part_size - self.buf.len()).min(bytes.len());
             self.buf.extend_from_slice(&bytes[..n]);
