@@ -38,7 +38,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --config 'Configuration file (default /etc/securexfer/serve.toml, if it exists): keys are the long flags (`max-file-size = "8G"`). Flags and SECUREXFER_* variables win over it'
             cand --listen 'Address to listen on. The default accepts only this machine; use 0.0.0.0 (or ::) to accept remote clients'
             cand --port 'Port to listen on (0 picks a free one, printed at start-up)'
-            cand --storage 'Directory where received files are stored, one subdirectory per client id'
+            cand --storage 'Directory where received files are stored, one subdirectory per client id; or an S3-compatible object store that several servers share, as s3://BUCKET/PREFIX (endpoint, region and keys from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; plain http only on loopback or with AWS_ALLOW_HTTP=true)'
             cand --db 'SQLite database of clients and files; or a PostgreSQL database that several servers share, as postgres://USER:PASSWORD@HOST:PORT/DB (no TLS to it yet: loopback or a private network)'
             cand --max-file-size 'Largest file accepted (encrypted size; suffixes K, M, G). Larger uploads are refused before anything is read. The protocol''s own limit is 4G minus 16 bytes'
             cand --max-connections 'Most simultaneous connections. When full, the oldest idle connection that never made a key exchange is closed to make room; without one, newcomers wait'

@@ -87,12 +87,15 @@ pub struct ServeArgs {
     /// Port to listen on (0 picks a free one, printed at start-up).
     #[arg(long, env = "SECUREXFER_PORT", value_name = "N")]
     pub port: Option<u16>,
-    /// Directory where received files are stored, one subdirectory per client id.
+    /// Directory where received files are stored, one subdirectory per client id; or an
+    /// S3-compatible object store that several servers share, as s3://BUCKET/PREFIX
+    /// (endpoint, region and keys from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID and
+    /// AWS_SECRET_ACCESS_KEY; plain http only on loopback or with AWS_ALLOW_HTTP=true).
     #[arg(
         long,
         env = "SECUREXFER_STORAGE",
         default_value = "storage",
-        value_name = "DIR",
+        value_name = "DIR|s3://BUCKET/PREFIX",
         value_hint = ValueHint::DirPath
     )]
     pub storage: PathBuf,

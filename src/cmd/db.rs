@@ -28,8 +28,22 @@ pub fn sqlite_only(db: &Path, command: &str) -> Result<(), UsageError> {
     Ok(())
 }
 
+/// Likewise a local storage directory: an `s3://` address is a usage error that says so
+/// (rather than a local directory made under that name).
+pub fn local_storage_only(storage: &Path, command: &str) -> Result<(), UsageError> {
+    let shown = storage.to_string_lossy();
+    if securexfer::store::s3::is_s3_url(&shown) {
+        return Err(UsageError(format!(
+            "`securexfer {command}` reads a local storage directory; {shown} is an object \
+             store, which only `serve` supports so far"
+        )));
+    }
+    Ok(())
+}
+
 pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     sqlite_only(&args.db, "db inspect")?;
+    local_storage_only(&args.storage, "db inspect")?;
     let db = Db::open_read_only(&args.db)?;
     let mut clients = db.clients()?;
     let mut files = db.files()?;
@@ -200,12 +214,14 @@ fn finish_interrupted_commits(db: &Path, storage: &Storage) -> anyhow::Result<()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(securexfer::server::reconcile_commits(&records, storage, usize::MAX))?;
+    let storage = securexfer::store::Blobs::Local(storage.clone());
+    runtime.block_on(securexfer::server::reconcile_commits(&records, &storage, usize::MAX))?;
     Ok(())
 }
 
 pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     sqlite_only(&args.db, "db restore")?;
+    local_storage_only(&args.storage, "db restore")?;
     let storage = Storage::open(&args.storage)
         .with_context(|| format!("storage directory {}", args.storage.display()))?;
     let _lock = storage.lock_exclusive().map_err(|_| {

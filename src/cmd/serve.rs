@@ -89,10 +89,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// Why `serve` could not start, with its exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The storage directory or the database cannot be used (exit 6).
+    /// The storage (directory or object store) or the database cannot be used (exit 6).
     #[error("cannot start with storage {storage} and database {db}: {cause}")]
     Open {
-        /// The storage directory.
+        /// The storage directory or object store.
         storage: String,
         /// The database.
         db: String,

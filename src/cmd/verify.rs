@@ -60,6 +60,7 @@ fn version_record(v: VersionRecord) -> (FileRecord, Option<i64>) {
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     super::db::sqlite_only(&args.db, "db verify")?;
+    super::db::local_storage_only(&args.storage, "db verify")?;
     let db = Db::open_read_only(&args.db)?;
     let mut checked: Vec<(FileRecord, Option<i64>)> =
         db.files()?.into_iter().filter(|f| f.verified).map(|f| (f, None)).collect();

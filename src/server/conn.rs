@@ -730,28 +730,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             .take_pending(file_name.as_str())
             .ok_or_else(|| Refusal::NothingWaits(file_name.to_string()))?;
         let turn = self.shared.commit_turn(id, &pending.stored_name).await;
+        // Where it will be recorded, and the version kept of the confirmed copy it
+        // replaces, if any (under the commit turn, so nobody else records this name in
+        // between).
+        let keep = self.shared.config.keep_versions;
+        let records = self.shared.records();
+        let location = pending.upload.location().to_owned();
+        let plan = self
+            .shared
+            .storage
+            .commit_plan(records, id, &pending.stored_name, &location, keep)
+            .await?;
         let intent = CommitIntent {
             client_id: id,
             stored_name: pending.stored_name.clone(),
             file_name: file_name.to_string(),
-            path_name: self.shared.storage.path_name(id, &pending.stored_name),
-            source: pending.upload.location().to_owned(),
+            path_name: plan.path_name,
+            source: location,
             size: pending.size,
             cksum: pending.cksum,
-            archive: None,
+            archive: plan.archive,
             restores: None,
             v4: None,
         };
         // Recorded before the rename, forgotten in the transaction that records the file:
         // a crash anywhere in between is finished or undone at start-up.
-        // The copy it replaces is kept as a version, if it is a confirmed one.
-        // (Under the commit turn, so nobody else records this name in between.)
-        let mut intent = intent;
-        let keep = self.shared.config.keep_versions;
-        let records = self.shared.records();
-        if keep > 0 && records.has_verified_at(id, intent.path_name.clone()).await? {
-            intent.archive = Some(self.shared.storage.new_version_name(id));
-        }
         records.begin_commit(intent.clone()).await?;
         let storage = self.shared.storage.clone();
         let (name, archive) = (pending.stored_name.clone(), intent.archive.clone());

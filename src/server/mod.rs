@@ -14,8 +14,12 @@ pub mod tls;
 pub mod upload;
 pub mod v4;
 
+use crate::store::BlobStore;
 use crate::store::postgres::{self, PostgresRecords};
-use crate::store::{Db, DbError, Records, RecordsError, SharedRecords, SqliteRecords, Storage};
+use crate::store::s3::{S3Store, S3Url, is_s3_url};
+use crate::store::{
+    Blobs, Db, DbError, Records, RecordsError, SharedRecords, SqliteRecords, Storage,
+};
 use backoff::Backoff;
 use ratelimit::RateLimit;
 use session::Sessions;
@@ -63,7 +67,7 @@ pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 /// How the server runs.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The storage directory.
+    /// The storage directory, or `s3://bucket/prefix` for an object store.
     pub storage: PathBuf,
     /// The SQLite database file.
     pub db: PathBuf,
@@ -147,6 +151,9 @@ pub enum ServerError {
     /// The records could not answer.
     #[error("{0}")]
     Records(#[from] RecordsError),
+    /// The object store is unusable (its message says what failed and what to check).
+    #[error("{0}")]
+    ObjectStore(#[from] crate::store::s3::S3OpenError),
     /// The storage directory is unusable.
     #[error("storage directory {path}: {source}")]
     Storage {
@@ -182,7 +189,7 @@ pub(crate) struct Shared {
     records: SharedRecords,
     /// Uploads whose content is being read, against `--max-uploads`.
     pub(crate) uploads: Arc<Semaphore>,
-    storage: Storage,
+    storage: Blobs,
     sessions: Sessions,
     /// Slots for uploads on the fast large-upload path; see [`LARGE_UPLOAD_SLOTS`].
     large_uploads: Arc<tokio::sync::Semaphore>,
@@ -207,7 +214,13 @@ pub(crate) struct Shared {
     /// Protocol 4's open puts per client: 64, and twice `--max-file-size` of declared
     /// bytes (docs/protocol-v4.md, "Limits and timeouts").
     v4_puts: session::Quotas,
+    /// When the janitor last looked for expired staged uploads (an object store's).
+    staged_checked: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often the janitor asks the records for expired staged uploads: one query for
+/// every server sharing them, so not at every round.
+const STAGED_CHECK_PERIOD: Duration = Duration::from_secs(10);
 
 type CommitKey = (crate::protocol::ClientId, String);
 
@@ -241,7 +254,7 @@ impl Shared {
     pub(crate) fn new(
         config: Config,
         records: SharedRecords,
-        storage: Storage,
+        storage: Blobs,
         sessions: Sessions,
         metrics: Arc<metrics::Metrics>,
         tls: Arc<rustls::ServerConfig>,
@@ -260,6 +273,7 @@ impl Shared {
         );
         Shared {
             v4_puts,
+            staged_checked: Mutex::new(None),
             server_fingerprint,
             registrations,
             quotas,
@@ -297,6 +311,18 @@ impl Shared {
         CommitTurn { shared: self, key, _guard: lock.lock_owned().await }
     }
 
+    /// Whether the janitor should look for expired staged uploads now (and notes that it
+    /// does).
+    fn staged_check_due(&self) -> bool {
+        let mut last = self.staged_checked.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < STAGED_CHECK_PERIOD) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
     /// The registration limit (likewise).
     fn registrations(&self) -> std::sync::MutexGuard<'_, RateLimit> {
         self.registrations.lock().unwrap_or_else(|p| p.into_inner())
@@ -316,8 +342,9 @@ impl Shared {
 /// A server ready to run: database open and migrated, storage checked and cleaned.
 pub struct Server {
     shared: Arc<Shared>,
-    /// The storage directory's lock, held while the server runs (`db restore` checks it).
-    _lock: std::fs::File,
+    /// The storage directory's lock, held while the server runs (`db restore` checks it);
+    /// an object store has none.
+    _lock: Option<std::fs::File>,
     /// Where to serve the metrics, if anywhere (see [`Server::with_metrics`]).
     metrics: Option<TcpListener>,
     /// The server key's fingerprint, `SHA256:…`.
@@ -330,10 +357,24 @@ impl Server {
     /// crash interrupted, and deletes uploads a crash left. Loads the server key from the
     /// records when they keep it (PostgreSQL: every instance presents one key), else from
     /// beside the database file, making it on the first start (see [`identity`]).
+    ///
+    /// With `s3://bucket/prefix` as the storage, the object store is opened after the
+    /// records (which track its staged uploads) and checked with a probe object; uploads
+    /// a crash left staged are aborted: all of them when the records are this server's
+    /// alone (SQLite), the expired ones when other servers may share them.
     pub async fn open(config: Config) -> Result<Self, ServerError> {
-        let (storage, lock) = open_storage(&config)?;
+        let url = storage_url(&config)?;
+        let local = match url {
+            Some(_) => None,
+            None => Some(open_storage(&config)?),
+        };
         let metrics = Arc::new(metrics::Metrics::new());
         let records = open_records(&config, Arc::clone(&metrics)).await?;
+        let (storage, lock) = match (local, url) {
+            (Some((storage, lock)), _) => (Blobs::Local(storage), Some(lock)),
+            (None, Some(url)) => (Blobs::S3(open_s3(&config, &url, &records).await?), None),
+            (None, None) => unreachable!("the storage is a directory or an s3:// URL"),
+        };
         let identity = match records.server_key(identity::ServerIdentity::generate_pkcs8()?).await?
         {
             Some(pkcs8) => identity::ServerIdentity::from_stored("the database", pkcs8)?,
@@ -347,12 +388,13 @@ impl Server {
     /// for serving in process (tests, fuzzing; see [`Server::serve_connection`]) and for
     /// other record stores. Commits a crash interrupted are not looked at: the records
     /// must have none (a fresh store has none). The server key lives in memory only: with
-    /// no database there is nothing to keep it beside.
+    /// no database there is nothing to keep it beside. The storage must be a local
+    /// directory here.
     pub fn with_records(config: Config, records: SharedRecords) -> Result<Self, ServerError> {
         let (storage, lock) = open_storage(&config)?;
         let identity = identity::ServerIdentity::ephemeral()?;
         let metrics = Arc::new(metrics::Metrics::new());
-        Server::assemble(config, records, storage, lock, metrics, &identity)
+        Server::assemble(config, records, Blobs::Local(storage), Some(lock), metrics, &identity)
     }
 
     /// The server key's fingerprint (`SHA256:` and unpadded base64 of the SHA-256 of its
@@ -371,18 +413,23 @@ impl Server {
     fn assemble(
         config: Config,
         records: SharedRecords,
-        storage: Storage,
-        lock: std::fs::File,
+        storage: Blobs,
+        lock: Option<std::fs::File>,
         metrics: Arc<metrics::Metrics>,
         identity: &identity::ServerIdentity,
     ) -> Result<Self, ServerError> {
         let tls = tls::server_config(identity)?;
-        let leftovers = storage.clean_leftovers().map_err(storage_error(&config))?;
-        if leftovers.removed > 0 {
-            warn!(removed = leftovers.removed, "deleted unfinished uploads left by an earlier run");
-        }
-        for (path, why) in &leftovers.odd {
-            warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
+        if let Some(local) = storage.local() {
+            let leftovers = local.clean_leftovers().map_err(storage_error(&config))?;
+            if leftovers.removed > 0 {
+                warn!(
+                    removed = leftovers.removed,
+                    "deleted unfinished uploads left by an earlier run"
+                );
+            }
+            for (path, why) in &leftovers.odd {
+                warn!(path = %path.display(), "unexpected entry in the storage directory, left alone: {why}");
+            }
         }
         let sessions = Sessions::new(config.session_window, config.strict_sessions);
         let spki = v4::client_key::spki_of(&identity.certificate())
@@ -494,8 +541,9 @@ impl Server {
             while tasks.join_next().await.is_some() {}
         }
         shared.sessions.clear();
-        let storage = shared.storage.clone();
-        let _ = tokio::task::spawn_blocking(move || storage.clean_leftovers()).await;
+        if let Some(storage) = shared.storage.local().cloned() {
+            let _ = tokio::task::spawn_blocking(move || storage.clean_leftovers()).await;
+        }
         if let Some(endpoint) = endpoint {
             endpoint.abort();
         }
@@ -533,6 +581,43 @@ async fn serve_accepted(
 /// The error for a storage directory that cannot be used.
 fn storage_error(config: &Config) -> impl Fn(io::Error) -> ServerError + '_ {
     |source| ServerError::Storage { path: config.storage.clone(), source }
+}
+
+/// The object store `config.storage` names, if it names one.
+fn storage_url(config: &Config) -> Result<Option<S3Url>, ServerError> {
+    let storage = config.storage.to_string_lossy();
+    if !is_s3_url(&storage) {
+        return Ok(None);
+    }
+    S3Url::parse(&storage).map(Some).map_err(|e| {
+        storage_error(config)(io::Error::other(format!("{e}: expected s3://BUCKET/PREFIX")))
+    })
+}
+
+/// How long any upload may be under way besides its bytes at the minimum rate: reading
+/// its header and waiting for its verdict (the idle timeout each, the session window for a
+/// client that confirms on another connection). A staged object older than that and its
+/// bytes' time cannot be an upload in progress on any server with these settings.
+fn staged_base(config: &Config) -> Duration {
+    config.idle_timeout * 2 + config.session_window + config.request_deadline
+}
+
+/// Opens the object store and aborts the uploads a crash left staged in it.
+async fn open_s3(
+    config: &Config,
+    url: &S3Url,
+    records: &SharedRecords,
+) -> Result<S3Store, ServerError> {
+    let store = S3Store::open(url, Arc::clone(records), staged_base(config)).await?;
+    let alone = !records.is_shared();
+    let cleaned = store
+        .clean_staged(alone)
+        .await
+        .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
+    if cleaned > 0 {
+        warn!(cleaned, "aborted uploads an earlier run left staged in the object store");
+    }
+    Ok(store)
 }
 
 /// Opens, checks and locks the storage directory.
@@ -594,26 +679,28 @@ async fn open_records(
 /// pool.
 pub async fn reconcile_commits(
     records: &dyn Records,
-    storage: &Storage,
+    storage: &Blobs,
     keep: usize,
 ) -> Result<(), ServerError> {
+    let failed = |source| ServerError::Storage { path: storage.describe().into(), source };
     for mut intent in records.commit_intents().await? {
-        let (path, size, cksum) = (intent.path_name.clone(), intent.size, intent.cksum);
-        let landed = on_storage(storage, move |s| s.digest(&path)).await? == Some((size, cksum));
+        let (size, cksum) = (intent.size, intent.cksum);
+        let landed =
+            storage.digest(&intent.path_name).await.map_err(failed)? == Some((size, cksum));
         let id = intent.client_id;
         if landed {
             // The copy it replaced was linked as a version before the rename, if at all.
             if let Some(archive) = intent.archive.clone()
-                && on_storage(storage, move |s| s.digest(&archive)).await?.is_none()
+                && !storage.has_version(&archive).await.map_err(failed)?
             {
                 intent.archive = None;
             }
             let pruned = records.finish_commit(intent.clone(), None, keep).await?;
-            on_storage(storage, move |s| pruned.iter().try_for_each(|p| s.remove_version(id, p)))
+            on_storage(storage, move |s| pruned.iter().try_for_each(|p| s.delete_version(id, p)))
                 .await?;
         } else {
             if let Some(archive) = intent.archive.clone() {
-                on_storage(storage, move |s| s.remove_version(id, &archive)).await?;
+                storage.undo_version(id, &archive).await.map_err(failed)?;
             }
             records.abandon_commit(intent.clone()).await?;
         }
@@ -622,10 +709,13 @@ pub async fn reconcile_commits(
             "finished a commit interrupted by a crash"
         );
     }
+    let Some(local) = storage.local() else { return Ok(()) };
     // Versions forgotten just before a crash deleted their files.
     let recorded: std::collections::HashSet<String> =
         records.versions().await?.into_iter().map(|v| v.path_name).collect();
-    on_storage(storage, move |s| {
+    let local = Blobs::Local(local.clone());
+    on_storage(&local, move |s| {
+        let Blobs::Local(s) = s else { return Ok(()) };
         s.version_files()
             .into_iter()
             .filter(|(_, path)| !recorded.contains(path))
@@ -634,12 +724,12 @@ pub async fn reconcile_commits(
     .await
 }
 
-/// Runs `f` on the storage on the blocking pool; its error names the storage directory.
+/// Runs `f` on the storage on the blocking pool; its error names the storage.
 async fn on_storage<T: Send + 'static>(
-    storage: &Storage,
-    f: impl FnOnce(&Storage) -> io::Result<T> + Send + 'static,
+    storage: &Blobs,
+    f: impl FnOnce(&Blobs) -> io::Result<T> + Send + 'static,
 ) -> Result<T, ServerError> {
-    let (copy, path) = (storage.clone(), storage.root().to_owned());
+    let (copy, path) = (storage.clone(), PathBuf::from(storage.describe()));
     let result = tokio::task::spawn_blocking(move || f(&copy)).await.map_err(io::Error::other);
     result.and_then(|r| r).map_err(|source| ServerError::Storage { path, source })
 }
@@ -684,6 +774,15 @@ impl Shared {
         if !expired.sessions.is_empty() || uploads > 0 {
             // Deleting large files takes a while: not on the runtime's threads.
             let _ = tokio::task::spawn_blocking(move || drop(expired)).await;
+        }
+        if let Blobs::S3(s3) = &self.storage
+            && self.staged_check_due()
+        {
+            match s3.clean_staged(false).await {
+                Ok(0) => {}
+                Ok(cleaned) => info!(cleaned, "aborted expired uploads staged in the object store"),
+                Err(e) => warn!("could not clean expired staged uploads: {e}"),
+            }
         }
         let now = std::time::Instant::now();
         self.backoff().prune(now);

@@ -84,7 +84,7 @@ impl Drop for Reservation {
 }
 
 /// What the server's blob store stages an upload as (see [`crate::store::BlobStore`]).
-pub type StagedUpload = <crate::store::Storage as crate::store::BlobStore>::Staged;
+pub type StagedUpload = <crate::store::Blobs as crate::store::BlobStore>::Staged;
 
 /// An upload that arrived (2103 sent) and waits for the client's verdict.
 #[derive(Debug)]

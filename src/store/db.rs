@@ -139,6 +139,14 @@ const MIGRATIONS: &[&str] = &[
     // ordered cursor, a page at a time ([`Db::list_page`]); this index makes each page a
     // range read rather than a sort of all the client's rows.
     "CREATE INDEX files_id_path ON files (ID, PathName);",
+    // 8: uploads staged in an object store (`serve --storage s3://…`): the object's key
+    // (and its multipart upload's id while it has one), until a commit records it or the
+    // upload is aborted. One left by a crash is aborted by whoever finds it expired.
+    "CREATE TABLE staged_objects (
+        Key TEXT PRIMARY KEY NOT NULL,
+        UploadId TEXT,
+        ExpiresAt INTEGER NOT NULL
+     );",
 ];
 
 /// A client as recorded.
@@ -399,6 +407,16 @@ pub struct InviteRecord {
     pub used_by: Option<String>,
     /// Whether it has expired unused (at the time of the query).
     pub expired: bool,
+}
+
+/// An upload staged in an object store and not yet committed nor aborted (see
+/// [`crate::store::s3`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedObject {
+    /// The object's key, relative to the store's prefix.
+    pub key: String,
+    /// The multipart upload writing it, if it is one (a small upload is one `PUT`).
+    pub upload_id: Option<String>,
 }
 
 /// An open database.
@@ -701,7 +719,7 @@ impl Db {
                                  WHERE ID = ?1 AND Name = ?2),
                         FileName, ?4, Size, Cksum, StoredAt, Blake3, MtimeNs, Generation,
                         Protocol
-                 FROM files WHERE ID = ?1 AND PathName = ?3 AND Verified = 1 LIMIT 1",
+                 FROM files WHERE ID = ?1 AND PathName IN (?3, ?4) AND Verified = 1 LIMIT 1",
                 params![&id.0[..], name, intent.path_name, archive],
             )?;
         }
@@ -712,16 +730,31 @@ impl Db {
                 params![&id.0[..], name, version],
             )?;
         }
+        // An object store keeps the replaced object as the version itself, with no
+        // `--keep-versions` (it is pruned below at once, and deleted by the caller).
         let kept_version = match &intent.archive {
-            Some(archive) => {
+            Some(archive) if keep > 0 => {
                 tx.prepare_cached("SELECT count(*) FROM versions WHERE PathName = ?1")?
                     .query_row([archive], |r| r.get::<_, i64>(0))?
                     > 0
             }
-            None => false,
+            _ => false,
         };
         let generation = next_generation(&tx)?;
+        if let Some(archive) = &intent.archive {
+            // The rows of other names that described the replaced object (an object
+            // store's: every copy has a key of its own); a local copy's path is the new
+            // one's, which `upsert_verified` looks at.
+            exec_cached(
+                &tx,
+                "DELETE FROM files WHERE ID = ?1 AND PathName = ?2 AND FileName <> ?3
+                   AND Verified = 1",
+                params![&id.0[..], archive, intent.file_name],
+            )?;
+        }
         upsert_verified(&tx, id, &intent.file_name, &intent.path_name, intent.size, intent.cksum)?;
+        // The upload is a stored file now, no longer a staged object to clean up.
+        exec_cached(&tx, "DELETE FROM staged_objects WHERE Key = ?1", [&intent.source])?;
         set_v4_columns(&tx, intent, generation)?;
         if let Some(ip) = usual {
             exec_cached(
@@ -751,6 +784,61 @@ impl Db {
             )?
             .query_row(params![&id.0[..], path_name], |r| r.get(0))?;
         Ok(n > 0)
+    }
+
+    /// Where the verified copy stored as `stored_name` (the
+    /// [`crate::protocol::storage_name`] of its file name) of `id` is, if there is one.
+    pub fn stored_copy(&self, id: ClientId, stored_name: &str) -> Result<Option<String>, DbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT FileName, PathName FROM files WHERE ID = ?1 AND Verified = 1",
+        )?;
+        let rows = stmt.query_map([&id.0[..]], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+        for row in rows {
+            let (file_name, path_name) = row?;
+            if crate::protocol::storage_name(&file_name).is_ok_and(|n| n == stored_name) {
+                return Ok(Some(path_name));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records an object being staged, to be cleaned up after `expires_at` (seconds since
+    /// 1970) unless a commit records it first.
+    pub fn track_staged(&self, staged: &StagedObject, expires_at: i64) -> Result<(), DbError> {
+        self.check_file()?;
+        exec_cached(
+            &self.conn,
+            "INSERT OR REPLACE INTO staged_objects (Key, UploadId, ExpiresAt) VALUES (?1, ?2, ?3)",
+            params![staged.key, staged.upload_id, expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a staged object (aborted, or cleaned up).
+    pub fn forget_staged(&self, key: &str) -> Result<(), DbError> {
+        self.check_file()?;
+        exec_cached(&self.conn, "DELETE FROM staged_objects WHERE Key = ?1", [key])?;
+        Ok(())
+    }
+
+    /// Takes the staged objects expired by `now` (seconds since 1970) off the records and
+    /// returns them, for the caller to abort; never one a commit intent or a file or
+    /// version row names.
+    pub fn claim_expired_staged(&self, now: i64) -> Result<Vec<StagedObject>, DbError> {
+        self.check_file()?;
+        let tx = self.conn.unchecked_transaction()?;
+        let claimed: Vec<StagedObject> = tx
+            .prepare_cached(
+                "DELETE FROM staged_objects WHERE ExpiresAt <= ?1
+                   AND Key NOT IN (SELECT Source FROM commit_intents)
+                   AND Key NOT IN (SELECT PathName FROM files)
+                   AND Key NOT IN (SELECT PathName FROM versions)
+                 RETURNING Key, UploadId",
+            )?
+            .query_map([now], |r| Ok(StagedObject { key: r.get(0)?, upload_id: r.get(1)? }))?
+            .collect::<Result<_, _>>()?;
+        tx.commit()?;
+        Ok(claimed)
     }
 
     /// Every kept version, by client name, name and version.

@@ -13,7 +13,7 @@
 
 pub mod schema;
 
-use super::db::{ClientRecord, CommitIntent, FileRecord, VersionRecord};
+use super::db::{ClientRecord, CommitIntent, FileRecord, StagedObject, VersionRecord};
 use super::records::{Records, RecordsError, RecordsFuture};
 use crate::protocol::ClientId;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -283,6 +283,56 @@ impl Records for PostgresRecords {
         })
     }
 
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn stored_copy(&self, id: ClientId, stored_name: String) -> RecordsFuture<'_, Option<String>> {
+        self.run(move |c| async move {
+            let sql = "SELECT file_name, path_name FROM files WHERE id = $1 AND verified";
+            let stmt = c.prepare_cached(sql).await?;
+            let rows = c.query(&stmt, &[&&id.0[..]]).await?;
+            Ok(rows.iter().find_map(|r| {
+                let file_name: &str = r.get(0);
+                let stores_as = crate::protocol::storage_name(file_name);
+                stores_as.is_ok_and(|n| n == stored_name).then(|| r.get(1))
+            }))
+        })
+    }
+
+    fn track_staged(&self, staged: StagedObject, expires_at: i64) -> RecordsFuture<'_, ()> {
+        self.run(move |c| async move {
+            let sql = "INSERT INTO staged_objects (key, upload_id, expires_at) VALUES ($1, $2, $3)
+                       ON CONFLICT (key) DO UPDATE SET upload_id = excluded.upload_id,
+                         expires_at = excluded.expires_at";
+            let stmt = c.prepare_cached(sql).await?;
+            c.execute(&stmt, &[&staged.key, &staged.upload_id, &expires_at]).await?;
+            Ok(())
+        })
+    }
+
+    fn forget_staged(&self, key: String) -> RecordsFuture<'_, ()> {
+        self.run(move |c| async move {
+            let stmt = c.prepare_cached("DELETE FROM staged_objects WHERE key = $1").await?;
+            c.execute(&stmt, &[&key]).await?;
+            Ok(())
+        })
+    }
+
+    fn claim_expired_staged(&self, now: i64) -> RecordsFuture<'_, Vec<StagedObject>> {
+        self.run(move |c| async move {
+            // One statement: of several instances claiming at once, each row goes to one.
+            let sql = "DELETE FROM staged_objects s WHERE expires_at <= $1
+                         AND NOT EXISTS (SELECT 1 FROM commit_intents i WHERE i.source = s.key)
+                         AND NOT EXISTS (SELECT 1 FROM files f WHERE f.path_name = s.key)
+                         AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.path_name = s.key)
+                       RETURNING key, upload_id";
+            let stmt = c.prepare_cached(sql).await?;
+            let rows = c.query(&stmt, &[&now]).await?;
+            Ok(rows.iter().map(|r| StagedObject { key: r.get(0), upload_id: r.get(1) }).collect())
+        })
+    }
+
     fn has_verified_at(&self, id: ClientId, path_name: String) -> RecordsFuture<'_, bool> {
         self.run(move |c| async move {
             let sql = "SELECT EXISTS (SELECT 1 FROM files
@@ -473,9 +523,16 @@ mod commit {
                        SELECT id, $2, (SELECT COALESCE(max(version), 0) + 1 FROM versions
                                        WHERE id = $1 AND name = $2),
                               file_name, $4, size, cksum, stored_at
-                       FROM files WHERE id = $1 AND path_name = $3 AND verified LIMIT 1";
+                       FROM files WHERE id = $1 AND path_name IN ($3, $4) AND verified
+                       LIMIT 1";
             let stmt = tx.prepare_cached(sql).await?;
             tx.execute(&stmt, &[&id, &name, &intent.path_name, archive]).await?;
+            // The rows of other names that described the replaced object (an object
+            // store's: every copy has a key of its own), as SQLite's records do.
+            let sql = "DELETE FROM files
+                       WHERE id = $1 AND path_name = $2 AND file_name <> $3 AND verified";
+            let stmt = tx.prepare_cached(sql).await?;
+            tx.execute(&stmt, &[&id, archive, &intent.file_name]).await?;
         }
         if let Some(version) = intent.restores {
             let sql = "DELETE FROM versions WHERE id = $1 AND name = $2 AND version = $3";
@@ -489,6 +546,9 @@ mod commit {
             tx.execute(&stmt, &[&id, &ip.to_string()]).await?;
         }
         delete_intent(tx, intent.client_id, name).await?;
+        // The upload is a stored file now, no longer a staged object to clean up.
+        let stmt = tx.prepare_cached("DELETE FROM staged_objects WHERE key = $1").await?;
+        tx.execute(&stmt, &[&intent.source]).await?;
         prune_versions(tx, id, name, keep).await
     }
 

@@ -13,7 +13,7 @@
 
 use super::db::{
     Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
-    NewClient, PathRange, Registered, Removal, Removed, StoredCopy, VersionRecord,
+    NewClient, PathRange, Registered, Removal, Removed, StagedObject, StoredCopy, VersionRecord,
 };
 use crate::protocol::ClientId;
 use std::future::Future;
@@ -110,6 +110,43 @@ pub trait Records: Send + Sync + 'static {
         Box::pin(async { Ok(None) })
     }
 
+    /// Whether several servers may share these records at once (a database server), so
+    /// that what one finds unfinished may still be under way in another.
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    // An object store's uploads (`serve --storage s3://…`). The copy a commit replaces
+    // is found by stored name, since every upload there is an object of its own; staged
+    // objects are tracked so that whoever finds one expired cleans it up.
+
+    // Like protocol 4's below, these refuse by default: a backend without them serves a
+    // local storage directory only.
+
+    /// Where the verified copy stored as `stored_name` of `id` is, if there is one.
+    fn stored_copy(&self, id: ClientId, stored_name: String) -> RecordsFuture<'_, Option<String>> {
+        let _ = (id, stored_name);
+        unsupported_for_objects("stored_copy")
+    }
+    /// Records an object being staged, to be cleaned up after `expires_at` (seconds since
+    /// 1970) unless a commit records it first (which forgets it in its transaction).
+    fn track_staged(&self, staged: StagedObject, expires_at: i64) -> RecordsFuture<'_, ()> {
+        let _ = (staged, expires_at);
+        unsupported_for_objects("track_staged")
+    }
+    /// Forgets a staged object that was aborted or cleaned up.
+    fn forget_staged(&self, key: String) -> RecordsFuture<'_, ()> {
+        let _ = key;
+        unsupported_for_objects("forget_staged")
+    }
+    /// Takes the staged objects expired at `now` (seconds since 1970) off the records and
+    /// returns them for the caller to abort: each goes to one caller only, and never one
+    /// that a commit intent, a file or a version names.
+    fn claim_expired_staged(&self, now: i64) -> RecordsFuture<'_, Vec<StagedObject>> {
+        let _ = now;
+        unsupported_for_objects("claim_expired_staged")
+    }
+
     // Protocol 4. These have default bodies that refuse, so that a backend written before
     // protocol 4 still builds; it serves protocol 3 and answers protocol 4 `internal`.
 
@@ -174,6 +211,15 @@ pub trait Records: Send + Sync + 'static {
         let _ = removal;
         unsupported("remove_copy")
     }
+}
+
+/// The answer of an object-store method a backend does not implement.
+fn unsupported_for_objects<T: Send + 'static>(method: &'static str) -> RecordsFuture<'static, T> {
+    Box::pin(async move {
+        Err(RecordsError::Backend(format!(
+            "this records backend has no {method} (an object store for the files)"
+        )))
+    })
 }
 
 /// The answer of a records method a backend does not implement.
@@ -316,6 +362,22 @@ impl Records for SqliteRecords {
 
     fn versions(&self) -> RecordsFuture<'_, Vec<VersionRecord>> {
         self.run(|db| db.versions())
+    }
+
+    fn stored_copy(&self, id: ClientId, stored_name: String) -> RecordsFuture<'_, Option<String>> {
+        self.run(move |db| db.stored_copy(id, &stored_name))
+    }
+
+    fn track_staged(&self, staged: StagedObject, expires_at: i64) -> RecordsFuture<'_, ()> {
+        self.run(move |db| db.track_staged(&staged, expires_at))
+    }
+
+    fn forget_staged(&self, key: String) -> RecordsFuture<'_, ()> {
+        self.run(move |db| db.forget_staged(&key))
+    }
+
+    fn claim_expired_staged(&self, now: i64) -> RecordsFuture<'_, Vec<StagedObject>> {
+        self.run(move |db| db.claim_expired_staged(now))
     }
 
     fn client_by_key(&self, fingerprint: [u8; 32]) -> RecordsFuture<'_, Option<ClientRecord>> {

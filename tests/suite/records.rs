@@ -9,6 +9,7 @@ use securexfer::protocol::ClientId;
 use securexfer::store::postgres::schema;
 use securexfer::store::{
     CommitIntent, Db, PostgresError, PostgresRecords, Records, SharedRecords, SqliteRecords,
+    StagedObject,
 };
 use std::future::Future;
 use std::net::IpAddr;
@@ -55,6 +56,8 @@ on_both!(
     storing_another_name_at_the_same_path_drops_the_replaced_record,
     only_old_registrations_without_a_key_are_forgotten,
     files_are_listed_by_client_name_then_file_name_in_byte_order,
+    an_object_commit_switches_the_row_and_keeps_the_replaced_object_as_the_version,
+    staged_objects_are_claimed_once_expired_and_never_one_a_commit_recorded,
 );
 
 const HOME: &str = "192.0.2.7";
@@ -233,6 +236,73 @@ async fn files_are_listed_by_client_name_then_file_name_in_byte_order(records: S
         .map(|f| format!("{}/{}", f.client_name, f.file_name))
         .collect();
     assert_eq!(order, ["Zed/a", "Zed/z", "bob/B", "bob/a", "bob/b"]);
+}
+
+/// An object store's commit (`Blobs::commit_plan`): the new row names the upload's own
+/// key, and the archive is the replaced copy's key, found by stored name.
+fn object_intent(
+    id: ClientId,
+    file_name: &str,
+    key: &str,
+    archive: Option<String>,
+) -> CommitIntent {
+    CommitIntent {
+        stored_name: "f.txt".into(),
+        file_name: file_name.into(),
+        path_name: key.into(),
+        source: key.into(),
+        archive,
+        ..intent(id, "f.txt", 3, None)
+    }
+}
+
+async fn an_object_commit_switches_the_row_and_keeps_the_replaced_object_as_the_version(
+    records: SharedRecords,
+) {
+    let id = registered(&*records, 1, "olga").await;
+    let key = |n: u8| format!("{}/{n:032x}", id.to_hex());
+    assert_eq!(records.stored_copy(id, "f.txt".into()).await.unwrap(), None);
+    records.finish_commit(object_intent(id, "f.txt", &key(1), None), None, 1).await.unwrap();
+    let current = records.stored_copy(id, "f.txt".into()).await.unwrap();
+    assert_eq!(current, Some(key(1)));
+    // Another name that stores as f.txt replaces it: its row goes, its object is the version.
+    let second = object_intent(id, "C:\\dir\\f.txt", &key(2), current);
+    assert!(records.finish_commit(second, None, 1).await.unwrap().is_empty());
+    let files = records.files().await.unwrap();
+    let rows: Vec<_> = files.iter().map(|f| (&f.file_name[..], &f.path_name[..])).collect();
+    assert_eq!(rows, [(r"C:\dir\f.txt", &key(2)[..])]);
+    let versions = records.versions().await.unwrap();
+    assert_eq!(versions.iter().map(|v| &v.path_name[..]).collect::<Vec<_>>(), [&key(1)[..]]);
+    // With no versions kept, the replaced object is pruned at once, for deletion.
+    let third = object_intent(id, "f.txt", &key(3), Some(key(2)));
+    assert_eq!(records.finish_commit(third, None, 0).await.unwrap(), [key(2), key(1)]);
+    assert!(records.versions().await.unwrap().is_empty());
+    assert_eq!(records.stored_copy(id, "f.txt".into()).await.unwrap(), Some(key(3)));
+}
+
+async fn staged_objects_are_claimed_once_expired_and_never_one_a_commit_recorded(
+    records: SharedRecords,
+) {
+    let id = registered(&*records, 1, "sam").await;
+    let staged = |n: u8, upload: Option<&str>| StagedObject {
+        key: format!("{}/{n:032x}", id.to_hex()),
+        upload_id: upload.map(str::to_owned),
+    };
+    records.track_staged(staged(1, None), 100).await.unwrap();
+    records.track_staged(staged(2, None), 100).await.unwrap();
+    records.track_staged(staged(2, Some("up-2")), 100).await.unwrap(); // its multipart upload
+    records.track_staged(staged(3, None), 100).await.unwrap();
+    records.track_staged(staged(4, None), 5_000).await.unwrap();
+    records.forget_staged(staged(3, None).key).await.unwrap();
+    // 1 is committed: the commit's transaction forgets it.
+    records
+        .finish_commit(object_intent(id, "f.txt", &staged(1, None).key, None), None, 1)
+        .await
+        .unwrap();
+    assert_eq!(records.claim_expired_staged(99).await.unwrap(), [], "none expired yet");
+    assert_eq!(records.claim_expired_staged(100).await.unwrap(), [staged(2, Some("up-2"))]);
+    assert_eq!(records.claim_expired_staged(100).await.unwrap(), [], "claimed once");
+    assert_eq!(records.claim_expired_staged(i64::MAX).await.unwrap(), [staged(4, None)]);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3509,3 +3509,4 @@ fn a_closed_stdout_does_not_stop_the_server() {
     let _ = child.wait();
 }
 mod on_postgres;
+mod on_s3;

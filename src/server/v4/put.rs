@@ -17,7 +17,7 @@ use crate::protocol::{ClientId, storage_name};
 use crate::server::metrics::UploadOutcome;
 use crate::server::session::Reservation;
 use crate::server::upload::{LARGE_UPLOAD, MIN_UPLOAD_RATE};
-use crate::store::{BlobStore, Chunk, CommitIntent, StagedBlob, StagedFile, V4Content};
+use crate::store::{AnyStaged, BlobStore, Chunk, CommitIntent, StagedBlob, V4Content};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -32,7 +32,7 @@ const BUFFERS: usize = 2;
 pub(super) struct OpenPut {
     tag: u32,
     name: String,
-    staged: StagedFile,
+    staged: AnyStaged,
     hasher: blake3::Hasher,
     cksum: Cksum,
     received: u64,
@@ -49,7 +49,7 @@ pub(super) struct OpenPut {
 /// An upload whose data is all in, waiting for `COMMIT` or `DISCARD`.
 pub(super) struct Held {
     name: String,
-    staged: StagedFile,
+    staged: AnyStaged,
     size: u64,
     hash: [u8; 32],
     cksum: u32,
@@ -115,8 +115,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if let Some(size) = put.size.filter(|&s| s > max) {
             return refuse(errors::too_large(size, max));
         }
-        let path_name = self.shared.storage.path_name(id, &name);
-        let stored = self.shared.records().has_verified_at(id, path_name).await;
+        let stored = self.shared.storage.has_stored(self.shared.records(), id, &name).await;
         let replaces = self.internal_on_error(stored)?;
         if replaces && put.no_clobber {
             return refuse(errors::plain(
@@ -343,23 +342,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let turn = shared.commit_turn(id, &held.name).await;
         let storage = shared.storage.clone();
         let keep = shared.config.keep_versions;
-        let mut intent = CommitIntent {
+        let records = shared.records();
+        let location = held.staged.location().to_owned();
+        let plan = storage.commit_plan(records, id, &held.name, &location, keep).await;
+        let plan = self.internal_on_error(plan)?;
+        let intent = CommitIntent {
             client_id: id,
             stored_name: held.name.clone(),
             file_name: held.name.clone(),
-            path_name: storage.path_name(id, &held.name),
-            source: held.staged.location().to_owned(),
+            path_name: plan.path_name,
+            source: location,
             size: held.size,
             cksum: held.cksum,
-            archive: None,
+            archive: plan.archive,
             restores: None,
             v4: Some(V4Content { blake3: held.hash, mtime_ns: held.mtime_ns }),
         };
-        let records = shared.records();
-        let stored = records.has_verified_at(id, intent.path_name.clone()).await;
-        if keep > 0 && self.internal_on_error(stored)? {
-            intent.archive = Some(storage.new_version_name(id));
-        }
         let begun = records.begin_commit(intent.clone()).await;
         self.internal_on_error(begun)?;
         let (name, archive) = (held.name.clone(), intent.archive.clone());

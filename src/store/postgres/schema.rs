@@ -70,6 +70,12 @@ const MIGRATIONS: &[&str] = &[
         only_row BOOLEAN PRIMARY KEY DEFAULT true CHECK (only_row),
         pkcs8 BYTEA NOT NULL
     );",
+    // 2: uploads staged in an object store (SQLite's 7).
+    "CREATE TABLE staged_objects (
+        key TEXT PRIMARY KEY,
+        upload_id TEXT,
+        expires_at BIGINT NOT NULL
+    );",
 ];
 
 /// The newest schema version this build knows.

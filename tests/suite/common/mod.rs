@@ -112,11 +112,40 @@ impl Server {
         Server::launch(dir, db, extra, |_| {})
     }
 
+    /// Starts a server over the database `db` and the storage `storage` (an `s3://`
+    /// address, say), in `dir` (kept by the caller, so a test can restart it on the same
+    /// state).
+    pub fn start_in_on_storage(dir: &Path, db: &str, storage: &str, extra: &[&str]) -> Server {
+        Server::launch_with(dir, db, storage, extra, |_| {})
+    }
+
+    /// Like [`Server::start_in_on_storage`], with a chance to adjust the command (its
+    /// environment, say).
+    pub fn start_in_on_storage_with(
+        dir: &Path,
+        db: &str,
+        storage: &str,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Server {
+        Server::launch_with(dir, db, storage, extra, adjust)
+    }
+
     fn launch(dir: &Path, db: &str, extra: &[&str], adjust: impl FnOnce(&mut Command)) -> Server {
+        Server::launch_with(dir, db, "storage", extra, adjust)
+    }
+
+    fn launch_with(
+        dir: &Path,
+        db: &str,
+        storage: &str,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> Server {
         let mut cmd = command();
         adjust(&mut cmd);
         cmd.current_dir(dir)
-            .args(["serve", "--port", "0", "--storage", "storage", "--db", db])
+            .args(["serve", "--port", "0", "--storage", storage, "--db", db])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -337,6 +366,19 @@ pub fn test_s3() -> Option<(String, String)> {
     let bucket = real_backend("SECUREXFER_TEST_S3")?;
     let endpoint = real_backend("AWS_ENDPOINT_URL")?;
     Some((endpoint, bucket))
+}
+
+/// A fresh, empty place in the test S3-compatible server's bucket, as
+/// `s3://BUCKET/PREFIX`, or `None` (skipped, see [`real_backend`]). Each test gets a
+/// prefix of its own, so tests run in parallel without seeing each other's objects.
+pub fn fresh_s3() -> Option<String> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let (_endpoint, bucket) = test_s3()?;
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    Some(format!("{}/test-{}-{n}-{nanos}", bucket.trim_end_matches('/'), std::process::id()))
 }
 
 /// A fresh, empty database on the test PostgreSQL, as a `postgres://` address, or `None`

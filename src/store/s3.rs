@@ -1,0 +1,890 @@
+//! The object-store blob store (`serve --storage s3://bucket/prefix`, issue 16): files'
+//! bytes in an S3-compatible bucket, one object per upload, through the `object_store`
+//! crate.
+//!
+//! How the local store's steps map here:
+//!
+//! - **Staging.** An upload is written to an object of its own, `<prefix>/<client id
+//!   hex>/<32 random hex>`, and that key is its [`StagedBlob::location`]. Its bytes are
+//!   gathered into parts of [`PART_SIZE`] and sent as a multipart upload (begun when the
+//!   first part is full; a smaller upload is one `PUT` at the end), one part in flight
+//!   while the next fills, so an upload holds two parts of memory whatever its size.
+//!   [`StagedBlob::finish`] completes it: the object is whole, but no record names it.
+//! - **Tracking.** The key (and the multipart upload's id once there is one) is in the
+//!   records' staged objects, with a time after which the upload cannot still be under
+//!   way. Dropping the staged blob aborts the multipart upload (or deletes the object)
+//!   and forgets it; what a crash leaves is aborted by whichever server finds it expired
+//!   ([`S3Store::clean_staged`]: at start-up, and by the janitor).
+//! - **Commit.** No rename: the object stays where it was written, and the records'
+//!   transaction that marks the file verified switches its row to this key and forgets
+//!   the staged object (see [`crate::store::Records::finish_commit`]). The copy it
+//!   replaced is another object; it becomes the version (its key is the version's path),
+//!   so `--keep-versions` keeps it or prunes it, and a pruned one is deleted after the
+//!   transaction ([`BlobStore::delete_version`]).
+//! - **Reading.** Streamed, a chunk of the response at a time.
+//!
+//! The trait's methods block; they run the async client on the runtime through its
+//! handle, so they must be called from the blocking pool (as the trait says), never from
+//! a runtime thread.
+
+use super::blob::{BlobInfo, BlobStore, Chunk, Committed, StagedBlob};
+use super::db::StagedObject;
+use super::records::SharedRecords;
+use crate::protocol::ClientId;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+/// The size of a multipart upload's parts. S3 wants at least 5 MiB for all but the last
+/// and at most 10,000 parts: 8 MiB parts take objects up to 78 GiB, past the largest file
+/// (`--max-file-size`, 4 GiB by default) by far, and an upload holds two of them.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// How long past its own time limit a staged object is left alone before another server
+/// may take it for a crash's leftover and abort it: room for the servers' clocks to
+/// disagree.
+pub const STAGED_MARGIN: Duration = Duration::from_secs(5 * 60);
+
+/// When a staged upload that could not be aborted is tried again.
+const STAGED_RETRY: Duration = Duration::from_secs(60);
+
+/// Whether `storage` (the `--storage` value) names an object store rather than a local
+/// directory.
+pub fn is_s3_url(storage: &str) -> bool {
+    storage.starts_with("s3://")
+}
+
+/// An object store, `s3://BUCKET[/PREFIX]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Url {
+    /// The bucket.
+    pub bucket: String,
+    /// The key prefix under which everything is stored (no leading or trailing `/`;
+    /// empty for the whole bucket).
+    pub prefix: String,
+}
+
+impl S3Url {
+    /// Parses `s3://BUCKET[/PREFIX]`.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| format!("{url}: not an s3:// URL"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("{url}: no bucket (s3://BUCKET/PREFIX)"));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|part| part.is_empty() || part == "." || part == "..")
+            && !prefix.is_empty()
+        {
+            return Err(format!("{url}: the prefix has an empty, `.` or `..` part"));
+        }
+        Ok(S3Url { bucket: bucket.to_owned(), prefix: prefix.to_owned() })
+    }
+}
+
+impl std::fmt::Display for S3Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.prefix.as_str() {
+            "" => write!(f, "s3://{}", self.bucket),
+            prefix => write!(f, "s3://{}/{prefix}", self.bucket),
+        }
+    }
+}
+
+/// What the store needs of an object store: whole objects and multipart uploads whose
+/// id it can keep (to abort one after a crash). S3 and `object_store`'s in-memory store
+/// (for unit tests) are both.
+pub trait Backend: ObjectStore + MultipartStore {}
+impl<T: ObjectStore + MultipartStore> Backend for T {}
+
+/// The object-store [`BlobStore`]. Cheap to clone.
+#[derive(Clone)]
+pub struct S3Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Arc<dyn Backend>,
+    /// The key prefix, with its trailing `/` (empty for the whole bucket).
+    prefix: String,
+    /// For messages: `s3://bucket/prefix`.
+    url: String,
+    records: SharedRecords,
+    runtime: Handle,
+    part_size: usize,
+    /// How long any staged upload may take, besides its bytes at the minimum rate.
+    staged_base: Duration,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store").field("url", &self.inner.url).finish()
+    }
+}
+
+/// Why the object store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("object store {url}{at}: {what}: {cause}. {hint}")]
+pub struct S3OpenError {
+    url: String,
+    at: String,
+    what: &'static str,
+    cause: String,
+    hint: &'static str,
+}
+
+impl S3Store {
+    /// The S3 store `url` names, configured from the usual AWS variables
+    /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_SESSION_TOKEN`, `AWS_ALLOW_HTTP`…). Plain `http://` endpoints are refused
+    /// unless they are on loopback or `AWS_ALLOW_HTTP=true`. Checks at once that an object
+    /// can be written and deleted there, so that a wrong endpoint, bucket or key is found
+    /// at start-up rather than at the first upload. `staged_base` is how long any upload
+    /// may be under way besides its bytes at [`crate::server::upload::MIN_UPLOAD_RATE`].
+    pub async fn open(
+        url: &S3Url,
+        records: SharedRecords,
+        staged_base: Duration,
+    ) -> Result<Self, S3OpenError> {
+        // reqwest is built without a TLS provider of its own: ring, as protocol 4's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+        let at = endpoint.as_ref().map(|e| format!(" at {e}")).unwrap_or_default();
+        let error = |what, cause: String, hint| S3OpenError {
+            url: url.to_string(),
+            at: at.clone(),
+            what,
+            cause,
+            hint,
+        };
+        let options = object_store::ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(120))
+            .with_allow_http(endpoint.as_deref().is_some_and(is_loopback_http));
+        let retry = object_store::RetryConfig {
+            max_retries: 5,
+            retry_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let mut builder = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(&url.bucket)
+            .with_client_options(options)
+            .with_retry(retry);
+        if std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+            builder = builder.with_allow_http(true);
+        }
+        let s3 = builder.build().map_err(|e| {
+            error(
+                "configuration",
+                e.to_string(),
+                "Set AWS_REGION (and AWS_ENDPOINT_URL for a store other than AWS S3)",
+            )
+        })?;
+        let store = S3Store::with_backend(Arc::new(s3), url, records, staged_base);
+        store.probe().await.map_err(|e| {
+            error(
+                "cannot write and delete a probe object",
+                e.to_string(),
+                "Check that the endpoint is reachable (AWS_ENDPOINT_URL; AWS_ALLOW_HTTP=true \
+                 for plain http beyond loopback), that the bucket exists, and the credentials \
+                 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) may write to it",
+            )
+        })?;
+        Ok(store)
+    }
+
+    /// A store over any backend (the in-memory one in tests). Needs a tokio runtime.
+    pub fn with_backend(
+        backend: Arc<dyn Backend>,
+        url: &S3Url,
+        records: SharedRecords,
+        staged_base: Duration,
+    ) -> Self {
+        let prefix = match url.prefix.as_str() {
+            "" => String::new(),
+            prefix => format!("{prefix}/"),
+        };
+        let inner = Inner {
+            backend,
+            prefix,
+            url: url.to_string(),
+            records,
+            runtime: Handle::current(),
+            part_size: PART_SIZE,
+            staged_base,
+        };
+        S3Store { inner: Arc::new(inner) }
+    }
+
+    /// The same store with parts of `part_size` bytes (tests make small ones).
+    #[doc(hidden)]
+    pub fn with_part_size(self, part_size: usize) -> Self {
+        let Inner { backend, prefix, url, records, runtime, staged_base, .. } =
+            Arc::try_unwrap(self.inner).unwrap_or_else(|_| panic!("a store not yet shared"));
+        let inner = Inner {
+            backend,
+            prefix,
+            url,
+            records,
+            runtime,
+            part_size: part_size.max(1),
+            staged_base,
+        };
+        S3Store { inner: Arc::new(inner) }
+    }
+
+    /// `s3://bucket/prefix`.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// Writes and deletes a small object under the prefix.
+    async fn probe(&self) -> object_store::Result<()> {
+        let hex = random_hex();
+        let path = self.object(&format!(".securexfer-probe-{hex}"));
+        let backend = &self.inner.backend;
+        backend.put(&path, PutPayload::from_static(b"securexfer start-up probe")).await?;
+        backend.delete(&path).await
+    }
+
+    /// The object at `key` (relative to the prefix).
+    fn object(&self, key: &str) -> Path {
+        Path::from(format!("{}{key}", self.inner.prefix))
+    }
+
+    /// Runs `future` on the runtime from a blocking thread.
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.inner.runtime.block_on(future)
+    }
+
+    /// Aborts the staged uploads the records hold that have passed their time, or every
+    /// one when `all` (the records are this server's alone and it is starting: nothing
+    /// can still be under way); how many. Async: start-up and the janitor call it.
+    pub async fn clean_staged(&self, all: bool) -> io::Result<usize> {
+        let now = if all { i64::MAX } else { unix_now() };
+        let records = &self.inner.records;
+        let claimed = records.claim_expired_staged(now).await.map_err(io::Error::other)?;
+        let mut cleaned = 0;
+        for staged in claimed {
+            match self.clean_one(&staged).await {
+                Ok(()) => cleaned += 1,
+                Err(e) => {
+                    // Back on record, to be tried again once the store answers.
+                    tracing::warn!(key = %staged.key, "could not abort a staged upload: {e}");
+                    let again = unix_now().saturating_add(STAGED_RETRY.as_secs() as i64);
+                    records.track_staged(staged, again).await.map_err(io::Error::other)?;
+                }
+            }
+        }
+        Ok(cleaned)
+    }
+
+    /// Aborts one staged upload's multipart upload and deletes its object.
+    async fn clean_one(&self, staged: &StagedObject) -> io::Result<()> {
+        let (backend, path) = (&self.inner.backend, self.object(&staged.key));
+        if let Some(id) = &staged.upload_id {
+            match backend.abort_multipart(&path, id).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                // Some stores answer an upload already completed so: the object is there.
+                Err(_) if backend.head(&path).await.is_ok() => {}
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
+        // It may have been completed (or be a small upload's one PUT).
+        ignore_not_found(backend.delete(&path).await)
+    }
+
+    /// The plaintext size and cksum of the object at `key`, or `None` when there is none
+    /// (crash reconciliation reads an interrupted commit's object back).
+    pub async fn digest(&self, key: &str) -> io::Result<Option<(u64, u32)>> {
+        let got = match self.inner.backend.get(&self.object(key)).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(io::Error::other(e)),
+        };
+        let mut stream = got.into_stream();
+        let mut cksum = crate::crypto::Cksum::new();
+        while let Some(bytes) = stream.next().await {
+            cksum.update(&bytes.map_err(io::Error::other)?);
+        }
+        Ok(Some((cksum.len(), cksum.finish())))
+    }
+
+    /// The key of the verified copy stored as `name` of `owner`, from the records.
+    fn current_key(&self, owner: ClientId, name: &str) -> io::Result<String> {
+        let records = &self.inner.records;
+        self.block_on(records.stored_copy(owner, name.to_owned()))
+            .map_err(io::Error::other)?
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no stored {name}")))
+    }
+
+    /// A fresh key for an upload of `owner`.
+    fn new_key(owner: ClientId) -> String {
+        format!("{}/{}", owner.to_hex(), random_hex())
+    }
+
+    /// Fails unless `key` is one of `owner`'s objects.
+    fn check_owner(owner: ClientId, key: &str) -> io::Result<()> {
+        let rest = key.strip_prefix(&owner.to_hex()).and_then(|r| r.strip_prefix('/'));
+        match rest {
+            Some(name) if !name.is_empty() && !name.contains('/') => Ok(()),
+            _ => Err(io::Error::other(format!("{key} is not an object of {owner}"))),
+        }
+    }
+}
+
+/// Whether `endpoint` is plain http to a loopback address (a test or a sidecar), which is
+/// allowed without `AWS_ALLOW_HTTP`.
+fn is_loopback_http(endpoint: &str) -> bool {
+    let Some(rest) = endpoint.strip_prefix("http://") else { return false };
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.split(':').next().unwrap_or(""),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn ignore_not_found(result: object_store::Result<()>) -> io::Result<()> {
+    match result {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(io::Error::other(e)),
+    }
+}
+
+fn random_hex() -> String {
+    let bytes: [u8; 16] = crate::crypto::random_bytes();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unix_now() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_secs() as i64)
+}
+
+impl BlobStore for S3Store {
+    type Staged = S3Staged;
+
+    /// Records the new key as staged (the multipart upload begins with the first full
+    /// part). `large` changes nothing here: every upload streams the same way.
+    fn stage(&self, owner: ClientId, size_hint: u64, _large: bool) -> io::Result<S3Staged> {
+        let key = Self::new_key(owner);
+        let rate = crate::server::upload::MIN_UPLOAD_RATE;
+        let lifetime =
+            self.inner.staged_base + Duration::from_secs(size_hint / rate) + STAGED_MARGIN;
+        let expires_at = unix_now().saturating_add(lifetime.as_secs() as i64);
+        let staged = StagedObject { key: key.clone(), upload_id: None };
+        self.block_on(self.inner.records.track_staged(staged, expires_at))
+            .map_err(io::Error::other)?;
+        Ok(S3Staged {
+            store: self.clone(),
+            path: self.object(&key),
+            key,
+            owner,
+            expires_at,
+            size_hint,
+            upload_id: None,
+            buf: BytesMut::new(),
+            parts: Vec::new(),
+            in_flight: None,
+            state: State::Writing,
+        })
+    }
+
+    /// The object is already whole (`finish`); the records' transaction is the switch.
+    /// `archive` is the replaced copy's own key (see the module doc), so nothing moves.
+    fn commit(
+        &self,
+        mut staged: S3Staged,
+        owner: ClientId,
+        _name: &str,
+        _archive: Option<&str>,
+    ) -> io::Result<Committed> {
+        if staged.owner != owner {
+            return Err(io::Error::other("the upload is not the client's"));
+        }
+        staged.finish()?;
+        staged.state = State::Committed;
+        Ok(Committed { path_name: staged.key.clone(), replaced: None })
+    }
+
+    fn get(&self, owner: ClientId, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        let key = self.current_key(owner, name)?;
+        let got = self.block_on(self.inner.backend.get(&self.object(&key)));
+        let stream = got.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e),
+            e => io::Error::other(e),
+        })?;
+        let stream = stream.into_stream();
+        Ok(Box::new(ObjectReader { store: self.clone(), stream, current: Bytes::new() }))
+    }
+
+    /// From the records (an object's key says nothing of its name): `owner`'s verified
+    /// files, by stored name.
+    fn list(&self, owner: ClientId) -> io::Result<Vec<BlobInfo>> {
+        let files = self.block_on(self.inner.records.files()).map_err(io::Error::other)?;
+        let mut blobs: Vec<BlobInfo> = files
+            .into_iter()
+            .filter(|f| f.client_id == owner && f.verified)
+            .filter_map(|f| {
+                let name = crate::protocol::storage_name(&f.file_name).ok()?.to_owned();
+                Some(BlobInfo { name, size: f.size.unwrap_or(0) })
+            })
+            .collect();
+        blobs.sort_by(|a, b| a.name.cmp(&b.name));
+        blobs.dedup_by(|a, b| a.name == b.name);
+        Ok(blobs)
+    }
+
+    /// Deletes the object the records name for `name`: call it before the records forget
+    /// the file, since only they know which object that is.
+    fn delete(&self, owner: ClientId, name: &str) -> io::Result<()> {
+        let key = self.current_key(owner, name)?;
+        ignore_not_found(self.block_on(self.inner.backend.delete(&self.object(&key))))
+    }
+
+    /// `version` is the replaced object's own key.
+    fn delete_version(&self, owner: ClientId, version: &str) -> io::Result<()> {
+        Self::check_owner(owner, version)?;
+        ignore_not_found(self.block_on(self.inner.backend.delete(&self.object(version))))
+    }
+
+    /// Not a key (a stored file's key is whichever object the records name): the name
+    /// records give an upload that was never stored (a given-up one).
+    fn path_name(&self, owner: ClientId, name: &str) -> String {
+        format!("{}/{name}", owner.to_hex())
+    }
+
+    /// A fresh key of `owner`'s. (A commit keeps the replaced object under its own key,
+    /// so the server does not ask for one.)
+    fn new_version_name(&self, owner: ClientId) -> String {
+        Self::new_key(owner)
+    }
+
+    /// An object store has no free space to speak of.
+    fn available_bytes(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Where a staged upload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Writing,
+    /// The object is whole (completed or put), not yet recorded.
+    Finished,
+    /// A commit took it: the records own it now.
+    Committed,
+    /// A write failed: nothing more can be stored.
+    Failed,
+}
+
+/// An upload being written to its object, the object store's [`StagedBlob`]. Dropping it
+/// before a commit aborts the multipart upload or deletes the object, and forgets it.
+pub struct S3Staged {
+    store: S3Store,
+    key: String,
+    path: Path,
+    owner: ClientId,
+    expires_at: i64,
+    /// About how many bytes are coming (a small upload's buffer is no larger).
+    size_hint: u64,
+    upload_id: Option<String>,
+    /// The part being filled.
+    buf: BytesMut,
+    /// The parts sent, in order.
+    parts: Vec<PartId>,
+    /// The part being sent.
+    in_flight: Option<JoinHandle<object_store::Result<PartId>>>,
+    state: State,
+}
+
+impl std::fmt::Debug for S3Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Staged").field("key", &self.key).field("state", &self.state).finish()
+    }
+}
+
+impl S3Staged {
+    /// Waits for the part in flight, if any, and keeps its id.
+    fn wait_in_flight(&mut self) -> io::Result<()> {
+        if let Some(sending) = self.in_flight.take() {
+            let part = self.store.block_on(sending).map_err(io::Error::other)?;
+            self.parts.push(part.map_err(io::Error::other)?);
+        }
+        Ok(())
+    }
+
+    /// Begins the multipart upload, and records its id with the staged key.
+    fn begin_multipart(&mut self) -> io::Result<String> {
+        let inner = &self.store.inner;
+        let id = self.store.block_on(inner.backend.create_multipart(&self.path));
+        let id = id.map_err(io::Error::other)?;
+        let staged = StagedObject { key: self.key.clone(), upload_id: Some(id.clone()) };
+        let tracked = self.store.block_on(inner.records.track_staged(staged, self.expires_at));
+        if let Err(e) = tracked {
+            let _ = self.store.block_on(inner.backend.abort_multipart(&self.path, &id));
+            return Err(io::Error::other(e));
+        }
+        self.upload_id = Some(id.clone());
+        Ok(id)
+    }
+
+    /// Sends the part filled so far, once the one before it is sent.
+    fn send_part(&mut self) -> io::Result<()> {
+        let id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => self.begin_multipart()?,
+        };
+        self.wait_in_flight()?;
+        let data = PutPayload::from(std::mem::take(&mut self.buf).freeze());
+        let (backend, path, index) =
+            (Arc::clone(&self.store.inner.backend), self.path.clone(), self.parts.len());
+        let sending = async move { backend.put_part(&path, &id, index, data).await };
+        self.in_flight = Some(self.store.inner.runtime.spawn(sending));
+        Ok(())
+    }
+
+    /// Makes the object whole: the last part and the completion, or one `PUT`.
+    fn complete(&mut self) -> io::Result<()> {
+        let backend = Arc::clone(&self.store.inner.backend);
+        if self.upload_id.is_none() {
+            let data = PutPayload::from(std::mem::take(&mut self.buf).freeze());
+            self.store.block_on(backend.put(&self.path, data)).map_err(io::Error::other)?;
+            return Ok(());
+        }
+        if !self.buf.is_empty() {
+            self.send_part()?;
+        }
+        self.wait_in_flight()?;
+        let id = self.upload_id.clone().expect("a multipart upload");
+        let parts = std::mem::take(&mut self.parts);
+        let done = self.store.block_on(backend.complete_multipart(&self.path, &id, parts));
+        done.map_err(io::Error::other)?;
+        Ok(())
+    }
+
+    fn fail<T>(&mut self, e: io::Error) -> io::Result<T> {
+        self.state = State::Failed;
+        Err(e)
+    }
+}
+
+impl StagedBlob for S3Staged {
+    fn write(&mut self, chunk: Chunk) -> io::Result<()> {
+        if self.state != State::Writing {
+            return Err(io::Error::other("a chunk written after the upload failed or finished"));
+        }
+        let part_size = self.store.inner.part_size;
+        let mut bytes = &chunk[..];
+        while !bytes.is_empty() {
+            if self.buf.capacity() == 0 {
+                let sent = (self.parts.len() + usize::from(self.in_flight.is_some())) * part_size;
+                let left =
+                    usize::try_from(self.size_hint).unwrap_or(usize::MAX).saturating_sub(sent);
+                self.buf.reserve(part_size.min(left.max(bytes.len())));
+            }
+            let n = (part_size - self.buf.len()).min(bytes.len());
+            self.buf.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.buf.len() == part_size
+                && let Err(e) = self.send_part()
+            {
+                return self.fail(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        match self.state {
+            State::Finished | State::Committed => Ok(()),
+            State::Failed => Err(io::Error::other("an earlier write of the upload failed")),
+            State::Writing => match self.complete() {
+                Ok(()) => {
+                    self.state = State::Finished;
+                    Ok(())
+                }
+                Err(e) => self.fail(e),
+            },
+        }
+    }
+
+    fn location(&self) -> &str {
+        &self.key
+    }
+}
+
+impl Drop for S3Staged {
+    /// Aborts on the runtime (dropping may happen anywhere): nothing waits for it, and
+    /// what it does not finish (the server stopping) is a staged object that expires.
+    fn drop(&mut self) {
+        if self.state == State::Committed {
+            return;
+        }
+        let store = self.store.clone();
+        let (path, key, upload_id) = (self.path.clone(), self.key.clone(), self.upload_id.take());
+        let (in_flight, finished) = (self.in_flight.take(), self.state == State::Finished);
+        self.store.inner.runtime.spawn(async move {
+            if let Some(sending) = in_flight {
+                let _ = sending.await;
+            }
+            let backend = &store.inner.backend;
+            let aborted = match (&upload_id, finished) {
+                (Some(id), false) => ignore_not_found(backend.abort_multipart(&path, id).await),
+                _ => ignore_not_found(backend.delete(&path).await),
+            };
+            match aborted {
+                Ok(()) => {
+                    if let Err(e) = store.inner.records.forget_staged(key.clone()).await {
+                        tracing::warn!(%key, "an aborted upload stays on record to expire: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!(%key, "could not abort an upload; it expires: {e}"),
+            }
+        });
+    }
+}
+
+/// A stored object read a response chunk at a time, from a blocking thread.
+struct ObjectReader {
+    store: S3Store,
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl io::Read for ObjectReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.store.block_on(self.stream.next()) {
+                Some(bytes) => self.current = bytes.map_err(io::Error::other)?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buf::AlignedBuf;
+    use crate::store::{CommitIntent, Db, Records, SqliteRecords};
+    use object_store::memory::InMemory;
+    use std::io::Read;
+    use tokio::sync::mpsc;
+
+    const ID: ClientId = ClientId([7; 16]);
+
+    struct Fixture {
+        memory: Arc<InMemory>,
+        records: Arc<SqliteRecords>,
+        store: S3Store,
+    }
+
+    fn fixture(part_size: usize) -> Fixture {
+        let memory = Arc::new(InMemory::new());
+        let db = Db::open_in_memory().unwrap();
+        db.insert_client(ID, "alice").unwrap();
+        let records = Arc::new(SqliteRecords::new(db));
+        let url = S3Url::parse("s3://bucket/some/prefix").unwrap();
+        let shared: SharedRecords = records.clone();
+        let backend: Arc<dyn Backend> = memory.clone();
+        let store = S3Store::with_backend(backend, &url, shared, Duration::from_secs(60))
+            .with_part_size(part_size);
+        Fixture { memory, records, store }
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// Writes `data` in 1 MiB chunks and finishes, on a blocking thread.
+    async fn stage(store: &S3Store, data: Vec<u8>) -> S3Staged {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut staged = store.stage(ID, data.len() as u64, false).unwrap();
+            let (home, _back) = mpsc::channel(data.len() / (1 << 20) + 2);
+            for piece in data.chunks(1 << 20) {
+                let mut buf = AlignedBuf::new(piece.len());
+                buf.set_len(piece.len());
+                buf.copy_from_slice(piece);
+                staged.write(Chunk::new(buf, piece.len(), home.clone())).unwrap();
+            }
+            staged.finish().unwrap();
+            staged
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn objects(memory: &InMemory) -> Vec<String> {
+        let mut listed: Vec<String> =
+            memory.list(None).map(|m| m.unwrap().location.to_string()).collect().await;
+        listed.sort();
+        listed
+    }
+
+    fn intent(key: &str, name: &str, data: &[u8], archive: Option<String>) -> CommitIntent {
+        CommitIntent {
+            client_id: ID,
+            stored_name: name.into(),
+            file_name: name.into(),
+            path_name: key.into(),
+            source: key.into(),
+            size: data.len() as u64,
+            cksum: crate::crypto::Cksum::of(data),
+            archive,
+            restores: None,
+            v4: None,
+        }
+    }
+
+    #[test]
+    fn urls_name_a_bucket_and_an_optional_prefix() {
+        let url = S3Url::parse("s3://b/a/b/").unwrap();
+        assert_eq!((url.bucket.as_str(), url.prefix.as_str()), ("b", "a/b"));
+        assert_eq!(url.to_string(), "s3://b/a/b");
+        assert_eq!(S3Url::parse("s3://b").unwrap().prefix, "");
+        assert!(S3Url::parse("s3:///x").is_err());
+        assert!(S3Url::parse("s3://b/a//c").is_err());
+        assert!(S3Url::parse("s3://b/../c").is_err());
+        assert!(is_s3_url("s3://b") && !is_s3_url("/srv/s3"));
+    }
+
+    #[test]
+    fn plain_http_is_allowed_by_itself_only_on_loopback() {
+        assert!(is_loopback_http("http://127.0.0.1:9000"));
+        assert!(is_loopback_http("http://localhost:9000/"));
+        assert!(is_loopback_http("http://[::1]:9000"));
+        assert!(!is_loopback_http("http://10.0.0.1:9000"));
+        assert!(!is_loopback_http("https://127.0.0.1:9000"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_multipart_upload_is_whole_after_finish_and_read_back_streamed() {
+        let f = fixture(1 << 20);
+        let data = pattern((3 << 20) + 12345);
+        let staged = stage(&f.store, data.clone()).await;
+        assert!(staged.upload_id.is_some(), "more than one part: a multipart upload");
+        let key = staged.location().to_owned();
+        assert!(key.starts_with(&ID.to_hex()), "{key}");
+        assert_eq!(objects(&f.memory).await, [format!("some/prefix/{key}")]);
+        let store = f.store.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || store.commit(staged, ID, "a.bin", None))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(committed.path_name, key);
+        f.records.finish_commit(intent(&key, "a.bin", &data, None), None, 1).await.unwrap();
+        assert_eq!(f.store.digest(&key).await.unwrap(), Some((data.len() as u64, Cksum(&data))));
+        let store = f.store.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut read = Vec::new();
+            store.get(ID, "a.bin").unwrap().read_to_end(&mut read).unwrap();
+            (read, store.list(ID).unwrap())
+        })
+        .await
+        .unwrap();
+        assert!(read.0 == data, "reads back as written");
+        assert_eq!(read.1, [BlobInfo { name: "a.bin".into(), size: data.len() as u64 }]);
+        assert_eq!(f.store.clean_staged(true).await.unwrap(), 0, "the commit forgot it");
+    }
+
+    #[allow(non_snake_case)]
+    fn Cksum(data: &[u8]) -> u32 {
+        crate::crypto::Cksum::of(data)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_upload_is_aborted_and_forgotten() {
+        let f = fixture(1 << 20);
+        for len in [100, (2 << 20) + 1] {
+            let staged = stage(&f.store, pattern(len)).await;
+            tokio::task::spawn_blocking(move || drop(staged)).await.unwrap();
+            for _ in 0..100 {
+                if objects(&f.memory).await.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(objects(&f.memory).await, Vec::<String>::new(), "{len} bytes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(f.store.clean_staged(true).await.unwrap(), 0, "nothing left on record");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_a_crash_left_is_cleaned_once_expired_or_at_a_lone_start() {
+        let f = fixture(1 << 20);
+        let staged = stage(&f.store, pattern(4 << 20)).await;
+        // A crash: neither committed nor aborted.
+        std::mem::forget(staged);
+        assert_eq!(objects(&f.memory).await.len(), 1);
+        assert_eq!(f.store.clean_staged(false).await.unwrap(), 0, "not expired yet");
+        assert_eq!(f.store.clean_staged(true).await.unwrap(), 1);
+        assert_eq!(objects(&f.memory).await, Vec::<String>::new());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_keeps_the_replaced_object_as_the_version_or_prunes_it() {
+        let f = fixture(1 << 20);
+        let mut keys = Vec::new();
+        for (n, keep) in [(1u8, 1), (2, 1), (3, 0)] {
+            let data = vec![n; 1000];
+            let staged = stage(&f.store, data.clone()).await;
+            let key = staged.location().to_owned();
+            let replaced = f.records.stored_copy(ID, "f".into()).await.unwrap();
+            assert_eq!(replaced.as_ref(), keys.last(), "the records name the current object");
+            let store = f.store.clone();
+            tokio::task::spawn_blocking(move || store.commit(staged, ID, "f", None).map(drop))
+                .await
+                .unwrap()
+                .unwrap();
+            let pruned = f.records.finish_commit(intent(&key, "f", &data, replaced), None, keep);
+            for path in pruned.await.unwrap() {
+                let store = f.store.clone();
+                tokio::task::spawn_blocking(move || store.delete_version(ID, &path))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            }
+            keys.push(key);
+        }
+        let versions: Vec<String> =
+            f.records.versions().await.unwrap().into_iter().map(|v| v.path_name).collect();
+        assert_eq!(versions, Vec::<String>::new(), "keep 0 pruned the last version");
+        let want: Vec<String> = [&keys[2]].iter().map(|k| format!("some/prefix/{k}")).collect();
+        assert_eq!(objects(&f.memory).await, want, "replaced objects deleted once pruned");
+        let files = f.records.files().await.unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].path_name, keys[2]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_outside_the_clients_objects_is_refused() {
+        let f = fixture(1 << 20);
+        let store = f.store.clone();
+        let other = ClientId([8; 16]);
+        let refused = tokio::task::spawn_blocking(move || {
+            [format!("{}/x", other.to_hex()), "../x".into(), format!("{}/a/b", ID.to_hex())]
+                .iter()
+                .map(|v| store.delete_version(ID, v).is_err())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        assert_eq!(refused, [true, true, true]);
+    }
+}

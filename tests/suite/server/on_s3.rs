@@ -1,0 +1,556 @@
+//! The server's protocol-3 flows through the real binary with the files' bytes in an
+//! S3-compatible object store (`serve --storage s3://…`, issue 16), with its records in
+//! SQLite and in PostgreSQL: register, send, confirm; a resend that replaces the copy
+//! (kept as a version, or deleted with `--keep-versions 0`); a large upload streamed as a
+//! multipart upload at bounded memory; bad padding and a give-up leave nothing behind; a
+//! crash mid-upload leaves no record and its staged upload is cleaned up; a store that
+//! cannot be reached stops start-up with a clear error.
+//!
+//! Each test gets a fresh prefix in the test bucket (`common::fresh_s3`) and, on
+//! PostgreSQL, a fresh database: skipped with a message without the services, failed in
+//! CI. The bucket is read through the S3 API (object_store), as any client would.
+
+use super::*;
+use futures_util::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use securexfer::store::{Db, FileRecord, PostgresRecords, Records, VersionRecord};
+
+/// Where a test's records are.
+enum RecordsAt {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl RecordsAt {
+    /// The `--db` value.
+    fn db_arg(&self) -> String {
+        match self {
+            RecordsAt::Sqlite(path) => path.display().to_string(),
+            RecordsAt::Postgres(url) => url.clone(),
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    }
+
+    fn files(&self) -> Vec<FileRecord> {
+        match self {
+            RecordsAt::Sqlite(path) => Db::open_read_only(path).unwrap().files().unwrap(),
+            RecordsAt::Postgres(url) => RecordsAt::runtime().block_on(async {
+                PostgresRecords::connect(url, 1).await.unwrap().files().await.unwrap()
+            }),
+        }
+    }
+
+    fn versions(&self) -> Vec<VersionRecord> {
+        match self {
+            RecordsAt::Sqlite(path) => Db::open_read_only(path).unwrap().versions().unwrap(),
+            RecordsAt::Postgres(url) => RecordsAt::runtime().block_on(async {
+                PostgresRecords::connect(url, 1).await.unwrap().versions().await.unwrap()
+            }),
+        }
+    }
+
+    /// The staged objects on record: key and multipart upload id.
+    fn staged(&self) -> Vec<(String, Option<String>)> {
+        match self {
+            RecordsAt::Sqlite(path) => {
+                let db = rusqlite::Connection::open(path).unwrap();
+                let mut stmt = db.prepare("SELECT Key, UploadId FROM staged_objects").unwrap();
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+                rows.collect::<Result<_, _>>().unwrap()
+            }
+            RecordsAt::Postgres(url) => {
+                self.postgres(url, "SELECT key, upload_id FROM staged_objects")
+            }
+        }
+    }
+
+    /// Makes every staged object on record look expired (as time passing would).
+    fn expire_staged(&self) {
+        match self {
+            RecordsAt::Sqlite(path) => {
+                let db = rusqlite::Connection::open(path).unwrap();
+                db.execute("UPDATE staged_objects SET ExpiresAt = 0", []).unwrap();
+            }
+            RecordsAt::Postgres(url) => {
+                self.postgres(
+                    url,
+                    "UPDATE staged_objects SET expires_at = 0 RETURNING key, upload_id",
+                );
+            }
+        }
+    }
+
+    fn postgres(&self, url: &str, sql: &str) -> Vec<(String, Option<String>)> {
+        RecordsAt::runtime().block_on(async {
+            let (client, connection) =
+                tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            let task = tokio::spawn(connection);
+            let rows = client.query(sql, &[]).await.unwrap();
+            drop(client);
+            let _ = task.await;
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+        })
+    }
+}
+
+/// The test's records: a SQLite file in `dir`, or a fresh PostgreSQL database (`None`
+/// when the services are not there: skipped).
+fn records_in(dir: &Path, postgres: bool) -> Option<RecordsAt> {
+    if postgres {
+        return common::fresh_postgres().map(RecordsAt::Postgres);
+    }
+    Some(RecordsAt::Sqlite(dir.join("server.db")))
+}
+
+/// The bucket of `url` (`s3://BUCKET/PREFIX`) through the S3 API, and the prefix.
+fn bucket(url: &str) -> (object_store::aws::AmazonS3, String) {
+    let rest = url.strip_prefix("s3://").unwrap();
+    let (bucket, prefix) = rest.split_once('/').unwrap();
+    // The test's own client, on ring as the server's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    (store, prefix.to_owned())
+}
+
+/// Every object under the prefix of `url`: key (relative to the prefix) and size.
+fn objects(url: &str) -> Vec<(String, u64)> {
+    let (store, prefix) = bucket(url);
+    RecordsAt::runtime().block_on(async {
+        let prefix_path = ObjectPath::from(prefix.as_str());
+        let mut listed: Vec<(String, u64)> = store
+            .list(Some(&prefix_path))
+            .map(|meta| {
+                let meta = meta.unwrap();
+                let key = meta.location.to_string();
+                (key[prefix.len() + 1..].to_owned(), meta.size)
+            })
+            .collect()
+            .await;
+        listed.sort();
+        listed
+    })
+}
+
+/// The object at `key` under the prefix of `url`.
+fn object(url: &str, key: &str) -> Vec<u8> {
+    let (store, prefix) = bucket(url);
+    RecordsAt::runtime().block_on(async {
+        let path = ObjectPath::from(format!("{prefix}/{key}"));
+        store.get(&path).await.unwrap().bytes().await.unwrap().to_vec()
+    })
+}
+
+/// Asserts that `sent_name` of `id` is recorded verified at an object of its own that
+/// holds `data`; returns the object's key.
+fn assert_stored_in_bucket(
+    records: &RecordsAt,
+    url: &str,
+    id: ClientId,
+    sent_name: &str,
+    data: &[u8],
+) -> String {
+    let files = records.files();
+    let file = files
+        .iter()
+        .find(|f| f.client_id == id && f.file_name == sent_name)
+        .unwrap_or_else(|| panic!("no row for {sent_name}: {files:?}"));
+    assert!(file.verified, "{file:?}");
+    assert_eq!((file.size, file.cksum), (Some(data.len() as u64), Some(Cksum::of(data))));
+    let key = file.path_name.clone();
+    assert!(key.starts_with(&format!("{}/", id.to_hex())), "{key} is not the client's");
+    assert!(object(url, &key) == data, "the object at {key} holds what was sent");
+    key
+}
+
+/// Starts a server in `dir` over `records` and the object store at `url`.
+fn start(dir: &Path, records: &RecordsAt, url: &str, extra: &[&str]) -> Server {
+    Server::start_in_on_storage(dir, &records.db_arg(), url, extra)
+}
+
+fn send_confirm_and_find_it_in_the_bucket(postgres: bool) {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), postgres) else { return };
+    let server = start(dir.path(), &records, &url, &[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("alice", &mut stream);
+    let data = common::random_bytes(100_000, 61);
+    let cksum = client.send_expecting_receipt(&mut stream, "report.bin", &data);
+    assert_eq!(cksum, Cksum::of(&data));
+    assert!(records.files().is_empty(), "nothing recorded before 1029");
+    assert_eq!(records.staged().len(), 1, "the upload is tracked while it waits");
+    let ack = client.confirm(&mut stream, "report.bin");
+    assert_eq!(ack, Response::Acknowledged { client_id: Some(client.id) });
+    let key = assert_stored_in_bucket(&records, &url, client.id, "report.bin", &data);
+    assert_eq!(objects(&url), [(key, data.len() as u64)], "one object, nothing staged left");
+    assert!(records.staged().is_empty(), "the commit forgot the staged upload");
+    assert!(!dir.path().join("storage").exists(), "no local storage directory");
+}
+
+#[test]
+fn registration_send_and_confirm_store_the_file_in_the_object_store_with_sqlite() {
+    send_confirm_and_find_it_in_the_bucket(false);
+}
+
+#[test]
+fn registration_send_and_confirm_store_the_file_in_the_object_store_with_postgres() {
+    send_confirm_and_find_it_in_the_bucket(true);
+}
+
+#[test]
+fn a_client_that_opens_a_connection_per_request_completes_on_the_object_store() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), true) else { return };
+    let server = start(dir.path(), &records, &url, &[]);
+    let mut client = Client::new("dor-like");
+    client.version = 1;
+    let data = common::random_bytes(4_096, 62);
+    assert_eq!(client.register(&mut connect(&server)).code(), ResponseCode::Registered);
+    let accepted = client.send_public_key(&mut connect(&server));
+    assert_eq!(accepted.code(), ResponseCode::PublicKeyAccepted);
+    client.send_expecting_receipt(&mut connect(&server), "small.bin", &data);
+    let ack = client.confirm(&mut connect(&server), "small.bin");
+    assert_eq!(ack, Response::Acknowledged { client_id: Some(client.id) });
+    assert_stored_in_bucket(&records, &url, client.id, "small.bin", &data);
+}
+
+fn resends_replace_the_object(postgres: bool) {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), postgres) else { return };
+    let server = start(dir.path(), &records, &url, &["--keep-versions", "1"]);
+    let mut stream = connect(&server);
+    let client = Client::setup("bob", &mut stream);
+    let copies: Vec<Vec<u8>> =
+        (0..3).map(|i| common::random_bytes(5_000 + i, 63 + i as u64)).collect();
+    let mut keys = Vec::new();
+    for copy in &copies {
+        client.upload(&mut stream, "f.bin", copy);
+        keys.push(assert_stored_in_bucket(&records, &url, client.id, "f.bin", copy));
+    }
+    assert_eq!(records.files().len(), 1);
+    // The second copy is the one version kept, under its own key; the first is deleted.
+    let versions = records.versions();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_eq!(versions[0].path_name, keys[1]);
+    wait_until("the pruned version's object to go", || objects(&url).len() == 2);
+    let mut want = vec![(keys[1].clone(), 5_001), (keys[2].clone(), 5_002)];
+    want.sort();
+    assert_eq!(objects(&url), want);
+    // Another name that stores under the same name (a Windows path) replaces it too.
+    client.upload(&mut stream, "C:\\docs\\f.bin", &copies[0]);
+    let files = records.files();
+    assert_eq!(files.len(), 1, "the row of the replaced copy goes: {files:?}");
+    assert_stored_in_bucket(&records, &url, client.id, "C:\\docs\\f.bin", &copies[0]);
+    assert!(records.staged().is_empty());
+}
+
+#[test]
+fn a_resend_keeps_the_replaced_object_as_the_version_with_sqlite() {
+    resends_replace_the_object(false);
+}
+
+#[test]
+fn a_resend_keeps_the_replaced_object_as_the_version_with_postgres() {
+    resends_replace_the_object(true);
+}
+
+#[test]
+fn with_no_versions_kept_a_resend_deletes_the_replaced_object() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), false) else { return };
+    let server = start(dir.path(), &records, &url, &["--keep-versions", "0"]);
+    let mut stream = connect(&server);
+    let client = Client::setup("carol", &mut stream);
+    let (first, second) = (common::random_bytes(3_000, 70), common::random_bytes(4_000, 71));
+    client.upload(&mut stream, "g.bin", &first);
+    client.upload(&mut stream, "g.bin", &second);
+    let key = assert_stored_in_bucket(&records, &url, client.id, "g.bin", &second);
+    wait_until("the replaced object to go", || objects(&url).len() == 1);
+    assert_eq!(objects(&url), [(key, 4_000)]);
+    assert!(records.versions().is_empty());
+}
+
+/// The server's peak resident memory so far (VmHWM), in bytes.
+fn peak_rss(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[test]
+fn a_large_upload_is_streamed_as_a_multipart_upload_at_bounded_memory() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), false) else { return };
+    let server = start(dir.path(), &records, &url, &[]);
+    let mut stream = connect(&server);
+    let client = Client::setup("large", &mut stream);
+    // 72 MiB and an unaligned tail: nine 8 MiB parts and a short last one, on the
+    // large-upload path (64 MiB and more).
+    let data = common::random_bytes((72 << 20) + 4_099, 72);
+    let before = peak_rss(&server);
+    let started = Instant::now();
+    client.upload(&mut stream, "large.bin", &data);
+    let took = started.elapsed();
+    let peak = peak_rss(&server);
+    let key = assert_stored_in_bucket(&records, &url, client.id, "large.bin", &data);
+    assert_eq!(objects(&url), [(key, data.len() as u64)]);
+    eprintln!(
+        "S3 upload of {} MiB: {:.2} s; server peak RSS {} MiB before, {} MiB after",
+        data.len() >> 20,
+        took.as_secs_f64(),
+        before >> 20,
+        peak >> 20
+    );
+    assert!(peak < 128 << 20, "the server's peak RSS was {} MiB", peak >> 20);
+}
+
+#[test]
+fn bad_padding_and_a_give_up_leave_no_object_and_nothing_staged() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), false) else { return };
+    let server = start(dir.path(), &records, &url, &[]);
+    let mut stream = connect(&server);
+    let mut client = Client::setup("hostile", &mut stream);
+    // A give-up after a receipt: nothing stored.
+    let data = common::random_bytes(20_000, 73);
+    client.send_expecting_receipt(&mut stream, "given-up.bin", &data);
+    client.verdict(&mut stream, RequestCode::CrcGiveUp, "given-up.bin");
+    expect(&mut stream, ResponseCode::Acknowledged);
+    // Bad padding: the connection ends, with the upload waiting on it.
+    client.send_expecting_receipt(&mut stream, "waiting.bin", &data);
+    let bytes = raw_file_request(client.id, b"bad.bin", &bad_block(&client.aes()));
+    expect_refused(&mut stream, &bytes);
+    assert_closed(&mut stream);
+    wait_until("the aborted uploads to go", || objects(&url).is_empty());
+    wait_until("the aborted uploads to be forgotten", || records.staged().is_empty());
+    assert!(records.files().iter().all(|f| !f.verified), "{:?}", records.files());
+    // The client can go on (once its back-off is over) and its next upload is stored.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut again = connect(&server);
+    let mut tries = 0;
+    while client.reconnect(&mut again).code() != ResponseCode::ReconnectAccepted {
+        tries += 1;
+        assert!(tries < 30, "the client is never let back in");
+        std::thread::sleep(Duration::from_secs(1));
+        again = connect(&server);
+    }
+    client.upload(&mut again, "after.bin", &data);
+    assert_stored_in_bucket(&records, &url, client.id, "after.bin", &data);
+}
+
+/// Sends most of a large upload, waits until its multipart upload is under way, kills the
+/// server; returns the client and what was recorded before.
+fn crash_mid_upload(server: &mut Server, records: &RecordsAt) -> Client {
+    let mut stream = connect(server);
+    let client = Client::setup("crasher", &mut stream);
+    let early = common::random_bytes(50_000, 74);
+    client.upload(&mut stream, "early.bin", &early);
+    const BIG: u32 = 200 << 20;
+    stream.write_all(&send_file_head(client.id, BIG, b"big.bin")).expect("send header");
+    for seed in 0..20 {
+        stream.write_all(&common::random_bytes(1 << 20, seed)).expect("send some content");
+    }
+    let multipart = || records.staged().iter().any(|(_, upload)| upload.is_some());
+    wait_until("the multipart upload to begin", multipart);
+    server.kill();
+    client
+}
+
+#[test]
+fn a_crash_mid_upload_records_nothing_and_the_next_start_aborts_the_staged_upload() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), false) else { return };
+    let mut server = start(dir.path(), &records, &url, &[]);
+    let mut client = crash_mid_upload(&mut server, &records);
+    drop(server);
+    let files = records.files();
+    assert_eq!(files.len(), 1, "only the early file: {files:?}");
+    assert_eq!(records.staged().len(), 1, "the interrupted upload is on record");
+    // SQLite records are one server's: at start-up nothing staged can still be under way.
+    let server = start(dir.path(), &records, &url, &[]);
+    server.wait_for_log("aborted uploads an earlier run left staged");
+    assert!(records.staged().is_empty());
+    let early = common::random_bytes(50_000, 74);
+    let key = assert_stored_in_bucket(&records, &url, client.id, "early.bin", &early);
+    assert_eq!(objects(&url), [(key, 50_000)], "no object of the interrupted upload");
+    let mut again = client.reconnected(&server);
+    client.upload(&mut again, "big.bin", &early[..1000]);
+    assert_stored_in_bucket(&records, &url, client.id, "big.bin", &early[..1000]);
+}
+
+#[test]
+fn on_shared_records_an_expired_staged_upload_is_aborted_by_a_running_server() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), true) else { return };
+    let mut server = start(dir.path(), &records, &url, &[]);
+    crash_mid_upload(&mut server, &records);
+    drop(server);
+    // Another instance on the same PostgreSQL leaves it alone: it may be another
+    // instance's upload in progress, until its time is up.
+    // (A short idle timeout makes its janitor go round every second.)
+    let other = start(dir.path(), &records, &url, &["--idle-timeout", "2"]);
+    assert!(!other.log().contains("aborted"), "{}", other.log());
+    assert_eq!(records.staged().len(), 1);
+    records.expire_staged();
+    other.wait_for_log("aborted expired uploads staged in the object store");
+    assert!(records.staged().is_empty());
+    assert_eq!(objects(&url).len(), 1, "only the early file's object");
+    assert_eq!(records.files().len(), 1);
+}
+
+#[test]
+fn an_object_store_that_cannot_be_reached_stops_start_up_with_what_to_check() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let started = Instant::now();
+    let output = common::command()
+        .current_dir(dir.path())
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .args(["serve", "--port", "0", "--storage", &url, "--db", "server.db"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(6), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for needle in [url.as_str(), "probe object", "AWS_ENDPOINT_URL", &format!("127.0.0.1:{port}")] {
+        assert!(stderr.contains(needle), "no {needle:?} in {stderr}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(60), "took {:?}", started.elapsed());
+    // And a bad URL is refused before anything is tried.
+    let output = common::command()
+        .current_dir(dir.path())
+        .args(["serve", "--port", "0", "--storage", "s3://", "--db", "server.db"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(6), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("s3://BUCKET/PREFIX"));
+}
+
+#[test]
+fn a_protocol_4_put_is_committed_to_the_object_store_with_its_blake3_and_a_kept_version() {
+    use crate::common::v4::{self, Conn, Key};
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), false) else { return };
+    let server = start(dir.path(), &records, &url, &[]);
+    let (mut conn, _welcome) = Conn::hello(server.addr, &Key::ed25519());
+    let (id, _) = v4::registered(&conn.register("vera", None));
+    let id = ClientId(id);
+    let hash = |data: &[u8]| *blake3::hash(data).as_bytes();
+    let first = common::random_bytes(700 * 1024 + 3, 75);
+    let (received, committed) = conn.put_and_commit("report.pdf", &first, hash(&first));
+    assert_eq!(v4::put_received(&received), (first.len() as u64, hash(&first), false));
+    assert!(!v4::committed(&committed).2, "nothing replaced");
+    let second = common::random_bytes(9 << 20, 76); // two parts
+    let (received, committed) = conn.put_and_commit("report.pdf", &second, hash(&second));
+    assert!(v4::put_received(&received).2, "replaces");
+    assert!(v4::committed(&committed).2, "the replaced copy is kept");
+    assert_stored_in_bucket(&records, &url, id, "report.pdf", &second);
+    let files = records.files();
+    assert_eq!((files[0].blake3, files[0].protocol), (Some(hash(&second)), 4));
+    let versions = records.versions();
+    assert_eq!(versions.len(), 1);
+    assert!(object(&url, &versions[0].path_name) == first, "the version is the first object");
+    assert_eq!(objects(&url).len(), 2);
+    assert!(records.staged().is_empty(), "nothing staged left");
+}
+
+/// An S3-compatible server of the test's own (`rclone serve s3`, as `.ci/services.sh`
+/// starts), over `data`, on `port`, with the test credentials: one the test can stop and
+/// start again. Killed when dropped.
+fn own_s3(data: &Path, port: u16) -> OwnS3 {
+    let config = data.join("rclone.conf");
+    std::fs::write(&config, "").unwrap();
+    let auth = format!(
+        "{},{}",
+        std::env::var("AWS_ACCESS_KEY_ID").unwrap(),
+        std::env::var("AWS_SECRET_ACCESS_KEY").unwrap()
+    );
+    let child = std::process::Command::new("rclone")
+        .args(["--config", config.to_str().unwrap(), "serve", "s3"])
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--auth-key", &auth])
+        .arg(data.join("root"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("rclone (installed by .ci/services.sh)");
+    wait_until("rclone to listen", || TcpStream::connect(("127.0.0.1", port)).is_ok());
+    OwnS3(child)
+}
+
+/// A test's own S3 server, stopped when dropped.
+struct OwnS3(std::process::Child);
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_object_store_that_goes_away_fails_uploads_clearly_and_serves_again_when_it_returns() {
+    let Some(_) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("s3/root/own-bucket")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let s3 = own_s3(&dir.path().join("s3"), port);
+    let url = "s3://own-bucket/prefix";
+    let records = RecordsAt::Sqlite(dir.path().join("server.db"));
+    let server = Server::start_in_on_storage_with(dir.path(), "server.db", url, &[], |cmd| {
+        cmd.env("AWS_ENDPOINT_URL", &endpoint);
+    });
+    let mut stream = connect(&server);
+    let mut client = Client::setup("faulty", &mut stream);
+    let data = common::random_bytes(300_000, 77);
+    client.upload(&mut stream, "before.bin", &data);
+
+    drop(s3);
+    let started = Instant::now();
+    let answer = client.send_file(&mut stream, "during.bin", &data);
+    assert_eq!(answer.code(), ResponseCode::GeneralError, "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+    server.wait_for_log("writing the upload failed");
+    let files = records.files();
+    assert!(files.iter().all(|f| f.file_name != "during.bin"), "{files:?}");
+
+    let _s3 = own_s3(&dir.path().join("s3"), port);
+    let mut again = client.reconnected(&server);
+    client.upload(&mut again, "after.bin", &data);
+    let names: Vec<String> = records.files().into_iter().map(|f| f.file_name).collect();
+    assert_eq!(names, ["after.bin", "before.bin"]);
+}
+
+#[test]
+fn the_operators_tools_say_they_read_a_local_storage_directory_only() {
+    let dir = tempfile::tempdir().unwrap();
+    for command in ["inspect", "verify", "restore"] {
+        let mut args = vec!["db", command, "--db", "server.db", "--storage", "s3://b/p"];
+        if command == "restore" {
+            args.extend(["--client", "alice", "--file", "f", "--version", "1"]);
+        }
+        let out = common::run_in(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("only `serve` supports"), "{command}: {stderr}");
+        assert!(!dir.path().join("s3:").exists(), "{command} made a local directory");
+    }
+}
