@@ -61,6 +61,9 @@ _securexfer() {
             securexfer__subcmd__db,invite)
                 cmd="securexfer__subcmd__db__subcmd__invite"
                 ;;
+            securexfer__subcmd__db,quota)
+                cmd="securexfer__subcmd__db__subcmd__quota"
+                ;;
             securexfer__subcmd__db,restore)
                 cmd="securexfer__subcmd__db__subcmd__restore"
                 ;;
@@ -78,6 +81,9 @@ _securexfer() {
                 ;;
             securexfer__subcmd__db__subcmd__help,invite)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__invite"
+                ;;
+            securexfer__subcmd__db__subcmd__help,quota)
+                cmd="securexfer__subcmd__db__subcmd__help__subcmd__quota"
                 ;;
             securexfer__subcmd__db__subcmd__help,restore)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__restore"
@@ -127,6 +133,9 @@ _securexfer() {
             securexfer__subcmd__help__subcmd__db,invite)
                 cmd="securexfer__subcmd__help__subcmd__db__subcmd__invite"
                 ;;
+            securexfer__subcmd__help__subcmd__db,quota)
+                cmd="securexfer__subcmd__help__subcmd__db__subcmd__quota"
+                ;;
             securexfer__subcmd__help__subcmd__db,restore)
                 cmd="securexfer__subcmd__help__subcmd__db__subcmd__restore"
                 ;;
@@ -168,7 +177,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db)
-            opts="-h -V --help --version inspect verify restore fingerprint invite help"
+            opts="-h -V --help --version inspect verify restore fingerprint invite quota help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -211,7 +220,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db__subcmd__help)
-            opts="inspect verify restore fingerprint invite help"
+            opts="inspect verify restore fingerprint invite quota help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -267,6 +276,20 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db__subcmd__help__subcmd__invite)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__db__subcmd__help__subcmd__quota)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -375,6 +398,47 @@ _securexfer() {
                     return 0
                     ;;
                 --expires)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__db__subcmd__quota)
+            opts="-h -V --db --client --bytes --files --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --db)
+                    local oldifs
+                    if [ -n "${IFS+x}" ]; then
+                        oldifs="$IFS"
+                    fi
+                    IFS=$'\n'
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    if [ -n "${oldifs+x}" ]; then
+                        IFS="$oldifs"
+                    fi
+                    if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
+                        compopt -o filenames
+                    fi
+                    return 0
+                    ;;
+                --client)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --bytes)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --files)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -541,7 +605,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db)
-            opts="inspect verify restore fingerprint invite"
+            opts="inspect verify restore fingerprint invite quota"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -583,6 +647,20 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db__subcmd__invite)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__help__subcmd__db__subcmd__quota)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -441,6 +441,58 @@ pub enum DbCommand {
     /// (`sxi-` and 26 characters) for one protocol-4 client to register with. The database
     /// keeps only its SHA-256, its name and expiry, and when and by whom it was used.
     Invite(InviteArgs),
+    /// Show or set a client's quota: the bytes its files, kept versions and open uploads
+    /// may take and how many files it may store. Checked by protocol 4 before any content
+    /// of an upload is accepted (protocol 3 uploads are not counted against it). Safe
+    /// while the server runs; new uploads see a change at once.
+    Quota(QuotaArgs),
+}
+
+/// `securexfer db quota`.
+#[derive(Debug, Args)]
+pub struct QuotaArgs {
+    /// The server's database.
+    #[arg(
+        long,
+        env = "SECUREXFER_DB",
+        default_value = "defensive.db",
+        value_name = "PATH",
+        value_hint = ValueHint::FilePath
+    )]
+    pub db: PathBuf,
+    /// The client (name or id).
+    #[arg(long, value_name = "NAME|ID")]
+    pub client: String,
+    /// Set the bytes quota: a size with an optional K, M, G or T (binary units), or `none`.
+    #[arg(long, value_name = "SIZE|none", value_parser = parse_limit_size)]
+    pub bytes: Option<Limit>,
+    /// Set the files quota: a number, or `none`.
+    #[arg(long, value_name = "N|none", value_parser = parse_limit_count)]
+    pub files: Option<Limit>,
+    /// Print JSON instead of lines (sizes are byte counts there).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A quota's value on the command line: a number, or `none` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub Option<u64>);
+
+fn parse_limit_size(text: &str) -> Result<Limit, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(Limit(None));
+    }
+    parse_size(text).map(|n| Limit(Some(n)))
+}
+
+fn parse_limit_count(text: &str) -> Result<Limit, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(Limit(None));
+    }
+    text.trim()
+        .parse()
+        .map(|n| Limit(Some(n)))
+        .map_err(|_| format!("{text:?} is not a number of files (or none)"))
 }
 
 /// `securexfer db invite`.
@@ -604,6 +656,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         Some((i, 'k' | 'K')) => (&text[..i], 10),
         Some((i, 'm' | 'M')) => (&text[..i], 20),
         Some((i, 'g' | 'G')) => (&text[..i], 30),
+        Some((i, 't' | 'T')) => (&text[..i], 40),
         _ => (text, 0),
     };
     let n: u64 = digits

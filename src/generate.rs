@@ -298,7 +298,7 @@ fn files(name: &str) -> &'static [(&'static str, &'static str)] {
         "securexfer-db" | "securexfer-db-inspect" => &[DATABASE, SERVER_KEY, STORAGE],
         "securexfer-db-verify" | "securexfer-db-restore" => &[DATABASE, STORAGE],
         "securexfer-db-fingerprint" => &[DATABASE, SERVER_KEY],
-        "securexfer-db-invite" => &[DATABASE],
+        "securexfer-db-invite" | "securexfer-db-quota" => &[DATABASE],
         "securexfer-trust" => &[KNOWN_SERVERS, DEFAULT_SERVER],
         "securexfer-completions" => &[
             (
@@ -431,6 +431,16 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
             "Invite alice, who must register within two days and under that name:",
             "securexfer db invite --db /var/lib/securexfer/securexfer.db --name alice --expires 2d",
         )],
+        "securexfer-db-quota" => &[
+            (
+                "Let alice store 10 GiB in at most 50,000 files:",
+                "securexfer db quota --db /var/lib/securexfer/securexfer.db --client alice --bytes 10G --files 50000",
+            ),
+            (
+                "Show her usage, then lift the file limit:",
+                "securexfer db quota --db /var/lib/securexfer/securexfer.db --client alice --files none",
+            ),
+        ],
         "securexfer-trust" => &[
             (
                 "Trust a server's key on first use (compare the fingerprint shown with securexfer db fingerprint on the server):",

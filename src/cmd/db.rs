@@ -4,12 +4,12 @@
 use super::UsageError;
 use super::out::outln;
 use super::table::{self, cut, fixed};
-use crate::cli::{FingerprintArgs, InspectArgs, InviteArgs, RestoreArgs};
+use crate::cli::{FingerprintArgs, InspectArgs, InviteArgs, QuotaArgs, RestoreArgs};
 use anyhow::Context;
 use securexfer::protocol::{ClientId, storage_name};
 use securexfer::server::identity::{self, ServerIdentity};
 use securexfer::store::{
-    ClientRecord, CommitIntent, Db, FileRecord, InviteRecord, Storage, VersionRecord,
+    ClientRecord, CommitIntent, Db, FileRecord, InviteRecord, Quota, Storage, VersionRecord,
 };
 use std::path::Path;
 use std::process::ExitCode;
@@ -427,6 +427,7 @@ pub fn fingerprint(args: FingerprintArgs) -> anyhow::Result<ExitCode> {
 /// `db invite`: a fresh single-use token on stdout; the database keeps only its SHA-256.
 pub fn invite(args: InviteArgs) -> anyhow::Result<ExitCode> {
     use securexfer::crypto::invite::InviteToken;
+    sqlite_only(&args.db, "db invite")?;
     if let Some(name) = &args.name {
         securexfer::protocol::v4::names::check_client_name(name)
             .map_err(|e| UsageError(format!("--name {name:?}: {e}")))?;
@@ -436,5 +437,50 @@ pub fn invite(args: InviteArgs) -> anyhow::Result<ExitCode> {
     let valid_for = std::time::Duration::from_secs(args.expires);
     db.create_invite(&token.hash(), args.name.as_deref(), valid_for)?;
     outln!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `db quota`: a client's quota and usage, after setting what `--bytes` and `--files` say.
+pub fn quota(args: QuotaArgs) -> anyhow::Result<ExitCode> {
+    sqlite_only(&args.db, "db quota")?;
+    let setting = args.bytes.is_some() || args.files.is_some();
+    let db = if setting { Db::open(&args.db)? } else { Db::open_read_only(&args.db)? };
+    let id = ClientId::parse(&args.client);
+    let client =
+        db.clients()?.into_iter().find(|c| c.name == args.client || Some(c.id) == id).ok_or_else(
+            || {
+                UsageError(format!(
+                    "no client {:?} in {} (by name or id); db inspect lists them",
+                    args.client,
+                    args.db.display()
+                ))
+            },
+        )?;
+    let mut quota = db.quota(client.id)?;
+    if setting {
+        quota = Quota {
+            bytes: args.bytes.map_or(quota.bytes, |l| l.0),
+            files: args.files.map_or(quota.files, |l| l.0),
+        };
+        db.set_quota(client.id, quota)?;
+    }
+    let usage = db.usage(client.id)?;
+    if args.json {
+        let doc = serde_json::json!({
+            "client": client.name,
+            "id": client.id.to_string(),
+            "bytes_used": usage.bytes,
+            "bytes_quota": quota.bytes,
+            "files_used": usage.files,
+            "files_quota": quota.files,
+        });
+        outln!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let limit = |l: Option<u64>, show: &dyn Fn(u64) -> String| l.map_or("no quota".into(), show);
+    let size = |n: u64| table::size(n, false);
+    outln!("client {} ({})", client.name, client.id);
+    outln!("bytes  {} used of {}", size(usage.bytes), limit(quota.bytes, &size));
+    outln!("files  {} used of {}", usage.files, limit(quota.files, &|n| n.to_string()));
     Ok(ExitCode::SUCCESS)
 }

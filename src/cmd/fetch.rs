@@ -16,7 +16,7 @@ use securexfer::client::v4::fetch::{Fetched, PendingGet};
 use securexfer::client::v4::glob;
 use securexfer::client::v4::session::Session;
 use securexfer::client::v4::session::hex;
-use securexfer::protocol::v4::{EntryKind, ErrorCode, ListEntry};
+use securexfer::protocol::v4::{EntryKind, ErrorCode, ListEnd, ListEntry};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -155,12 +155,31 @@ pub fn ls(args: LsArgs) -> anyhow::Result<ExitCode> {
             "summary": true,
             "server": server,
             "bytes_used": end.bytes_used,
+            "bytes_quota": (end.bytes_quota != u64::MAX).then_some(end.bytes_quota),
             "files_used": end.files_used,
+            "files_quota": (end.files_quota != u64::MAX).then_some(end.files_quota),
             "exit_code": worst,
         });
         outln!("{summary}");
+    } else if !args.quiet {
+        // On stderr, so that a script reading the listing gets the entries only.
+        eprintln!("{}", usage_line(&end));
     }
     Ok(ExitCode::from(worst))
+}
+
+/// The client's usage and quota as `LIST_END` gives them: "used: 9.8 GiB of 10 GiB, 12
+/// files (no file quota)".
+fn usage_line(end: &ListEnd) -> String {
+    let bytes = match end.bytes_quota {
+        u64::MAX => format!("{} (no byte quota)", binary_size(end.bytes_used)),
+        quota => format!("{} of {}", binary_size(end.bytes_used), binary_size(quota)),
+    };
+    let files = match end.files_quota {
+        u64::MAX => format!("{} files (no file quota)", end.files_used),
+        quota => format!("{} of {quota} files", end.files_used),
+    };
+    format!("used: {bytes}, {files}")
 }
 
 fn print_entry(args: &LsArgs, server: &str, entry: &ListEntry) {

@@ -82,6 +82,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("warn");
             db::invite(args)
         }
+        Command::Db(DbCommand::Quota(args)) => {
+            init_logging("warn");
+            db::quota(args)
+        }
         Command::Trust(args) => {
             init_logging("warn");
             trust::run(args)

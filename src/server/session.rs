@@ -25,6 +25,19 @@ pub const MAX_PENDING_BYTES_IN_FILES: u64 = 2;
 struct Usage {
     uploads: usize,
     bytes: u64,
+    /// What the client's open uploads count against its quota (`db quota`).
+    held: Held,
+}
+
+/// What a client's open uploads count against its quota: the declared sizes (an upload
+/// of unknown size counts what it received when it is checked) and how many of them
+/// store a new path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Declared bytes.
+    pub bytes: u64,
+    /// Uploads of paths that hold no file yet.
+    pub new_files: u64,
 }
 
 type UsageMap = Arc<Mutex<HashMap<ClientId, Usage>>>;
@@ -43,6 +56,7 @@ pub struct Reservation {
     usage: UsageMap,
     id: ClientId,
     bytes: u64,
+    held: Held,
 }
 
 impl Quotas {
@@ -53,21 +67,59 @@ impl Quotas {
 
     /// Reserves room for an upload of `bytes` for `id`, or says why there is none.
     pub fn reserve(&self, id: ClientId, bytes: u64) -> Result<Reservation, String> {
+        self.reserve_held(id, bytes, Held::default(), |_| Ok::<(), std::convert::Infallible>(()))
+            .map_err(|e| match e {
+                Refused::Busy(why) => why,
+                Refused::Check(never) => match never {},
+            })
+    }
+
+    /// As [`reserve`](Self::reserve), and `held` counted against the client's quota:
+    /// `check` sees what its other open uploads hold and may refuse, under the same lock
+    /// as the reservation, so that two uploads of one client cannot both pass a check
+    /// that only one of them fits.
+    pub fn reserve_held<E>(
+        &self,
+        id: ClientId,
+        bytes: u64,
+        held: Held,
+        check: impl FnOnce(Held) -> Result<(), E>,
+    ) -> Result<Reservation, Refused<E>> {
         let mut usage = lock(&self.usage);
         let used = usage.entry(id).or_default();
         if used.uploads >= self.max_uploads {
-            return Err(format!("client {id} already has {} uploads waiting", used.uploads));
+            return Err(Refused::Busy(format!(
+                "client {id} already has {} uploads waiting",
+                used.uploads
+            )));
         }
         if used.bytes.saturating_add(bytes) > self.max_bytes {
-            return Err(format!(
+            return Err(Refused::Busy(format!(
                 "client {id} already has {} bytes waiting; {bytes} more would pass {}",
                 used.bytes, self.max_bytes
-            ));
+            )));
         }
+        check(used.held).map_err(Refused::Check)?;
         used.uploads += 1;
         used.bytes += bytes;
-        Ok(Reservation { usage: Arc::clone(&self.usage), id, bytes })
+        used.held.bytes += held.bytes;
+        used.held.new_files += held.new_files;
+        Ok(Reservation { usage: Arc::clone(&self.usage), id, bytes, held })
     }
+
+    /// What the client's open uploads hold against its quota now.
+    pub fn held(&self, id: ClientId) -> Held {
+        lock(&self.usage).get(&id).map(|u| u.held).unwrap_or_default()
+    }
+}
+
+/// Why [`Quotas::reserve_held`] made no reservation.
+#[derive(Debug)]
+pub enum Refused<E> {
+    /// The per-client caps of uploads in progress (a temporary refusal).
+    Busy(String),
+    /// The caller's check refused.
+    Check(E),
 }
 
 impl Drop for Reservation {
@@ -76,6 +128,8 @@ impl Drop for Reservation {
         if let Some(used) = usage.get_mut(&self.id) {
             used.uploads -= 1;
             used.bytes -= self.bytes;
+            used.held.bytes -= self.held.bytes;
+            used.held.new_files -= self.held.new_files;
             if used.uploads == 0 {
                 usage.remove(&self.id);
             }
@@ -359,6 +413,29 @@ mod tests {
         drop(first);
         let third = quotas.reserve(a, 60).unwrap();
         drop((second, third));
+        assert!(lock(&quotas.usage).is_empty());
+    }
+
+    #[test]
+    fn what_is_held_against_a_quota_is_seen_by_the_next_check_and_given_back_on_drop() {
+        let quotas = Quotas::new(10, u64::MAX);
+        let a = ClientId([1; 16]);
+        let held = Held { bytes: 60, new_files: 1 };
+        let first = quotas.reserve_held(a, 60, held, |open| {
+            assert_eq!(open, Held::default());
+            Ok::<_, ()>(())
+        });
+        let first = first.unwrap();
+        assert_eq!(quotas.held(a), held);
+        // A check that refuses makes no reservation.
+        let refused = quotas.reserve_held(a, 50, Held { bytes: 50, new_files: 0 }, |open| {
+            if open.bytes + 50 > 100 { Err("full") } else { Ok(()) }
+        });
+        assert!(matches!(refused, Err(Refused::Check("full"))));
+        assert_eq!(quotas.held(a), held);
+        assert_eq!(quotas.held(ClientId([2; 16])), Held::default(), "per client");
+        drop(first);
+        assert_eq!(quotas.held(a), Held::default());
         assert!(lock(&quotas.usage).is_empty());
     }
 }

@@ -147,7 +147,29 @@ const MIGRATIONS: &[&str] = &[
         UploadId TEXT,
         ExpiresAt INTEGER NOT NULL
      );",
+    // 9: per-client quotas set by the operator (`securexfer db quota`), NULL for none.
+    // Columns of `clients` rather than a table: one per client, read with its usage.
+    "ALTER TABLE clients ADD COLUMN QuotaBytes INTEGER;
+     ALTER TABLE clients ADD COLUMN QuotaFiles INTEGER;",
 ];
+
+/// A client's quota (`securexfer db quota`): `None` for no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Quota {
+    /// Bytes of current files, kept versions and open uploads.
+    pub bytes: Option<u64>,
+    /// Number of current files.
+    pub files: Option<u64>,
+}
+
+/// What a client's files take on the server (what its quota counts, open uploads aside).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    /// Bytes of its current files and of their kept versions.
+    pub bytes: u64,
+    /// Number of its current (verified) files.
+    pub files: u64,
+}
 
 /// A client as recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1163,16 +1185,49 @@ impl Db {
         Ok(Removed { files: files as u64, bytes: bytes.max(0) as u64, kept, pruned })
     }
 
-    /// Bytes and number of the client's verified files.
-    pub fn usage(&self, id: ClientId) -> Result<(u64, u64), DbError> {
-        let (bytes, files): (i64, i64) = self
+    /// What the client's files take: bytes of its verified files and of its kept versions
+    /// (they take the operator's disk too), and the number of its verified files.
+    pub fn usage(&self, id: ClientId) -> Result<Usage, DbError> {
+        let (bytes, files, kept): (i64, i64, i64) = self
             .conn
             .prepare_cached(
-                "SELECT COALESCE(sum(Size), 0), count(*) FROM files
-                 WHERE ID = ?1 AND Verified = 1",
+                "SELECT COALESCE(sum(Size), 0), count(*),
+                        (SELECT COALESCE(sum(Size), 0) FROM versions WHERE ID = ?1)
+                 FROM files WHERE ID = ?1 AND Verified = 1",
             )?
-            .query_row([&id.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok((bytes.max(0) as u64, files.max(0) as u64))
+            .query_row([&id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(Usage {
+            bytes: (bytes.max(0) as u64).saturating_add(kept.max(0) as u64),
+            files: files.max(0) as u64,
+        })
+    }
+
+    /// The client's quota; no limits for a client that has none (or a database from
+    /// before migration 9, opened read-only).
+    pub fn quota(&self, id: ClientId) -> Result<Quota, DbError> {
+        if self.schema_version()? < 9 {
+            return Ok(Quota::default());
+        }
+        let row = self
+            .conn
+            .prepare_cached("SELECT QuotaBytes, QuotaFiles FROM clients WHERE ID = ?1")?
+            .query_row([&id.0[..]], |r| {
+                Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?))
+            })
+            .optional()?;
+        let (bytes, files) = row.unwrap_or_default();
+        Ok(Quota { bytes: bytes.map(|b| b.max(0) as u64), files: files.map(|f| f.max(0) as u64) })
+    }
+
+    /// Sets the client's quota (`None` in a field: no limit). False when no such client.
+    pub fn set_quota(&self, id: ClientId, quota: Quota) -> Result<bool, DbError> {
+        self.check_file()?;
+        let as_sql = |v: Option<u64>| v.map(|v| v.min(i64::MAX as u64) as i64);
+        let changed = self.conn.execute(
+            "UPDATE clients SET QuotaBytes = ?2, QuotaFiles = ?3 WHERE ID = ?1",
+            params![&id.0[..], as_sql(quota.bytes), as_sql(quota.files)],
+        )?;
+        Ok(changed == 1)
     }
 }
 

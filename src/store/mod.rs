@@ -15,8 +15,8 @@ pub use blob::{BlobInfo, BlobStore, Chunk, Committed, StagedBlob};
 pub use blobs::{AnyStaged, Blobs, CommitPlan};
 pub use db::{
     Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
-    InviteRecord, NewClient, PathRange, Registered, Removal, Removed, StagedObject, StoredCopy,
-    V4Content, VersionRecord,
+    InviteRecord, NewClient, PathRange, Quota, Registered, Removal, Removed, StagedObject,
+    StoredCopy, Usage, V4Content, VersionRecord,
 };
 pub use local::{StagedFile, Storage, VERSIONS_DIR};
 pub use postgres::{PostgresError, PostgresRecords};

@@ -13,7 +13,8 @@
 
 use super::db::{
     Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
-    NewClient, PathRange, Registered, Removal, Removed, StagedObject, StoredCopy, VersionRecord,
+    NewClient, PathRange, Quota, Registered, Removal, Removed, StagedObject, StoredCopy, Usage,
+    VersionRecord,
 };
 use crate::protocol::ClientId;
 use std::future::Future;
@@ -178,10 +179,15 @@ pub trait Records: Send + Sync + 'static {
         let _ = (intent, ip, keep);
         unsupported("finish_commit_detailed")
     }
-    /// Bytes and number of the client's verified files.
-    fn usage(&self, id: ClientId) -> RecordsFuture<'_, (u64, u64)> {
+    /// What the client's files take (see [`Db::usage`]).
+    fn usage(&self, id: ClientId) -> RecordsFuture<'_, Usage> {
         let _ = id;
         unsupported("usage")
+    }
+    /// The client's quota, set by the operator (`securexfer db quota`).
+    fn quota(&self, id: ClientId) -> RecordsFuture<'_, Quota> {
+        let _ = id;
+        unsupported("quota")
     }
     /// One page of the client's stored copies in byte order of their path names (protocol
     /// 4's `LIST` reads a listing of any length a page at a time, at constant memory).
@@ -401,8 +407,12 @@ impl Records for SqliteRecords {
         self.run(move |db| db.finish_commit_detailed(&intent, ip, keep))
     }
 
-    fn usage(&self, id: ClientId) -> RecordsFuture<'_, (u64, u64)> {
+    fn usage(&self, id: ClientId) -> RecordsFuture<'_, Usage> {
         self.run(move |db| db.usage(id))
+    }
+
+    fn quota(&self, id: ClientId) -> RecordsFuture<'_, Quota> {
+        self.run(move |db| db.quota(id))
     }
 
     fn list_page(&self, id: ClientId, range: PathRange) -> RecordsFuture<'_, Vec<StoredCopy>> {
@@ -566,7 +576,7 @@ mod tests {
             v4: Some(super::super::V4Content { blake3: [3; 32], mtime_ns: 42 }),
         };
         records.begin_commit(intent.clone()).await.unwrap();
-        assert_eq!(records.usage(id).await.unwrap(), (0, 0));
+        assert_eq!(records.usage(id).await.unwrap(), Usage { bytes: 0, files: 0 });
         let first = records.finish_commit_detailed(intent.clone(), None, 1).await.unwrap();
         let archive = Some(format!(".versions/{}/1", id.to_hex()));
         let second = records
@@ -579,7 +589,8 @@ mod tests {
         let files = records.files().await.unwrap();
         assert_eq!((files[0].blake3, files[0].protocol), (Some([3; 32]), 4));
         assert_eq!(files[0].generation, Some(second.generation));
-        assert_eq!(records.usage(id).await.unwrap(), (5, 1));
+        // The current copy and the version kept of the first count.
+        assert_eq!(records.usage(id).await.unwrap(), Usage { bytes: 10, files: 1 });
     }
 
     fn v4_intent(id: ClientId, name: &str, size: u64) -> CommitIntent {

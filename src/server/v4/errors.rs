@@ -115,6 +115,12 @@ pub fn too_large(size: u64, max: u64) -> ErrorFrame {
     }
 }
 
+/// `quota_exceeded`: the put would take the client past its quota (`db quota`); `used` is
+/// what it has, `limit` the quota, in `unit` (bytes or files).
+pub fn quota_exceeded(unit: ErrorUnit, used: u64, limit: u64, message: &str) -> ErrorFrame {
+    ErrorFrame { unit, value: used, limit, ..plain(ErrorCode::QuotaExceeded, false, message) }
+}
+
 /// `disk_full`: the upload would eat into the server's disk reserve.
 pub fn disk_full(size: u64, available: u64) -> ErrorFrame {
     ErrorFrame {

@@ -131,15 +131,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             self.send_entries(tag, &frame).await?;
         }
         let usage = self.shared.records().usage(id).await;
-        let (bytes_used, files_used) =
-            self.list_failed(tag, usage, &packer).await?.unwrap_or_default();
+        // A records failure after entries went ends the answer with its ERROR in place of
+        // LIST_END.
+        let Some(usage) = self.list_failed(tag, usage, &packer).await? else { return Ok(()) };
+        let quota = self.shared.records().quota(id).await;
+        let Some(quota) = self.list_failed(tag, quota, &packer).await? else { return Ok(()) };
         let end = ListEnd {
             entries: packer.count,
             bytes: packer.bytes,
-            bytes_used,
-            bytes_quota: u64::MAX,
-            files_used,
-            files_quota: u64::MAX,
+            bytes_used: usage.bytes,
+            bytes_quota: quota.bytes.unwrap_or(u64::MAX),
+            files_used: usage.files,
+            files_quota: quota.files.unwrap_or(u64::MAX),
         };
         info!(tag, path = %list.path, entries = packer.count, "protocol-4 listing sent");
         self.send(FrameType::ListEnd, tag, &end.encode()).await?;

@@ -11,7 +11,7 @@ use crate::protocol::v4::{
     Registration, UPGRADE_SIGNATURE_LEN, Upgrade, Welcome, names, upgrade_statement,
 };
 use crate::protocol::{ClientId, PublicKeyField};
-use crate::store::{Attached, NewClient, Registered as Outcome};
+use crate::store::{Attached, NewClient, Registered as Outcome, Usage};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
@@ -37,13 +37,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let fingerprint = self.handshake.key.fingerprint;
         let record = self.shared.records().client_by_key(fingerprint).await;
         let record = self.internal_on_error(record)?;
-        let (mut bytes_used, mut files_used, mut quota) = (0, 0, 0);
+        let (mut usage, mut quota) = (Usage::default(), (0, 0));
         if let Some(record) = &record {
             self.machine.registered(record.id);
             self.name.clone_from(&record.name);
-            let usage = self.shared.records().usage(record.id).await;
-            (bytes_used, files_used) = self.internal_on_error(usage)?;
-            quota = u64::MAX;
+            let used = self.shared.records().usage(record.id).await;
+            usage = self.internal_on_error(used)?;
+            let limits = self.shared.records().quota(record.id).await;
+            let limits = self.internal_on_error(limits)?;
+            quota = (limits.bytes.unwrap_or(u64::MAX), limits.files.unwrap_or(u64::MAX));
             let _ = self.shared.records().touch(record.id).await;
             tracing::Span::current().record("client", tracing::field::display(record.id));
         }
@@ -63,10 +65,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             max_file_size: self.shared.config.max_file_size,
             // Unfinished uploads are not kept yet (resuming is the next issue's).
             resume_window: 0,
-            bytes_used,
-            bytes_quota: quota,
-            files_used,
-            files_quota: quota,
+            bytes_used: usage.bytes,
+            bytes_quota: quota.0,
+            files_used: usage.files,
+            files_quota: quota.1,
             now: unix_now(),
             name: self.name.clone(),
             software: SOFTWARE.to_owned(),

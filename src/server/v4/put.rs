@@ -10,14 +10,14 @@ use super::identity::unix_now;
 use crate::buf::AlignedBuf;
 use crate::crypto::Cksum;
 use crate::protocol::v4::{
-    Commit, Committed, ErrorCode, FrameHeader, FrameType, MAX_DATA_PAYLOAD, PutBegin, PutReceived,
-    names,
+    Commit, Committed, ErrorCode, ErrorFrame, ErrorUnit, FrameHeader, FrameType, MAX_DATA_PAYLOAD,
+    PutBegin, PutReceived, names,
 };
 use crate::protocol::{ClientId, storage_name};
 use crate::server::metrics::UploadOutcome;
-use crate::server::session::Reservation;
+use crate::server::session::{Held as QuotaHeld, Refused, Reservation};
 use crate::server::upload::{LARGE_UPLOAD, MIN_UPLOAD_RATE};
-use crate::store::{AnyStaged, BlobStore, Chunk, CommitIntent, StagedBlob, V4Content};
+use crate::store::{AnyStaged, BlobStore, Chunk, CommitIntent, StagedBlob, Usage, V4Content};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -44,6 +44,8 @@ pub(super) struct OpenPut {
     _in_flight: OwnedSemaphorePermit,
     _large_slot: Option<OwnedSemaphorePermit>,
     reservation: Reservation,
+    /// For an upload of unknown size under a bytes quota: how many bytes it may take.
+    quota_room: Option<u64>,
 }
 
 /// An upload whose data is all in, waiting for `COMMIT` or `DISCARD`.
@@ -126,10 +128,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         // An unknown size counts as the largest file the server takes.
         let declared = put.size.unwrap_or(max);
-        let reservation = match self.shared.v4_puts.reserve(id, declared) {
-            Ok(r) => r,
-            Err(why) => return refuse(errors::busy(&format!("too many open uploads: {why}"))),
-        };
+        let (reservation, quota_room) = self.reserve(id, put, declared, replaces).await?;
+        let config = &self.shared.config;
         let needed = declared.saturating_add(config.disk_reserve);
         if let Some(available) = self.shared.storage.available_bytes().filter(|&a| a < needed) {
             return refuse(errors::disk_full(
@@ -179,7 +179,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             _in_flight: in_flight,
             _large_slot: large_slot,
             reservation,
+            quota_room,
         })
+    }
+
+    /// The put's share of the server's per-client caps and of the client's quota (`db
+    /// quota`), checked before any content: the bytes of its files, versions and other
+    /// open uploads plus the declared size against the bytes quota, and a new path against
+    /// the files quota. With a bytes quota, an upload of unknown size gets the room left,
+    /// which its data is checked against as it arrives.
+    async fn reserve(
+        &mut self,
+        id: ClientId,
+        put: &PutBegin,
+        declared: u64,
+        replaces: bool,
+    ) -> Result<(Reservation, Option<u64>), Ended> {
+        let records = self.shared.records();
+        let quota = records.quota(id).await;
+        let quota = self.internal_on_error(quota)?;
+        let usage = if quota.bytes.is_some() || quota.files.is_some() {
+            let usage = records.usage(id).await;
+            self.internal_on_error(usage)?
+        } else {
+            Usage::default()
+        };
+        let held = QuotaHeld { bytes: put.size.unwrap_or(0), new_files: u64::from(!replaces) };
+        let check = |open: QuotaHeld| -> Result<Option<u64>, ErrorFrame> {
+            if let Some(limit) = quota.files.filter(|_| !replaces) {
+                let used = usage.files.saturating_add(open.new_files);
+                if used >= limit {
+                    return Err(errors::quota_exceeded(
+                        ErrorUnit::Files,
+                        used,
+                        limit,
+                        &format!("this client may store {limit} files and has {used}"),
+                    ));
+                }
+            }
+            let Some(limit) = quota.bytes else { return Ok(None) };
+            let used = usage.bytes.saturating_add(open.bytes);
+            let room = limit.saturating_sub(used);
+            match put.size {
+                Some(size) if size > room => Err(errors::quota_exceeded(
+                    ErrorUnit::Bytes,
+                    used,
+                    limit,
+                    &format!("{size} more bytes would pass this client's quota"),
+                )),
+                None if room == 0 => Err(errors::quota_exceeded(
+                    ErrorUnit::Bytes,
+                    used,
+                    limit,
+                    "this client's quota is used up",
+                )),
+                Some(_) => Ok(None),
+                None => Ok(Some(room)),
+            }
+        };
+        let mut room = None;
+        let reserved = self.shared.v4_puts.reserve_held(id, declared, held, |open| {
+            room = check(open)?;
+            Ok(())
+        });
+        match reserved {
+            Ok(reservation) => Ok((reservation, room)),
+            Err(Refused::Busy(why)) => {
+                Err(Ended::Refused(errors::busy(&format!("too many open uploads: {why}"))))
+            }
+            Err(Refused::Check(error)) => Err(Ended::Refused(error)),
+        }
     }
 
     /// One `DATA` frame of the accepted put: hashed and handed to the staged blob.
@@ -197,6 +266,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let _ = tokio::task::spawn_blocking(move || drop(open)).await;
             self.machine.put_refused(tag);
             return self.refuse(tag, &errors::too_large(u64::MAX, max)).await;
+        }
+        if let Some(room) = open.quota_room.filter(|&room| open.received > room) {
+            // Likewise its quota: the frame that would pass it ends the upload.
+            let tag = open.tag;
+            let id = self.machine.client().expect("the machine lets only clients put");
+            let _ = tokio::task::spawn_blocking(move || drop(open)).await;
+            self.machine.put_refused(tag);
+            let quota = self.shared.records().quota(id).await;
+            let limit = self.internal_on_error(quota)?.bytes.unwrap_or(u64::MAX);
+            let error = errors::quota_exceeded(
+                ErrorUnit::Bytes,
+                limit.saturating_sub(room),
+                limit,
+                "the data sent passed this client's quota; the upload was thrown away",
+            );
+            return self.refuse(tag, &error).await;
         }
         let idle = self.shared.config.idle_timeout;
         let allowed = idle + std::time::Duration::from_secs(open.received / MIN_UPLOAD_RATE);
@@ -361,8 +446,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let begun = records.begin_commit(intent.clone()).await;
         self.internal_on_error(begun)?;
         let (name, archive) = (held.name.clone(), intent.archive.clone());
+        // The reservation counts the upload against the client's quota until the records
+        // count the file, so that no other put sees room that is not there.
+        let Held { staged, _reservation: reservation, .. } = held;
         let committed = tokio::task::spawn_blocking(move || {
-            let Held { staged, _reservation, .. } = held;
             storage.commit(staged, id, &name, archive.as_deref())
         })
         .await
@@ -382,7 +469,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let finished = records.finish_commit_detailed(intent, Some(self.peer.ip()), keep).await;
         let finished = self.internal_on_error(finished)?;
-        drop(turn);
+        drop((turn, reservation));
         if !finished.pruned.is_empty() {
             let (storage, pruned) = (shared.storage.clone(), finished.pruned.clone());
             tokio::task::spawn_blocking(move || {

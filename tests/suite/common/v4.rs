@@ -51,6 +51,7 @@ pub mod code {
     pub const IS_FOLDER: u16 = 8;
     pub const CONFLICT: u16 = 9;
     pub const TOO_LARGE: u16 = 10;
+    pub const QUOTA_EXCEEDED: u16 = 11;
     pub const CORRUPT: u16 = 12;
     pub const RATE_LIMITED: u16 = 20;
     pub const BUSY: u16 = 21;
@@ -158,6 +159,8 @@ pub struct ErrorAnswer {
     pub code: u16,
     pub kind: u8,
     pub closes: bool,
+    /// What `value` and `limit` count: 0 nothing, 1 bytes, 2 files.
+    pub unit: u8,
     pub value: u64,
     pub limit: u64,
     pub message: String,
@@ -370,6 +373,7 @@ pub fn error_of(frame: &Frame) -> Option<ErrorAnswer> {
         code: u16::from_le_bytes([p[0], p[1]]),
         kind: p[2],
         closes: p[3] == 1,
+        unit: p[4],
         value: u64::from_le_bytes(p[9..17].try_into().unwrap()),
         limit: u64::from_le_bytes(p[17..25].try_into().unwrap()),
         message: String::from_utf8(p[27..27 + len].to_vec()).unwrap(),
@@ -386,6 +390,7 @@ pub struct WelcomeAnswer {
     pub bytes_used: u64,
     pub bytes_quota: u64,
     pub files_used: u64,
+    pub files_quota: u64,
     pub name: String,
 }
 
@@ -404,6 +409,7 @@ impl WelcomeAnswer {
             bytes_used: u64_at(39),
             bytes_quota: u64_at(47),
             files_used: u64_at(55),
+            files_quota: u64_at(63),
             name: String::from_utf8(p[80..80 + name_len].to_vec()).unwrap(),
         }
     }
