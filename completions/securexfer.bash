@@ -506,7 +506,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__get)
-            opts="-o -v -q -h -V --output --force --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --json --quiet --help --version"
+            opts="-o -v -q -h -V --output --force --limit-rate --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --json --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -524,6 +524,10 @@ _securexfer() {
                     if [[ "${BASH_VERSINFO[0]}" -ge 4 ]]; then
                         compopt -o plusdirs
                     fi
+                    return 0
+                    ;;
+                --limit-rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --config)

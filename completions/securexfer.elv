@@ -130,6 +130,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;get'= {
             cand -o 'Where to write them: a directory that exists, or - for stdout'
             cand --output 'Where to write them: a directory that exists, or - for stdout'
+            cand --limit-rate 'Receive file content at most RATE bytes per second, as curl''s --limit-rate: a number with an optional K, M or G (binary units), e.g. 500K or 10M'
             cand --config 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it'
             cand --server 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`'
             cand --name 'Client name to register (default: line 2 of transfer.info)'

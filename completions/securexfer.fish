@@ -116,6 +116,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand ls" -s q -l quiet 
 complete -c securexfer -n "__fish_securexfer_using_subcommand ls" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c securexfer -n "__fish_securexfer_using_subcommand ls" -s V -l version -d 'Print version'
 complete -c securexfer -n "__fish_securexfer_using_subcommand get" -s o -l output -d 'Where to write them: a directory that exists, or - for stdout' -r -f -a "(__fish_complete_directories)"
+complete -c securexfer -n "__fish_securexfer_using_subcommand get" -l limit-rate -d 'Receive file content at most RATE bytes per second, as curl\'s --limit-rate: a number with an optional K, M or G (binary units), e.g. 500K or 10M' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand get" -l config -d 'Configuration file (default $XDG_CONFIG_HOME/securexfer/config.toml, if it exists): keys are the long flags (`server = "files.example.org"`). Flags and SECUREXFER_* variables win over it' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand get" -l server -d 'Server address as HOST:PORT; the port defaults to 1357. Default: line 1 of transfer.info, else the server of the latest `register`' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand get" -l name -d 'Client name to register (default: line 2 of transfer.info)' -r

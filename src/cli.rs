@@ -391,6 +391,10 @@ pub struct GetArgs {
     /// Replace a local file of the same name.
     #[arg(long)]
     pub force: bool,
+    /// Receive file content at most RATE bytes per second, as curl's --limit-rate: a
+    /// number with an optional K, M or G (binary units), e.g. 500K or 10M.
+    #[arg(long, env = "SECUREXFER_LIMIT_RATE", value_name = "RATE", value_parser = parse_rate)]
+    pub limit_rate: Option<u64>,
     /// Where to reach the server and who to be.
     #[command(flatten)]
     pub client: ClientArgs,

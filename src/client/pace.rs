@@ -48,6 +48,14 @@ impl Pace {
         self.due += Duration::from_secs_f64(n as f64 / self.rate as f64);
         wait
     }
+
+    /// Accounts for `n` bytes that already came at `now` (a download takes whole frames,
+    /// up to 1 MiB, as the server sends them); returns how long to wait before taking
+    /// more: until they are no more than [`BURST`] ahead of the rate.
+    pub fn hold(&mut self, n: usize, now: Instant) -> Duration {
+        let _ = self.delay(n, now);
+        self.due.saturating_duration_since(now + BURST)
+    }
 }
 
 /// A writer that paces what goes through it (protocol 3's content is one long write).
@@ -87,6 +95,15 @@ mod tests {
         assert_eq!(pace.delay(500, t0), Duration::ZERO, "the first piece goes at once");
         assert_eq!(pace.delay(500, t0), 500 * MS, "the second is due after half a second");
         assert_eq!(pace.delay(100, t0 + 400 * MS), 600 * MS);
+    }
+
+    #[test]
+    fn bytes_that_came_hold_the_next_until_they_are_within_the_burst() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(1000, t0);
+        assert_eq!(pace.hold(200, t0), Duration::ZERO, "within the burst");
+        assert_eq!(pace.hold(800, t0), 750 * MS, "a second's worth, less the burst");
+        assert_eq!(pace.hold(0, t0 + 750 * MS), Duration::ZERO);
     }
 
     #[test]

@@ -241,6 +241,7 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     // Read before any thread of the run exists: the umask can only be read by setting it.
     let mode = 0o666 & !securexfer::sys::umask();
     let (server, mut four) = connect("get", &args.client)?;
+    four.session.set_limit_rate(args.limit_rate);
     let current = Current::default();
     let bars = !args.quiet && !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     // Sizes are known file by file, from each GET_BEGIN: the run's total grows as they come.

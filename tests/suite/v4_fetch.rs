@@ -638,3 +638,31 @@ fn each_name_of_a_get_is_reported_in_its_place_and_the_exit_code_is_the_worst() 
     let out = client.run(&["get", "a.bin", "a.bin", "-o", "-", "--server", &peer.addr]);
     assert_eq!(code(&out), Some(2), "{}", text(&out.stderr));
 }
+
+/// `get --limit-rate` takes the bytes no faster than the rate (how much slower the machine
+/// makes it is not asserted), and the file still arrives whole.
+#[test]
+fn limit_rate_paces_a_download() {
+    let server = Server::start(&[]);
+    let addr = server.addr.to_string();
+    let data = common::random_bytes(600 << 10, 32);
+    let client = client_with(&server, "paced", &[("paced.bin", &data)]);
+    let into = client.path().join("down");
+    std::fs::create_dir(&into).unwrap();
+    let started = std::time::Instant::now();
+    let out = client.run(&[
+        "get",
+        "--server",
+        &addr,
+        "paced.bin",
+        "-o",
+        into.to_str().unwrap(),
+        "--limit-rate",
+        "300K",
+    ]);
+    let took = started.elapsed();
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    // 600 KiB at 300 KiB/s is 2 s, less the burst a transfer may start with.
+    assert!(took >= std::time::Duration::from_millis(1700), "{took:?}");
+    assert!(std::fs::read(into.join("paced.bin")).unwrap() == data);
+}

@@ -12,12 +12,14 @@
 use super::conn::{ConnError, Part, PartStream};
 use super::error::V4Error;
 use super::session::{Session, hex, server_broke};
+use crate::client::pace::Pace;
 use crate::protocol::v4::{
     EntryKind, ErrorFrame, FrameType, Get, GetBegin, GetEnd, Hash, List, ListEnd, ListEntries,
     ListEntry, NO_HASH, Removed, Rm, names,
 };
 use std::io::Write;
 use std::path::Path;
+use std::time::Instant;
 use unicode_normalization::UnicodeNormalization;
 
 /// A `GET` sent, its answer to come.
@@ -130,6 +132,9 @@ impl Session {
         let begin = GetBegin::decode(&first.payload).map_err(|e| server_broke("GET_BEGIN", e))?;
         let mut hasher = blake3::Hasher::new();
         let mut received = 0u64;
+        // `--limit-rate`: the bytes are taken from the connection no faster than the rate;
+        // the reader's channel is bounded, so TCP slows the server down in turn.
+        let mut pace = self.limit_rate.map(|rate| Pace::new(rate, Instant::now()));
         progress(0, begin.size);
         let end = loop {
             let part = self.conn.next_part(parts).await?;
@@ -147,6 +152,9 @@ impl Session {
                         .map_err(|cause| V4Error::Write { path: local.to_owned(), cause })?;
                     received += len;
                     progress(received, begin.size);
+                    if let Some(pace) = pace.as_mut() {
+                        tokio::time::sleep(pace.hold(part.payload.len(), Instant::now())).await;
+                    }
                 }
                 FrameType::GetEnd => {
                     break GetEnd::decode(&part.payload).map_err(|e| server_broke("GET_END", e))?;

@@ -58,7 +58,7 @@ pub struct Session {
     /// nothing more goes on it.
     pub(super) broken: Option<String>,
     /// `--limit-rate`: file content goes out at most this many bytes per second.
-    limit_rate: Option<u64>,
+    pub(super) limit_rate: Option<u64>,
     /// `--no-clobber`: puts ask the server to refuse a path that holds a file.
     no_clobber: bool,
 }
