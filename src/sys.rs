@@ -230,7 +230,11 @@ pub(crate) fn unlink_at(dir: &File, name: &std::ffi::CStr) -> std::io::Result<()
 
 /// Makes the directory `name` in the directory `dir` (a link already at `name` is never
 /// followed: the call fails with `AlreadyExists`).
-pub(crate) fn mkdir_at(dir: &File, name: &std::ffi::CStr, mode: libc::mode_t) -> std::io::Result<()> {
+pub(crate) fn mkdir_at(
+    dir: &File,
+    name: &std::ffi::CStr,
+    mode: libc::mode_t,
+) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid directory descriptor and a NUL-terminated name.
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(|_| ())
@@ -241,8 +245,7 @@ pub(crate) fn mkdir_at(dir: &File, name: &std::ffi::CStr, mode: libc::mode_t) ->
 pub(crate) fn rmdir_at(dir: &File, name: &std::ffi::CStr) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid directory descriptor and a NUL-terminated name.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) })
-        .map(|_| ())
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) }).map(|_| ())
 }
 
 /// Takes an exclusive advisory lock on `file` without waiting (`flock`); it is held until

@@ -41,9 +41,14 @@ impl Listing {
 /// What sending one planned file would do.
 enum Verdict {
     New,
-    Replaces { stored_size: u64 },
+    Replaces {
+        stored_size: u64,
+    },
     /// The server would refuse it (`status` for JSON: `conflict` or `exists`).
-    Refused { status: &'static str, why: String },
+    Refused {
+        status: &'static str,
+        why: String,
+    },
     /// It cannot be sent from here.
     Problem(String),
 }
@@ -138,12 +143,18 @@ fn verdict(file: &Planned, listing: &Listing, no_clobber: bool) -> Verdict {
         }
         return Verdict::Replaces { stored_size };
     }
-    if let Some((at, _)) = path.match_indices('/').find(|(at, _)| listing.files.contains_key(&path[..*at])) {
-        let why = format!("conflict: {:?} is a file on the server, so nothing can be stored under it", &path[..at]);
+    if let Some((at, _)) =
+        path.match_indices('/').find(|(at, _)| listing.files.contains_key(&path[..*at]))
+    {
+        let why = format!(
+            "conflict: {:?} is a file on the server, so nothing can be stored under it",
+            &path[..at]
+        );
         return Verdict::Refused { status: "conflict", why };
     }
     if listing.folders.contains(&path) {
-        let why = format!("conflict: {path:?} is a folder on the server (files are stored under it)");
+        let why =
+            format!("conflict: {path:?} is a folder on the server (files are stored under it)");
         return Verdict::Refused { status: "conflict", why };
     }
     Verdict::New

@@ -38,7 +38,12 @@ pub(super) fn plan_tree(
     let mut plan = Vec::new();
     for path in files {
         if !std::fs::metadata(path).is_ok_and(|m| m.is_dir()) {
-            plan.extend(plan_files(std::slice::from_ref(path), args.as_name.as_deref(), identity, Rules::V4)?);
+            plan.extend(plan_files(
+                std::slice::from_ref(path),
+                args.as_name.as_deref(),
+                identity,
+                Rules::V4,
+            )?);
             continue;
         }
         let top: String = match &args.as_name {
@@ -73,7 +78,8 @@ fn planned(args: &SendArgs, found: Found, own: &[PathBuf]) -> Option<Planned> {
         Found::File { path, stored } => {
             let is_own = !own.is_empty() && path.canonicalize().is_ok_and(|c| own.contains(&c));
             let problem = if is_own {
-                let cause = std::io::Error::other("this client's identity (its private key) is never sent");
+                let cause =
+                    std::io::Error::other("this client's identity (its private key) is never sent");
                 problem(V4Error::Open { path: path.clone(), cause })
             } else {
                 None

@@ -143,7 +143,12 @@ fn link_between(
 /// The files under `dir` (at `path`), named `prefix` and their path below it: folders
 /// are entered through the handle opened here without following a link, to the depth
 /// protocol 4's paths can have.
-fn list_into(dir: &ClientDir, path: &Path, prefix: &str, blobs: &mut Vec<BlobInfo>) -> io::Result<()> {
+fn list_into(
+    dir: &ClientDir,
+    path: &Path,
+    prefix: &str,
+    blobs: &mut Vec<BlobInfo>,
+) -> io::Result<()> {
     for entry in fs::read_dir(path)? {
         let Ok(name) = entry?.file_name().into_string() else { continue };
         if name.starts_with(TEMP_PREFIX) {
@@ -210,7 +215,9 @@ impl Storage {
         };
         let (chain, leaf) = match dir.descend(name, false) {
             Ok(found) => found,
-            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {
+            Err(e)
+                if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) =>
+            {
                 return Ok(None);
             }
             Err(e) => return Err(e),

@@ -109,8 +109,13 @@ impl Walk {
         if entries.is_empty() {
             return Ok(Walk { stack: Vec::new(), empty_top: Some(dir.to_owned()) });
         }
-        let level =
-            Level { dir: dir.to_owned(), stored: top, depth: 1, entries: entries.into_iter(), last: None };
+        let level = Level {
+            dir: dir.to_owned(),
+            stored: top,
+            depth: 1,
+            entries: entries.into_iter(),
+            last: None,
+        };
         Ok(Walk { stack: vec![level], empty_top: None })
     }
 
@@ -208,8 +213,12 @@ mod tests {
         walk.map(|found| match found {
             Found::File { stored, .. } => stored,
             Found::Refused { stored, why, .. } => format!("refused {stored}: {why}"),
-            Found::Skipped { path, .. } => format!("skipped {}", path.file_name().unwrap().to_string_lossy()),
-            Found::EmptyFolder { path } => format!("empty {}", path.file_name().unwrap().to_string_lossy()),
+            Found::Skipped { path, .. } => {
+                format!("skipped {}", path.file_name().unwrap().to_string_lossy())
+            }
+            Found::EmptyFolder { path } => {
+                format!("empty {}", path.file_name().unwrap().to_string_lossy())
+            }
         })
         .collect()
     }
@@ -243,7 +252,10 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
         fs::write(top.join("real"), b"x").unwrap();
         let found = stored(Walk::new(top, "t").unwrap());
-        assert_eq!(found, ["empty empty", "skipped fifo", "skipped file-link", "skipped out", "t/real"]);
+        assert_eq!(
+            found,
+            ["empty empty", "skipped fifo", "skipped file-link", "skipped out", "t/real"]
+        );
     }
 
     #[test]

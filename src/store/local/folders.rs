@@ -77,7 +77,8 @@ impl ClientDir {
         let (folders, leaf) = split(name);
         let mut dirs = vec![ClientDir { file: self.file.try_clone()? }];
         for folder in &folders {
-            let next = dirs.last().expect("starts with the client's directory").folder(folder, create)?;
+            let next =
+                dirs.last().expect("starts with the client's directory").folder(folder, create)?;
             dirs.push(next);
         }
         let names = folders.into_iter().map(str::to_owned).collect();
@@ -112,7 +113,9 @@ fn folder_error(name: &str, e: io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(libc::ELOOP | libc::ENOTDIR) => io::Error::new(
             io::ErrorKind::NotADirectory,
-            format!("{name:?} in the storage tree is a symbolic link or not a directory; refusing to go through it"),
+            format!(
+                "{name:?} in the storage tree is a symbolic link or not a directory; refusing to go through it"
+            ),
         ),
         _ => e,
     }
