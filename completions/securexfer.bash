@@ -506,7 +506,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__get)
-            opts="-o -v -q -h -V --output --force --limit-rate --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --json --quiet --help --version"
+            opts="-r -o -v -q -h -V --recursive --output --force --limit-rate --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --json --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -971,7 +971,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__rm)
-            opts="-v -q -h -V --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --json --quiet --help --version"
+            opts="-r -v -q -h -V --recursive --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --json --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1028,7 +1028,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__send)
-            opts="-v -q -h -V --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --quiet --json --as --limit-rate --no-clobber --help --version"
+            opts="-v -q -r -h -V --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --quiet --json --as --recursive --dry-run --limit-rate --no-clobber --help --version"
             if [[ ${cur} == -* ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -91,11 +91,13 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l protocol 
 4\t'Protocol 4 only'
 auto\t'Protocol 4, or 3 for a server never seen speaking 4 that does not speak it'"
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l server-fingerprint -d 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree' -r
-complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l as -d 'The name to store the file under, instead of its own (one FILE only). Names are up to 254 bytes of printable ASCII' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l as -d 'The name to store the file under, instead of its own (one FILE only). Names are up to 254 bytes of printable ASCII. With -r, the name of the stored folder instead of the DIR\'s own (one DIR only)' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l limit-rate -d 'Send file content at most RATE bytes per second, as curl\'s --limit-rate: a number with an optional K, M or G (binary units), e.g. 500K or 10M. Both protocols' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s v -l verbose -d 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s q -l quiet -d 'No progress bar and no summary lines (errors are still printed)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l json -d 'Print one JSON object per file on stdout, in argument order, then a summary object (the schema is in docs/json.md)'
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s r -l recursive -d 'Send folders: every regular file under each DIR, stored as DIR\'s name and its path below it. Symbolic links and special files are skipped with a note (never followed), empty folders too. Protocol 4 only'
+complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l dry-run -d 'Send nothing: print what would be sent, which stored files it would replace and what the server would refuse as a file/folder conflict (with --json, one object per file). Protocol 4 only (protocol 3 cannot list what is stored)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -l no-clobber -d 'Never replace a stored file: a file whose name is taken on the server is refused (reported, exit 4) and the others are sent. Protocol 4 only'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c securexfer -n "__fish_securexfer_using_subcommand send" -s V -l version -d 'Print version'
@@ -127,6 +129,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand get" -l protocol -
 4\t'Protocol 4 only'
 auto\t'Protocol 4, or 3 for a server never seen speaking 4 that does not speak it'"
 complete -c securexfer -n "__fish_securexfer_using_subcommand get" -l server-fingerprint -d 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand get" -s r -l recursive -d 'Download folders: every file under each NAME (a NAME that is a file is that file)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand get" -l force -d 'Replace a local file of the same name'
 complete -c securexfer -n "__fish_securexfer_using_subcommand get" -s v -l verbose -d 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
 complete -c securexfer -n "__fish_securexfer_using_subcommand get" -l json -d 'Print one JSON object per file on stdout (stderr with -o -), then a summary object (docs/json.md)'
@@ -143,6 +146,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand rm" -l protocol -d
 4\t'Protocol 4 only'
 auto\t'Protocol 4, or 3 for a server never seen speaking 4 that does not speak it'"
 complete -c securexfer -n "__fish_securexfer_using_subcommand rm" -l server-fingerprint -d 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree' -r
+complete -c securexfer -n "__fish_securexfer_using_subcommand rm" -s r -l recursive -d 'Remove folders: every file under each NAME, each kept as a version as a single rm keeps one (a NAME that is a file is that file)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand rm" -s v -l verbose -d 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
 complete -c securexfer -n "__fish_securexfer_using_subcommand rm" -l json -d 'Print one JSON object per file on stdout, then a summary object (docs/json.md)'
 complete -c securexfer -n "__fish_securexfer_using_subcommand rm" -s q -l quiet -d 'Print nothing but errors'

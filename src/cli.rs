@@ -338,9 +338,20 @@ pub struct SendArgs {
     #[arg(long)]
     pub json: bool,
     /// The name to store the file under, instead of its own (one FILE only). Names are up
-    /// to 254 bytes of printable ASCII.
+    /// to 254 bytes of printable ASCII. With -r, the name of the stored folder instead of
+    /// the DIR's own (one DIR only).
     #[arg(long = "as", value_name = "NAME")]
     pub as_name: Option<String>,
+    /// Send folders: every regular file under each DIR, stored as DIR's name and its path
+    /// below it. Symbolic links and special files are skipped with a note (never
+    /// followed), empty folders too. Protocol 4 only.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Send nothing: print what would be sent, which stored files it would replace and
+    /// what the server would refuse as a file/folder conflict (with --json, one object per
+    /// file). Protocol 4 only (protocol 3 cannot list what is stored).
+    #[arg(long)]
+    pub dry_run: bool,
     /// Send file content at most RATE bytes per second, as curl's --limit-rate: a number
     /// with an optional K, M or G (binary units), e.g. 500K or 10M. Both protocols.
     #[arg(long, env = "SECUREXFER_LIMIT_RATE", value_name = "RATE", value_parser = parse_rate)]
@@ -378,13 +389,18 @@ pub struct LsArgs {
 /// `securexfer get`.
 #[derive(Debug, Args)]
 #[command(after_help = "A file is written as DIR/NAME (the last component of a stored path), \
-never anywhere else whatever the server sends. An existing file is refused unless --force. \
-With -o -, the bytes go to stdout as they arrive (one NAME only): a failed verification \
-then exits 5 after they were written.")]
+never anywhere else whatever the server sends. With -r, a stored folder docs/x is written as \
+DIR/x/… (its last component and the paths below it), folders made as needed, never through \
+a symbolic link. An existing file is refused unless --force. With -o -, the bytes go to \
+stdout as they arrive (one NAME only): a failed verification then exits 5 after they were \
+written.")]
 pub struct GetArgs {
     /// Stored names to download, in turn.
     #[arg(value_name = "NAME", required = true)]
     pub names: Vec<String>,
+    /// Download folders: every file under each NAME (a NAME that is a file is that file).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
     /// Where to write them: a directory that exists, or - for stdout.
     #[arg(short, long, value_name = "DIR", default_value = ".", value_hint = ValueHint::DirPath)]
     pub output: PathBuf,
@@ -413,6 +429,10 @@ pub struct RmArgs {
     /// Stored names to remove, in turn.
     #[arg(value_name = "NAME", required = true)]
     pub names: Vec<String>,
+    /// Remove folders: every file under each NAME, each kept as a version as a single rm
+    /// keeps one (a NAME that is a file is that file).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
     /// Where to reach the server and who to be.
     #[command(flatten)]
     pub client: ClientArgs,

@@ -228,6 +228,26 @@ pub(crate) fn unlink_at(dir: &File, name: &std::ffi::CStr) -> std::io::Result<()
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) }).map(|_| ())
 }
 
+/// Makes the directory `name` in the directory `dir` (a link already at `name` is never
+/// followed: the call fails with `AlreadyExists`).
+pub(crate) fn mkdir_at(
+    dir: &File,
+    name: &std::ffi::CStr,
+    mode: libc::mode_t,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(|_| ())
+}
+
+/// Removes the empty directory `name` from the directory `dir` (`DirectoryNotEmpty`-like
+/// `ENOTEMPTY` when it is not empty).
+pub(crate) fn rmdir_at(dir: &File, name: &std::ffi::CStr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), libc::AT_REMOVEDIR) }).map(|_| ())
+}
+
 /// Takes an exclusive advisory lock on `file` without waiting (`flock`); it is held until
 /// the file is closed.
 pub(crate) fn lock_exclusive(file: &File) -> std::io::Result<()> {

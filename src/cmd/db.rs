@@ -238,9 +238,15 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .find(|c| c.name == args.client || Some(c.id) == id)
         .ok_or_else(|| UsageError(format!("no client {:?}", args.client)))?;
-    let name = storage_name(&args.file).map_err(|e| UsageError(e.to_string()))?.to_owned();
-    let version = db
-        .versions()?
+    let versions = db.versions()?;
+    // A protocol-4 path with folders (`docs/a.txt`) is stored under that very name; any
+    // other name as protocol 3 stores it (its last component).
+    let name = if versions.iter().any(|v| v.client_id == client.id && v.name == args.file) {
+        args.file.clone()
+    } else {
+        storage_name(&args.file).map_err(|e| UsageError(e.to_string()))?.to_owned()
+    };
+    let version = versions
         .into_iter()
         .filter(|v| v.client_id == client.id && v.name == name)
         .filter(|v| args.version.is_none_or(|n| v.version == n))

@@ -224,6 +224,12 @@ enum Target {
 /// `securexfer get NAME… [-o DIR|-] [--force]`.
 pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     let target = if args.output == Path::new("-") {
+        if args.recursive {
+            return Err(UsageError(
+                "-r writes files into a directory: -o - cannot take them (give -o DIR)".into(),
+            )
+            .into());
+        }
         if args.names.len() > 1 {
             return Err(UsageError("-o - writes one file to stdout: name one NAME".into()).into());
         }
@@ -244,18 +250,23 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     four.session.set_limit_rate(args.limit_rate);
     let current = Current::default();
     let bars = !args.quiet && !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // Sizes are known file by file, from each GET_BEGIN: the run's total grows as they come.
-    let display = progress::Display::new(args.names.len(), 0, bars);
-    tidy_on_interrupt(&current, &display);
     let mut run = GetRun { args: &args, server: &server, worst: 0, got: 0, failed: 0 };
+    let (items, mut stopped) = if args.recursive {
+        expand(&mut four, &mut run)
+    } else {
+        (args.names.iter().map(|n| Item::file(n)).collect::<Vec<_>>(), false)
+    };
+    // Sizes are known file by file, from each GET_BEGIN: the run's total grows as they come.
+    let display = progress::Display::new(items.len(), 0, bars);
+    tidy_on_interrupt(&current, &display);
     let mut ahead: VecDeque<(String, Prepared)> = VecDeque::new();
-    let mut names = args.names.iter();
-    let (mut stopped, mut k) = (false, 0);
+    let mut names = items.iter();
+    let mut k = 0;
     loop {
         while ahead.len() < GETS_AHEAD && !stopped {
-            let Some(name) = names.next() else { break };
-            let sent = four.runtime.block_on(prepare(&mut four.session, &target, name, args.force));
-            ahead.push_back((name.clone(), sent));
+            let Some(item) = names.next() else { break };
+            let sent = four.runtime.block_on(prepare(&mut four.session, &target, item, args.force));
+            ahead.push_back((item.path.clone(), sent));
         }
         let Some((name, sent)) = ahead.pop_front() else { break };
         k += 1;
@@ -284,9 +295,9 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
         shown.suspend(|| run.report(&name, result));
     }
     progress::lock(&display).clear();
-    for name in names {
+    for item in names {
         run.report(
-            &name.clone(),
+            &item.path,
             Err(V4Error::Conn(securexfer::client::v4::conn::ConnError::Lost(
                 "not tried: the connection failed for an earlier file".into(),
             ))),
@@ -300,15 +311,99 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
 /// A name's local file and its `GET` sent, or why not.
 type Prepared = Result<(PathBuf, PendingGet), V4Error>;
 
-/// Where `name` goes, checked to be free (unless `force`), and its `GET` sent.
-async fn prepare(session: &mut Session, target: &Target, name: &str, force: bool) -> Prepared {
+/// One file to download: its stored path, and where it goes under the target directory.
+struct Item {
+    path: String,
+    /// Relative to the target directory: components the path rules allow (checked in the
+    /// listing they came from), so it stays under the target.
+    local: String,
+}
+
+impl Item {
+    /// A file named on the command line: it goes to the target as its last component,
+    /// which the path rules make a plain file name (no `/`, not `.` or `..`).
+    fn file(name: &str) -> Item {
+        let local = name.rsplit('/').next().unwrap_or(name).to_owned();
+        Item { path: name.to_owned(), local }
+    }
+}
+
+/// `get -r`: a recursive `LIST` of each name, whose files go to the target as the name's
+/// last component and their paths below it (`docs/x` lists `docs/x/a/b`, which goes to
+/// `x/a/b`). A name that cannot be listed is reported in its place. The listing's entries
+/// are held (a path each) until their downloads are sent; returns whether the connection
+/// failed.
+fn expand(four: &mut Four, run: &mut GetRun<'_>) -> (Vec<Item>, bool) {
+    let mut items = Vec::new();
+    for name in &run.args.names {
+        let nfc: String = unicode_normalization::UnicodeNormalization::nfc(name.as_str()).collect();
+        // The listing's paths all start with the name (the client checks that), so what
+        // is cut off is the name's folders.
+        let cut = nfc.rfind('/').map_or(0, |at| at + 1);
+        let mut found = Vec::new();
+        let listed = four.runtime.block_on(four.session.list(&nfc, true, |entry| {
+            if entry.kind == EntryKind::File {
+                found.push(entry.path);
+            }
+        }));
+        match listed {
+            Ok(_) => items.extend(found.into_iter().map(|path| {
+                let local = path[cut..].to_owned();
+                Item { path, local }
+            })),
+            Err(e) => {
+                let ends = e.ends_session();
+                run.report(name, Err(e));
+                if ends {
+                    return (items, true);
+                }
+            }
+        }
+    }
+    (items, false)
+}
+
+/// Makes the folders of `local` (relative, from a checked stored path) under `dir`,
+/// refusing to go through anything that is not a real folder (a symbolic link planted
+/// there, a file); the file's path.
+fn make_folders(dir: &Path, local: &str) -> Result<PathBuf, V4Error> {
+    let mut at = dir.to_owned();
+    let mut parts = local.split('/').peekable();
+    while let Some(part) = parts.next() {
+        at.push(part);
+        if parts.peek().is_none() {
+            break;
+        }
+        let refuse = |path: &Path, why: &str| V4Error::Write {
+            path: path.to_owned(),
+            cause: std::io::Error::other(why.to_owned()),
+        };
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(refuse(&at, "a symbolic link where a folder goes; never followed"));
+            }
+            Ok(_) => return Err(refuse(&at, "a file where a folder goes")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(&at) {
+                Ok(()) => {}
+                // Made meanwhile: the next component's check or the file's open tells.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(cause) => return Err(V4Error::Write { path: at, cause }),
+            },
+            Err(cause) => return Err(V4Error::Write { path: at, cause }),
+        }
+    }
+    Ok(at)
+}
+
+/// Where `item` goes, checked to be free (unless `force`), its folders made, and its
+/// `GET` sent.
+async fn prepare(session: &mut Session, target: &Target, item: &Item, force: bool) -> Prepared {
+    let name = item.path.as_str();
     let local = match target {
         Target::Stdout => PathBuf::from("-"),
         Target::Dir(dir) => {
-            // The last component of the stored path, which the path rules make a plain
-            // file name (no `/`, not `.` or `..`): the file lands in DIR and nowhere else.
-            let file = name.rsplit('/').next().unwrap_or(name);
-            let local = dir.join(file);
+            let local = make_folders(dir, &item.local)?;
             if !force && std::fs::symlink_metadata(&local).is_ok() {
                 return Err(V4Error::Write {
                     path: local,
@@ -360,7 +455,7 @@ fn receive(
     local: &Path,
     pending: PendingGet,
 ) -> Result<(Fetched, PathBuf), V4Error> {
-    let Target::Dir(dir) = how.target else {
+    let Target::Dir(_) = how.target else {
         let mut stdout = std::io::stdout().lock();
         let fetched =
             runtime.block_on(session.receive_get(pending, &mut stdout, local, how.progress()))?;
@@ -368,6 +463,8 @@ fn receive(
         return Ok((fetched, local.to_owned()));
     };
     let write_error = |cause| V4Error::Write { path: local.to_owned(), cause };
+    // Beside its target, in the folder `prepare` made (so the rename stays in it).
+    let dir = local.parent().unwrap_or(Path::new("."));
     let temp = tempfile::Builder::new()
         .prefix(".securexfer-get-")
         .tempfile_in(dir)
@@ -490,7 +587,7 @@ pub fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
                 "not tried: the connection failed for an earlier file".into(),
             )))
         } else {
-            four.runtime.block_on(four.session.rm(name))
+            four.runtime.block_on(four.session.remove(name, args.recursive))
         };
         match result {
             Ok(done) => {
@@ -499,12 +596,24 @@ pub fn rm(args: RmArgs) -> anyhow::Result<ExitCode> {
                 if args.json {
                     let line = serde_json::json!({
                         "name": name, "server": server, "status": "removed",
-                        "bytes": done.bytes, "kept_version": kept,
+                        "bytes": done.bytes, "kept_version": kept, "files": done.files,
+                        "kept": done.kept,
                     });
                     outln!("{line}");
-                } else if !args.quiet {
+                } else if !args.quiet && !args.recursive {
                     let note = if kept { " (the server keeps it as a version)" } else { "" };
                     outln!("removed {name} ({}) from {server}{note}", binary_size(done.bytes));
+                } else if !args.quiet {
+                    let note = match done.kept {
+                        0 => String::new(),
+                        n => format!(" (the server keeps {n} of them as versions)"),
+                    };
+                    let files = if done.files == 1 { "file" } else { "files" };
+                    outln!(
+                        "removed {name} ({} {files}, {}) from {server}{note}",
+                        done.files,
+                        binary_size(done.bytes)
+                    );
                 }
             }
             Err(e) => {

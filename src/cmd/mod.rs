@@ -2,6 +2,7 @@
 
 pub(crate) mod config;
 mod db;
+mod dry_run;
 mod fetch;
 pub(crate) mod out;
 mod progress;
@@ -9,6 +10,7 @@ mod register;
 mod send;
 mod serve;
 mod table;
+mod tree;
 mod trust;
 mod v4;
 mod verify;

@@ -207,11 +207,15 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     if files.iter().any(|f| f.as_os_str() == "-") {
         return run_stdin(&args, &server, name, &files);
     }
+    check_protocol_4_flags(&args, None)?;
     // A run with nothing to send reaches no server: its problems are reported below.
-    if files.iter().any(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file()))
-        && let Spoken::Four(four) = v4::connect(&server, &args.client)?
-    {
+    let sendable = |m: std::fs::Metadata| m.is_file() || (args.recursive && m.is_dir());
+    let any = files.iter().any(|f| std::fs::metadata(f).is_ok_and(sendable));
+    if any && let Spoken::Four(four) = v4::connect(&server, &args.client)? {
         return run_v4(&args, &server, name, &files, *four);
+    }
+    if any {
+        check_protocol_4_flags(&args, Some(&server))?;
     }
     if args.no_clobber {
         return Err(UsageError(format!(
@@ -299,18 +303,44 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(worst))
 }
 
+/// `-r` and `--dry-run` are protocol 4's: refused (a usage error, exit 2) with
+/// `--protocol 3` before anything is done, and, with `server`, for a server spoken to over
+/// protocol 3 before anything is sent.
+fn check_protocol_4_flags(args: &SendArgs, server: Option<&str>) -> Result<(), UsageError> {
+    let three = match server {
+        Some(server) => format!("{server} is spoken to over protocol 3"),
+        None if args.client.protocol == crate::cli::ProtocolArg::Three => {
+            "--protocol 3 was asked for".to_owned()
+        }
+        None => return Ok(()),
+    };
+    if args.recursive {
+        return Err(UsageError(format!(
+            "folders are protocol 4 only (protocol 3 stores one file name, no folders), and \
+             {three}: send -r cannot be done; nothing was sent"
+        )));
+    }
+    if args.dry_run {
+        return Err(UsageError(format!(
+            "--dry-run needs protocol 4 (protocol 3 cannot list what is stored, so it cannot \
+             say what would be replaced), and {three}; nothing was sent"
+        )));
+    }
+    Ok(())
+}
+
 /// One file of the run: where it is, the name it is stored under, and why it cannot be
 /// sent, if it cannot.
-struct Planned {
-    path: PathBuf,
-    stored_name: String,
-    problem: Option<Box<dyn FileError>>,
+pub(super) struct Planned {
+    pub(super) path: PathBuf,
+    pub(super) stored_name: String,
+    pub(super) problem: Option<Box<dyn FileError>>,
     /// Bytes one send puts on the wire (for the run's progress).
-    wire_bytes: u64,
+    pub(super) wire_bytes: u64,
 }
 
 /// A failure about one file, from either protocol's client.
-trait FileError: std::fmt::Display {
+pub(super) trait FileError: std::fmt::Display {
     /// Its exit group.
     fn kind(&self) -> FailureKind;
     /// Whether the message names the file already.
@@ -337,7 +367,7 @@ impl FileError for V4Error {
 
 /// Whose rules a file must meet to be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rules {
+pub(super) enum Rules {
     /// Protocol 3: printable-ASCII names, files below 4 GiB.
     V3,
     /// Protocol 4: UTF-8 paths (NFC after normalising), 64-bit sizes.
@@ -355,7 +385,7 @@ struct Summary {
 /// The files in argument order with their stored names. Refuses (a usage error) a run in
 /// which two files would be stored under one name, `--as` with more than one file, and
 /// sending the identity's own files.
-fn plan_files(
+pub(super) fn plan_files(
     files: &[PathBuf],
     as_name: Option<&str>,
     identity: Option<&Path>,
@@ -434,7 +464,7 @@ fn stored_name_of(path: &Path) -> (String, Option<ClientError>) {
 }
 
 /// The files of the identity at `me_info`: itself and `priv.key` beside it.
-fn identity_files(me_info: &Path) -> Vec<PathBuf> {
+pub(super) fn identity_files(me_info: &Path) -> Vec<PathBuf> {
     let key = me_info.with_file_name(securexfer::client::identity::PRIV_KEY);
     [me_info.to_owned(), key].iter().filter_map(|p| p.canonicalize().ok()).collect()
 }
@@ -485,10 +515,14 @@ fn run_v4(
 ) -> anyhow::Result<ExitCode> {
     let candidates = identity_candidates(args.client.identity.as_deref(), server);
     let found = candidates.iter().find(|p| p.exists()).cloned();
+    if args.dry_run {
+        let plan = plan_v4(args, files, found.as_deref())?;
+        return super::dry_run::run(args, server, &plan, four, found.as_deref());
+    }
     if !four.session.registered() {
         become_client(&mut four, server, name, found.as_deref(), &candidates)?;
     }
-    let plan = plan_files(files, args.as_name.as_deref(), found.as_deref(), Rules::V4)?;
+    let plan = plan_v4(args, files, found.as_deref())?;
     let mut worst = 0u8;
     let mut summary = Summary::default();
     let show_bar = !args.quiet && !args.json && std::io::stderr().is_terminal();
@@ -536,6 +570,19 @@ fn run_v4(
     four.close();
     report_summary(args, server, &summary, worst);
     Ok(ExitCode::from(worst))
+}
+
+/// The plan of a protocol-4 run: the FILEs, or with `-r` the files under the DIRs.
+fn plan_v4(
+    args: &SendArgs,
+    files: &[PathBuf],
+    identity: Option<&Path>,
+) -> anyhow::Result<Vec<Planned>> {
+    if args.recursive {
+        super::tree::plan_tree(args, files, identity)
+    } else {
+        plan_files(files, args.as_name.as_deref(), identity, Rules::V4)
+    }
 }
 
 /// `send - --as NAME`: standard input to one stored file, over protocol 4 only (a

@@ -134,9 +134,9 @@ fn check(path: &Path, record: &FileRecord, bar: &ProgressBar) -> Finding {
 /// has one, and what the check found.
 type Checked<'a> = (String, Option<(&'a FileRecord, Option<i64>)>, Finding);
 
-/// Regular files under `storage/<client dir>/` and `storage/.versions/<client dir>/`, as
-/// paths relative to `storage`; unfinished uploads (the temporary prefix) and anything
-/// deeper are not stored files.
+/// Regular files under `storage/<client dir>/` (in its folders too: protocol 4's paths)
+/// and `storage/.versions/<client dir>/`, as paths relative to `storage`; unfinished
+/// uploads (the temporary prefix) are not stored files, and links are not followed.
 fn stored_files(storage: &Path) -> anyhow::Result<Vec<String>> {
     let mut found = files_in_client_dirs(storage, "")?;
     let versions = storage.join(VERSIONS_DIR);
@@ -154,16 +154,28 @@ fn files_in_client_dirs(top: &Path, prefix: &str) -> anyhow::Result<Vec<String>>
         if !client.file_type()?.is_dir() {
             continue;
         }
-        for entry in std::fs::read_dir(client.path())? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if entry.file_type()?.is_file() && !name.starts_with(TEMP_PREFIX) {
-                let dir = client.file_name().to_string_lossy().into_owned();
-                found.push(format!("{prefix}{dir}/{name}"));
-            }
+        let dir = client.file_name().to_string_lossy().into_owned();
+        if prefix.is_empty() && dir == VERSIONS_DIR {
+            continue; // its own call
         }
+        files_in(&client.path(), &format!("{prefix}{dir}/"), &mut found)?;
     }
     Ok(found)
+}
+
+/// The regular files under `dir`, named `prefix` and their path below it.
+fn files_in(dir: &Path, prefix: &str, found: &mut Vec<String>) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = entry.file_type()?;
+        if kind.is_file() && !name.starts_with(TEMP_PREFIX) {
+            found.push(format!("{prefix}{name}"));
+        } else if kind.is_dir() {
+            files_in(&entry.path(), &format!("{prefix}{name}/"), found)?;
+        }
+    }
+    Ok(())
 }
 
 fn print_text(results: &[Checked]) {

@@ -812,12 +812,22 @@ impl Db {
     /// [`crate::protocol::storage_name`] of its file name) of `id` is, if there is one.
     pub fn stored_copy(&self, id: ClientId, stored_name: &str) -> Result<Option<String>, DbError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT FileName, PathName FROM files WHERE ID = ?1 AND Verified = 1",
+            "SELECT FileName, PathName, Protocol FROM files WHERE ID = ?1 AND Verified = 1",
         )?;
-        let rows = stmt.query_map([&id.0[..]], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+        let rows = stmt.query_map([&id.0[..]], |r| {
+            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, i64>(2)?))
+        })?;
         for row in rows {
-            let (file_name, path_name) = row?;
-            if crate::protocol::storage_name(&file_name).is_ok_and(|n| n == stored_name) {
+            let (file_name, path_name, protocol) = row?;
+            // A protocol-4 file name is its stored path itself (`docs/a.txt` is not the
+            // `a.txt` that protocol 3 would store it as); protocol 3's keeps the last
+            // component of the name as sent.
+            let stored = if protocol == 4 {
+                file_name == stored_name
+            } else {
+                crate::protocol::storage_name(&file_name).is_ok_and(|n| n == stored_name)
+            };
+            if stored {
                 return Ok(Some(path_name));
             }
         }

@@ -1,6 +1,8 @@
-//! The local-disk blob store: files at `<storage>/<client id hex>/<file name>`, written
-//! through a temporary file in the same directory ([`StagedFile`]) and renamed into place
-//! only when the client confirms; earlier versions under [`VERSIONS_DIR`].
+//! The local-disk blob store: files at `<storage>/<client id hex>/<stored name>`, written
+//! through a temporary file in the client's directory ([`StagedFile`]) and renamed into
+//! place only when the client confirms; earlier versions under [`VERSIONS_DIR`]. A
+//! protocol-4 name of several components (`docs/a.txt`) is a file in folders of the
+//! client's directory, each reached and made without following a link (`folders`).
 //!
 //! [`Storage`] implements [`BlobStore`]. What only a local directory has stays as its own
 //! methods, used by start-up and the `db` commands rather than the protocol server:
@@ -8,6 +10,7 @@
 //! temporary files a crash left ([`Storage::clean_leftovers`]), the versions directory
 //! as `db restore` and reconciliation walk it, and the directory lock.
 
+mod folders;
 mod staged;
 
 pub use staged::{StagedFile, WRITE_BEHIND};
@@ -15,6 +18,7 @@ pub use staged::{StagedFile, WRITE_BEHIND};
 use super::blob::{BlobInfo, BlobStore, Committed, Deferred};
 use crate::protocol::ClientId;
 use crate::protocol::TEMP_PREFIX;
+use crate::protocol::v4::names::MAX_PATH_COMPONENTS;
 use crate::sys::{available_bytes, link_at, lock_exclusive, open_at, rename_at, unlink_at};
 use std::ffi::CString;
 use std::fs;
@@ -99,13 +103,13 @@ impl ClientDir {
         open_at(&self.file, &c, flags, 0)
     }
 
-    /// Links the file `name` to a fresh temporary name here; returns that name.
-    fn link_aside(&self, name: &str) -> io::Result<String> {
+    /// Links the file `name` here to a fresh temporary name in `to`; returns that name.
+    fn link_aside_to(&self, name: &str, to: &ClientDir) -> io::Result<String> {
         let target = c_name(name)?;
         loop {
             let aside = temp_name();
             let c = c_name(&aside)?;
-            match link_at(&self.file, &target, &self.file, &c) {
+            match link_at(&self.file, &target, &to.file, &c) {
                 Ok(()) => return Ok(aside),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(e),
@@ -113,10 +117,10 @@ impl ClientDir {
         }
     }
 
-    /// Renames `from` to `to`, both here, replacing `to` atomically.
-    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+    /// Renames `from` here to `to` in the folder `into`, replacing `to` atomically.
+    fn rename_into(&self, from: &str, into: &ClientDir, to: &str) -> io::Result<()> {
         let (from, to) = (c_name(from)?, c_name(to)?);
-        rename_at(&self.file, &from, &self.file, &to)
+        rename_at(&self.file, &from, &into.file, &to)
     }
 }
 
@@ -134,6 +138,33 @@ fn link_between(
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// The files under `dir` (at `path`), named `prefix` and their path below it: folders
+/// are entered through the handle opened here without following a link, to the depth
+/// protocol 4's paths can have.
+fn list_into(
+    dir: &ClientDir,
+    path: &Path,
+    prefix: &str,
+    blobs: &mut Vec<BlobInfo>,
+) -> io::Result<()> {
+    for entry in fs::read_dir(path)? {
+        let Ok(name) = entry?.file_name().into_string() else { continue };
+        if name.starts_with(TEMP_PREFIX) {
+            continue;
+        }
+        let Ok(file) = dir.open_file(&name) else { continue };
+        let meta = file.metadata()?;
+        let full = format!("{prefix}{name}");
+        if meta.is_file() {
+            blobs.push(BlobInfo { name: full, size: meta.len() });
+        } else if meta.is_dir() && prefix.matches('/').count() < MAX_PATH_COMPONENTS {
+            let sub = ClientDir { file };
+            list_into(&sub, &path.join(&name), &format!("{full}/"), blobs)?;
+        }
+    }
+    Ok(())
 }
 
 /// A fresh temporary file name: the prefix start-up cleans, and 16 random hex digits.
@@ -166,7 +197,8 @@ impl Storage {
     }
 
     /// The relative path a file is stored at. `name` must come from
-    /// [`crate::protocol::storage_name`], which guarantees a single safe component.
+    /// [`crate::protocol::storage_name`] (one safe component) or pass protocol 4's
+    /// [`crate::protocol::v4::names::check_path`] (components that cannot climb out).
     pub fn relative_path(id: ClientId, name: &str) -> String {
         format!("{}/{}", id.to_hex(), name)
     }
@@ -181,7 +213,16 @@ impl Storage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut file = match dir.open_file(name) {
+        let (chain, leaf) = match dir.descend(name, false) {
+            Ok(found) => found,
+            Err(e)
+                if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut file = match chain.parent().open_file(leaf) {
             Ok(file) if file.metadata()?.is_file() => file,
             Ok(_) => return Ok(None),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ELOOP)) => {
@@ -251,8 +292,12 @@ impl Storage {
     /// is no such file.
     pub fn keep_version(&self, id: ClientId, name: &str, archive: &str) -> io::Result<bool> {
         let dir = ClientDir::open(&self.root.join(id.to_hex()))?;
+        let (chain, leaf) = match dir.descend(name, false) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            found => found?,
+        };
         let (versions, file) = self.version_dir(id, archive)?;
-        let linked = link_between(&dir, name, &versions, file)?;
+        let linked = link_between(chain.parent(), leaf, &versions, file)?;
         versions.file.sync_all()?;
         Ok(linked)
     }
@@ -263,10 +308,11 @@ impl Storage {
         let dir_path = self.root.join(id.to_hex());
         fs::create_dir_all(&dir_path)?;
         let dir = ClientDir::open(&dir_path)?;
+        let (chain, leaf) = dir.descend(name, true)?;
         let (versions, file) = self.version_dir(id, version)?;
-        let (from, to) = (c_name(file)?, c_name(name)?);
-        rename_at(&versions.file, &from, &dir.file, &to)?;
-        dir.file.sync_all()?;
+        let (from, to) = (c_name(file)?, c_name(leaf)?);
+        rename_at(&versions.file, &from, &chain.parent().file, &to)?;
+        chain.sync()?;
         versions.file.sync_all()
     }
 
@@ -327,24 +373,29 @@ impl Storage {
         }
         let temp_name = upload.name.as_str();
         dir.open_file(temp_name)?.sync_all()?;
+        // The folders of a protocol-4 path, made as needed (the temporary file stays in
+        // the client's directory and is renamed into the deepest).
+        let (chain, leaf) = dir.descend(name, true)?;
         if let Some(archive) = archive {
             // Kept as a version: the rename below leaves its bytes there.
             self.keep_version(id, name, archive)?;
-            dir.rename(temp_name, name)?;
+            dir.rename_into(temp_name, chain.parent(), leaf)?;
             let _ = upload.path.keep();
-            dir.file.sync_all()?;
+            chain.sync()?;
             return Ok(None);
         }
         // No earlier copy (NotFound), or a file system without hard links: then the rename
-        // below deletes the earlier copy itself, as it always may.
-        let replaced = dir
-            .link_aside(name)
+        // below deletes the earlier copy itself, as it always may. The copy is linked
+        // aside into the client's directory, where start-up cleans temporary files.
+        let replaced = chain
+            .parent()
+            .link_aside_to(leaf, chain.top())
             .ok()
             .and_then(|aside| tempfile::TempPath::try_from_path(dir_path.join(aside)).ok());
-        dir.rename(temp_name, name)?;
+        dir.rename_into(temp_name, chain.parent(), leaf)?;
         // Moved into place: nothing is left for the temporary path to delete.
         let _ = upload.path.keep();
-        dir.file.sync_all()?;
+        chain.sync()?;
         Ok(replaced)
     }
 
@@ -399,6 +450,8 @@ impl Storage {
                 Ok(t) if t.is_dir() && is_temp => {
                     found.odd(path, "a directory named like an unfinished upload")
                 }
+                // A folder of protocol-4 paths.
+                Ok(t) if t.is_dir() => self.clean_client_dir(&path, found),
                 Ok(_) => found.odd(path, "not a regular file"),
                 Err(e) => found.odd(path, &format!("cannot be examined: {e}")),
             }
@@ -435,7 +488,8 @@ impl BlobStore for Storage {
 
     fn get(&self, owner: ClientId, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
         let (dir, _) = self.client_dir(owner, false)?;
-        let file = dir.open_file(name)?;
+        let (chain, leaf) = dir.descend(name, false)?;
+        let file = chain.parent().open_file(leaf)?;
         if !file.metadata()?.is_file() {
             return Err(io::Error::other(format!("{name} is not a regular file")));
         }
@@ -451,24 +505,17 @@ impl BlobStore for Storage {
             found => found?,
         };
         let mut blobs = Vec::new();
-        for entry in fs::read_dir(dir_path)? {
-            let Ok(name) = entry?.file_name().into_string() else { continue };
-            if name.starts_with(TEMP_PREFIX) {
-                continue;
-            }
-            let Ok(file) = dir.open_file(&name) else { continue };
-            let meta = file.metadata()?;
-            if meta.is_file() {
-                blobs.push(BlobInfo { name, size: meta.len() });
-            }
-        }
+        list_into(&dir, &dir_path, "", &mut blobs)?;
         Ok(blobs)
     }
 
     fn delete(&self, owner: ClientId, name: &str) -> io::Result<()> {
         let (dir, _) = self.client_dir(owner, false)?;
-        unlink_at(&dir.file, &c_name(name)?)?;
-        dir.file.sync_all()
+        let (chain, leaf) = dir.descend(name, false)?;
+        unlink_at(&chain.parent().file, &c_name(leaf)?)?;
+        chain.parent().file.sync_all()?;
+        // Folders are implicit: one the removal emptied goes too.
+        chain.remove_empty()
     }
 
     fn keep_as_version(&self, owner: ClientId, name: &str, version: &str) -> io::Result<bool> {

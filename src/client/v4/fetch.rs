@@ -190,10 +190,16 @@ impl Session {
 
     /// `RM` of `path`; `REMOVED` means the removal is durable on the server.
     pub async fn rm(&mut self, path: &str) -> Result<Removed, V4Error> {
+        self.remove(path, false).await
+    }
+
+    /// `RM` of `path`, with `recursive` every file under it when it is a folder (the
+    /// totals in `REMOVED`).
+    pub async fn remove(&mut self, path: &str, recursive: bool) -> Result<Removed, V4Error> {
         self.check_usable()?;
         let path = self.request_path(path, false)?;
         let tag = self.conn.new_tag();
-        let payload = Rm { recursive: false, path }.encode().map_err(V4Error::encode)?;
+        let payload = Rm { recursive, path }.encode().map_err(V4Error::encode)?;
         let answer = self.conn.request(FrameType::Rm, tag, &payload).await?;
         match self.conn.answer(answer).await? {
             super::conn::Answer::Frame(p) => {

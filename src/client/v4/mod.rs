@@ -14,3 +14,4 @@ pub mod negotiate;
 pub mod pending;
 pub mod session;
 pub mod tls;
+pub mod walk;

@@ -10,6 +10,7 @@
 
 use super::driver::{Connection, Ended};
 use super::errors;
+use super::folders::turn_key;
 use super::identity::unix_now;
 use crate::protocol::ClientId;
 use crate::protocol::v4::{
@@ -78,7 +79,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     /// What the client's space is called in the store: every path name of it starts so.
-    fn space(&self, id: ClientId) -> String {
+    pub(super) fn space(&self, id: ClientId) -> String {
         self.shared.storage.path_name(id, "")
     }
 
@@ -322,7 +323,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     /// Whether some file's path goes on below `path`.
-    async fn is_folder(&mut self, id: ClientId, space: &str, path: &str) -> Result<bool, Ended> {
+    pub(super) async fn is_folder(
+        &mut self,
+        id: ClientId,
+        space: &str,
+        path: &str,
+    ) -> Result<bool, Ended> {
         let under = format!("{space}{path}/");
         let range = PathRange { end: upper_bound(&under), start: under, inclusive: true, limit: 1 };
         let page = self.shared.records().list_page(id, range).await;
@@ -331,27 +337,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// `RM`: the copy is kept as a version (under `--keep-versions`, as a replaced copy
     /// is), forgotten by the records, then its blob deleted; `REMOVED` once the records'
-    /// transaction is done. Under the name's commit turn, so that it never races a commit.
+    /// transaction is done. A folder with `recursive` is every file under it, removed so
+    /// one at a time. Under the path's commit turn (its first component: see
+    /// `folders::turn_key`), so that it never races a commit of the path or of one that
+    /// could clash with it.
     pub(super) async fn rm(&mut self, tag: u32, rm: Rm) -> Result<(), Ended> {
         let id = self.client_id();
         let shared = std::sync::Arc::clone(&self.shared);
         names::check_path(&rm.path).map_err(|e| Ended::Refused(refused(&e)))?;
-        let turn = shared.commit_turn(id, &rm.path).await;
+        let turn = shared.commit_turn(id, turn_key(&rm.path)).await;
         let space = self.space(id);
         let copy = self.shared.records().copy_at(id, format!("{space}{}", rm.path)).await;
-        let copy = match self.internal_on_error(copy)? {
-            Some(copy) => copy,
-            // Folders exist only as prefixes of stored paths; the storage makes no
-            // directories yet, so no path has one and a recursive removal has nothing
-            // to walk.
-            None if self.is_folder(id, &space, &rm.path).await? => {
-                return Err(Ended::Refused(errors::is_folder(&rm.path)));
+        let answer = match self.internal_on_error(copy)? {
+            Some(copy) => self.remove_one(id, &copy).await?,
+            None if !self.is_folder(id, &space, &rm.path).await? => {
+                return Err(Ended::Refused(errors::not_found(&rm.path)));
             }
-            None => return Err(Ended::Refused(errors::not_found(&rm.path))),
+            None if rm.recursive => self.remove_folder(id, &space, &rm.path).await?,
+            None => return Err(Ended::Refused(errors::is_folder(&rm.path))),
         };
-        let keep = shared.config.keep_versions;
+        drop(turn);
+        info!(tag, path = %rm.path, files = answer.files, kept = answer.kept, "protocol-4 removal done");
+        self.send(FrameType::Removed, tag, &answer.encode()).await?;
+        Ok(())
+    }
+
+    /// Removes the one copy: kept as a version when it is to be, forgotten by the records,
+    /// its blob deleted.
+    async fn remove_one(&mut self, id: ClientId, copy: &StoredCopy) -> Result<Removed, Ended> {
+        let keep = self.shared.config.keep_versions;
         let archive =
-            if keep > 0 && copy.verified { self.keep_blob(id, &copy).await? } else { None };
+            if keep > 0 && copy.verified { self.keep_blob(id, copy).await? } else { None };
         let removal = Removal {
             client_id: id,
             stored_name: copy.stored_name.clone(),
@@ -361,16 +377,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         };
         let removed = self.shared.records().remove_copy(removal).await;
         let removed = self.internal_on_error(removed)?;
-        self.delete_blobs(id, &copy, &removed.pruned).await;
-        drop(turn);
-        let answer = Removed {
+        self.delete_blobs(id, copy, &removed.pruned).await;
+        Ok(Removed {
             files: u64::from(removed.files > 0),
             bytes: removed.bytes,
             kept: u64::from(removed.kept),
-        };
-        info!(tag, path = %rm.path, kept = removed.kept, "protocol-4 file removed");
-        self.send(FrameType::Removed, tag, &answer.encode()).await?;
-        Ok(())
+        })
+    }
+
+    /// Removes every file under the folder `path`, a page of the records at a time (each
+    /// as [`Connection::remove_one`] removes one), and sums them up. A failure stops it
+    /// there: the files removed before stay removed, and the request is refused.
+    async fn remove_folder(
+        &mut self,
+        id: ClientId,
+        space: &str,
+        path: &str,
+    ) -> Result<Removed, Ended> {
+        let under = format!("{space}{path}/");
+        let end = upper_bound(&under);
+        let (mut start, mut inclusive) = (under, true);
+        let mut total = Removed { files: 0, bytes: 0, kept: 0 };
+        loop {
+            let range =
+                PathRange { start: start.clone(), inclusive, end: end.clone(), limit: LIST_PAGE };
+            let page = self.shared.records().list_page(id, range).await;
+            let page = self.internal_on_error(page)?;
+            let Some(last) = page.last() else { break };
+            (start, inclusive) = (last.path_name.clone(), false);
+            for copy in &page {
+                let one = self.remove_one(id, copy).await?;
+                total.files += one.files;
+                total.bytes = total.bytes.saturating_add(one.bytes);
+                total.kept += one.kept;
+            }
+        }
+        Ok(total)
     }
 
     /// Links the copy's blob as a new version; its name, or `None` when the blob is gone.

@@ -6,6 +6,8 @@
 //! - `driver`: the I/O around it (frames read and written, timeouts).
 //! - `identity`, `put` and `fetch`: what the requests do (`HELLO`, `REGISTER`, `UPGRADE`;
 //!   `PUT`, `COMMIT`, `DISCARD`; `LIST`, `GET`, `RM`) with the records and the blob store.
+//! - `folders`: the rule that a path is never both a file and a folder, and the commit
+//!   turn of a path.
 //! - `errors`: every `ERROR` the server sends.
 //!
 //! `RESUME_QUERY` (resuming uploads) is not served yet: it gets a closing `ERROR protocol`
@@ -15,6 +17,7 @@ pub mod client_key;
 mod driver;
 pub mod errors;
 mod fetch;
+mod folders;
 mod identity;
 pub mod machine;
 mod put;

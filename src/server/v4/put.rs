@@ -6,6 +6,7 @@
 
 use super::driver::{Connection, Ended};
 use super::errors;
+use super::folders::turn_key;
 use super::identity::unix_now;
 use crate::buf::AlignedBuf;
 use crate::crypto::Cksum;
@@ -105,6 +106,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Ok(name) => name,
             Err(error) => return refuse(error),
         };
+        if let Some(clash) = self.clash(id, &name).await? {
+            return refuse(clash);
+        }
         if put.offset > 0 {
             return refuse(errors::plain(
                 ErrorCode::Conflict,
@@ -424,7 +428,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         held: Held,
     ) -> Result<crate::store::FinishedCommit, Ended> {
         let shared = std::sync::Arc::clone(&self.shared);
-        let turn = shared.commit_turn(id, &held.name).await;
+        let turn = shared.commit_turn(id, turn_key(&held.name)).await;
+        // Checked again under the turn: another connection may have stored a clashing
+        // path since PUT_BEGIN.
+        if let Some(clash) = self.clash(id, &held.name).await? {
+            let _ = tokio::task::spawn_blocking(move || drop(held)).await;
+            return Err(Ended::Refused(clash));
+        }
         let storage = shared.storage.clone();
         let keep = shared.config.keep_versions;
         let records = shared.records();
@@ -484,19 +494,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 }
 
-/// The stored name of a protocol-4 path, or the `name_refused` answer. Folders come with
-/// the next issue: until the storage seam makes directories, a path is one component.
+/// The stored name of a protocol-4 path (the path itself, folders and all), or the
+/// `name_refused` answer.
 fn check_name(path: &str) -> Result<String, crate::protocol::v4::ErrorFrame> {
     let refused =
         |why: String| errors::plain(ErrorCode::NameRefused, false, &format!("path refused: {why}"));
     names::check_path(path).map_err(|e| refused(e.to_string()))?;
-    if path.contains('/') {
-        return Err(refused("folders are not served yet: a path is one file name".to_owned()));
-    }
-    // Protocol 3's stored-name rule, which must leave the name as it is (it cuts a
-    // drive prefix such as `C:`).
-    match storage_name(path) {
-        Ok(name) if name == path => Ok(name.to_owned()),
+    // Protocol 3's stored-name rule on the file's own name, which must leave it as it is
+    // (it cuts a drive prefix such as `C:`), so that both protocols name the file alike.
+    let leaf = path.rsplit('/').next().unwrap_or(path);
+    match storage_name(leaf) {
+        Ok(name) if name == leaf => Ok(path.to_owned()),
         Ok(_) => Err(refused("a name that starts with a drive letter and a colon".to_owned())),
         Err(e) => Err(refused(e.to_string())),
     }
