@@ -20,5 +20,6 @@ mod v4_attacks;
 mod v4_client;
 mod v4_fetch;
 mod v4_peer;
+mod v4_resume;
 mod v4_server;
 mod vectors;

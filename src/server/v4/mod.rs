@@ -8,8 +8,7 @@
 //!   `PUT`, `COMMIT`, `DISCARD`; `LIST`, `GET`, `RM`) with the records and the blob store.
 //! - `errors`: every `ERROR` the server sends.
 //!
-//! `RESUME_QUERY` (resuming uploads) is not served yet: it gets a closing `ERROR protocol`
-//! saying so.
+//! - `resume`: unfinished uploads kept, reported (`RESUME_QUERY`) and continued.
 
 pub mod client_key;
 mod driver;
@@ -18,10 +17,13 @@ mod fetch;
 mod identity;
 pub mod machine;
 mod put;
+mod resume;
 
 pub use driver::Handshake;
 pub use identity::{MAX_IN_FLIGHT, MAX_OPEN_PUTS};
 pub use machine::{Admit, Machine, Request, UNREGISTERED_LIFETIME};
+pub use resume::reconcile_unfinished;
+pub(crate) use resume::remove_expired as remove_expired_unfinished;
 
 use crate::server::Shared;
 use std::net::SocketAddr;
