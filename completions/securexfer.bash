@@ -1099,7 +1099,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__serve)
-            opts="-v -q -h -V --config --listen --port --storage --db --max-file-size --max-connections --max-connections-per-address --request-deadline --max-uploads --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --keep-versions --registration --metrics --log-format --verbose --quiet --help --version"
+            opts="-v -q -h -V --config --listen --port --storage --db --max-file-size --max-connections --max-connections-per-address --request-deadline --max-uploads --idle-timeout --session-window --strict-sessions --grace --disk-reserve --compat --registrations-per-minute --keep-versions --resume-window --registration --metrics --log-format --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1184,6 +1184,10 @@ _securexfer() {
                     return 0
                     ;;
                 --keep-versions)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --resume-window)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -173,6 +173,19 @@ pub struct ServeArgs {
     /// one back). 0 keeps none.
     #[arg(long, env = "SECUREXFER_KEEP_VERSIONS", default_value_t = 1, value_name = "N")]
     pub keep_versions: usize,
+    /// How long a protocol-4 upload of known size that its connection left unfinished
+    /// (network drop, killed client, server restart) is kept for `send` to resume where it
+    /// stopped; 0 keeps none. Only with a storage directory: an object store keeps none.
+    /// Off by default for now: the client does not resume yet, and an upload that may be
+    /// kept is written through the page cache rather than with O_DIRECT.
+    #[arg(
+        long,
+        env = "SECUREXFER_RESUME_WINDOW",
+        default_value = "0",
+        value_name = "DURATION",
+        value_parser = parse_window
+    )]
+    pub resume_window: u64,
     /// Who may register: `open` (anyone, as protocol 3 always did), `token` (protocol 4
     /// clients with an invitation from `securexfer db invite`), `closed` (nobody). Under
     /// token and closed, protocol 3's registration (1025) gets 2107: it cannot carry a
@@ -704,6 +717,15 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
         Err(_) => Err(format!(
             "{text:?} is not a rate: use bytes per second with an optional K, M or G, e.g. 500K"
         )),
+    }
+}
+
+/// Parses a window such as `--resume-window`: a duration as [`parse_duration`] takes, or
+/// 0 (with or without a unit) for "none".
+pub fn parse_window(text: &str) -> Result<u64, String> {
+    match text.trim().trim_end_matches(['s', 'm', 'h', 'd']) {
+        "0" => Ok(0),
+        _ => parse_duration(text),
     }
 }
 

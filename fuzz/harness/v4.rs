@@ -4,7 +4,8 @@
 use securexfer::protocol::v4::{
     Commit, Committed, ErrorFrame, FrameError, FrameHeader, FrameType, Get, GetBegin, GetEnd,
     HEADER_LEN, Hello, List, ListEnd, ListEntries, PutBegin, PutReceived, Register, Registered,
-    Removed, Rm, Side, TagCheck, Upgrade, Welcome, decode_frame, encode_frame,
+    Removed, ResumeQuery, ResumeState, Rm, Side, TagCheck, Upgrade, Welcome, decode_frame,
+    encode_frame,
 };
 
 /// Reads `data` as the frames a server and then a client would receive, and checks:
@@ -78,6 +79,8 @@ fn check_frame(bytes: &[u8], header: &FrameHeader, payload: &[u8], reader: Side)
         FrameType::GetEnd => GetEnd::decode(payload).map(|m| Ok(m.encode())),
         FrameType::Rm => Rm::decode(payload).map(|m| m.encode()),
         FrameType::Removed => Removed::decode(payload).map(|m| Ok(m.encode())),
+        FrameType::ResumeQuery => ResumeQuery::decode(payload).map(|m| m.encode()),
+        FrameType::ResumeState => ResumeState::decode(payload).map(|m| m.encode()),
         _ => return,
     };
     match reencoded {

@@ -153,8 +153,8 @@ impl Driver {
             Request::PutBegin(put) => {
                 assert!(self.registered, "a put passed on for a stranger");
                 if names::check_path(&put.path).is_ok() {
-                    machine.put_accepted(tag, put.size);
-                    self.open = Some((tag, put.size));
+                    machine.put_accepted(tag, put.data_len());
+                    self.open = Some((tag, put.data_len()));
                 } else {
                     machine.put_refused(tag);
                     self.dropping = Some(tag);
@@ -166,8 +166,11 @@ impl Driver {
                 assert!(due.is_none_or(|d| d == 0), "PUT_END before all the data");
                 self.held.insert(tag);
             }
-            Request::List(_) | Request::Get(_) | Request::Rm(_) => {
-                assert!(self.registered, "a LIST, GET or RM passed on for a stranger");
+            Request::List(_) | Request::Get(_) | Request::Rm(_) | Request::ResumeQuery(_) => {
+                assert!(
+                    self.registered,
+                    "a LIST, GET, RM or RESUME_QUERY passed on for a stranger"
+                );
             }
             Request::Commit(_) | Request::Discard => {
                 assert!(self.registered, "a commit passed on for a stranger");

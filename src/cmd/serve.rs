@@ -38,6 +38,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             crate::cli::RegistrationPolicy::Closed => Registration::Closed,
         },
         max_file_size: args.max_file_size,
+        resume_window: Duration::from_secs(args.resume_window),
         ..Config::new(args.storage.clone(), args.db.clone())
     };
     raise_open_file_limit();

@@ -61,6 +61,12 @@ pub const DEFAULT_MAX_UPLOADS: usize = 256;
 pub const DEFAULT_KEEP_VERSIONS: usize = 1;
 /// Default largest file, 4 GiB (`--max-file-size 4G`).
 pub const DEFAULT_MAX_FILE_SIZE: u64 = 4 << 30;
+/// Default time an unfinished protocol-4 upload is kept for resuming: none for now
+/// (`--resume-window 0`). The design's default is 24 h; it becomes that once `send`
+/// resumes (so far only the server side exists) and a kept upload no longer gives up the
+/// O_DIRECT path of large uploads (an upload that may be kept is written buffered so that
+/// it can be synced midway).
+pub const DEFAULT_RESUME_WINDOW: Duration = Duration::ZERO;
 /// Default free space kept on the storage file system.
 pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
 
@@ -108,6 +114,9 @@ pub struct Config {
     /// The largest file protocol 4 accepts (`--max-file-size`, not cut to protocol 3's
     /// 4 GiB as `max_content` is).
     pub max_file_size: u64,
+    /// How long a protocol-4 upload its connection left unfinished is kept for resuming
+    /// (`--resume-window`); zero keeps none.
+    pub resume_window: Duration,
 }
 
 /// The version byte of the one existing client that checks a CRC-32 of the ciphertext
@@ -135,6 +144,7 @@ impl Config {
             max_uploads: DEFAULT_MAX_UPLOADS,
             registration: crate::protocol::v4::Registration::Open,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
+            resume_window: DEFAULT_RESUME_WINDOW,
         }
     }
 }
@@ -216,13 +226,16 @@ pub(crate) struct Shared {
     v4_puts: session::Quotas,
     /// When the janitor last looked for expired staged uploads (an object store's).
     staged_checked: Mutex<Option<std::time::Instant>>,
+    /// Unfinished protocol-4 uploads a connection is continuing (or may keep), by client
+    /// and path (see `v4::resume`).
+    resuming: Mutex<std::collections::HashSet<CommitKey>>,
 }
 
 /// How often the janitor asks the records for expired staged uploads: one query for
 /// every server sharing them, so not at every round.
 const STAGED_CHECK_PERIOD: Duration = Duration::from_secs(10);
 
-type CommitKey = (crate::protocol::ClientId, String);
+pub(crate) type CommitKey = (crate::protocol::ClientId, String);
 
 /// The right to commit one stored name of one client and record it, held across both.
 /// Two sessions of a client confirming the same name at once could otherwise rename one
@@ -274,6 +287,7 @@ impl Shared {
         Shared {
             v4_puts,
             staged_checked: Mutex::new(None),
+            resuming: Mutex::new(std::collections::HashSet::new()),
             server_fingerprint,
             registrations,
             quotas,
@@ -381,6 +395,15 @@ impl Server {
             None => identity::ServerIdentity::load_or_create(&identity::key_path(&config.db))?,
         };
         reconcile_commits(&*records, &storage, config.keep_versions).await?;
+        let dropped = v4::reconcile_unfinished(&*records, &storage)
+            .await
+            .map_err(|source| ServerError::Storage { path: config.storage.clone(), source })?;
+        if dropped > 0 {
+            warn!(
+                dropped,
+                "dropped unfinished uploads that had expired or whose bytes were not on disk"
+            );
+        }
         Server::assemble(config, records, storage, lock, metrics, &identity)
     }
 
@@ -737,7 +760,10 @@ async fn on_storage<T: Send + 'static>(
 /// How often the janitor runs: often enough that what it forgets goes soon after its
 /// time, whatever the settings, and no more than every 100 ms.
 fn janitor_period(config: &Config) -> Duration {
-    let shortest = config.session_window.min(borrowed_upload_lifetime(config));
+    let mut shortest = config.session_window.min(borrowed_upload_lifetime(config));
+    if !config.resume_window.is_zero() {
+        shortest = shortest.min(config.resume_window);
+    }
     (shortest / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
 }
 
@@ -783,6 +809,10 @@ impl Shared {
                 Ok(cleaned) => info!(cleaned, "aborted expired uploads staged in the object store"),
                 Err(e) => warn!("could not clean expired staged uploads: {e}"),
             }
+        }
+        let expired = v4::remove_expired_unfinished(self).await;
+        if expired > 0 {
+            info!(expired, "removed unfinished uploads past --resume-window");
         }
         let now = std::time::Instant::now();
         self.backoff().prune(now);

@@ -139,6 +139,16 @@ impl Blobs {
     }
 }
 
+impl AnyStaged {
+    /// The local temporary file, if that is what this is.
+    pub fn local_mut(&mut self) -> Option<&mut StagedFile> {
+        match self {
+            AnyStaged::Local(file) => Some(file),
+            AnyStaged::S3(_) => None,
+        }
+    }
+}
+
 impl StagedBlob for AnyStaged {
     fn write(&mut self, chunk: Chunk) -> io::Result<()> {
         match self {

@@ -151,6 +151,22 @@ const MIGRATIONS: &[&str] = &[
     // Columns of `clients` rather than a table: one per client, read with its usage.
     "ALTER TABLE clients ADD COLUMN QuotaBytes INTEGER;
      ALTER TABLE clients ADD COLUMN QuotaFiles INTEGER;",
+    // 10: protocol 4's unfinished uploads (docs/protocol-v4.md, "Resuming an upload"): one
+    // per client and path, its temporary file's location, its declared size and mtime, and
+    // how many of its first bytes are durable with their BLAKE3. A row is written only after
+    // the file was synced to `Durable` bytes, so start-up can trust it once the file is
+    // found at least that long.
+    "CREATE TABLE unfinished_uploads (
+        ID BLOB NOT NULL CHECK (length(ID) = 16),
+        Path TEXT NOT NULL,
+        Location TEXT NOT NULL,
+        Size INTEGER NOT NULL,
+        MtimeNs INTEGER NOT NULL,
+        Durable INTEGER NOT NULL,
+        PrefixHash BLOB NOT NULL CHECK (length(PrefixHash) = 32),
+        ExpiresAt INTEGER NOT NULL,
+        PRIMARY KEY (ID, Path)
+     );",
 ];
 
 /// A client's quota (`securexfer db quota`): `None` for no limit.
@@ -439,6 +455,27 @@ pub struct StagedObject {
     pub key: String,
     /// The multipart upload writing it, if it is one (a small upload is one `PUT`).
     pub upload_id: Option<String>,
+}
+
+/// A protocol-4 upload left unfinished by its connection, kept for `--resume-window`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnfinishedUpload {
+    /// Its client.
+    pub client_id: ClientId,
+    /// The path its `PUT_BEGIN` named.
+    pub path: String,
+    /// Its temporary file, `<id hex>/<name>` as commit intents keep it.
+    pub location: String,
+    /// The declared size.
+    pub size: u64,
+    /// The declared mtime, nanoseconds since 1970.
+    pub mtime_ns: i64,
+    /// How many of its first bytes were synced to disk.
+    pub durable: u64,
+    /// The BLAKE3 of those bytes.
+    pub prefix_hash: [u8; 32],
+    /// When it is removed, seconds since 1970.
+    pub expires_at: i64,
 }
 
 /// An open database.
@@ -870,6 +907,81 @@ impl Db {
             .query_map([now], |r| Ok(StagedObject { key: r.get(0)?, upload_id: r.get(1)? }))?
             .collect::<Result<_, _>>()?;
         tx.commit()?;
+        Ok(claimed)
+    }
+
+    /// Records (or replaces) the unfinished upload of its client and path.
+    pub fn keep_unfinished(&self, u: &UnfinishedUpload) -> Result<(), DbError> {
+        self.check_file()?;
+        exec_cached(
+            &self.conn,
+            "INSERT OR REPLACE INTO unfinished_uploads
+               (ID, Path, Location, Size, MtimeNs, Durable, PrefixHash, ExpiresAt)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                &u.client_id.0[..],
+                u.path,
+                u.location,
+                u.size as i64,
+                u.mtime_ns,
+                u.durable as i64,
+                &u.prefix_hash[..],
+                u.expires_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The unfinished upload of this client's path, if one is kept.
+    pub fn unfinished(
+        &self,
+        id: ClientId,
+        path: &str,
+    ) -> Result<Option<UnfinishedUpload>, DbError> {
+        let sql = format!("{UNFINISHED_SELECT} WHERE ID = ?1 AND Path = ?2");
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row(params![&id.0[..], path], unfinished_upload)
+            .optional()?)
+    }
+
+    /// Every unfinished upload (start-up checks each against its file).
+    pub fn all_unfinished(&self) -> Result<Vec<UnfinishedUpload>, DbError> {
+        let mut stmt = self.conn.prepare_cached(UNFINISHED_SELECT)?;
+        let rows = stmt.query_map([], unfinished_upload)?.collect::<Result<_, _>>()?;
+        Ok(rows)
+    }
+
+    /// Forgets the unfinished upload of this client's path whose file is at `location`
+    /// (so a forget never takes a newer upload's row); true if there was one.
+    pub fn forget_unfinished(
+        &self,
+        id: ClientId,
+        path: &str,
+        location: &str,
+    ) -> Result<bool, DbError> {
+        self.check_file()?;
+        let n = exec_cached(
+            &self.conn,
+            "DELETE FROM unfinished_uploads WHERE ID = ?1 AND Path = ?2 AND Location = ?3",
+            params![&id.0[..], path, location],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Takes the unfinished uploads expired by `now` off the records and returns them, for
+    /// the caller to delete their files.
+    pub fn claim_expired_unfinished(&self, now: i64) -> Result<Vec<UnfinishedUpload>, DbError> {
+        self.check_file()?;
+        let sql = format!(
+            "DELETE FROM unfinished_uploads WHERE ExpiresAt <= ?1 RETURNING {UNFINISHED_COLUMNS}"
+        );
+        let claimed = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_map([now], unfinished_upload)?
+            .collect::<Result<_, _>>()?;
         Ok(claimed)
     }
 
@@ -1318,6 +1430,30 @@ fn hash_of(bytes: Vec<u8>) -> Option<[u8; 32]> {
 /// Runs `sql` through the connection's statement cache: the server runs the same few
 /// statements for every session, and preparing them each time was a visible part of its
 /// CPU in the reconnect load test (`bench/load.sh reconnect`; see bench/README.md).
+/// The columns of an [`UnfinishedUpload`], in [`unfinished_upload`]'s order.
+const UNFINISHED_COLUMNS: &str =
+    "ID, Path, Location, Size, MtimeNs, Durable, PrefixHash, ExpiresAt";
+/// Every unfinished upload's row.
+const UNFINISHED_SELECT: &str = "SELECT ID, Path, Location, Size, MtimeNs, Durable, PrefixHash, ExpiresAt FROM unfinished_uploads";
+
+fn unfinished_upload(r: &rusqlite::Row<'_>) -> rusqlite::Result<UnfinishedUpload> {
+    let id: Vec<u8> = r.get(0)?;
+    let hash: Vec<u8> = r.get(6)?;
+    let bad = |i: usize| {
+        rusqlite::Error::InvalidColumnType(i, "blob".into(), rusqlite::types::Type::Blob)
+    };
+    Ok(UnfinishedUpload {
+        client_id: ClientId(id.try_into().map_err(|_| bad(0))?),
+        path: r.get(1)?,
+        location: r.get(2)?,
+        size: r.get::<_, i64>(3)? as u64,
+        mtime_ns: r.get(4)?,
+        durable: r.get::<_, i64>(5)? as u64,
+        prefix_hash: hash.try_into().map_err(|_| bad(6))?,
+        expires_at: r.get(7)?,
+    })
+}
+
 fn exec_cached(
     conn: &Connection,
     sql: &str,

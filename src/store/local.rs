@@ -83,8 +83,13 @@ impl ClientDir {
 
     /// A new file with a fresh temporary name, created here and never through a link.
     fn create_temp(&self) -> io::Result<(fs::File, String)> {
+        self.create_prefixed(TEMP_PREFIX)
+    }
+
+    /// A new file named `prefix` and 16 random hex digits.
+    fn create_prefixed(&self, prefix: &str) -> io::Result<(fs::File, String)> {
         loop {
-            let name = temp_name();
+            let name = format!("{prefix}{}", &temp_name()[TEMP_PREFIX.len()..]);
             let flags =
                 libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
             let c = c_name(&name)?;
@@ -438,7 +443,10 @@ impl Storage {
             };
             let path = entry.path();
             let file_type = entry.file_type();
-            let is_temp = entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX);
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            // A kept unfinished upload is checked against its record at start-up instead.
+            let is_temp = file_name.starts_with(TEMP_PREFIX) && !file_name.starts_with(KEPT_PREFIX);
             match file_type {
                 Ok(t) if t.is_file() && is_temp => match fs::remove_file(&path) {
                     Ok(()) => found.removed += 1,
@@ -456,6 +464,127 @@ impl Storage {
                 Err(e) => found.odd(path, &format!("cannot be examined: {e}")),
             }
         }
+    }
+}
+
+/// The name prefix of an unfinished protocol-4 upload kept for resuming: still a reserved
+/// temporary name (no client can store a file under it), but one
+/// [`Storage::clean_leftovers`] spares; start-up checks each against its record
+/// ([`Storage::kept_files`]).
+pub const KEPT_PREFIX: &str = ".securexfer-part-kept-";
+
+impl Storage {
+    /// A new upload that may be kept unfinished: created under a kept name at once, so a
+    /// crash never leaves its record pointing at a file start-up deleted as a leftover
+    /// (start-up deletes a kept file no record names instead). Written buffered, so it
+    /// can be synced midway ([`StagedFile::sync`]).
+    pub fn stage_kept(&self, owner: ClientId) -> io::Result<StagedFile> {
+        let (handle, dir) = self.client_dir(owner, true)?;
+        let (file, name) = handle.create_prefixed(KEPT_PREFIX)?;
+        let path = tempfile::TempPath::try_from_path(dir.join(&name))?;
+        Ok(StagedFile::new(file, false, owner, name, path))
+    }
+
+    /// Keeps an upload its connection left: synced, renamed to a kept name (so no
+    /// leftover cleaning takes it) and the directory synced, so the returned location
+    /// can be recorded as durable.
+    pub fn keep_unfinished(&self, staged: StagedFile) -> io::Result<String> {
+        let (owner, name) = staged.into_kept()?;
+        let (dir, _) = self.client_dir(owner, false)?;
+        if name.starts_with(KEPT_PREFIX) {
+            return Ok(Self::relative_path(owner, &name));
+        }
+        let kept = format!("{KEPT_PREFIX}{}", &name[TEMP_PREFIX.len()..]);
+        let renamed = dir.rename_into(&name, &dir, &kept).and_then(|()| dir.file.sync_all());
+        if let Err(e) = renamed {
+            let _ = fs::remove_file(self.root.join(owner.to_hex()).join(&name));
+            return Err(e);
+        }
+        Ok(Self::relative_path(owner, &kept))
+    }
+
+    /// The kept unfinished upload at `location` (of `owner`), truncated to `offset` and
+    /// ready to continue, with a reader of its first `offset` bytes (to rebuild the
+    /// hashes). `NotFound` when the file is gone or shorter than `offset`.
+    pub fn resume_unfinished(
+        &self,
+        owner: ClientId,
+        location: &str,
+        offset: u64,
+    ) -> io::Result<(StagedFile, fs::File)> {
+        let name = Self::kept_name(owner, location)?;
+        let (dir, dir_path) = self.client_dir(owner, false)?;
+        let reader = dir.open_file(name)?;
+        let meta = reader.metadata()?;
+        if !meta.is_file() || meta.len() < offset {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "shorter than its durable length"));
+        }
+        let path = dir_path.join(name);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)?;
+        file.set_len(offset)?;
+        let mut file = file;
+        io::Seek::seek(&mut file, io::SeekFrom::Start(offset))?;
+        let path = tempfile::TempPath::try_from_path(path)?;
+        Ok((StagedFile::resumed(file, owner, name.to_owned(), path, offset), reader))
+    }
+
+    /// The length of the kept file at `location`, `None` if it is not there.
+    pub fn kept_len(&self, owner: ClientId, location: &str) -> io::Result<Option<u64>> {
+        let name = Self::kept_name(owner, location)?;
+        let dir = match self.client_dir(owner, false) {
+            Ok((dir, _)) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match dir.open_file(name) {
+            Ok(file) => Ok(Some(file.metadata()?.len())),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ELOOP)) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes the kept file at `location`; one already gone is no error.
+    pub fn delete_kept(&self, owner: ClientId, location: &str) -> io::Result<()> {
+        let name = Self::kept_name(owner, location)?;
+        match fs::remove_file(self.root.join(owner.to_hex()).join(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every kept file, as `(owner, location)`, for start-up to delete those no record
+    /// names (a crash between the rename and the record).
+    pub fn kept_files(&self) -> io::Result<Vec<(ClientId, String)>> {
+        let mut kept = Vec::new();
+        for entry in fs::read_dir(&self.root)? {
+            let entry = entry?;
+            let Some(id) = entry.file_name().to_str().and_then(ClientId::parse) else { continue };
+            if !entry.file_type()?.is_dir() || entry.file_name().to_str() != Some(&id.to_hex()) {
+                continue;
+            }
+            for file in fs::read_dir(entry.path())? {
+                let name = file?.file_name();
+                if let Some(name) = name.to_str().filter(|n| n.starts_with(KEPT_PREFIX)) {
+                    kept.push((id, Self::relative_path(id, name)));
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// The file name of a kept upload's location, refusing one that is not `owner`'s or
+    /// not a kept name (a record is never trusted to point elsewhere).
+    fn kept_name(owner: ClientId, location: &str) -> io::Result<&str> {
+        let prefix = format!("{}/", owner.to_hex());
+        location
+            .strip_prefix(&prefix)
+            .filter(|n| n.starts_with(KEPT_PREFIX) && !n.contains('/'))
+            .ok_or_else(|| io::Error::other(format!("{location} is not a kept upload of {owner}")))
     }
 }
 

@@ -16,7 +16,7 @@ pub use blobs::{AnyStaged, Blobs, CommitPlan};
 pub use db::{
     Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
     InviteRecord, NewClient, PathRange, Quota, Registered, Removal, Removed, StagedObject,
-    StoredCopy, Usage, V4Content, VersionRecord,
+    StoredCopy, UnfinishedUpload, Usage, V4Content, VersionRecord,
 };
 pub use local::{StagedFile, Storage, VERSIONS_DIR};
 pub use postgres::{PostgresError, PostgresRecords};

@@ -13,8 +13,8 @@
 
 use super::db::{
     Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
-    NewClient, PathRange, Quota, Registered, Removal, Removed, StagedObject, StoredCopy, Usage,
-    VersionRecord,
+    NewClient, PathRange, Quota, Registered, Removal, Removed, StagedObject, StoredCopy,
+    UnfinishedUpload, Usage, VersionRecord,
 };
 use crate::protocol::ClientId;
 use std::future::Future;
@@ -216,6 +216,41 @@ pub trait Records: Send + Sync + 'static {
     fn remove_copy(&self, removal: Removal) -> RecordsFuture<'_, Removed> {
         let _ = removal;
         unsupported("remove_copy")
+    }
+    /// Records (or replaces) the unfinished upload of its client and path, once its file
+    /// is synced to `durable` bytes (protocol 4's resume).
+    fn keep_unfinished(&self, upload: UnfinishedUpload) -> RecordsFuture<'_, ()> {
+        let _ = upload;
+        unsupported("keep_unfinished")
+    }
+    /// The unfinished upload of this client's path, if one is kept.
+    fn unfinished(
+        &self,
+        id: ClientId,
+        path: String,
+    ) -> RecordsFuture<'_, Option<UnfinishedUpload>> {
+        let _ = (id, path);
+        unsupported("unfinished")
+    }
+    /// Every unfinished upload (start-up checks each against its file).
+    fn all_unfinished(&self) -> RecordsFuture<'_, Vec<UnfinishedUpload>> {
+        unsupported("all_unfinished")
+    }
+    /// Forgets the unfinished upload of this path whose file is at `location`.
+    fn forget_unfinished(
+        &self,
+        id: ClientId,
+        path: String,
+        location: String,
+    ) -> RecordsFuture<'_, bool> {
+        let _ = (id, path, location);
+        unsupported("forget_unfinished")
+    }
+    /// Takes the unfinished uploads expired by `now` off the records, for their files to
+    /// be deleted.
+    fn claim_expired_unfinished(&self, now: i64) -> RecordsFuture<'_, Vec<UnfinishedUpload>> {
+        let _ = now;
+        unsupported("claim_expired_unfinished")
     }
 }
 
@@ -435,6 +470,35 @@ impl Records for SqliteRecords {
 
     fn remove_copy(&self, removal: Removal) -> RecordsFuture<'_, Removed> {
         self.run(move |db| db.remove_copy(&removal))
+    }
+
+    fn keep_unfinished(&self, upload: UnfinishedUpload) -> RecordsFuture<'_, ()> {
+        self.run(move |db| db.keep_unfinished(&upload))
+    }
+
+    fn unfinished(
+        &self,
+        id: ClientId,
+        path: String,
+    ) -> RecordsFuture<'_, Option<UnfinishedUpload>> {
+        self.run(move |db| db.unfinished(id, &path))
+    }
+
+    fn all_unfinished(&self) -> RecordsFuture<'_, Vec<UnfinishedUpload>> {
+        self.run(|db| db.all_unfinished())
+    }
+
+    fn forget_unfinished(
+        &self,
+        id: ClientId,
+        path: String,
+        location: String,
+    ) -> RecordsFuture<'_, bool> {
+        self.run(move |db| db.forget_unfinished(id, &path, &location))
+    }
+
+    fn claim_expired_unfinished(&self, now: i64) -> RecordsFuture<'_, Vec<UnfinishedUpload>> {
+        self.run(move |db| db.claim_expired_unfinished(now))
     }
 }
 

@@ -22,5 +22,6 @@ mod v4_fetch;
 mod v4_folders;
 mod v4_peer;
 mod v4_quota;
+mod v4_resume;
 mod v4_server;
 mod vectors;

@@ -453,7 +453,7 @@ fn malformed_frames_get_a_closing_protocol_error() {
         (v4::frame(v4::HELLO, 0, &v4::hello_payload(4, 0)), "second HELLO"),
         (v4::frame(v4::REGISTER, 0, &v4::register_payload("x", None)), "tag"),
         (v4::frame(v4::DATA, 1, b"x"), "no put is open"),
-        (v4::frame(0x0205, 1, &[0, 0]), "not served yet"),
+        (v4::frame(0x0205, 1, &[5, 0]), ""),
         (v4::frame(v4::LIST, 1, &[0, 0, 0, 0]), "follow"),
         (v4::frame(v4::GET, 1, &v4::get_payload(5, 0, "a")), "generation"),
         (v4::frame(v4::REGISTER, 1, &[1, b'a']), "shorter"),

@@ -38,7 +38,7 @@ pub use message::{
 };
 pub use put::{
     COMMITTED_LEN, Commit, Committed, Hash, NO_HASH, PUT_BEGIN_FIXED_LEN, PUT_RECEIVED_LEN,
-    PutBegin, PutReceived, UNKNOWN_SIZE,
+    PutBegin, PutReceived, RESUME_STATE_LEN, ResumeQuery, ResumeState, UNKNOWN_SIZE,
 };
 pub use tag::TagCheck;
 

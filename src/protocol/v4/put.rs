@@ -193,3 +193,102 @@ impl Committed {
         out
     }
 }
+
+/// `RESUME_STATE`: present, size, durable, prefix hash, mtime, expires at.
+pub const RESUME_STATE_LEN: usize = 1 + 8 + 8 + 32 + 8 + 8;
+
+/// `RESUME_QUERY`: how much of an unfinished upload of this path the server holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeQuery {
+    /// The path of the interrupted upload.
+    pub path: String,
+}
+
+impl ResumeQuery {
+    /// Decodes exactly the payload of a `RESUME_QUERY`.
+    pub fn decode(payload: &[u8]) -> Result<Self, FrameError> {
+        let mut f = Fields::new(payload);
+        let query = ResumeQuery { path: f.name16("path", PATH_FIELD_MAX)? };
+        f.finish()?;
+        Ok(query)
+    }
+
+    /// The payload's bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        let mut out = Vec::with_capacity(2 + self.path.len());
+        put_name16(&mut out, "path", &self.path, PATH_FIELD_MAX)?;
+        Ok(out)
+    }
+}
+
+/// `RESUME_STATE`: answers `RESUME_QUERY`. Every field but `present` is zero when nothing
+/// is kept, so "nothing" has exactly one encoding ([`ResumeState::NOTHING`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumeState {
+    /// An unfinished upload of the path is kept.
+    pub present: bool,
+    /// Its declared size.
+    pub size: u64,
+    /// How many of its first bytes are known durable on the server.
+    pub durable: u64,
+    /// The BLAKE3 of those `durable` bytes.
+    pub prefix_hash: Hash,
+    /// The mtime its `PUT_BEGIN` declared, nanoseconds since 1970 (UTC).
+    pub mtime_ns: i64,
+    /// When the server removes it, seconds since 1970 (UTC).
+    pub expires_at: i64,
+}
+
+impl ResumeState {
+    /// The answer when no unfinished upload of the path is kept.
+    pub const NOTHING: ResumeState = ResumeState {
+        present: false,
+        size: 0,
+        durable: 0,
+        prefix_hash: NO_HASH,
+        mtime_ns: 0,
+        expires_at: 0,
+    };
+
+    /// Decodes exactly the payload of a `RESUME_STATE`, refusing a durable length past
+    /// the size and an absent state with fields that are not zero.
+    pub fn decode(payload: &[u8]) -> Result<Self, FrameError> {
+        let mut f = Fields::new(payload);
+        let state = ResumeState {
+            present: f.bool("present")?,
+            size: f.u64()?,
+            durable: f.u64()?,
+            prefix_hash: *f.take::<32>()?,
+            mtime_ns: f.i64()?,
+            expires_at: f.i64()?,
+        };
+        f.finish()?;
+        state.check()?;
+        Ok(state)
+    }
+
+    /// The payload's bytes; refused if the fields contradict each other.
+    pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
+        self.check()?;
+        let mut out = Vec::with_capacity(RESUME_STATE_LEN);
+        out.push(u8::from(self.present));
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.durable.to_le_bytes());
+        out.extend_from_slice(&self.prefix_hash);
+        out.extend_from_slice(&self.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&self.expires_at.to_le_bytes());
+        Ok(out)
+    }
+
+    fn check(&self) -> Result<(), FrameError> {
+        if !self.present && *self != ResumeState::NOTHING {
+            return Err(FrameError::Inconsistent(
+                "a RESUME_STATE without an unfinished upload must have every field zero",
+            ));
+        }
+        if self.durable > self.size {
+            return Err(FrameError::Inconsistent("the durable length is past the size"));
+        }
+        Ok(())
+    }
+}

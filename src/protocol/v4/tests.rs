@@ -1009,3 +1009,43 @@ fn a_resumed_get_names_its_generation() {
     bytes[8..16].copy_from_slice(&0u64.to_le_bytes());
     assert!(matches!(Get::decode(&bytes), Err(FrameError::Inconsistent(_))));
 }
+
+#[test]
+fn a_resume_state_round_trips_and_nothing_kept_is_all_zeros() {
+    let kept = ResumeState {
+        present: true,
+        size: 1 << 30,
+        durable: 1 << 29,
+        prefix_hash: [7; 32],
+        mtime_ns: 1_700_000_000_123_456_789,
+        expires_at: 1_700_086_400,
+    };
+    let bytes = kept.encode().expect("valid");
+    assert_eq!(bytes.len(), RESUME_STATE_LEN);
+    assert_eq!(ResumeState::decode(&bytes), Ok(kept.clone()));
+    let nothing = ResumeState::NOTHING.encode().expect("valid");
+    assert_eq!(nothing, vec![0u8; RESUME_STATE_LEN]);
+    // An absent state with a field set, and a durable length past the size, are refused
+    // by both sides of the codec.
+    for bad in [
+        ResumeState { present: false, ..kept.clone() },
+        ResumeState { durable: kept.size + 1, ..kept.clone() },
+    ] {
+        assert!(matches!(bad.encode(), Err(FrameError::Inconsistent(_))), "{bad:?}");
+        let mut raw = kept.encode().expect("valid");
+        raw[0] = u8::from(bad.present);
+        raw[9..17].copy_from_slice(&bad.durable.to_le_bytes());
+        assert!(matches!(ResumeState::decode(&raw), Err(FrameError::Inconsistent(_))));
+    }
+    assert!(ResumeState::decode(&bytes[..RESUME_STATE_LEN - 1]).is_err());
+}
+
+#[test]
+fn a_resume_query_carries_one_path() {
+    let query = ResumeQuery { path: "backup.tar".into() };
+    let bytes = query.encode().expect("valid");
+    assert_eq!(ResumeQuery::decode(&bytes), Ok(query));
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(ResumeQuery::decode(&longer).is_err());
+}

@@ -159,6 +159,8 @@ pub(crate) struct Metrics {
     v4_errors: Family<CodeLabel, Counter>,
     received_bytes: Counter,
     uploads: Family<OutcomeLabel, Counter>,
+    resumed_uploads: Counter,
+    resumed_bytes: Counter,
     upload_duration: Histogram,
     sessions: Gauge,
     storage_free: Gauge,
@@ -178,6 +180,8 @@ impl Metrics {
             v4_errors: Family::default(),
             received_bytes: Counter::default(),
             uploads: Family::default(),
+            resumed_uploads: Counter::default(),
+            resumed_bytes: Counter::default(),
             upload_duration: Histogram::new(UPLOAD_BUCKETS),
             sessions: Gauge::default(),
             storage_free: Gauge::default(),
@@ -222,6 +226,17 @@ impl Metrics {
             "Uploads by outcome (verified, mismatch: 1030, given_up: 1031, failed: content \
              not received or not decrypted)",
             m.uploads.clone(),
+        );
+        registry.register(
+            "resumed_uploads",
+            "Protocol-4 uploads continued from an unfinished upload the server kept",
+            m.resumed_uploads.clone(),
+        );
+        registry.register_with_unit(
+            "resumed",
+            "Bytes of resumed protocol-4 uploads the client did not have to send again",
+            Unit::Bytes,
+            m.resumed_bytes.clone(),
         );
         registry.register_with_unit(
             "upload_duration",
@@ -332,6 +347,12 @@ impl Metrics {
 
     pub(crate) fn upload(&self, outcome: UploadOutcome) {
         self.uploads.get_or_create(&OutcomeLabel { outcome: outcome.as_str() }).inc();
+    }
+
+    /// A protocol-4 upload continued from its first `offset` bytes, kept by the server.
+    pub(crate) fn upload_resumed(&self, offset: u64) {
+        self.resumed_uploads.inc();
+        self.resumed_bytes.inc_by(offset);
     }
 
     /// An upload's content arrived whole, `started` at its header.

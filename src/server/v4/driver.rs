@@ -270,6 +270,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Request::List(list) => self.list(tag, list).await,
             Request::Get(get) => self.get(tag, get).await,
             Request::Rm(rm) => self.rm(tag, rm).await,
+            Request::ResumeQuery(query) => self.resume_query(tag, query).await,
         };
         match done {
             Err(Ended::Refused(error)) => {
@@ -324,18 +325,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
     }
 
-    /// Uploads not committed when the connection ends are thrown away (resuming them is
-    /// the next issue's), off the runtime's threads: deleting a large file takes a while.
+    /// Uploads not committed when the connection ends are kept for resuming when they may
+    /// be (see `resume`), else thrown away off the runtime's threads: deleting a large
+    /// file takes a while.
     async fn forget_uploads(&mut self) {
         let open = self.open.take();
         let held: Vec<Held> = self.held.drain().map(|(_, h)| h).collect();
         if open.is_some() || !held.is_empty() {
-            info!(
-                held = held.len(),
-                open = open.is_some(),
-                "uncommitted protocol-4 uploads thrown away"
-            );
-            let _ = tokio::task::spawn_blocking(move || drop((open, held))).await;
+            self.keep_or_forget(open, held).await;
         }
     }
 }

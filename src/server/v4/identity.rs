@@ -63,8 +63,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             max_in_flight: MAX_IN_FLIGHT,
             max_open_puts: MAX_OPEN_PUTS,
             max_file_size: self.shared.config.max_file_size,
-            // Unfinished uploads are not kept yet (resuming is the next issue's).
-            resume_window: 0,
+            resume_window: if self.shared.keeps_unfinished() {
+                u32::try_from(self.shared.config.resume_window.as_secs()).unwrap_or(u32::MAX)
+            } else {
+                0
+            },
             bytes_used: usage.bytes,
             bytes_quota: quota.0,
             files_used: usage.files,

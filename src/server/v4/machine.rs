@@ -9,7 +9,7 @@ use super::errors;
 use crate::protocol::ClientId;
 use crate::protocol::v4::{
     Commit, ErrorFrame, FrameError, FrameHeader, FrameType, Get, Hello, List, MAJOR_VERSION,
-    PutBegin, Register, Rm, TagCheck, Upgrade,
+    PutBegin, Register, ResumeQuery, Rm, TagCheck, Upgrade,
 };
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,8 @@ pub enum Request {
     Get(Get),
     /// `RM` from a client: `REMOVED` once durable.
     Rm(Rm),
+    /// `RESUME_QUERY` from a client: `RESUME_STATE`.
+    ResumeQuery(ResumeQuery),
     /// Answer the request with this `ERROR`; the connection goes on.
     Refuse(ErrorFrame),
     /// Send this `ERROR` (tag 0) and close.
@@ -328,10 +330,12 @@ impl Machine {
                 if registered { Request::Rm(rm) } else { Request::Refuse(errors::not_registered()) }
             }
             FrameType::ResumeQuery => {
-                return Err(errors::protocol(&format!(
-                    "{frame_type} is not served yet by this server (protocol 4.0 here serves \
-                     REGISTER, UPGRADE, PUT, COMMIT, DISCARD, LIST, GET and RM)"
-                )));
+                let query = ResumeQuery::decode(payload).map_err(malformed)?;
+                if registered {
+                    Request::ResumeQuery(query)
+                } else {
+                    Request::Refuse(errors::not_registered())
+                }
             }
             // DATA is never a control frame, and the server's own types never get here
             // (FrameHeader::decode refuses them).

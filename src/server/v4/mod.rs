@@ -10,8 +10,7 @@
 //!   turn of a path.
 //! - `errors`: every `ERROR` the server sends.
 //!
-//! `RESUME_QUERY` (resuming uploads) is not served yet: it gets a closing `ERROR protocol`
-//! saying so.
+//! - `resume`: unfinished uploads kept, reported (`RESUME_QUERY`) and continued.
 
 pub mod client_key;
 mod driver;
@@ -21,10 +20,13 @@ mod folders;
 mod identity;
 pub mod machine;
 mod put;
+mod resume;
 
 pub use driver::Handshake;
 pub use identity::{MAX_IN_FLIGHT, MAX_OPEN_PUTS};
 pub use machine::{Admit, Machine, Request, UNREGISTERED_LIFETIME};
+pub use resume::reconcile_unfinished;
+pub(crate) use resume::remove_expired as remove_expired_unfinished;
 
 use crate::server::Shared;
 use std::net::SocketAddr;

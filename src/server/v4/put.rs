@@ -8,6 +8,7 @@ use super::driver::{Connection, Ended};
 use super::errors;
 use super::folders::turn_key;
 use super::identity::unix_now;
+use super::resume::{DURABLE_EVERY, Keepable, ResumeClaim};
 use crate::buf::AlignedBuf;
 use crate::crypto::Cksum;
 use crate::protocol::v4::{
@@ -47,6 +48,12 @@ pub(super) struct OpenPut {
     reservation: Reservation,
     /// For an upload of unknown size under a bytes quota: how many bytes it may take.
     quota_room: Option<u64>,
+    /// Set when the upload is kept if its connection leaves it (`--resume-window`).
+    keep: Option<Keepable>,
+    /// How many of its first bytes are synced and recorded.
+    durable: u64,
+    /// This connection's hold on the path's unfinished upload, while `keep` is set.
+    claim: Option<ResumeClaim>,
 }
 
 /// An upload whose data is all in, waiting for `COMMIT` or `DISCARD`.
@@ -58,6 +65,35 @@ pub(super) struct Held {
     cksum: u32,
     mtime_ns: i64,
     _reservation: Reservation,
+    keep: Option<Keepable>,
+    claim: Option<ResumeClaim>,
+}
+
+/// What keeping an upload needs: its record's fields, its blob, how many of its bytes
+/// and their hash, and the claim to let go once it is kept.
+pub(super) type Keeping = (Keepable, AnyStaged, u64, [u8; 32], ResumeClaim);
+
+impl OpenPut {
+    /// The parts to keep it by, or itself (boxed, to be dropped) when it may not be kept.
+    pub(super) fn into_keepable(self) -> Result<Keeping, Box<Self>> {
+        if self.keep.is_none() || self.claim.is_none() {
+            return Err(Box::new(self));
+        }
+        let prefix = *self.hasher.finalize().as_bytes();
+        let (keep, claim) = (self.keep.expect("checked"), self.claim.expect("checked"));
+        Ok((keep, self.staged, self.received, prefix, claim))
+    }
+}
+
+impl Held {
+    /// The parts to keep it by (all its bytes are in: it resumes with no data), or itself
+    /// when it may not be kept (boxed, to be dropped).
+    pub(super) fn into_keepable(self) -> Result<Keeping, Box<Self>> {
+        match (self.keep, self.claim) {
+            (Some(keep), Some(claim)) => Ok((keep, self.staged, self.size, self.hash, claim)),
+            (keep, claim) => Err(Box::new(Held { keep, claim, ..self })),
+        }
+    }
 }
 
 /// The data buffers of one upload, made when first needed and handed back by the store
@@ -95,7 +131,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         // machine then drops the put's body).
         let open = self.open_put(id, tag, &put).await?;
         info!(tag, path = %put.path, size = ?put.size, "protocol-4 put accepted");
-        self.machine.put_accepted(tag, put.size);
+        self.machine.put_accepted(tag, put.data_len());
         self.open = Some(open);
         Ok(())
     }
@@ -108,13 +144,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         };
         if let Some(clash) = self.clash(id, &name).await? {
             return refuse(clash);
-        }
-        if put.offset > 0 {
-            return refuse(errors::plain(
-                ErrorCode::Conflict,
-                false,
-                "no unfinished upload of this path is kept (resuming is not served yet): start from 0",
-            ));
         }
         let config = &self.shared.config;
         let max = config.max_file_size;
@@ -147,34 +176,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 config.max_uploads
             )));
         };
-        // As protocol 3's: a large upload with a large-upload slot goes to the disk with
-        // O_DIRECT from the store's writer thread, sparing the page-cache copy (a quarter
-        // of the server's CPU on a 1 GiB upload, measured with perf); without a slot it
-        // takes the buffered path.
-        let large_slot = (put.size.is_some_and(|s| s >= u64::from(LARGE_UPLOAD)))
-            .then(|| std::sync::Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
-            .flatten();
-        let large = large_slot.is_some();
-        let storage = self.shared.storage.clone();
-        let staged = tokio::task::spawn_blocking(move || storage.stage(id, declared, large))
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|staged| staged);
-        let staged = match staged {
-            Ok(staged) => staged,
-            Err(e) => {
-                let at = unix_now();
-                tracing::error!(at, "cannot create a protocol-4 upload file: {e}");
-                return Err(Ended::Refused(errors::internal(at)));
-            }
+        let (staged, hasher, cksum, claim, large_slot) = if put.offset > 0 {
+            let c = self.continue_put(id, put).await?;
+            (c.staged, c.hasher, c.cksum, Some(c.claim), None)
+        } else {
+            let claim = self.fresh_claim(id, &name, put).await?;
+            let large_slot = if claim.is_some() { None } else { self.large_slot(put) };
+            let staged = self.stage(id, declared, large_slot.is_some(), claim.is_some()).await?;
+            (staged, blake3::Hasher::new(), Cksum::new(), claim, large_slot)
         };
+        let keep = claim.as_ref().map(|_| Keepable {
+            client_id: id,
+            path: name.clone(),
+            size: declared,
+            mtime_ns: put.mtime_ns,
+        });
         Ok(OpenPut {
             tag,
             name,
             staged,
-            hasher: blake3::Hasher::new(),
-            cksum: Cksum::new(),
-            received: 0,
+            hasher,
+            cksum,
+            received: put.offset,
             declared: put.size,
             mtime_ns: put.mtime_ns,
             replaces,
@@ -184,7 +207,77 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             _large_slot: large_slot,
             reservation,
             quota_room,
+            keep,
+            durable: put.offset,
+            claim,
         })
+    }
+
+    /// For a new upload of known size on a server that keeps unfinished ones: the claim
+    /// on its path, with what was kept of it replaced. `None` (an upload not kept) when
+    /// nothing is kept or another connection holds the path.
+    async fn fresh_claim(
+        &self,
+        id: ClientId,
+        name: &str,
+        put: &PutBegin,
+    ) -> Result<Option<ResumeClaim>, Ended> {
+        if put.size.is_none() || !self.shared.keeps_unfinished() {
+            return Ok(None);
+        }
+        let Some(claim) = self.shared.claim_resume(id, name) else { return Ok(None) };
+        self.replace_kept(id, name).await?;
+        Ok(Some(claim))
+    }
+
+    /// As protocol 3's: a large upload with a large-upload slot goes to the disk with
+    /// O_DIRECT from the store's writer thread, sparing the page-cache copy (a quarter of
+    /// the server's CPU on a 1 GiB upload, measured with perf); without a slot it takes
+    /// the buffered path. An upload that may be kept always does: it must be synced
+    /// midway, which direct writes queued in a writer thread cannot be.
+    fn large_slot(&self, put: &PutBegin) -> Option<OwnedSemaphorePermit> {
+        (put.size.is_some_and(|s| s >= u64::from(LARGE_UPLOAD)))
+            .then(|| std::sync::Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
+            .flatten()
+    }
+
+    /// A staged blob for a new upload, on the blocking pool.
+    async fn stage(
+        &self,
+        id: ClientId,
+        declared: u64,
+        large: bool,
+        kept: bool,
+    ) -> Result<AnyStaged, Ended> {
+        let storage = self.shared.storage.clone();
+        let staged = tokio::task::spawn_blocking(move || match storage.local() {
+            Some(local) if kept => local.stage_kept(id).map(AnyStaged::Local),
+            _ => storage.stage(id, declared, large),
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|staged| staged);
+        staged.map_err(|e| {
+            let at = unix_now();
+            tracing::error!(at, "cannot create a protocol-4 upload file: {e}");
+            Ended::Refused(errors::internal(at))
+        })
+    }
+
+    /// Every [`DURABLE_EVERY`] bytes of an upload that may be kept: synced and recorded,
+    /// so a server crash loses at most that much of it.
+    async fn maybe_checkpoint(&self, mut open: OpenPut) -> OpenPut {
+        let Some(keep) = open.keep.as_ref() else { return open };
+        if open.received - open.durable < DURABLE_EVERY {
+            return open;
+        }
+        let prefix = *open.hasher.finalize().as_bytes();
+        let (staged, recorded) = self.checkpoint(keep, open.staged, open.received, prefix).await;
+        open.staged = staged;
+        if recorded {
+            open.durable = open.received;
+        }
+        open
     }
 
     /// The put's share of the server's per-client caps and of the client's quota (`db
@@ -305,7 +398,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         .await;
         match written {
             Ok((open, Ok(()))) => {
-                self.open = Some(open);
+                self.open = Some(self.maybe_checkpoint(open).await);
                 Ok(())
             }
             Ok((open, Err(e))) => {
@@ -357,6 +450,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             cksum: open.cksum.finish(),
             mtime_ns: open.mtime_ns,
             _reservation: open.reservation,
+            keep: open.keep,
+            claim: open.claim,
         };
         self.held.insert(tag, held);
         let payload = PutReceived { size, hash, replaces }.encode();
@@ -369,7 +464,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let Some(held) = self.held.remove(&tag) else {
             return self.refuse(tag, &nothing_held(tag)).await;
         };
+        // The unfinished state goes too (docs/protocol-v4.md, "COMMIT and DISCARD").
+        let kept = held.keep.as_ref().map(|k| (k.path.clone(), held.staged.location().to_owned()));
         let _ = tokio::task::spawn_blocking(move || drop(held)).await;
+        if let Some((path, location)) = kept {
+            self.forget_kept(path, location).await;
+        }
         info!(tag, "protocol-4 upload discarded");
         self.send(FrameType::Discarded, tag, &[]).await?;
         Ok(())
@@ -379,7 +479,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// protocol 3 stores a confirmed one (intent, rename, one transaction); with another,
     /// it is thrown away (`hash_mismatch`).
     pub(super) async fn commit(&mut self, tag: u32, commit: Commit) -> Result<(), Ended> {
-        let Some(held) = self.held.remove(&tag) else {
+        let Some(mut held) = self.held.remove(&tag) else {
             return self.refuse(tag, &nothing_held(tag)).await;
         };
         if held.hash != commit.hash {
@@ -399,6 +499,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let id = self.machine.client().expect("the machine lets only clients commit");
         let (name, size) = (held.name.clone(), held.size);
+        let kept = held.keep.as_ref().map(|k| (k.path.clone(), held.staged.location().to_owned()));
+        // Held until the record is forgotten, so no other connection continues the file
+        // being renamed into place.
+        let _claim = held.claim.take();
         let finished = match self.store(id, held).await {
             Ok(finished) => finished,
             Err(ended) => {
@@ -406,6 +510,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 return Err(ended);
             }
         };
+        if let Some((path, location)) = kept {
+            // Renamed into place: the record of it as unfinished is no longer true.
+            self.forget_kept(path, location).await;
+        }
         self.shared.metrics.upload(UploadOutcome::Verified);
         let payload = Committed {
             generation: finished.generation,

@@ -51,6 +51,47 @@ impl StagedFile {
     }
 }
 
+impl StagedFile {
+    /// Continues the kept unfinished upload `file` (already truncated to where it
+    /// continues, positioned at its end): buffered writes, since a direct write needs an
+    /// aligned offset and a resumed one rarely has it.
+    pub(super) fn resumed(
+        file: std::fs::File,
+        owner: ClientId,
+        name: String,
+        path: tempfile::TempPath,
+        written: u64,
+    ) -> Self {
+        let location = format!("{}/{name}", owner.to_hex());
+        let mut sink = FileSink::new(file, false);
+        (sink.written, sink.flushed) = (written, written);
+        StagedFile { out: Some(Output::new(sink)), owner, name, location, path }
+    }
+
+    /// Makes every byte written so far durable. Only buffered writes can be synced in
+    /// the middle of an upload (with `O_DIRECT` a chunk may still sit in the writer
+    /// thread's queue): that is why an upload that may be kept is written buffered.
+    pub fn sync(&mut self) -> io::Result<()> {
+        match &self.out {
+            Some(Output::Inline { sink, failed: false }) => sink.file.sync_data(),
+            Some(_) => Err(io::Error::other("this upload's writes cannot be synced midway")),
+            // Finished: the file is closed, but syncing any descriptor of it syncs it.
+            None => std::fs::File::open(&self.path)?.sync_data(),
+        }
+    }
+
+    /// Stops writing, syncs the file and disarms its deletion: what is left is the file,
+    /// at its temporary name, for the caller to rename.
+    pub(super) fn into_kept(mut self) -> io::Result<(ClientId, String)> {
+        self.sync()?;
+        let out = self.out.take();
+        drop(out);
+        let StagedFile { owner, name, path, .. } = self;
+        path.keep().map_err(|e| e.error)?;
+        Ok((owner, name))
+    }
+}
+
 impl StagedBlob for StagedFile {
     fn write(&mut self, chunk: Chunk) -> io::Result<()> {
         match self.out.as_mut() {

@@ -23,6 +23,8 @@ pub const PUT_BEGIN: u16 = 0x0201;
 pub const PUT_END: u16 = 0x0202;
 pub const COMMIT: u16 = 0x0203;
 pub const DISCARD: u16 = 0x0204;
+pub const RESUME_QUERY: u16 = 0x0205;
+pub const RESUME_STATE: u16 = 0x8205;
 pub const LIST: u16 = 0x0301;
 pub const GET: u16 = 0x0302;
 pub const RM: u16 = 0x0303;
@@ -387,6 +389,7 @@ pub struct WelcomeAnswer {
     pub registered: bool,
     pub client_id: [u8; 16],
     pub max_file_size: u64,
+    pub resume_window: u32,
     pub bytes_used: u64,
     pub bytes_quota: u64,
     pub files_used: u64,
@@ -406,6 +409,7 @@ impl WelcomeAnswer {
             registered: p[2] == 1,
             client_id: p[3..19].try_into().unwrap(),
             max_file_size: u64_at(27),
+            resume_window: u32::from_le_bytes(p[35..39].try_into().unwrap()),
             bytes_used: u64_at(39),
             bytes_quota: u64_at(47),
             files_used: u64_at(55),
