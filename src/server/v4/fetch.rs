@@ -14,9 +14,9 @@ use super::folders::turn_key;
 use super::identity::unix_now;
 use crate::protocol::ClientId;
 use crate::protocol::v4::{
-    CopyFlags, EntryKind, ErrorFrame, FrameType, Get, GetBegin, GetEnd, LIST_ENTRIES_FIXED_LEN,
-    List, ListEnd, ListEntries, ListEntry, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD, NO_HASH, Removed,
-    Rm, names,
+    CopyFlags, EntryKind, ErrorCode, ErrorFrame, FrameType, Get, GetBegin, GetEnd,
+    LIST_ENTRIES_FIXED_LEN, List, ListEnd, ListEntries, ListEntry, MAX_CONTROL_PAYLOAD,
+    MAX_DATA_PAYLOAD, NO_HASH, Removed, Rm, names,
 };
 use crate::store::{BlobStore, PathRange, Removal, StoredCopy};
 use std::io::Read;
@@ -83,10 +83,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         self.shared.storage.path_name(id, "")
     }
 
+    /// `LIST`, `GET` and `RM` find a client's copies by their local path names; an object
+    /// store records a copy under its object's key instead, so there they would find
+    /// nothing and an empty listing would say nothing is stored. Until they look copies up
+    /// by name (issue 16), they are refused there, in words.
+    fn refuse_on_object_store(&self, what: &str) -> Result<(), Ended> {
+        if self.shared.storage.local().is_some() {
+            return Ok(());
+        }
+        Err(Ended::Refused(errors::plain(
+            ErrorCode::Internal,
+            false,
+            &format!(
+                "{what} is not served yet by a server that stores files in an object store (s3://)"
+            ),
+        )))
+    }
+
     /// `LIST`: the one file a path names, or what lies under it (direct children, folders
     /// collapsed, unless `recursive`), in byte order, packed into frames up to the limit.
     pub(super) async fn list(&mut self, tag: u32, list: List) -> Result<(), Ended> {
         let id = self.client_id();
+        self.refuse_on_object_store("listing files")?;
         if !list.path.is_empty() {
             names::check_path(&list.path).map_err(|e| Ended::Refused(refused(&e)))?;
         }
@@ -179,6 +197,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// not the hash on record or the copy is not the size on record.
     pub(super) async fn get(&mut self, tag: u32, get: Get) -> Result<(), Ended> {
         let id = self.client_id();
+        self.refuse_on_object_store("downloading files")?;
         let copy = self.file_at(id, &get.path).await?;
         if get.generation != 0 && get.generation != copy.generation {
             return Err(Ended::Refused(errors::copy_changed(&format!(
@@ -343,6 +362,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// could clash with it.
     pub(super) async fn rm(&mut self, tag: u32, rm: Rm) -> Result<(), Ended> {
         let id = self.client_id();
+        self.refuse_on_object_store("removing files")?;
         let shared = std::sync::Arc::clone(&self.shared);
         names::check_path(&rm.path).map_err(|e| Ended::Refused(refused(&e)))?;
         let turn = shared.commit_turn(id, turn_key(&rm.path)).await;
