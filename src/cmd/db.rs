@@ -232,12 +232,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     })?;
     finish_interrupted_commits(&args.db, &storage)?;
     let db = Db::open(&args.db)?;
-    let id = ClientId::parse(&args.client);
-    let client = db
-        .clients()?
-        .into_iter()
-        .find(|c| c.name == args.client || Some(c.id) == id)
-        .ok_or_else(|| UsageError(format!("no client {:?}", args.client)))?;
+    let client = find_client(&db, &args.client, &args.db)?;
     let versions = db.versions()?;
     // A protocol-4 path with folders (`docs/a.txt`) is stored under that very name; any
     // other name as protocol 3 stores it (its last component).
@@ -451,17 +446,7 @@ pub fn quota(args: QuotaArgs) -> anyhow::Result<ExitCode> {
     sqlite_only(&args.db, "db quota")?;
     let setting = args.bytes.is_some() || args.files.is_some();
     let db = if setting { Db::open(&args.db)? } else { Db::open_read_only(&args.db)? };
-    let id = ClientId::parse(&args.client);
-    let client =
-        db.clients()?.into_iter().find(|c| c.name == args.client || Some(c.id) == id).ok_or_else(
-            || {
-                UsageError(format!(
-                    "no client {:?} in {} (by name or id); db inspect lists them",
-                    args.client,
-                    args.db.display()
-                ))
-            },
-        )?;
+    let client = find_client(&db, &args.client, &args.db)?;
     let mut quota = db.quota(client.id)?;
     if setting {
         quota = Quota {
@@ -489,4 +474,17 @@ pub fn quota(args: QuotaArgs) -> anyhow::Result<ExitCode> {
     outln!("bytes  {} used of {}", size(usage.bytes), limit(quota.bytes, &size));
     outln!("files  {} used of {}", usage.files, limit(quota.files, &|n| n.to_string()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The client `wanted` names (by name or id), or the usage error that says none does.
+fn find_client(db: &Db, wanted: &str, path: &Path) -> anyhow::Result<ClientRecord> {
+    let id = ClientId::parse(wanted);
+    let found = db.clients()?.into_iter().find(|c| c.name == wanted || Some(c.id) == id);
+    found.ok_or_else(|| {
+        UsageError(format!(
+            "no client {wanted:?} in {} (by name or id); db inspect lists them",
+            path.display()
+        ))
+        .into()
+    })
 }

@@ -160,8 +160,15 @@ fn commits_a_crash_interrupted_are_decided_at_start_up_from_the_postgres_records
 fn the_operators_tools_say_they_read_sqlite_only_when_given_postgres_and_hide_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let url = "postgres://admin:hunter2@127.0.0.1:1/records";
-    for command in [["db", "inspect"], ["db", "verify"], ["db", "fingerprint"]] {
-        let out = common::run_in(dir.path(), &[command[0], command[1], "--db", url]);
+    let commands: [&[&str]; 5] = [
+        &["db", "inspect"],
+        &["db", "verify"],
+        &["db", "fingerprint"],
+        &["db", "invite"],
+        &["db", "quota", "--client", "alice"],
+    ];
+    for command in commands {
+        let out = common::run_in(dir.path(), &[command, &["--db", url]].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{command:?}: {stderr}");
         assert!(stderr.contains("only `serve` supports"), "{command:?}: {stderr}");
