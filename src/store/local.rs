@@ -476,13 +476,14 @@ pub const KEPT_PREFIX: &str = ".securexfer-part-kept-";
 impl Storage {
     /// A new upload that may be kept unfinished: created under a kept name at once, so a
     /// crash never leaves its record pointing at a file start-up deleted as a leftover
-    /// (start-up deletes a kept file no record names instead). Written buffered, so it
-    /// can be synced midway ([`StagedFile::sync`]).
-    pub fn stage_kept(&self, owner: ClientId) -> io::Result<StagedFile> {
+    /// (start-up deletes a kept file no record names instead). `large` asks for direct
+    /// writes from a writer thread, as [`Storage::stage`] does; either way it can be
+    /// synced midway ([`StagedFile::sync`]).
+    pub fn stage_kept(&self, owner: ClientId, large: bool) -> io::Result<StagedFile> {
         let (handle, dir) = self.client_dir(owner, true)?;
         let (file, name) = handle.create_prefixed(KEPT_PREFIX)?;
         let path = tempfile::TempPath::try_from_path(dir.join(&name))?;
-        Ok(StagedFile::new(file, false, owner, name, path))
+        Ok(StagedFile::new(file, large, owner, name, path))
     }
 
     /// Keeps an upload its connection left: synced, renamed to a kept name (so no

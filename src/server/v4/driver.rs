@@ -7,8 +7,8 @@ use super::errors;
 use super::machine::{Admit, Machine, Request};
 use super::put::{Held, OpenPut};
 use crate::protocol::v4::{
-    CONNECTION_TAG, ErrorFrame, FrameHeader, FrameType, HEADER_LEN, MAX_CONTROL_PAYLOAD, Side,
-    encode_frame,
+    CONNECTION_TAG, ErrorCode, ErrorFrame, FrameHeader, FrameType, HEADER_LEN, MAX_CONTROL_PAYLOAD,
+    Side, encode_frame,
 };
 use crate::server::Shared;
 use crate::store::ClientKey;
@@ -96,9 +96,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Err(ended) => break ended,
             }
         };
-        // Before the last words: a client that reads the closing ERROR finds nothing of
-        // its uncommitted uploads left.
-        self.forget_uploads().await;
+        // Before the last words: a client that reads the closing ERROR finds its
+        // uncommitted uploads kept (to resume) or gone. A client that broke the protocol
+        // gets nothing kept: what it sent is not worth the disk for a day.
+        let broke = matches!(&ended, Ended::Close(e) if e.code == ErrorCode::Protocol);
+        self.forget_uploads(!broke).await;
         match ended {
             Ended::Close(error) => {
                 log_close(&error);
@@ -328,11 +330,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Uploads not committed when the connection ends are kept for resuming when they may
     /// be (see `resume`), else thrown away off the runtime's threads: deleting a large
     /// file takes a while.
-    async fn forget_uploads(&mut self) {
+    async fn forget_uploads(&mut self, may_keep: bool) {
         let open = self.open.take();
         let held: Vec<Held> = self.held.drain().map(|(_, h)| h).collect();
         if open.is_some() || !held.is_empty() {
-            self.keep_or_forget(open, held).await;
+            self.keep_or_forget(open, held, may_keep).await;
         }
     }
 }

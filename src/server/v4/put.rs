@@ -181,7 +181,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             (c.staged, c.hasher, c.cksum, Some(c.claim), None)
         } else {
             let claim = self.fresh_claim(id, &name, put).await?;
-            let large_slot = if claim.is_some() { None } else { self.large_slot(put) };
+            let large_slot = self.large_slot(put);
             let staged = self.stage(id, declared, large_slot.is_some(), claim.is_some()).await?;
             (staged, blake3::Hasher::new(), Cksum::new(), claim, large_slot)
         };
@@ -233,8 +233,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// As protocol 3's: a large upload with a large-upload slot goes to the disk with
     /// O_DIRECT from the store's writer thread, sparing the page-cache copy (a quarter of
     /// the server's CPU on a 1 GiB upload, measured with perf); without a slot it takes
-    /// the buffered path. An upload that may be kept always does: it must be synced
-    /// midway, which direct writes queued in a writer thread cannot be.
+    /// the buffered path. An upload that may be kept is no exception: its midway syncs
+    /// go through the writer thread's queue.
     fn large_slot(&self, put: &PutBegin) -> Option<OwnedSemaphorePermit> {
         (put.size.is_some_and(|s| s >= u64::from(LARGE_UPLOAD)))
             .then(|| std::sync::Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
@@ -251,7 +251,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     ) -> Result<AnyStaged, Ended> {
         let storage = self.shared.storage.clone();
         let staged = tokio::task::spawn_blocking(move || match storage.local() {
-            Some(local) if kept => local.stage_kept(id).map(AnyStaged::Local),
+            Some(local) if kept => local.stage_kept(id, large).map(AnyStaged::Local),
             _ => storage.stage(id, declared, large),
         })
         .await

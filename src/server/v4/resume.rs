@@ -175,34 +175,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
-    /// The uploads a connection leaves: those that may be kept are, the rest go.
+    /// The uploads a connection leaves: those that may be kept are (none when not
+    /// `may_keep`), the rest go.
     pub(super) async fn keep_or_forget(
         &mut self,
         open: Option<super::put::OpenPut>,
         held: Vec<super::put::Held>,
+        may_keep: bool,
     ) {
         let mut gone = Vec::new();
         if let Some(open) = open {
             match open.into_keepable() {
-                Ok((keep, staged, durable, prefix, claim)) => {
+                Ok((keep, staged, durable, prefix, claim)) if may_keep => {
                     self.keep(keep, staged, durable, prefix).await;
                     drop(claim);
                 }
+                Ok((keep, staged, ..)) => self.throw_kept(keep, staged).await,
                 Err(open) => gone.push(open as Box<dyn Send>),
             }
         }
         for held in held {
             match held.into_keepable() {
-                Ok((keep, staged, durable, prefix, claim)) => {
+                Ok((keep, staged, durable, prefix, claim)) if may_keep => {
                     self.keep(keep, staged, durable, prefix).await;
                     drop(claim);
                 }
+                Ok((keep, staged, ..)) => self.throw_kept(keep, staged).await,
                 Err(held) => gone.push(held as Box<dyn Send>),
             }
         }
         if !gone.is_empty() {
             info!(uploads = gone.len(), "uncommitted protocol-4 uploads thrown away");
             let _ = tokio::task::spawn_blocking(move || drop(gone)).await;
+        }
+    }
+
+    /// Deletes an upload that could have been kept, and any record a checkpoint made.
+    async fn throw_kept(&self, keep: Keepable, staged: AnyStaged) {
+        let location = crate::store::StagedBlob::location(&staged).to_owned();
+        let _ = tokio::task::spawn_blocking(move || drop(staged)).await;
+        let records = self.shared.records();
+        if let Err(e) = records.forget_unfinished(keep.client_id, keep.path.clone(), location).await
+        {
+            warn!(path = %keep.path, "could not forget a thrown-away unfinished upload: {e}");
         }
     }
 
