@@ -276,3 +276,36 @@ fn a_window_of_zero_keeps_nothing() {
     assert_eq!(conn.read_error().1.code, code::CONFLICT);
     assert!(kept_files(&server.storage(), &id).is_empty());
 }
+
+#[test]
+fn a_kept_upload_counts_against_the_bytes_quota_once() {
+    let server = Server::start(&[]);
+    let key = Key::ed25519();
+    register(&server, &key, "alice");
+    let out = crate::common::run_in(
+        &server.dir,
+        &["db", "quota", "--db", "server.db", "--client", "alice", "--bytes", "10M"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = pattern(8 * MIB);
+    cut_upload(&server, &key, "big.bin", &data, 2 * MIB);
+    assert!(query_until(&server, &key, "big.bin", true).present);
+
+    // What is kept takes its declared 8 MiB of the 10: another 4 MiB does not fit.
+    let (mut conn, welcome) = Conn::hello(server.addr, &key);
+    assert_eq!(welcome.bytes_used, 8 * MIB as u64, "WELCOME counts the kept upload");
+    let tag = conn.tag();
+    conn.send(v4::PUT_BEGIN, tag, &v4::put_begin_payload(false, 4 * MIB as u64, 0, "more.bin"));
+    let error = v4::error_of(&conn.read().unwrap()).expect("refused");
+    assert_eq!(error.code, code::QUOTA_EXCEEDED);
+    // Continuing the kept upload itself is not counted twice.
+    drop(conn);
+    let id = register_again(&server, &key);
+    resume_and_commit(&server, &key, &id, "big.bin", &data, 2 * MIB);
+}
+
+/// The id of `key`'s client (registered already).
+fn register_again(server: &Server, key: &Key) -> [u8; 16] {
+    let (_, welcome) = Conn::hello(server.addr, key);
+    welcome.client_id
+}

@@ -295,12 +295,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let records = self.shared.records();
         let quota = records.quota(id).await;
         let quota = self.internal_on_error(quota)?;
-        let usage = if quota.bytes.is_some() || quota.files.is_some() {
+        let mut usage = if quota.bytes.is_some() || quota.files.is_some() {
             let usage = records.usage(id).await;
             self.internal_on_error(usage)?
         } else {
             Usage::default()
         };
+        if quota.bytes.is_some() && self.shared.keeps_unfinished() {
+            // What is kept of this path is continued or replaced by this put, whose
+            // declared size is reserved below: it does not count twice.
+            let kept = records.unfinished(id, put.path.clone()).await;
+            if let Some(kept) = self.internal_on_error(kept)? {
+                usage.bytes = usage.bytes.saturating_sub(kept.size);
+            }
+        }
         let held = QuotaHeld { bytes: put.size.unwrap_or(0), new_files: u64::from(!replaces) };
         let check = |open: QuotaHeld| -> Result<Option<u64>, ErrorFrame> {
             if let Some(limit) = quota.files.filter(|_| !replaces) {
