@@ -104,7 +104,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --json 'Print one JSON object per file on stdout, in argument order, then a summary object (the schema is in docs/json.md)'
             cand -r 'Send folders: every regular file under each DIR, stored as DIR''s name and its path below it. Symbolic links and special files are skipped with a note (never followed), empty folders too. Protocol 4 only'
             cand --recursive 'Send folders: every regular file under each DIR, stored as DIR''s name and its path below it. Symbolic links and special files are skipped with a note (never followed), empty folders too. Protocol 4 only'
-            cand --dry-run 'Send nothing: print what would be sent, which stored files it would replace and what the server would refuse as a file/folder conflict (with --json, one object per file). Protocol 4 only (protocol 3 cannot list what is stored)'
+            cand --dry-run 'Send nothing: print what would be sent, which stored files it would replace and what the server would refuse: a file/folder conflict, --no-clobber, the quota (with --json, one object per file). Protocol 4 only (protocol 3 cannot list what is stored)'
             cand --no-clobber 'Never replace a stored file: a file whose name is taken on the server is refused (reported, exit 4) and the others are sent. Protocol 4 only'
             cand -h 'Print help (see more with ''--help'')'
             cand --help 'Print help (see more with ''--help'')'

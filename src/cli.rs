@@ -360,8 +360,9 @@ pub struct SendArgs {
     #[arg(short = 'r', long)]
     pub recursive: bool,
     /// Send nothing: print what would be sent, which stored files it would replace and
-    /// what the server would refuse as a file/folder conflict (with --json, one object per
-    /// file). Protocol 4 only (protocol 3 cannot list what is stored).
+    /// what the server would refuse: a file/folder conflict, --no-clobber, the quota (with
+    /// --json, one object per file). Protocol 4 only (protocol 3 cannot list what is
+    /// stored).
     #[arg(long)]
     pub dry_run: bool,
     /// Send file content at most RATE bytes per second, as curl's --limit-rate: a number
