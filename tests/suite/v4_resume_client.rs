@@ -5,6 +5,7 @@
 //! `--resume-window`.
 
 use crate::common::{self, Server};
+use crate::server::{metrics_address, sample, scrape};
 use crate::v4_client::{Client, code, text};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -96,7 +97,7 @@ fn stored_copy(server: &Server) -> Vec<u8> {
 
 #[test]
 fn a_send_killed_at_half_sends_at_most_the_missing_half_again() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--metrics", "127.0.0.1:0"]);
     let size = 24 * MIB;
     let data = common::random_bytes(size, 15);
     let client = client_with(&server, &data);
@@ -112,6 +113,9 @@ fn a_send_killed_at_half_sends_at_most_the_missing_half_again() {
     assert!(sent * 100 <= size as u64 * 55, "sent {sent} of {size} again");
     assert!(stored_copy(&server) == data, "the stored file is the local one, byte for byte");
     assert_eq!(recorded_durable(&server, "big.bin"), None, "nothing is left unfinished");
+    let metrics = scrape(&metrics_address(&server));
+    assert_eq!(sample(&metrics, "securexfer_resumed_uploads_total"), 1.0);
+    assert_eq!(sample(&metrics, "securexfer_resumed_bytes_total"), durable as f64);
 
     // Without --json the person is told.
     let out = client.run(&["send", "big.bin", "--server", &server.addr.to_string()]);
@@ -194,7 +198,7 @@ fn get_json(server: &Server, client: &Client) -> (serde_json::Value, String) {
 
 #[test]
 fn a_get_killed_midway_continues_from_its_partial_file_and_only_from_the_same_copy() {
-    let server = Server::start(&[]);
+    let server = Server::start(&["--metrics", "127.0.0.1:0"]);
     let size = 24 * MIB;
     let data = common::random_bytes(size, 17);
     let client = client_with(&server, &data);
@@ -211,6 +215,12 @@ fn a_get_killed_midway_continues_from_its_partial_file_and_only_from_the_same_co
     assert!(!partial.exists(), "the partial file became the file");
     let attr = securexfer::sys::get_xattr(&down, c"user.securexfer.generation").unwrap();
     assert_eq!(attr, None, "the file carries no attribute of ours");
+    let metrics = scrape(&metrics_address(&server));
+    assert_eq!(sample(&metrics, "securexfer_resumed_downloads_total"), 1.0);
+    assert_eq!(sample(&metrics, "securexfer_downloads_total{outcome=\"sent\"}"), 1.0);
+    let sent = sample(&metrics, "securexfer_sent_bytes_total");
+    assert!(sent >= (size as u64 - kept) as f64, "the rest went out: {sent}");
+    assert!(sent < 2.0 * size as f64, "not the whole file twice: {sent}");
 
     // The stored copy replaced meanwhile: the partial file is of the old one, so the
     // download goes again from 0 and brings the new copy.
