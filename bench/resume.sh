@@ -65,10 +65,11 @@ print(row[0] if row else 0)
 EOF
 }
 
-# Starts COMMAND..., SIGKILLs it once `largest DIR PREFIX` reaches half the size.
+# Starts `securexfer ARGS...` (the process itself, not a shell around it), SIGKILLs it
+# once `largest DIR PREFIX` reaches half the size.
 kill_at_half() {
   local dir=$1 prefix=$2; shift 2
-  "$@" >/dev/null 2>&1 &
+  env XDG_CONFIG_HOME="$home" "$bin" "$@" --server "$server_addr" >/dev/null 2>&1 &
   local pid=$!
   while [ "$(largest "$dir" "$prefix")" -lt $((size / 2)) ]; do
     kill -0 "$pid" 2>/dev/null || { echo "it ended before half" >&2; exit 1; }
@@ -91,7 +92,7 @@ for rep in $(seq "$reps"); do
   client rm big.bin >/dev/null 2>&1 || true
   whole_up+=("$(timed client send "$file" --json)")
   client rm big.bin >/dev/null 2>&1 || true
-  kill_at_half "$work/server/storage" .securexfer-part-kept- client send "$file"
+  kill_at_half "$work/server/storage" .securexfer-part-kept- send "$file"
   while [ "$(recorded)" -lt $((size / 2)) ]; do sleep 0.05; done
   second_up+=("$(timed client send "$file" --json)")
   [ "$(field status)" = verified ] || { cat "$work/last.json" >&2; exit 1; }
@@ -102,7 +103,7 @@ for rep in $(seq "$reps"); do
   rm -f "$work/down/big.bin"
   whole_down+=("$(timed client get big.bin -o "$work/down" --json)")
   rm -f "$work/down/big.bin"
-  kill_at_half "$work/down" .big.bin.securexfer-partial client get big.bin -o "$work/down"
+  kill_at_half "$work/down" .big.bin.securexfer-partial get big.bin -o "$work/down"
   second_down+=("$(timed client get big.bin -o "$work/down" --json)")
   [ "$(field status)" = verified ] || { cat "$work/last.json" >&2; exit 1; }
   frac_down+=("$(calc "($size - $(field resumed_from)) / $size")")

@@ -309,3 +309,39 @@ fn register_again(server: &Server, key: &Key) -> [u8; 16] {
     let (_, welcome) = Conn::hello(server.addr, key);
     welcome.client_id
 }
+
+#[test]
+fn a_query_right_after_the_connection_left_waits_for_what_it_kept() {
+    let server = Server::start(&[]);
+    let key = Key::ed25519();
+    let id = register(&server, &key, "alice");
+    let data = pattern(6 * MIB);
+    // Ready before the first connection goes, so the question comes at once after it.
+    let (mut next, _) = Conn::hello(server.addr, &key);
+    let (mut conn, _) = Conn::hello(server.addr, &key);
+    let tag = conn.tag();
+    conn.send(v4::PUT_BEGIN, tag, &v4::put_begin_payload(false, data.len() as u64, 0, "big.bin"));
+    for chunk in data[..4 * MIB].chunks(MIB) {
+        conn.send(v4::DATA, tag, chunk);
+    }
+    // The server has written all of it (so it holds the upload) when the client goes.
+    let start = Instant::now();
+    let written = || {
+        let dir = server.storage().join(hex(&id));
+        kept_files(&server.storage(), &id)
+            .iter()
+            .filter_map(|n| std::fs::metadata(dir.join(n)).ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    };
+    while written() < 4 * MIB as u64 {
+        assert!(start.elapsed() < WAIT, "the server never wrote the data");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(conn);
+    let state = query(&mut next, "big.bin");
+    assert!(state.present, "the upload still being kept is waited for, not missed");
+    assert_eq!((state.size, state.durable), (6 * MIB as u64, 4 * MIB as u64));
+    assert_eq!(state.prefix_hash, blake3(&data[..4 * MIB]));
+}

@@ -18,6 +18,7 @@ use crate::server::{CommitKey, Shared};
 use crate::store::{AnyStaged, Blobs, Records, StagedFile, Storage, UnfinishedUpload};
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
@@ -71,7 +72,33 @@ impl Shared {
         let mut resuming = self.resuming.lock().unwrap_or_else(|p| p.into_inner());
         resuming.insert(key.clone()).then(|| ResumeClaim { shared: Arc::clone(self), key })
     }
+
+    /// Whether a connection holds the claim on `(id, path)` now.
+    fn claimed(&self, id: ClientId, path: &str) -> bool {
+        let resuming = self.resuming.lock().unwrap_or_else(|p| p.into_inner());
+        resuming.contains(&(id, path.to_owned()))
+    }
+
+    /// Waits, up to [`HANDOVER`], until no connection holds the claim on `(id, path)`:
+    /// the connection a client just left (Ctrl-C, a killed process) is still making its
+    /// upload durable and recording it when the client's next run asks about it.
+    async fn handed_over(&self, id: ClientId, path: &str) -> bool {
+        let until = tokio::time::Instant::now() + HANDOVER;
+        while self.claimed(id, path) {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
+
+/// How long a resume waits for the connection that left the upload to let go of it.
+/// Longer than a connection's end takes (a sync of what its last checkpoint left
+/// unsynced, a record); shorter than the wait would annoy a client whose upload really
+/// is still arriving on another connection (it then starts from 0).
+const HANDOVER: Duration = Duration::from_secs(2);
 
 /// `conflict` for a resume the server cannot serve; the client starts from 0.
 fn cannot_resume(why: &str) -> crate::protocol::v4::ErrorFrame {
@@ -83,6 +110,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     pub(super) async fn resume_query(&mut self, tag: u32, query: ResumeQuery) -> Result<(), Ended> {
         let id = self.machine.client().expect("the machine lets only clients query");
         let state = if self.shared.keeps_unfinished() {
+            // What a leaving connection records last is the answer, not its checkpoint.
+            self.shared.handed_over(id, &query.path).await;
             let kept = self.shared.records().unfinished(id, query.path.clone()).await;
             let kept = match self.internal_on_error(kept)? {
                 Some(kept) if kept.expires_at <= unix_now() || !self.on_disk(&kept).await => {
@@ -130,6 +159,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if !self.shared.keeps_unfinished() {
             return refuse("this server keeps no unfinished uploads (--resume-window 0)");
         }
+        self.shared.handed_over(id, &put.path).await;
         let Some(claim) = self.shared.claim_resume(id, &put.path) else {
             return refuse("another connection is continuing this upload");
         };
