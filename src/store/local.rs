@@ -506,12 +506,15 @@ impl Storage {
 
     /// The kept unfinished upload at `location` (of `owner`), truncated to `offset` and
     /// ready to continue, with a reader of its first `offset` bytes (to rebuild the
-    /// hashes). `NotFound` when the file is gone or shorter than `offset`.
+    /// hashes). `NotFound` when the file is gone or shorter than `offset`. `direct` asks
+    /// for direct writes from a writer thread, as for a new large upload (granted when
+    /// `offset` is block-aligned, as a sync point of whole chunks is).
     pub fn resume_unfinished(
         &self,
         owner: ClientId,
         location: &str,
         offset: u64,
+        direct: bool,
     ) -> io::Result<(StagedFile, fs::File)> {
         let name = Self::kept_name(owner, location)?;
         let (dir, dir_path) = self.client_dir(owner, false)?;
@@ -529,7 +532,7 @@ impl Storage {
         let mut file = file;
         io::Seek::seek(&mut file, io::SeekFrom::Start(offset))?;
         let path = tempfile::TempPath::try_from_path(path)?;
-        Ok((StagedFile::resumed(file, owner, name.to_owned(), path, offset), reader))
+        Ok((StagedFile::resumed(file, owner, name.to_owned(), path, offset, direct), reader))
     }
 
     /// The length of the kept file at `location`, `None` if it is not there.

@@ -177,8 +177,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             )));
         };
         let (staged, hasher, cksum, claim, large_slot) = if put.offset > 0 {
-            let c = self.continue_put(id, put).await?;
-            (c.staged, c.hasher, c.cksum, Some(c.claim), None)
+            let large_slot = self.large_slot(put);
+            let c = self.continue_put(id, put, large_slot.is_some()).await?;
+            (c.staged, c.hasher, c.cksum, Some(c.claim), large_slot)
         } else {
             let claim = self.fresh_claim(id, &name, put).await?;
             let large_slot = self.large_slot(put);

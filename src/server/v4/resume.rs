@@ -154,6 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         &mut self,
         id: ClientId,
         put: &PutBegin,
+        direct: bool,
     ) -> Result<Continued, Ended> {
         let refuse = |why: &str| Err(Ended::Refused(cannot_resume(why)));
         if !self.shared.keeps_unfinished() {
@@ -175,9 +176,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let (storage, location) = (self.shared.storage.clone(), kept.location.clone());
         let offset = kept.durable;
-        let reopened = tokio::task::spawn_blocking(move || reopen(&storage, id, &location, offset))
-            .await
-            .map_err(|e| Ended::Gone(std::io::Error::other(e)))?;
+        let reopened =
+            tokio::task::spawn_blocking(move || reopen(&storage, id, &location, offset, direct))
+                .await
+                .map_err(|e| Ended::Gone(std::io::Error::other(e)))?;
         match reopened {
             Ok((staged, hasher, cksum)) if *hasher.finalize().as_bytes() == put.prefix_hash => {
                 self.shared.metrics.upload_resumed(put.offset);
@@ -346,10 +348,11 @@ fn reopen(
     id: ClientId,
     location: &str,
     offset: u64,
+    direct: bool,
 ) -> std::io::Result<(StagedFile, blake3::Hasher, Cksum)> {
     let local: &Storage =
         storage.local().ok_or_else(|| std::io::Error::other("not a storage directory"))?;
-    let (staged, reader) = local.resume_unfinished(id, location, offset)?;
+    let (staged, reader) = local.resume_unfinished(id, location, offset, direct)?;
     let (mut hasher, mut cksum) = (blake3::Hasher::new(), Cksum::new());
     let mut reader = reader.take(offset);
     let mut buf = vec![0u8; 1 << 20];

@@ -53,17 +53,20 @@ impl StagedFile {
 
 impl StagedFile {
     /// Continues the kept unfinished upload `file` (already truncated to where it
-    /// continues, positioned at its end): buffered writes, since a direct write needs an
-    /// aligned offset and a resumed one rarely has it.
+    /// continues, positioned at its end). `direct` writes as a new large upload does,
+    /// when `written` is aligned as direct writes need (a sync point after whole chunks
+    /// is); otherwise buffered.
     pub(super) fn resumed(
         file: std::fs::File,
         owner: ClientId,
         name: String,
         path: tempfile::TempPath,
         written: u64,
+        direct: bool,
     ) -> Self {
         let location = format!("{}/{name}", owner.to_hex());
-        let mut sink = FileSink::new(file, false);
+        let aligned = written.is_multiple_of(DIRECT_ALIGN as u64);
+        let mut sink = FileSink::new(file, direct && aligned);
         (sink.written, sink.flushed) = (written, written);
         StagedFile { out: Some(Output::new(sink)), owner, name, location, path }
     }
