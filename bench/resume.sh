@@ -92,7 +92,9 @@ for rep in $(seq "$reps"); do
   client rm big.bin >/dev/null 2>&1 || true
   whole_up+=("$(timed client send "$file" --json)")
   client rm big.bin >/dev/null 2>&1 || true
-  kill_at_half "$work/server/storage" .securexfer-part-kept- send "$file"
+  # Paced, so that half on the server's disk is about half sent: at full speed the client
+  # is done (its COMMIT sent) before the server has written half, and nothing is cut.
+  kill_at_half "$work/server/storage" .securexfer-part-kept- send "$file" --limit-rate 256M
   while [ "$(recorded)" -lt $((size / 2)) ]; do sleep 0.05; done
   second_up+=("$(timed client send "$file" --json)")
   [ "$(field status)" = verified ] || { cat "$work/last.json" >&2; exit 1; }

@@ -345,3 +345,25 @@ fn a_query_right_after_the_connection_left_waits_for_what_it_kept() {
     assert_eq!((state.size, state.durable), (6 * MIB as u64, 4 * MIB as u64));
     assert_eq!(state.prefix_hash, blake3(&data[..4 * MIB]));
 }
+
+#[test]
+fn an_upload_cut_in_the_middle_of_a_frame_is_kept_to_its_last_whole_frame() {
+    // A killed client or a dropped network cuts where it cuts: that is no protocol break
+    // of a hostile client, and what arrived whole is kept.
+    let server = Server::start(&[]);
+    let key = Key::ed25519();
+    register(&server, &key, "alice");
+    let data = pattern(4 * MIB);
+    let (mut conn, _) = Conn::hello(server.addr, &key);
+    let tag = conn.tag();
+    conn.send(v4::PUT_BEGIN, tag, &v4::put_begin_payload(false, data.len() as u64, 0, "cut.bin"));
+    conn.send(v4::DATA, tag, &data[..MIB]);
+    conn.send(v4::DATA, tag, &data[MIB..2 * MIB]);
+    let half_frame = v4::frame(v4::DATA, tag, &data[2 * MIB..3 * MIB]);
+    conn.send_raw(&half_frame[..half_frame.len() / 2]);
+    drop(conn);
+    let state = query_until(&server, &key, "cut.bin", true);
+    assert!(state.present, "kept: {}", server.log());
+    assert_eq!(state.durable, 2 * MIB as u64, "up to the last whole frame");
+    assert_eq!(state.prefix_hash, blake3(&data[..2 * MIB]));
+}

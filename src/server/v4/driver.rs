@@ -49,6 +49,9 @@ pub(super) enum Ended {
     Refused(ErrorFrame),
 }
 
+/// How the closing error of a connection that ended in the middle of a frame begins.
+const CUT: &str = "the connection ended in the middle of";
+
 impl From<io::Error> for Ended {
     fn from(e: io::Error) -> Self {
         Ended::Gone(e)
@@ -98,8 +101,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         };
         // Before the last words: a client that reads the closing ERROR finds its
         // uncommitted uploads kept (to resume) or gone. A client that broke the protocol
-        // gets nothing kept: what it sent is not worth the disk for a day.
-        let broke = matches!(&ended, Ended::Close(e) if e.code == ErrorCode::Protocol);
+        // gets nothing kept: what it sent is not worth the disk for a day. A connection
+        // cut off in the middle of a frame is no such client: that is how a killed
+        // client or a dropped network looks, the very case resuming is for.
+        let broke = matches!(&ended, Ended::Close(e)
+            if e.code == ErrorCode::Protocol && !e.message.contains(CUT));
         self.forget_uploads(!broke).await;
         match ended {
             Ended::Close(error) => {
@@ -198,9 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             // TLS reports 0 only after the peer's close_notify (a bare FIN is an error).
             Some(Ok(Ok(0))) if !in_body => return Err(Ended::PeerDone),
             Some(Ok(Ok(0))) => {
-                return Err(Ended::Close(errors::protocol(
-                    "the client closed in the middle of a put's body",
-                )));
+                return Err(Ended::Close(errors::protocol(&format!("{CUT} a put's body"))));
             }
             Some(Ok(Ok(_))) => {}
             Some(Ok(Err(e))) => return Err(Ended::Gone(e)),
@@ -208,9 +212,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let rest = tokio::time::timeout(deadline, self.stream.read_exact(&mut bytes[1..]));
         match rest.await {
             Ok(Ok(_)) => Ok(bytes),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(Ended::Close(
-                errors::protocol("the connection ended in the middle of a frame header"),
-            )),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(Ended::Close(errors::protocol(&format!("{CUT} a frame header"))))
+            }
             Ok(Err(e)) => Err(Ended::Gone(e)),
             Err(_) => Err(Ended::Close(errors::timeout(&format!(
                 "a frame header took more than {} s",
@@ -234,7 +238,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         match tokio::time::timeout(deadline, self.stream.read_exact(buf)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                Err(Ended::Close(errors::protocol("the connection ended in the middle of a frame")))
+                Err(Ended::Close(errors::protocol(&format!("{CUT} a frame"))))
             }
             Ok(Err(e)) => Err(Ended::Gone(e)),
             Err(_) => Err(Ended::Close(errors::timeout(&format!(

@@ -363,7 +363,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let len = header.length() as usize;
         let mut buf = open.buffers.next().await;
         buf.set_len(len);
-        self.read_payload(&mut buf[..len]).await?;
+        if let Err(ended) = self.read_payload(&mut buf[..len]).await {
+            // What arrived in whole frames before this one is the upload's still (kept
+            // for resuming when the connection was cut off).
+            drop(buf);
+            self.open = Some(open);
+            return Err(ended);
+        }
         open.received += len as u64;
         let max = self.shared.config.max_file_size;
         if open.declared.is_none() && open.received > max {
