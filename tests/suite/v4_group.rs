@@ -1,0 +1,279 @@
+//! Many small files over protocol 4 (docs/protocol-v4.md, "Many small files: group
+//! commit"), against the real binary: puts and commits pipelined on one connection are
+//! each answered, in request order, with every record true; a refused file in the middle
+//! of a pipeline leaves the others alone; two commits of one path, or of a file and a path
+//! under it, keep their order; a server killed while it stores a group loses nothing it
+//! answered `COMMITTED`; and `send -r` of a few hundred small files arrives whole.
+
+use crate::common::v4::{self, Conn, Frame, Key, code};
+use crate::common::{self, Server};
+use std::path::Path;
+use std::time::Duration;
+
+fn blake3(data: &[u8]) -> [u8; 32] {
+    *blake3::hash(data).as_bytes()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Connects, says HELLO, registers as `name`; the connection and the id.
+fn registered(server: &Server, key: &Key, name: &str) -> (Conn, [u8; 16]) {
+    let (mut conn, _) = Conn::hello(server.addr, key);
+    let answer = conn.register(name, None);
+    let (id, _) = v4::registered(&answer);
+    (conn, id)
+}
+
+/// One file of a pipeline: its path, its bytes, and the hash its `COMMIT` carries.
+struct File {
+    path: String,
+    data: Vec<u8>,
+    commit_hash: [u8; 32],
+}
+
+impl File {
+    fn new(path: &str, data: Vec<u8>) -> File {
+        File { path: path.to_owned(), commit_hash: blake3(&data), data }
+    }
+}
+
+/// The frames of `PUT_BEGIN`, `DATA`, `PUT_END`, `COMMIT` for every file, one tag each,
+/// sent in one write without reading anything; the tags.
+fn pipeline(conn: &mut Conn, files: &[File]) -> Vec<u32> {
+    let mut bytes = Vec::new();
+    let mut tags = Vec::new();
+    for file in files {
+        let tag = conn.tag();
+        let size = file.data.len() as u64;
+        bytes.extend(v4::frame(
+            v4::PUT_BEGIN,
+            tag,
+            &v4::put_begin_payload(false, size, 0, &file.path),
+        ));
+        for chunk in file.data.chunks(64 * 1024) {
+            bytes.extend(v4::frame(v4::DATA, tag, chunk));
+        }
+        bytes.extend(v4::frame(v4::PUT_END, tag, &[]));
+        bytes.extend(v4::frame(v4::COMMIT, tag, &file.commit_hash));
+        tags.push(tag);
+    }
+    conn.send_raw(&bytes);
+    tags
+}
+
+/// The next frame, which must answer `tag` with `frame_type`.
+fn expect(conn: &mut Conn, tag: u32, frame_type: u16) -> Frame {
+    let frame = conn.read().expect("an answer");
+    assert_eq!(
+        (frame.tag, frame.frame_type),
+        (tag, frame_type),
+        "{frame:?} {:?}",
+        v4::error_of(&frame)
+    );
+    frame
+}
+
+/// The next frame, which must be an `ERROR` with `code` answering `tag`.
+fn expect_error(conn: &mut Conn, tag: u32, code: u16) {
+    let (got, error) = conn.read_error();
+    assert_eq!((got, error.code), (tag, code), "{error:?}");
+}
+
+/// The verified rows: path name, size, BLAKE3 and generation.
+fn rows(server: &Server) -> Vec<(String, u64, [u8; 32], u64)> {
+    let db = rusqlite::Connection::open(server.db()).expect("open server.db");
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut stmt = db
+        .prepare("SELECT PathName, Size, Blake3, Generation FROM files WHERE Verified = 1")
+        .unwrap();
+    stmt.query_map([], |r| {
+        let hash: Vec<u8> = r.get(2)?;
+        Ok((
+            r.get(0)?,
+            r.get::<_, i64>(1)? as u64,
+            hash.try_into().unwrap(),
+            r.get::<_, i64>(3)? as u64,
+        ))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// Every verified row describes the bytes on disk; no commit intent is left.
+fn assert_records_true(server: &Server) {
+    for (path, size, hash, _) in rows(server) {
+        let bytes = std::fs::read(server.storage().join(&path))
+            .unwrap_or_else(|e| panic!("a row names {path}, which cannot be read: {e}"));
+        assert_eq!((bytes.len() as u64, blake3(&bytes)), (size, hash), "{path}");
+    }
+    let db = rusqlite::Connection::open(server.db()).unwrap();
+    let intents: i64 =
+        db.query_row("SELECT count(*) FROM commit_intents", [], |r| r.get(0)).unwrap();
+    assert_eq!(intents, 0, "start-up decided every intent");
+}
+
+fn stored(server: &Server, id: &[u8; 16], path: &str) -> Option<Vec<u8>> {
+    std::fs::read(server.storage().join(hex(id)).join(path)).ok()
+}
+
+#[test]
+fn pipelined_puts_and_commits_are_each_committed_in_request_order_and_recorded() {
+    let server = Server::start(&[]);
+    let (mut conn, id) = registered(&server, &Key::ed25519(), "many");
+    let files: Vec<File> = (0..150)
+        .map(|i| {
+            File::new(&format!("d{}/f{i}.txt", i % 3), common::random_bytes(1 + i * 97, i as u64))
+        })
+        .collect();
+    let tags = pipeline(&mut conn, &files);
+    let mut last = 0;
+    for (file, &tag) in files.iter().zip(&tags) {
+        let received = expect(&mut conn, tag, v4::PUT_RECEIVED);
+        assert_eq!(
+            v4::put_received(&received),
+            (file.data.len() as u64, blake3(&file.data), false)
+        );
+        let (generation, _, kept) = v4::committed(&expect(&mut conn, tag, v4::COMMITTED));
+        assert!(generation > last && !kept, "generations follow the requests");
+        last = generation;
+    }
+    // A listing right after sees every file committed before it.
+    let (entries, _) = conn.list(true, "").expect("a listing");
+    assert_eq!(entries.len(), files.len());
+    for file in &files {
+        assert_eq!(
+            stored(&server, &id, &file.path).as_deref(),
+            Some(&file.data[..]),
+            "{}",
+            file.path
+        );
+    }
+    assert_eq!(rows(&server).len(), files.len());
+    assert_records_true(&server);
+}
+
+#[test]
+fn a_refused_file_in_the_middle_of_a_pipeline_leaves_the_others_committed() {
+    let server = Server::start(&[]);
+    let (mut conn, id) = registered(&server, &Key::ed25519(), "mixed");
+    let mut files: Vec<File> = (0..12)
+        .map(|i| File::new(&format!("f{i}.txt"), common::random_bytes(500 + i, i as u64)))
+        .collect();
+    files[4].commit_hash = [7; 32]; // hash_mismatch
+    files[6].path = "bad/../name".into(); // name_refused at PUT_BEGIN, its COMMIT not_found
+    files[8].path = "f7.txt/under".into(); // f7.txt is a file by then: conflict
+    let tags = pipeline(&mut conn, &files);
+    for (i, &tag) in tags.iter().enumerate() {
+        match i {
+            4 => {
+                expect(&mut conn, tag, v4::PUT_RECEIVED);
+                expect_error(&mut conn, tag, code::HASH_MISMATCH);
+            }
+            6 => {
+                expect_error(&mut conn, tag, code::NAME_REFUSED);
+                expect_error(&mut conn, tag, code::NOT_FOUND);
+            }
+            8 => {
+                expect_error(&mut conn, tag, code::CONFLICT);
+                expect_error(&mut conn, tag, code::NOT_FOUND);
+            }
+            _ => {
+                expect(&mut conn, tag, v4::PUT_RECEIVED);
+                expect(&mut conn, tag, v4::COMMITTED);
+            }
+        }
+    }
+    for (i, file) in files.iter().enumerate() {
+        let want = (![4, 6, 8].contains(&i)).then_some(&file.data[..]);
+        assert_eq!(stored(&server, &id, &file.path).as_deref(), want, "{}", file.path);
+    }
+    assert_eq!(rows(&server).len(), files.len() - 3);
+    assert_records_true(&server);
+}
+
+#[test]
+fn two_commits_of_one_path_in_a_pipeline_are_stored_in_order_and_the_first_kept_as_a_version() {
+    let server = Server::start(&[]);
+    let (mut conn, id) = registered(&server, &Key::ed25519(), "twice");
+    let files = vec![
+        File::new("same.txt", b"first".to_vec()),
+        File::new("other.txt", b"other".to_vec()),
+        File::new("same.txt", b"second".to_vec()),
+    ];
+    // Both puts of the path are held before either commit: the commits still keep their
+    // order.
+    let mut bytes = Vec::new();
+    let tags: Vec<u32> = files.iter().map(|_| conn.tag()).collect();
+    for (file, &tag) in files.iter().zip(&tags) {
+        let size = file.data.len() as u64;
+        bytes.extend(v4::frame(
+            v4::PUT_BEGIN,
+            tag,
+            &v4::put_begin_payload(false, size, 0, &file.path),
+        ));
+        bytes.extend(v4::frame(v4::DATA, tag, &file.data));
+        bytes.extend(v4::frame(v4::PUT_END, tag, &[]));
+    }
+    for (file, &tag) in files.iter().zip(&tags) {
+        bytes.extend(v4::frame(v4::COMMIT, tag, &file.commit_hash));
+    }
+    conn.send_raw(&bytes);
+    for &tag in &tags {
+        expect(&mut conn, tag, v4::PUT_RECEIVED);
+    }
+    let first = v4::committed(&expect(&mut conn, tags[0], v4::COMMITTED));
+    expect(&mut conn, tags[1], v4::COMMITTED);
+    let second = v4::committed(&expect(&mut conn, tags[2], v4::COMMITTED));
+    assert!(second.0 > first.0 && second.2, "the second replaced the first and kept it");
+    assert_eq!(stored(&server, &id, "same.txt").as_deref(), Some(&b"second"[..]));
+    assert_records_true(&server);
+}
+
+/// A pipeline of small files, the server killed once `answered` of them are `COMMITTED`:
+/// after a restart every file answered is stored as sent and every row is true.
+fn kill_during_a_group(dir: &Path, round: u64, answered: usize) {
+    let mut server = Server::start_in(dir, &[]);
+    let key = Key::ed25519();
+    let (mut conn, id) = registered(&server, &key, &format!("crash{round}"));
+    let files: Vec<File> = (0..300)
+        .map(|i| {
+            File::new(
+                &format!("r{round}/f{i}"),
+                common::random_bytes(2000 + i, round * 1000 + i as u64),
+            )
+        })
+        .collect();
+    let tags = pipeline(&mut conn, &files);
+    let mut committed = Vec::new();
+    for (file, &tag) in files.iter().zip(&tags) {
+        expect(&mut conn, tag, v4::PUT_RECEIVED);
+        expect(&mut conn, tag, v4::COMMITTED);
+        committed.push(file);
+        if committed.len() == answered {
+            break;
+        }
+    }
+    // SIGKILL while later groups are being stored.
+    server.kill();
+    let server = Server::start_in(dir, &[]);
+    for file in committed {
+        assert_eq!(
+            stored(&server, &id, &file.path).as_deref(),
+            Some(&file.data[..]),
+            "{}",
+            file.path
+        );
+    }
+    assert_records_true(&server);
+}
+
+#[test]
+fn a_server_killed_while_it_stores_a_group_keeps_every_file_it_answered_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    for (round, answered) in [(0, 1), (1, 40), (2, 150)] {
+        kill_during_a_group(dir.path(), round, answered);
+    }
+}
