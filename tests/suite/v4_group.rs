@@ -198,7 +198,7 @@ fn a_refused_file_in_the_middle_of_a_pipeline_leaves_the_others_committed() {
 fn two_commits_of_one_path_in_a_pipeline_are_stored_in_order_and_the_first_kept_as_a_version() {
     let server = Server::start(&[]);
     let (mut conn, id) = registered(&server, &Key::ed25519(), "twice");
-    let files = vec![
+    let files = [
         File::new("same.txt", b"first".to_vec()),
         File::new("other.txt", b"other".to_vec()),
         File::new("same.txt", b"second".to_vec()),
@@ -276,4 +276,89 @@ fn a_server_killed_while_it_stores_a_group_keeps_every_file_it_answered_committe
     for (round, answered) in [(0, 1), (1, 40), (2, 150)] {
         kill_during_a_group(dir.path(), round, answered);
     }
+}
+
+#[test]
+fn send_r_of_hundreds_of_small_files_verifies_each_in_order_and_get_r_gives_them_back() {
+    use crate::v4_client::{Client, code, text};
+    let server = Server::start(&[]);
+    let client = Client::new();
+    let out = client.run(&["register", "--server", &server.address(), "--name", "tree"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let root = client.path().join("tree");
+    let mut sent = Vec::new();
+    for i in 0..300usize {
+        let rel = format!("d{}/s{}/f{i:03}.bin", i % 4, i % 3);
+        // Sizes from empty to 8 KiB, and one large file in the middle, sent streamed.
+        let len = if i == 150 { (1 << 20) + 5 } else { (i * 29) % 8192 };
+        let data = common::random_bytes(len, 500 + i as u64);
+        std::fs::create_dir_all(root.join(&rel).parent().unwrap()).unwrap();
+        std::fs::write(root.join(&rel), &data).unwrap();
+        sent.push((rel, data));
+    }
+    let out = client.run(&["send", "-r", "tree", "--server", &server.address(), "--json"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let verified: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["status"] == "verified")
+        .map(|l| l["stored_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(verified.len(), sent.len(), "{}", text(&out.stdout));
+    let mut sorted = verified.clone();
+    sorted.sort_unstable();
+    assert_eq!(verified, sorted, "reported in the order sent");
+
+    let back = client.path().join("back");
+    std::fs::create_dir(&back).unwrap();
+    let out = client.run(&["get", "-r", "tree", "-o", "back", "--server", &server.address()]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    for (rel, data) in &sent {
+        let got = std::fs::read(back.join("tree").join(rel)).unwrap();
+        assert!(got == *data, "{rel} differs");
+    }
+    assert_records_true(&server);
+}
+
+#[test]
+fn a_file_refused_in_the_middle_of_a_batch_is_its_own_error_and_the_others_are_verified_in_order() {
+    use crate::v4_client::{Client, code, text};
+    use crate::v4_peer::{Peer, Script};
+    let script = Script { registered: true, over_quota: vec!["b.txt".into()], ..Script::default() };
+    let peer = Peer::start(script);
+    let client = Client::new();
+    for name in ["a.txt", "b.txt", "c.txt", "d.txt"] {
+        client.file(name, name.as_bytes());
+    }
+    let out = client.run(&["send", "a.txt", "b.txt", "c.txt", "d.txt", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stderr.contains("quota exceeded: 9.8 GiB of 10 GiB used"), "{stderr}");
+    let order: Vec<usize> =
+        ["a.txt", "c.txt", "d.txt"].iter().map(|n| stdout.find(n).expect(n)).collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in order: {stdout}");
+    let seen = peer.seen.lock().unwrap();
+    assert!(["a.txt", "c.txt", "d.txt"].iter().all(|n| seen.files.contains_key(*n)));
+    assert!(!seen.files.contains_key("b.txt"));
+}
+
+#[test]
+fn a_hash_mismatch_in_a_batch_sends_that_file_again_and_the_results_keep_their_order() {
+    use crate::v4_client::{Client, code, text};
+    use crate::v4_peer::{Peer, Script};
+    let peer = Peer::start(Script { registered: true, wrong_hashes: 1, ..Script::default() });
+    let client = Client::new();
+    for name in ["a.txt", "b.txt", "c.txt"] {
+        client.file(name, name.as_bytes());
+    }
+    let out = client.run(&["send", "a.txt", "b.txt", "c.txt", "--server", &peer.addr]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(stderr.contains("BLAKE3 mismatch on send 1"), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains("verified")).collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].contains("a.txt") && lines[0].contains("after 2 send(s)"), "{stdout}");
+    assert!(lines[1].contains("b.txt") && lines[2].contains("c.txt"), "{stdout}");
+    assert_eq!(peer.seen.lock().unwrap().files.len(), 3);
 }

@@ -31,7 +31,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Commits staged at most before the group is stored: the read-ahead of `max in flight`.
 pub(super) const MAX_GROUP: usize = 64;
@@ -138,8 +138,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             return Ok(());
         }
         let staged = std::mem::take(&mut self.group.staged);
-        self.group.since = None;
+        let (files, waited) = (staged.len(), self.group.since.take().map(|t| t.elapsed()));
+        let started = Instant::now();
         let mut outcomes = self.commit_group(staged).await;
+        debug!(files, ?waited, took = ?started.elapsed(), "protocol-4 group stored");
         let mut bytes = Vec::new();
         for out in std::mem::take(&mut self.group.outbox) {
             match out {
