@@ -26,6 +26,7 @@ use crate::protocol::v4::{Committed, ErrorFrame, FrameType, encode_frame};
 use crate::server::metrics::UploadOutcome;
 use crate::server::session::Reservation;
 use crate::store::{BlobStore, CommitIntent, FinishedCommit, GroupItem, StagedBlob, V4Content};
+use futures_util::future::join_all;
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
@@ -197,8 +198,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let mut outcomes = HashMap::new();
         let mut ready = Vec::with_capacity(staged.len());
-        for (tag, held) in staged {
-            match self.intent(id, &held).await {
+        // Asked together: each is a few round trips to the records, which then overlap.
+        let intents = join_all(staged.iter().map(|(_, held)| self.intent(id, held))).await;
+        for ((tag, held), intent) in staged.into_iter().zip(intents) {
+            match intent {
                 Ok(intent) => ready.push(Ready { tag, held, intent }),
                 Err(error) => {
                     outcomes.insert(tag, Err(error));
@@ -219,7 +222,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// The commit intent of a staged upload, checked under its turn: another connection
     /// may have stored a clashing path since its `PUT_BEGIN`.
-    async fn intent(&mut self, id: ClientId, held: &Held) -> Result<CommitIntent, ErrorFrame> {
+    async fn intent(&self, id: ClientId, held: &Held) -> Result<CommitIntent, ErrorFrame> {
         let refused = |ended| match ended {
             Ended::Refused(error) => error,
             _ => errors::internal(unix_now()),
