@@ -19,7 +19,6 @@ use crate::client::{Event, MAX_SENDS};
 use crate::protocol::v4::{Commit, FrameType, Hash, MAX_DATA_PAYLOAD, NO_HASH, PutBegin, names};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use tokio::io::AsyncReadExt;
 use unicode_normalization::UnicodeNormalization;
 
 /// Files smaller than this are sent in a batch by [`Session::send_many`]; larger ones
@@ -131,14 +130,7 @@ impl Session {
         let stored_as: String = stored_as.nfc().collect();
         names::check_path(&stored_as)
             .map_err(|why| V4Error::BadName { name: stored_as.clone(), why: why.to_string() })?;
-        let open_error = |cause| V4Error::Open { path: path.clone(), cause };
-        let mut opened = tokio::fs::File::open(path).await.map_err(open_error)?;
-        let meta = opened.metadata().await.map_err(open_error)?;
-        if !meta.is_file() {
-            return Err(open_error(std::io::Error::other("not a regular file")));
-        }
-        let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-        opened.read_to_end(&mut data).await.map_err(open_error)?;
+        let (data, meta) = read_small(path.clone()).await?;
         let hash = *blake3::hash(&data).as_bytes();
         let tag = self.conn.new_tag();
         let begin = PutBegin {
@@ -196,6 +188,24 @@ impl Session {
         outcomes.insert(index, result);
         None
     }
+}
+
+/// A small file's bytes and metadata, read in one trip to the blocking pool (a file's
+/// open, metadata and read as separate `tokio::fs` calls would be three).
+async fn read_small(path: PathBuf) -> Result<(Vec<u8>, std::fs::Metadata), V4Error> {
+    let at = path.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let mut file = std::fs::File::open(&at)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        std::io::Read::read_to_end(&mut file, &mut data)?;
+        Ok((data, meta))
+    });
+    let read = read.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    read.map_err(|cause| V4Error::Open { path, cause })
 }
 
 fn ends_session(result: &Result<Stored, V4Error>) -> bool {
