@@ -362,3 +362,40 @@ fn a_hash_mismatch_in_a_batch_sends_that_file_again_and_the_results_keep_their_o
     assert!(lines[1].contains("b.txt") && lines[2].contains("c.txt"), "{stdout}");
     assert_eq!(peer.seen.lock().unwrap().files.len(), 3);
 }
+
+#[test]
+fn a_stopping_server_stores_and_answers_its_staged_commits_before_shutting_down() {
+    let mut server = Server::start(&["--grace", "5"]);
+    let (mut conn, id) = registered(&server, &Key::ed25519(), "stopping");
+    let files: Vec<File> = (0..100)
+        .map(|i| File::new(&format!("s/f{i}"), common::random_bytes(2000, 900 + i)))
+        .collect();
+    let tags = pipeline(&mut conn, &files);
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let mut committed = Vec::new();
+    while let Ok(frame) = conn.read() {
+        if frame.tag == 0 {
+            assert_eq!(
+                v4::error_of(&frame).map(|e| e.code),
+                Some(code::SHUTTING_DOWN),
+                "{frame:?}"
+            );
+            break;
+        }
+        if frame.frame_type == v4::COMMITTED {
+            committed.push(frame.tag);
+        }
+    }
+    assert!(common::wait_timeout(&mut server.child, Duration::from_secs(20)).is_some());
+    for tag in committed {
+        let file = &files[tags.iter().position(|&t| t == tag).unwrap()];
+        assert_eq!(
+            stored(&server, &id, &file.path).as_deref(),
+            Some(&file.data[..]),
+            "{}",
+            file.path
+        );
+    }
+    assert_records_true(&server);
+}

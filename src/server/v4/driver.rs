@@ -133,7 +133,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Reads one frame and does what it asks.
     async fn next_frame(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), Ended> {
-        if !self.group.is_empty() && (self.group.due() || !self.readable_now()) {
+        // A stopping server stores the group and peeks no further: the next header read
+        // ends the connection between requests.
+        let stopping = *stop.borrow();
+        if !self.group.is_empty() && (self.group.due() || stopping || !self.readable_now()) {
             self.flush_group().await?;
         }
         let header = self.read_header(stop).await?;
@@ -163,6 +166,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let mut bytes = [0u8; HEADER_LEN];
         let in_body = self.machine.in_body();
         match self.peeked.take() {
+            // Between requests the server's shutdown ends the connection, as below.
+            Some(_) if !in_body && *stop.borrow() => {
+                return Err(Ended::Close(errors::shutting_down()));
+            }
             Some(first) => bytes[0] = first,
             None => self.first_byte(stop, &mut bytes[0], in_body).await?,
         }
