@@ -52,8 +52,9 @@ pub enum Command {
     /// List this client's files on a server (protocol 4): size, when stored, BLAKE3 (the
     /// first 16 hex digits) and kept versions, in byte order of their names.
     Ls(LsArgs),
-    /// Download stored files (protocol 4). Each is written to a temporary file in the
-    /// target directory and takes its name only once its BLAKE3 matches the server's.
+    /// Download stored files (protocol 4). Each is written to .NAME.securexfer-partial in
+    /// the target directory and takes its name only once its BLAKE3 matches the server's;
+    /// a download cut off leaves that file, and the same get continues it.
     Get(GetArgs),
     /// Remove stored files from a server (protocol 4). The server keeps a removed copy as
     /// a version, as it keeps a replaced one (serve --keep-versions).
@@ -176,12 +177,10 @@ pub struct ServeArgs {
     /// How long a protocol-4 upload of known size that its connection left unfinished
     /// (network drop, killed client, server restart) is kept for `send` to resume where it
     /// stopped; 0 keeps none. Only with a storage directory: an object store keeps none.
-    /// Off by default for now: the client does not resume yet, and an upload that may be
-    /// kept is written through the page cache rather than with O_DIRECT.
     #[arg(
         long,
         env = "SECUREXFER_RESUME_WINDOW",
-        default_value = "0",
+        default_value = "24h",
         value_name = "DURATION",
         value_parser = parse_window
     )]
@@ -361,8 +360,9 @@ pub struct SendArgs {
     #[arg(short = 'r', long)]
     pub recursive: bool,
     /// Send nothing: print what would be sent, which stored files it would replace and
-    /// what the server would refuse as a file/folder conflict (with --json, one object per
-    /// file). Protocol 4 only (protocol 3 cannot list what is stored).
+    /// what the server would refuse: a file/folder conflict, --no-clobber, the quota (with
+    /// --json, one object per file). Protocol 4 only (protocol 3 cannot list what is
+    /// stored).
     #[arg(long)]
     pub dry_run: bool,
     /// Send file content at most RATE bytes per second, as curl's --limit-rate: a number

@@ -287,14 +287,24 @@ fn files(name: &str) -> &'static [(&'static str, &'static str)] {
         SERVER_KEY,
         STORAGE,
     ];
+    const GET: &[(&str, &str)] = &[
+        IDENTITY,
+        PRIV_KEY,
+        CLIENT_KEY,
+        KNOWN_SERVERS,
+        DEFAULT_SERVER,
+        LOCAL_IDENTITY,
+        TRANSFER_INFO,
+        (
+            "DIR/.NAME.securexfer-partial",
+            "A download under way, or cut off, beside its target; the next get of NAME into DIR continues it (the stored copy's generation is in its extended attribute user.securexfer.generation).",
+        ),
+    ];
     match name {
         "securexfer" => ALL,
         "securexfer-serve" => &[PORT_INFO, DATABASE, SERVER_KEY, STORAGE],
-        "securexfer-register"
-        | "securexfer-send"
-        | "securexfer-ls"
-        | "securexfer-get"
-        | "securexfer-rm" => CLIENT,
+        "securexfer-get" => GET,
+        "securexfer-register" | "securexfer-send" | "securexfer-ls" | "securexfer-rm" => CLIENT,
         "securexfer-db" | "securexfer-db-inspect" => &[DATABASE, SERVER_KEY, STORAGE],
         "securexfer-db-verify" | "securexfer-db-restore" => &[DATABASE, STORAGE],
         "securexfer-db-fingerprint" => &[DATABASE, SERVER_KEY],
@@ -379,6 +389,10 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
                 "securexfer send",
             ),
             (
+                "Run a send that was cut off again: each large file continues where the server's copy ends:",
+                "securexfer send backup.tar",
+            ),
+            (
                 "Refuse anything but protocol 4, with the server key the operator gave:",
                 "securexfer send --protocol 4 --server-fingerprint SHA256:jbA361SaIFtqa3vgN9f6RiNjmkaoPE7F7L38pwtBX6I report.pdf",
             ),
@@ -401,6 +415,10 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
                 "securexfer get report.pdf -o ~/Downloads --force",
             ),
             ("To stdout, for a pipe:", "securexfer get notes.txt -o - | less"),
+            (
+                "Run a download that was cut off again: it continues from its partial file:",
+                "securexfer get backup.tar -o ~/Downloads",
+            ),
         ],
         "securexfer-rm" => &[
             (

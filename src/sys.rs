@@ -250,10 +250,52 @@ pub(crate) fn rmdir_at(dir: &File, name: &std::ffi::CStr) -> std::io::Result<()>
 
 /// Takes an exclusive advisory lock on `file` without waiting (`flock`); it is held until
 /// the file is closed.
-pub(crate) fn lock_exclusive(file: &File) -> std::io::Result<()> {
+pub fn lock_exclusive(file: &File) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid descriptor.
     check(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }).map(|_| ())
+}
+
+/// Sets the extended attribute `name` of `file` to `value`. File systems without user
+/// attributes say so with an error (`ENOTSUP`).
+pub fn set_xattr(file: &File, name: &std::ffi::CStr, value: &[u8]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (fd, data) = (file.as_raw_fd(), value.as_ptr().cast());
+    // SAFETY: a valid descriptor, a NUL-terminated name, and `value.len()` bytes at `data`.
+    check(unsafe { libc::fsetxattr(fd, name.as_ptr(), data, value.len(), 0) }).map(|_| ())
+}
+
+/// The extended attribute `name` of the file at `path` (a link there is not followed):
+/// `None` when it has none (or its file system has no attributes), or up to 64 bytes of
+/// its value.
+pub fn get_xattr(path: &Path, name: &std::ffi::CStr) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut value = [0u8; 64];
+    // SAFETY: NUL-terminated path and name, and `value.len()` writable bytes.
+    let n = unsafe {
+        libc::lgetxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len())
+    };
+    match check_size(n) {
+        Ok(n) => Ok(Some(value[..n].to_vec())),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes the extended attribute `name` of `file`; one it does not have (or cannot
+/// have, on a file system without them) is no error.
+pub fn remove_xattr(file: &File, name: &std::ffi::CStr) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid descriptor and a NUL-terminated name.
+    match check(unsafe { libc::fremovexattr(file.as_raw_fd(), name.as_ptr()) }) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP)) => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+fn check_size(n: libc::ssize_t) -> std::io::Result<usize> {
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
 }
 
 #[cfg(test)]

@@ -237,6 +237,14 @@ pub enum Event {
     },
     /// Encrypted bytes sent so far in this send.
     Progress(u64),
+    /// The send continues an upload the server kept from an interrupted run (protocol 4):
+    /// the first `from` of its `size` bytes are not sent again.
+    Resumed {
+        /// Where it continues.
+        from: u64,
+        /// The whole file.
+        size: u64,
+    },
     /// The connection broke before the server confirmed the file, and the upload was gone
     /// on the new connection: the file is sent again.
     UploadLost {

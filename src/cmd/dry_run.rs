@@ -1,7 +1,8 @@
 //! `send --dry-run` (protocol 4): what a send would do, with nothing sent (no `PUT` at
 //! all). The stored paths under each top component of the plan are listed (one recursive
 //! `LIST` each), and each planned file is then new, a replacement of the stored file at
-//! its path, or a refusal: a file/folder conflict, `--no-clobber`, or a local problem.
+//! its path, or a refusal: a file/folder conflict, `--no-clobber`, the client's quota (as
+//! `LIST_END` says it, used up file by file in the plan's order), or a local problem.
 //!
 //! Why a set rather than a merge of two sorted streams: the plan is already in memory
 //! (see `tree`), and a set of the listed paths (and of their folders) is simple to get
@@ -27,6 +28,42 @@ struct Listing {
     files: HashMap<String, u64>,
     /// Every folder of those paths.
     folders: HashSet<String>,
+    /// The client's usage and quotas, as the server last said them (`WELCOME`, then each
+    /// `LIST_END`); `None` when it said nothing (a client it did not know yet).
+    room: Option<Room>,
+}
+
+/// A client's usage and quotas (`u64::MAX`: none), as the run would use them up.
+#[derive(Debug, Clone, Copy)]
+struct Room {
+    bytes_used: u64,
+    bytes_quota: u64,
+    files_used: u64,
+    files_quota: u64,
+}
+
+impl Room {
+    /// Takes a file of `size` bytes (a new path when `new`), as the server's check at
+    /// `PUT_BEGIN` would; why not, in the client's words for a refusal.
+    fn take(&mut self, size: u64, new: bool) -> Result<(), String> {
+        if new && self.files_quota != u64::MAX && self.files_used >= self.files_quota {
+            return Err(format!(
+                "quota exceeded: {} of {} files stored",
+                self.files_used, self.files_quota
+            ));
+        }
+        if self.bytes_quota != u64::MAX && self.bytes_used.saturating_add(size) > self.bytes_quota {
+            return Err(format!(
+                "quota exceeded: {} of {} used",
+                binary_size(self.bytes_used),
+                binary_size(self.bytes_quota)
+            ));
+        }
+        // A replaced copy may be kept as a version, so it is not given back here.
+        self.bytes_used = self.bytes_used.saturating_add(size);
+        self.files_used += u64::from(new);
+        Ok(())
+    }
 }
 
 impl Listing {
@@ -65,9 +102,18 @@ pub(super) fn run(
     let listed = listing(&mut four, server, plan, identity);
     four.close();
     let listing = listed?;
+    let mut room = listing.room;
     let (mut new, mut replaced, mut refused) = (0u64, 0u64, 0u64);
     for file in plan {
-        let verdict = verdict(file, &listing, args.no_clobber);
+        let mut verdict = verdict(file, &listing, args.no_clobber);
+        let taken = match (&verdict, room.as_mut()) {
+            (Verdict::New, Some(room)) => room.take(file.wire_bytes, true),
+            (Verdict::Replaces { .. }, Some(room)) => room.take(file.wire_bytes, false),
+            _ => Ok(()),
+        };
+        if let Err(why) = taken {
+            verdict = Verdict::Refused { status: "quota", why };
+        }
         match verdict {
             Verdict::New => new += 1,
             Verdict::Replaces { .. } => replaced += 1,
@@ -100,6 +146,15 @@ fn listing(
     identity: Option<&Path>,
 ) -> anyhow::Result<Listing> {
     let mut listing = Listing::default();
+    let welcome = &four.session.welcome;
+    if welcome.registered {
+        listing.room = Some(Room {
+            bytes_used: welcome.bytes_used,
+            bytes_quota: welcome.bytes_quota,
+            files_used: welcome.files_used,
+            files_quota: welcome.files_quota,
+        });
+    }
     if !four.session.registered() {
         let Some(path) = identity else { return Ok(listing) };
         let identity = Identity::load(path).context("cannot use the saved identity")?;
@@ -117,7 +172,14 @@ fn listing(
             }
         }));
         match listed {
-            Ok(_) => {}
+            Ok(end) => {
+                listing.room = Some(Room {
+                    bytes_used: end.bytes_used,
+                    bytes_quota: end.bytes_quota,
+                    files_used: end.files_used,
+                    files_quota: end.files_quota,
+                });
+            }
             Err(V4Error::Refused { error, .. }) if error.code == ErrorCode::NotFound => {}
             Err(e) => {
                 return Err(anyhow::Error::new(e).context(format!("cannot list {top} on {server}")));

@@ -3,6 +3,7 @@
 //! removes, reporting each name in its place, for people or as JSON lines.
 
 use super::out::outln;
+use super::partial;
 use super::progress;
 use super::send::{identity_candidates, server_and_name};
 use super::v4::{self, Four, Spoken};
@@ -26,11 +27,13 @@ use std::process::ExitCode;
 /// never waits for the client's next request between files.
 const GETS_AHEAD: usize = 8;
 
-/// The temporary file a download is being written to, for Ctrl-C to delete.
-type Current = std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>;
+/// The partial file a download is being written to, and whether it is resumable, for
+/// Ctrl-C to keep or delete.
+type Current = std::sync::Arc<std::sync::Mutex<Option<(PathBuf, bool)>>>;
 
-/// Ctrl-C during `get` deletes the temporary file being written (nothing is left, under
-/// the name or beside it), says which file was interrupted and exits 130.
+/// Ctrl-C during `get` keeps the partial file being written when it is resumable (the
+/// same `get` continues it) and deletes it otherwise; nothing is ever left under the
+/// name. Says which, and exits 130.
 fn tidy_on_interrupt(current: &Current, display: &progress::Shared) {
     let flag: &'static std::sync::atomic::AtomicBool = securexfer::sys::catch_interrupt();
     let (current, display) = (std::sync::Arc::clone(current), std::sync::Arc::clone(display));
@@ -40,10 +43,20 @@ fn tidy_on_interrupt(current: &Current, display: &progress::Shared) {
             if flag.load(std::sync::atomic::Ordering::SeqCst) {
                 progress::lock(&display).clear_after_interrupt();
                 let temp = current.lock().unwrap_or_else(|p| p.into_inner()).take();
-                if let Some(temp) = temp {
-                    let _ = std::fs::remove_file(&temp);
+                // A partial file with nothing in it yet is nothing to continue.
+                let empty = |t: &PathBuf| std::fs::metadata(t).map_or(true, |m| m.len() == 0);
+                match temp {
+                    Some((temp, true)) if !empty(&temp) => eprintln!(
+                        "securexfer: interrupted: what arrived is kept in {}; the same get \
+                         continues it",
+                        temp.display()
+                    ),
+                    Some((temp, _)) => {
+                        let _ = std::fs::remove_file(&temp);
+                        eprintln!("securexfer: interrupted: the download under way was not kept");
+                    }
+                    None => eprintln!("securexfer: interrupted"),
                 }
-                eprintln!("securexfer: interrupted: the download under way was not kept");
                 std::process::exit(i32::from(progress::INTERRUPTED));
             }
         }
@@ -259,20 +272,24 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     // Sizes are known file by file, from each GET_BEGIN: the run's total grows as they come.
     let display = progress::Display::new(items.len(), 0, bars);
     tidy_on_interrupt(&current, &display);
-    let mut ahead: VecDeque<(String, Prepared)> = VecDeque::new();
+    let mut ahead: VecDeque<(&Item, Prepared)> = VecDeque::new();
     let mut names = items.iter();
+    // Resumed downloads that must start again from 0 (the stored copy changed, or the
+    // partial file did not hash as it should): sent again before the next name.
+    let mut again: VecDeque<&Item> = VecDeque::new();
     let mut k = 0;
     loop {
         while ahead.len() < GETS_AHEAD && !stopped {
-            let Some(item) = names.next() else { break };
+            let Some(item) = again.pop_front().or_else(|| names.next()) else { break };
             let sent = four.runtime.block_on(prepare(&mut four.session, &target, item, args.force));
-            ahead.push_back((item.path.clone(), sent));
+            ahead.push_back((item, sent));
         }
-        let Some((name, sent)) = ahead.pop_front() else { break };
+        let Some((item, sent)) = ahead.pop_front() else { break };
+        let name = item.path.clone();
         k += 1;
         progress::lock(&display).start_file(k, &name);
         let result = match sent {
-            Ok((local, pending)) => {
+            Ok((local, pending, left)) => {
                 let how = Receive {
                     target: &target,
                     force: args.force,
@@ -280,7 +297,20 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
                     current: &current,
                     display: &display,
                 };
-                receive(&four.runtime, &mut four.session, &how, &local, pending)
+                match receive(&four.runtime, &mut four.session, &how, &local, pending, left) {
+                    Received::Done(result) => result,
+                    Received::Again(why) => {
+                        let shown = progress::lock(&display);
+                        shown.suspend(|| {
+                            if !args.quiet {
+                                eprintln!("securexfer: note: {name}: {why}; downloading it again");
+                            }
+                        });
+                        k -= 1;
+                        again.push_back(item);
+                        continue;
+                    }
+                }
             }
             Err(e) => Err(e),
         };
@@ -308,8 +338,9 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(run.worst))
 }
 
-/// A name's local file and its `GET` sent, or why not.
-type Prepared = Result<(PathBuf, PendingGet), V4Error>;
+/// A name's local file and its `GET` sent (continuing what a partial file holds, when
+/// one was left), or why not.
+type Prepared = Result<(PathBuf, PendingGet, Option<partial::Left>), V4Error>;
 
 /// One file to download: its stored path, and where it goes under the target directory.
 struct Item {
@@ -416,8 +447,15 @@ async fn prepare(session: &mut Session, target: &Target, item: &Item, force: boo
             local
         }
     };
-    let pending = session.send_get(name).await?;
-    Ok((local, pending))
+    let left = match target {
+        Target::Dir(_) => partial::find(&local),
+        Target::Stdout => None,
+    };
+    let pending = match left {
+        Some(left) => session.send_get_from(name, left.len, left.generation).await?,
+        None => session.send_get(name).await?,
+    };
+    Ok((local, pending, left))
 }
 
 /// How a download is received.
@@ -446,37 +484,142 @@ impl Receive<'_> {
     }
 }
 
-/// Receives one download: into a temporary file beside its target, synced and renamed
-/// into place only once verified (a failure leaves nothing under the name), or to stdout.
+/// How one download ended.
+enum Received {
+    Done(Result<(Fetched, PathBuf), V4Error>),
+    /// A resumed download that cannot continue (why): its partial file is gone, and it
+    /// goes again from 0.
+    Again(String),
+}
+
+/// Whether a failed download leaves its partial file to be continued: when the
+/// connection failed or timed out (the bytes so far are the copy's), not when the
+/// server broke the protocol or refused, or writing failed.
+fn leaves_partial(e: &V4Error) -> bool {
+    use securexfer::client::v4::conn::ConnError;
+    matches!(e, V4Error::Conn(ConnError::Lost(_) | ConnError::Timeout(_) | ConnError::Closed(_)))
+}
+
+/// Receives one download: into its partial file beside its target (continuing `left`,
+/// what an interrupted download left there), synced and renamed into place only once
+/// verified (a failure leaves nothing under the name), or to stdout.
 fn receive(
     runtime: &tokio::runtime::Runtime,
     session: &mut Session,
     how: &Receive<'_>,
     local: &Path,
-    pending: PendingGet,
-) -> Result<(Fetched, PathBuf), V4Error> {
+    mut pending: PendingGet,
+    left: Option<partial::Left>,
+) -> Received {
     let Target::Dir(_) = how.target else {
         let mut stdout = std::io::stdout().lock();
-        let fetched =
-            runtime.block_on(session.receive_get(pending, &mut stdout, local, how.progress()))?;
-        stdout.flush().map_err(|cause| V4Error::Write { path: local.to_owned(), cause })?;
-        return Ok((fetched, local.to_owned()));
+        let fetched = runtime
+            .block_on(session.receive_get(pending, &mut stdout, local, how.progress()))
+            .and_then(|fetched| {
+                stdout.flush().map_err(|cause| V4Error::Write { path: local.to_owned(), cause })?;
+                Ok(fetched)
+            });
+        return Received::Done(fetched.map(|f| (f, local.to_owned())));
     };
     let write_error = |cause| V4Error::Write { path: local.to_owned(), cause };
     // Beside its target, in the folder `prepare` made (so the rename stays in it).
-    let dir = local.parent().unwrap_or(Path::new("."));
-    let temp = tempfile::Builder::new()
-        .prefix(".securexfer-get-")
-        .tempfile_in(dir)
-        .map_err(write_error)?;
-    let set = |path: Option<PathBuf>| *how.current.lock().unwrap_or_else(|p| p.into_inner()) = path;
-    set(Some(temp.path().to_owned()));
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, temp);
-    // On an error the temporary file deletes itself when dropped; a stale path left in
-    // `current` names nothing.
-    let fetched =
-        runtime.block_on(session.receive_get(pending, &mut out, local, how.progress()))?;
-    let temp = out.into_inner().map_err(|e| write_error(e.into_error()))?;
+    let opened = match left {
+        Some(left) => partial::Partial::continued(local, left).map(|c| {
+            c.map(|(p, prefix)| {
+                pending.continue_after(prefix);
+                p
+            })
+        }),
+        None => partial::Partial::fresh(local).map(Some),
+    };
+    let partial = match opened {
+        Ok(Some(partial)) => partial,
+        Ok(None) => {
+            // Changed since it was found: what the server sends from the offset cannot be
+            // checked against it.
+            let _ = std::fs::remove_file(partial::path_for(local));
+            return Received::Again("its partial file changed meanwhile".into());
+        }
+        Err(cause) => return Received::Done(Err(write_error(cause))),
+    };
+    let set = |now: Option<(PathBuf, bool)>| {
+        *how.current.lock().unwrap_or_else(|p| p.into_inner()) = now;
+    };
+    set(Some((partial.path.clone(), partial.resumable)));
+    let partial = std::cell::RefCell::new(partial);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, PartialWriter(&partial));
+    let received = runtime.block_on(session.receive_get_with(
+        pending,
+        &mut out,
+        local,
+        how.progress(),
+        |begin| {
+            let mut partial = partial.borrow_mut();
+            if left.is_none() {
+                partial.begins(begin.generation);
+            }
+            set(Some((partial.path.clone(), partial.resumable)));
+            Ok(())
+        },
+    ));
+    let flushed = out.into_inner().map(|_| ()).map_err(|e| write_error(e.into_error()));
+    let partial = partial.into_inner();
+    let fetched = match received.and_then(|f| flushed.map(|()| f)) {
+        Ok(fetched) => fetched,
+        Err(e) => {
+            set(None);
+            if partial.resumable && leaves_partial(&e) {
+                return Received::Done(Err(e));
+            }
+            let _ = std::fs::remove_file(&partial.path);
+            let resumed = left.is_some();
+            let stale =
+                matches!(&e, V4Error::Refused { error, .. } if error.code == ErrorCode::Conflict);
+            return match e {
+                _ if resumed && stale => {
+                    Received::Again("the stored copy changed since the interrupted download".into())
+                }
+                V4Error::DownloadMismatch { .. } if resumed => Received::Again(
+                    "its partial file and the rest did not hash as the stored copy".into(),
+                ),
+                e => Received::Done(Err(e)),
+            };
+        }
+    };
+    Received::Done(place(how, local, partial, fetched))
+}
+
+/// Writes to the partial file behind a `RefCell` (the `GET_BEGIN` hook needs it too).
+struct PartialWriter<'a>(&'a std::cell::RefCell<partial::Partial>);
+
+impl Write for PartialWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.borrow_mut().file.flush()
+    }
+}
+
+/// A verified download's partial file made the user's file: its permissions, synced, its
+/// modification time, renamed to its name.
+fn place(
+    how: &Receive<'_>,
+    local: &Path,
+    partial: partial::Partial,
+    fetched: Fetched,
+) -> Result<(Fetched, PathBuf), V4Error> {
+    let write_error = |cause| V4Error::Write { path: local.to_owned(), cause };
+    let set = |now: Option<(PathBuf, bool)>| {
+        *how.current.lock().unwrap_or_else(|p| p.into_inner()) = now;
+    };
+    let partial::Partial { file, path, .. } = partial;
+    // From here a failure deletes it (as the temporary file it is).
+    let temp_path = tempfile::TempPath::try_from_path(&path).map_err(write_error)?;
+    let temp = tempfile::NamedTempFile::from_parts(file, temp_path);
+    set(Some((path, false)));
+    partial::finished(temp.as_file()).map_err(write_error)?;
     {
         use std::os::unix::fs::PermissionsExt;
         let permissions = std::fs::Permissions::from_mode(how.mode);
@@ -527,10 +670,15 @@ impl GetRun<'_> {
                         "size": fetched.size,
                         "blake3": hex(&fetched.hash),
                         "generation": fetched.generation,
+                        "resumed_from": fetched.resumed_from,
                     }));
                 } else if !self.args.quiet {
+                    let resumed = match fetched.resumed_from {
+                        0 => String::new(),
+                        from => format!(" (resumed at {})", binary_size(from)),
+                    };
                     let line = format!(
-                        "got {name} ({}, BLAKE3 {}…) from {} into {}: verified",
+                        "got {name} ({}, BLAKE3 {}…) from {} into {}: verified{resumed}",
                         binary_size(fetched.size),
                         &hex(&fetched.hash)[..16],
                         self.server,

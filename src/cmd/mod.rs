@@ -5,6 +5,7 @@ mod db;
 mod dry_run;
 mod fetch;
 pub(crate) mod out;
+mod partial;
 mod progress;
 mod register;
 mod send;

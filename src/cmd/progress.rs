@@ -19,6 +19,8 @@ pub struct Display {
     current: Option<(usize, String)>,
     verified: usize,
     done_bytes: u64,
+    /// What an interruption leaves on the server, when it keeps something to resume.
+    kept: Option<String>,
 }
 
 /// The two bars, made once: removing bars from a `MultiProgress` between prints leaves
@@ -51,7 +53,22 @@ impl Display {
             file.set_style(style("  {wide_msg} {percent:>3}%"));
             Bars { multi, total, file }
         });
-        Arc::new(Mutex::new(Display { bars, files, current: None, verified: 0, done_bytes: 0 }))
+        let display =
+            Display { bars, files, current: None, verified: 0, done_bytes: 0, kept: None };
+        Arc::new(Mutex::new(display))
+    }
+
+    /// Says, on an interruption, that the server keeps what it received of a large file
+    /// for `window` seconds (protocol 4's `--resume-window`), so the same send resumes it.
+    pub fn keeps_unfinished(&mut self, window: u32, from: u64) {
+        if window > 0 {
+            let hours = f64::from(window) / 3600.0;
+            self.kept = Some(format!(
+                "the server keeps what it received of a file of {} or more for {hours:.1} h: run \
+                 the same send again to resume it",
+                HumanBytes(from)
+            ));
+        }
     }
 
     /// File `k` (1-based) named `name` begins.
@@ -147,9 +164,9 @@ impl Display {
         let done = format!("{} of {} verified", self.verified, self.files);
         match &self.current {
             Some((k, name)) => format!(
-                "securexfer: interrupted while sending {name} (file {k} of {}); {done}; the \
-                 server keeps nothing of an unconfirmed upload",
-                self.files
+                "securexfer: interrupted while sending {name} (file {k} of {}); {done}; {}",
+                self.files,
+                self.kept.as_deref().unwrap_or("the server keeps nothing of an unconfirmed upload")
             ),
             None => format!("securexfer: interrupted; {done}"),
         }

@@ -10,7 +10,7 @@ use securexfer::client::home::Home;
 use securexfer::client::identity::{Identity, ME_INFO, TRANSFER_INFO, TransferInfo};
 use securexfer::client::v4::batch::{BATCH_FILE_LIMIT, Batched};
 use securexfer::client::v4::error::V4Error;
-use securexfer::client::v4::session::{Stored, hex};
+use securexfer::client::v4::session::{RESUME_FROM, Stored, hex};
 use securexfer::client::wire::Timeouts;
 use securexfer::client::{Client, ClientError, Event, FailureKind, Session};
 use securexfer::protocol::MAX_PLAINTEXT_SIZE;
@@ -530,6 +530,7 @@ fn run_v4(
     let sendable: Vec<&Planned> = plan.iter().filter(|f| f.problem.is_none()).collect();
     let total: u64 = sendable.iter().map(|f| f.wire_bytes).sum();
     let display = progress::Display::new(sendable.len(), total, show_bar);
+    progress::lock(&display).keeps_unfinished(four.session.welcome.resume_window, RESUME_FROM);
     progress::exit_on_interrupt(&display);
     four.session.on_event(event_printer(Arc::clone(&display), args.quiet, args.json));
     four.session.set_limit_rate(args.limit_rate);
@@ -758,11 +759,12 @@ fn report_stored(args: &SendArgs, server: &str, file: &Planned, stored: &Stored,
             "blake3": hex(&stored.hash),
             "sends": stored.sends,
             "generation": stored.generation,
+            "resumed_from": stored.resumed_from,
             "seconds": took.as_secs_f64(),
         });
         outln!("{line}");
     } else if !args.quiet {
-        let rate = progress::rate(stored.size, took.as_secs_f64());
+        let rate = progress::rate(stored.size - stored.resumed_from, took.as_secs_f64());
         let renamed =
             if Some(stored.stored_as.as_str()) == file.path.file_name().and_then(|n| n.to_str()) {
                 String::new()
@@ -770,9 +772,13 @@ fn report_stored(args: &SendArgs, server: &str, file: &Planned, stored: &Stored,
                 format!(" as {}", stored.stored_as)
             };
         let hash = hex(&stored.hash);
+        let resumed = match stored.resumed_from {
+            0 => String::new(),
+            from => format!(", resumed at {}", indicatif::HumanBytes(from)),
+        };
         outln!(
             "sent {}{renamed} ({}, BLAKE3 {}…) to {server} over protocol 4: verified after {} \
-             send(s) in {:.2} s ({rate})",
+             send(s){resumed} in {:.2} s ({rate})",
             file.path.display(),
             indicatif::HumanBytes(stored.size),
             &hash[..16],
@@ -860,6 +866,11 @@ fn event_printer(
                 display.say(&format!("securexfer: {step}: {reason}; attempt {attempt} of 4"));
             }
             Event::Note(note) if !silent => display.say(&format!("securexfer: note: {note}")),
+            Event::Resumed { from, size } if !quiet => display.say(&format!(
+                "securexfer: resuming an interrupted upload: {} of {} are on the server already",
+                indicatif::HumanBytes(from),
+                indicatif::HumanBytes(size)
+            )),
             Event::UploadLost { attempt } if !quiet => display.say(&format!(
                 "securexfer: the connection broke before the server stored send {attempt}; resending"
             )),

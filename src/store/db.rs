@@ -1255,8 +1255,9 @@ impl Db {
         Ok(Removed { files: files as u64, bytes: bytes.max(0) as u64, kept, pruned })
     }
 
-    /// What the client's files take: bytes of its verified files and of its kept versions
-    /// (they take the operator's disk too), and the number of its verified files.
+    /// What the client's files take: bytes of its verified files, of its kept versions
+    /// and of its unfinished uploads kept for resuming (they take the operator's disk
+    /// too), and the number of its verified files.
     pub fn usage(&self, id: ClientId) -> Result<Usage, DbError> {
         let (bytes, files, kept): (i64, i64, i64) = self
             .conn
@@ -1266,8 +1267,21 @@ impl Db {
                  FROM files WHERE ID = ?1 AND Verified = 1",
             )?
             .query_row([&id.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        // Unfinished uploads kept for resuming take the operator's disk too, at their
+        // declared size (what they will take once finished).
+        let unfinished: i64 = if self.schema_version()? >= 10 {
+            self.conn
+                .prepare_cached(
+                    "SELECT COALESCE(sum(Size), 0) FROM unfinished_uploads WHERE ID = ?1",
+                )?
+                .query_row([&id.0[..]], |r| r.get(0))?
+        } else {
+            0
+        };
         Ok(Usage {
-            bytes: (bytes.max(0) as u64).saturating_add(kept.max(0) as u64),
+            bytes: (bytes.max(0) as u64)
+                .saturating_add(kept.max(0) as u64)
+                .saturating_add(unfinished.max(0) as u64),
             files: files.max(0) as u64,
         })
     }

@@ -544,13 +544,14 @@ pub const KEPT_PREFIX: &str = ".securexfer-part-kept-";
 impl Storage {
     /// A new upload that may be kept unfinished: created under a kept name at once, so a
     /// crash never leaves its record pointing at a file start-up deleted as a leftover
-    /// (start-up deletes a kept file no record names instead). Written buffered, so it
-    /// can be synced midway ([`StagedFile::sync`]).
-    pub fn stage_kept(&self, owner: ClientId) -> io::Result<StagedFile> {
+    /// (start-up deletes a kept file no record names instead). `large` asks for direct
+    /// writes from a writer thread, as [`Storage::stage`] does; either way it can be
+    /// synced midway ([`StagedFile::sync`]).
+    pub fn stage_kept(&self, owner: ClientId, large: bool) -> io::Result<StagedFile> {
         let (handle, dir) = self.client_dir(owner, true)?;
         let (file, name) = handle.create_prefixed(KEPT_PREFIX)?;
         let path = tempfile::TempPath::try_from_path(dir.join(&name))?;
-        Ok(StagedFile::new(file, false, owner, name, path))
+        Ok(StagedFile::new(file, large, owner, name, path))
     }
 
     /// Keeps an upload its connection left: synced, renamed to a kept name (so no
@@ -573,12 +574,15 @@ impl Storage {
 
     /// The kept unfinished upload at `location` (of `owner`), truncated to `offset` and
     /// ready to continue, with a reader of its first `offset` bytes (to rebuild the
-    /// hashes). `NotFound` when the file is gone or shorter than `offset`.
+    /// hashes). `NotFound` when the file is gone or shorter than `offset`. `direct` asks
+    /// for direct writes from a writer thread, as for a new large upload (granted when
+    /// `offset` is block-aligned, as a sync point of whole chunks is).
     pub fn resume_unfinished(
         &self,
         owner: ClientId,
         location: &str,
         offset: u64,
+        direct: bool,
     ) -> io::Result<(StagedFile, fs::File)> {
         let name = Self::kept_name(owner, location)?;
         let (dir, dir_path) = self.client_dir(owner, false)?;
@@ -596,7 +600,7 @@ impl Storage {
         let mut file = file;
         io::Seek::seek(&mut file, io::SeekFrom::Start(offset))?;
         let path = tempfile::TempPath::try_from_path(path)?;
-        Ok((StagedFile::resumed(file, owner, name.to_owned(), path, offset), reader))
+        Ok((StagedFile::resumed(file, owner, name.to_owned(), path, offset, direct), reader))
     }
 
     /// The length of the kept file at `location`, `None` if it is not there.

@@ -24,5 +24,6 @@ mod v4_group;
 mod v4_peer;
 mod v4_quota;
 mod v4_resume;
+mod v4_resume_client;
 mod v4_server;
 mod vectors;

@@ -2910,7 +2910,7 @@ fn an_http_request_on_the_protocol_port_gets_one_2107_and_is_closed() {
 // Metrics (serve --metrics)
 
 /// The metrics address the server logged at start-up (it was given port 0).
-fn metrics_address(server: &Server) -> String {
+pub(crate) fn metrics_address(server: &Server) -> String {
     let mut found = None;
     wait_until("the metrics address in the log", || {
         found = server
@@ -2925,7 +2925,7 @@ fn metrics_address(server: &Server) -> String {
 }
 
 /// One HTTP GET: the status code and the body.
-fn http_get(address: &str, path: &str) -> (u16, String) {
+pub(crate) fn http_get(address: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).expect("connect to the metrics endpoint");
     stream.set_read_timeout(Some(WAIT)).expect("timeout");
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").expect("send");
@@ -2937,13 +2937,13 @@ fn http_get(address: &str, path: &str) -> (u16, String) {
 }
 
 /// The value of one series, written exactly as exposed (`name{labels}`).
-fn sample(text: &str, series: &str) -> f64 {
+pub(crate) fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
 }
 
-fn scrape(address: &str) -> String {
+pub(crate) fn scrape(address: &str) -> String {
     let (code, body) = http_get(address, "/metrics");
     assert_eq!(code, 200, "{body}");
     body

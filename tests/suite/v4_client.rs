@@ -291,6 +291,25 @@ impl Client {
         out
     }
 
+    /// Starts `securexfer ARGS` (as [`Client::run`] would run it) without waiting, its
+    /// output to files under the client's directory.
+    pub(crate) fn spawn(&self, args: &[&str]) -> std::process::Child {
+        let out = std::fs::File::create(self.path().join("spawned.out")).unwrap();
+        let err = std::fs::File::create(self.path().join("spawned.err")).unwrap();
+        common::command()
+            .env_remove("SECUREXFER_PROTOCOL")
+            .env("XDG_CONFIG_HOME", self.path().join("config"))
+            .env("HOME", self.path())
+            .current_dir(self.path())
+            .args(args)
+            .args(["--connect-timeout", "5", "--timeout", "10"])
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap()
+    }
+
     /// Runs `securexfer ARGS` with the default protocol (`auto`), unless ARGS say.
     pub(crate) fn run(&self, args: &[&str]) -> Output {
         common::command()

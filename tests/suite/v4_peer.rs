@@ -8,7 +8,8 @@ use securexfer::protocol::ClientId;
 use securexfer::protocol::v4::{
     Commit, Committed, CopyFlags, EntryKind, ErrorCode, ErrorFrame, ErrorUnit, FrameHeader,
     FrameType, Get, GetBegin, GetEnd, HEADER_LEN, ListEnd, ListEntries, ListEntry, PutBegin,
-    PutReceived, Register, Registered, Registration, Side, Upgrade, Welcome, encode_frame,
+    PutReceived, Register, Registered, Registration, ResumeState, Side, Upgrade, Welcome,
+    encode_frame,
 };
 use securexfer::server::identity::ServerIdentity;
 use std::collections::HashMap;
@@ -228,6 +229,10 @@ impl State {
             }
             FrameType::PutEnd => self.put_end(script, seen),
             FrameType::Commit => self.commit(tag, p, seen),
+            // A server that kept nothing of an earlier upload.
+            FrameType::ResumeQuery => {
+                vec![(FrameType::ResumeState, tag, ResumeState::NOTHING.encode().unwrap())]
+            }
             FrameType::List => list(tag, script),
             FrameType::Get => get(tag, p, script),
             _ => {

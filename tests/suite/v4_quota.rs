@@ -99,7 +99,9 @@ fn a_files_quota_counts_new_paths_and_lets_a_replacement_through() {
 
 #[test]
 fn open_uploads_on_another_connection_count_against_the_quota() {
-    let server = Server::start(&[]);
+    // Nothing kept for resuming: an upload given up with its connection is gone (one kept
+    // counts on; v4_resume::a_kept_upload_counts_against_the_bytes_quota_once).
+    let server = Server::start(&["--resume-window", "0"]);
     let key = Key::ed25519();
     let mut first = registered(&server, &key, "carol");
     set_quota(&server, &["--client", "carol", "--bytes", "100K", "--files", "10"]);
@@ -187,6 +189,23 @@ fn db_quota_shows_sets_and_clears_and_the_client_says_quota_exceeded() {
         "{}",
         text(&out.stderr)
     );
+
+    // A dry run says so before anything is sent, file by file in order.
+    client.file("tiny.bin", &[3; 100 * 1024]);
+    let out = client.run(&["send", "--dry-run", "--server", &addr, "tiny.bin", "more.bin"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let said = text(&out.stdout);
+    assert!(said.contains("would send tiny.bin as tiny.bin (100 KiB)"), "{said}");
+    assert!(
+        said.contains(
+            "would be refused: more.bin as more.bin: quota exceeded: 800 KiB of 1 MiB used"
+        ),
+        "{said}"
+    );
+    let out = client.run(&["send", "--dry-run", "--json", "--server", &addr, "more.bin"]);
+    let line: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(line["status"], "quota", "{line}");
 
     set_quota(&server, &["--client", "erin", "--bytes", "none"]);
     let out = client.run(&["send", "--server", &addr, "more.bin"]);

@@ -276,3 +276,94 @@ fn a_window_of_zero_keeps_nothing() {
     assert_eq!(conn.read_error().1.code, code::CONFLICT);
     assert!(kept_files(&server.storage(), &id).is_empty());
 }
+
+#[test]
+fn a_kept_upload_counts_against_the_bytes_quota_once() {
+    let server = Server::start(&[]);
+    let key = Key::ed25519();
+    register(&server, &key, "alice");
+    let out = crate::common::run_in(
+        &server.dir,
+        &["db", "quota", "--db", "server.db", "--client", "alice", "--bytes", "10M"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = pattern(8 * MIB);
+    cut_upload(&server, &key, "big.bin", &data, 2 * MIB);
+    assert!(query_until(&server, &key, "big.bin", true).present);
+
+    // What is kept takes its declared 8 MiB of the 10: another 4 MiB does not fit.
+    let (mut conn, welcome) = Conn::hello(server.addr, &key);
+    assert_eq!(welcome.bytes_used, 8 * MIB as u64, "WELCOME counts the kept upload");
+    let tag = conn.tag();
+    conn.send(v4::PUT_BEGIN, tag, &v4::put_begin_payload(false, 4 * MIB as u64, 0, "more.bin"));
+    let error = v4::error_of(&conn.read().unwrap()).expect("refused");
+    assert_eq!(error.code, code::QUOTA_EXCEEDED);
+    // Continuing the kept upload itself is not counted twice.
+    drop(conn);
+    let id = register_again(&server, &key);
+    resume_and_commit(&server, &key, &id, "big.bin", &data, 2 * MIB);
+}
+
+/// The id of `key`'s client (registered already).
+fn register_again(server: &Server, key: &Key) -> [u8; 16] {
+    let (_, welcome) = Conn::hello(server.addr, key);
+    welcome.client_id
+}
+
+#[test]
+fn a_query_right_after_the_connection_left_waits_for_what_it_kept() {
+    let server = Server::start(&[]);
+    let key = Key::ed25519();
+    let id = register(&server, &key, "alice");
+    let data = pattern(6 * MIB);
+    // Ready before the first connection goes, so the question comes at once after it.
+    let (mut next, _) = Conn::hello(server.addr, &key);
+    let (mut conn, _) = Conn::hello(server.addr, &key);
+    let tag = conn.tag();
+    conn.send(v4::PUT_BEGIN, tag, &v4::put_begin_payload(false, data.len() as u64, 0, "big.bin"));
+    for chunk in data[..4 * MIB].chunks(MIB) {
+        conn.send(v4::DATA, tag, chunk);
+    }
+    // The server has written all of it (so it holds the upload) when the client goes.
+    let start = Instant::now();
+    let written = || {
+        let dir = server.storage().join(hex(&id));
+        kept_files(&server.storage(), &id)
+            .iter()
+            .filter_map(|n| std::fs::metadata(dir.join(n)).ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    };
+    while written() < 4 * MIB as u64 {
+        assert!(start.elapsed() < WAIT, "the server never wrote the data");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(conn);
+    let state = query(&mut next, "big.bin");
+    assert!(state.present, "the upload still being kept is waited for, not missed");
+    assert_eq!((state.size, state.durable), (6 * MIB as u64, 4 * MIB as u64));
+    assert_eq!(state.prefix_hash, blake3(&data[..4 * MIB]));
+}
+
+#[test]
+fn an_upload_cut_in_the_middle_of_a_frame_is_kept_to_its_last_whole_frame() {
+    // A killed client or a dropped network cuts where it cuts: that is no protocol break
+    // of a hostile client, and what arrived whole is kept.
+    let server = Server::start(&[]);
+    let key = Key::ed25519();
+    register(&server, &key, "alice");
+    let data = pattern(4 * MIB);
+    let (mut conn, _) = Conn::hello(server.addr, &key);
+    let tag = conn.tag();
+    conn.send(v4::PUT_BEGIN, tag, &v4::put_begin_payload(false, data.len() as u64, 0, "cut.bin"));
+    conn.send(v4::DATA, tag, &data[..MIB]);
+    conn.send(v4::DATA, tag, &data[MIB..2 * MIB]);
+    let half_frame = v4::frame(v4::DATA, tag, &data[2 * MIB..3 * MIB]);
+    conn.send_raw(&half_frame[..half_frame.len() / 2]);
+    drop(conn);
+    let state = query_until(&server, &key, "cut.bin", true);
+    assert!(state.present, "kept: {}", server.log());
+    assert_eq!(state.durable, 2 * MIB as u64, "up to the last whole frame");
+    assert_eq!(state.prefix_hash, blake3(&data[..2 * MIB]));
+}

@@ -165,7 +165,8 @@ impl Session {
     ) -> Option<Waiting> {
         let InFlight { index, stored_as, size, hash, sends, mut retries, put, committed } = sent;
         let path = &files[index].path;
-        let on_wire = Sent { path, stored_as: &stored_as, size, hash, attempt: sends };
+        let on_wire =
+            Sent { path, stored_as: &stored_as, size, hash, attempt: sends, resumed_from: 0 };
         let result = match self.outcome(&on_wire, put, committed).await {
             Ok(Attempt::Stored(stored)) => Ok(stored),
             Ok(Attempt::Mismatch { theirs }) if sends < MAX_SENDS => {

@@ -26,12 +26,28 @@ use unicode_normalization::UnicodeNormalization;
 pub struct PendingGet {
     path: String,
     parts: PartStream,
+    /// Where the download continues (0: from the start).
+    offset: u64,
+    /// The whole-file hash fed the `offset` bytes the caller already holds.
+    prefix: Option<blake3::Hasher>,
 }
 
 impl PendingGet {
     /// The stored path asked for (NFC).
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// Where the download continues: 0, or the bytes a resumed one skips.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Gives a resumed download the hash of the bytes before its offset (a hasher fed
+    /// exactly [`PendingGet::offset`] bytes), so its end is checked against the whole
+    /// file's hash.
+    pub fn continue_after(&mut self, prefix: blake3::Hasher) {
+        self.prefix = Some(prefix);
     }
 }
 
@@ -48,6 +64,8 @@ pub struct Fetched {
     pub generation: u64,
     /// The mtime its upload declared (0: unknown).
     pub mtime_ns: i64,
+    /// Where the download began: more than 0 when it continued a partial file.
+    pub resumed_from: u64,
 }
 
 impl Session {
@@ -104,14 +122,26 @@ impl Session {
     /// Sends `GET` for `path` without waiting (several may be pipelined; their answers come
     /// in order, each to its own [`Session::receive_get`]).
     pub async fn send_get(&mut self, path: &str) -> Result<PendingGet, V4Error> {
+        self.send_get_from(path, 0, 0).await
+    }
+
+    /// Sends `GET` for the bytes of `path` from `offset` on, of the copy of `generation`
+    /// (a resumed download: the server answers `conflict` when its copy is another one
+    /// now). An offset of 0 asks for the whole of whatever copy is stored.
+    pub async fn send_get_from(
+        &mut self,
+        path: &str,
+        offset: u64,
+        generation: u64,
+    ) -> Result<PendingGet, V4Error> {
         self.check_usable()?;
         let path = self.request_path(path, false)?;
         let tag = self.conn.new_tag();
-        let payload = Get { offset: 0, generation: 0, path: path.clone() }
-            .encode()
-            .map_err(V4Error::encode)?;
+        let generation = if offset == 0 { 0 } else { generation };
+        let payload =
+            Get { offset, generation, path: path.clone() }.encode().map_err(V4Error::encode)?;
         let parts = self.conn.request_stream(FrameType::Get, tag, &payload).await?;
-        Ok(PendingGet { path, parts })
+        Ok(PendingGet { path, parts, offset, prefix: None })
     }
 
     /// The answer to a `GET`: its bytes written to `out` as they arrive, then checked. An
@@ -119,23 +149,56 @@ impl Session {
     /// computed and (when it has one) recorded. `progress` is told the bytes so far.
     pub async fn receive_get(
         &mut self,
+        pending: PendingGet,
+        out: &mut dyn Write,
+        local: &Path,
+        progress: impl FnMut(u64, u64),
+    ) -> Result<Fetched, V4Error> {
+        self.receive_get_with(pending, out, local, progress, |_| Ok(())).await
+    }
+
+    /// [`Session::receive_get`], with `begun` told the `GET_BEGIN` before any byte is
+    /// written (where a caller records which copy a partial file holds).
+    pub async fn receive_get_with(
+        &mut self,
         mut pending: PendingGet,
         out: &mut dyn Write,
         local: &Path,
         mut progress: impl FnMut(u64, u64),
+        begun: impl FnOnce(&GetBegin) -> Result<(), V4Error>,
     ) -> Result<Fetched, V4Error> {
+        let offset = pending.offset;
+        let mut hasher = pending.prefix.take().unwrap_or_default();
+        if hasher.count() != offset {
+            return Err(V4Error::Write {
+                path: local.to_owned(),
+                cause: std::io::Error::other(format!(
+                    "a download resumed at {offset} bytes was given the hash of {}",
+                    hasher.count()
+                )),
+            });
+        }
         let parts = &mut pending.parts;
         let first = self.conn.next_part(parts).await?;
         if first.frame_type != FrameType::GetBegin {
             return Err(refusal("downloading", &first)?);
         }
         let begin = GetBegin::decode(&first.payload).map_err(|e| server_broke("GET_BEGIN", e))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut received = 0u64;
+        if begin.size < offset {
+            return Err(self.broke(format!(
+                "the server began {} of {} bytes at offset {offset} instead of refusing",
+                pending.path, begin.size
+            )));
+        }
+        begun(&begin)?;
+        let mut received = offset;
         // `--limit-rate`: the bytes are taken from the connection no faster than the rate;
         // the reader's channel is bounded, so TCP slows the server down in turn.
         let mut pace = self.limit_rate.map(|rate| Pace::new(rate, Instant::now()));
         progress(0, begin.size);
+        if offset > 0 {
+            progress(offset, begin.size);
+        }
         let end = loop {
             let part = self.conn.next_part(parts).await?;
             match part.frame_type {
@@ -185,6 +248,7 @@ impl Session {
             hash: ours,
             generation: begin.generation,
             mtime_ns: begin.mtime_ns,
+            resumed_from: offset,
         })
     }
 

@@ -12,12 +12,12 @@ use crate::client::{Event, MAX_SENDS, RETRIES};
 use crate::protocol::ClientId;
 use crate::protocol::v4::{
     Commit, Committed, ErrorCode, ErrorFrame, ErrorKind, FrameType, Hash, MAX_DATA_PAYLOAD,
-    NO_HASH, PutBegin, PutReceived, Register, Registered, Upgrade, Welcome, names,
-    upgrade_statement,
+    NO_HASH, PutBegin, PutReceived, Register, Registered, ResumeQuery, ResumeState, Upgrade,
+    Welcome, names, upgrade_statement,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use unicode_normalization::UnicodeNormalization;
 
 /// The longest wait for a temporary refusal's `retry after`, however long the server asks:
@@ -28,6 +28,11 @@ const DEFAULT_RETRY_WAIT: Duration = Duration::from_secs(1);
 /// The largest `DATA` frame sent: the protocol's limit, 1 MiB (the file is read in pieces
 /// of this size, so memory stays constant whatever the file's size).
 const DATA_CHUNK: usize = MAX_DATA_PAYLOAD as usize;
+/// Files of at least this size ask the server for what it kept of an interrupted upload
+/// (`RESUME_QUERY`) before they are sent: one round trip, against resending what the
+/// server already holds. Smaller files go out in about a round trip anyway, and skipping
+/// the question keeps a run of many small files free of it.
+pub const RESUME_FROM: u64 = 1 << 20;
 
 /// A file stored and verified over protocol 4.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +51,9 @@ pub struct Stored {
     pub generation: u64,
     /// The copy it replaced was kept as a version.
     pub kept_version: bool,
+    /// Where the last send began: more than 0 when it continued an upload the server had
+    /// kept from an interrupted run.
+    pub resumed_from: u64,
 }
 
 /// A registered client on one connection.
@@ -77,6 +85,21 @@ pub(super) struct Sent<'a> {
     pub(super) size: u64,
     pub(super) hash: Hash,
     pub(super) attempt: u32,
+    pub(super) resumed_from: u64,
+}
+
+/// Where a put begins: from 0, or where an upload the server kept stopped, with the
+/// whole-file hash already fed the bytes before that point.
+struct Start {
+    offset: u64,
+    prefix_hash: Hash,
+    hasher: blake3::Hasher,
+}
+
+impl Start {
+    fn zero() -> Start {
+        Start { offset: 0, prefix_hash: NO_HASH, hasher: blake3::Hasher::new() }
+    }
 }
 
 /// How one send of a file ended.
@@ -272,7 +295,10 @@ impl Session {
         }
     }
 
-    /// One put of the file, its `COMMIT` pipelined behind it.
+    /// One put of the file, its `COMMIT` pipelined behind it. The first send of a large
+    /// file continues what the server kept of an interrupted upload of it, when that is
+    /// this file's beginning; a resumed put the server refuses (it no longer holds that
+    /// upload) goes again from 0.
     async fn send_once(
         &mut self,
         path: &Path,
@@ -282,8 +308,97 @@ impl Session {
         let open_error = |cause| V4Error::Open { path: path.to_owned(), cause };
         let mut file = tokio::fs::File::open(path).await.map_err(open_error)?;
         let meta = file.metadata().await.map_err(open_error)?;
-        let size = meta.len();
-        self.put_from(&mut file, path, Some(size), mtime_ns(&meta), stored_as, attempt).await
+        let (size, mtime) = (meta.len(), mtime_ns(&meta));
+        let start = if attempt == 1 {
+            self.resume_point(&mut file, path, stored_as, size, mtime).await?
+        } else {
+            Start::zero()
+        };
+        let resumed = start.offset > 0;
+        let outcome =
+            self.put_from(&mut file, path, Some(size), mtime, stored_as, attempt, start).await?;
+        match outcome {
+            Attempt::Refused(error)
+                if resumed && matches!(error.code, ErrorCode::Conflict | ErrorCode::Corrupt) =>
+            {
+                (self.events)(Event::Note(format!(
+                    "the server no longer holds the interrupted upload of {stored_as} ({}); \
+                     sending it from the start",
+                    describe_refusal(&error)
+                )));
+                file.seek(std::io::SeekFrom::Start(0)).await.map_err(open_error)?;
+                self.put_from(&mut file, path, Some(size), mtime, stored_as, attempt, Start::zero())
+                    .await
+            }
+            outcome => Ok(outcome),
+        }
+    }
+
+    /// Where the send of `file` (`size` bytes, modified at `mtime`) begins: after the
+    /// bytes the server holds durable of an interrupted upload to `stored_as`, when that
+    /// upload declared this size and mtime and those bytes hash as this file's first ones
+    /// do; otherwise from 0. `file` is left positioned where the send begins.
+    async fn resume_point(
+        &mut self,
+        file: &mut tokio::fs::File,
+        path: &Path,
+        stored_as: &str,
+        size: u64,
+        mtime: i64,
+    ) -> Result<Start, V4Error> {
+        if self.welcome.resume_window == 0 || size < RESUME_FROM {
+            return Ok(Start::zero());
+        }
+        let payload =
+            ResumeQuery { path: stored_as.to_owned() }.encode().map_err(V4Error::encode)?;
+        let tag = self.conn.new_tag();
+        let answer = self.conn.request(FrameType::ResumeQuery, tag, &payload).await?;
+        let state = match self.conn.answer(answer).await? {
+            Answer::Frame(p) => {
+                ResumeState::decode(&p).map_err(|e| server_broke("RESUME_STATE", e))?
+            }
+            // Not an error of this file: the send goes on from 0.
+            Answer::Refused(_) => return Ok(Start::zero()),
+        };
+        if !state.present || state.durable == 0 || state.durable > size {
+            return Ok(Start::zero());
+        }
+        if state.size != size || state.mtime_ns != mtime {
+            (self.events)(Event::Note(format!(
+                "{} changed since its interrupted upload to {stored_as} (size or modification \
+                 time); sending it from the start",
+                path.display()
+            )));
+            return Ok(Start::zero());
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; DATA_CHUNK];
+        let mut hashed = 0u64;
+        while hashed < state.durable {
+            let want = buf.len().min(usize::try_from(state.durable - hashed).unwrap_or(usize::MAX));
+            let n = read_up_to(file, &mut buf[..want])
+                .await
+                .map_err(|cause| V4Error::Open { path: path.to_owned(), cause })?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            hashed += n as u64;
+        }
+        if hashed != state.durable || *hasher.finalize().as_bytes() != state.prefix_hash {
+            (self.events)(Event::Note(format!(
+                "the first {} bytes of {} differ from what its interrupted upload sent; sending \
+                 it from the start",
+                state.durable,
+                path.display()
+            )));
+            file.seek(std::io::SeekFrom::Start(0))
+                .await
+                .map_err(|cause| V4Error::Open { path: path.to_owned(), cause })?;
+            return Ok(Start::zero());
+        }
+        (self.events)(Event::Resumed { from: state.durable, size });
+        Ok(Start { offset: state.durable, prefix_hash: state.prefix_hash, hasher })
     }
 
     /// Sends standard input to be stored as `stored_as` (`send -`): a put of unknown
@@ -307,7 +422,7 @@ impl Session {
             .ok()
             .and_then(|d| i64::try_from(d.as_nanos()).ok())
             .unwrap_or(0);
-        match self.put_from(&mut stdin, path, None, now, &stored_as, 1).await? {
+        match self.put_from(&mut stdin, path, None, now, &stored_as, 1, Start::zero()).await? {
             Attempt::Stored(stored) => Ok(stored),
             Attempt::Mismatch { .. } => {
                 Err(V4Error::Verification { path: path.to_owned(), attempts: 1 })
@@ -316,8 +431,9 @@ impl Session {
         }
     }
 
-    /// One put of `reader` (`size` bytes, or to its end when `None`), its `COMMIT`
-    /// pipelined behind it.
+    /// One put of `reader` (`size` bytes, or to its end when `None`) from `start` (the
+    /// reader positioned there), its `COMMIT` pipelined behind it.
+    #[allow(clippy::too_many_arguments)]
     async fn put_from<R: tokio::io::AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
@@ -326,28 +442,33 @@ impl Session {
         mtime_ns: i64,
         stored_as: &str,
         attempt: u32,
+        start: Start,
     ) -> Result<Attempt, V4Error> {
         let bytes = size.unwrap_or(0);
         (self.events)(Event::SendStarted { path: path.to_owned(), bytes, attempt });
+        if start.offset > 0 {
+            (self.events)(Event::Progress(start.offset));
+        }
         let tag = self.conn.new_tag();
         let begin = PutBegin {
             no_clobber: self.no_clobber,
             size,
-            offset: 0,
-            prefix_hash: NO_HASH,
+            offset: start.offset,
+            prefix_hash: start.prefix_hash,
             mtime_ns,
             path: stored_as.to_owned(),
         };
         let payload = begin.encode().map_err(V4Error::encode)?;
         let mut put = self.conn.request(FrameType::PutBegin, tag, &payload).await?;
-        let streamed = self.stream(reader, path, size, tag, &mut put).await?;
+        let resumed_from = start.offset;
+        let streamed = self.stream(reader, path, size, tag, &mut put, start).await?;
         let Some((hash, size)) = streamed else {
             // Refused while the data was going out: no COMMIT for it.
             return self.refusal_of(put).await;
         };
         let commit = Commit { hash }.encode();
         let committed = self.conn.request(FrameType::Commit, tag, &commit).await?;
-        let sent = Sent { path, stored_as, size, hash, attempt };
+        let sent = Sent { path, stored_as, size, hash, attempt, resumed_from };
         self.outcome(&sent, put, committed).await
     }
 
@@ -361,6 +482,7 @@ impl Session {
         size: Option<u64>,
         tag: u32,
         put: &mut AnswerFuture,
+        start: Start,
     ) -> Result<Option<(Hash, u64)>, V4Error> {
         let known = size;
         let size = size.unwrap_or(u64::MAX);
@@ -370,8 +492,8 @@ impl Session {
             crate::client::pace::Pace::new(rate, std::time::Instant::now())
         });
         let mut buf = vec![0u8; chunk];
-        let mut hasher = blake3::Hasher::new();
-        let mut sent = 0u64;
+        let Start { offset, mut hasher, .. } = start;
+        let mut sent = offset;
         while sent < size {
             if put_answered(put) {
                 return Ok(None);
@@ -416,7 +538,7 @@ impl Session {
         put: AnswerFuture,
         committed: AnswerFuture,
     ) -> Result<Attempt, V4Error> {
-        let Sent { path, stored_as, size, hash, attempt } = *sent;
+        let Sent { path, stored_as, size, hash, attempt, resumed_from } = *sent;
         let received = match self.conn.answer(put).await? {
             Answer::Frame(p) => {
                 PutReceived::decode(&p).map_err(|e| server_broke("PUT_RECEIVED", e))?
@@ -440,6 +562,7 @@ impl Session {
                     sends: attempt,
                     generation: done.generation,
                     kept_version: done.kept_version,
+                    resumed_from,
                 }))
             }
             Answer::Frame(_) => Err(V4Error::Conn(ConnError::ServerProtocol(format!(

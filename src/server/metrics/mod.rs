@@ -124,6 +124,18 @@ label_values! {
     }
 }
 
+label_values! {
+    /// How a protocol-4 download ended: a label value.
+    DownloadOutcome {
+        /// `GET_END` sent: the whole copy went out, its hash as recorded.
+        Sent = "sent",
+        /// The copy did not match its record (`corrupt` in place of `GET_END`).
+        Corrupt = "corrupt",
+        /// Reading the copy failed (`internal`).
+        Failed = "failed",
+    }
+}
+
 /// The outcomes of a request, as labelled.
 const REQUEST_OUTCOMES: [&str; 4] = ["ok", "denied", "refused", "malformed"];
 
@@ -162,6 +174,9 @@ pub(crate) struct Metrics {
     resumed_uploads: Counter,
     resumed_bytes: Counter,
     upload_duration: Histogram,
+    downloads: Family<OutcomeLabel, Counter>,
+    sent_bytes: Counter,
+    resumed_downloads: Counter,
     sessions: Gauge,
     storage_free: Gauge,
     db_duration: Histogram,
@@ -183,6 +198,9 @@ impl Metrics {
             resumed_uploads: Counter::default(),
             resumed_bytes: Counter::default(),
             upload_duration: Histogram::new(UPLOAD_BUCKETS),
+            downloads: Family::default(),
+            sent_bytes: Counter::default(),
+            resumed_downloads: Counter::default(),
             sessions: Gauge::default(),
             storage_free: Gauge::default(),
             db_duration: Histogram::new(DB_BUCKETS),
@@ -245,6 +263,23 @@ impl Metrics {
             m.upload_duration.clone(),
         );
         registry.register(
+            "downloads",
+            "Protocol-4 downloads by outcome (sent: GET_END went out; corrupt: the copy did \
+             not match its record; failed: it could not be read)",
+            m.downloads.clone(),
+        );
+        registry.register_with_unit(
+            "sent",
+            "Bytes of file content sent in protocol-4 downloads (DATA payloads)",
+            Unit::Bytes,
+            m.sent_bytes.clone(),
+        );
+        registry.register(
+            "resumed_downloads",
+            "Protocol-4 downloads that continued a client's partial file (GET with an offset)",
+            m.resumed_downloads.clone(),
+        );
+        registry.register(
             "sessions",
             "Key exchanges whose AES key is still usable (on a connection or within the \
              session window)",
@@ -281,6 +316,9 @@ impl Metrics {
         }
         for outcome in UploadOutcome::ALL {
             let _ = self.uploads.get_or_create(&OutcomeLabel { outcome: outcome.as_str() });
+        }
+        for outcome in DownloadOutcome::ALL {
+            let _ = self.downloads.get_or_create(&OutcomeLabel { outcome: outcome.as_str() });
         }
         let codes = RequestCode::ALL.iter().map(|c| c.as_u16().to_string());
         for code in codes.chain(["unknown".to_owned()]) {
@@ -347,6 +385,21 @@ impl Metrics {
 
     pub(crate) fn upload(&self, outcome: UploadOutcome) {
         self.uploads.get_or_create(&OutcomeLabel { outcome: outcome.as_str() }).inc();
+    }
+
+    /// A protocol-4 download ended so.
+    pub(crate) fn download(&self, outcome: DownloadOutcome) {
+        self.downloads.get_or_create(&OutcomeLabel { outcome: outcome.as_str() }).inc();
+    }
+
+    /// `bytes` of file content went out in a download's `DATA`.
+    pub(crate) fn download_sent(&self, bytes: u64) {
+        self.sent_bytes.inc_by(bytes);
+    }
+
+    /// A protocol-4 download began at an offset (a client's partial file continued).
+    pub(crate) fn download_resumed(&self) {
+        self.resumed_downloads.inc();
     }
 
     /// A protocol-4 upload continued from its first `offset` bytes, kept by the server.

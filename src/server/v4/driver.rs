@@ -8,8 +8,8 @@ use super::group::Group;
 use super::machine::{Admit, Machine, Request};
 use super::put::{Held, OpenPut};
 use crate::protocol::v4::{
-    CONNECTION_TAG, ErrorFrame, FrameHeader, FrameType, HEADER_LEN, MAX_CONTROL_PAYLOAD, Side,
-    encode_frame,
+    CONNECTION_TAG, ErrorCode, ErrorFrame, FrameHeader, FrameType, HEADER_LEN, MAX_CONTROL_PAYLOAD,
+    Side, encode_frame,
 };
 use crate::server::Shared;
 use crate::store::ClientKey;
@@ -49,6 +49,9 @@ pub(super) enum Ended {
     /// (`internal`) and go on.
     Refused(ErrorFrame),
 }
+
+/// How the closing error of a connection that ended in the middle of a frame begins.
+const CUT: &str = "the connection ended in the middle of";
 
 impl From<io::Error> for Ended {
     fn from(e: io::Error) -> Self {
@@ -108,9 +111,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if let Err(e) = self.flush_group().await {
             debug!("the answers of the last commits could not be sent: {e:?}");
         }
-        // Before the last words: a client that reads the closing ERROR finds nothing of
-        // its uncommitted uploads left.
-        self.forget_uploads().await;
+        // Before the last words: a client that reads the closing ERROR finds its
+        // uncommitted uploads kept (to resume) or gone. A client that broke the protocol
+        // gets nothing kept: what it sent is not worth the disk for a day. A connection
+        // cut off in the middle of a frame is no such client: that is how a killed
+        // client or a dropped network looks, the very case resuming is for.
+        let broke = matches!(&ended, Ended::Close(e)
+            if e.code == ErrorCode::Protocol && !e.message.contains(CUT));
+        self.forget_uploads(!broke).await;
         match ended {
             Ended::Close(error) => {
                 log_close(&error);
@@ -176,9 +184,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let rest = tokio::time::timeout(deadline, self.stream.read_exact(&mut bytes[1..]));
         match rest.await {
             Ok(Ok(_)) => Ok(bytes),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Err(Ended::Close(
-                errors::protocol("the connection ended in the middle of a frame header"),
-            )),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(Ended::Close(errors::protocol(&format!("{CUT} a frame header"))))
+            }
             Ok(Err(e)) => Err(Ended::Gone(e)),
             Err(_) => Err(Ended::Close(errors::timeout(&format!(
                 "a frame header took more than {} s",
@@ -240,9 +248,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             // TLS reports 0 only after the peer's close_notify (a bare FIN is an error).
             Some(Ok(Ok(0))) if !in_body => Err(Ended::PeerDone),
-            Some(Ok(Ok(0))) => Err(Ended::Close(errors::protocol(
-                "the client closed in the middle of a put's body",
-            ))),
+            Some(Ok(Ok(0))) => Err(Ended::Close(errors::protocol(&format!("{CUT} a put's body")))),
             Some(Ok(Ok(_))) => Ok(()),
             Some(Ok(Err(e))) => Err(Ended::Gone(e)),
         }
@@ -281,7 +287,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         match tokio::time::timeout(deadline, self.stream.read_exact(buf)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                Err(Ended::Close(errors::protocol("the connection ended in the middle of a frame")))
+                Err(Ended::Close(errors::protocol(&format!("{CUT} a frame"))))
             }
             Ok(Err(e)) => Err(Ended::Gone(e)),
             Err(_) => Err(Ended::Close(errors::timeout(&format!(
@@ -398,11 +404,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Uploads not committed when the connection ends are kept for resuming when they may
     /// be (see `resume`), else thrown away off the runtime's threads: deleting a large
     /// file takes a while.
-    async fn forget_uploads(&mut self) {
+    async fn forget_uploads(&mut self, may_keep: bool) {
         let open = self.open.take();
         let held: Vec<Held> = self.held.drain().map(|(_, h)| h).collect();
         if open.is_some() || !held.is_empty() {
-            self.keep_or_forget(open, held).await;
+            self.keep_or_forget(open, held, may_keep).await;
         }
     }
 }

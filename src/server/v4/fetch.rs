@@ -18,6 +18,7 @@ use crate::protocol::v4::{
     LIST_ENTRIES_FIXED_LEN, List, ListEnd, ListEntries, ListEntry, MAX_CONTROL_PAYLOAD,
     MAX_DATA_PAYLOAD, NO_HASH, Removed, Rm, names,
 };
+use crate::server::metrics::DownloadOutcome;
 use crate::store::{BlobStore, PathRange, Removal, StoredCopy};
 use std::io::Read;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -232,12 +233,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         };
         let payload = begin.encode().map_err(std::io::Error::other)?;
         self.send(FrameType::GetBegin, tag, &payload).await?;
+        if get.offset > 0 {
+            self.shared.metrics.download_resumed();
+        }
         let Some(hash) = self.stream_copy(tag, &get, &copy, reader).await? else {
             return Ok(());
         };
         match copy.blake3 {
             Some(recorded) if recorded != hash => {
                 warn!(tag, path = %get.path, "a stored protocol-4 copy does not match its BLAKE3");
+                self.shared.metrics.download(DownloadOutcome::Corrupt);
                 let why = "its bytes do not match the hash on record";
                 return self.refuse(tag, &errors::corrupt(&get.path, why)).await;
             }
@@ -246,6 +251,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         info!(tag, path = %get.path, size = copy.size, "protocol-4 download sent");
         self.send(FrameType::GetEnd, tag, &GetEnd { hash }.encode()).await?;
+        self.shared.metrics.download(DownloadOutcome::Sent);
         Ok(())
     }
 
@@ -279,12 +285,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Err(e) => {
                     let at = unix_now();
                     tracing::error!(at, path = %get.path, "reading a protocol-4 download failed: {e}");
+                    self.shared.metrics.download(DownloadOutcome::Failed);
                     self.refuse(tag, &errors::internal(at)).await?;
                     return Ok(None);
                 }
             };
             if done == copy.size {
                 if n > 0 {
+                    self.shared.metrics.download(DownloadOutcome::Corrupt);
                     let why = "it is longer than its record says";
                     self.refuse(tag, &errors::corrupt(&get.path, why)).await?;
                     return Ok(None);
@@ -292,6 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 return Ok(Some(*hasher.finalize().as_bytes()));
             }
             if n == 0 {
+                self.shared.metrics.download(DownloadOutcome::Corrupt);
                 let why = "it is shorter than its record says";
                 self.refuse(tag, &errors::corrupt(&get.path, why)).await?;
                 return Ok(None);
@@ -302,6 +311,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             if to > get.offset {
                 let skip = get.offset.saturating_sub(from) as usize;
                 self.send(FrameType::GetData, tag, &buf[skip..n]).await?;
+                self.shared.metrics.download_sent((n - skip) as u64);
             }
         }
     }

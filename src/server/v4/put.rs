@@ -176,11 +176,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             )));
         };
         let (staged, hasher, cksum, claim, large_slot) = if put.offset > 0 {
-            let c = self.continue_put(id, put).await?;
-            (c.staged, c.hasher, c.cksum, Some(c.claim), None)
+            let large_slot = self.large_slot(put);
+            let c = self.continue_put(id, put, large_slot.is_some()).await?;
+            (c.staged, c.hasher, c.cksum, Some(c.claim), large_slot)
         } else {
             let claim = self.fresh_claim(id, &name, put).await?;
-            let large_slot = if claim.is_some() { None } else { self.large_slot(put) };
+            let large_slot = self.large_slot(put);
             let staged = self.stage(id, declared, large_slot.is_some(), claim.is_some()).await?;
             (staged, blake3::Hasher::new(), Cksum::new(), claim, large_slot)
         };
@@ -232,8 +233,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// As protocol 3's: a large upload with a large-upload slot goes to the disk with
     /// O_DIRECT from the store's writer thread, sparing the page-cache copy (a quarter of
     /// the server's CPU on a 1 GiB upload, measured with perf); without a slot it takes
-    /// the buffered path. An upload that may be kept always does: it must be synced
-    /// midway, which direct writes queued in a writer thread cannot be.
+    /// the buffered path. An upload that may be kept is no exception: its midway syncs
+    /// go through the writer thread's queue.
     fn large_slot(&self, put: &PutBegin) -> Option<OwnedSemaphorePermit> {
         (put.size.is_some_and(|s| s >= u64::from(LARGE_UPLOAD)))
             .then(|| std::sync::Arc::clone(&self.shared.large_uploads).try_acquire_owned().ok())
@@ -250,7 +251,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     ) -> Result<AnyStaged, Ended> {
         let storage = self.shared.storage.clone();
         let staged = tokio::task::spawn_blocking(move || match storage.local() {
-            Some(local) if kept => local.stage_kept(id).map(AnyStaged::Local),
+            Some(local) if kept => local.stage_kept(id, large).map(AnyStaged::Local),
             _ => storage.stage(id, declared, large),
         })
         .await
@@ -294,12 +295,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let records = self.shared.records();
         let quota = records.quota(id).await;
         let quota = self.internal_on_error(quota)?;
-        let usage = if quota.bytes.is_some() || quota.files.is_some() {
+        let mut usage = if quota.bytes.is_some() || quota.files.is_some() {
             let usage = records.usage(id).await;
             self.internal_on_error(usage)?
         } else {
             Usage::default()
         };
+        if quota.bytes.is_some() && self.shared.keeps_unfinished() {
+            // What is kept of this path is continued or replaced by this put, whose
+            // declared size is reserved below: it does not count twice.
+            let kept = records.unfinished(id, put.path.clone()).await;
+            if let Some(kept) = self.internal_on_error(kept)? {
+                usage.bytes = usage.bytes.saturating_sub(kept.size);
+            }
+        }
         let held = QuotaHeld { bytes: put.size.unwrap_or(0), new_files: u64::from(!replaces) };
         let check = |open: QuotaHeld| -> Result<Option<u64>, ErrorFrame> {
             if let Some(limit) = quota.files.filter(|_| !replaces) {
@@ -353,7 +362,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let len = header.length() as usize;
         let mut buf = open.buffers.next().await;
         buf.set_len(len);
-        self.read_payload(&mut buf[..len]).await?;
+        if let Err(ended) = self.read_payload(&mut buf[..len]).await {
+            // What arrived in whole frames before this one is the upload's still (kept
+            // for resuming when the connection was cut off).
+            drop(buf);
+            self.open = Some(open);
+            return Err(ended);
+        }
         open.received += len as u64;
         let max = self.shared.config.max_file_size;
         if open.declared.is_none() && open.received > max {

@@ -18,6 +18,7 @@ use crate::server::{CommitKey, Shared};
 use crate::store::{AnyStaged, Blobs, Records, StagedFile, Storage, UnfinishedUpload};
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
@@ -71,7 +72,33 @@ impl Shared {
         let mut resuming = self.resuming.lock().unwrap_or_else(|p| p.into_inner());
         resuming.insert(key.clone()).then(|| ResumeClaim { shared: Arc::clone(self), key })
     }
+
+    /// Whether a connection holds the claim on `(id, path)` now.
+    fn claimed(&self, id: ClientId, path: &str) -> bool {
+        let resuming = self.resuming.lock().unwrap_or_else(|p| p.into_inner());
+        resuming.contains(&(id, path.to_owned()))
+    }
+
+    /// Waits, up to [`HANDOVER`], until no connection holds the claim on `(id, path)`:
+    /// the connection a client just left (Ctrl-C, a killed process) is still making its
+    /// upload durable and recording it when the client's next run asks about it.
+    async fn handed_over(&self, id: ClientId, path: &str) -> bool {
+        let until = tokio::time::Instant::now() + HANDOVER;
+        while self.claimed(id, path) {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
+
+/// How long a resume waits for the connection that left the upload to let go of it.
+/// Longer than a connection's end takes (a sync of what its last checkpoint left
+/// unsynced, a record); shorter than the wait would annoy a client whose upload really
+/// is still arriving on another connection (it then starts from 0).
+const HANDOVER: Duration = Duration::from_secs(2);
 
 /// `conflict` for a resume the server cannot serve; the client starts from 0.
 fn cannot_resume(why: &str) -> crate::protocol::v4::ErrorFrame {
@@ -83,6 +110,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     pub(super) async fn resume_query(&mut self, tag: u32, query: ResumeQuery) -> Result<(), Ended> {
         let id = self.machine.client().expect("the machine lets only clients query");
         let state = if self.shared.keeps_unfinished() {
+            // What a leaving connection records last is the answer, not its checkpoint.
+            self.shared.handed_over(id, &query.path).await;
             let kept = self.shared.records().unfinished(id, query.path.clone()).await;
             let kept = match self.internal_on_error(kept)? {
                 Some(kept) if kept.expires_at <= unix_now() || !self.on_disk(&kept).await => {
@@ -125,11 +154,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         &mut self,
         id: ClientId,
         put: &PutBegin,
+        direct: bool,
     ) -> Result<Continued, Ended> {
         let refuse = |why: &str| Err(Ended::Refused(cannot_resume(why)));
         if !self.shared.keeps_unfinished() {
             return refuse("this server keeps no unfinished uploads (--resume-window 0)");
         }
+        self.shared.handed_over(id, &put.path).await;
         let Some(claim) = self.shared.claim_resume(id, &put.path) else {
             return refuse("another connection is continuing this upload");
         };
@@ -145,9 +176,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let (storage, location) = (self.shared.storage.clone(), kept.location.clone());
         let offset = kept.durable;
-        let reopened = tokio::task::spawn_blocking(move || reopen(&storage, id, &location, offset))
-            .await
-            .map_err(|e| Ended::Gone(std::io::Error::other(e)))?;
+        let reopened =
+            tokio::task::spawn_blocking(move || reopen(&storage, id, &location, offset, direct))
+                .await
+                .map_err(|e| Ended::Gone(std::io::Error::other(e)))?;
         match reopened {
             Ok((staged, hasher, cksum)) if *hasher.finalize().as_bytes() == put.prefix_hash => {
                 self.shared.metrics.upload_resumed(put.offset);
@@ -175,34 +207,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
-    /// The uploads a connection leaves: those that may be kept are, the rest go.
+    /// The uploads a connection leaves: those that may be kept are (none when not
+    /// `may_keep`), the rest go.
     pub(super) async fn keep_or_forget(
         &mut self,
         open: Option<super::put::OpenPut>,
         held: Vec<super::put::Held>,
+        may_keep: bool,
     ) {
         let mut gone = Vec::new();
         if let Some(open) = open {
             match open.into_keepable() {
-                Ok((keep, staged, durable, prefix, claim)) => {
+                Ok((keep, staged, durable, prefix, claim)) if may_keep => {
                     self.keep(keep, staged, durable, prefix).await;
                     drop(claim);
                 }
+                Ok((keep, staged, ..)) => self.throw_kept(keep, staged).await,
                 Err(open) => gone.push(open as Box<dyn Send>),
             }
         }
         for held in held {
             match held.into_keepable() {
-                Ok((keep, staged, durable, prefix, claim)) => {
+                Ok((keep, staged, durable, prefix, claim)) if may_keep => {
                     self.keep(keep, staged, durable, prefix).await;
                     drop(claim);
                 }
+                Ok((keep, staged, ..)) => self.throw_kept(keep, staged).await,
                 Err(held) => gone.push(held as Box<dyn Send>),
             }
         }
         if !gone.is_empty() {
             info!(uploads = gone.len(), "uncommitted protocol-4 uploads thrown away");
             let _ = tokio::task::spawn_blocking(move || drop(gone)).await;
+        }
+    }
+
+    /// Deletes an upload that could have been kept, and any record a checkpoint made.
+    async fn throw_kept(&self, keep: Keepable, staged: AnyStaged) {
+        let location = crate::store::StagedBlob::location(&staged).to_owned();
+        let _ = tokio::task::spawn_blocking(move || drop(staged)).await;
+        let records = self.shared.records();
+        if let Err(e) = records.forget_unfinished(keep.client_id, keep.path.clone(), location).await
+        {
+            warn!(path = %keep.path, "could not forget a thrown-away unfinished upload: {e}");
         }
     }
 
@@ -301,10 +348,11 @@ fn reopen(
     id: ClientId,
     location: &str,
     offset: u64,
+    direct: bool,
 ) -> std::io::Result<(StagedFile, blake3::Hasher, Cksum)> {
     let local: &Storage =
         storage.local().ok_or_else(|| std::io::Error::other("not a storage directory"))?;
-    let (staged, reader) = local.resume_unfinished(id, location, offset)?;
+    let (staged, reader) = local.resume_unfinished(id, location, offset, direct)?;
     let (mut hasher, mut cksum) = (blake3::Hasher::new(), Cksum::new());
     let mut reader = reader.take(offset);
     let mut buf = vec![0u8; 1 << 20];

@@ -53,28 +53,30 @@ impl StagedFile {
 
 impl StagedFile {
     /// Continues the kept unfinished upload `file` (already truncated to where it
-    /// continues, positioned at its end): buffered writes, since a direct write needs an
-    /// aligned offset and a resumed one rarely has it.
+    /// continues, positioned at its end). `direct` writes as a new large upload does,
+    /// when `written` is aligned as direct writes need (a sync point after whole chunks
+    /// is); otherwise buffered.
     pub(super) fn resumed(
         file: std::fs::File,
         owner: ClientId,
         name: String,
         path: tempfile::TempPath,
         written: u64,
+        direct: bool,
     ) -> Self {
         let location = format!("{}/{name}", owner.to_hex());
-        let mut sink = FileSink::new(file, false);
+        let aligned = written.is_multiple_of(DIRECT_ALIGN as u64);
+        let mut sink = FileSink::new(file, direct && aligned);
         (sink.written, sink.flushed) = (written, written);
         StagedFile { out: Some(Output::new(sink)), owner, name, location, path }
     }
 
-    /// Makes every byte written so far durable. Only buffered writes can be synced in
-    /// the middle of an upload (with `O_DIRECT` a chunk may still sit in the writer
-    /// thread's queue): that is why an upload that may be kept is written buffered.
+    /// Makes every byte written so far durable. With a writer thread the request goes
+    /// through its queue, behind the chunks already handed to it, so "written so far"
+    /// means every chunk this upload was given.
     pub fn sync(&mut self) -> io::Result<()> {
-        match &self.out {
-            Some(Output::Inline { sink, failed: false }) => sink.file.sync_data(),
-            Some(_) => Err(io::Error::other("this upload's writes cannot be synced midway")),
+        match self.out.as_mut() {
+            Some(out) => out.sync(),
             // Finished: the file is closed, but syncing any descriptor of it syncs it.
             None => std::fs::File::open(&self.path)?.sync_data(),
         }
@@ -128,11 +130,18 @@ enum Output {
         failed: bool,
     },
     Thread {
-        tx: SyncSender<Chunk>,
+        tx: SyncSender<Job>,
         writer: JoinHandle<io::Result<()>>,
     },
     /// The writer thread stopped with an error, already reported.
     Failed,
+}
+
+/// What the writer thread is handed, in order.
+enum Job {
+    Write(Chunk),
+    /// Sync what was written before this, and answer.
+    Sync(SyncSender<io::Result<()>>),
 }
 
 impl Output {
@@ -142,13 +151,41 @@ impl Output {
         }
         // One chunk queued: with the one being written and the reader's, that keeps every
         // buffer of the upload busy.
-        let (tx, rx) = sync_channel::<Chunk>(1);
+        let (tx, rx) = sync_channel::<Job>(1);
         let writer = std::thread::spawn(move || {
             let mut sink = sink;
-            // Each chunk's buffer goes back to the upload as the chunk is dropped.
-            rx.into_iter().try_for_each(|chunk| sink.write_all(&chunk))
+            rx.into_iter().try_for_each(|job| match job {
+                // Each chunk's buffer goes back to the upload as the chunk is dropped.
+                Job::Write(chunk) => sink.write_all(&chunk),
+                Job::Sync(answer) => {
+                    let _ = answer.send(sink.file.sync_data());
+                    Ok(())
+                }
+            })
         });
         Output::Thread { tx, writer }
+    }
+
+    /// Makes what was written (or queued) so far durable.
+    fn sync(&mut self) -> io::Result<()> {
+        match self {
+            Output::Inline { sink, failed: false } => sink.file.sync_data(),
+            Output::Inline { failed: true, .. } | Output::Failed => {
+                Err(io::Error::other("an earlier write of the upload failed"))
+            }
+            Output::Thread { tx, .. } => {
+                let (answer, synced) = sync_channel(1);
+                let asked = tx.send(Job::Sync(answer)).is_ok();
+                match synced.recv() {
+                    Ok(synced) if asked => synced,
+                    // The writer stopped on an error: that is the answer.
+                    _ => match std::mem::replace(self, Output::Failed).finish() {
+                        Ok(()) => Err(io::Error::other("the writer thread stopped")),
+                        Err(e) => Err(e),
+                    },
+                }
+            }
+        }
     }
 
     /// Writes the chunk (or queues it for the writer thread).
@@ -162,7 +199,7 @@ impl Output {
                 *failed = written.is_err();
                 written
             }
-            Output::Thread { tx, .. } => match tx.send(chunk) {
+            Output::Thread { tx, .. } => match tx.send(Job::Write(chunk)) {
                 Ok(()) => Ok(()),
                 // The writer stops only on an error: that is the answer.
                 Err(_) => match std::mem::replace(self, Output::Failed).finish() {
@@ -361,6 +398,34 @@ mod tests {
             let returned = spare.len() + std::iter::from_fn(|| back.try_recv().ok()).count();
             assert_eq!(returned, 2, "direct: {direct}");
             assert!(std::fs::read(&path).unwrap() == data, "direct: {direct}");
+        }
+    }
+
+    #[test]
+    fn a_sync_midway_waits_for_every_chunk_queued_before_it() {
+        // What a kept upload's checkpoint relies on: when `sync` returns, the file holds
+        // every byte handed over before it, also from a writer thread.
+        let data = pattern(6 * CHUNK);
+        for direct in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("upload");
+            let file = std::fs::File::create(&path).unwrap();
+            // Whether O_DIRECT goes on depends on the file system (tmpfs refuses it).
+            let threaded = direct && set_direct(&file, true);
+            let mut out = Output::new(FileSink::new(file, direct));
+            assert_eq!(matches!(out, Output::Thread { .. }), threaded);
+            let (home, mut back) = mpsc::channel(2);
+            let mut spare = vec![AlignedBuf::new(CHUNK), AlignedBuf::new(CHUNK)];
+            for (k, piece) in data.chunks(CHUNK).enumerate() {
+                let mut buf = spare.pop().unwrap_or_else(|| back.blocking_recv().unwrap());
+                buf.set_len(piece.len());
+                buf.copy_from_slice(piece);
+                out.write(Chunk::new(buf, piece.len(), home.clone())).unwrap();
+                out.sync().unwrap();
+                let on_disk = std::fs::read(&path).unwrap();
+                assert!(on_disk == data[..(k + 1) * CHUNK], "chunk {k}, direct: {direct}");
+            }
+            out.finish().unwrap();
         }
     }
 
