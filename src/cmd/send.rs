@@ -8,6 +8,7 @@ use crate::cli::{ClientArgs, SendArgs};
 use anyhow::Context;
 use securexfer::client::home::Home;
 use securexfer::client::identity::{Identity, ME_INFO, TRANSFER_INFO, TransferInfo};
+use securexfer::client::v4::batch::{BATCH_FILE_LIMIT, Batched};
 use securexfer::client::v4::error::V4Error;
 use securexfer::client::v4::session::{RESUME_FROM, Stored, hex};
 use securexfer::client::wire::Timeouts;
@@ -523,8 +524,8 @@ fn run_v4(
         become_client(&mut four, server, name, found.as_deref(), &candidates)?;
     }
     let plan = plan_v4(args, files, found.as_deref())?;
-    let mut worst = 0u8;
-    let mut summary = Summary::default();
+    let worst = 0u8;
+    let summary = Summary::default();
     let show_bar = !args.quiet && !args.json && std::io::stderr().is_terminal();
     let sendable: Vec<&Planned> = plan.iter().filter(|f| f.problem.is_none()).collect();
     let total: u64 = sendable.iter().map(|f| f.wire_bytes).sum();
@@ -534,43 +535,109 @@ fn run_v4(
     four.session.on_event(event_printer(Arc::clone(&display), args.quiet, args.json));
     four.session.set_limit_rate(args.limit_rate);
     four.session.set_no_clobber(args.no_clobber);
-    let mut stopped: Option<String> = None;
-    for file in &plan {
+    let mut run = V4Run { args, server, display, summary, worst, stopped: None };
+    let k = |file: &Planned| sendable.iter().position(|f| std::ptr::eq(*f, file)).unwrap_or(0) + 1;
+    let mut at = 0;
+    while at < plan.len() {
+        let file = &plan[at];
         if file.problem.is_some() {
-            let shown = progress::lock(&display);
-            worst = worst.max(shown.suspend(|| report_problem(args, server, file, &mut summary)));
+            let shown = progress::lock(&run.display);
+            let code = shown.suspend(|| report_problem(args, server, file, &mut run.summary));
+            run.worst = run.worst.max(code);
+            at += 1;
             continue;
         }
-        if let Some(why) = &stopped {
-            let shown = progress::lock(&display);
-            shown.suspend(|| report_skipped(args, server, file, why, &mut summary));
+        if let Some(why) = &run.stopped {
+            let shown = progress::lock(&run.display);
+            shown.suspend(|| report_skipped(args, server, file, why, &mut run.summary));
+            at += 1;
+            continue;
+        }
+        let batch = plan[at..].iter().take_while(|f| batchable(args, f)).count();
+        if batch > 1 {
+            let files = &plan[at..at + batch];
+            run.send_batch(&mut four, files, k(&files[0]));
+            at += batch;
             continue;
         }
         let started = Instant::now();
-        let k = sendable.iter().position(|f| std::ptr::eq(*f, file)).unwrap_or(0) + 1;
-        progress::lock(&display).start_file(k, &file.stored_name);
+        progress::lock(&run.display).start_file(k(file), &file.stored_name);
         let result = four.runtime.block_on(four.session.send_file(&file.path, &file.stored_name));
-        let mut shown = progress::lock(&display);
-        shown.finish_file(file.wire_bytes, result.is_ok());
-        match result {
-            Ok(stored) => {
-                summary.verified += 1;
-                shown.suspend(|| report_stored(args, server, file, &stored, started.elapsed()));
-            }
-            Err(e) => {
-                summary.failed += 1;
-                shown.suspend(|| report_err(args, server, file, &e as &dyn FileError));
-                worst = worst.max(code_for(e.kind()));
-                if e.ends_session() {
-                    stopped = Some(format!("not sent: the connection to {server} failed"));
-                }
-            }
-        }
+        run.report(file, result, started.elapsed());
+        at += 1;
     }
+    let (summary, worst, display) = (run.summary, run.worst, run.display);
     progress::lock(&display).clear();
     four.close();
     report_summary(args, server, &summary, worst);
     Ok(ExitCode::from(worst))
+}
+
+/// Whether a planned file goes in a pipelined batch ([`BATCH_FILE_LIMIT`]): a small one,
+/// without `--limit-rate` (whose pacing is the streaming send's).
+fn batchable(args: &SendArgs, file: &Planned) -> bool {
+    file.problem.is_none() && args.limit_rate.is_none() && file.wire_bytes < BATCH_FILE_LIMIT
+}
+
+/// What a protocol-4 run reports as it goes.
+struct V4Run<'a> {
+    args: &'a SendArgs,
+    server: &'a str,
+    display: progress::Shared,
+    summary: Summary,
+    worst: u8,
+    /// Why the files left are not sent (the connection failed).
+    stopped: Option<String>,
+}
+
+impl V4Run<'_> {
+    /// Sends a run of small files pipelined (`Session::send_many`), the first being the
+    /// `first`-th file sent; each result is reported as a lone send's would be.
+    fn send_batch(&mut self, four: &mut v4::Four, files: &[Planned], first: usize) {
+        let batch: Vec<Batched> = files
+            .iter()
+            .map(|f| Batched { path: f.path.clone(), stored_as: f.stored_name.clone() })
+            .collect();
+        let mut heard = 0;
+        let mut since = Instant::now();
+        let send = four.session.send_many(&batch, |i, result| {
+            progress::lock(&self.display).start_file(first + i, &files[i].stored_name);
+            self.report(&files[i], result, since.elapsed());
+            since = Instant::now();
+            heard = i + 1;
+        });
+        four.runtime.block_on(send);
+        if heard < files.len() {
+            let why = format!("not sent: the connection to {} failed", self.server);
+            let why = self.stopped.get_or_insert(why).clone();
+            let (args, server) = (self.args, self.server);
+            for file in &files[heard..] {
+                let shown = progress::lock(&self.display);
+                shown.suspend(|| report_skipped(args, server, file, &why, &mut self.summary));
+            }
+        }
+    }
+
+    /// Reports one file's result (`took` is how long it took) and counts it.
+    fn report(&mut self, file: &Planned, result: Result<Stored, V4Error>, took: Duration) {
+        let (args, server) = (self.args, self.server);
+        let mut shown = progress::lock(&self.display);
+        shown.finish_file(file.wire_bytes, result.is_ok());
+        match result {
+            Ok(stored) => {
+                self.summary.verified += 1;
+                shown.suspend(|| report_stored(args, server, file, &stored, took));
+            }
+            Err(e) => {
+                self.summary.failed += 1;
+                shown.suspend(|| report_err(args, server, file, &e as &dyn FileError));
+                self.worst = self.worst.max(code_for(e.kind()));
+                if e.ends_session() {
+                    self.stopped = Some(format!("not sent: the connection to {server} failed"));
+                }
+            }
+        }
+    }
 }
 
 /// The plan of a protocol-4 run: the FILEs, or with `-r` the files under the DIRs.

@@ -9,7 +9,7 @@
 //! what crash reconciliation reads and undoes.
 
 use super::blob::{BlobInfo, BlobStore, Chunk, Committed, StagedBlob};
-use super::local::{StagedFile, Storage};
+use super::local::{GroupCommit, StagedFile, Storage};
 use super::records::{Records, RecordsError};
 use super::s3::{S3Staged, S3Store};
 use crate::protocol::ClientId;
@@ -139,7 +139,69 @@ impl Blobs {
     }
 }
 
+/// One upload of a group commit ([`Blobs::commit_group`]).
+#[derive(Debug)]
+pub struct GroupItem {
+    /// The finished upload ([`AnyStaged::sync_finished`] done).
+    pub staged: AnyStaged,
+    /// Its client.
+    pub owner: ClientId,
+    /// The name it is stored as.
+    pub name: String,
+    /// Where the copy it replaces is kept as a version, if it is.
+    pub archive: Option<String>,
+}
+
+impl Blobs {
+    /// Commits a group of uploads, one result each in order. A local directory renames
+    /// them all and then syncs each folder touched once ([`Storage::commit_group`]); an
+    /// object store commits them one after another (each object is durable when its
+    /// upload completes, so there is nothing to share).
+    pub fn commit_group(&self, group: Vec<GroupItem>) -> Vec<io::Result<Committed>> {
+        match self {
+            Blobs::Local(storage) => {
+                let mut results: Vec<Option<io::Result<Committed>>> = Vec::new();
+                let mut local = Vec::new();
+                for item in group {
+                    match item.staged {
+                        AnyStaged::Local(staged) => {
+                            results.push(None);
+                            local.push(GroupCommit {
+                                staged,
+                                owner: item.owner,
+                                name: item.name,
+                                archive: item.archive,
+                            });
+                        }
+                        AnyStaged::S3(_) => results
+                            .push(Some(Err(io::Error::other("an upload staged in another store")))),
+                    }
+                }
+                let mut done = storage.commit_group(local).into_iter();
+                results
+                    .into_iter()
+                    .map(|r| r.unwrap_or_else(|| done.next().expect("one result per upload")))
+                    .collect()
+            }
+            Blobs::S3(_) => group
+                .into_iter()
+                .map(|i| self.commit(i.staged, i.owner, &i.name, i.archive.as_deref()))
+                .collect(),
+        }
+    }
+}
+
 impl AnyStaged {
+    /// Finishes the upload and makes its bytes durable, the step of a group commit that
+    /// its files take together. An object store's upload becomes durable when it is
+    /// committed: nothing to do here.
+    pub fn sync_finished(&mut self) -> io::Result<()> {
+        match self {
+            AnyStaged::Local(file) => file.sync_finished(),
+            AnyStaged::S3(_) => Ok(()),
+        }
+    }
+
     /// The local temporary file, if that is what this is.
     pub fn local_mut(&mut self) -> Option<&mut StagedFile> {
         match self {

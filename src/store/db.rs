@@ -719,27 +719,7 @@ impl Db {
     /// does, so that a crash in between is found at start-up).
     pub fn begin_commit(&self, intent: &CommitIntent) -> Result<(), DbError> {
         self.check_file()?;
-        exec_cached(
-            &self.conn,
-            "INSERT OR REPLACE INTO commit_intents
-               (ID, StoredName, FileName, PathName, Source, Size, Cksum, Archive, Restores,
-                Blake3, MtimeNs)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            params![
-                &intent.client_id.0[..],
-                intent.stored_name,
-                intent.file_name,
-                intent.path_name,
-                intent.source,
-                intent.size as i64,
-                intent.cksum,
-                intent.archive,
-                intent.restores,
-                intent.v4.map(|v| v.blake3.to_vec()),
-                intent.v4.map(|v| v.mtime_ns)
-            ],
-        )?;
-        Ok(())
+        insert_intent(&self.conn, intent)
     }
 
     /// The file of `intent` is in place: keeps the copy it replaced as a version (when
@@ -767,71 +747,39 @@ impl Db {
     ) -> Result<FinishedCommit, DbError> {
         self.check_file()?;
         let tx = self.conn.unchecked_transaction()?;
-        let (id, name) = (intent.client_id, intent.stored_name.as_str());
-        if let Some(archive) = &intent.archive {
-            exec_cached(
-                &tx,
-                "INSERT INTO versions
-                   (ID, Name, Version, FileName, PathName, Size, Cksum, StoredAt,
-                    Blake3, MtimeNs, Generation, Protocol)
-                 SELECT ID, ?2, (SELECT COALESCE(max(Version), 0) + 1 FROM versions
-                                 WHERE ID = ?1 AND Name = ?2),
-                        FileName, ?4, Size, Cksum, StoredAt, Blake3, MtimeNs, Generation,
-                        Protocol
-                 FROM files WHERE ID = ?1 AND PathName IN (?3, ?4) AND Verified = 1 LIMIT 1",
-                params![&id.0[..], name, intent.path_name, archive],
-            )?;
-        }
-        if let Some(version) = intent.restores {
-            exec_cached(
-                &tx,
-                "DELETE FROM versions WHERE ID = ?1 AND Name = ?2 AND Version = ?3",
-                params![&id.0[..], name, version],
-            )?;
-        }
-        // An object store keeps the replaced object as the version itself, with no
-        // `--keep-versions` (it is pruned below at once, and deleted by the caller).
-        let kept_version = match &intent.archive {
-            Some(archive) if keep > 0 => {
-                tx.prepare_cached("SELECT count(*) FROM versions WHERE PathName = ?1")?
-                    .query_row([archive], |r| r.get::<_, i64>(0))?
-                    > 0
-            }
-            _ => false,
-        };
-        let generation = next_generation(&tx)?;
-        if let Some(archive) = &intent.archive {
-            // The rows of other names that described the replaced object (an object
-            // store's: every copy has a key of its own); a local copy's path is the new
-            // one's, which `upsert_verified` looks at.
-            exec_cached(
-                &tx,
-                "DELETE FROM files WHERE ID = ?1 AND PathName = ?2 AND FileName <> ?3
-                   AND Verified = 1",
-                params![&id.0[..], archive, intent.file_name],
-            )?;
-        }
-        upsert_verified(&tx, id, &intent.file_name, &intent.path_name, intent.size, intent.cksum)?;
-        // The upload is a stored file now, no longer a staged object to clean up.
-        exec_cached(&tx, "DELETE FROM staged_objects WHERE Key = ?1", [&intent.source])?;
-        set_v4_columns(&tx, intent, generation)?;
-        if let Some(ip) = usual {
-            exec_cached(
-                &tx,
-                "UPDATE clients SET UsualAddress = ?2 WHERE ID = ?1",
-                params![&id.0[..], ip.to_string()],
-            )?;
-        }
-        delete_intent(&tx, id, name)?;
-        let pruned = prune_versions(&tx, id, name, keep)?;
-        let stored_at: i64 = tx
-            .prepare_cached(
-                "SELECT CAST(strftime('%s', StoredAt) AS INTEGER) FROM files
-                 WHERE ID = ?1 AND FileName = ?2",
-            )?
-            .query_row(params![&id.0[..], intent.file_name], |r| r.get(0))?;
+        let finished = finish_commit_in(&tx, intent, usual, keep)?;
         tx.commit()?;
-        Ok(FinishedCommit { pruned, generation, stored_at, kept_version })
+        Ok(finished)
+    }
+
+    /// The intents of a group of commits (protocol 4's group commit), recorded in one
+    /// transaction: one sync of the database for the whole group instead of one a file.
+    pub fn begin_commits(&self, intents: &[CommitIntent]) -> Result<(), DbError> {
+        self.check_file()?;
+        let tx = self.conn.unchecked_transaction()?;
+        for intent in intents {
+            insert_intent(&tx, intent)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// [`Db::finish_commit_detailed`] for every file of a group, in order (each takes the
+    /// next generation) and in one transaction: the group is recorded whole or not at all.
+    pub fn finish_commits_detailed(
+        &self,
+        intents: &[CommitIntent],
+        usual: Option<IpAddr>,
+        keep: usize,
+    ) -> Result<Vec<FinishedCommit>, DbError> {
+        self.check_file()?;
+        let tx = self.conn.unchecked_transaction()?;
+        let finished = intents
+            .iter()
+            .map(|intent| finish_commit_in(&tx, intent, usual, keep))
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit()?;
+        Ok(finished)
     }
 
     /// Whether a verified row describes the file at `path_name`.
@@ -1402,6 +1350,104 @@ const CLIENT_COLUMNS: &str =
 const CLIENT_COLUMNS_V3: &str = "ID, Name, PublicKey, LastSeen, AESKey IS NOT NULL, NULL, 1";
 /// The schema version that added protocol 4's columns.
 const V4_SCHEMA: i64 = 6;
+
+/// Records one commit intent (see [`Db::begin_commit`]).
+fn insert_intent(conn: &Connection, intent: &CommitIntent) -> Result<(), DbError> {
+    exec_cached(
+        conn,
+        "INSERT OR REPLACE INTO commit_intents
+               (ID, StoredName, FileName, PathName, Source, Size, Cksum, Archive, Restores,
+                Blake3, MtimeNs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            &intent.client_id.0[..],
+            intent.stored_name,
+            intent.file_name,
+            intent.path_name,
+            intent.source,
+            intent.size as i64,
+            intent.cksum,
+            intent.archive,
+            intent.restores,
+            intent.v4.map(|v| v.blake3.to_vec()),
+            intent.v4.map(|v| v.mtime_ns)
+        ],
+    )?;
+    Ok(())
+}
+
+/// The body of [`Db::finish_commit_detailed`], inside the caller's transaction.
+fn finish_commit_in(
+    tx: &Connection,
+    intent: &CommitIntent,
+    usual: Option<IpAddr>,
+    keep: usize,
+) -> Result<FinishedCommit, DbError> {
+    let (id, name) = (intent.client_id, intent.stored_name.as_str());
+    if let Some(archive) = &intent.archive {
+        exec_cached(
+            tx,
+            "INSERT INTO versions
+                   (ID, Name, Version, FileName, PathName, Size, Cksum, StoredAt,
+                    Blake3, MtimeNs, Generation, Protocol)
+                 SELECT ID, ?2, (SELECT COALESCE(max(Version), 0) + 1 FROM versions
+                                 WHERE ID = ?1 AND Name = ?2),
+                        FileName, ?4, Size, Cksum, StoredAt, Blake3, MtimeNs, Generation,
+                        Protocol
+                 FROM files WHERE ID = ?1 AND PathName IN (?3, ?4) AND Verified = 1 LIMIT 1",
+            params![&id.0[..], name, intent.path_name, archive],
+        )?;
+    }
+    if let Some(version) = intent.restores {
+        exec_cached(
+            tx,
+            "DELETE FROM versions WHERE ID = ?1 AND Name = ?2 AND Version = ?3",
+            params![&id.0[..], name, version],
+        )?;
+    }
+    // An object store keeps the replaced object as the version itself, with no
+    // `--keep-versions` (it is pruned below at once, and deleted by the caller).
+    let kept_version = match &intent.archive {
+        Some(archive) if keep > 0 => {
+            tx.prepare_cached("SELECT count(*) FROM versions WHERE PathName = ?1")?
+                .query_row([archive], |r| r.get::<_, i64>(0))?
+                > 0
+        }
+        _ => false,
+    };
+    let generation = next_generation(tx)?;
+    if let Some(archive) = &intent.archive {
+        // The rows of other names that described the replaced object (an object
+        // store's: every copy has a key of its own); a local copy's path is the new
+        // one's, which `upsert_verified` looks at.
+        exec_cached(
+            tx,
+            "DELETE FROM files WHERE ID = ?1 AND PathName = ?2 AND FileName <> ?3
+                   AND Verified = 1",
+            params![&id.0[..], archive, intent.file_name],
+        )?;
+    }
+    upsert_verified(tx, id, &intent.file_name, &intent.path_name, intent.size, intent.cksum)?;
+    // The upload is a stored file now, no longer a staged object to clean up.
+    exec_cached(tx, "DELETE FROM staged_objects WHERE Key = ?1", [&intent.source])?;
+    set_v4_columns(tx, intent, generation)?;
+    if let Some(ip) = usual {
+        exec_cached(
+            tx,
+            "UPDATE clients SET UsualAddress = ?2 WHERE ID = ?1",
+            params![&id.0[..], ip.to_string()],
+        )?;
+    }
+    delete_intent(tx, id, name)?;
+    let pruned = prune_versions(tx, id, name, keep)?;
+    let stored_at: i64 = tx
+        .prepare_cached(
+            "SELECT CAST(strftime('%s', StoredAt) AS INTEGER) FROM files
+                 WHERE ID = ?1 AND FileName = ?2",
+        )?
+        .query_row(params![&id.0[..], intent.file_name], |r| r.get(0))?;
+    Ok(FinishedCommit { pruned, generation, stored_at, kept_version })
+}
 
 /// Takes the next value of the server-wide generation counter.
 fn next_generation(conn: &Connection) -> rusqlite::Result<u64> {

@@ -23,7 +23,7 @@ use crate::sys::{available_bytes, link_at, lock_exclusive, open_at, rename_at, u
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The directory under the storage root where earlier versions are kept, as
@@ -51,6 +51,19 @@ impl Leftovers {
     fn odd(&mut self, path: PathBuf, why: &str) {
         self.odd.push((path, why.to_owned()));
     }
+}
+
+/// One upload of a group commit ([`Storage::commit_group`]).
+#[derive(Debug)]
+pub struct GroupCommit {
+    /// The finished upload, its data already durable.
+    pub staged: StagedFile,
+    /// Its client.
+    pub owner: ClientId,
+    /// The name it is stored as.
+    pub name: String,
+    /// Where the copy it replaces is kept as a version, if it is.
+    pub archive: Option<String>,
 }
 
 /// A client's directory, opened without following a symbolic link; files are created,
@@ -365,11 +378,66 @@ impl Storage {
     /// symbolic link, as in staging.
     fn commit_file(
         &self,
-        mut upload: StagedFile,
+        upload: StagedFile,
         id: ClientId,
         name: &str,
         archive: Option<&str>,
     ) -> io::Result<Option<tempfile::TempPath>> {
+        let (replaced, chain) = self.place_file(upload, id, name, archive, true)?;
+        chain.sync()?;
+        Ok(replaced)
+    }
+
+    /// Commits a group of finished uploads whose data [`StagedFile::sync_finished`] made
+    /// durable (protocol 4's group commit): each is renamed into place as
+    /// [`Storage::commit_file`] does, then every folder touched is synced once, however
+    /// many of the group's files it received. One result per upload, in order; a folder
+    /// that cannot be synced fails every upload renamed into it.
+    pub fn commit_group(&self, group: Vec<GroupCommit>) -> Vec<io::Result<Committed>> {
+        let mut placed = Vec::with_capacity(group.len());
+        let mut dirs: Vec<((u64, u64), fs::File)> = Vec::new();
+        for item in group {
+            let archive = item.archive.as_deref();
+            let done = self.place_file(item.staged, item.owner, &item.name, archive, false);
+            let done = done.and_then(|(replaced, chain)| {
+                let mut mine = Vec::new();
+                for file in chain.files() {
+                    let meta = file.metadata()?;
+                    let key = (meta.dev(), meta.ino());
+                    if !dirs.iter().any(|(k, _)| *k == key) {
+                        dirs.push((key, file.try_clone()?));
+                    }
+                    mine.push(key);
+                }
+                let path_name = Self::relative_path(item.owner, &item.name);
+                Ok((Committed { path_name, replaced: replaced.map(Deferred::new) }, mine))
+            });
+            placed.push(done);
+        }
+        let failed: Vec<(u64, u64)> =
+            dirs.iter().filter(|(_, dir)| dir.sync_all().is_err()).map(|(k, _)| *k).collect();
+        placed
+            .into_iter()
+            .map(|done| {
+                let (committed, mine) = done?;
+                if mine.iter().any(|k| failed.contains(k)) {
+                    return Err(io::Error::other("syncing a folder of the group failed"));
+                }
+                Ok(committed)
+            })
+            .collect()
+    }
+
+    /// Moves a finished upload into place (see [`Storage::commit_file`]) and returns the
+    /// folders to sync; `sync_data` first makes its bytes durable (a group commit has).
+    fn place_file(
+        &self,
+        mut upload: StagedFile,
+        id: ClientId,
+        name: &str,
+        archive: Option<&str>,
+        sync_data: bool,
+    ) -> io::Result<(Option<tempfile::TempPath>, folders::Chain)> {
         use super::blob::StagedBlob;
         upload.finish()?;
         let (dir, dir_path) = self.client_dir(id, false)?;
@@ -377,7 +445,9 @@ impl Storage {
             return Err(io::Error::other("the upload is not in the client's directory"));
         }
         let temp_name = upload.name.as_str();
-        dir.open_file(temp_name)?.sync_all()?;
+        if sync_data {
+            dir.open_file(temp_name)?.sync_all()?;
+        }
         // The folders of a protocol-4 path, made as needed (the temporary file stays in
         // the client's directory and is renamed into the deepest).
         let (chain, leaf) = dir.descend(name, true)?;
@@ -386,8 +456,7 @@ impl Storage {
             self.keep_version(id, name, archive)?;
             dir.rename_into(temp_name, chain.parent(), leaf)?;
             let _ = upload.path.keep();
-            chain.sync()?;
-            return Ok(None);
+            return Ok((None, chain));
         }
         // No earlier copy (NotFound), or a file system without hard links: then the rename
         // below deletes the earlier copy itself, as it always may. The copy is linked
@@ -400,8 +469,7 @@ impl Storage {
         dir.rename_into(temp_name, chain.parent(), leaf)?;
         // Moved into place: nothing is left for the temporary path to delete.
         let _ = upload.path.keep();
-        chain.sync()?;
-        Ok(replaced)
+        Ok((replaced, chain))
     }
 
     /// Deletes temporary files left by a crash, and reports every entry that does not

@@ -12,13 +12,13 @@ pub mod records;
 pub mod s3;
 
 pub use blob::{BlobInfo, BlobStore, Chunk, Committed, StagedBlob};
-pub use blobs::{AnyStaged, Blobs, CommitPlan};
+pub use blobs::{AnyStaged, Blobs, CommitPlan, GroupItem};
 pub use db::{
     Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
     InviteRecord, NewClient, PathRange, Quota, Registered, Removal, Removed, StagedObject,
     StoredCopy, UnfinishedUpload, Usage, V4Content, VersionRecord,
 };
-pub use local::{StagedFile, Storage, VERSIONS_DIR};
+pub use local::{GroupCommit, StagedFile, Storage, VERSIONS_DIR};
 pub use postgres::{PostgresError, PostgresRecords};
 pub use records::{Records, RecordsError, RecordsFuture, SharedRecords, SqliteRecords};
 pub use s3::{S3Staged, S3Store, S3Url};

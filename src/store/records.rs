@@ -179,6 +179,32 @@ pub trait Records: Send + Sync + 'static {
         let _ = (intent, ip, keep);
         unsupported("finish_commit_detailed")
     }
+    /// The intents of a group of commits (protocol 4's group commit), all recorded or
+    /// none. By default one at a time: correct, but one database sync a file.
+    fn begin_commits(&self, intents: Vec<CommitIntent>) -> RecordsFuture<'_, ()> {
+        Box::pin(async move {
+            for intent in intents {
+                self.begin_commit(intent).await?;
+            }
+            Ok(())
+        })
+    }
+    /// [`Records::finish_commit_detailed`] for every file of a group, in order. By default
+    /// one at a time (a failure leaves the later intents for start-up to decide).
+    fn finish_commits_detailed(
+        &self,
+        intents: Vec<CommitIntent>,
+        ip: Option<IpAddr>,
+        keep: usize,
+    ) -> RecordsFuture<'_, Vec<FinishedCommit>> {
+        Box::pin(async move {
+            let mut finished = Vec::with_capacity(intents.len());
+            for intent in intents {
+                finished.push(self.finish_commit_detailed(intent, ip, keep).await?);
+            }
+            Ok(finished)
+        })
+    }
     /// What the client's files take (see [`Db::usage`]).
     fn usage(&self, id: ClientId) -> RecordsFuture<'_, Usage> {
         let _ = id;
@@ -440,6 +466,19 @@ impl Records for SqliteRecords {
         keep: usize,
     ) -> RecordsFuture<'_, FinishedCommit> {
         self.run(move |db| db.finish_commit_detailed(&intent, ip, keep))
+    }
+
+    fn begin_commits(&self, intents: Vec<CommitIntent>) -> RecordsFuture<'_, ()> {
+        self.run(move |db| db.begin_commits(&intents))
+    }
+
+    fn finish_commits_detailed(
+        &self,
+        intents: Vec<CommitIntent>,
+        ip: Option<IpAddr>,
+        keep: usize,
+    ) -> RecordsFuture<'_, Vec<FinishedCommit>> {
+        self.run(move |db| db.finish_commits_detailed(&intents, ip, keep))
     }
 
     fn usage(&self, id: ClientId) -> RecordsFuture<'_, Usage> {

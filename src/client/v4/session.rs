@@ -61,14 +61,14 @@ pub struct Session {
     pub(super) conn: Connection,
     /// What the server said in `WELCOME`.
     pub welcome: Welcome,
-    events: Box<dyn FnMut(Event) + Send>,
+    pub(super) events: Box<dyn FnMut(Event) + Send>,
     /// The connection is out of step (a put was cut short, a server broke an answer):
     /// nothing more goes on it.
     pub(super) broken: Option<String>,
     /// `--limit-rate`: file content goes out at most this many bytes per second.
     pub(super) limit_rate: Option<u64>,
     /// `--no-clobber`: puts ask the server to refuse a path that holds a file.
-    no_clobber: bool,
+    pub(super) no_clobber: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -79,13 +79,13 @@ impl std::fmt::Debug for Session {
 
 /// What one send of a file put on the wire.
 #[derive(Clone, Copy)]
-struct Sent<'a> {
-    path: &'a Path,
-    stored_as: &'a str,
-    size: u64,
-    hash: Hash,
-    attempt: u32,
-    resumed_from: u64,
+pub(super) struct Sent<'a> {
+    pub(super) path: &'a Path,
+    pub(super) stored_as: &'a str,
+    pub(super) size: u64,
+    pub(super) hash: Hash,
+    pub(super) attempt: u32,
+    pub(super) resumed_from: u64,
 }
 
 /// Where a put begins: from 0, or where an upload the server kept stopped, with the
@@ -103,7 +103,7 @@ impl Start {
 }
 
 /// How one send of a file ended.
-enum Attempt {
+pub(super) enum Attempt {
     Stored(Stored),
     Mismatch { theirs: Hash },
     Refused(ErrorFrame),
@@ -218,7 +218,12 @@ impl Session {
 
     /// Whether a refusal is worth another try: temporary, not closing the connection,
     /// within [`RETRIES`]; waits the server's `retry after` first.
-    async fn retry(&mut self, error: &ErrorFrame, step: &'static str, retries: &mut u32) -> bool {
+    pub(super) async fn retry(
+        &mut self,
+        error: &ErrorFrame,
+        step: &'static str,
+        retries: &mut u32,
+    ) -> bool {
         if error.code.kind() != ErrorKind::Temporary || error.closes || *retries >= RETRIES {
             return false;
         }
@@ -527,7 +532,7 @@ impl Session {
     }
 
     /// Reads `PUT_RECEIVED` and `COMMITTED` (or their refusals) and decides.
-    async fn outcome(
+    pub(super) async fn outcome(
         &mut self,
         sent: &Sent<'_>,
         put: AnswerFuture,
@@ -604,7 +609,7 @@ async fn read_up_to<R: tokio::io::AsyncRead + Unpin>(
     Ok(filled)
 }
 
-fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+pub(super) fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
     meta.modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())

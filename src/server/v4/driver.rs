@@ -4,6 +4,7 @@
 //! the machine only ever sees the time.
 
 use super::errors;
+use super::group::Group;
 use super::machine::{Admit, Machine, Request};
 use super::put::{Held, OpenPut};
 use crate::protocol::v4::{
@@ -70,6 +71,10 @@ pub(super) struct Connection<S> {
     /// Uploads whose data is in, waiting for `COMMIT` or `DISCARD`, by tag.
     pub(super) held: HashMap<u32, Held>,
     pub(super) name: String,
+    /// Commits staged for the next group, and the answers waiting behind them.
+    pub(super) group: Group,
+    /// The first byte of the next frame, when the check for a readable frame read it.
+    peeked: Option<u8>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
@@ -88,6 +93,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             open: None,
             held: HashMap::new(),
             name: String::new(),
+            group: Group::default(),
+            peeked: None,
         }
     }
 
@@ -99,6 +106,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 Err(ended) => break ended,
             }
         };
+        // What the client committed is stored and answered (if it still listens) before
+        // the closing words.
+        if let Err(e) = self.flush_group().await {
+            debug!("the answers of the last commits could not be sent: {e:?}");
+        }
         // Before the last words: a client that reads the closing ERROR finds its
         // uncommitted uploads kept (to resume) or gone. A client that broke the protocol
         // gets nothing kept: what it sent is not worth the disk for a day. A connection
@@ -129,6 +141,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Reads one frame and does what it asks.
     async fn next_frame(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), Ended> {
+        // A stopping server stores the group and peeks no further: the next header read
+        // ends the connection between requests.
+        let stopping = *stop.borrow();
+        if !self.group.is_empty() && (self.group.due() || stopping || !self.readable_now()) {
+            self.flush_group().await?;
+        }
         let header = self.read_header(stop).await?;
         let header = FrameHeader::decode(&header, Side::Server)
             .map_err(|e| Ended::Close(errors::malformed(&e)))?;
@@ -152,12 +170,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<[u8; HEADER_LEN], Ended> {
         let config = &self.shared.config;
-        let (idle, deadline) = (config.idle_timeout, config.request_deadline);
+        let deadline = config.request_deadline;
         let mut bytes = [0u8; HEADER_LEN];
         let in_body = self.machine.in_body();
+        match self.peeked.take() {
+            // Between requests the server's shutdown ends the connection, as below.
+            Some(_) if !in_body && *stop.borrow() => {
+                return Err(Ended::Close(errors::shutting_down()));
+            }
+            Some(first) => bytes[0] = first,
+            None => self.first_byte(stop, &mut bytes[0], in_body).await?,
+        }
+        let rest = tokio::time::timeout(deadline, self.stream.read_exact(&mut bytes[1..]));
+        match rest.await {
+            Ok(Ok(_)) => Ok(bytes),
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(Ended::Close(errors::protocol(&format!("{CUT} a frame header"))))
+            }
+            Ok(Err(e)) => Err(Ended::Gone(e)),
+            Err(_) => Err(Ended::Close(errors::timeout(&format!(
+                "a frame header took more than {} s",
+                deadline.as_secs()
+            )))),
+        }
+    }
+
+    /// The first byte of a frame header: within the idle timeout (or the unregistered
+    /// lifetime, or the server's shutdown, whichever comes first).
+    async fn first_byte(
+        &mut self,
+        stop: &mut watch::Receiver<bool>,
+        first: &mut u8,
+        in_body: bool,
+    ) -> Result<(), Ended> {
+        let idle = self.shared.config.idle_timeout;
         let expires = self.machine.expires_at();
         let first = async {
-            let wait = tokio::time::timeout(idle, self.stream.read(&mut bytes[..1]));
+            let wait = tokio::time::timeout(idle, self.stream.read(std::slice::from_mut(first)));
             match expires {
                 Some(at) => tokio::select! {
                     read = wait => Some(read),
@@ -187,39 +236,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             read = first => read,
         };
         match read {
-            None => {
-                return Err(Ended::Close(
-                    self.machine
-                        .expired(Instant::now())
-                        .unwrap_or_else(errors::unregistered_too_long),
-                ));
-            }
+            None => Err(Ended::Close(
+                self.machine.expired(Instant::now()).unwrap_or_else(errors::unregistered_too_long),
+            )),
             Some(Err(_)) => {
                 let what = if in_body { "in the middle of a put" } else { "between requests" };
-                return Err(Ended::Close(errors::timeout(&format!(
+                Err(Ended::Close(errors::timeout(&format!(
                     "nothing arrived for {} s {what}",
                     idle.as_secs()
-                ))));
+                ))))
             }
             // TLS reports 0 only after the peer's close_notify (a bare FIN is an error).
-            Some(Ok(Ok(0))) if !in_body => return Err(Ended::PeerDone),
-            Some(Ok(Ok(0))) => {
-                return Err(Ended::Close(errors::protocol(&format!("{CUT} a put's body"))));
-            }
-            Some(Ok(Ok(_))) => {}
-            Some(Ok(Err(e))) => return Err(Ended::Gone(e)),
+            Some(Ok(Ok(0))) if !in_body => Err(Ended::PeerDone),
+            Some(Ok(Ok(0))) => Err(Ended::Close(errors::protocol(&format!("{CUT} a put's body")))),
+            Some(Ok(Ok(_))) => Ok(()),
+            Some(Ok(Err(e))) => Err(Ended::Gone(e)),
         }
-        let rest = tokio::time::timeout(deadline, self.stream.read_exact(&mut bytes[1..]));
-        match rest.await {
-            Ok(Ok(_)) => Ok(bytes),
-            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                Err(Ended::Close(errors::protocol(&format!("{CUT} a frame header"))))
+    }
+
+    /// Whether a frame is readable at once, without waiting: one byte read if it is
+    /// (kept for [`Self::read_header`]). A read that would wait consumes nothing, so
+    /// giving it up is safe; an end or an error is left for the next read to report.
+    fn readable_now(&mut self) -> bool {
+        use std::pin::Pin;
+        use std::task::{Context, Poll};
+        let mut byte = [0u8; 1];
+        let mut buf = tokio::io::ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut self.stream).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() == 1 => {
+                self.peeked = Some(byte[0]);
+                true
             }
-            Ok(Err(e)) => Err(Ended::Gone(e)),
-            Err(_) => Err(Ended::Close(errors::timeout(&format!(
-                "a frame header took more than {} s",
-                deadline.as_secs()
-            )))),
+            _ => false,
         }
     }
 
@@ -263,13 +312,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Does what the machine decided a control frame asks.
     async fn carry_out(&mut self, header: &FrameHeader, request: Request) -> Result<(), Ended> {
         let tag = header.tag();
+        // Their answers must reflect every commit before them.
+        let reads_stored = matches!(
+            request,
+            Request::List(_) | Request::Get(_) | Request::Rm(_) | Request::ResumeQuery(_)
+        );
+        if reads_stored {
+            self.flush_group().await?;
+        }
         let done = match request {
             Request::Close(error) => Err(Ended::Close(error)),
             Request::Refuse(error) => self.refuse(tag, &error).await,
             Request::Hello(hello) => self.welcome(hello).await,
             Request::Register(register) => self.register(tag, register).await,
             Request::Upgrade(upgrade) => self.upgrade(tag, upgrade).await,
-            Request::PutBegin(put) => self.put_begin(tag, put).await,
+            Request::PutBegin(put) => {
+                if self.group.touches(&put.path) {
+                    self.flush_group().await?;
+                }
+                self.put_begin(tag, put).await
+            }
             Request::PutEnd => self.put_end(tag).await,
             Request::Commit(commit) => self.commit(tag, commit).await,
             Request::Discard => self.discard(tag).await,
@@ -303,9 +365,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         payload: &[u8],
     ) -> io::Result<()> {
         let frame = encode_frame(frame_type, tag, payload).map_err(io::Error::other)?;
+        match self.group.hold(frame) {
+            Some(frame) => self.write_frames(&frame).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes encoded frames (a peer that reads nothing for the request deadline is gone).
+    pub(super) async fn write_frames(&mut self, frames: &[u8]) -> io::Result<()> {
         let deadline = self.shared.config.request_deadline;
         let write = async {
-            self.stream.write_all(&frame).await?;
+            self.stream.write_all(frames).await?;
             self.stream.flush().await
         };
         tokio::time::timeout(deadline, write).await.map_err(|_| {

@@ -353,7 +353,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Whether some file's path goes on below `path`.
     pub(super) async fn is_folder(
-        &mut self,
+        &self,
         id: ClientId,
         space: &str,
         path: &str,

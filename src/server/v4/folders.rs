@@ -26,7 +26,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// The `conflict` a file stored at `path` would be, if it would make a path both a file
     /// and a folder: a file is stored at one of its folders, or files are stored under it.
     pub(super) async fn clash(
-        &mut self,
+        &self,
         id: ClientId,
         path: &str,
     ) -> Result<Option<ErrorFrame>, Ended> {

@@ -8,6 +8,7 @@
 //!   `PUT`, `COMMIT`, `DISCARD`; `LIST`, `GET`, `RM`) with the records and the blob store.
 //! - `folders`: the rule that a path is never both a file and a folder, and the commit
 //!   turn of a path.
+//! - `group`: commits stored together, their answers in request order.
 //! - `errors`: every `ERROR` the server sends.
 //!
 //! - `resume`: unfinished uploads kept, reported (`RESUME_QUERY`) and continued.
@@ -17,6 +18,7 @@ mod driver;
 pub mod errors;
 mod fetch;
 mod folders;
+mod group;
 mod identity;
 pub mod machine;
 mod put;

@@ -6,20 +6,19 @@
 
 use super::driver::{Connection, Ended};
 use super::errors;
-use super::folders::turn_key;
 use super::identity::unix_now;
 use super::resume::{DURABLE_EVERY, Keepable, ResumeClaim};
 use crate::buf::AlignedBuf;
 use crate::crypto::Cksum;
 use crate::protocol::v4::{
-    Commit, Committed, ErrorCode, ErrorFrame, ErrorUnit, FrameHeader, FrameType, MAX_DATA_PAYLOAD,
-    PutBegin, PutReceived, names,
+    Commit, ErrorCode, ErrorFrame, ErrorUnit, FrameHeader, FrameType, MAX_DATA_PAYLOAD, PutBegin,
+    PutReceived, names,
 };
 use crate::protocol::{ClientId, storage_name};
 use crate::server::metrics::UploadOutcome;
 use crate::server::session::{Held as QuotaHeld, Refused, Reservation};
 use crate::server::upload::{LARGE_UPLOAD, MIN_UPLOAD_RATE};
-use crate::store::{AnyStaged, BlobStore, Chunk, CommitIntent, StagedBlob, Usage, V4Content};
+use crate::store::{AnyStaged, BlobStore, Chunk, StagedBlob, Usage};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -58,15 +57,15 @@ pub(super) struct OpenPut {
 
 /// An upload whose data is all in, waiting for `COMMIT` or `DISCARD`.
 pub(super) struct Held {
-    name: String,
-    staged: AnyStaged,
-    size: u64,
-    hash: [u8; 32],
-    cksum: u32,
-    mtime_ns: i64,
-    _reservation: Reservation,
-    keep: Option<Keepable>,
-    claim: Option<ResumeClaim>,
+    pub(super) name: String,
+    pub(super) staged: AnyStaged,
+    pub(super) size: u64,
+    pub(super) hash: [u8; 32],
+    pub(super) cksum: u32,
+    pub(super) mtime_ns: i64,
+    pub(super) _reservation: Reservation,
+    pub(super) keep: Option<Keepable>,
+    pub(super) claim: Option<ResumeClaim>,
 }
 
 /// What keeping an upload needs: its record's fields, its blob, how many of its bytes
@@ -490,11 +489,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(())
     }
 
-    /// `COMMIT`: with the server's own hash, the held upload is stored exactly as
-    /// protocol 3 stores a confirmed one (intent, rename, one transaction); with another,
-    /// it is thrown away (`hash_mismatch`).
+    /// `COMMIT`: with the server's own hash, the held upload is staged for the group
+    /// commit (`group`), which stores it exactly as protocol 3 stores a confirmed one
+    /// (intent, rename, one transaction); with another, it is thrown away
+    /// (`hash_mismatch`).
     pub(super) async fn commit(&mut self, tag: u32, commit: Commit) -> Result<(), Ended> {
-        let Some(mut held) = self.held.remove(&tag) else {
+        let Some(held) = self.held.remove(&tag) else {
             return self.refuse(tag, &nothing_held(tag)).await;
         };
         if held.hash != commit.hash {
@@ -512,108 +512,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             );
             return self.refuse(tag, &error).await;
         }
-        let id = self.machine.client().expect("the machine lets only clients commit");
-        let (name, size) = (held.name.clone(), held.size);
-        let kept = held.keep.as_ref().map(|k| (k.path.clone(), held.staged.location().to_owned()));
-        // Held until the record is forgotten, so no other connection continues the file
-        // being renamed into place.
-        let _claim = held.claim.take();
-        let finished = match self.store(id, held).await {
-            Ok(finished) => finished,
-            Err(ended) => {
-                self.shared.metrics.upload(UploadOutcome::Failed);
-                return Err(ended);
-            }
-        };
-        if let Some((path, location)) = kept {
-            // Renamed into place: the record of it as unfinished is no longer true.
-            self.forget_kept(path, location).await;
-        }
-        self.shared.metrics.upload(UploadOutcome::Verified);
-        let payload = Committed {
-            generation: finished.generation,
-            stored_at: finished.stored_at,
-            kept_version: finished.kept_version,
-        }
-        .encode();
-        info!(tag, %name, size, generation = finished.generation, "protocol-4 file verified and stored");
-        self.send(FrameType::Committed, tag, &payload).await?;
-        Ok(())
-    }
-
-    /// Protocol 3's commit (see `Connection::confirm` there): under the name's commit
-    /// turn, the intent is recorded, the file renamed into place (the copy it replaces
-    /// kept as a version), and the file recorded with the intent forgotten in one
-    /// transaction.
-    async fn store(
-        &mut self,
-        id: ClientId,
-        held: Held,
-    ) -> Result<crate::store::FinishedCommit, Ended> {
-        let shared = std::sync::Arc::clone(&self.shared);
-        let turn = shared.commit_turn(id, turn_key(&held.name)).await;
-        // Checked again under the turn: another connection may have stored a clashing
-        // path since PUT_BEGIN.
-        if let Some(clash) = self.clash(id, &held.name).await? {
-            let _ = tokio::task::spawn_blocking(move || drop(held)).await;
-            return Err(Ended::Refused(clash));
-        }
-        let storage = shared.storage.clone();
-        let keep = shared.config.keep_versions;
-        let records = shared.records();
-        let location = held.staged.location().to_owned();
-        let plan = storage.commit_plan(records, id, &held.name, &location, keep).await;
-        let plan = self.internal_on_error(plan)?;
-        let intent = CommitIntent {
-            client_id: id,
-            stored_name: held.name.clone(),
-            file_name: held.name.clone(),
-            path_name: plan.path_name,
-            source: location,
-            size: held.size,
-            cksum: held.cksum,
-            archive: plan.archive,
-            restores: None,
-            v4: Some(V4Content { blake3: held.hash, mtime_ns: held.mtime_ns }),
-        };
-        let begun = records.begin_commit(intent.clone()).await;
-        self.internal_on_error(begun)?;
-        let (name, archive) = (held.name.clone(), intent.archive.clone());
-        // The reservation counts the upload against the client's quota until the records
-        // count the file, so that no other put sees room that is not there.
-        let Held { staged, _reservation: reservation, .. } = held;
-        let committed = tokio::task::spawn_blocking(move || {
-            storage.commit(staged, id, &name, archive.as_deref())
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|c| c);
-        let committed = match committed {
-            Ok(committed) => committed,
-            Err(e) => {
-                let _ = records.abandon_commit(intent).await;
-                let at = unix_now();
-                tracing::error!(at, "storing a protocol-4 upload failed: {e}");
-                return Err(Ended::Refused(errors::internal(at)));
-            }
-        };
-        if let Some(replaced) = committed.replaced {
-            tokio::task::spawn_blocking(move || drop(replaced));
-        }
-        let finished = records.finish_commit_detailed(intent, Some(self.peer.ip()), keep).await;
-        let finished = self.internal_on_error(finished)?;
-        drop((turn, reservation));
-        if !finished.pruned.is_empty() {
-            let (storage, pruned) = (shared.storage.clone(), finished.pruned.clone());
-            tokio::task::spawn_blocking(move || {
-                for path in pruned {
-                    if let Err(e) = storage.delete_version(id, &path) {
-                        warn!(%path, "could not delete a version beyond --keep-versions: {e}");
-                    }
-                }
-            });
-        }
-        Ok(finished)
+        self.stage_commit(tag, held).await
     }
 }
 

@@ -35,6 +35,12 @@ impl Chain {
         &self.dirs[0]
     }
 
+    /// Every folder of the chain, the client's directory first (for a group commit to
+    /// sync each folder once).
+    pub(super) fn files(&self) -> impl Iterator<Item = &std::fs::File> {
+        self.dirs.iter().map(|dir| &dir.file)
+    }
+
     /// Syncs every folder of the chain, the client's directory included: after a rename
     /// into the deepest one, the entries that make the file reachable are all durable.
     pub(super) fn sync(&self) -> io::Result<()> {

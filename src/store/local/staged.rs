@@ -82,6 +82,13 @@ impl StagedFile {
         }
     }
 
+    /// Finishes the writing and makes the whole file durable: the first step of a group
+    /// commit, taken for all its files at once so that their syncs share the journal's.
+    pub fn sync_finished(&mut self) -> io::Result<()> {
+        self.finish()?;
+        std::fs::File::open(&self.path)?.sync_all()
+    }
+
     /// Stops writing, syncs the file and disarms its deletion: what is left is the file,
     /// at its temporary name, for the caller to rename.
     pub(super) fn into_kept(mut self) -> io::Result<(ClientId, String)> {
