@@ -1028,7 +1028,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__send)
-            opts="-v -q -r -h -V --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --quiet --json --as --recursive --dry-run --limit-rate --no-clobber --help --version"
+            opts="-v -q -r -h -V --config --server --name --identity --connect-timeout --timeout --verbose --protocol --server-fingerprint --quiet --json --as --recursive --dry-run --limit-rate --no-clobber --parallel --help --version"
             if [[ ${cur} == -* ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1082,6 +1082,10 @@ _securexfer() {
                     return 0
                     ;;
                 --limit-rate)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --parallel)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

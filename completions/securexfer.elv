@@ -97,6 +97,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --server-fingerprint 'The key the server must present over protocol 4, as `securexfer db fingerprint` shows it on the server (SHA256:...): pins it before the first contact. With a key already in known_servers, the two must agree'
             cand --as 'The name to store the file under, instead of its own (one FILE only). Names are up to 254 bytes of printable ASCII. With -r, the name of the stored folder instead of the DIR''s own (one DIR only)'
             cand --limit-rate 'Send file content at most RATE bytes per second, as curl''s --limit-rate: a number with an optional K, M or G (binary units), e.g. 500K or 10M. Both protocols'
+            cand --parallel 'Send over N connections at once, each taking the next file (or the next run of small files) as it is free; the bars show the whole run. Protocol 4 only. With --limit-rate, the rate is shared among them'
             cand -v 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
             cand --verbose 'Say what the client does on stderr: connections, requests and answers, retries (-vv for more). Without it, RUST_LOG sets what is logged'
             cand -q 'No progress bar and no summary lines (errors are still printed)'

@@ -373,6 +373,17 @@ pub struct SendArgs {
     /// (reported, exit 4) and the others are sent. Protocol 4 only.
     #[arg(long)]
     pub no_clobber: bool,
+    /// Send over N connections at once, each taking the next file (or the next run of
+    /// small files) as it is free; the bars show the whole run. Protocol 4 only. With
+    /// --limit-rate, the rate is shared among them.
+    #[arg(
+        long,
+        env = "SECUREXFER_PARALLEL",
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=16)
+    )]
+    pub parallel: u16,
 }
 
 /// `securexfer ls`.

@@ -21,6 +21,8 @@ pub struct Display {
     done_bytes: u64,
     /// What an interruption leaves on the server, when it keeps something to resume.
     kept: Option<String>,
+    /// With several connections (`send --parallel`): the bytes of each one's current send.
+    lanes: Vec<u64>,
 }
 
 /// The two bars, made once: removing bars from a `MultiProgress` between prints leaves
@@ -53,8 +55,15 @@ impl Display {
             file.set_style(style("  {wide_msg} {percent:>3}%"));
             Bars { multi, total, file }
         });
-        let display =
-            Display { bars, files, current: None, verified: 0, done_bytes: 0, kept: None };
+        let display = Display {
+            bars,
+            files,
+            current: None,
+            verified: 0,
+            done_bytes: 0,
+            kept: None,
+            lanes: Vec::new(),
+        };
         Arc::new(Mutex::new(display))
     }
 
@@ -99,6 +108,29 @@ impl Display {
             bars.file.set_position(n);
             bars.total.set_position(self.done_bytes + n);
         }
+    }
+
+    /// `n` bytes of the current send of connection `lane` are on the wire (several sends
+    /// at once: the total is what is done plus every lane's part).
+    pub fn lane_progress(&mut self, lane: usize, n: u64) {
+        if self.lanes.len() <= lane {
+            self.lanes.resize(lane + 1, 0);
+        }
+        self.lanes[lane] = n;
+        if let Some(bars) = &self.bars {
+            let busy: u64 = self.lanes.iter().sum();
+            bars.total.set_position(self.done_bytes + busy);
+        }
+    }
+
+    /// Connection `lane`'s current file is done: as [`Display::finish_file`], its part
+    /// moved from the lane to what is done.
+    pub fn finish_lane(&mut self, lane: usize, bytes: u64, verified: bool) {
+        if let Some(part) = self.lanes.get_mut(lane) {
+            *part = 0;
+        }
+        self.finish_file(bytes, verified);
+        self.lane_progress(lane, 0);
     }
 
     /// The run turned out `bytes` larger (a download's size is known from its first frame).

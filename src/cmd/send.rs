@@ -17,7 +17,8 @@ use securexfer::protocol::MAX_PLAINTEXT_SIZE;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A client with the command line's timeouts.
@@ -256,7 +257,7 @@ pub fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
     progress::exit_on_interrupt(&display);
     let mut client = client_for(&server, &args.client);
     client.set_limit_rate(args.limit_rate);
-    client.on_event(event_printer(Arc::clone(&display), args.quiet, args.json));
+    client.on_event(event_printer(Arc::clone(&display), args.quiet, args.json, None));
     client.connect()?;
 
     let save_at =
@@ -327,6 +328,12 @@ fn check_protocol_4_flags(args: &SendArgs, server: Option<&str>) -> Result<(), U
              say what would be replaced), and {three}; nothing was sent"
         )));
     }
+    if args.parallel > 1 {
+        return Err(UsageError(format!(
+            "--parallel needs protocol 4 (a protocol-3 client's identity is one session at a \
+             time), and {three}; nothing was sent"
+        )));
+    }
     Ok(())
 }
 
@@ -341,7 +348,7 @@ pub(super) struct Planned {
 }
 
 /// A failure about one file, from either protocol's client.
-pub(super) trait FileError: std::fmt::Display {
+pub(super) trait FileError: std::fmt::Display + Send + Sync {
     /// Its exit group.
     fn kind(&self) -> FailureKind;
     /// Whether the message names the file already.
@@ -532,45 +539,134 @@ fn run_v4(
     let display = progress::Display::new(sendable.len(), total, show_bar);
     progress::lock(&display).keeps_unfinished(four.session.welcome.resume_window, RESUME_FROM);
     progress::exit_on_interrupt(&display);
-    four.session.on_event(event_printer(Arc::clone(&display), args.quiet, args.json));
-    four.session.set_limit_rate(args.limit_rate);
+    let units = units(args, &plan);
+    let lanes = usize::from(args.parallel).min(units.len()).max(1);
+    let lane = (lanes > 1).then_some(0);
+    four.session.on_event(event_printer(Arc::clone(&display), args.quiet, args.json, lane));
+    four.session.set_limit_rate(args.limit_rate.map(|r| r / lanes as u64));
     four.session.set_no_clobber(args.no_clobber);
-    let mut run = V4Run { args, server, display, summary, worst, stopped: None };
+    let run = Mutex::new(V4Run { args, server, display, summary, worst, stopped: None });
     let k = |file: &Planned| sendable.iter().position(|f| std::ptr::eq(*f, file)).unwrap_or(0) + 1;
-    let mut at = 0;
-    while at < plan.len() {
-        let file = &plan[at];
-        if file.problem.is_some() {
-            let shown = progress::lock(&run.display);
-            let code = shown.suspend(|| report_problem(args, server, file, &mut run.summary));
-            run.worst = run.worst.max(code);
-            at += 1;
-            continue;
-        }
-        if let Some(why) = &run.stopped {
-            let shown = progress::lock(&run.display);
-            shown.suspend(|| report_skipped(args, server, file, why, &mut run.summary));
-            at += 1;
-            continue;
-        }
-        let batch = plan[at..].iter().take_while(|f| batchable(args, f)).count();
-        if batch > 1 {
-            let files = &plan[at..at + batch];
-            run.send_batch(&mut four, files, k(&files[0]));
-            at += batch;
-            continue;
-        }
-        let started = Instant::now();
-        progress::lock(&run.display).start_file(k(file), &file.stored_name);
-        let result = four.runtime.block_on(four.session.send_file(&file.path, &file.stored_name));
-        run.report(file, result, started.elapsed());
-        at += 1;
+    let work = Work { run: &run, plan: &plan, units: &units, next: AtomicUsize::new(0), k: &k };
+    if lanes == 1 {
+        work.send_on(&mut four, None);
+        four.close();
+    } else {
+        std::thread::scope(|scope| {
+            for lane in 1..lanes {
+                let work = &work;
+                scope.spawn(move || work.connect_and_send(lane));
+            }
+            work.send_on(&mut four, Some(0));
+            four.close();
+        });
     }
-    let (summary, worst, display) = (run.summary, run.worst, run.display);
+    let V4Run { summary, worst, display, .. } = run.into_inner().unwrap_or_else(|p| p.into_inner());
     progress::lock(&display).clear();
-    four.close();
     report_summary(args, server, &summary, worst);
     Ok(ExitCode::from(worst))
+}
+
+/// One piece of a run's work, `len` files of the plan from `at`: a file sent alone (or
+/// reported as not sendable), or a run of small files pipelined on one connection.
+struct Unit {
+    at: usize,
+    len: usize,
+}
+
+/// The plan cut into [`Unit`]s, in order.
+fn units(args: &SendArgs, plan: &[Planned]) -> Vec<Unit> {
+    let mut units = Vec::new();
+    let mut at = 0;
+    while at < plan.len() {
+        let batch = plan[at..].iter().take_while(|f| batchable(args, f)).count();
+        let len = batch.max(1);
+        units.push(Unit { at, len });
+        at += len;
+    }
+    units
+}
+
+/// A run's units, taken in turn by each connection as it is free.
+struct Work<'w, 'a, K: Fn(&Planned) -> usize> {
+    run: &'w Mutex<V4Run<'a>>,
+    plan: &'w [Planned],
+    units: &'w [Unit],
+    next: AtomicUsize,
+    /// The number of a file among those sent (for the bars).
+    k: &'w K,
+}
+
+impl<'a, K: Fn(&Planned) -> usize + Sync> Work<'_, 'a, K> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, V4Run<'a>> {
+        self.run.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Another connection to the server (`--parallel`), sending units until none is left.
+    /// One that cannot connect is a note: the others do its share.
+    fn connect_and_send(&self, lane: usize) {
+        let (args, server, display) = {
+            let run = self.lock();
+            (run.args, run.server, Arc::clone(&run.display))
+        };
+        let four = match v4::connect(server, &args.client) {
+            Ok(Spoken::Four(four)) if four.session.registered() => four,
+            Ok(_) => return,
+            Err(e) => {
+                let line = format!("securexfer: note: connection {} of {}: {e:#}", lane + 1, {
+                    args.parallel
+                });
+                return progress::lock(&display).say(&line);
+            }
+        };
+        let mut four = *four;
+        let lanes = u64::from(args.parallel);
+        four.session.on_event(event_printer(display, args.quiet, args.json, Some(lane)));
+        four.session.set_limit_rate(args.limit_rate.map(|r| r / lanes));
+        four.session.set_no_clobber(args.no_clobber);
+        self.send_on(&mut four, Some(lane));
+        four.close();
+    }
+
+    /// Sends units on `four` until none is left (or the run stopped).
+    fn send_on(&self, four: &mut v4::Four, lane: Option<usize>) {
+        loop {
+            let i = self.next.fetch_add(1, Ordering::SeqCst);
+            let Some(unit) = self.units.get(i) else { return };
+            let files = &self.plan[unit.at..unit.at + unit.len];
+            self.send_unit(four, files, lane);
+        }
+    }
+
+    fn send_unit(&self, four: &mut v4::Four, files: &[Planned], lane: Option<usize>) {
+        let mut run = self.lock();
+        let (args, server) = (run.args, run.server);
+        if let Some(why) = run.stopped.clone() {
+            let display = Arc::clone(&run.display);
+            for file in files {
+                let shown = progress::lock(&display);
+                shown.suspend(|| report_skipped(args, server, file, &why, &mut run.summary));
+            }
+            return;
+        }
+        let file = &files[0];
+        if file.problem.is_some() {
+            let display = Arc::clone(&run.display);
+            let shown = progress::lock(&display);
+            let code = shown.suspend(|| report_problem(args, server, file, &mut run.summary));
+            run.worst = run.worst.max(code);
+            return;
+        }
+        if files.len() > 1 {
+            drop(run);
+            return send_batch(self.run, four, files, (self.k)(file), lane);
+        }
+        progress::lock(&run.display).start_file((self.k)(file), &file.stored_name);
+        drop(run);
+        let started = Instant::now();
+        let result = four.runtime.block_on(four.session.send_file(&file.path, &file.stored_name));
+        self.lock().report(file, result, started.elapsed(), lane);
+    }
 }
 
 /// Whether a planned file goes in a pipelined batch ([`BATCH_FILE_LIMIT`]): a small one,
@@ -590,39 +686,58 @@ struct V4Run<'a> {
     stopped: Option<String>,
 }
 
-impl V4Run<'_> {
-    /// Sends a run of small files pipelined (`Session::send_many`), the first being the
-    /// `first`-th file sent; each result is reported as a lone send's would be.
-    fn send_batch(&mut self, four: &mut v4::Four, files: &[Planned], first: usize) {
-        let batch: Vec<Batched> = files
-            .iter()
-            .map(|f| Batched { path: f.path.clone(), stored_as: f.stored_name.clone() })
-            .collect();
-        let mut heard = 0;
-        let mut since = Instant::now();
-        let send = four.session.send_many(&batch, |i, result| {
-            progress::lock(&self.display).start_file(first + i, &files[i].stored_name);
-            self.report(&files[i], result, since.elapsed());
-            since = Instant::now();
-            heard = i + 1;
-        });
-        four.runtime.block_on(send);
-        if heard < files.len() {
-            let why = format!("not sent: the connection to {} failed", self.server);
-            let why = self.stopped.get_or_insert(why).clone();
-            let (args, server) = (self.args, self.server);
-            for file in &files[heard..] {
-                let shown = progress::lock(&self.display);
-                shown.suspend(|| report_skipped(args, server, file, &why, &mut self.summary));
-            }
+/// Sends a run of small files pipelined (`Session::send_many`), the first being the
+/// `first`-th file sent; each result is reported as a lone send's would be.
+fn send_batch(
+    run: &Mutex<V4Run<'_>>,
+    four: &mut v4::Four,
+    files: &[Planned],
+    first: usize,
+    lane: Option<usize>,
+) {
+    let lock = || run.lock().unwrap_or_else(|p| p.into_inner());
+    let batch: Vec<Batched> = files
+        .iter()
+        .map(|f| Batched { path: f.path.clone(), stored_as: f.stored_name.clone() })
+        .collect();
+    let mut heard = 0;
+    let mut since = Instant::now();
+    let send = four.session.send_many(&batch, |i, result| {
+        let mut run = lock();
+        progress::lock(&run.display).start_file(first + i, &files[i].stored_name);
+        run.report(&files[i], result, since.elapsed(), lane);
+        since = Instant::now();
+        heard = i + 1;
+    });
+    four.runtime.block_on(send);
+    if heard < files.len() {
+        let mut run = lock();
+        let why = format!("not sent: the connection to {} failed", run.server);
+        let why = run.stopped.get_or_insert(why).clone();
+        let (args, server, display) = (run.args, run.server, Arc::clone(&run.display));
+        for file in &files[heard..] {
+            let shown = progress::lock(&display);
+            shown.suspend(|| report_skipped(args, server, file, &why, &mut run.summary));
         }
     }
+}
 
-    /// Reports one file's result (`took` is how long it took) and counts it.
-    fn report(&mut self, file: &Planned, result: Result<Stored, V4Error>, took: Duration) {
+impl V4Run<'_> {
+    /// Reports one file's result (`took` is how long it took) and counts it; `lane` is
+    /// the connection it went on when several send at once.
+    fn report(
+        &mut self,
+        file: &Planned,
+        result: Result<Stored, V4Error>,
+        took: Duration,
+        lane: Option<usize>,
+    ) {
         let (args, server) = (self.args, self.server);
         let mut shown = progress::lock(&self.display);
-        shown.finish_file(file.wire_bytes, result.is_ok());
+        match lane {
+            Some(lane) => shown.finish_lane(lane, file.wire_bytes, result.is_ok()),
+            None => shown.finish_file(file.wire_bytes, result.is_ok()),
+        }
         match result {
             Ok(stored) => {
                 self.summary.verified += 1;
@@ -849,16 +964,29 @@ fn establish(
     Ok(session)
 }
 
+/// What a session's events show; `lane` is its connection's number when several send at
+/// once (`--parallel`): the bars then add up every connection's part.
 fn event_printer(
     display: progress::Shared,
     silent: bool,
     json: bool,
+    lane: Option<usize>,
 ) -> impl FnMut(Event) + Send + 'static {
     // With --json, stderr still gets what the user must know about the server (notes),
     // not the play-by-play.
     let quiet = silent || json;
     move |event| {
         let mut display = progress::lock(&display);
+        match (event, lane) {
+            (Event::SendStarted { .. }, Some(lane)) => display.lane_progress(lane, 0),
+            (Event::Progress(n), Some(lane)) => display.lane_progress(lane, n),
+            (event, _) => say(&mut display, event, silent, quiet),
+        }
+    }
+}
+
+fn say(display: &mut progress::Display, event: Event, silent: bool, quiet: bool) {
+    {
         match event {
             Event::SendStarted { bytes, attempt, .. } => display.start_send(bytes, attempt),
             Event::Progress(n) => display.progress(n),

@@ -21,6 +21,7 @@ mod v4_client;
 mod v4_fetch;
 mod v4_folders;
 mod v4_group;
+mod v4_parallel;
 mod v4_peer;
 mod v4_quota;
 mod v4_resume;
