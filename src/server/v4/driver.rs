@@ -299,9 +299,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         payload: &[u8],
     ) -> io::Result<()> {
         let frame = encode_frame(frame_type, tag, payload).map_err(io::Error::other)?;
+        self.send_encoded(&frame).await
+    }
+
+    /// Writes frames encoded back to back in one write and one flush (a peer that reads
+    /// nothing for the request deadline is gone): one TLS write for a whole small answer.
+    pub(super) async fn send_encoded(&mut self, frames: &[u8]) -> io::Result<()> {
         let deadline = self.shared.config.request_deadline;
         let write = async {
-            self.stream.write_all(&frame).await?;
+            self.stream.write_all(frames).await?;
             self.stream.flush().await
         };
         tokio::time::timeout(deadline, write).await.map_err(|_| {
