@@ -64,6 +64,9 @@ struct Received {
     fetched: Fetched,
 }
 
+/// A name's local file and its `GET` sent, or why not.
+type Sent = Result<(PathBuf, PendingGet), V4Error>;
+
 /// A name's outcome so far: received (not yet placed) or failed.
 type Outcome = Result<Received, V4Error>;
 
@@ -91,7 +94,7 @@ pub(super) fn get_all(
             }
         });
         let mut batch = Batch::default();
-        let mut ahead: VecDeque<(String, Result<(PathBuf, PendingGet), V4Error>)> = VecDeque::new();
+        let mut ahead: VecDeque<(String, Sent)> = VecDeque::new();
         let mut k = 0;
         loop {
             while ahead.len() < GETS_AHEAD && !stopped {
@@ -176,11 +179,7 @@ fn tidy_on_interrupt(unplaced: &Unplaced, display: &progress::Shared) {
 
 /// Where `item` goes, checked to be free (unless `--force`), its folders made, and its
 /// `GET` sent.
-async fn prepare(
-    session: &mut Session,
-    into: &Dest<'_>,
-    item: &Item,
-) -> Result<(PathBuf, PendingGet), V4Error> {
+async fn prepare(session: &mut Session, into: &Dest<'_>, item: &Item) -> Sent {
     let local = make_folders(into.dir, &item.local)?;
     if !into.force && std::fs::symlink_metadata(&local).is_ok() {
         return Err(exists(local));

@@ -7,7 +7,7 @@ use crate::v4_client::{Client, code, text};
 use crate::v4_peer::{GetLie, Peer, Script};
 use std::path::Path;
 
-/// Every file under `dir` (temporary ones too), as sorted relative paths.
+/// Every file under `dir` (partial ones too), as sorted relative paths.
 fn files_under(dir: &Path) -> Vec<String> {
     fn walk(dir: &Path, prefix: &str, found: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap().flatten() {
@@ -26,8 +26,8 @@ fn files_under(dir: &Path) -> Vec<String> {
 }
 
 fn no_temporary_file(files: &[String]) {
-    let temp: Vec<_> = files.iter().filter(|f| f.contains(".securexfer-get-")).collect();
-    assert!(temp.is_empty(), "temporary files left: {temp:?}");
+    let temp: Vec<_> = files.iter().filter(|f| f.contains(".securexfer-")).collect();
+    assert!(temp.is_empty(), "partial files left: {temp:?}");
 }
 
 #[test]
