@@ -32,7 +32,7 @@ pub(crate) fn set_direct(_file: &File, on: bool) -> bool {
 
 /// Starts writing `(offset, len)` of `file` to disk without waiting.
 #[cfg(target_os = "linux")]
-pub(crate) fn start_writeback(file: &File, (offset, len): (u64, u64)) {
+pub fn start_writeback(file: &File, (offset, len): (u64, u64)) {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid descriptor; the call only schedules I/O on the file's own pages.
     unsafe {
@@ -62,7 +62,7 @@ pub(crate) fn drop_written(file: &File, (offset, len): (u64, u64)) {
 
 /// Starts writing part of a file to disk without waiting: nothing to do here.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn start_writeback(_file: &File, _window: (u64, u64)) {}
+pub fn start_writeback(_file: &File, _window: (u64, u64)) {}
 
 /// Waits for part of a file to be written and drops it from the cache: nothing to do here.
 #[cfg(not(target_os = "linux"))]

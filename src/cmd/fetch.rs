@@ -2,6 +2,7 @@
 //! servers, the pinned key, an upgrade of a protocol-3 identity), then lists, downloads or
 //! removes, reporting each name in its place, for people or as JSON lines.
 
+use super::fetch_many;
 use super::out::outln;
 use super::partial;
 use super::progress;
@@ -25,7 +26,7 @@ use std::process::ExitCode;
 
 /// GETs sent ahead of the one being received: their answers come in order, so the server
 /// never waits for the client's next request between files.
-const GETS_AHEAD: usize = 8;
+pub(super) const GETS_AHEAD: usize = 8;
 
 /// The partial file a download is being written to, and whether it is resumable, for
 /// Ctrl-C to keep or delete.
@@ -271,6 +272,18 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
     };
     // Sizes are known file by file, from each GET_BEGIN: the run's total grows as they come.
     let display = progress::Display::new(items.len(), 0, bars);
+    // Many files are made durable a batch at a time, unless an interrupted run left a
+    // partial file to continue: that run goes file by file, as it went.
+    if let Target::Dir(dir) = &target
+        && items.len() > 1
+        && !items.iter().any(|item| partial::find(&dir.join(&item.local)).is_some())
+    {
+        let into = fetch_many::Dest { dir, force: args.force, mode, display: &display };
+        fetch_many::get_all(&mut four, &mut run, &items, stopped, &into);
+        four.close();
+        run.summary();
+        return Ok(ExitCode::from(run.worst));
+    }
     tidy_on_interrupt(&current, &display);
     let mut ahead: VecDeque<(&Item, Prepared)> = VecDeque::new();
     let mut names = items.iter();
@@ -343,11 +356,11 @@ pub fn get(args: GetArgs) -> anyhow::Result<ExitCode> {
 type Prepared = Result<(PathBuf, PendingGet, Option<partial::Left>), V4Error>;
 
 /// One file to download: its stored path, and where it goes under the target directory.
-struct Item {
-    path: String,
+pub(super) struct Item {
+    pub(super) path: String,
     /// Relative to the target directory: components the path rules allow (checked in the
     /// listing they came from), so it stays under the target.
-    local: String,
+    pub(super) local: String,
 }
 
 impl Item {
@@ -397,7 +410,7 @@ fn expand(four: &mut Four, run: &mut GetRun<'_>) -> (Vec<Item>, bool) {
 /// Makes the folders of `local` (relative, from a checked stored path) under `dir`,
 /// refusing to go through anything that is not a real folder (a symbolic link planted
 /// there, a file); the file's path.
-fn make_folders(dir: &Path, local: &str) -> Result<PathBuf, V4Error> {
+pub(super) fn make_folders(dir: &Path, local: &str) -> Result<PathBuf, V4Error> {
     let mut at = dir.to_owned();
     let mut parts = local.split('/').peekable();
     while let Some(part) = parts.next() {
@@ -495,7 +508,7 @@ enum Received {
 /// Whether a failed download leaves its partial file to be continued: when the
 /// connection failed or timed out (the bytes so far are the copy's), not when the
 /// server broke the protocol or refused, or writing failed.
-fn leaves_partial(e: &V4Error) -> bool {
+pub(super) fn leaves_partial(e: &V4Error) -> bool {
     use securexfer::client::v4::conn::ConnError;
     matches!(e, V4Error::Conn(ConnError::Lost(_) | ConnError::Timeout(_) | ConnError::Closed(_)))
 }
@@ -590,7 +603,7 @@ fn receive(
 }
 
 /// Writes to the partial file behind a `RefCell` (the `GET_BEGIN` hook needs it too).
-struct PartialWriter<'a>(&'a std::cell::RefCell<partial::Partial>);
+pub(super) struct PartialWriter<'a>(pub(super) &'a std::cell::RefCell<partial::Partial>);
 
 impl Write for PartialWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -639,7 +652,7 @@ fn place(
 }
 
 /// What a `get` run reported so far.
-struct GetRun<'a> {
+pub(super) struct GetRun<'a> {
     args: &'a GetArgs,
     server: &'a str,
     worst: u8,
@@ -657,7 +670,7 @@ impl GetRun<'_> {
         }
     }
 
-    fn report(&mut self, name: &str, result: Result<(Fetched, PathBuf), V4Error>) {
+    pub(super) fn report(&mut self, name: &str, result: Result<(Fetched, PathBuf), V4Error>) {
         match result {
             Ok((fetched, local)) => {
                 self.got += 1;

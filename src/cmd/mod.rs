@@ -4,6 +4,7 @@ pub(crate) mod config;
 mod db;
 mod dry_run;
 mod fetch;
+mod fetch_many;
 pub(crate) mod out;
 mod partial;
 mod progress;

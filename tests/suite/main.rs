@@ -20,6 +20,7 @@ mod v4_attacks;
 mod v4_client;
 mod v4_fetch;
 mod v4_folders;
+mod v4_get_many;
 mod v4_group;
 mod v4_parallel;
 mod v4_peer;

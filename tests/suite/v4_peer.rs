@@ -38,6 +38,8 @@ pub(crate) struct Script {
     pub(crate) stored: Vec<(String, Vec<u8>)>,
     /// How GET answers lie, if they do.
     pub(crate) get_lie: GetLie,
+    /// When not empty, only the GETs of these paths lie; the others are answered honestly.
+    pub(crate) lie_about: Vec<String>,
     /// Paths listed after the stored ones, as they are (to name what no honest server
     /// would: `../escape`).
     pub(crate) extra_listed: Vec<String>,
@@ -345,10 +347,12 @@ fn get(tag: u32, p: &[u8], script: &Script) -> Out {
         let e = error(ErrorCode::NotFound, 0, 0, "no file is stored there");
         return vec![(FrameType::Error, tag, e.encode().unwrap())];
     };
+    let lies = script.lie_about.is_empty() || script.lie_about.contains(&get.path);
+    let lie = if lies { script.get_lie } else { GetLie::Honest };
     let hash = *blake3::hash(data).as_bytes();
     let mut other = hash;
     other[0] ^= 1;
-    let recorded = if script.get_lie == GetLie::WrongRecordedHash { other } else { hash };
+    let recorded = if lie == GetLie::WrongRecordedHash { other } else { hash };
     let begin = GetBegin {
         size: data.len() as u64,
         generation: 1,
@@ -359,7 +363,7 @@ fn get(tag: u32, p: &[u8], script: &Script) -> Out {
     };
     let mut out = vec![(FrameType::GetBegin, tag, begin.encode().unwrap())];
     let mut body = data.clone();
-    match script.get_lie {
+    match lie {
         GetLie::ExtraBytes => body.push(b'!'),
         GetLie::FewerBytes => {
             body.pop();
@@ -367,11 +371,11 @@ fn get(tag: u32, p: &[u8], script: &Script) -> Out {
         _ => {}
     }
     out.extend(body.chunks(256 * 1024).map(|c| (FrameType::GetData, tag, c.to_vec())));
-    if script.get_lie == GetLie::Stall {
+    if lie == GetLie::Stall {
         out.truncate(2);
         return out;
     }
-    let end = if script.get_lie == GetLie::WrongHash { other } else { hash };
+    let end = if lie == GetLie::WrongHash { other } else { hash };
     out.push((FrameType::GetEnd, tag, GetEnd { hash: end }.encode()));
     out
 }

@@ -371,6 +371,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
+    /// Frames encoded back to back, sent in one write and one flush (one TLS write for a
+    /// whole small answer), behind the staged answers of a group when there are any.
+    pub(super) async fn send_encoded(&mut self, frames: &[u8]) -> io::Result<()> {
+        match self.group.hold(frames.to_vec()) {
+            Some(frames) => self.write_frames(&frames).await,
+            None => Ok(()),
+        }
+    }
+
     /// Writes encoded frames (a peer that reads nothing for the request deadline is gone).
     pub(super) async fn write_frames(&mut self, frames: &[u8]) -> io::Result<()> {
         let deadline = self.shared.config.request_deadline;

@@ -29,6 +29,9 @@ use tracing::{info, warn};
 const LIST_PAGE: usize = 256;
 /// `DATA` frames of a download carry up to the protocol's limit.
 const GET_CHUNK: usize = MAX_DATA_PAYLOAD as usize;
+/// Copies below this size are read whole and answered in one write (see
+/// `Connection::get_small`): far below a `DATA` frame's limit, so one frame carries them.
+const SMALL_COPY: u64 = 256 << 10;
 
 /// Where a listing is in the records: the client's space, the part of it asked for, and
 /// where the next page starts.
@@ -212,6 +215,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 get.offset, get.path, copy.size
             ))));
         }
+        if copy.size < SMALL_COPY {
+            return self.get_small(tag, &get, &copy).await;
+        }
         let storage = self.shared.storage.clone();
         let name = copy.stored_name.clone();
         let opened = tokio::task::spawn_blocking(move || storage.get(id, &name)).await;
@@ -223,16 +229,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 return Err(Ended::Refused(errors::internal(at)));
             }
         };
-        let begin = GetBegin {
-            size: copy.size,
-            generation: copy.generation,
-            mtime_ns: copy.mtime_ns,
-            stored_at: copy.stored_at,
-            flags: flags_of(&copy),
-            hash: copy.blake3.unwrap_or(NO_HASH),
-        };
-        let payload = begin.encode().map_err(std::io::Error::other)?;
-        self.send(FrameType::GetBegin, tag, &payload).await?;
+        self.send(FrameType::GetBegin, tag, &get_begin(&copy)?).await?;
         if get.offset > 0 {
             self.shared.metrics.download_resumed();
         }
@@ -251,6 +248,72 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         info!(tag, path = %get.path, size = copy.size, "protocol-4 download sent");
         self.send(FrameType::GetEnd, tag, &GetEnd { hash }.encode()).await?;
+        self.shared.metrics.download(DownloadOutcome::Sent);
+        Ok(())
+    }
+
+    /// `GET` of a copy smaller than [`SMALL_COPY`]: opened and read whole (and one byte
+    /// more, which a copy longer than its record would have) in one blocking call, then, when
+    /// it is the size and hash on record, `GET_BEGIN`, its `DATA` and `GET_END` in one
+    /// write. A run of small downloads thus costs one hand-off to a blocking thread and one
+    /// TLS write per file instead of three of each. A damaged copy is answered as
+    /// [`Self::stream_copy`] answers it.
+    async fn get_small(&mut self, tag: u32, get: &Get, copy: &StoredCopy) -> Result<(), Ended> {
+        let id = self.client_id();
+        let storage = self.shared.storage.clone();
+        let name = copy.stored_name.clone();
+        let want = copy.size as usize + 1;
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut reader = storage.get(id, &name)?;
+            let mut bytes = vec![0u8; want];
+            let n = read_up_to(&mut reader, &mut bytes)?;
+            bytes.truncate(n);
+            Ok(bytes)
+        })
+        .await;
+        let bytes = match read.map_err(std::io::Error::other).and_then(|r| r) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let at = unix_now();
+                tracing::error!(at, path = %get.path, "a recorded protocol-4 file cannot be read: {e}");
+                return Err(Ended::Refused(errors::internal(at)));
+            }
+        };
+        let whole = bytes.len() as u64 == copy.size;
+        let end = bytes.len().min(want - 1);
+        let hash = *blake3::hash(&bytes[..end]).as_bytes();
+        let mut answer = encode_frame(FrameType::GetBegin, tag, &get_begin(copy)?)?;
+        let sent = &bytes[(get.offset as usize).min(end)..end];
+        if !sent.is_empty() {
+            answer.extend_from_slice(&encode_frame(FrameType::GetData, tag, sent)?);
+        }
+        let sent_len = sent.len() as u64;
+        if get.offset > 0 {
+            self.shared.metrics.download_resumed();
+        }
+        let intact = whole && copy.blake3.is_none_or(|recorded| recorded == hash);
+        if !intact {
+            // Rare: the bytes go as they would streamed, then the refusal.
+            self.send_encoded(&answer).await?;
+            self.shared.metrics.download_sent(sent_len);
+            self.shared.metrics.download(DownloadOutcome::Corrupt);
+            let why = match bytes.len() as u64 {
+                n if n > copy.size => "it is longer than its record says",
+                n if n < copy.size => "it is shorter than its record says",
+                _ => {
+                    warn!(tag, path = %get.path, "a stored protocol-4 copy does not match its BLAKE3");
+                    "its bytes do not match the hash on record"
+                }
+            };
+            return self.refuse(tag, &errors::corrupt(&get.path, why)).await;
+        }
+        if copy.blake3.is_none() {
+            self.record_hash(id, copy, hash).await;
+        }
+        answer.extend_from_slice(&encode_frame(FrameType::GetEnd, tag, &GetEnd { hash }.encode())?);
+        info!(tag, path = %get.path, size = copy.size, "protocol-4 download sent");
+        self.send_encoded(&answer).await?;
+        self.shared.metrics.download_sent(sent_len);
         self.shared.metrics.download(DownloadOutcome::Sent);
         Ok(())
     }
@@ -564,6 +627,24 @@ fn folder_entry(path: String) -> ListEntry {
         hash: NO_HASH,
         path,
     }
+}
+
+/// `GET_BEGIN` for `copy`.
+fn get_begin(copy: &StoredCopy) -> std::io::Result<Vec<u8>> {
+    let begin = GetBegin {
+        size: copy.size,
+        generation: copy.generation,
+        mtime_ns: copy.mtime_ns,
+        stored_at: copy.stored_at,
+        flags: flags_of(copy),
+        hash: copy.blake3.unwrap_or(NO_HASH),
+    };
+    begin.encode().map_err(std::io::Error::other)
+}
+
+/// One frame, for answers written whole.
+fn encode_frame(frame_type: FrameType, tag: u32, payload: &[u8]) -> std::io::Result<Vec<u8>> {
+    crate::protocol::v4::encode_frame(frame_type, tag, payload).map_err(std::io::Error::other)
 }
 
 fn refused(e: &names::NameError) -> ErrorFrame {
