@@ -574,12 +574,18 @@ struct Unit {
     len: usize,
 }
 
+/// The most small files one unit pipelines when several connections share a run: small
+/// enough that every connection gets a share of a tree of small files, large enough that
+/// each unit keeps its connection's window full.
+const PARALLEL_BATCH: usize = 128;
+
 /// The plan cut into [`Unit`]s, in order.
 fn units(args: &SendArgs, plan: &[Planned]) -> Vec<Unit> {
+    let most = if args.parallel > 1 { PARALLEL_BATCH } else { usize::MAX };
     let mut units = Vec::new();
     let mut at = 0;
     while at < plan.len() {
-        let batch = plan[at..].iter().take_while(|f| batchable(args, f)).count();
+        let batch = plan[at..].iter().take(most).take_while(|f| batchable(args, f)).count();
         let len = batch.max(1);
         units.push(Unit { at, len });
         at += len;
