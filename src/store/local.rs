@@ -390,7 +390,7 @@ impl Storage {
 
     /// Commits a group of finished uploads whose data [`StagedFile::sync_finished`] made
     /// durable (protocol 4's group commit): each is renamed into place as
-    /// [`Storage::commit_file`] does, then every folder touched is synced once, however
+    /// `Storage::commit_file` does, then every folder touched is synced once, however
     /// many of the group's files it received. One result per upload, in order; a folder
     /// that cannot be synced fails every upload renamed into it.
     pub fn commit_group(&self, group: Vec<GroupCommit>) -> Vec<io::Result<Committed>> {
