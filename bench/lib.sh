@@ -56,6 +56,15 @@ sys_secs() {
   awk -v hz="$(getconf CLK_TCK)" '{print $15 / hz}' "/proc/$1/stat"
 }
 
+# Bytes of a size argument: 1G, 512M (binary units) or a plain byte count.
+bytes_of() {
+  case $1 in
+    *G|*g) echo $(( ${1%?} << 30 )) ;;
+    *M|*m) echo $(( ${1%?} << 20 )) ;;
+    *) echo "$1" ;;
+  esac
+}
+
 # Nanoseconds since the epoch.
 now_ns() { date +%s%N; }
 

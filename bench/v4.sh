@@ -27,11 +27,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--size 1G|BYTES] [--reps N]" >&2; exit 2 ;;
   esac
 done
-case $size_arg in
-  *G|*g) size=$(( ${size_arg%?} << 30 )) ;;
-  *M|*m) size=$(( ${size_arg%?} << 20 )) ;;
-  *) size=$size_arg ;;
-esac
+size=$(bytes_of "$size_arg")
 
 need_tool /usr/bin/time time
 need_tool openssl openssl

@@ -269,13 +269,8 @@ impl Client {
     /// Runs `securexfer ARGS` with `input` on its standard input.
     fn run_with_stdin(&self, args: &[&str], input: &[u8]) -> Output {
         use std::io::Write as _;
-        let mut child = common::command()
-            .env_remove("SECUREXFER_PROTOCOL")
-            .env("XDG_CONFIG_HOME", self.path().join("config"))
-            .env("HOME", self.path())
-            .current_dir(self.path())
-            .args(args)
-            .args(["--connect-timeout", "5", "--timeout", "10"])
+        let mut child = self
+            .command(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -296,32 +291,27 @@ impl Client {
     pub(crate) fn spawn(&self, args: &[&str]) -> std::process::Child {
         let out = std::fs::File::create(self.path().join("spawned.out")).unwrap();
         let err = std::fs::File::create(self.path().join("spawned.err")).unwrap();
-        common::command()
-            .env_remove("SECUREXFER_PROTOCOL")
-            .env("XDG_CONFIG_HOME", self.path().join("config"))
-            .env("HOME", self.path())
-            .current_dir(self.path())
-            .args(args)
-            .args(["--connect-timeout", "5", "--timeout", "10"])
-            .stdin(std::process::Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap()
+        self.command(args).stdout(out).stderr(err).spawn().unwrap()
     }
 
     /// Runs `securexfer ARGS` with the default protocol (`auto`), unless ARGS say.
     pub(crate) fn run(&self, args: &[&str]) -> Output {
-        common::command()
+        self.command(args).output().unwrap()
+    }
+
+    /// `securexfer ARGS` in this client's directory and home, with the default protocol
+    /// unless ARGS say, short timeouts, and nothing on its standard input.
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut command = common::command();
+        command
             .env_remove("SECUREXFER_PROTOCOL")
             .env("XDG_CONFIG_HOME", self.path().join("config"))
             .env("HOME", self.path())
             .current_dir(self.path())
             .args(args)
             .args(["--connect-timeout", "5", "--timeout", "10"])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(std::process::Stdio::null());
+        command
     }
 }
 
