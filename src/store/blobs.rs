@@ -88,15 +88,30 @@ impl Blobs {
     ) -> Result<CommitPlan, RecordsError> {
         match self {
             Blobs::Local(storage) => {
-                let path_name = storage.path_name(id, name);
-                let replaces = keep > 0 && records.has_verified_at(id, path_name.clone()).await?;
-                let archive = replaces.then(|| storage.new_version_name(id));
-                Ok(CommitPlan { path_name, archive })
+                let verified =
+                    keep > 0 && records.has_verified_at(id, storage.path_name(id, name)).await?;
+                Ok(storage.commit_plan(id, name, keep, verified))
             }
             Blobs::S3(_) => {
                 let archive = records.stored_copy(id, name.to_owned()).await?;
                 Ok(CommitPlan { path_name: location.to_owned(), archive })
             }
+        }
+    }
+
+    /// [`Blobs::commit_plan`] of a storage directory, decided on what the caller already
+    /// read of the records (`verified`: a verified copy is at the name); `None` for an
+    /// object store, whose plan reads the records itself.
+    pub fn known_plan(
+        &self,
+        id: ClientId,
+        name: &str,
+        keep: usize,
+        verified: bool,
+    ) -> Option<CommitPlan> {
+        match self {
+            Blobs::Local(storage) => Some(storage.commit_plan(id, name, keep, verified)),
+            Blobs::S3(_) => None,
         }
     }
 

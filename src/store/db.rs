@@ -6,6 +6,7 @@
 
 use crate::protocol::ClientId;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -457,6 +458,38 @@ pub struct StagedObject {
     pub upload_id: Option<String>,
 }
 
+/// What the records say of one path a protocol-4 put or commit names: what decides
+/// whether it clashes with a folder or a file, and whether it replaces a copy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PathFacts {
+    /// The first of its folders (from the top) at which a copy is stored, if any.
+    pub file_at_folder: Option<String>,
+    /// Whether copies are stored under the path (it is a folder).
+    pub is_folder: bool,
+    /// Whether a verified copy is at the path itself.
+    pub verified: bool,
+}
+
+/// What a protocol-4 `PUT_BEGIN` checks against the records before any content, read in
+/// one call (see [`Db::put_facts`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutFacts {
+    /// The path's clash and replacement facts.
+    pub path: PathFacts,
+    /// The client's quota.
+    pub quota: Quota,
+    /// What the client's files take, when it has a quota.
+    pub usage: Option<Usage>,
+    /// The unfinished upload kept of the path, when asked for.
+    pub unfinished: Option<UnfinishedUpload>,
+}
+
+/// The end of the range of path names under `under` (which ends in `/`): the same with the
+/// `/` raised to `0`, the next byte; `None` for an empty space prefix.
+pub fn upper_bound(under: &str) -> Option<String> {
+    under.strip_suffix('/').map(|stem| format!("{stem}0"))
+}
+
 /// A protocol-4 upload left unfinished by its connection, kept for `--resume-window`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnfinishedUpload {
@@ -488,6 +521,26 @@ pub struct Db {
     /// read-only (`db inspect`) is not migrated, and one last written by an older
     /// securexfer is read without them.
     has_v4: bool,
+    /// The schema version (`user_version`) it was opened at: this connection's own
+    /// migrations are the only ones applied while it is open.
+    version: i64,
+}
+
+/// Statements the records cache, prepared once each: more than every call of the
+/// server's hot paths (a put, a group commit, a download) uses between them.
+const STATEMENT_CACHE: usize = 64;
+
+/// What every connection is opened with. The query planner stability guarantee
+/// (QPSG) keeps each cached statement's plan whatever values are bound: without it,
+/// SQLite marks a statement that compares a column with a bound parameter to be
+/// prepared again whenever that parameter's binding is cleared, which rusqlite does
+/// each time a cached statement goes back to its cache, so every call parsed and
+/// planned its SQL anew (found with perf: most of the records thread's time on a run of
+/// small files). Our statements are plain index lookups, whose plan no value changes.
+fn tune(conn: &Connection) -> Result<(), DbError> {
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(())
 }
 
 /// Which file a path named: device and inode.
@@ -553,18 +606,21 @@ impl Db {
             return Err(DbError::Foreign { path: shown });
         }
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        Ok(Db { conn, file: None, has_v4: version >= V4_SCHEMA })
+        tune(&conn)?;
+        Ok(Db { conn, file: None, has_v4: version >= V4_SCHEMA, version })
     }
 
     fn setup(conn: Connection, writable: bool) -> Result<Self, DbError> {
         conn.busy_timeout(Duration::from_secs(5))?;
+        tune(&conn)?;
         if writable {
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             conn.pragma_update(None, "foreign_keys", "ON")?;
         }
-        let mut db = Db { conn, file: None, has_v4: true };
+        let mut db = Db { conn, file: None, has_v4: true, version: 0 };
         db.migrate()?;
+        db.version = MIGRATIONS.len() as i64;
         Ok(db)
     }
 
@@ -586,7 +642,7 @@ impl Db {
 
     /// The schema version.
     pub fn schema_version(&self) -> Result<i64, DbError> {
-        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self.version)
     }
 
     /// Registers a new client; `false` when the name is taken.
@@ -1185,6 +1241,84 @@ impl Db {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The facts of the path `path` of the client whose path names start with `space`:
+    /// a copy at one of its folders, copies under it, a verified copy at it.
+    pub fn path_facts(&self, id: ClientId, space: &str, path: &str) -> Result<PathFacts, DbError> {
+        self.path_facts_with(id, space, path, &mut HashMap::new())
+    }
+
+    /// [`Db::path_facts`], with what is known of folders (whether a copy is stored at
+    /// each) taken from and added to `folders`: the paths of one group share most of
+    /// their folders.
+    fn path_facts_with(
+        &self,
+        id: ClientId,
+        space: &str,
+        path: &str,
+        folders: &mut HashMap<String, bool>,
+    ) -> Result<PathFacts, DbError> {
+        let mut facts = PathFacts::default();
+        for (at, _) in path.match_indices('/') {
+            let folder = &path[..at];
+            let is_file = match folders.get(folder) {
+                Some(&known) => known,
+                None => {
+                    let found = self.copy_at(id, &format!("{space}{folder}"))?.is_some();
+                    folders.insert(folder.to_owned(), found);
+                    found
+                }
+            };
+            if is_file {
+                facts.file_at_folder = Some(folder.to_owned());
+                break;
+            }
+        }
+        let under = format!("{space}{path}/");
+        let range = PathRange { end: upper_bound(&under), start: under, inclusive: true, limit: 1 };
+        facts.is_folder = !self.list_page(id, &range)?.is_empty();
+        facts.verified = self.has_verified_at(id, &format!("{space}{path}"))?;
+        Ok(facts)
+    }
+
+    /// Everything a `PUT_BEGIN` of `path` reads from the records: its [`PathFacts`], the
+    /// client's quota and (with one) usage, and, when `unfinished`, what is kept of it.
+    pub fn put_facts(
+        &self,
+        id: ClientId,
+        space: &str,
+        path: &str,
+        unfinished: bool,
+    ) -> Result<PutFacts, DbError> {
+        // One read transaction: one snapshot, and one round of SQLite's file locks
+        // instead of one per statement.
+        let tx = self.conn.unchecked_transaction()?;
+        let quota = self.quota(id)?;
+        let limited = quota.bytes.is_some() || quota.files.is_some();
+        let facts = PutFacts {
+            path: self.path_facts(id, space, path)?,
+            quota,
+            usage: if limited { Some(self.usage(id)?) } else { None },
+            unfinished: if unfinished { self.unfinished(id, path)? } else { None },
+        };
+        tx.commit()?;
+        Ok(facts)
+    }
+
+    /// The [`PathFacts`] of each of `paths`, read in one transaction (a group commit's).
+    pub fn paths_facts(
+        &self,
+        id: ClientId,
+        space: &str,
+        paths: &[String],
+    ) -> Result<Vec<PathFacts>, DbError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut folders = HashMap::new();
+        let facts =
+            paths.iter().map(|path| self.path_facts_with(id, space, path, &mut folders)).collect();
+        tx.commit()?;
+        facts
+    }
+
     /// The copy stored at `path_name`, if any.
     pub fn copy_at(&self, id: ClientId, path_name: &str) -> Result<Option<StoredCopy>, DbError> {
         let sql =
@@ -1724,6 +1858,60 @@ mod tests {
         let file = &db.files().unwrap()[0];
         assert_eq!((file.blake3, file.protocol), (None, 3));
         assert_eq!(file.generation, Some(2), "every commit takes the next generation");
+    }
+
+    #[test]
+    fn the_facts_of_a_put_and_of_a_group_say_what_clashes_and_what_is_replaced() {
+        let db = Db::open_in_memory().unwrap();
+        let id = ClientId([1; 16]);
+        db.insert_client(id, "a").unwrap();
+        for path in ["a", "b/c"] {
+            let intent = CommitIntent {
+                client_id: id,
+                stored_name: path.into(),
+                file_name: path.into(),
+                path_name: format!("x/{path}"),
+                source: "x/.securexfer-part-1".into(),
+                size: 3,
+                cksum: 7,
+                archive: None,
+                restores: None,
+                v4: Some(V4Content { blake3: [9; 32], mtime_ns: 1 }),
+            };
+            db.finish_commit(&intent, None, 1).unwrap();
+        }
+        let paths = ["a/x/y", "b", "b/c", "bc", "d/e"].map(String::from);
+        let facts = db.paths_facts(id, "x/", &paths).unwrap();
+        let seen: Vec<_> =
+            facts.iter().map(|f| (f.file_at_folder.as_deref(), f.is_folder, f.verified)).collect();
+        assert_eq!(
+            seen,
+            [
+                (Some("a"), false, false),
+                (None, true, false),
+                (None, false, true),
+                (None, false, false),
+                (None, false, false)
+            ]
+        );
+        // One at a time, the same; a put's facts add the quota, usage only with one.
+        assert_eq!(db.path_facts(id, "x/", "b/c").unwrap(), facts[2]);
+        let put = db.put_facts(id, "x/", "b/c", true).unwrap();
+        assert_eq!(
+            (put.path, put.quota, put.usage, put.unfinished),
+            (facts[2].clone(), Quota::default(), None, None)
+        );
+        db.set_quota(id, Quota { bytes: Some(100), files: None }).unwrap();
+        let put = db.put_facts(id, "x/", "b/c", false).unwrap();
+        assert_eq!(put.usage, Some(Usage { bytes: 6, files: 2 }));
+    }
+
+    #[test]
+    fn every_connection_keeps_its_statements_plans_whatever_is_bound() {
+        // Without the guarantee, a cached statement is prepared again on every use.
+        let db = Db::open_in_memory().unwrap();
+        let qpsg = rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG;
+        assert!(db.conn.db_config(qpsg).unwrap());
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod staged;
 pub use staged::{StagedFile, WRITE_BEHIND};
 
 use super::blob::{BlobInfo, BlobStore, Committed, Deferred};
+use super::blobs::CommitPlan;
 use crate::protocol::ClientId;
 use crate::protocol::TEMP_PREFIX;
 use crate::protocol::v4::names::MAX_PATH_COMPONENTS;
@@ -542,6 +543,21 @@ impl Storage {
 pub const KEPT_PREFIX: &str = ".securexfer-part-kept-";
 
 impl Storage {
+    /// Where a commit of `name` records its upload (the name's one path), and where the
+    /// copy it replaces is linked as a fresh version: only when versions are kept (`keep`
+    /// above 0) and a verified copy is there (`verified`, as the records say).
+    pub fn commit_plan(
+        &self,
+        owner: ClientId,
+        name: &str,
+        keep: usize,
+        verified: bool,
+    ) -> CommitPlan {
+        let path_name = self.path_name(owner, name);
+        let archive = (keep > 0 && verified).then(|| self.new_version_name(owner));
+        CommitPlan { path_name, archive }
+    }
+
     /// A new upload that may be kept unfinished: created under a kept name at once, so a
     /// crash never leaves its record pointing at a file start-up deleted as a leftover
     /// (start-up deletes a kept file no record names instead). `large` asks for direct

@@ -15,8 +15,8 @@ pub use blob::{BlobInfo, BlobStore, Chunk, Committed, StagedBlob};
 pub use blobs::{AnyStaged, Blobs, CommitPlan, GroupItem};
 pub use db::{
     Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
-    InviteRecord, NewClient, PathRange, Quota, Registered, Removal, Removed, StagedObject,
-    StoredCopy, UnfinishedUpload, Usage, V4Content, VersionRecord,
+    InviteRecord, NewClient, PathFacts, PathRange, PutFacts, Quota, Registered, Removal, Removed,
+    StagedObject, StoredCopy, UnfinishedUpload, Usage, V4Content, VersionRecord, upper_bound,
 };
 pub use local::{GroupCommit, StagedFile, Storage, VERSIONS_DIR};
 pub use postgres::{PostgresError, PostgresRecords};

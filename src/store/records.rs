@@ -13,8 +13,8 @@
 
 use super::db::{
     Attached, ClientKey, ClientRecord, CommitIntent, Db, DbError, FileRecord, FinishedCommit,
-    NewClient, PathRange, Quota, Registered, Removal, Removed, StagedObject, StoredCopy,
-    UnfinishedUpload, Usage, VersionRecord,
+    NewClient, PathFacts, PathRange, PutFacts, Quota, Registered, Removal, Removed, StagedObject,
+    StoredCopy, UnfinishedUpload, Usage, VersionRecord,
 };
 use crate::protocol::ClientId;
 use std::future::Future;
@@ -225,6 +225,29 @@ pub trait Records: Send + Sync + 'static {
     fn copy_at(&self, id: ClientId, path_name: String) -> RecordsFuture<'_, Option<StoredCopy>> {
         let _ = (id, path_name);
         unsupported("copy_at")
+    }
+    /// The [`PathFacts`] of each of `paths` (of the client whose path names start with
+    /// `space`), in one call: a group commit checks all its files at once.
+    fn path_facts(
+        &self,
+        id: ClientId,
+        space: String,
+        paths: Vec<String>,
+    ) -> RecordsFuture<'_, Vec<PathFacts>> {
+        let _ = (id, space, paths);
+        unsupported("path_facts")
+    }
+    /// What a `PUT_BEGIN` of `path` checks (see [`Db::put_facts`]), in one call: a run of
+    /// small files pays one trip to the records per file, not one per fact.
+    fn put_facts(
+        &self,
+        id: ClientId,
+        space: String,
+        path: String,
+        unfinished: bool,
+    ) -> RecordsFuture<'_, PutFacts> {
+        let _ = (id, space, path, unfinished);
+        unsupported("put_facts")
     }
     /// Records the BLAKE3 of a protocol-3 copy (of this generation) on its first whole
     /// read; false when the copy changed or has one already.
@@ -495,6 +518,25 @@ impl Records for SqliteRecords {
 
     fn copy_at(&self, id: ClientId, path_name: String) -> RecordsFuture<'_, Option<StoredCopy>> {
         self.run(move |db| db.copy_at(id, &path_name))
+    }
+
+    fn path_facts(
+        &self,
+        id: ClientId,
+        space: String,
+        paths: Vec<String>,
+    ) -> RecordsFuture<'_, Vec<PathFacts>> {
+        self.run(move |db| db.paths_facts(id, &space, &paths))
+    }
+
+    fn put_facts(
+        &self,
+        id: ClientId,
+        space: String,
+        path: String,
+        unfinished: bool,
+    ) -> RecordsFuture<'_, PutFacts> {
+        self.run(move |db| db.put_facts(id, &space, &path, unfinished))
     }
 
     fn record_blake3(

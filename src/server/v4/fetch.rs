@@ -19,7 +19,7 @@ use crate::protocol::v4::{
     MAX_DATA_PAYLOAD, NO_HASH, Removed, Rm, names,
 };
 use crate::server::metrics::DownloadOutcome;
-use crate::store::{BlobStore, PathRange, Removal, StoredCopy};
+use crate::store::{BlobStore, PathRange, Removal, StoredCopy, upper_bound};
 use std::io::Read;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
@@ -585,12 +585,6 @@ impl Cursor {
         }
         entries
     }
-}
-
-/// The end of the range of path names under `under` (which ends in `/`): the same with the
-/// `/` raised to `0`, the next byte; `None` for an empty space prefix.
-fn upper_bound(under: &str) -> Option<String> {
-    under.strip_suffix('/').map(|stem| format!("{stem}0"))
 }
 
 fn flags_of(copy: &StoredCopy) -> CopyFlags {
