@@ -240,6 +240,37 @@ fn a_new_put_from_zero_replaces_what_was_kept() {
 }
 
 #[test]
+fn an_upload_under_1_mib_is_not_kept_yet_replaces_what_was_kept_of_its_path() {
+    let server = Server::start(&["--resume-window", "24h"]);
+    let key = Key::ed25519();
+    let id = register(&server, &key, "alice");
+    // Cut off at half: once the connection's end is noticed its file is gone, unkept.
+    cut_upload(&server, &key, "small.bin", &pattern(MIB - 1), MIB / 2);
+    let parts = || {
+        let Ok(entries) = std::fs::read_dir(server.storage().join(hex(&id))) else { return 0 };
+        let names = entries.map(|e| e.unwrap().file_name().into_string().unwrap());
+        names.filter(|n| n.starts_with(".securexfer-part-")).count()
+    };
+    let start = Instant::now();
+    while parts() > 0 && start.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(parts(), 0, "the small upload's file is deleted, not kept");
+    let (mut conn, _) = Conn::hello(server.addr, &key);
+    assert!(!query(&mut conn, "small.bin").present, "nor recorded as unfinished");
+    // A small file sent from 0 at a path whose large upload is kept replaces it.
+    cut_upload(&server, &key, "f.bin", &pattern(2 * MIB), MIB);
+    query_until(&server, &key, "f.bin", true);
+    let new = vec![7u8; 4096];
+    let (mut conn, _) = Conn::hello(server.addr, &key);
+    conn.put_and_commit("f.bin", &new, blake3(&new));
+    let stored = std::fs::read(server.storage().join(hex(&id)).join("f.bin")).unwrap();
+    assert!(stored == new);
+    assert!(!query(&mut conn, "f.bin").present, "what was kept is forgotten");
+    assert!(kept_files(&server.storage(), &id).is_empty(), "and its file deleted");
+}
+
+#[test]
 fn an_expired_unfinished_upload_is_removed_by_the_janitor() {
     let server = Server::start(&["--resume-window", "1s"]);
     let key = Key::ed25519();

@@ -31,8 +31,9 @@ const DATA_CHUNK: usize = MAX_DATA_PAYLOAD as usize;
 /// Files of at least this size ask the server for what it kept of an interrupted upload
 /// (`RESUME_QUERY`) before they are sent: one round trip, against resending what the
 /// server already holds. Smaller files go out in about a round trip anyway, and skipping
-/// the question keeps a run of many small files free of it.
-pub const RESUME_FROM: u64 = 1 << 20;
+/// the question keeps a run of many small files free of it (nor does the server keep
+/// them: [`crate::protocol::v4::RESUMABLE_FROM`]).
+pub const RESUME_FROM: u64 = crate::protocol::v4::RESUMABLE_FROM;
 
 /// A file stored and verified over protocol 4.
 #[derive(Debug, Clone, PartialEq, Eq)]

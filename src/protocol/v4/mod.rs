@@ -38,7 +38,8 @@ pub use message::{
 };
 pub use put::{
     COMMITTED_LEN, Commit, Committed, Hash, NO_HASH, PUT_BEGIN_FIXED_LEN, PUT_RECEIVED_LEN,
-    PutBegin, PutReceived, RESUME_STATE_LEN, ResumeQuery, ResumeState, UNKNOWN_SIZE,
+    PutBegin, PutReceived, RESUMABLE_FROM, RESUME_STATE_LEN, ResumeQuery, ResumeState,
+    UNKNOWN_SIZE,
 };
 pub use tag::TagCheck;
 

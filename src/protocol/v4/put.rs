@@ -197,6 +197,12 @@ impl Committed {
 /// `RESUME_STATE`: present, size, durable, prefix hash, mtime, expires at.
 pub const RESUME_STATE_LEN: usize = 1 + 8 + 8 + 32 + 8 + 8;
 
+/// The smallest declared size whose unfinished upload is worth resuming: a smaller file
+/// goes out again in about the time it takes to ask for what the server kept of it, so
+/// the client asks `RESUME_QUERY` only from this size on and the server keeps only such
+/// uploads (sparing a run of small files the records and syncs of keeping each).
+pub const RESUMABLE_FROM: u64 = 1 << 20;
+
 /// `RESUME_QUERY`: how much of an unfinished upload of this path the server holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResumeQuery {

@@ -143,9 +143,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     async fn next_frame(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), Ended> {
         // A stopping server stores the group and peeks no further: the next header read
         // ends the connection between requests.
-        let stopping = *stop.borrow();
-        if !self.group.is_empty() && (self.group.due() || stopping || !self.readable_now()) {
+        if *stop.borrow() {
             self.flush_group().await?;
+        } else {
+            // A stored group's answers go out at once; the staged commits start storing
+            // when due or when nothing more is readable; and with nothing to read, the
+            // client waits for the answers of the group being stored.
+            if self.group.stored() {
+                self.finish_storing().await?;
+            }
+            if self.group.has_staged() && (self.group.due() || !self.readable()) {
+                self.start_storing().await?;
+            }
+            if self.group.is_storing() && !self.readable() {
+                self.await_input_or_stored().await;
+                if self.group.stored() {
+                    self.finish_storing().await?;
+                }
+            }
         }
         let header = self.read_header(stop).await?;
         let header = FrameHeader::decode(&header, Side::Server)
@@ -252,6 +267,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Some(Ok(Ok(_))) => Ok(()),
             Some(Ok(Err(e))) => Err(Ended::Gone(e)),
         }
+    }
+
+    /// Waits until a byte of the next frame arrives (peeked) or the group being stored is
+    /// stored, whichever comes first. An end or an error of the stream is left for the
+    /// next read to report.
+    async fn await_input_or_stored(&mut self) {
+        let Some(storing) = self.group.storing() else { return };
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            biased;
+            () = storing.wait() => {}
+            read = self.stream.read(&mut byte) => {
+                if let Ok(1) = read {
+                    self.peeked = Some(byte[0]);
+                }
+            }
+        }
+    }
+
+    /// Whether a byte of the next frame is in, peeked now or before.
+    fn readable(&mut self) -> bool {
+        self.peeked.is_some() || self.readable_now()
     }
 
     /// Whether a frame is readable at once, without waiting: one byte read if it is

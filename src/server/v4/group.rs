@@ -7,6 +7,11 @@
 //! together, the intents go in one transaction, each folder is synced once, and one more
 //! transaction records every file and forgets the intents.
 //!
+//! A group is stored by a task of its own ([`GroupStore`]) while the connection reads and
+//! stages the next: receiving one group and storing the one before overlap, which on a
+//! run of small files is most of the time either takes. One group is stored at a time, so
+//! answers keep their order and a group's turns are never held twice by one connection.
+//!
 //! Answers keep their order: from the first staged commit on, every answer waits in the
 //! group's outbox, and a `COMMITTED` is written only after its group is durable. Every
 //! per-file rule of a lone commit holds per file: the clash check under the commit turn
@@ -14,39 +19,83 @@
 //! `--keep-versions`, the quota reservation held until the records count the file, the
 //! generations in request order. A group never holds two commits of one path, nor of a
 //! path and one of its folders: such a commit, or a put of such a path, first stores the
-//! group, as `LIST`, `GET`, `RM` and `RESUME_QUERY` do.
+//! group (and waits for the one being stored), as `LIST`, `GET`, `RM` and `RESUME_QUERY`
+//! do.
 
 use super::driver::{Connection, Ended};
 use super::errors;
-use super::folders::turn_key;
+use super::folders::{clash, turn_key};
 use super::identity::unix_now;
 use super::put::Held;
 use crate::protocol::ClientId;
 use crate::protocol::v4::{Committed, ErrorFrame, FrameType, encode_frame};
+use crate::server::Shared;
 use crate::server::metrics::UploadOutcome;
 use crate::server::session::Reservation;
-use crate::store::{BlobStore, CommitIntent, FinishedCommit, GroupItem, StagedBlob, V4Content};
-use futures_util::future::join_all;
+use crate::store::{
+    BlobStore, CommitIntent, FinishedCommit, GroupItem, PathFacts, StagedBlob, V4Content,
+};
 use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-/// Commits staged at most before the group is stored: the read-ahead of `max in flight`.
-pub(super) const MAX_GROUP: usize = 64;
+/// Commits staged at most before the group starts storing: half the files a pipelining
+/// client keeps on the wire (`max in flight` / 2), so the next group arrives meanwhile.
+pub(super) const MAX_GROUP: usize = 32;
+
+/// Blocking-pool tasks that sync one group's files.
+const SYNC_LANES: usize = 16;
 
 /// How long the first commit of a group waits at most for others to join it, which bounds
 /// the wait of every answer behind it.
 pub(super) const MAX_GROUP_WAIT: Duration = Duration::from_millis(20);
 
-/// The staged commits of one connection and the answers waiting behind them.
+/// The staged commits of one connection, the group being stored, and the answers
+/// waiting behind them.
 #[derive(Default)]
 pub(super) struct Group {
     staged: Vec<(u32, Held)>,
     since: Option<Instant>,
     outbox: Vec<Outgoing>,
+    /// The group before the staged one, stored in the background while the connection
+    /// reads on (one at a time).
+    storing: Option<Storing>,
+}
+
+/// A group being stored, and the answers that wait for it.
+pub(super) struct Storing {
+    names: Vec<String>,
+    outbox: Vec<Outgoing>,
+    done: JoinHandle<HashMap<u32, Outcome>>,
+    /// What `done` gave, once it was awaited beside a read ([`Storing::wait`]).
+    joined: Option<Result<HashMap<u32, Outcome>, tokio::task::JoinError>>,
+}
+
+impl Storing {
+    /// Waits for the group to be stored (cancel-safe: what it gives is kept).
+    pub(super) async fn wait(&mut self) {
+        if self.joined.is_none() {
+            self.joined = Some((&mut self.done).await);
+        }
+    }
+
+    async fn outcomes(self) -> (Vec<Outgoing>, HashMap<u32, Outcome>) {
+        let joined = match self.joined {
+            Some(joined) => joined,
+            None => self.done.await,
+        };
+        let outcomes = joined.unwrap_or_else(|e| {
+            // Every tag is then answered `internal`.
+            tracing::error!(at = unix_now(), "storing a protocol-4 group failed: {e}");
+            HashMap::new()
+        });
+        (self.outbox, outcomes)
+    }
 }
 
 /// An answer held back behind a staged commit.
@@ -61,20 +110,38 @@ enum Outgoing {
 type Outcome = Result<FinishedCommit, ErrorFrame>;
 
 impl Group {
-    pub(super) fn is_empty(&self) -> bool {
-        self.staged.is_empty()
+    /// Whether commits are staged for the next group.
+    pub(super) fn has_staged(&self) -> bool {
+        !self.staged.is_empty()
     }
 
-    /// Whether the group must be stored before the connection reads on.
+    /// Whether a group is being stored.
+    pub(super) fn is_storing(&self) -> bool {
+        self.storing.is_some()
+    }
+
+    /// Whether the group being stored is done, its answers ready to go.
+    pub(super) fn stored(&self) -> bool {
+        self.storing.as_ref().is_some_and(|s| s.joined.is_some() || s.done.is_finished())
+    }
+
+    /// The group being stored, if any.
+    pub(super) fn storing(&mut self) -> Option<&mut Storing> {
+        self.storing.as_mut()
+    }
+
+    /// Whether the staged commits must be stored before the connection reads on.
     pub(super) fn due(&self) -> bool {
         self.staged.len() >= MAX_GROUP || self.since.is_some_and(|t| t.elapsed() >= MAX_GROUP_WAIT)
     }
 
-    /// Whether a staged commit is at `path`, at one of its folders, or under it: a put or
-    /// commit of `path` must then wait for the group, so that its checks see the records
-    /// as they will be and one group never holds one path (or intent key) twice.
+    /// Whether a staged commit, or one being stored, is at `path`, at one of its folders,
+    /// or under it: a put or commit of `path` must then wait for the group, so that its
+    /// checks see the records as they will be and one group never holds one path (or
+    /// intent key) twice.
     pub(super) fn touches(&self, path: &str) -> bool {
         self.staged.iter().any(|(_, held)| related(&held.name, path))
+            || self.storing.as_ref().is_some_and(|s| s.names.iter().any(|n| related(n, path)))
     }
 
     fn stage(&mut self, tag: u32, held: Held) {
@@ -85,7 +152,7 @@ impl Group {
 
     /// Holds `frame` back if an answer before it is waiting; else gives it back to send.
     pub(super) fn hold(&mut self, frame: Vec<u8>) -> Option<Vec<u8>> {
-        if self.outbox.is_empty() {
+        if self.outbox.is_empty() && self.storing.is_none() {
             return Some(frame);
         }
         self.outbox.push(Outgoing::Frame(frame));
@@ -120,39 +187,78 @@ struct Rest {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
-    /// `COMMIT` with the server's own hash: staged in the group (stored at once when the
-    /// group is full).
+    /// `COMMIT` with the server's own hash: staged in the group (whose storing starts at
+    /// once when the group is full).
     pub(super) async fn stage_commit(&mut self, tag: u32, held: Held) -> Result<(), Ended> {
         if self.group.touches(&held.name) {
             self.flush_group().await?;
         }
         self.group.stage(tag, held);
         if self.group.due() {
-            self.flush_group().await?;
+            self.start_storing().await?;
         }
         Ok(())
     }
 
-    /// Stores the staged commits, if any, and writes every answer held behind them.
+    /// Stores the staged commits, if any, and writes every answer held behind them and
+    /// behind the group before them.
     pub(super) async fn flush_group(&mut self) -> Result<(), Ended> {
-        if self.group.is_empty() {
+        self.start_storing().await?;
+        self.finish_storing().await
+    }
+
+    /// Starts storing the staged commits, if any, in the background: the connection reads
+    /// and stages the next files meanwhile, so receiving one group and storing the one
+    /// before it overlap. The group before is stored and answered first (one is stored at
+    /// a time, so answers keep their order and a group's turns are never held twice).
+    pub(super) async fn start_storing(&mut self) -> Result<(), Ended> {
+        if self.group.staged.is_empty() {
             return Ok(());
         }
+        self.finish_storing().await?;
+        let id = self.machine.client().expect("the machine lets only clients commit");
         let staged = std::mem::take(&mut self.group.staged);
-        let (files, waited) = (staged.len(), self.group.since.take().map(|t| t.elapsed()));
-        let started = Instant::now();
-        let mut outcomes = self.commit_group(staged).await;
-        debug!(files, ?waited, took = ?started.elapsed(), "protocol-4 group stored");
+        let waited = self.group.since.take().map(|t| t.elapsed());
+        let names = staged.iter().map(|(_, held)| held.name.clone()).collect();
+        let store = GroupStore {
+            shared: Arc::clone(&self.shared),
+            id,
+            ip: self.peer.ip(),
+            space: self.space(id),
+        };
+        let done = tokio::spawn(async move {
+            let (files, started) = (staged.len(), Instant::now());
+            let outcomes = store.commit_group(staged).await;
+            debug!(files, ?waited, took = ?started.elapsed(), "protocol-4 group stored");
+            outcomes
+        });
+        let outbox = std::mem::take(&mut self.group.outbox);
+        self.group.storing = Some(Storing { names, outbox, done, joined: None });
+        Ok(())
+    }
+
+    /// Waits for the group being stored, if any, and writes its answers, then those held
+    /// behind it up to the first staged commit.
+    pub(super) async fn finish_storing(&mut self) -> Result<(), Ended> {
+        let Some(storing) = self.group.storing.take() else { return Ok(()) };
+        let (outbox, mut outcomes) = storing.outcomes().await;
         let mut bytes = Vec::new();
-        for out in std::mem::take(&mut self.group.outbox) {
+        for out in outbox {
             match out {
                 Outgoing::Frame(frame) => bytes.extend_from_slice(&frame),
                 Outgoing::Commit(tag) => {
                     let outcome = outcomes.remove(&tag).unwrap_or_else(|| {
-                        Err(errors::internal(unix_now())) // every staged tag has an outcome
+                        Err(errors::internal(unix_now())) // every stored tag has an outcome
                     });
                     bytes.extend_from_slice(&self.answer(tag, outcome)?);
                 }
+            }
+        }
+        let waiting = self.group.outbox.iter().take_while(|out| matches!(out, Outgoing::Frame(_)));
+        let free = waiting.count();
+        for out in self.group.outbox.drain(..free) {
+            if let Outgoing::Frame(frame) = out {
+                bytes.extend_from_slice(&frame);
             }
         }
         self.write_frames(&bytes).await.map_err(Ended::Gone)
@@ -182,10 +288,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         };
         encode_frame(frame_type, tag, &payload).map_err(|e| Ended::Gone(io::Error::other(e)))
     }
+}
 
+/// What storing a group needs of its connection, owned, so that it runs beside it.
+struct GroupStore {
+    shared: Arc<Shared>,
+    id: ClientId,
+    ip: IpAddr,
+    /// How the client's path names start.
+    space: String,
+}
+
+impl GroupStore {
     /// Stores a group under the turns of all its paths; what became of each, by tag.
-    async fn commit_group(&mut self, staged: Vec<(u32, Held)>) -> HashMap<u32, Outcome> {
-        let id = self.machine.client().expect("the machine lets only clients commit");
+    async fn commit_group(&self, staged: Vec<(u32, Held)>) -> HashMap<u32, Outcome> {
+        let id = self.id;
         let shared = Arc::clone(&self.shared);
         let mut keys: Vec<String> =
             staged.iter().map(|(_, held)| turn_key(&held.name).to_owned()).collect();
@@ -198,9 +315,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let mut outcomes = HashMap::new();
         let mut ready = Vec::with_capacity(staged.len());
-        // Asked together: each is a few round trips to the records, which then overlap.
-        let intents = join_all(staged.iter().map(|(_, held)| self.intent(id, held))).await;
-        for ((tag, held), intent) in staged.into_iter().zip(intents) {
+        // Under the turns, the facts of every path in one call: another connection may
+        // have stored a clashing path since its `PUT_BEGIN`.
+        let paths = staged.iter().map(|(_, held)| held.name.clone()).collect();
+        let facts = match shared.records().path_facts(id, self.space.clone(), paths).await {
+            Ok(facts) if facts.len() == staged.len() => Ok(facts),
+            Ok(_) => Err(failed("reading a group's records failed", &"a fact per path")),
+            Err(e) => Err(failed("reading a group's records failed", &e)),
+        };
+        for (i, (tag, held)) in staged.into_iter().enumerate() {
+            let intent = match &facts {
+                Ok(facts) => self.intent(id, &held, &facts[i]).await,
+                Err(error) => Err(error.clone()),
+            };
             match intent {
                 Ok(intent) => ready.push(Ready { tag, held, intent }),
                 Err(error) => {
@@ -220,20 +347,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         outcomes
     }
 
-    /// The commit intent of a staged upload, checked under its turn: another connection
-    /// may have stored a clashing path since its `PUT_BEGIN`.
-    async fn intent(&self, id: ClientId, held: &Held) -> Result<CommitIntent, ErrorFrame> {
-        let refused = |ended| match ended {
-            Ended::Refused(error) => error,
-            _ => errors::internal(unix_now()),
-        };
-        if let Some(clash) = self.clash(id, &held.name).await.map_err(refused)? {
+    /// The commit intent of a staged upload, checked under its turn against its path's
+    /// facts.
+    async fn intent(
+        &self,
+        id: ClientId,
+        held: &Held,
+        facts: &PathFacts,
+    ) -> Result<CommitIntent, ErrorFrame> {
+        if let Some(clash) = clash(&held.name, facts) {
             return Err(clash);
         }
         let (shared, location) = (Arc::clone(&self.shared), held.staged.location().to_owned());
         let keep = shared.config.keep_versions;
-        let plan = shared.storage.commit_plan(shared.records(), id, &held.name, &location, keep);
-        let plan = self.internal_on_error(plan.await).map_err(refused)?;
+        let plan = match shared.storage.known_plan(id, &held.name, keep, facts.verified) {
+            Some(plan) => plan,
+            None => {
+                let plan =
+                    shared.storage.commit_plan(shared.records(), id, &held.name, &location, keep);
+                plan.await.map_err(|e| failed("reading the records of a commit failed", &e))?
+            }
+        };
         Ok(CommitIntent {
             client_id: id,
             stored_name: held.name.clone(),
@@ -248,35 +382,58 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         })
     }
 
-    /// Makes the group's bytes durable before any intent names them, every file's sync
-    /// issued at once on the blocking pool so that the file system commits its journal
-    /// for many of them together.
+    /// Makes the group's bytes durable before any intent names them: the files split
+    /// among [`SYNC_LANES`] tasks on the blocking pool, each syncing its share in turn, so
+    /// that the device has several syncs to work on at once while a group costs a few
+    /// hand-overs to the pool, not one per file.
     async fn sync_data(
         &self,
         ready: Vec<Ready>,
         outcomes: &mut HashMap<u32, Outcome>,
     ) -> Vec<Ready> {
-        let syncing: Vec<_> = ready
+        let per_lane = ready.len().div_ceil(SYNC_LANES).max(1);
+        let mut lanes: Vec<Vec<Ready>> = Vec::new();
+        for r in ready {
+            match lanes.last_mut() {
+                Some(lane) if lane.len() < per_lane => lane.push(r),
+                _ => lanes.push(vec![r]),
+            }
+        }
+        let syncing: Vec<_> = lanes
             .into_iter()
-            .map(|mut r| {
-                let tag = r.tag;
+            .map(|lane| {
+                let tags: Vec<u32> = lane.iter().map(|r| r.tag).collect();
                 let sync = tokio::task::spawn_blocking(move || {
-                    let synced = r.held.staged.sync_finished();
-                    (r, synced)
+                    lane.into_iter()
+                        .map(|mut r| {
+                            let synced = r.held.staged.sync_finished();
+                            (r, synced)
+                        })
+                        .collect::<Vec<_>>()
                 });
-                (tag, sync)
+                (tags, sync)
             })
             .collect();
-        let mut synced = Vec::with_capacity(syncing.len());
-        for (tag, sync) in syncing {
+        let mut synced = Vec::new();
+        for (tags, sync) in syncing {
             match sync.await {
-                Ok((r, Ok(()))) => synced.push(r),
-                Ok((r, Err(e))) => {
-                    outcomes.insert(tag, Err(failed("syncing a protocol-4 upload failed", &e)));
-                    drop_off_runtime(r.held).await;
+                Ok(lane) => {
+                    for (r, done) in lane {
+                        match done {
+                            Ok(()) => synced.push(r),
+                            Err(e) => {
+                                let error = failed("syncing a protocol-4 upload failed", &e);
+                                outcomes.insert(r.tag, Err(error));
+                                drop_off_runtime(r.held).await;
+                            }
+                        }
+                    }
                 }
                 Err(e) => {
-                    outcomes.insert(tag, Err(failed("syncing a protocol-4 upload failed", &e)));
+                    for tag in tags {
+                        let error = failed("syncing a protocol-4 upload failed", &e);
+                        outcomes.insert(tag, Err(error));
+                    }
                 }
             }
         }
@@ -287,7 +444,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// recorded and the intents forgotten in one more: a crash anywhere leaves intents
     /// that start-up decides by the bytes, one by one, as for a lone commit.
     async fn store_group(
-        &mut self,
+        &self,
         id: ClientId,
         ready: Vec<Ready>,
         outcomes: &mut HashMap<u32, Outcome>,
@@ -333,7 +490,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// The files in place recorded in one transaction, with the intents forgotten.
     async fn record_group(
-        &mut self,
+        &self,
         id: ClientId,
         stored: Vec<Rest>,
         outcomes: &mut HashMap<u32, Outcome>,
@@ -344,8 +501,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let shared = Arc::clone(&self.shared);
         let keep = shared.config.keep_versions;
         let intents: Vec<CommitIntent> = stored.iter().map(|r| r.intent.clone()).collect();
-        let finished =
-            shared.records().finish_commits_detailed(intents, Some(self.peer.ip()), keep);
+        let finished = shared.records().finish_commits_detailed(intents, Some(self.ip), keep);
         let finished = match finished.await {
             Ok(finished) if finished.len() == stored.len() => finished,
             Ok(_) => {
@@ -366,7 +522,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             self.prune(id, &finished.pruned);
             if let Some((path, location)) = rest.kept {
                 // Renamed into place: the record of it as unfinished is no longer true.
-                self.forget_kept(path, location).await;
+                let forgot = shared.records().forget_unfinished(id, path.clone(), location);
+                if let Err(e) = forgot.await {
+                    warn!(%path, "could not forget an unfinished upload's record: {e}");
+                }
             }
             outcomes.insert(rest.tag, Ok(finished));
         }

@@ -16,9 +16,10 @@ use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
-/// Unanswered requests the server reads ahead, as `WELCOME` announces it. This server
-/// reads one frame at a time, so it never holds more.
-pub const MAX_IN_FLIGHT: u16 = 64;
+/// Unanswered requests the server reads ahead, as `WELCOME` announces it: twice a group
+/// of commits in requests (two per small file), so that a pipelining client's next group
+/// arrives while the one before it is stored.
+pub const MAX_IN_FLIGHT: u16 = 128;
 /// Uploads one client may have open at once, as `WELCOME` announces it.
 pub const MAX_OPEN_PUTS: u16 = 64;
 /// What `WELCOME` says the server is.

@@ -6,19 +6,20 @@
 
 use super::driver::{Connection, Ended};
 use super::errors;
+use super::folders;
 use super::identity::unix_now;
 use super::resume::{DURABLE_EVERY, Keepable, ResumeClaim};
 use crate::buf::AlignedBuf;
 use crate::crypto::Cksum;
 use crate::protocol::v4::{
     Commit, ErrorCode, ErrorFrame, ErrorUnit, FrameHeader, FrameType, MAX_DATA_PAYLOAD, PutBegin,
-    PutReceived, names,
+    PutReceived, RESUMABLE_FROM, names,
 };
 use crate::protocol::{ClientId, storage_name};
 use crate::server::metrics::UploadOutcome;
 use crate::server::session::{Held as QuotaHeld, Refused, Reservation};
 use crate::server::upload::{LARGE_UPLOAD, MIN_UPLOAD_RATE};
-use crate::store::{AnyStaged, BlobStore, Chunk, StagedBlob, Usage};
+use crate::store::{AnyStaged, BlobStore, Chunk, PutFacts, StagedBlob, UnfinishedUpload};
 use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -28,6 +29,14 @@ use tracing::{info, warn};
 /// written. Each holds one frame (at most [`MAX_DATA_PAYLOAD`]), so an upload holds at
 /// most 2 MiB whatever the file's size.
 const BUFFERS: usize = 2;
+
+/// Uploads declared at most this large into a storage directory are created, written and
+/// finished on the connection's own task: each of those steps is a system call of a few
+/// microseconds, less than the hand-over to the blocking pool and back it would otherwise
+/// cost (three per file, the better part of a small file's time on the server, measured
+/// with perf: bench/README.md, "Many small files"). Larger ones, and an object store's,
+/// go through the blocking pool.
+const INLINE_PUT: u64 = 64 << 10;
 
 /// A put whose data is being read.
 pub(super) struct OpenPut {
@@ -53,6 +62,8 @@ pub(super) struct OpenPut {
     durable: u64,
     /// This connection's hold on the path's unfinished upload, while `keep` is set.
     claim: Option<ResumeClaim>,
+    /// Written on the connection's task ([`INLINE_PUT`]).
+    inline: bool,
 }
 
 /// An upload whose data is all in, waiting for `COMMIT` or `DISCARD`.
@@ -141,7 +152,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Ok(name) => name,
             Err(error) => return refuse(error),
         };
-        if let Some(clash) = self.clash(id, &name).await? {
+        // Every fact of the records this put is checked against, in one call.
+        let keeps = self.shared.keeps_unfinished();
+        let facts = self.shared.records().put_facts(id, self.space(id), name.clone(), keeps);
+        let facts = self.internal_on_error(facts.await)?;
+        if let Some(clash) = folders::clash(&name, &facts.path) {
             return refuse(clash);
         }
         let config = &self.shared.config;
@@ -149,8 +164,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if let Some(size) = put.size.filter(|&s| s > max) {
             return refuse(errors::too_large(size, max));
         }
-        let stored = self.shared.storage.has_stored(self.shared.records(), id, &name).await;
-        let replaces = self.internal_on_error(stored)?;
+        let replaces = if self.shared.storage.local().is_some() {
+            facts.path.verified
+        } else {
+            let stored = self.shared.storage.has_stored(self.shared.records(), id, &name).await;
+            self.internal_on_error(stored)?
+        };
         if replaces && put.no_clobber {
             return refuse(errors::plain(
                 ErrorCode::Conflict,
@@ -160,7 +179,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         // An unknown size counts as the largest file the server takes.
         let declared = put.size.unwrap_or(max);
-        let (reservation, quota_room) = self.reserve(id, put, declared, replaces).await?;
+        let (reservation, quota_room) = self.reserve(id, put, declared, replaces, &facts)?;
         let config = &self.shared.config;
         let needed = declared.saturating_add(config.disk_reserve);
         if let Some(available) = self.shared.storage.available_bytes().filter(|&a| a < needed) {
@@ -175,16 +194,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 config.max_uploads
             )));
         };
+        let inline = put.offset == 0
+            && put.size.is_some_and(|size| size <= INLINE_PUT)
+            && self.shared.storage.local().is_some();
         let (staged, hasher, cksum, claim, large_slot) = if put.offset > 0 {
             let large_slot = self.large_slot(put);
             let c = self.continue_put(id, put, large_slot.is_some()).await?;
             (c.staged, c.hasher, c.cksum, Some(c.claim), large_slot)
         } else {
-            let claim = self.fresh_claim(id, &name, put).await?;
+            let claim = self.fresh_claim(id, &name, put, facts.unfinished).await?;
             let large_slot = self.large_slot(put);
-            let staged = self.stage(id, declared, large_slot.is_some(), claim.is_some()).await?;
+            let staged = if inline && claim.is_none() {
+                self.stage_inline(id, declared)?
+            } else {
+                self.stage(id, declared, large_slot.is_some(), claim.is_some()).await?
+            };
             (staged, blake3::Hasher::new(), Cksum::new(), claim, large_slot)
         };
+        let inline = inline && claim.is_none();
         let keep = claim.as_ref().map(|_| Keepable {
             client_id: id,
             path: name.clone(),
@@ -210,24 +237,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             keep,
             durable: put.offset,
             claim,
+            inline,
         })
     }
 
     /// For a new upload of known size on a server that keeps unfinished ones: the claim
     /// on its path, with what was kept of it replaced. `None` (an upload not kept) when
-    /// nothing is kept or another connection holds the path.
+    /// nothing is kept or another connection holds the path, and for a file under
+    /// [`RESUMABLE_FROM`], which is not kept (but still replaces what was kept of its
+    /// path, `kept`, read with the put's other facts).
     async fn fresh_claim(
         &self,
         id: ClientId,
         name: &str,
         put: &PutBegin,
+        kept: Option<UnfinishedUpload>,
     ) -> Result<Option<ResumeClaim>, Ended> {
-        if put.size.is_none() || !self.shared.keeps_unfinished() {
+        let Some(size) = put.size.filter(|_| self.shared.keeps_unfinished()) else {
+            return Ok(None);
+        };
+        let keepable = size >= RESUMABLE_FROM;
+        if !keepable && kept.is_none() {
             return Ok(None);
         }
         let Some(claim) = self.shared.claim_resume(id, name) else { return Ok(None) };
-        self.replace_kept(id, name).await?;
-        Ok(Some(claim))
+        if keepable {
+            // Under the claim, what is kept now: a connection that just left may have
+            // kept its upload of this path after the facts were read.
+            self.replace_kept(id, name).await?;
+        } else if let Some(kept) = kept {
+            self.drop_unfinished(kept).await;
+        }
+        Ok(keepable.then_some(claim))
     }
 
     /// As protocol 3's: a large upload with a large-upload slot goes to the disk with
@@ -264,6 +305,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         })
     }
 
+    /// A staged file for a small upload, made on this task ([`INLINE_PUT`]).
+    fn stage_inline(&self, id: ClientId, declared: u64) -> Result<AnyStaged, Ended> {
+        self.shared.storage.stage(id, declared, false).map_err(|e| {
+            let at = unix_now();
+            tracing::error!(at, "cannot create a protocol-4 upload file: {e}");
+            Ended::Refused(errors::internal(at))
+        })
+    }
+
     /// Every [`DURABLE_EVERY`] bytes of an upload that may be kept: synced and recorded,
     /// so a server crash loses at most that much of it.
     async fn maybe_checkpoint(&self, mut open: OpenPut) -> OpenPut {
@@ -285,29 +335,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// open uploads plus the declared size against the bytes quota, and a new path against
     /// the files quota. With a bytes quota, an upload of unknown size gets the room left,
     /// which its data is checked against as it arrives.
-    async fn reserve(
+    fn reserve(
         &mut self,
         id: ClientId,
         put: &PutBegin,
         declared: u64,
         replaces: bool,
+        facts: &PutFacts,
     ) -> Result<(Reservation, Option<u64>), Ended> {
-        let records = self.shared.records();
-        let quota = records.quota(id).await;
-        let quota = self.internal_on_error(quota)?;
-        let mut usage = if quota.bytes.is_some() || quota.files.is_some() {
-            let usage = records.usage(id).await;
-            self.internal_on_error(usage)?
-        } else {
-            Usage::default()
-        };
-        if quota.bytes.is_some() && self.shared.keeps_unfinished() {
+        let quota = facts.quota;
+        let mut usage = facts.usage.unwrap_or_default();
+        if let Some(kept) = facts.unfinished.as_ref().filter(|_| quota.bytes.is_some()) {
             // What is kept of this path is continued or replaced by this put, whose
             // declared size is reserved below: it does not count twice.
-            let kept = records.unfinished(id, put.path.clone()).await;
-            if let Some(kept) = self.internal_on_error(kept)? {
-                usage.bytes = usage.bytes.saturating_sub(kept.size);
-            }
+            usage.bytes = usage.bytes.saturating_sub(kept.size);
         }
         let held = QuotaHeld { bytes: put.size.unwrap_or(0), new_files: u64::from(!replaces) };
         let check = |open: QuotaHeld| -> Result<Option<u64>, ErrorFrame> {
@@ -396,20 +437,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let idle = self.shared.config.idle_timeout;
         let allowed = idle + std::time::Duration::from_secs(open.received / MIN_UPLOAD_RATE);
+        let open_inline = open.inline;
         if open.started.elapsed() > allowed {
             let _ = tokio::task::spawn_blocking(move || drop(open)).await;
             return Err(Ended::Close(errors::timeout(
                 "the upload arrived slower than the server's minimum rate (64 KiB/s)",
             )));
         }
-        let written = tokio::task::spawn_blocking(move || {
+        let write = move || {
             open.hasher.update(&buf[..len]);
             open.cksum.update(&buf[..len]);
             let chunk = Chunk::new(buf, len, open.buffers.home.clone());
             let written = open.staged.write(chunk);
             (open, written)
-        })
-        .await;
+        };
+        let written =
+            if open_inline { Ok(write()) } else { tokio::task::spawn_blocking(write).await };
         match written {
             Ok((open, Ok(()))) => {
                 self.open = Some(self.maybe_checkpoint(open).await);
@@ -438,12 +481,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// reported.
     pub(super) async fn put_end(&mut self, tag: u32) -> Result<(), Ended> {
         let mut open = self.open.take().expect("the machine admits PUT_END only for an open put");
-        let finished = tokio::task::spawn_blocking(move || {
+        let finished = if open.inline {
             let finished = open.staged.finish();
             (open, finished)
-        })
-        .await
-        .map_err(|e| Ended::Gone(std::io::Error::other(e)))?;
+        } else {
+            tokio::task::spawn_blocking(move || {
+                let finished = open.staged.finish();
+                (open, finished)
+            })
+            .await
+            .map_err(|e| Ended::Gone(std::io::Error::other(e)))?
+        };
         let (open, finished) = finished;
         if let Err(e) = finished {
             let at = unix_now();

@@ -263,6 +263,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
+    /// Forgets and deletes an unfinished upload that a put from 0 replaces, read with the
+    /// put's other facts.
+    pub(super) async fn drop_unfinished(&self, kept: UnfinishedUpload) {
+        forget_and_delete(&self.shared, kept).await;
+    }
+
     /// A new put of the path from 0 replaces what is kept of it.
     pub(super) async fn replace_kept(&self, id: ClientId, path: &str) -> Result<(), Ended> {
         if !self.shared.keeps_unfinished() {
