@@ -1229,9 +1229,12 @@ impl Db {
     /// migration 7: the caller streams a listing of any length a page at a time.
     pub fn list_page(&self, id: ClientId, range: &PathRange) -> Result<Vec<StoredCopy>, DbError> {
         let op = if range.inclusive { ">=" } else { ">" };
+        // An end in the index's range, not `?3 IS NULL OR ...`: a filter would read on to
+        // the client's last row whenever the range holds fewer rows than the page.
+        let end = if range.end.is_some() { "f.PathName < ?3" } else { "?3 IS NULL" };
         let sql = format!(
             "{STORED_COPY_SELECT}
-             WHERE f.ID = ?1 AND f.PathName {op} ?2 AND (?3 IS NULL OR f.PathName < ?3)
+             WHERE f.ID = ?1 AND f.PathName {op} ?2 AND {end}
              GROUP BY f.PathName ORDER BY f.PathName LIMIT ?4"
         );
         let limit = i64::try_from(range.limit).unwrap_or(i64::MAX);
@@ -1263,7 +1266,7 @@ impl Db {
             let is_file = match folders.get(folder) {
                 Some(&known) => known,
                 None => {
-                    let found = self.copy_at(id, &format!("{space}{folder}"))?.is_some();
+                    let found = self.has_row_at(id, &format!("{space}{folder}"))?;
                     folders.insert(folder.to_owned(), found);
                     found
                 }
@@ -1274,10 +1277,35 @@ impl Db {
             }
         }
         let under = format!("{space}{path}/");
-        let range = PathRange { end: upper_bound(&under), start: under, inclusive: true, limit: 1 };
-        facts.is_folder = !self.list_page(id, &range)?.is_empty();
+        facts.is_folder = self.has_rows_under(id, &under)?;
         facts.verified = self.has_verified_at(id, &format!("{space}{path}"))?;
         Ok(facts)
+    }
+
+    /// Whether a row (verified or not) is at `path_name`: what [`Db::copy_at`] finds,
+    /// without reading the copy.
+    fn has_row_at(&self, id: ClientId, path_name: &str) -> Result<bool, DbError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM files WHERE ID = ?1 AND PathName = ?2 LIMIT 1")?
+            .query_row(params![&id.0[..], path_name], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Whether a row is under `under` (a path name ending in `/`, so the range has an
+    /// end): a folder. Both bounds are in the index's range, so the answer costs one seek
+    /// however many rows follow.
+    fn has_rows_under(&self, id: ClientId, under: &str) -> Result<bool, DbError> {
+        let end = upper_bound(under).unwrap_or_default();
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM files WHERE ID = ?1 AND PathName >= ?2 AND PathName < ?3 LIMIT 1",
+            )?
+            .query_row(params![&id.0[..], under, end], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     /// Everything a `PUT_BEGIN` of `path` reads from the records: its [`PathFacts`], the
