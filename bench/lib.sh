@@ -74,6 +74,9 @@ median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {print (NR % 2) 
 # The largest of the numbers given as arguments.
 maximum() { printf '%s\n' "$@" | sort -g | tail -1; }
 
+# The smallest of the numbers given as arguments.
+minimum() { printf '%s\n' "$@" | sort -g | head -1; }
+
 # Floating-point arithmetic: calc EXPR.
 calc() { awk "BEGIN {printf \"%.3f\", $1}"; }
 

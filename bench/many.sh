@@ -185,4 +185,11 @@ echo "== one file of $big bytes, medians of $reps (load now: $(load_avg))"
 printf '%-40s %7.3f s %8.0f MB/s   (runs: %s)\n' "(h) securexfer send --parallel 1" "$m1" "$(calc "$mb / $m1")" "${p1[*]}"
 printf '%-40s %7.3f s %8.0f MB/s   (runs: %s)\n' "(i) securexfer send --parallel 4" "$m4" "$(calc "$mb / $m4")" "${p4[*]}"
 ratio=$(calc "$m4 / $m1")
-echo "ratio --parallel 4 time / --parallel 1 time  $ratio   target <= 1  $(verdict "$ratio" '<=' 1)"
+# One file is one unit, sent on one connection whatever --parallel says (v4_parallel checks
+# that the server accepts one connection), so the two medians differ by this machine's
+# run-to-run noise alone. "No slower" is judged against that noise, measured in the same
+# run: the ratio may exceed 1 by at most half the relative spread of the --parallel 1 runs.
+spread=$(calc "($(maximum "${p1[@]}") - $(minimum "${p1[@]}")) / $m1")
+bound=$(calc "1 + $spread / 2")
+echo "ratio --parallel 4 time / --parallel 1 time  $ratio   target <= 1 (strict: $(verdict "$ratio" '<=' 1))"
+echo "  within the noise of the --parallel 1 runs (<= $bound, half their spread $spread): $(verdict "$ratio" '<=' "$bound")"
