@@ -12,6 +12,7 @@ mod client;
 mod fuzz_corpus;
 mod generated;
 mod in_process;
+mod kill_loop;
 mod python_interop;
 mod records;
 mod server;
