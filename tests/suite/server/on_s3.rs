@@ -567,3 +567,110 @@ fn the_operators_tools_say_they_read_a_local_storage_directory_only() {
         assert!(!dir.path().join("s3:").exists(), "{command} made a local directory");
     }
 }
+
+/// Round `round`'s files: what a protocol-3 client of that round sends.
+fn round_files(round: u64) -> Vec<(String, Vec<u8>)> {
+    (0..12u64)
+        .map(|i| {
+            (
+                format!("f{i}.bin"),
+                common::random_bytes(20_000 + 7_000 * i as usize, round * 100 + i),
+            )
+        })
+        .collect()
+}
+
+/// The files the server acknowledged: whose, under which name, with which bytes.
+type Acked = std::sync::Arc<std::sync::Mutex<Vec<(ClientId, String, Vec<u8>)>>>;
+
+/// One round's client: registers, then sends and confirms its files one after another,
+/// each one into `acked` as soon as its 1029 is acknowledged, until the connection dies.
+fn sender(
+    address: std::net::SocketAddr,
+    round: u64,
+    acked: Acked,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let Ok(mut stream) = TcpStream::connect(address) else { return };
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let client = Client::setup(&format!("killed{round}"), &mut stream);
+        for (name, data) in round_files(round) {
+            // A dead server makes these panic: this thread's end, not the test's.
+            client.upload(&mut stream, &name, &data);
+            acked.lock().unwrap().push((client.id, name, data));
+        }
+    })
+}
+
+/// SIGKILL at random moments (issue 18) on the scale-out configuration: PostgreSQL
+/// records and the object store. Each round a protocol-3 client registers and sends
+/// files (multipart uploads staged and committed) while its instance is killed at a
+/// random moment within the time an unkilled round took; then a new instance starts on
+/// the same records and bucket. After each start: every file acknowledged in any round
+/// is recorded verified at an object holding its bytes, and the killed instance never
+/// panicked. At the end, with the staged uploads' time made up, the janitor aborts every
+/// one left, and the bucket holds exactly the objects the verified records name.
+#[test]
+fn fifty_sigkills_at_random_moments_lose_nothing_acknowledged_on_postgres_and_the_object_store() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), true) else { return };
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    // How long an unkilled round takes here.
+    let whole = {
+        let server = start(dir.path(), &records, &url, &[]);
+        let started = Instant::now();
+        let unkilled = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        sender(server.addr, 1000, std::sync::Arc::clone(&unkilled)).join().unwrap();
+        assert_eq!(unkilled.lock().unwrap().len(), 12);
+        acked.lock().unwrap().extend(unkilled.lock().unwrap().drain(..));
+        started.elapsed().as_millis().max(50) as u64
+    };
+    let mut random = 0x2545_f491_4f6c_dd1du64;
+    let mut complete = 0;
+    for round in 0..50u64 {
+        let mut server = start(dir.path(), &records, &url, &["--idle-timeout", "2"]);
+        let before = acked.lock().unwrap().len();
+        let sending = sender(server.addr, round, std::sync::Arc::clone(&acked));
+        random ^= random << 13;
+        random ^= random >> 7;
+        random ^= random << 17;
+        std::thread::sleep(Duration::from_millis(random % (whole + whole / 4)));
+        server.kill();
+        let log = server.log();
+        assert!(!log.contains("panicked"), "round {round}: the instance panicked:\n{log}");
+        let _ = sending.join();
+        if acked.lock().unwrap().len() - before == 12 {
+            complete += 1;
+        }
+        let files = records.files();
+        for (id, name, data) in acked.lock().unwrap().iter() {
+            let file = files.iter().find(|f| f.client_id == *id && f.file_name == *name);
+            let file = file.unwrap_or_else(|| panic!("round {round}: acknowledged {name} lost"));
+            assert!(file.verified, "round {round}: {file:?}");
+            assert_eq!(file.size, Some(data.len() as u64), "round {round}: {name}");
+        }
+    }
+    assert!(complete < 50, "every round finished before its kill: none was cut");
+    // What every acknowledged file's record names holds its bytes.
+    let server = start(dir.path(), &records, &url, &["--idle-timeout", "2"]);
+    for (id, name, data) in acked.lock().unwrap().iter() {
+        assert_stored_in_bucket(&records, &url, *id, name, data);
+    }
+    // Nothing staged outlives its time, and no object is left that no record names.
+    records.expire_staged();
+    wait_until("the janitor to abort what the killed instances staged", || {
+        records.staged().is_empty()
+    });
+    let named: std::collections::BTreeSet<String> =
+        records.files().iter().filter(|f| f.verified).map(|f| f.path_name.clone()).collect();
+    let stored: std::collections::BTreeSet<String> =
+        objects(&url).into_iter().map(|(key, _)| key).collect();
+    assert_eq!(stored, named, "the bucket holds exactly the objects of verified records");
+    drop(server);
+    eprintln!(
+        "kill loop (PostgreSQL + object store): 50 rounds killed within {whole} ms, {} files \
+         acknowledged, {complete} rounds complete before the kill",
+        acked.lock().unwrap().len()
+    );
+}
