@@ -9,11 +9,13 @@ use anyhow::Context;
 use securexfer::client::home::Home;
 use securexfer::client::identity::{Identity, ME_INFO, TRANSFER_INFO, TransferInfo};
 use securexfer::client::v4::batch::{BATCH_FILE_LIMIT, Batched};
+use securexfer::client::v4::conn::ConnError;
 use securexfer::client::v4::error::V4Error;
 use securexfer::client::v4::session::{RESUME_FROM, Stored, hex};
 use securexfer::client::wire::Timeouts;
 use securexfer::client::{Client, ClientError, Event, FailureKind, Session};
 use securexfer::protocol::MAX_PLAINTEXT_SIZE;
+use securexfer::protocol::v4::{ErrorCode, ErrorFrame};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -542,10 +544,8 @@ fn run_v4(
     let units = units(args, &plan);
     let lanes = usize::from(args.parallel).min(units.len()).max(1);
     let lane = (lanes > 1).then_some(0);
-    four.session.on_event(event_printer(Arc::clone(&display), args.quiet, args.json, lane));
-    four.session.set_limit_rate(args.limit_rate.map(|r| r / lanes as u64));
-    four.session.set_no_clobber(args.no_clobber);
-    let run = Mutex::new(V4Run { args, server, display, summary, worst, stopped: None });
+    configure(&mut four, args, &display, lanes, lane);
+    let run = Mutex::new(V4Run { args, server, display, summary, worst, stopped: None, lanes });
     let k = |file: &Planned| sendable.iter().position(|f| std::ptr::eq(*f, file)).unwrap_or(0) + 1;
     let work = Work { run: &run, plan: &plan, units: &units, next: AtomicUsize::new(0), k: &k };
     if lanes == 1 {
@@ -626,10 +626,7 @@ impl<'a, K: Fn(&Planned) -> usize + Sync> Work<'_, 'a, K> {
             }
         };
         let mut four = *four;
-        let lanes = u64::from(args.parallel);
-        four.session.on_event(event_printer(display, args.quiet, args.json, Some(lane)));
-        four.session.set_limit_rate(args.limit_rate.map(|r| r / lanes));
-        four.session.set_no_clobber(args.no_clobber);
+        configure(&mut four, args, &display, self.lock().lanes, Some(lane));
         self.send_on(&mut four, Some(lane));
         four.close();
     }
@@ -639,12 +636,64 @@ impl<'a, K: Fn(&Planned) -> usize + Sync> Work<'_, 'a, K> {
         loop {
             let i = self.next.fetch_add(1, Ordering::SeqCst);
             let Some(unit) = self.units.get(i) else { return };
-            let files = &self.plan[unit.at..unit.at + unit.len];
-            self.send_unit(four, files, lane);
+            let mut files = &self.plan[unit.at..unit.at + unit.len];
+            // A server that closes the connection for a while (it is stopping, or the
+            // connection timed out) gets a new one, and the unit goes on where it was cut.
+            while let Some((cut, error)) = self.send_unit(four, files, lane) {
+                files = &files[cut..];
+                if !self.reconnect(four, lane, &error) {
+                    self.lock().stop_with(&error);
+                    self.send_unit(four, files, lane);
+                    break;
+                }
+            }
         }
     }
 
-    fn send_unit(&self, four: &mut v4::Four, files: &[Planned], lane: Option<usize>) {
+    /// After the server closed this connection with `error` (temporary): a new
+    /// connection in its place, tried [`RECONNECTS`] times a second or the server's wait
+    /// apart (a server being restarted takes a moment); false when none could be made.
+    fn reconnect(&self, four: &mut v4::Four, lane: Option<usize>, error: &ErrorFrame) -> bool {
+        let (args, server, display, lanes) = {
+            let run = self.lock();
+            (run.args, run.server, Arc::clone(&run.display), run.lanes)
+        };
+        let say = |line: String| progress::lock(&display).say(&line);
+        if !args.quiet {
+            say(format!(
+                "securexfer: note: {server} closed the connection ({}: {}); connecting again",
+                error.code.name(),
+                error.message
+            ));
+        }
+        let wait = Duration::from_millis(u64::from(error.retry_after_ms).max(1000));
+        for _ in 0..RECONNECTS {
+            std::thread::sleep(wait);
+            match v4::connect(server, &args.client) {
+                Ok(Spoken::Four(new)) if new.session.registered() => {
+                    let mut new = *new;
+                    configure(&mut new, args, &display, lanes, lane);
+                    std::mem::replace(four, new).close();
+                    if !args.quiet {
+                        say(format!("securexfer: note: connected to {server} again; going on"));
+                    }
+                    return true;
+                }
+                _ => continue,
+            }
+        }
+        false
+    }
+
+    /// Sends a unit's files; `Some((k, error))` when the server closed the connection
+    /// with a temporary `error` before the `k`-th file's result (which is not reported:
+    /// that file and those after it are to be sent again).
+    fn send_unit(
+        &self,
+        four: &mut v4::Four,
+        files: &[Planned],
+        lane: Option<usize>,
+    ) -> Option<(usize, ErrorFrame)> {
         let mut run = self.lock();
         let (args, server) = (run.args, run.server);
         if let Some(why) = run.stopped.clone() {
@@ -653,7 +702,7 @@ impl<'a, K: Fn(&Planned) -> usize + Sync> Work<'_, 'a, K> {
                 let shown = progress::lock(&display);
                 shown.suspend(|| report_skipped(args, server, file, &why, &mut run.summary));
             }
-            return;
+            return None;
         }
         let file = &files[0];
         if file.problem.is_some() {
@@ -661,7 +710,7 @@ impl<'a, K: Fn(&Planned) -> usize + Sync> Work<'_, 'a, K> {
             let shown = progress::lock(&display);
             let code = shown.suspend(|| report_problem(args, server, file, &mut run.summary));
             run.worst = run.worst.max(code);
-            return;
+            return None;
         }
         if files.len() > 1 {
             drop(run);
@@ -671,7 +720,11 @@ impl<'a, K: Fn(&Planned) -> usize + Sync> Work<'_, 'a, K> {
         drop(run);
         let started = Instant::now();
         let result = four.runtime.block_on(four.session.send_file(&file.path, &file.stored_name));
+        if let Some(error) = result.as_ref().err().and_then(reconnectable) {
+            return Some((0, error));
+        }
         self.lock().report(file, result, started.elapsed(), lane);
+        None
     }
 }
 
@@ -690,17 +743,21 @@ struct V4Run<'a> {
     worst: u8,
     /// Why the files left are not sent (the connection failed).
     stopped: Option<String>,
+    /// How many connections send at once.
+    lanes: usize,
 }
 
 /// Sends a run of small files pipelined (`Session::send_many`), the first being the
-/// `first`-th file sent; each result is reported as a lone send's would be.
+/// `first`-th file sent; each result is reported as a lone send's would be. As
+/// `Work::send_unit`, `Some((k, error))` when the server closed the connection for a
+/// while before the `k`-th file's result.
 fn send_batch(
     run: &Mutex<V4Run<'_>>,
     four: &mut v4::Four,
     files: &[Planned],
     first: usize,
     lane: Option<usize>,
-) {
+) -> Option<(usize, ErrorFrame)> {
     let lock = || run.lock().unwrap_or_else(|p| p.into_inner());
     let batch: Vec<Batched> = files
         .iter()
@@ -708,7 +765,13 @@ fn send_batch(
         .collect();
     let mut heard = 0;
     let mut since = Instant::now();
+    let mut cut = None;
     let send = four.session.send_many(&batch, |i, result| {
+        if let Some(error) = result.as_ref().err().and_then(reconnectable) {
+            // The last result: the connection is closed; this file goes again.
+            cut = Some((i, error));
+            return;
+        }
         let mut run = lock();
         progress::lock(&run.display).start_file(first + i, &files[i].stored_name);
         run.report(&files[i], result, since.elapsed(), lane);
@@ -716,6 +779,9 @@ fn send_batch(
         heard = i + 1;
     });
     four.runtime.block_on(send);
+    if cut.is_some() {
+        return cut;
+    }
     if heard < files.len() {
         let mut run = lock();
         let why = format!("not sent: the connection to {} failed", run.server);
@@ -726,9 +792,50 @@ fn send_batch(
             shown.suspend(|| report_skipped(args, server, file, &why, &mut run.summary));
         }
     }
+    None
+}
+
+/// Connections made again at most after the server closed one for a while.
+const RECONNECTS: u32 = 10;
+
+/// The server's closing error when it closed the connection for a while (it is
+/// stopping, or the connection timed out): the run connects again and goes on.
+fn reconnectable(error: &V4Error) -> Option<ErrorFrame> {
+    let frame = match error {
+        V4Error::Conn(ConnError::Closed(frame)) => frame,
+        V4Error::Refused { error, .. } if error.closes => error,
+        _ => return None,
+    };
+    matches!(frame.code, ErrorCode::ShuttingDown | ErrorCode::Timeout).then(|| frame.clone())
+}
+
+/// A connection's session set up for this run: its events, its share of `--limit-rate`
+/// among `lanes` connections, `--no-clobber`.
+fn configure(
+    four: &mut v4::Four,
+    args: &SendArgs,
+    display: &progress::Shared,
+    lanes: usize,
+    lane: Option<usize>,
+) {
+    four.session.on_event(event_printer(Arc::clone(display), args.quiet, args.json, lane));
+    four.session.set_limit_rate(args.limit_rate.map(|r| r / lanes as u64));
+    four.session.set_no_clobber(args.no_clobber);
 }
 
 impl V4Run<'_> {
+    /// Stops the run after the server closed the connection with `error` and no new
+    /// one could be made: the files left are reported not sent, with why.
+    fn stop_with(&mut self, error: &ErrorFrame) {
+        let why = format!(
+            "not sent: {} closed the connection ({}) and could not be reached again",
+            self.server,
+            error.code.name()
+        );
+        self.stopped.get_or_insert(why);
+        self.worst = self.worst.max(code_for(FailureKind::Connection));
+    }
+
     /// Reports one file's result (`took` is how long it took) and counts it; `lane` is
     /// the connection it went on when several send at once.
     fn report(

@@ -19,7 +19,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// What the proxy does with the next connection.
 #[derive(Clone)]
-enum Mode {
+pub(crate) enum Mode {
     /// Both ways, byte for byte, to this address.
     Forward(String),
     /// As `Forward`, keeping a copy of what the client sent.
@@ -29,14 +29,14 @@ enum Mode {
 }
 
 /// A TCP proxy on 127.0.0.1, a thread per connection; stops when dropped.
-struct Proxy {
-    addr: String,
+pub(crate) struct Proxy {
+    pub(crate) addr: String,
     mode: Arc<Mutex<Mode>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Proxy {
-    fn start(mode: Mode) -> Proxy {
+    pub(crate) fn start(mode: Mode) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let mode = Arc::new(Mutex::new(mode));
@@ -55,7 +55,7 @@ impl Proxy {
         Proxy { addr, mode, stop }
     }
 
-    fn switch(&self, mode: Mode) {
+    pub(crate) fn switch(&self, mode: Mode) {
         *self.mode.lock().unwrap() = mode;
     }
 }

@@ -932,3 +932,44 @@ fn send_dash_stores_standard_input_under_its_as_name() {
     assert_eq!(code(&three), Some(2), "{}", text(&three.stderr));
     assert!(text(&three.stderr).contains("needs protocol 4"), "{}", text(&three.stderr));
 }
+
+/// A server stopped in the middle of a `send` (it closes the connection with
+/// `shutting_down`) and started again at the same address: the client connects again and
+/// goes on, the file that was cut off sent again, and every file arrives verified and
+/// whole (issue 14: a closing temporary error no longer ends the run). The address stays
+/// the same through a proxy in front of the two servers.
+#[test]
+fn a_server_restarted_in_the_middle_of_a_send_is_reconnected_to_and_the_run_goes_on() {
+    use crate::v4_attacks::{Mode, Proxy};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = common::Server::start_in(dir.path(), &[]);
+    let proxy = Proxy::start(Mode::Forward(server.address()));
+    let client = Client::new();
+    let out = client.run(&["register", "--server", &proxy.addr, "--name", "restarted"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let id = registered_id(&text(&out.stdout));
+    let files: Vec<(String, Vec<u8>)> = (0..12)
+        .map(|i| (format!("f{i:02}.bin"), common::random_bytes(100 << 10, 90 + i)))
+        .collect();
+    for (name, data) in &files {
+        client.file(name, data);
+    }
+    // 1.2 MB at 600 KiB/s: about two seconds, one file at a time.
+    let mut args = vec!["send", "--server", &proxy.addr, "--limit-rate", "600K", "--json"];
+    args.extend(files.iter().map(|(name, _)| name.as_str()));
+    let mut send = client.spawn(&args);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(server.terminate(std::time::Duration::from_secs(20)).is_some(), "the server stops");
+    let server = common::Server::start_in(dir.path(), &[]);
+    proxy.switch(Mode::Forward(server.address()));
+    let status = common::wait_timeout(&mut send, std::time::Duration::from_secs(60));
+    let (out, err) = (client.path().join("spawned.out"), client.path().join("spawned.err"));
+    let (out, err) = (std::fs::read_to_string(out).unwrap(), std::fs::read_to_string(err).unwrap());
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}\n{out}");
+    assert!(err.contains("closed the connection (shutting_down"), "{err}");
+    assert!(err.contains("connected to") && err.contains("again; going on"), "{err}");
+    assert_eq!(out.matches("\"status\":\"verified\"").count(), files.len(), "{out}");
+    for (name, data) in &files {
+        assert!(stored_file(&server, &id, name) == *data, "{name}");
+    }
+}

@@ -585,11 +585,7 @@ type Acked = std::sync::Arc<std::sync::Mutex<Vec<(ClientId, String, Vec<u8>)>>>;
 
 /// One round's client: registers, then sends and confirms its files one after another,
 /// each one into `acked` as soon as its 1029 is acknowledged, until the connection dies.
-fn sender(
-    address: std::net::SocketAddr,
-    round: u64,
-    acked: Acked,
-) -> std::thread::JoinHandle<()> {
+fn sender(address: std::net::SocketAddr, round: u64, acked: Acked) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let Ok(mut stream) = TcpStream::connect(address) else { return };
         stream.set_read_timeout(Some(WAIT)).unwrap();
