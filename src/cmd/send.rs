@@ -15,7 +15,7 @@ use securexfer::client::v4::session::{RESUME_FROM, Stored, hex};
 use securexfer::client::wire::Timeouts;
 use securexfer::client::{Client, ClientError, Event, FailureKind, Session};
 use securexfer::protocol::MAX_PLAINTEXT_SIZE;
-use securexfer::protocol::v4::{ErrorCode, ErrorFrame};
+use securexfer::protocol::v4::ErrorCode;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -637,12 +637,15 @@ impl<'a, K: Fn(&Planned) -> usize + Sync> Work<'_, 'a, K> {
             let i = self.next.fetch_add(1, Ordering::SeqCst);
             let Some(unit) = self.units.get(i) else { return };
             let mut files = &self.plan[unit.at..unit.at + unit.len];
-            // A server that closes the connection for a while (it is stopping, or the
-            // connection timed out) gets a new one, and the unit goes on where it was cut.
-            while let Some((cut, error)) = self.send_unit(four, files, lane) {
-                files = &files[cut..];
-                if !self.reconnect(four, lane, &error) {
-                    self.lock().stop_with(&error);
+            // A connection the server closed for a while (it is stopping, or the
+            // connection timed out), or that broke, is made again, and the unit goes on
+            // where it was cut; a file cut off again and again stops the run.
+            let mut in_a_row = 0;
+            while let Some((at, cut)) = self.send_unit(four, files, lane) {
+                in_a_row = if at > 0 { 1 } else { in_a_row + 1 };
+                files = &files[at..];
+                if in_a_row > CUTS_IN_A_ROW || !self.reconnect(four, lane, &cut) {
+                    self.lock().stop_with(&cut);
                     self.send_unit(four, files, lane);
                     break;
                 }
@@ -650,25 +653,20 @@ impl<'a, K: Fn(&Planned) -> usize + Sync> Work<'_, 'a, K> {
         }
     }
 
-    /// After the server closed this connection with `error` (temporary): a new
-    /// connection in its place, tried [`RECONNECTS`] times a second or the server's wait
-    /// apart (a server being restarted takes a moment); false when none could be made.
-    fn reconnect(&self, four: &mut v4::Four, lane: Option<usize>, error: &ErrorFrame) -> bool {
+    /// After the connection was `cut`: a new connection in its place, tried
+    /// [`RECONNECTS`] times a second or the server's wait apart (a server being restarted
+    /// takes a moment); false when none could be made.
+    fn reconnect(&self, four: &mut v4::Four, lane: Option<usize>, cut: &Cut) -> bool {
         let (args, server, display, lanes) = {
             let run = self.lock();
             (run.args, run.server, Arc::clone(&run.display), run.lanes)
         };
         let say = |line: String| progress::lock(&display).say(&line);
         if !args.quiet {
-            say(format!(
-                "securexfer: note: {server} closed the connection ({}: {}); connecting again",
-                error.code.name(),
-                error.message
-            ));
+            say(format!("securexfer: note: {}; connecting to {server} again", cut.why));
         }
-        let wait = Duration::from_millis(u64::from(error.retry_after_ms).max(1000));
         for _ in 0..RECONNECTS {
-            std::thread::sleep(wait);
+            std::thread::sleep(cut.wait);
             match v4::connect(server, &args.client) {
                 Ok(Spoken::Four(new)) if new.session.registered() => {
                     let mut new = *new;
@@ -685,15 +683,15 @@ impl<'a, K: Fn(&Planned) -> usize + Sync> Work<'_, 'a, K> {
         false
     }
 
-    /// Sends a unit's files; `Some((k, error))` when the server closed the connection
-    /// with a temporary `error` before the `k`-th file's result (which is not reported:
-    /// that file and those after it are to be sent again).
+    /// Sends a unit's files; `Some((k, cut))` when the connection was cut before the
+    /// `k`-th file's result (which is not reported: that file and those after it are to
+    /// be sent again).
     fn send_unit(
         &self,
         four: &mut v4::Four,
         files: &[Planned],
         lane: Option<usize>,
-    ) -> Option<(usize, ErrorFrame)> {
+    ) -> Option<(usize, Cut)> {
         let mut run = self.lock();
         let (args, server) = (run.args, run.server);
         if let Some(why) = run.stopped.clone() {
@@ -720,8 +718,8 @@ impl<'a, K: Fn(&Planned) -> usize + Sync> Work<'_, 'a, K> {
         drop(run);
         let started = Instant::now();
         let result = four.runtime.block_on(four.session.send_file(&file.path, &file.stored_name));
-        if let Some(error) = result.as_ref().err().and_then(reconnectable) {
-            return Some((0, error));
+        if let Some(cut) = result.as_ref().err().and_then(Cut::of) {
+            return Some((0, cut));
         }
         self.lock().report(file, result, started.elapsed(), lane);
         None
@@ -749,15 +747,15 @@ struct V4Run<'a> {
 
 /// Sends a run of small files pipelined (`Session::send_many`), the first being the
 /// `first`-th file sent; each result is reported as a lone send's would be. As
-/// `Work::send_unit`, `Some((k, error))` when the server closed the connection for a
-/// while before the `k`-th file's result.
+/// `Work::send_unit`, `Some((k, cut))` when the connection was cut before the `k`-th
+/// file's result.
 fn send_batch(
     run: &Mutex<V4Run<'_>>,
     four: &mut v4::Four,
     files: &[Planned],
     first: usize,
     lane: Option<usize>,
-) -> Option<(usize, ErrorFrame)> {
+) -> Option<(usize, Cut)> {
     let lock = || run.lock().unwrap_or_else(|p| p.into_inner());
     let batch: Vec<Batched> = files
         .iter()
@@ -767,9 +765,9 @@ fn send_batch(
     let mut since = Instant::now();
     let mut cut = None;
     let send = four.session.send_many(&batch, |i, result| {
-        if let Some(error) = result.as_ref().err().and_then(reconnectable) {
+        if let Some(why) = result.as_ref().err().and_then(Cut::of) {
             // The last result: the connection is closed; this file goes again.
-            cut = Some((i, error));
+            cut = Some((i, why));
             return;
         }
         let mut run = lock();
@@ -795,18 +793,42 @@ fn send_batch(
     None
 }
 
-/// Connections made again at most after the server closed one for a while.
+/// Connections tried at most after one was cut.
 const RECONNECTS: u32 = 10;
 
-/// The server's closing error when it closed the connection for a while (it is
-/// stopping, or the connection timed out): the run connects again and goes on.
-fn reconnectable(error: &V4Error) -> Option<ErrorFrame> {
-    let frame = match error {
-        V4Error::Conn(ConnError::Closed(frame)) => frame,
-        V4Error::Refused { error, .. } if error.closes => error,
-        _ => return None,
-    };
-    matches!(frame.code, ErrorCode::ShuttingDown | ErrorCode::Timeout).then(|| frame.clone())
+/// How many times in a row one file's connection may be cut before the run stops: a
+/// file whose sending breaks every connection would otherwise be sent forever.
+const CUTS_IN_A_ROW: u32 = 3;
+
+/// Why a connection ended that a new one may replace, and how long to wait first.
+struct Cut {
+    why: String,
+    wait: Duration,
+}
+
+impl Cut {
+    /// The cut `error` is, if it is one: the server closed the connection for a while (it
+    /// is stopping, or the connection timed out), or the connection broke. Not a refusal
+    /// of the server's, nor a server that broke the protocol or stopped answering.
+    fn of(error: &V4Error) -> Option<Cut> {
+        let second = Duration::from_secs(1);
+        let frame = match error {
+            V4Error::Conn(ConnError::Lost(why)) => {
+                return Some(Cut { why: format!("the connection broke ({why})"), wait: second });
+            }
+            V4Error::Conn(ConnError::Closed(frame)) => frame,
+            V4Error::Refused { error, .. } if error.closes => error,
+            _ => return None,
+        };
+        matches!(frame.code, ErrorCode::ShuttingDown | ErrorCode::Timeout).then(|| Cut {
+            why: format!(
+                "the server closed the connection ({}: {})",
+                frame.code.name(),
+                frame.message
+            ),
+            wait: Duration::from_millis(u64::from(frame.retry_after_ms)).max(second),
+        })
+    }
 }
 
 /// A connection's session set up for this run: its events, its share of `--limit-rate`
@@ -824,14 +846,10 @@ fn configure(
 }
 
 impl V4Run<'_> {
-    /// Stops the run after the server closed the connection with `error` and no new
-    /// one could be made: the files left are reported not sent, with why.
-    fn stop_with(&mut self, error: &ErrorFrame) {
-        let why = format!(
-            "not sent: {} closed the connection ({}) and could not be reached again",
-            self.server,
-            error.code.name()
-        );
+    /// Stops the run after a connection was `cut` and no new one could be made (or one
+    /// file's kept being cut): the files left are reported not sent, with why.
+    fn stop_with(&mut self, cut: &Cut) {
+        let why = format!("not sent: {}, and no connection to {} went on", cut.why, self.server);
         self.stopped.get_or_insert(why);
         self.worst = self.worst.max(code_for(FailureKind::Connection));
     }

@@ -973,3 +973,39 @@ fn a_server_restarted_in_the_middle_of_a_send_is_reconnected_to_and_the_run_goes
         assert!(stored_file(&server, &id, name) == *data, "{name}");
     }
 }
+
+/// A connection that breaks in the middle of a `send` (the proxy in front of the server
+/// cuts it after 300 KB) is made again and the run goes on: every file arrives verified
+/// and whole, the one cut off sent again.
+#[test]
+fn a_connection_that_breaks_in_the_middle_of_a_send_is_made_again_and_the_run_goes_on() {
+    use crate::v4_attacks::{Mode, Proxy};
+    let server = common::Server::start(&[]);
+    let proxy = Proxy::start(Mode::Forward(server.address()));
+    let client = Client::new();
+    let out = client.run(&["register", "--server", &proxy.addr, "--name", "broken"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let id = registered_id(&text(&out.stdout));
+    let files: Vec<(String, Vec<u8>)> =
+        (0..8).map(|i| (format!("b{i}.bin"), common::random_bytes(100 << 10, 120 + i))).collect();
+    for (name, data) in &files {
+        client.file(name, data);
+    }
+    proxy.switch(Mode::Cut(server.address(), 300_000));
+    let mut args = vec!["send", "--server", &proxy.addr, "--limit-rate", "800K", "--json"];
+    args.extend(files.iter().map(|(name, _)| name.as_str()));
+    let mut send = client.spawn(&args);
+    // The connection made by now is the one cut; the next ones go through.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    proxy.switch(Mode::Forward(server.address()));
+    let status = common::wait_timeout(&mut send, std::time::Duration::from_secs(60));
+    let (out, err) = (client.path().join("spawned.out"), client.path().join("spawned.err"));
+    let (out, err) = (std::fs::read_to_string(out).unwrap(), std::fs::read_to_string(err).unwrap());
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}\n{out}");
+    assert!(err.contains("the connection broke"), "{err}");
+    assert!(err.contains("again; going on"), "{err}");
+    assert_eq!(out.matches("\"status\":\"verified\"").count(), files.len(), "{out}");
+    for (name, data) in &files {
+        assert!(stored_file(&server, &id, name) == *data, "{name}");
+    }
+}
