@@ -128,10 +128,11 @@ fn fifty_sigkills_at_random_moments_lose_nothing_acknowledged_on_local_storage()
         server.kill();
         let log = server.log();
         assert!(!log.contains("panicked"), "round {round}: the server panicked:\n{log}");
-        assert!(
-            common::wait_timeout(&mut send, Duration::from_secs(60)).is_some(),
-            "round {round}: the client did not end after the server was killed"
-        );
+        // The client would connect again (to an address no server listens on any more:
+        // each start takes another port) and go on; what it reported so far is what was
+        // acknowledged.
+        let _ = send.kill();
+        let _ = send.wait();
         let out = std::fs::read_to_string(client.path().join("spawned.out")).unwrap();
         for stored in verified(&out) {
             let below = stored.strip_prefix(&format!("{name}/")).unwrap_or(&stored);
