@@ -173,9 +173,13 @@ fi
 file=$work/big.bin
 make_file "$file" "$big"
 p1=() p4=()
+# Which goes first alternates, so that neither always follows the other's 1 GiB of writes.
+send_big() {
+  timed "$bin" send "$file" --as "big$1-$2" --parallel "$1" --server "$server_addr" --quiet
+  if [ "$1" = 1 ]; then p1+=("$run_secs"); else p4+=("$run_secs"); fi
+}
 for ((r = 1; r <= reps; r++)); do
-  timed "$bin" send "$file" --as "big1-$r" --parallel 1 --server "$server_addr" --quiet; p1+=("$run_secs")
-  timed "$bin" send "$file" --as "big4-$r" --parallel 4 --server "$server_addr" --quiet; p4+=("$run_secs")
+  if ((r % 2)); then send_big 1 "$r"; send_big 4 "$r"; else send_big 4 "$r"; send_big 1 "$r"; fi
   "$bin" rm "big1-$r" "big4-$r" --server "$server_addr" --quiet
 done
 m1=$(median "${p1[@]}"); m4=$(median "${p4[@]}")
