@@ -133,7 +133,7 @@ fn fifty_sigkills_at_random_moments_lose_nothing_acknowledged_on_local_storage()
         // acknowledged.
         let _ = send.kill();
         let _ = send.wait();
-        let out = std::fs::read_to_string(client.path().join("spawned.out")).unwrap();
+        let (out, _) = client.spawned();
         for stored in verified(&out) {
             let below = stored.strip_prefix(&format!("{name}/")).unwrap_or(&stored);
             let file = files.iter().find(|f| f.path == below);

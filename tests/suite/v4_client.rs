@@ -294,6 +294,12 @@ impl Client {
         self.command(args).stdout(out).stderr(err).spawn().unwrap()
     }
 
+    /// What the command [`Client::spawn`] started wrote: its standard output and error.
+    pub(crate) fn spawned(&self) -> (String, String) {
+        let read = |name| std::fs::read_to_string(self.path().join(name)).unwrap();
+        (read("spawned.out"), read("spawned.err"))
+    }
+
     /// Runs `securexfer ARGS` with the default protocol (`auto`), unless ARGS say.
     pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().unwrap()
@@ -962,16 +968,28 @@ fn a_server_restarted_in_the_middle_of_a_send_is_reconnected_to_and_the_run_goes
     assert!(server.terminate(std::time::Duration::from_secs(20)).is_some(), "the server stops");
     let server = common::Server::start_in(dir.path(), &[]);
     proxy.switch(Mode::Forward(server.address()));
-    let status = common::wait_timeout(&mut send, std::time::Duration::from_secs(60));
-    let (out, err) = (client.path().join("spawned.out"), client.path().join("spawned.err"));
-    let (out, err) = (std::fs::read_to_string(out).unwrap(), std::fs::read_to_string(err).unwrap());
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}\n{out}");
+    let err = went_on(&client, &mut send, &server, &id, &files);
     assert!(err.contains("closed the connection (shutting_down"), "{err}");
+}
+
+/// The end of a `send` whose connection was cut: it exits 0 having said it connected
+/// again, every file verified and stored whole; its standard error.
+fn went_on(
+    client: &Client,
+    send: &mut std::process::Child,
+    server: &common::Server,
+    id: &str,
+    files: &[(String, Vec<u8>)],
+) -> String {
+    let status = common::wait_timeout(send, std::time::Duration::from_secs(60));
+    let (out, err) = client.spawned();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}\n{out}");
     assert!(err.contains("connected to") && err.contains("again; going on"), "{err}");
     assert_eq!(out.matches("\"status\":\"verified\"").count(), files.len(), "{out}");
-    for (name, data) in &files {
-        assert!(stored_file(&server, &id, name) == *data, "{name}");
+    for (name, data) in files {
+        assert!(stored_file(server, id, name) == *data, "{name}");
     }
+    err
 }
 
 /// A connection that breaks in the middle of a `send` (the proxy in front of the server
@@ -998,14 +1016,6 @@ fn a_connection_that_breaks_in_the_middle_of_a_send_is_made_again_and_the_run_go
     // The connection made by now is the one cut; the next ones go through.
     std::thread::sleep(std::time::Duration::from_millis(200));
     proxy.switch(Mode::Forward(server.address()));
-    let status = common::wait_timeout(&mut send, std::time::Duration::from_secs(60));
-    let (out, err) = (client.path().join("spawned.out"), client.path().join("spawned.err"));
-    let (out, err) = (std::fs::read_to_string(out).unwrap(), std::fs::read_to_string(err).unwrap());
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{err}\n{out}");
+    let err = went_on(&client, &mut send, &server, &id, &files);
     assert!(err.contains("the connection broke"), "{err}");
-    assert!(err.contains("again; going on"), "{err}");
-    assert_eq!(out.matches("\"status\":\"verified\"").count(), files.len(), "{out}");
-    for (name, data) in &files {
-        assert!(stored_file(&server, &id, name) == *data, "{name}");
-    }
 }

@@ -298,20 +298,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         .await
         .map_err(std::io::Error::other)
         .and_then(|staged| staged);
-        staged.map_err(|e| {
-            let at = unix_now();
-            tracing::error!(at, "cannot create a protocol-4 upload file: {e}");
-            Ended::Refused(errors::internal(at))
-        })
+        staged.map_err(cannot_stage)
     }
 
     /// A staged file for a small upload, made on this task ([`INLINE_PUT`]).
     fn stage_inline(&self, id: ClientId, declared: u64) -> Result<AnyStaged, Ended> {
-        self.shared.storage.stage(id, declared, false).map_err(|e| {
-            let at = unix_now();
-            tracing::error!(at, "cannot create a protocol-4 upload file: {e}");
-            Ended::Refused(errors::internal(at))
-        })
+        self.shared.storage.stage(id, declared, false).map_err(cannot_stage)
     }
 
     /// Every [`DURABLE_EVERY`] bytes of an upload that may be kept: synced and recorded,
@@ -578,6 +570,14 @@ fn check_name(path: &str) -> Result<String, crate::protocol::v4::ErrorFrame> {
         Ok(_) => Err(refused("a name that starts with a drive letter and a colon".to_owned())),
         Err(e) => Err(refused(e.to_string())),
     }
+}
+
+/// `internal` for an upload file that could not be created, logged under the time the
+/// client is told.
+fn cannot_stage(e: std::io::Error) -> Ended {
+    let at = unix_now();
+    tracing::error!(at, "cannot create a protocol-4 upload file: {e}");
+    Ended::Refused(errors::internal(at))
 }
 
 /// `not_found` for a `COMMIT` or `DISCARD` whose tag holds no upload.
