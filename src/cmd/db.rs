@@ -428,15 +428,24 @@ pub fn fingerprint(args: FingerprintArgs) -> anyhow::Result<ExitCode> {
 /// `db invite`: a fresh single-use token on stdout; the database keeps only its SHA-256.
 pub fn invite(args: InviteArgs) -> anyhow::Result<ExitCode> {
     use securexfer::crypto::invite::InviteToken;
-    sqlite_only(&args.db, "db invite")?;
     if let Some(name) = &args.name {
         securexfer::protocol::v4::names::check_client_name(name)
             .map_err(|e| UsageError(format!("--name {name:?}: {e}")))?;
     }
-    let db = Db::open(&args.db)?;
     let token = InviteToken::generate();
     let valid_for = std::time::Duration::from_secs(args.expires);
-    db.create_invite(&token.hash(), args.name.as_deref(), valid_for)?;
+    let shown = args.db.to_string_lossy();
+    if securexfer::store::postgres::is_postgres_url(&shown) {
+        // The invitation goes where every instance over that database looks for it.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async {
+            let records = securexfer::store::PostgresRecords::connect(&shown, 1).await?;
+            records.create_invite(&token.hash(), args.name.as_deref(), valid_for).await
+        })?;
+    } else {
+        let db = Db::open(&args.db)?;
+        db.create_invite(&token.hash(), args.name.as_deref(), valid_for)?;
+    }
     outln!("{token}");
     Ok(ExitCode::SUCCESS)
 }

@@ -13,7 +13,11 @@
 
 pub mod schema;
 
-use super::db::{ClientRecord, CommitIntent, FileRecord, StagedObject, VersionRecord};
+use super::db::{
+    Attached, ClientKey, ClientRecord, CommitIntent, FileRecord, FinishedCommit, InviteRecord,
+    NewClient, PathFacts, PathRange, PutFacts, Quota, Registered, Removal, Removed, StagedObject,
+    StoredCopy, UnfinishedUpload, Usage, VersionRecord,
+};
 use super::records::{Records, RecordsError, RecordsFuture};
 use crate::protocol::ClientId;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -21,7 +25,6 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio_postgres::NoTls;
-use tokio_postgres::types::ToSql;
 
 /// How long a call waits for a pooled connection, or to open a new one, before it fails
 /// (a database that went away is an error to the client, not a hung connection).
@@ -154,6 +157,27 @@ impl PostgresRecords {
         Ok(row.get::<_, Option<i32>>(0).unwrap_or(0))
     }
 
+    /// Records an invitation (`db invite`): the SHA-256 of its token, never the token.
+    pub async fn create_invite(
+        &self,
+        token_hash: &[u8; 32],
+        name: Option<&str>,
+        valid_for: Duration,
+    ) -> Result<(), PostgresError> {
+        keys::create_invite(&self.pool.get().await?, token_hash, name, valid_for).await
+    }
+
+    /// Every invitation, oldest first.
+    pub async fn invites(&self) -> Result<Vec<InviteRecord>, PostgresError> {
+        keys::invites(&self.pool.get().await?).await
+    }
+
+    /// Sets a client's quota (`db quota`; `None` in a field: no limit). False when no
+    /// such client.
+    pub async fn set_quota(&self, id: ClientId, quota: Quota) -> Result<bool, PostgresError> {
+        copies::set_quota(&self.pool.get().await?, id, quota).await
+    }
+
     /// Runs `f` with a pooled connection, timed.
     fn run<'a, T, F, Fut>(&'a self, f: F) -> RecordsFuture<'a, T>
     where
@@ -180,9 +204,17 @@ macro_rules! utc {
     };
 }
 
+mod commit;
+mod copies;
+mod keys;
+mod unfinished;
+
 /// `SELECT` of a client's columns as [`client_row`] reads them.
-const CLIENT_COLUMNS: &str =
-    concat!("id, name, public_key, ", utc!("last_seen"), ", aes_key IS NOT NULL");
+const CLIENT_COLUMNS: &str = concat!(
+    "id, name, public_key, ",
+    utc!("last_seen"),
+    ", aes_key IS NOT NULL, key_fingerprint, protocol3_allowed"
+);
 
 fn id_of(bytes: &[u8]) -> ClientId {
     let mut id = [0u8; 16];
@@ -198,11 +230,13 @@ fn client_row(row: &tokio_postgres::Row) -> ClientRecord {
         public_key: row.get(2),
         last_seen: row.get(3),
         has_aes_key: row.get(4),
-        // Protocol 4 is not on PostgreSQL yet (issue 16): no client has a key here, and
-        // the records methods of protocol 4 answer that this backend lacks them.
-        key_fingerprint: None,
-        protocol3_allowed: true,
+        key_fingerprint: row.get::<_, Option<Vec<u8>>>(5).and_then(hash_of),
+        protocol3_allowed: row.get(6),
     }
+}
+
+fn hash_of(bytes: Vec<u8>) -> Option<[u8; 32]> {
+    bytes.try_into().ok()
 }
 
 /// A cksum as stored (`BIGINT`) back to its `u32`.
@@ -275,7 +309,7 @@ impl Records for PostgresRecords {
 
     fn forget_keyless(&self, age: Duration) -> RecordsFuture<'_, usize> {
         self.run(move |c| async move {
-            let sql = "DELETE FROM clients WHERE public_key IS NULL
+            let sql = "DELETE FROM clients WHERE public_key IS NULL AND key_fingerprint IS NULL
                          AND (last_seen IS NULL OR last_seen < now() - make_interval(secs => $1))
                          AND NOT EXISTS (SELECT 1 FROM files WHERE files.id = clients.id)";
             let stmt = c.prepare_cached(sql).await?;
@@ -289,13 +323,19 @@ impl Records for PostgresRecords {
 
     fn stored_copy(&self, id: ClientId, stored_name: String) -> RecordsFuture<'_, Option<String>> {
         self.run(move |c| async move {
-            let sql = "SELECT file_name, path_name FROM files WHERE id = $1 AND verified";
+            let sql = "SELECT file_name, path_name, protocol FROM files WHERE id = $1 AND verified";
             let stmt = c.prepare_cached(sql).await?;
             let rows = c.query(&stmt, &[&&id.0[..]]).await?;
             Ok(rows.iter().find_map(|r| {
                 let file_name: &str = r.get(0);
-                let stores_as = crate::protocol::storage_name(file_name);
-                stores_as.is_ok_and(|n| n == stored_name).then(|| r.get(1))
+                // A protocol-4 file name is its stored path itself; protocol 3's keeps the
+                // last component of the name as sent (as in SQLite's records).
+                let stored = if r.get::<_, i16>(2) == 4 {
+                    file_name == stored_name
+                } else {
+                    crate::protocol::storage_name(file_name).is_ok_and(|n| n == stored_name)
+                };
+                stored.then(|| r.get(1))
             }))
         })
     }
@@ -343,31 +383,7 @@ impl Records for PostgresRecords {
     }
 
     fn begin_commit(&self, intent: CommitIntent) -> RecordsFuture<'_, ()> {
-        self.run(move |c| async move {
-            let sql = "INSERT INTO commit_intents (id, stored_name, file_name, path_name, source,
-                           size, cksum, archive, restores)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                       ON CONFLICT (id, stored_name) DO UPDATE SET
-                           file_name = excluded.file_name, path_name = excluded.path_name,
-                           source = excluded.source, size = excluded.size,
-                           cksum = excluded.cksum, archive = excluded.archive,
-                           restores = excluded.restores";
-            let stmt = c.prepare_cached(sql).await?;
-            let (size, cksum) = (intent.size as i64, i64::from(intent.cksum));
-            let params: [&(dyn ToSql + Sync); 9] = [
-                &&intent.client_id.0[..],
-                &intent.stored_name,
-                &intent.file_name,
-                &intent.path_name,
-                &intent.source,
-                &size,
-                &cksum,
-                &intent.archive,
-                &intent.restores,
-            ];
-            c.execute(&stmt, &params).await?;
-            Ok(())
-        })
+        self.run(move |c| async move { commit::insert_intent(&c, &intent).await })
     }
 
     fn finish_commit(
@@ -376,12 +392,7 @@ impl Records for PostgresRecords {
         ip: Option<IpAddr>,
         keep: usize,
     ) -> RecordsFuture<'_, Vec<String>> {
-        self.run(move |mut c| async move {
-            let tx = c.transaction().await?;
-            let pruned = commit::finish(&tx, &intent, ip, keep).await?;
-            tx.commit().await?;
-            Ok(pruned)
-        })
+        Box::pin(async move { Ok(self.finish_commit_detailed(intent, ip, keep).await?.pruned) })
     }
 
     fn abandon_commit(&self, intent: CommitIntent) -> RecordsFuture<'_, ()> {
@@ -411,7 +422,7 @@ impl Records for PostgresRecords {
             let sql = concat!(
                 "SELECT f.id, c.name, f.file_name, f.path_name, f.verified, f.size, f.cksum, ",
                 utc!("f.stored_at"),
-                " FROM files f JOIN clients c ON c.id = f.id
+                ", f.blake3, f.protocol, f.generation FROM files f JOIN clients c ON c.id = f.id
                   ORDER BY c.name COLLATE \"C\", f.file_name COLLATE \"C\""
             );
             let stmt = c.prepare_cached(sql).await?;
@@ -427,10 +438,9 @@ impl Records for PostgresRecords {
                     size: size_of(r.get(5)),
                     cksum: cksum_of(r.get(6)),
                     stored_at: r.get(7),
-                    // Protocol-3 uploads only, until protocol 4 is on PostgreSQL.
-                    blake3: None,
-                    protocol: 3,
-                    generation: None,
+                    blake3: r.get::<_, Option<Vec<u8>>>(8).and_then(hash_of),
+                    protocol: u8::try_from(r.get::<_, i16>(9)).unwrap_or(3),
+                    generation: size_of(r.get(10)),
                 })
                 .collect())
         })
@@ -439,7 +449,7 @@ impl Records for PostgresRecords {
     fn commit_intents(&self) -> RecordsFuture<'_, Vec<CommitIntent>> {
         self.run(|c| async move {
             let sql = "SELECT id, stored_name, file_name, path_name, source, size, cksum,
-                              archive, restores FROM commit_intents";
+                              archive, restores, blake3, mtime_ns FROM commit_intents";
             let rows = c.query(sql, &[]).await?;
             Ok(rows
                 .iter()
@@ -453,7 +463,7 @@ impl Records for PostgresRecords {
                     cksum: cksum_of(r.get(6)).unwrap_or(0),
                     archive: r.get(7),
                     restores: r.get(8),
-                    v4: None,
+                    v4: commit::v4_content(r.get(9), r.get(10)),
                 })
                 .collect())
         })
@@ -465,7 +475,7 @@ impl Records for PostgresRecords {
                 "SELECT v.id, c.name, v.name, v.version, v.file_name, v.path_name, v.size, ",
                 "v.cksum, ",
                 utc!("v.stored_at"),
-                " FROM versions v JOIN clients c ON c.id = v.id
+                ", v.blake3, v.mtime_ns FROM versions v JOIN clients c ON c.id = v.id
                   ORDER BY c.name COLLATE \"C\", v.name COLLATE \"C\", v.version"
             );
             let rows = c.query(sql, &[]).await?;
@@ -481,8 +491,7 @@ impl Records for PostgresRecords {
                     size: size_of(r.get(6)),
                     cksum: cksum_of(r.get(7)),
                     stored_at: r.get(8),
-                    // Protocol 4 on PostgreSQL keeps no hashes yet (issue 16).
-                    v4: None,
+                    v4: commit::v4_content(r.get(9), r.get(10)),
                 })
                 .collect())
         })
@@ -497,116 +506,166 @@ impl Records for PostgresRecords {
             Ok(Some(row.get(0)))
         })
     }
-}
 
-/// The transaction of a commit (see [`Records::finish_commit`]), statement by statement.
-mod commit {
-    use super::*;
-    use deadpool_postgres::GenericClient;
+    fn client_by_key(&self, fingerprint: [u8; 32]) -> RecordsFuture<'_, Option<ClientRecord>> {
+        self.run(move |c| async move { keys::client_by_key(&c, &fingerprint).await })
+    }
 
-    /// Everything a finished commit changes, inside `tx`; the paths of the versions it
-    /// forgot.
-    pub(super) async fn finish(
-        tx: &deadpool_postgres::Transaction<'_>,
-        intent: &CommitIntent,
+    fn register_with_key(&self, new: NewClient) -> RecordsFuture<'_, Registered> {
+        self.run(move |mut c| async move { keys::register_with_key(&mut c, &new).await })
+    }
+
+    fn attach_key(&self, id: ClientId, key: ClientKey) -> RecordsFuture<'_, Attached> {
+        self.run(move |mut c| async move { keys::attach_key(&mut c, id, &key).await })
+    }
+
+    fn finish_commit_detailed(
+        &self,
+        intent: CommitIntent,
         ip: Option<IpAddr>,
         keep: usize,
-    ) -> Result<Vec<String>, PostgresError> {
-        let (id, name) = (&intent.client_id.0[..], intent.stored_name.as_str());
-        // One commit of a client at a time, across instances: the next version number is
-        // read and written in one turn.
-        let lock = tx.prepare_cached("SELECT 1 FROM clients WHERE id = $1 FOR UPDATE").await?;
-        tx.execute(&lock, &[&id]).await?;
-        if let Some(archive) = &intent.archive {
-            let sql = "INSERT INTO versions
-                         (id, name, version, file_name, path_name, size, cksum, stored_at)
-                       SELECT id, $2, (SELECT COALESCE(max(version), 0) + 1 FROM versions
-                                       WHERE id = $1 AND name = $2),
-                              file_name, $4, size, cksum, stored_at
-                       FROM files WHERE id = $1 AND path_name IN ($3, $4) AND verified
-                       LIMIT 1";
-            let stmt = tx.prepare_cached(sql).await?;
-            tx.execute(&stmt, &[&id, &name, &intent.path_name, archive]).await?;
-            // The rows of other names that described the replaced object (an object
-            // store's: every copy has a key of its own), as SQLite's records do.
-            let sql = "DELETE FROM files
-                       WHERE id = $1 AND path_name = $2 AND file_name <> $3 AND verified";
-            let stmt = tx.prepare_cached(sql).await?;
-            tx.execute(&stmt, &[&id, archive, &intent.file_name]).await?;
-        }
-        if let Some(version) = intent.restores {
-            let sql = "DELETE FROM versions WHERE id = $1 AND name = $2 AND version = $3";
-            let stmt = tx.prepare_cached(sql).await?;
-            tx.execute(&stmt, &[&id, &name, &version]).await?;
-        }
-        upsert_verified(tx, intent).await?;
-        if let Some(ip) = ip {
-            let sql = "UPDATE clients SET usual_address = $2 WHERE id = $1";
-            let stmt = tx.prepare_cached(sql).await?;
-            tx.execute(&stmt, &[&id, &ip.to_string()]).await?;
-        }
-        delete_intent(tx, intent.client_id, name).await?;
-        // The upload is a stored file now, no longer a staged object to clean up.
-        let stmt = tx.prepare_cached("DELETE FROM staged_objects WHERE key = $1").await?;
-        tx.execute(&stmt, &[&intent.source]).await?;
-        prune_versions(tx, id, name, keep).await
+    ) -> RecordsFuture<'_, FinishedCommit> {
+        self.run(move |mut c| async move {
+            let tx = c.transaction().await?;
+            let finished = commit::finish(&tx, &intent, ip, keep).await?;
+            tx.commit().await?;
+            Ok(finished)
+        })
     }
 
-    /// The verified row of the file just put in place; a verified row of another name at
-    /// its path described the file it replaced, so it goes (as in SQLite's records).
-    async fn upsert_verified(
-        tx: &deadpool_postgres::Transaction<'_>,
-        intent: &CommitIntent,
-    ) -> Result<(), PostgresError> {
-        let id = &intent.client_id.0[..];
-        let sql = "DELETE FROM files
-                   WHERE id = $1 AND path_name = $2 AND file_name <> $3 AND verified";
-        let stmt = tx.prepare_cached(sql).await?;
-        tx.execute(&stmt, &[&id, &intent.path_name, &intent.file_name]).await?;
-        let sql = "INSERT INTO files (id, file_name, path_name, verified, size, cksum, stored_at)
-                   VALUES ($1, $2, $3, true, $4, $5, now())
-                   ON CONFLICT (id, file_name) DO UPDATE SET path_name = excluded.path_name,
-                     verified = true, size = excluded.size, cksum = excluded.cksum,
-                     stored_at = excluded.stored_at";
-        let stmt = tx.prepare_cached(sql).await?;
-        let (size, cksum) = (intent.size as i64, i64::from(intent.cksum));
-        tx.execute(&stmt, &[&id, &intent.file_name, &intent.path_name, &size, &cksum]).await?;
-        Ok(())
+    fn begin_commits(&self, intents: Vec<CommitIntent>) -> RecordsFuture<'_, ()> {
+        self.run(move |mut c| async move {
+            let tx = c.transaction().await?;
+            for intent in &intents {
+                commit::insert_intent(&tx, intent).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
-    /// Forgets the versions of `name` beyond the newest `keep`; their paths, newest first.
-    async fn prune_versions(
-        tx: &deadpool_postgres::Transaction<'_>,
-        id: &[u8],
-        name: &str,
+    fn finish_commits_detailed(
+        &self,
+        intents: Vec<CommitIntent>,
+        ip: Option<IpAddr>,
         keep: usize,
-    ) -> Result<Vec<String>, PostgresError> {
-        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        let sql = "DELETE FROM versions WHERE (id, name, version) IN (
-                       SELECT id, name, version FROM versions WHERE id = $1 AND name = $2
-                       ORDER BY version DESC OFFSET $3)
-                   RETURNING path_name, version";
-        let stmt = tx.prepare_cached(sql).await?;
-        let mut rows: Vec<(i64, String)> = tx
-            .query(&stmt, &[&id, &name, &keep])
-            .await?
-            .iter()
-            .map(|r| (r.get(1), r.get(0)))
-            .collect();
-        rows.sort_by_key(|row| std::cmp::Reverse(row.0));
-        Ok(rows.into_iter().map(|(_, path)| path).collect())
+    ) -> RecordsFuture<'_, Vec<FinishedCommit>> {
+        // One transaction: the group is recorded whole or not at all.
+        self.run(move |mut c| async move {
+            let tx = c.transaction().await?;
+            let mut finished = Vec::with_capacity(intents.len());
+            for intent in &intents {
+                finished.push(commit::finish(&tx, intent, ip, keep).await?);
+            }
+            tx.commit().await?;
+            Ok(finished)
+        })
     }
 
-    /// Forgets the intent of `stored_name` of `id`.
-    pub(super) async fn delete_intent(
-        c: &impl GenericClient,
+    fn usage(&self, id: ClientId) -> RecordsFuture<'_, Usage> {
+        self.run(move |c| async move { copies::usage(&c, id).await })
+    }
+
+    fn quota(&self, id: ClientId) -> RecordsFuture<'_, Quota> {
+        self.run(move |c| async move { copies::quota(&c, id).await })
+    }
+
+    fn list_page(&self, id: ClientId, range: PathRange) -> RecordsFuture<'_, Vec<StoredCopy>> {
+        self.run(move |c| async move { copies::list_page(&c, id, &range).await })
+    }
+
+    fn copy_at(&self, id: ClientId, path_name: String) -> RecordsFuture<'_, Option<StoredCopy>> {
+        self.run(move |c| async move { copies::copy_at(&c, id, &path_name).await })
+    }
+
+    fn path_facts(
+        &self,
         id: ClientId,
-        stored_name: &str,
-    ) -> Result<(), PostgresError> {
-        let sql = "DELETE FROM commit_intents WHERE id = $1 AND stored_name = $2";
-        let stmt = c.prepare_cached(sql).await?;
-        c.execute(&stmt, &[&&id.0[..], &stored_name]).await?;
-        Ok(())
+        space: String,
+        paths: Vec<String>,
+    ) -> RecordsFuture<'_, Vec<PathFacts>> {
+        self.run(move |c| async move {
+            let mut folders = std::collections::HashMap::new();
+            let mut facts = Vec::with_capacity(paths.len());
+            for path in &paths {
+                facts.push(copies::path_facts(&c, id, &space, path, &mut folders).await?);
+            }
+            Ok(facts)
+        })
+    }
+
+    fn put_facts(
+        &self,
+        id: ClientId,
+        space: String,
+        path: String,
+        unfinished: bool,
+    ) -> RecordsFuture<'_, PutFacts> {
+        self.run(move |c| async move {
+            let quota = copies::quota(&c, id).await?;
+            let limited = quota.bytes.is_some() || quota.files.is_some();
+            let mut folders = std::collections::HashMap::new();
+            Ok(PutFacts {
+                path: copies::path_facts(&c, id, &space, &path, &mut folders).await?,
+                quota,
+                usage: if limited { Some(copies::usage(&c, id).await?) } else { None },
+                unfinished: if unfinished {
+                    unfinished::of_path(&c, id, &path).await?
+                } else {
+                    None
+                },
+            })
+        })
+    }
+
+    fn record_blake3(
+        &self,
+        id: ClientId,
+        path_name: String,
+        generation: u64,
+        hash: [u8; 32],
+    ) -> RecordsFuture<'_, bool> {
+        self.run(move |c| async move {
+            copies::record_blake3(&c, id, &path_name, generation, &hash).await
+        })
+    }
+
+    fn remove_copy(&self, removal: Removal) -> RecordsFuture<'_, Removed> {
+        self.run(move |mut c| async move {
+            let tx = c.transaction().await?;
+            let removed = copies::remove_copy(&tx, &removal).await?;
+            tx.commit().await?;
+            Ok(removed)
+        })
+    }
+
+    fn keep_unfinished(&self, upload: UnfinishedUpload) -> RecordsFuture<'_, ()> {
+        self.run(move |c| async move { unfinished::keep(&c, &upload).await })
+    }
+
+    fn unfinished(
+        &self,
+        id: ClientId,
+        path: String,
+    ) -> RecordsFuture<'_, Option<UnfinishedUpload>> {
+        self.run(move |c| async move { unfinished::of_path(&c, id, &path).await })
+    }
+
+    fn all_unfinished(&self) -> RecordsFuture<'_, Vec<UnfinishedUpload>> {
+        self.run(|c| async move { unfinished::all(&c).await })
+    }
+
+    fn forget_unfinished(
+        &self,
+        id: ClientId,
+        path: String,
+        location: String,
+    ) -> RecordsFuture<'_, bool> {
+        self.run(move |c| async move { unfinished::forget(&c, id, &path, &location).await })
+    }
+
+    fn claim_expired_unfinished(&self, now: i64) -> RecordsFuture<'_, Vec<UnfinishedUpload>> {
+        self.run(move |c| async move { unfinished::claim_expired(&c, now).await })
     }
 }
 

@@ -8,8 +8,9 @@ use crate::common;
 use securexfer::protocol::ClientId;
 use securexfer::store::postgres::schema;
 use securexfer::store::{
-    CommitIntent, Db, PostgresError, PostgresRecords, Records, SharedRecords, SqliteRecords,
-    StagedObject,
+    Attached, ClientKey, CommitIntent, Db, NewClient, PathRange, PostgresError, PostgresRecords,
+    Quota, Records, Registered, Removal, SharedRecords, SqliteRecords, StagedObject,
+    UnfinishedUpload, Usage, V4Content,
 };
 use std::future::Future;
 use std::net::IpAddr;
@@ -58,6 +59,13 @@ on_both!(
     files_are_listed_by_client_name_then_file_name_in_byte_order,
     an_object_commit_switches_the_row_and_keeps_the_replaced_object_as_the_version,
     staged_objects_are_claimed_once_expired_and_never_one_a_commit_recorded,
+    a_key_registers_once_and_is_found_by_its_fingerprint_only,
+    a_key_is_attached_once_to_a_record_without_one,
+    a_v4_commit_records_its_hash_mtime_protocol_and_a_rising_generation,
+    pages_of_a_listing_come_in_byte_order_and_only_the_clients_own,
+    a_removed_copy_is_kept_as_a_version_and_a_missing_hash_recorded_once,
+    the_facts_of_a_put_say_what_clashes_and_what_is_replaced,
+    an_unfinished_upload_is_kept_found_replaced_forgotten_and_claimed_once_expired,
 );
 
 const HOME: &str = "192.0.2.7";
@@ -303,6 +311,238 @@ async fn staged_objects_are_claimed_once_expired_and_never_one_a_commit_recorded
     assert_eq!(records.claim_expired_staged(100).await.unwrap(), [staged(2, Some("up-2"))]);
     assert_eq!(records.claim_expired_staged(100).await.unwrap(), [], "claimed once");
     assert_eq!(records.claim_expired_staged(i64::MAX).await.unwrap(), [staged(4, None)]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Protocol 4's records
+
+fn key(n: u8) -> ClientKey {
+    ClientKey { spki: vec![n; 44], fingerprint: [n; 32] }
+}
+
+fn new_client(id: u8, name: &str, token_hash: Option<[u8; 32]>) -> NewClient {
+    NewClient { id: ClientId([id; 16]), name: name.into(), key: key(id), ip: ip(HOME), token_hash }
+}
+
+fn v4_intent(id: ClientId, name: &str, size: u64) -> CommitIntent {
+    CommitIntent {
+        v4: Some(V4Content { blake3: [size as u8; 32], mtime_ns: 42 }),
+        ..intent(id, name, size, None)
+    }
+}
+
+async fn committed(records: &dyn Records, intent: CommitIntent) -> u64 {
+    records.begin_commit(intent.clone()).await.unwrap();
+    records.finish_commit_detailed(intent, None, 1).await.unwrap().generation
+}
+
+async fn a_key_registers_once_and_is_found_by_its_fingerprint_only(records: SharedRecords) {
+    assert_eq!(
+        records.register_with_key(new_client(1, "k1", None)).await.unwrap(),
+        Registered::Done
+    );
+    let found = records.client_by_key([1; 32]).await.unwrap().unwrap();
+    assert_eq!((found.name.as_str(), found.protocol3_allowed), ("k1", false));
+    assert_eq!(found.key_fingerprint, Some([1; 32]));
+    let again = NewClient { name: "other".into(), ..new_client(1, "k1", None) };
+    assert_eq!(records.register_with_key(again).await.unwrap(), Registered::KeyTaken);
+    assert_eq!(
+        records.register_with_key(new_client(2, "k1", None)).await.unwrap(),
+        Registered::NameTaken
+    );
+    assert!(records.client_by_key([2; 32]).await.unwrap().is_none());
+    // An unknown invitation makes nobody.
+    let invited = new_client(3, "k3", Some([9; 32]));
+    assert_eq!(records.register_with_key(invited).await.unwrap(), Registered::TokenRefused);
+    assert!(records.client_by_key([3; 32]).await.unwrap().is_none());
+    // A protocol-4 client has no RSA key, and is never forgotten as a keyless one.
+    assert_eq!(records.forget_keyless(Duration::ZERO).await.unwrap(), 0);
+}
+
+async fn a_key_is_attached_once_to_a_record_without_one(records: SharedRecords) {
+    let id = registered(&*records, 5, "v3").await;
+    assert!(records.client(id).await.unwrap().unwrap().protocol3_allowed);
+    assert_eq!(records.attach_key(ClientId([6; 16]), key(5)).await.unwrap(), Attached::NoClient);
+    assert_eq!(records.attach_key(id, key(5)).await.unwrap(), Attached::Done);
+    assert_eq!(records.attach_key(id, key(6)).await.unwrap(), Attached::AlreadyHasKey);
+    let record = records.client(id).await.unwrap().unwrap();
+    assert_eq!((record.key_fingerprint, record.protocol3_allowed), (Some([5; 32]), false));
+    let other = registered(&*records, 7, "v3b").await;
+    assert_eq!(records.attach_key(other, key(5)).await.unwrap(), Attached::KeyTaken);
+}
+
+async fn a_v4_commit_records_its_hash_mtime_protocol_and_a_rising_generation(
+    records: SharedRecords,
+) {
+    let id = registered(&*records, 6, "eve").await;
+    let intent = v4_intent(id, "a", 5);
+    records.begin_commit(intent.clone()).await.unwrap();
+    // An interrupted commit keeps its hash and mtime for start-up to finish it with.
+    assert_eq!(records.commit_intents().await.unwrap()[0].v4, intent.v4);
+    assert_eq!(records.usage(id).await.unwrap(), Usage { bytes: 0, files: 0 });
+    let first = records.finish_commit_detailed(intent.clone(), None, 1).await.unwrap();
+    let archive = Some(format!(".versions/{}/1", id.to_hex()));
+    let second =
+        records.finish_commit_detailed(CommitIntent { archive, ..intent }, None, 1).await.unwrap();
+    assert!(second.generation > first.generation);
+    assert_eq!((first.kept_version, second.kept_version), (false, true));
+    assert!(first.stored_at > 1_700_000_000, "{}", first.stored_at);
+    let files = records.files().await.unwrap();
+    assert_eq!((files[0].blake3, files[0].protocol), (Some([5; 32]), 4));
+    assert_eq!(files[0].generation, Some(second.generation));
+    let versions = records.versions().await.unwrap();
+    assert_eq!(versions[0].v4, Some(V4Content { blake3: [5; 32], mtime_ns: 42 }));
+    // The current copy and the version kept of the first count.
+    assert_eq!(records.usage(id).await.unwrap(), Usage { bytes: 10, files: 1 });
+    assert_eq!(records.quota(id).await.unwrap(), Quota::default());
+}
+
+fn range(start: String, end: Option<String>, limit: usize) -> PathRange {
+    PathRange { start, inclusive: false, end, limit }
+}
+
+async fn pages_of_a_listing_come_in_byte_order_and_only_the_clients_own(records: SharedRecords) {
+    let a = registered(&*records, 1, "a").await;
+    let b = registered(&*records, 2, "b").await;
+    // Byte order: "B" < "a" < "z" < "é" (0xc3 0xa9), whatever the database's locale.
+    for name in ["z", "é", "a", "B"] {
+        committed(&*records, v4_intent(a, name, 3)).await;
+    }
+    committed(&*records, v4_intent(b, "secret", 9)).await;
+    let prefix = format!("{}/", a.to_hex());
+    let first = records.list_page(a, range(prefix.clone(), None, 3)).await.unwrap();
+    let names: Vec<&str> = first.iter().map(|c| c.stored_name.as_str()).collect();
+    assert_eq!(names, ["B", "a", "z"]);
+    assert!(first.iter().all(|c| c.verified && c.size == 3 && c.protocol == 4));
+    assert_eq!((first[0].mtime_ns, first[0].blake3), (42, Some([3; 32])));
+    let rest = records.list_page(a, range(first[2].path_name.clone(), None, 3)).await.unwrap();
+    assert_eq!(rest.iter().map(|c| c.stored_name.as_str()).collect::<Vec<_>>(), ["é"]);
+    let bounded = PathRange {
+        start: format!("{prefix}a"),
+        inclusive: true,
+        end: Some(format!("{prefix}z")),
+        limit: 10,
+    };
+    let page = records.list_page(a, bounded).await.unwrap();
+    assert_eq!(page.iter().map(|c| c.stored_name.as_str()).collect::<Vec<_>>(), ["a"]);
+    // The other client's file is never in a's pages, whatever the range.
+    assert_eq!(records.list_page(a, range(String::new(), None, 100)).await.unwrap().len(), 4);
+    assert!(records.copy_at(a, format!("{}/secret", b.to_hex())).await.unwrap().is_none());
+}
+
+async fn a_removed_copy_is_kept_as_a_version_and_a_missing_hash_recorded_once(
+    records: SharedRecords,
+) {
+    let id = registered(&*records, 3, "c").await;
+    let intent = intent(id, "f", 5, None); // a protocol-3 commit: no BLAKE3
+    let generation = committed(&*records, intent.clone()).await;
+    let path = intent.path_name.clone();
+    let copy = records.copy_at(id, path.clone()).await.unwrap().unwrap();
+    assert_eq!((copy.blake3, copy.protocol, copy.generation), (None, 3, generation));
+    assert!(!records.record_blake3(id, path.clone(), generation + 1, [1; 32]).await.unwrap());
+    assert!(records.record_blake3(id, path.clone(), generation, [1; 32]).await.unwrap());
+    assert!(!records.record_blake3(id, path.clone(), generation, [2; 32]).await.unwrap());
+    assert_eq!(records.copy_at(id, path.clone()).await.unwrap().unwrap().blake3, Some([1; 32]));
+    let removal = Removal {
+        client_id: id,
+        stored_name: "f".into(),
+        path_name: path.clone(),
+        archive: Some(format!(".versions/{}/1", id.to_hex())),
+        keep: 1,
+    };
+    let removed = records.remove_copy(removal.clone()).await.unwrap();
+    assert_eq!((removed.files, removed.bytes, removed.kept), (1, 5, true));
+    assert!(records.copy_at(id, path).await.unwrap().is_none());
+    assert_eq!(records.versions().await.unwrap().len(), 1);
+    assert_eq!(records.remove_copy(removal).await.unwrap().files, 0, "nothing left");
+}
+
+async fn the_facts_of_a_put_say_what_clashes_and_what_is_replaced(records: SharedRecords) {
+    let id = registered(&*records, 4, "d").await;
+    let space = format!("{}/", id.to_hex());
+    for name in ["docs/a.txt", "docs/deep/b.txt", "plain"] {
+        committed(&*records, v4_intent(id, name, 2)).await;
+    }
+    let paths: Vec<String> =
+        ["docs", "docs/a.txt", "plain/x", "new/y", "docs/deep"].map(String::from).to_vec();
+    let facts = records.path_facts(id, space.clone(), paths).await.unwrap();
+    assert!(facts[0].is_folder && !facts[0].verified && facts[0].file_at_folder.is_none());
+    assert!(facts[1].verified && !facts[1].is_folder);
+    assert_eq!(facts[2].file_at_folder.as_deref(), Some("plain"), "a file where a folder goes");
+    assert_eq!(facts[3], Default::default());
+    assert!(facts[4].is_folder);
+    let put = records.put_facts(id, space, "docs/a.txt".into(), true).await.unwrap();
+    assert!(put.path.verified);
+    assert_eq!((put.quota, put.usage, put.unfinished), (Quota::default(), None, None));
+}
+
+async fn an_unfinished_upload_is_kept_found_replaced_forgotten_and_claimed_once_expired(
+    records: SharedRecords,
+) {
+    let id = registered(&*records, 8, "u").await;
+    let upload = |path: &str, location: &str, expires_at| UnfinishedUpload {
+        client_id: id,
+        path: path.into(),
+        location: location.into(),
+        size: 1 << 40, // beyond u32: sizes are 64-bit
+        mtime_ns: -5,
+        durable: 1 << 33,
+        prefix_hash: [7; 32],
+        expires_at,
+    };
+    records.keep_unfinished(upload("big", "one", 100)).await.unwrap();
+    records.keep_unfinished(upload("big", "two", 100)).await.unwrap();
+    records.keep_unfinished(upload("other", "three", 200)).await.unwrap();
+    assert_eq!(
+        records.unfinished(id, "big".into()).await.unwrap(),
+        Some(upload("big", "two", 100))
+    );
+    assert_eq!(records.all_unfinished().await.unwrap().len(), 2);
+    // Kept uploads count at their declared size.
+    assert_eq!(records.usage(id).await.unwrap().bytes, 2 << 40);
+    assert!(!records.forget_unfinished(id, "big".into(), "one".into()).await.unwrap(), "old");
+    assert_eq!(records.claim_expired_unfinished(150).await.unwrap(), [upload("big", "two", 100)]);
+    assert_eq!(records.claim_expired_unfinished(150).await.unwrap(), [], "claimed once");
+    assert!(records.forget_unfinished(id, "other".into(), "three".into()).await.unwrap());
+    assert!(records.all_unfinished().await.unwrap().is_empty());
+}
+
+#[test]
+fn an_invitation_is_consumed_once_and_only_for_its_name_on_postgres() {
+    on_postgres_records(|records| async move {
+        let hour = Duration::from_secs(3600);
+        records.create_invite(&[7; 32], None, hour).await.unwrap();
+        records.create_invite(&[8; 32], Some("named"), hour).await.unwrap();
+        records.create_invite(&[9; 32], None, Duration::ZERO).await.unwrap();
+        let reg = |id, name: &str, t| records.register_with_key(new_client(id, name, Some(t)));
+        assert_eq!(reg(1, "a", [6; 32]).await.unwrap(), Registered::TokenRefused, "unknown");
+        assert_eq!(reg(1, "a", [9; 32]).await.unwrap(), Registered::TokenRefused, "expired");
+        assert_eq!(reg(1, "a", [8; 32]).await.unwrap(), Registered::TokenRefused, "other name");
+        assert_eq!(reg(1, "a", [7; 32]).await.unwrap(), Registered::Done);
+        assert_eq!(reg(2, "b", [7; 32]).await.unwrap(), Registered::TokenRefused, "used");
+        assert_eq!(reg(3, "named", [8; 32]).await.unwrap(), Registered::Done);
+        assert!(records.client_by_key([2; 32]).await.unwrap().is_none());
+        let invites = records.invites().await.unwrap();
+        assert_eq!(invites.len(), 3);
+        let used: Vec<_> = invites.iter().map(|i| i.used_by.as_deref()).collect();
+        assert_eq!(used, [Some("a"), Some("named"), None]);
+        assert_eq!(invites.iter().map(|i| i.expired).collect::<Vec<_>>(), [false, false, true]);
+        assert_eq!(invites[0].id.len(), 16);
+        // A quota set on PostgreSQL is what a put reads.
+        let id = ClientId([1; 16]);
+        let quota = Quota { bytes: Some(1 << 40), files: Some(3) };
+        assert!(records.set_quota(id, quota).await.unwrap());
+        assert_eq!(records.quota(id).await.unwrap(), quota);
+        assert!(!records.set_quota(ClientId([9; 16]), quota).await.unwrap());
+    });
+}
+
+fn on_postgres_records<F: Future<Output = ()>>(test: impl FnOnce(Arc<PostgresRecords>) -> F) {
+    let Some(url) = common::fresh_postgres() else { return };
+    runtime().block_on(async {
+        let records = PostgresRecords::connect(&url, 4).await.expect("connect and migrate");
+        test(Arc::new(records)).await
+    });
 }
 
 // ---------------------------------------------------------------------------------------

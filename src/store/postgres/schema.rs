@@ -76,6 +76,52 @@ const MIGRATIONS: &[&str] = &[
         upload_id TEXT,
         expires_at BIGINT NOT NULL
     );",
+    // 3: protocol 4 (SQLite's 6, 7, 9 and 10; docs/protocol-v4.md, "Records"). Clients'
+    // Ed25519 keys (SPKI, and its SHA-256, unique), whether protocol 3 may still act for
+    // them, their quotas; the BLAKE3, declared mtime, generation and protocol of files,
+    // versions and intents; invitations (the token's SHA-256 only); unfinished uploads.
+    // The generation is a sequence rather than SQLite's counter row: every instance takes
+    // the next one without waiting on a row lock, and generations need only rise. Path
+    // names are compared byte for byte (`COLLATE "C"`, what SQLite's `BINARY` does,
+    // whatever the database's locale), so LIST's pages and folder checks read this index.
+    "ALTER TABLE clients ADD COLUMN key_spki BYTEA;
+     ALTER TABLE clients ADD COLUMN key_fingerprint BYTEA UNIQUE
+       CHECK (key_fingerprint IS NULL OR length(key_fingerprint) = 32);
+     ALTER TABLE clients ADD COLUMN key_attached_at TIMESTAMPTZ;
+     ALTER TABLE clients ADD COLUMN protocol3_allowed BOOLEAN NOT NULL DEFAULT true;
+     ALTER TABLE clients ADD COLUMN quota_bytes BIGINT;
+     ALTER TABLE clients ADD COLUMN quota_files BIGINT;
+     ALTER TABLE files ADD COLUMN blake3 BYTEA CHECK (blake3 IS NULL OR length(blake3) = 32);
+     ALTER TABLE files ADD COLUMN mtime_ns BIGINT;
+     ALTER TABLE files ADD COLUMN generation BIGINT;
+     ALTER TABLE files ADD COLUMN protocol SMALLINT NOT NULL DEFAULT 3;
+     ALTER TABLE versions ADD COLUMN blake3 BYTEA;
+     ALTER TABLE versions ADD COLUMN mtime_ns BIGINT;
+     ALTER TABLE versions ADD COLUMN generation BIGINT;
+     ALTER TABLE versions ADD COLUMN protocol SMALLINT NOT NULL DEFAULT 3;
+     ALTER TABLE commit_intents ADD COLUMN blake3 BYTEA;
+     ALTER TABLE commit_intents ADD COLUMN mtime_ns BIGINT;
+     CREATE INDEX files_by_path_bytes ON files (id, path_name COLLATE \"C\");
+     CREATE SEQUENCE file_generation;
+     CREATE TABLE invites (
+        token_hash BYTEA PRIMARY KEY CHECK (length(token_hash) = 32),
+        name TEXT,
+        created_at TIMESTAMPTZ NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL,
+        used_at TIMESTAMPTZ,
+        used_by BYTEA
+     );
+     CREATE TABLE unfinished_uploads (
+        id BYTEA NOT NULL CHECK (length(id) = 16),
+        path TEXT NOT NULL,
+        location TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        mtime_ns BIGINT NOT NULL,
+        durable BIGINT NOT NULL,
+        prefix_hash BYTEA NOT NULL CHECK (length(prefix_hash) = 32),
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (id, path)
+     );",
 ];
 
 /// The newest schema version this build knows.

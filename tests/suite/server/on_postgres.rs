@@ -1,4 +1,4 @@
-//! The server's main protocol-3 flows through the real binary with its records in
+//! The server's main flows through the real binary with its records in
 //! PostgreSQL (`serve --db postgres://…`, issue 16): register, send, confirm; a client that
 //! opens a connection per request; a restart; two instances over one database. Each test
 //! gets a fresh database on the test cluster (`common::fresh_postgres`: skipped with a
@@ -160,11 +160,10 @@ fn commits_a_crash_interrupted_are_decided_at_start_up_from_the_postgres_records
 fn the_operators_tools_say_they_read_sqlite_only_when_given_postgres_and_hide_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let url = "postgres://admin:hunter2@127.0.0.1:1/records";
-    let commands: [&[&str]; 5] = [
+    let commands: [&[&str]; 4] = [
         &["db", "inspect"],
         &["db", "verify"],
         &["db", "fingerprint"],
-        &["db", "invite"],
         &["db", "quota", "--client", "alice"],
     ];
     for command in commands {
@@ -185,4 +184,79 @@ fn serve_over_an_unreachable_postgres_exits_6_with_the_reason_and_without_the_pa
     assert_eq!(out.status.code(), Some(6), "{stderr}");
     assert!(stderr.contains("PostgreSQL") && stderr.contains("admin:***@"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "the password shown: {stderr}");
+}
+
+/// Protocol 4 on PostgreSQL: a key registers; a small and a large file are put and
+/// committed (the records keep their BLAKE3 and generations); LIST pages them in byte
+/// order; GET serves one back; RM keeps the removed copy as a version; a second instance
+/// on the same database knows the client by its key and lists the same files.
+#[test]
+fn protocol_4_registers_puts_lists_gets_and_removes_on_postgres_across_instances() {
+    use crate::common::v4::{self, Conn, Key, code};
+    let Some(url) = common::fresh_postgres() else { return };
+    let temp = tempfile::tempdir().unwrap();
+    let server = Server::start_in_on(temp.path(), &url, &[]);
+    let key = Key::ed25519();
+    let (mut conn, _) = Conn::hello(server.addr, &key);
+    let (_, name) = v4::registered(&conn.register("alice", None));
+    assert_eq!(name, "alice");
+    let hash = |data: &[u8]| *blake3::hash(data).as_bytes();
+    let files: [(&str, Vec<u8>); 3] = [
+        ("zeta.txt", b"last".to_vec()),
+        ("docs/Alpha.bin", common::random_bytes(3 * 1024 * 1024 + 17, 5)),
+        ("é.txt", b"accent".to_vec()),
+    ];
+    let mut generations = Vec::new();
+    for (path, data) in &files {
+        let (received, committed) = conn.put_and_commit(path, data, hash(data));
+        v4::put_received(&received);
+        generations.push(v4::committed(&committed).0);
+    }
+    assert!(generations.windows(2).all(|g| g[0] < g[1]), "{generations:?}");
+    let (entries, _) = conn.list(true, "").expect("a listing");
+    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["docs/Alpha.bin", "zeta.txt", "é.txt"], "byte order of the paths");
+    assert_eq!((entries[0].hash, entries[0].generation), (hash(&files[1].1), generations[1]));
+    let (_, data, got) = conn.get("docs/Alpha.bin").expect("a download");
+    assert!(data == files[1].1, "the bytes come back as sent");
+    assert_eq!(got, hash(&files[1].1));
+    // A file where a folder is refused, as on SQLite.
+    let (_, refused) = conn.put_and_commit("zeta.txt/x", b"x", hash(b"x"));
+    assert!(v4::error_of(&refused).is_some(), "a file under a file was accepted");
+    assert_eq!(conn.rm("zeta.txt").expect("removed"), [1, 4, 1]);
+    assert_eq!(conn.get("zeta.txt").unwrap_err().1.code, code::NOT_FOUND);
+    let rows = postgres_files(&url);
+    let alpha = rows.iter().find(|f| f.file_name == "docs/Alpha.bin").expect("its row");
+    assert_eq!((alpha.protocol, alpha.blake3), (4, Some(hash(&files[1].1))));
+    assert!(rows.iter().all(|f| f.file_name != "zeta.txt"), "{rows:?}");
+    drop(conn);
+    // Another instance over the same database (its own storage directory: only the
+    // records are shared here) knows the key and lists what the records hold.
+    let other = tempfile::tempdir().unwrap();
+    let second = Server::start_in_on(other.path(), &url, &[]);
+    assert_eq!(second.fingerprint, server.fingerprint, "one server key for both");
+    let (mut conn, _) = Conn::hello(second.addr, &key);
+    let (entries, _) = conn.list(true, "").expect("a listing from the second instance");
+    assert_eq!(entries.len(), 2);
+}
+
+/// `db invite` on PostgreSQL makes an invitation that an instance over that database
+/// (`--registration token`) takes once, for protocol 4's registration.
+#[test]
+fn an_invitation_made_on_postgres_registers_one_client_with_any_instance() {
+    use crate::common::v4::{self, Conn, Key};
+    let Some(url) = common::fresh_postgres() else { return };
+    let server = Server::start_on(&url, &["--registration", "token"]);
+    let out = common::run_in(&server.dir, &["db", "invite", "--db", &url]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let token = token.parse::<securexfer::crypto::invite::InviteToken>().expect("a token").0;
+    let (mut conn, _) = Conn::hello(server.addr, &Key::ed25519());
+    let (_, name) = v4::registered(&conn.register("invited", Some(token)));
+    assert_eq!(name, "invited");
+    let (mut again, _) = Conn::hello(server.addr, &Key::ed25519());
+    let refused = again.register("second", Some(token));
+    assert!(v4::error_of(&refused).is_some(), "a used token registered another client");
+    let password = password_of(&url);
+    assert!(!password.is_empty() && !String::from_utf8_lossy(&out.stderr).contains(password));
 }
