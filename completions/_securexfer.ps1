@@ -243,7 +243,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;db;invite' {
-            [CompletionResult]::new('--db', '--db', [CompletionResultType]::ParameterName, 'The server''s database')
+            [CompletionResult]::new('--db', '--db', [CompletionResultType]::ParameterName, 'The server''s database: a SQLite file, or a `postgres://` address (every instance over it takes the token)')
             [CompletionResult]::new('--name', '--name', [CompletionResultType]::ParameterName, 'The client name the token is for: registering with it under another name is refused. Without it, any name')
             [CompletionResult]::new('--expires', '--expires', [CompletionResultType]::ParameterName, 'How long the token is valid: a number with s, m, h or d (seconds, minutes, hours, days)')
             [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')

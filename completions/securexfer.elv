@@ -228,7 +228,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --version 'Print version'
         }
         &'securexfer;db;invite'= {
-            cand --db 'The server''s database'
+            cand --db 'The server''s database: a SQLite file, or a `postgres://` address (every instance over it takes the token)'
             cand --name 'The client name the token is for: registering with it under another name is refused. Without it, any name'
             cand --expires 'How long the token is valid: a number with s, m, h or d (seconds, minutes, hours, days)'
             cand -h 'Print help'

@@ -184,7 +184,7 @@ complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_see
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from fingerprint" -l db -d 'The server\'s database (the key is DB.key beside it)' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from fingerprint" -s h -l help -d 'Print help'
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from fingerprint" -s V -l version -d 'Print version'
-complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from invite" -l db -d 'The server\'s database' -r -F
+complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from invite" -l db -d 'The server\'s database: a SQLite file, or a `postgres://` address (every instance over it takes the token)' -r -F
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from invite" -l name -d 'The client name the token is for: registering with it under another name is refused. Without it, any name' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from invite" -l expires -d 'How long the token is valid: a number with s, m, h or d (seconds, minutes, hours, days)' -r
 complete -c securexfer -n "__fish_securexfer_using_subcommand db; and __fish_seen_subcommand_from invite" -s h -l help -d 'Print help'

@@ -546,12 +546,13 @@ fn parse_limit_count(text: &str) -> Result<Limit, String> {
 /// `securexfer db invite`.
 #[derive(Debug, Args)]
 pub struct InviteArgs {
-    /// The server's database.
+    /// The server's database: a SQLite file, or a `postgres://` address (every instance
+    /// over it takes the token).
     #[arg(
         long,
         env = "SECUREXFER_DB",
         default_value = "defensive.db",
-        value_name = "PATH",
+        value_name = "PATH|URL",
         value_hint = ValueHint::FilePath
     )]
     pub db: PathBuf,

@@ -588,6 +588,9 @@ pub type SharedRecords = Arc<dyn Records>;
 
 #[cfg(test)]
 mod tests {
+    //! The SQLite records' own checks. The contract every backend keeps (protocol 4's
+    //! keys, commits, listings, removals, facts and unfinished uploads included) is tested
+    //! on SQLite and PostgreSQL alike in `tests/suite/records.rs`.
     use super::*;
 
     fn records() -> SqliteRecords {
@@ -645,27 +648,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_key_registers_once_and_is_found_by_its_fingerprint_only() {
-        let records = records();
-        assert_eq!(
-            records.register_with_key(new_client(1, "k1", None)).await.unwrap(),
-            Registered::Done
-        );
-        let found = records.client_by_key([1; 32]).await.unwrap().unwrap();
-        assert_eq!((found.name.as_str(), found.protocol3_allowed), ("k1", false));
-        assert_eq!(found.key_fingerprint, Some([1; 32]));
-        let again = NewClient { name: "other".into(), ..new_client(1, "k1", None) };
-        assert_eq!(records.register_with_key(again).await.unwrap(), Registered::KeyTaken);
-        assert_eq!(
-            records.register_with_key(new_client(2, "k1", None)).await.unwrap(),
-            Registered::NameTaken
-        );
-        assert!(records.client_by_key([2; 32]).await.unwrap().is_none());
-        // A protocol-4 client has no RSA key, and is never forgotten as a keyless one.
-        assert_eq!(records.forget_keyless(Duration::ZERO).await.unwrap(), 0);
-    }
-
-    #[tokio::test]
     async fn an_invitation_is_consumed_once_and_only_for_its_name() {
         let db = Db::open_in_memory().unwrap();
         let hour = Duration::from_secs(3600);
@@ -682,144 +664,6 @@ mod tests {
         assert_eq!(reg(3, "named", [8; 32]).await.unwrap(), Registered::Done);
         // A refused registration consumed nothing and made nobody.
         assert!(records.client_by_key([2; 32]).await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn a_key_is_attached_once_to_a_record_without_one() {
-        let records = records();
-        let (id, ip) = (ClientId([5; 16]), "127.0.0.1".parse().unwrap());
-        records.register(id, "v3".into(), ip).await.unwrap();
-        assert!(records.client(id).await.unwrap().unwrap().protocol3_allowed);
-        assert_eq!(
-            records.attach_key(ClientId([6; 16]), key(5)).await.unwrap(),
-            Attached::NoClient
-        );
-        assert_eq!(records.attach_key(id, key(5)).await.unwrap(), Attached::Done);
-        assert_eq!(records.attach_key(id, key(6)).await.unwrap(), Attached::AlreadyHasKey);
-        let record = records.client(id).await.unwrap().unwrap();
-        assert_eq!((record.key_fingerprint, record.protocol3_allowed), (Some([5; 32]), false));
-        let other = ClientId([7; 16]);
-        records.register(other, "v3b".into(), ip).await.unwrap();
-        assert_eq!(records.attach_key(other, key(5)).await.unwrap(), Attached::KeyTaken);
-    }
-
-    #[tokio::test]
-    async fn a_v4_commit_records_its_hash_mtime_protocol_and_a_rising_generation() {
-        let records = records();
-        let id = ClientId([6; 16]);
-        records.register(id, "eve".into(), "127.0.0.1".parse().unwrap()).await.unwrap();
-        let intent = CommitIntent {
-            client_id: id,
-            stored_name: "a".into(),
-            file_name: "a".into(),
-            path_name: format!("{}/a", id.to_hex()),
-            source: format!("{}/tmp", id.to_hex()),
-            size: 5,
-            cksum: 7,
-            archive: None,
-            restores: None,
-            v4: Some(super::super::V4Content { blake3: [3; 32], mtime_ns: 42 }),
-        };
-        records.begin_commit(intent.clone()).await.unwrap();
-        assert_eq!(records.usage(id).await.unwrap(), Usage { bytes: 0, files: 0 });
-        let first = records.finish_commit_detailed(intent.clone(), None, 1).await.unwrap();
-        let archive = Some(format!(".versions/{}/1", id.to_hex()));
-        let second = records
-            .finish_commit_detailed(CommitIntent { archive, ..intent }, None, 1)
-            .await
-            .unwrap();
-        assert!(second.generation > first.generation);
-        assert!((first.kept_version, second.kept_version) == (false, true));
-        assert!(first.stored_at > 1_700_000_000, "{}", first.stored_at);
-        let files = records.files().await.unwrap();
-        assert_eq!((files[0].blake3, files[0].protocol), (Some([3; 32]), 4));
-        assert_eq!(files[0].generation, Some(second.generation));
-        // The current copy and the version kept of the first count.
-        assert_eq!(records.usage(id).await.unwrap(), Usage { bytes: 10, files: 1 });
-    }
-
-    fn v4_intent(id: ClientId, name: &str, size: u64) -> CommitIntent {
-        CommitIntent {
-            client_id: id,
-            stored_name: name.into(),
-            file_name: name.into(),
-            path_name: format!("{}/{name}", id.to_hex()),
-            source: format!("{}/tmp", id.to_hex()),
-            size,
-            cksum: 7,
-            archive: None,
-            restores: None,
-            v4: Some(super::super::V4Content { blake3: [size as u8; 32], mtime_ns: 42 }),
-        }
-    }
-
-    fn range(start: String, end: Option<String>, limit: usize) -> PathRange {
-        PathRange { start, inclusive: false, end, limit }
-    }
-
-    #[tokio::test]
-    async fn pages_of_a_listing_come_in_byte_order_and_only_the_clients_own() {
-        let records = records();
-        let (a, b) = (ClientId([1; 16]), ClientId([2; 16]));
-        let ip = "127.0.0.1".parse().unwrap();
-        records.register(a, "a".into(), ip).await.unwrap();
-        records.register(b, "b".into(), ip).await.unwrap();
-        // Byte order: "B" < "a" < "z" < "é" (0xc3 0xa9).
-        for name in ["z", "é", "a", "B"] {
-            let intent = v4_intent(a, name, 3);
-            records.begin_commit(intent.clone()).await.unwrap();
-            records.finish_commit_detailed(intent, None, 1).await.unwrap();
-        }
-        let other = v4_intent(b, "secret", 9);
-        records.begin_commit(other.clone()).await.unwrap();
-        records.finish_commit_detailed(other, None, 1).await.unwrap();
-        let prefix = format!("{}/", a.to_hex());
-        let first = records.list_page(a, range(prefix.clone(), None, 3)).await.unwrap();
-        let names: Vec<&str> = first.iter().map(|c| c.stored_name.as_str()).collect();
-        assert_eq!(names, ["B", "a", "z"]);
-        assert!(first.iter().all(|c| c.verified && c.size == 3 && c.protocol == 4));
-        assert_eq!((first[0].mtime_ns, first[0].blake3), (42, Some([3; 32])));
-        let after = first[2].path_name.clone();
-        let rest = records.list_page(a, range(after, None, 3)).await.unwrap();
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].stored_name, "é");
-        // The other client's file is never in a's pages, whatever the range.
-        let all = records.list_page(a, range(String::new(), None, 100)).await.unwrap();
-        assert_eq!(all.len(), 4);
-        assert!(records.copy_at(a, format!("{}/secret", b.to_hex())).await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn a_removed_copy_is_kept_as_a_version_and_a_missing_hash_recorded_once() {
-        let records = records();
-        let id = ClientId([3; 16]);
-        records.register(id, "c".into(), "127.0.0.1".parse().unwrap()).await.unwrap();
-        let mut intent = v4_intent(id, "f", 5);
-        intent.v4 = None; // a protocol-3 commit: no BLAKE3
-        records.begin_commit(intent.clone()).await.unwrap();
-        let done = records.finish_commit_detailed(intent.clone(), None, 1).await.unwrap();
-        let copy = records.copy_at(id, intent.path_name.clone()).await.unwrap().unwrap();
-        assert_eq!((copy.blake3, copy.protocol, copy.generation), (None, 3, done.generation));
-        let path = intent.path_name.clone();
-        assert!(
-            !records.record_blake3(id, path.clone(), done.generation + 1, [1; 32]).await.unwrap()
-        );
-        assert!(records.record_blake3(id, path.clone(), done.generation, [1; 32]).await.unwrap());
-        assert!(!records.record_blake3(id, path.clone(), done.generation, [2; 32]).await.unwrap());
-        let copy = records.copy_at(id, path.clone()).await.unwrap().unwrap();
-        assert_eq!(copy.blake3, Some([1; 32]));
-        let removal = Removal {
-            client_id: id,
-            stored_name: "f".into(),
-            path_name: path.clone(),
-            archive: Some(format!(".versions/{}/1", id.to_hex())),
-            keep: 1,
-        };
-        let removed = records.remove_copy(removal.clone()).await.unwrap();
-        assert_eq!((removed.files, removed.bytes, removed.kept), (1, 5, true));
-        assert!(records.copy_at(id, path).await.unwrap().is_none());
-        assert_eq!(records.versions().await.unwrap().len(), 1);
-        assert_eq!(records.remove_copy(removal).await.unwrap().files, 0, "nothing left");
     }
 
     #[test]

@@ -55,22 +55,12 @@ pub(super) async fn finish(
     keep: usize,
 ) -> Result<FinishedCommit, PostgresError> {
     let (id, name) = (&intent.client_id.0[..], intent.stored_name.as_str());
-    // One commit of a client at a time, across instances: the next version number is
-    // read and written in one turn.
-    let lock = tx.prepare_cached("SELECT 1 FROM clients WHERE id = $1 FOR UPDATE").await?;
-    tx.execute(&lock, &[&id]).await?;
+    lock_client(tx, id).await?;
     if let Some(archive) = &intent.archive {
-        let sql = "INSERT INTO versions
-                     (id, name, version, file_name, path_name, size, cksum, stored_at,
-                      blake3, mtime_ns, generation, protocol)
-                   SELECT id, $2, (SELECT COALESCE(max(version), 0) + 1 FROM versions
-                                   WHERE id = $1 AND name = $2),
-                          file_name, $4, size, cksum, stored_at, blake3, mtime_ns,
-                          generation, protocol
-                   FROM files WHERE id = $1 AND path_name IN ($3, $4) AND verified
-                   LIMIT 1";
-        let stmt = tx.prepare_cached(sql).await?;
-        tx.execute(&stmt, &[&id, &name, &intent.path_name, archive]).await?;
+        // The replaced copy is the row at the new path (local storage) or at the archive
+        // key itself (an object store, where every copy has a key of its own).
+        let from = [intent.path_name.as_str(), archive.as_str()];
+        keep_version(tx, id, name, &from, archive).await?;
     }
     if let Some(version) = intent.restores {
         let sql = "DELETE FROM versions WHERE id = $1 AND name = $2 AND version = $3";
@@ -114,6 +104,40 @@ pub(super) async fn finish(
         stored_at,
         kept_version,
     })
+}
+
+/// Takes the client's row lock for the rest of `tx`: one change of a client's files at a
+/// time, across instances, so that a version number is the next one of its name.
+pub(super) async fn lock_client(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: &[u8],
+) -> Result<(), PostgresError> {
+    let lock = tx.prepare_cached("SELECT 1 FROM clients WHERE id = $1 FOR UPDATE").await?;
+    tx.execute(&lock, &[&id]).await?;
+    Ok(())
+}
+
+/// Records the verified copy at one of `from` as the next version of `name`, kept at
+/// `archive`, with all it knew (protocol 4's hash, mtime and generation too); whether
+/// there was one.
+pub(super) async fn keep_version(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: &[u8],
+    name: &str,
+    from: &[&str],
+    archive: &str,
+) -> Result<bool, PostgresError> {
+    let sql = "INSERT INTO versions
+                 (id, name, version, file_name, path_name, size, cksum, stored_at,
+                  blake3, mtime_ns, generation, protocol)
+               SELECT id, $2, (SELECT COALESCE(max(version), 0) + 1 FROM versions
+                               WHERE id = $1 AND name = $2),
+                      file_name, $4, size, cksum, stored_at, blake3, mtime_ns,
+                      generation, protocol
+               FROM files WHERE id = $1 AND path_name = ANY($3) AND verified
+               LIMIT 1";
+    let stmt = tx.prepare_cached(sql).await?;
+    Ok(tx.execute(&stmt, &[&id, &name, &from, &archive]).await? > 0)
 }
 
 /// The verified row of the file just put in place, with protocol 4's columns; a verified

@@ -180,26 +180,17 @@ pub(super) async fn remove_copy(
     removal: &Removal,
 ) -> Result<Removed, PostgresError> {
     let (id, name) = (&removal.client_id.0[..], removal.stored_name.as_str());
-    // Version numbers are the next of their name: one change of a client at a time.
-    let lock = tx.prepare_cached("SELECT 1 FROM clients WHERE id = $1 FOR UPDATE").await?;
-    tx.execute(&lock, &[&id]).await?;
+    commit::lock_client(tx, id).await?;
     let sql = "SELECT COALESCE(max(size), 0) FROM files
                WHERE id = $1 AND path_name = $2 AND verified";
     let stmt = tx.prepare_cached(sql).await?;
     let bytes: i64 = tx.query_one(&stmt, &[&id, &removal.path_name]).await?.get(0);
-    let mut kept = false;
-    if let Some(archive) = &removal.archive {
-        let sql = "INSERT INTO versions
-                     (id, name, version, file_name, path_name, size, cksum, stored_at,
-                      blake3, mtime_ns, generation, protocol)
-                   SELECT id, $2, (SELECT COALESCE(max(version), 0) + 1 FROM versions
-                                   WHERE id = $1 AND name = $2),
-                          file_name, $4, size, cksum, stored_at, blake3, mtime_ns,
-                          generation, protocol
-                   FROM files WHERE id = $1 AND path_name = $3 AND verified LIMIT 1";
-        let stmt = tx.prepare_cached(sql).await?;
-        kept = tx.execute(&stmt, &[&id, &name, &removal.path_name, archive]).await? > 0;
-    }
+    let kept = match &removal.archive {
+        Some(archive) => {
+            commit::keep_version(tx, id, name, &[removal.path_name.as_str()], archive).await?
+        }
+        None => false,
+    };
     let stmt = tx.prepare_cached("DELETE FROM files WHERE id = $1 AND path_name = $2").await?;
     let files = tx.execute(&stmt, &[&id, &removal.path_name]).await?;
     let pruned = commit::prune_versions(tx, id, name, removal.keep).await?;
