@@ -894,21 +894,27 @@ impl Db {
         Ok(())
     }
 
-    /// Takes the staged objects expired by `now` (seconds since 1970) off the records and
-    /// returns them, for the caller to abort; never one a commit intent or a file or
-    /// version row names.
-    pub fn claim_expired_staged(&self, now: i64) -> Result<Vec<StagedObject>, DbError> {
+    /// Leases the staged objects expired by `now` (seconds since 1970) to the caller until
+    /// `lease_until` and returns them, for it to abort and then forget; never one a commit
+    /// intent or a file or version row names.
+    pub fn claim_expired_staged(
+        &self,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<StagedObject>, DbError> {
         self.check_file()?;
         let tx = self.conn.unchecked_transaction()?;
         let claimed: Vec<StagedObject> = tx
             .prepare_cached(
-                "DELETE FROM staged_objects WHERE ExpiresAt <= ?1
+                "UPDATE staged_objects SET ExpiresAt = ?2 WHERE ExpiresAt <= ?1
                    AND Key NOT IN (SELECT Source FROM commit_intents)
                    AND Key NOT IN (SELECT PathName FROM files)
                    AND Key NOT IN (SELECT PathName FROM versions)
                  RETURNING Key, UploadId",
             )?
-            .query_map([now], |r| Ok(StagedObject { key: r.get(0)?, upload_id: r.get(1)? }))?
+            .query_map([now, lease_until], |r| {
+                Ok(StagedObject { key: r.get(0)?, upload_id: r.get(1)? })
+            })?
             .collect::<Result<_, _>>()?;
         tx.commit()?;
         Ok(claimed)

@@ -359,16 +359,21 @@ impl Records for PostgresRecords {
         })
     }
 
-    fn claim_expired_staged(&self, now: i64) -> RecordsFuture<'_, Vec<StagedObject>> {
+    fn claim_expired_staged(
+        &self,
+        now: i64,
+        lease_until: i64,
+    ) -> RecordsFuture<'_, Vec<StagedObject>> {
         self.run(move |c| async move {
-            // One statement: of several instances claiming at once, each row goes to one.
-            let sql = "DELETE FROM staged_objects s WHERE expires_at <= $1
+            // One statement: of several instances claiming at once, each row goes to one
+            // (a second UPDATE waits on the row lock, then sees the lease and skips it).
+            let sql = "UPDATE staged_objects s SET expires_at = $2 WHERE expires_at <= $1
                          AND NOT EXISTS (SELECT 1 FROM commit_intents i WHERE i.source = s.key)
                          AND NOT EXISTS (SELECT 1 FROM files f WHERE f.path_name = s.key)
                          AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.path_name = s.key)
                        RETURNING key, upload_id";
             let stmt = c.prepare_cached(sql).await?;
-            let rows = c.query(&stmt, &[&now]).await?;
+            let rows = c.query(&stmt, &[&now, &lease_until]).await?;
             Ok(rows.iter().map(|r| StagedObject { key: r.get(0), upload_id: r.get(1) }).collect())
         })
     }

@@ -140,11 +140,17 @@ pub trait Records: Send + Sync + 'static {
         let _ = key;
         unsupported_for_objects("forget_staged")
     }
-    /// Takes the staged objects expired at `now` (seconds since 1970) off the records and
-    /// returns them for the caller to abort: each goes to one caller only, and never one
-    /// that a commit intent, a file or a version names.
-    fn claim_expired_staged(&self, now: i64) -> RecordsFuture<'_, Vec<StagedObject>> {
-        let _ = now;
+    /// Leases the staged objects expired at `now` (seconds since 1970) to the caller until
+    /// `lease_until` and returns them for it to abort, then `forget_staged`: each goes to
+    /// one caller at a time, and never one that a commit intent, a file or a version names.
+    /// A lease rather than a removal, so that an instance killed between claiming and
+    /// deleting leaves the row for the next claim once the lease runs out, not an orphan.
+    fn claim_expired_staged(
+        &self,
+        now: i64,
+        lease_until: i64,
+    ) -> RecordsFuture<'_, Vec<StagedObject>> {
+        let _ = (now, lease_until);
         unsupported_for_objects("claim_expired_staged")
     }
 
@@ -466,8 +472,12 @@ impl Records for SqliteRecords {
         self.run(move |db| db.forget_staged(&key))
     }
 
-    fn claim_expired_staged(&self, now: i64) -> RecordsFuture<'_, Vec<StagedObject>> {
-        self.run(move |db| db.claim_expired_staged(now))
+    fn claim_expired_staged(
+        &self,
+        now: i64,
+        lease_until: i64,
+    ) -> RecordsFuture<'_, Vec<StagedObject>> {
+        self.run(move |db| db.claim_expired_staged(now, lease_until))
     }
 
     fn client_by_key(&self, fingerprint: [u8; 32]) -> RecordsFuture<'_, Option<ClientRecord>> {

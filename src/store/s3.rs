@@ -270,18 +270,21 @@ impl S3Store {
     /// can still be under way); how many. Async: start-up and the janitor call it.
     pub async fn clean_staged(&self, all: bool) -> io::Result<usize> {
         let now = if all { i64::MAX } else { unix_now() };
+        // Held until tried again: if this instance dies before forgetting a row, the next
+        // claim after the lease takes it up, so no object is left orphaned.
+        let lease_until = unix_now().saturating_add(STAGED_RETRY.as_secs() as i64);
         let records = &self.inner.records;
-        let claimed = records.claim_expired_staged(now).await.map_err(io::Error::other)?;
+        let claimed =
+            records.claim_expired_staged(now, lease_until).await.map_err(io::Error::other)?;
         let mut cleaned = 0;
         for staged in claimed {
             match self.clean_one(&staged).await {
-                Ok(()) => cleaned += 1,
-                Err(e) => {
-                    // Back on record, to be tried again once the store answers.
-                    tracing::warn!(key = %staged.key, "could not abort a staged upload: {e}");
-                    let again = unix_now().saturating_add(STAGED_RETRY.as_secs() as i64);
-                    records.track_staged(staged, again).await.map_err(io::Error::other)?;
+                Ok(()) => {
+                    records.forget_staged(staged.key).await.map_err(io::Error::other)?;
+                    cleaned += 1;
                 }
+                // Still on record under the lease, to be tried again once the store answers.
+                Err(e) => tracing::warn!(key = %staged.key, "could not abort a staged upload: {e}"),
             }
         }
         Ok(cleaned)

@@ -307,10 +307,17 @@ async fn staged_objects_are_claimed_once_expired_and_never_one_a_commit_recorded
         .finish_commit(object_intent(id, "f.txt", &staged(1, None).key, None), None, 1)
         .await
         .unwrap();
-    assert_eq!(records.claim_expired_staged(99).await.unwrap(), [], "none expired yet");
-    assert_eq!(records.claim_expired_staged(100).await.unwrap(), [staged(2, Some("up-2"))]);
-    assert_eq!(records.claim_expired_staged(100).await.unwrap(), [], "claimed once");
-    assert_eq!(records.claim_expired_staged(i64::MAX).await.unwrap(), [staged(4, None)]);
+    let claim = |now, lease| records.claim_expired_staged(now, lease);
+    assert_eq!(claim(99, 200).await.unwrap(), [], "none expired yet");
+    assert_eq!(claim(100, 200).await.unwrap(), [staged(2, Some("up-2"))]);
+    assert_eq!(claim(100, 200).await.unwrap(), [], "leased to one claimer at a time");
+    // Its claimer died without forgetting it: once the lease runs out it is claimed again.
+    assert_eq!(claim(200, 300).await.unwrap(), [staged(2, Some("up-2"))]);
+    records.forget_staged(staged(2, None).key).await.unwrap();
+    assert_eq!(claim(299, 400).await.unwrap(), [], "its lease holds");
+    assert_eq!(claim(i64::MAX, 400).await.unwrap(), [staged(4, None)]);
+    records.forget_staged(staged(4, None).key).await.unwrap();
+    assert_eq!(claim(i64::MAX, 400).await.unwrap(), [], "forgotten once cleaned");
 }
 
 // ---------------------------------------------------------------------------------------
