@@ -448,9 +448,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Request::SendFile(file) => self.receive_file(header, file).await?,
             Request::CrcOk { file_name } => self.confirm(id, file_name).await?,
             Request::CrcRetry { file_name } => {
-                let session = self.authorize(id)?;
-                session
-                    .take_pending(file_name.as_str())
+                let session = self.authorize(id).await?;
+                self.shared
+                    .take_pending(&session, file_name.as_str())
+                    .await?
                     .ok_or_else(|| Refusal::NothingWaits(file_name.to_string()))?;
                 self.shared.metrics.upload(UploadOutcome::Mismatch);
                 info!(%file_name, "client will resend");
@@ -466,7 +467,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     /// The session that may act for `id` on this connection.
-    fn authorize(&self, id: ClientId) -> Result<Arc<Session>, Refusal> {
+    async fn authorize(&mut self, id: ClientId) -> Result<Arc<Session>, Refusal> {
         if let Some(session) = &self.session {
             if session.has_ended() {
                 return Err(Refusal::SessionEnded);
@@ -479,7 +480,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             return Err(Refusal::OtherClient { session: session.id, asked: id });
         }
         let strict = self.shared.config.strict_sessions;
-        self.shared.sessions.find(id, self.peer.ip()).ok_or(Refusal::NoSession { id, strict })
+        let found = self.shared.find_session(id, self.peer.ip()).await?;
+        found.ok_or(Refusal::NoSession { id, strict })
     }
 
     /// Takes one of this address's registrations; see [`super::ratelimit`].
@@ -509,7 +511,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         info!(%name, client = %id, "registered");
         self.registered_here = Some(id);
-        self.shared.sessions.note_registration(id, self.peer.ip());
+        self.shared.note_registration(id, self.peer.ip()).await?;
         Ok(Next::Reply(Response::Registered { client_id: id }))
     }
 
@@ -535,7 +537,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let same_key = record.public_key.as_deref() == Some(&field.0[..]);
         let may_register = self.registered_here == Some(id)
-            || self.shared.sessions.registered_recently(id, self.peer.ip());
+            || self.shared.registered_recently(id, self.peer.ip()).await?;
         let first_key = record.public_key.is_none() && may_register;
         if !(same_key || first_key) {
             return Err(Refusal::KeyNotAllowed(id));
@@ -595,10 +597,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Content that does not decrypt under the session key is an attack (a correct client
     /// always has the key): the session ends for every connection, with all its unconfirmed
     /// uploads, and key exchanges back off.
-    fn padding_failure(&self, session: &Arc<Session>, file_name: &FixedName) -> Next {
-        self.shared.sessions.withdraw(session);
+    async fn padding_failure(&mut self, session: &Arc<Session>, file_name: &FixedName) -> Next {
         self.shared.metrics.refusal(Reason::BadPadding);
-        let dropped = session.end();
+        let dropped = self.shared.end_session(session).await;
         let (id, ip) = (session.id, self.peer.ip());
         let blocked = self.shared.backoff().failure(id, ip, session.usual_ip, Instant::now());
         warn!(
@@ -628,7 +629,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Session::new(self.version, id, aes_key, self.peer.ip(), self.conn_id, usual_ip)
                 .counted(self.shared.metrics.session_started());
         let session = Arc::new(session);
-        self.shared.sessions.publish(&session);
+        self.shared.publish_session(&session).await?;
         self.session = Some(session);
         if let Some(slot) = &self.slot {
             slot.set_keyed();
@@ -644,9 +645,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         file: FileHeader,
     ) -> Result<Next, Refusal> {
         let id = header.client_id;
-        let config = &self.shared.config;
+        let shared = Arc::clone(&self.shared);
+        let config = &shared.config;
         file.check_sizes(header.payload_size, config.max_content)?;
-        let session = self.authorize(id)?;
+        let session = self.authorize(id).await?;
         // Sessions made before a padding failure elsewhere are held back as well.
         self.check_backoff(id, session.usual_ip)?;
         let stored_name = storage_name(file.file_name.as_str())?.to_owned();
@@ -687,7 +689,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Err(e) => {
                 self.shared.metrics.upload(UploadOutcome::Failed);
                 return match e {
-                    UploadError::Padding => Ok(self.padding_failure(&session, &file.file_name)),
+                    UploadError::Padding => {
+                        Ok(self.padding_failure(&session, &file.file_name).await)
+                    }
                     e => Err(e.into()),
                 };
             }
@@ -704,9 +708,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             size: received.size,
             cksum: received.cksum,
             arrived: Instant::now(),
-            quota,
+            quota: Some(quota),
         };
-        if !session.put_pending(file.file_name.to_string(), pending) {
+        let borrowed = session.owner_conn != self.conn_id;
+        let name = file.file_name.to_string();
+        if !self.shared.keep_pending(&session, borrowed, name, pending).await? {
             return Err(Refusal::EndedDuringUpload);
         }
         Ok(Next::Reply(Response::FileReceived {
@@ -725,9 +731,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     async fn confirm(&mut self, id: ClientId, file_name: FixedName) -> Result<Next, Refusal> {
-        let session = self.authorize(id)?;
-        let pending = session
-            .take_pending(file_name.as_str())
+        let session = self.authorize(id).await?;
+        let pending = self
+            .shared
+            .take_pending(&session, file_name.as_str())
+            .await?
             .ok_or_else(|| Refusal::NothingWaits(file_name.to_string()))?;
         let turn = self.shared.commit_turn(id, &pending.stored_name).await;
         // Where it will be recorded, and the version kept of the confirmed copy it
@@ -801,9 +809,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     async fn give_up(&mut self, id: ClientId, file_name: FixedName) -> Result<Next, Refusal> {
-        let session = self.authorize(id)?;
-        let pending = session
-            .take_pending(file_name.as_str())
+        let session = self.authorize(id).await?;
+        let pending = self
+            .shared
+            .take_pending(&session, file_name.as_str())
+            .await?
             .ok_or_else(|| Refusal::NothingWaits(file_name.to_string()))?;
         let (sent, rel) =
             (file_name.to_string(), self.shared.storage.path_name(id, &pending.stored_name));

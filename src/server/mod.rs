@@ -9,6 +9,7 @@ pub mod ratelimit;
 mod read_ahead;
 pub(crate) mod refusal;
 pub mod session;
+mod shared_sessions;
 pub mod slots;
 pub mod tls;
 pub mod upload;
@@ -810,6 +811,7 @@ impl Shared {
                 Err(e) => warn!("could not clean expired staged uploads: {e}"),
             }
         }
+        self.expire_shared_sessions().await;
         let expired = v4::remove_expired_unfinished(self).await;
         if expired > 0 {
             info!(expired, "removed unfinished uploads past --resume-window");

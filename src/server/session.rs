@@ -156,8 +156,9 @@ pub struct Pending {
     pub cksum: u32,
     /// When it arrived (2103 sent).
     pub arrived: Instant,
-    /// Its share of the client's quota.
-    pub quota: Reservation,
+    /// Its share of the client's quota; none for one taken back from the shared records
+    /// (the instance it arrived on gave its share back when it handed it over).
+    pub quota: Option<Reservation>,
 }
 
 /// The result of one key exchange.
@@ -176,6 +177,8 @@ pub struct Session {
     pub owner_conn: u64,
     /// The client's usual address when the exchange was made (see [`super::backoff`]).
     pub usual_ip: Option<IpAddr>,
+    /// Names the session in the shared records (`serve --db postgres://…`), random.
+    pub token: [u8; 16],
     last_used: Mutex<Instant>,
     /// The uploads waiting for a verdict; `None` once the session has ended.
     pending: Mutex<Option<HashMap<String, Pending>>>,
@@ -205,9 +208,31 @@ impl Session {
             ip,
             owner_conn,
             usual_ip,
+            token: crate::crypto::random_bytes(),
             last_used: Mutex::new(Instant::now()),
             pending: Mutex::new(Some(HashMap::new())),
             live: None,
+        }
+    }
+
+    /// A session another instance (or this one) published in the shared records, for a
+    /// connection that borrows it. It belongs to no connection here (`owner_conn` 0: the
+    /// numbers start at 1), and what is uploaded on it waits in the shared records.
+    pub fn adopted(shared: &crate::store::SharedSession) -> Self {
+        let (id, ip) = (shared.id, shared.ip);
+        let mut session = Session::new(Version::V3, id, shared.aes_key, ip, 0, shared.usual_ip);
+        session.token = shared.token;
+        session
+    }
+
+    /// The session as the shared records keep it.
+    pub fn to_shared(&self) -> crate::store::SharedSession {
+        crate::store::SharedSession {
+            token: self.token,
+            id: self.id,
+            ip: self.ip,
+            aes_key: self.aes_key,
+            usual_ip: self.usual_ip,
         }
     }
 

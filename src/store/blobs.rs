@@ -217,6 +217,14 @@ impl AnyStaged {
         }
     }
 
+    /// The object store's upload, if that is what this is (else it is dropped: aborted).
+    pub fn into_s3(self) -> Option<super::S3Staged> {
+        match self {
+            AnyStaged::S3(staged) => Some(staged),
+            AnyStaged::Local(_) => None,
+        }
+    }
+
     /// The local temporary file, if that is what this is.
     pub fn local_mut(&mut self) -> Option<&mut StagedFile> {
         match self {

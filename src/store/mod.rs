@@ -20,5 +20,8 @@ pub use db::{
 };
 pub use local::{GroupCommit, StagedFile, Storage, VERSIONS_DIR};
 pub use postgres::{PostgresError, PostgresRecords};
-pub use records::{Records, RecordsError, RecordsFuture, SharedRecords, SqliteRecords};
+pub use records::{
+    PendingTimes, Records, RecordsError, RecordsFuture, SharedPending, SharedRecords,
+    SharedSession, SqliteRecords,
+};
 pub use s3::{S3Staged, S3Store, S3Url};

@@ -18,7 +18,9 @@ use super::db::{
     NewClient, PathFacts, PathRange, PutFacts, Quota, Registered, Removal, Removed, StagedObject,
     StoredCopy, UnfinishedUpload, Usage, VersionRecord,
 };
-use super::records::{Records, RecordsError, RecordsFuture};
+use super::records::{
+    PendingTimes, Records, RecordsError, RecordsFuture, SharedPending, SharedSession,
+};
 use crate::protocol::ClientId;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use std::net::IpAddr;
@@ -207,6 +209,7 @@ macro_rules! utc {
 mod commit;
 mod copies;
 mod keys;
+mod sessions;
 mod unfinished;
 
 /// `SELECT` of a client's columns as [`client_row`] reads them.
@@ -671,6 +674,56 @@ impl Records for PostgresRecords {
 
     fn claim_expired_unfinished(&self, now: i64) -> RecordsFuture<'_, Vec<UnfinishedUpload>> {
         self.run(move |c| async move { unfinished::claim_expired(&c, now).await })
+    }
+
+    fn shares_sessions(&self) -> bool {
+        true
+    }
+
+    fn publish_session(&self, session: SharedSession) -> RecordsFuture<'_, ()> {
+        self.run(move |c| async move { sessions::publish(&c, &session).await })
+    }
+
+    fn find_session(
+        &self,
+        id: ClientId,
+        ip: IpAddr,
+        used_after: i64,
+    ) -> RecordsFuture<'_, Option<SharedSession>> {
+        self.run(move |c| async move { sessions::find(&c, id, ip, used_after).await })
+    }
+
+    fn end_session(&self, token: [u8; 16]) -> RecordsFuture<'_, usize> {
+        self.run(move |c| async move { sessions::end(&c, token).await })
+    }
+
+    fn note_registration(&self, id: ClientId, ip: IpAddr) -> RecordsFuture<'_, ()> {
+        self.run(move |c| async move { sessions::note_registration(&c, id, ip).await })
+    }
+
+    fn registered_since(&self, id: ClientId, ip: IpAddr, after: i64) -> RecordsFuture<'_, bool> {
+        self.run(move |c| async move { sessions::registered_since(&c, id, ip, after).await })
+    }
+
+    fn put_pending(&self, pending: SharedPending, max: usize) -> RecordsFuture<'_, bool> {
+        self.run(move |c| async move { sessions::put_pending(&c, &pending, max).await })
+    }
+
+    fn take_pending(
+        &self,
+        token: [u8; 16],
+        file_name: String,
+        times: PendingTimes,
+    ) -> RecordsFuture<'_, Option<SharedPending>> {
+        self.run(move |c| async move { sessions::take_pending(&c, token, &file_name, times).await })
+    }
+
+    fn expire_sessions(
+        &self,
+        used_after: i64,
+        arrived_after: i64,
+    ) -> RecordsFuture<'_, (usize, usize)> {
+        self.run(move |c| async move { sessions::expire(&c, used_after, arrived_after).await })
     }
 }
 

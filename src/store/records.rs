@@ -307,6 +307,138 @@ pub trait Records: Send + Sync + 'static {
         let _ = now;
         unsupported("claim_expired_unfinished")
     }
+
+    // Protocol 3's sessions, shared between instances (see [`SharedSession`]). A backend
+    // that one server holds alone (SQLite) does not share them: the server's own registry
+    // serves its clients, and none of these is called.
+
+    /// Whether the records hold protocol 3's sessions for every instance.
+    fn shares_sessions(&self) -> bool {
+        false
+    }
+    /// Makes `session` the latest of its client and address, for every instance.
+    fn publish_session(&self, session: SharedSession) -> RecordsFuture<'_, ()> {
+        let _ = session;
+        unsupported_shared("publish_session")
+    }
+    /// The latest session of `id` from `ip`, if it has not ended and was used after
+    /// `used_after` (milliseconds since 1970); finding it counts as a use.
+    fn find_session(
+        &self,
+        id: ClientId,
+        ip: IpAddr,
+        used_after: i64,
+    ) -> RecordsFuture<'_, Option<SharedSession>> {
+        let _ = (id, ip, used_after);
+        unsupported_shared("find_session")
+    }
+    /// Ends the session `token` for every instance, with the uploads waiting on it;
+    /// how many uploads there were.
+    fn end_session(&self, token: [u8; 16]) -> RecordsFuture<'_, usize> {
+        let _ = token;
+        unsupported_shared("end_session")
+    }
+    /// Notes that `id` registered from `ip` (its 1026 may come to another instance).
+    fn note_registration(&self, id: ClientId, ip: IpAddr) -> RecordsFuture<'_, ()> {
+        let _ = (id, ip);
+        unsupported_shared("note_registration")
+    }
+    /// Whether `id` registered from `ip` after `after` (milliseconds since 1970).
+    fn registered_since(&self, id: ClientId, ip: IpAddr, after: i64) -> RecordsFuture<'_, bool> {
+        let _ = (id, ip, after);
+        unsupported_shared("registered_since")
+    }
+    /// Keeps an upload that arrived on a borrowed session for its verdict, which may
+    /// come to any instance; replaces one of the same name. False (nothing kept) when
+    /// the session has ended or its client already has `max` uploads waiting.
+    fn put_pending(&self, pending: SharedPending, max: usize) -> RecordsFuture<'_, bool> {
+        let _ = (pending, max);
+        unsupported_shared("put_pending")
+    }
+    /// Takes the upload `file_name` waiting on session `token`, if it arrived in time and
+    /// its staged object is not about to be cleaned (see [`PendingTimes`]); the staged
+    /// object is then held for the commit to record it. The same statement that a
+    /// cleaner's claim would take, so an object is either taken or cleaned, never both.
+    fn take_pending(
+        &self,
+        token: [u8; 16],
+        file_name: String,
+        times: PendingTimes,
+    ) -> RecordsFuture<'_, Option<SharedPending>> {
+        let _ = (token, file_name, times);
+        unsupported_shared("take_pending")
+    }
+    /// Forgets sessions not used after `used_after`, registrations made before it, and
+    /// uploads waiting since before `arrived_after` (all ms since 1970; their staged
+    /// objects expire on their own). How many of each.
+    fn expire_sessions(
+        &self,
+        used_after: i64,
+        arrived_after: i64,
+    ) -> RecordsFuture<'_, (usize, usize)> {
+        let _ = (used_after, arrived_after);
+        unsupported_shared("expire_sessions")
+    }
+}
+
+/// A protocol-3 session as every instance sees it (`serve` over PostgreSQL): the result of
+/// one key exchange, found by client id and address, so that a client that opens a
+/// connection per request may land on any instance. The AES key is the one the
+/// `clients` table already holds for the client (the legacy schema keeps it in clear).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedSession {
+    /// Names this session (and no other) for its uploads and its end.
+    pub token: [u8; 16],
+    /// The client.
+    pub id: ClientId,
+    /// Where the key exchange came from.
+    pub ip: IpAddr,
+    /// The session's AES key.
+    pub aes_key: [u8; 16],
+    /// The client's usual address when the exchange was made.
+    pub usual_ip: Option<IpAddr>,
+}
+
+/// An upload that arrived on a borrowed session and waits for its verdict in the shared
+/// records: its bytes are a finished staged object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedPending {
+    /// The session it arrived on.
+    pub token: [u8; 16],
+    /// Its client.
+    pub id: ClientId,
+    /// The name it was sent as.
+    pub file_name: String,
+    /// The name it will be stored under.
+    pub stored_name: String,
+    /// Its staged object's key.
+    pub location: String,
+    /// Plaintext size.
+    pub size: u64,
+    /// cksum of the plaintext.
+    pub cksum: u32,
+    /// When it arrived (ms since 1970).
+    pub arrived: i64,
+}
+
+/// The times [`Records::take_pending`] checks and sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingTimes {
+    /// Only an upload that arrived after this (ms since 1970) is taken.
+    pub arrived_after: i64,
+    /// Only one whose staged object expires after this (s since 1970) is taken.
+    pub safe_until: i64,
+    /// Its staged object is then held until this (s since 1970).
+    pub held_until: i64,
+}
+
+/// The answer of a shared-session method a backend does not implement.
+fn unsupported_shared<T: Send + 'static>(method: &'static str) -> RecordsFuture<'static, T> {
+    Box::pin(async move {
+        Err(RecordsError::Backend(format!(
+            "this records backend has no {method} (sessions shared between instances)"
+        )))
+    })
 }
 
 /// The answer of an object-store method a backend does not implement.

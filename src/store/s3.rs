@@ -54,7 +54,7 @@ pub const PART_SIZE: usize = 8 * 1024 * 1024;
 pub const STAGED_MARGIN: Duration = Duration::from_secs(5 * 60);
 
 /// When a staged upload that could not be aborted is tried again.
-const STAGED_RETRY: Duration = Duration::from_secs(60);
+pub const STAGED_RETRY: Duration = Duration::from_secs(60);
 
 /// Whether `storage` (the `--storage` value) names an object store rather than a local
 /// directory.
@@ -373,6 +373,28 @@ fn unix_now() -> i64 {
     now.map_or(0, |d| d.as_secs() as i64)
 }
 
+impl S3Store {
+    /// Takes back a finished upload of `owner`'s that an instance handed over
+    /// ([`S3Staged::hand_over`]): committing it records its object, dropping it deletes
+    /// the object, as with any staged upload.
+    pub fn adopt(&self, owner: ClientId, key: &str) -> io::Result<S3Staged> {
+        Self::check_owner(owner, key)?;
+        Ok(S3Staged {
+            store: self.clone(),
+            path: self.object(key),
+            key: key.to_owned(),
+            owner,
+            expires_at: 0,
+            size_hint: 0,
+            upload_id: None,
+            buf: BytesMut::new(),
+            parts: Vec::new(),
+            in_flight: None,
+            state: State::Finished,
+        })
+    }
+}
+
 impl BlobStore for S3Store {
     type Staged = S3Staged;
 
@@ -517,6 +539,20 @@ impl std::fmt::Debug for S3Staged {
 }
 
 impl S3Staged {
+    /// Lets go of a finished upload without aborting it: its object stays, staged under
+    /// its key until `expires_at` (seconds since 1970), for whichever instance takes it
+    /// back with [`S3Store::adopt`] to commit it, or else for the cleaner. The key.
+    pub async fn hand_over(mut self, expires_at: i64) -> io::Result<String> {
+        if self.state != State::Finished {
+            return Err(io::Error::other("only a finished upload can be handed over"));
+        }
+        let staged = StagedObject { key: self.key.clone(), upload_id: None };
+        let records = &self.store.inner.records;
+        records.track_staged(staged, expires_at).await.map_err(io::Error::other)?;
+        self.state = State::Committed;
+        Ok(std::mem::take(&mut self.key))
+    }
+
     /// Waits for the part in flight, if any, and keeps its id.
     fn wait_in_flight(&mut self) -> io::Result<()> {
         if let Some(sending) = self.in_flight.take() {

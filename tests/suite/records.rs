@@ -8,9 +8,9 @@ use crate::common;
 use securexfer::protocol::ClientId;
 use securexfer::store::postgres::schema;
 use securexfer::store::{
-    Attached, ClientKey, CommitIntent, Db, NewClient, PathRange, PostgresError, PostgresRecords,
-    Quota, Records, Registered, Removal, SharedRecords, SqliteRecords, StagedObject,
-    UnfinishedUpload, Usage, V4Content,
+    Attached, ClientKey, CommitIntent, Db, NewClient, PathRange, PendingTimes, PostgresError,
+    PostgresRecords, Quota, Records, Registered, Removal, SharedPending, SharedRecords,
+    SharedSession, SqliteRecords, StagedObject, UnfinishedUpload, Usage, V4Content,
 };
 use std::future::Future;
 use std::net::IpAddr;
@@ -541,6 +541,93 @@ fn an_invitation_is_consumed_once_and_only_for_its_name_on_postgres() {
         assert!(records.set_quota(id, quota).await.unwrap());
         assert_eq!(records.quota(id).await.unwrap(), quota);
         assert!(!records.set_quota(ClientId([9; 16]), quota).await.unwrap());
+    });
+}
+
+#[test]
+fn shared_sessions_are_found_in_their_window_and_an_upload_is_taken_once_or_cleaned_never_both() {
+    on_postgres(|records| async move {
+        assert!(records.shares_sessions());
+        let id = registered(&*records, 1, "sam").await;
+        let now_ms = || {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            now.unwrap().as_millis() as i64
+        };
+        let session = |token: u8| SharedSession {
+            token: [token; 16],
+            id,
+            ip: ip(HOME),
+            aes_key: [token; 16],
+            usual_ip: Some(ip(HOME)),
+        };
+        let start = now_ms();
+        assert_eq!(records.find_session(id, ip(HOME), 0).await.unwrap(), None);
+        records.publish_session(session(1)).await.unwrap();
+        let found = records.find_session(id, ip(HOME), start - 1).await.unwrap();
+        assert_eq!(found, Some(session(1)));
+        assert_eq!(records.find_session(id, ip("192.0.2.8"), 0).await.unwrap(), None, "ip");
+        let later = now_ms() + 60_000;
+        assert_eq!(records.find_session(id, ip(HOME), later).await.unwrap(), None, "idle");
+        // A newer key exchange from the address replaces it.
+        records.publish_session(session(2)).await.unwrap();
+        assert_eq!(records.find_session(id, ip(HOME), 0).await.unwrap(), Some(session(2)));
+        // Registrations.
+        assert!(!records.registered_since(id, ip(HOME), 0).await.unwrap());
+        records.note_registration(id, ip(HOME)).await.unwrap();
+        assert!(records.registered_since(id, ip(HOME), start - 1).await.unwrap());
+        assert!(!records.registered_since(id, ip(HOME), later).await.unwrap());
+        // Uploads waiting: only on a live session, and no more than the limit.
+        let key = |n: u8| format!("{}/{n:032x}", id.to_hex());
+        let pending = |token: u8, n: u8| SharedPending {
+            token: [token; 16],
+            id,
+            file_name: format!("f{n}"),
+            stored_name: format!("f{n}"),
+            location: key(n),
+            size: 10,
+            cksum: 7,
+            arrived: now_ms(),
+        };
+        for n in 1..=4 {
+            let staged = StagedObject { key: key(n), upload_id: None };
+            records.track_staged(staged, 1_000).await.unwrap();
+        }
+        assert!(!records.put_pending(pending(1, 1), 8).await.unwrap(), "a replaced session");
+        assert!(records.put_pending(pending(2, 1), 2).await.unwrap());
+        assert!(records.put_pending(pending(2, 2), 2).await.unwrap());
+        assert!(!records.put_pending(pending(2, 3), 2).await.unwrap(), "beyond the limit");
+        assert!(records.put_pending(pending(2, 2), 2).await.unwrap(), "a resend replaces");
+        let times = PendingTimes { arrived_after: start - 1, safe_until: 500, held_until: 9_000 };
+        let take = |n: u8, times| records.take_pending([2; 16], format!("f{n}"), times);
+        let taken = take(1, times).await.unwrap().expect("f1 waits");
+        let got = (&taken.location[..], &taken.stored_name[..], taken.size, taken.cksum, taken.id);
+        assert_eq!(got, (&key(1)[..], "f1", 10, 7, id));
+        assert_eq!(take(1, times).await.unwrap(), None, "taken once");
+        // Taken, its staged object is held for the commit: a cleaner at 8,999 leaves it.
+        let mut claimed: Vec<String> = records
+            .claim_expired_staged(8_999, 9_100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.key)
+            .collect();
+        claimed.sort();
+        assert_eq!(claimed, [key(2), key(3), key(4)]);
+        // Claimed by a cleaner, f2's object is not handed out (its row goes all the same).
+        let cleaning = PendingTimes { safe_until: 9_100 + 300, held_until: 20_000, ..times };
+        assert_eq!(take(2, cleaning).await.unwrap(), None, "being cleaned");
+        assert!(records.put_pending(pending(2, 2), 2).await.unwrap(), "the limit has room");
+        // An ended session grants nothing, and what waited on it goes.
+        assert_eq!(records.end_session([2; 16]).await.unwrap(), 1);
+        assert_eq!(records.find_session(id, ip(HOME), 0).await.unwrap(), None);
+        assert!(!records.put_pending(pending(2, 4), 8).await.unwrap(), "an ended session");
+        // Expiry: idle sessions, old registrations, uploads waiting too long.
+        records.publish_session(session(3)).await.unwrap();
+        assert!(records.put_pending(pending(3, 4), 8).await.unwrap());
+        assert_eq!(records.expire_sessions(start - 1, start - 1).await.unwrap(), (0, 0));
+        assert_eq!(records.expire_sessions(later, later).await.unwrap(), (1, 1));
+        assert!(!records.registered_since(id, ip(HOME), 0).await.unwrap());
+        assert_eq!(records.take_pending([3; 16], "f4".into(), times).await.unwrap(), None);
     });
 }
 

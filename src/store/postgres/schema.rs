@@ -122,6 +122,35 @@ const MIGRATIONS: &[&str] = &[
         expires_at BIGINT NOT NULL,
         PRIMARY KEY (id, path)
      );",
+    // 4: protocol 3's sessions, registrations and borrowed uploads, shared between
+    // instances (a client that opens a connection per request lands on any of them).
+    "CREATE TABLE sessions (
+        id BYTEA NOT NULL CHECK (length(id) = 16),
+        ip TEXT NOT NULL,
+        token BYTEA NOT NULL UNIQUE CHECK (length(token) = 16),
+        aes_key BYTEA NOT NULL CHECK (length(aes_key) = 16),
+        usual_ip TEXT,
+        last_used BIGINT NOT NULL,
+        PRIMARY KEY (id, ip)
+     );
+     CREATE TABLE session_registrations (
+        id BYTEA NOT NULL CHECK (length(id) = 16),
+        ip TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (id, ip)
+     );
+     CREATE TABLE pending_uploads (
+        token BYTEA NOT NULL,
+        file_name TEXT NOT NULL,
+        id BYTEA NOT NULL CHECK (length(id) = 16),
+        stored_name TEXT NOT NULL,
+        location TEXT NOT NULL,
+        size BIGINT NOT NULL,
+        cksum BIGINT NOT NULL,
+        arrived BIGINT NOT NULL,
+        PRIMARY KEY (token, file_name)
+     );
+     CREATE INDEX pending_uploads_by_client ON pending_uploads (id);",
 ];
 
 /// The newest schema version this build knows.

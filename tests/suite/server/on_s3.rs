@@ -84,6 +84,20 @@ impl RecordsAt {
         }
     }
 
+    /// The one number `sql` answers, on PostgreSQL.
+    fn count(&self, sql: &str) -> i64 {
+        let RecordsAt::Postgres(url) = self else { panic!("{sql} asked of SQLite") };
+        RecordsAt::runtime().block_on(async {
+            let (client, connection) =
+                tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            let task = tokio::spawn(connection);
+            let n = client.query_one(sql, &[]).await.unwrap().get(0);
+            drop(client);
+            let _ = task.await;
+            n
+        })
+    }
+
     fn postgres(&self, url: &str, sql: &str) -> Vec<(String, Option<String>)> {
         RecordsAt::runtime().block_on(async {
             let (client, connection) =
@@ -679,4 +693,57 @@ fn fifty_sigkills_at_random_moments_lose_nothing_acknowledged_on_postgres_and_th
          being deleted when nothing was staged any more",
         acked.lock().unwrap().len()
     );
+}
+
+/// Three instances on one PostgreSQL and one object store, and a client that opens a
+/// connection per request: each request goes to the next instance. It registers on one,
+/// exchanges keys on the second, sends on the third and confirms on the first; a resend
+/// after a mismatch and a give-up cross instances too. Then nothing waits and nothing is
+/// staged.
+#[test]
+fn a_client_that_opens_a_connection_per_request_is_served_round_robin_by_three_instances() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let Some(records) = records_in(dirs[0].path(), true) else { return };
+    let servers: Vec<Server> = dirs.iter().map(|d| start(d.path(), &records, &url, &[])).collect();
+    let mut next = 0;
+    let mut turn = || {
+        next += 1;
+        connect(&servers[(next - 1) % 3])
+    };
+    let mut client = Client::new("dor-like");
+    client.version = 1;
+    assert_eq!(client.register(&mut turn()).code(), ResponseCode::Registered);
+    let accepted = client.send_public_key(&mut turn());
+    assert_eq!(accepted.code(), ResponseCode::PublicKeyAccepted);
+    let data = common::random_bytes(300_000, 91);
+    assert_eq!(client.send_expecting_receipt(&mut turn(), "a.bin", &data), Cksum::of(&data));
+    assert_eq!(records.count("SELECT count(*) FROM pending_uploads"), 1, "it waits on record");
+    let ack = client.confirm(&mut turn(), "a.bin");
+    assert_eq!(ack, Response::Acknowledged { client_id: Some(client.id) });
+    let key = assert_stored_in_bucket(&records, &url, client.id, "a.bin", &data);
+    // A mismatch on one instance, the resend on the next, the confirmation on the third.
+    let other = common::random_bytes(70_000, 92);
+    client.send_expecting_receipt(&mut turn(), "b.bin", &other);
+    client.verdict(&mut turn(), RequestCode::CrcRetry, "b.bin");
+    let waiting = || records.count("SELECT count(*) FROM pending_uploads");
+    wait_until("the retry to be taken (it has no answer)", || waiting() == 0);
+    client.send_expecting_receipt(&mut turn(), "b.bin", &other);
+    let ack = client.confirm(&mut turn(), "b.bin");
+    assert_eq!(ack, Response::Acknowledged { client_id: Some(client.id) });
+    let key_b = assert_stored_in_bucket(&records, &url, client.id, "b.bin", &other);
+    // A give-up taken by another instance than the one the upload arrived on.
+    client.send_expecting_receipt(&mut turn(), "c.bin", &other);
+    let mut stream = turn();
+    client.verdict(&mut stream, RequestCode::CrcGiveUp, "c.bin");
+    expect(&mut stream, ResponseCode::Acknowledged);
+    // Nothing taken twice: a second verdict for a.bin finds nothing waiting.
+    let mut stream = turn();
+    client.verdict(&mut stream, RequestCode::CrcOk, "a.bin");
+    assert_eq!(read_response(&mut stream), Response::GeneralError);
+    assert_eq!(waiting(), 0);
+    let mut stored = vec![(key, data.len() as u64), (key_b, other.len() as u64)];
+    stored.sort();
+    wait_until("the resent and given-up uploads' objects to go", || objects(&url) == stored);
+    wait_until("their staged records to go", || records.staged().is_empty());
 }

@@ -1,0 +1,234 @@
+//! Protocol 3's sessions when several instances share the records (`serve --db
+//! postgres://…`): a client that opens a connection per request may make its key exchange
+//! on one instance, send on a second and confirm on a third. Each instance keeps its own
+//! registry ([`super::session::Sessions`]) as before, and also publishes every session,
+//! registration and borrowed upload in the records, where any instance finds them.
+//!
+//! An upload made on a borrowed session is handed over when it has arrived: with an
+//! object store its bytes are a finished staged object, which any instance can commit, so
+//! the records hold its key and the instance forgets it. (With a local storage directory
+//! the bytes are on one machine only: such uploads stay in the instance's own registry.)
+//! Whoever takes it back holds its staged object in the same statement, so the staged
+//! objects' cleaner and a commit never both have it.
+
+use super::Shared;
+use super::refusal::Refusal;
+use super::session::{MAX_PENDING_UPLOADS, Pending, Session};
+use crate::protocol::ClientId;
+use crate::store::s3::{STAGED_MARGIN, STAGED_RETRY};
+use crate::store::{Blobs, PendingTimes, SharedPending};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{info, warn};
+
+/// How long a taken-back upload's staged object is held from the cleaner for its commit
+/// (which forgets it): far longer than a commit takes.
+const COMMIT_HOLD: Duration = Duration::from_secs(60 * 60);
+
+fn since_epoch() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+fn now_ms() -> i64 {
+    since_epoch().as_millis() as i64
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn secs_from_now(d: Duration) -> i64 {
+    (since_epoch() + d).as_secs() as i64
+}
+
+impl Shared {
+    /// Whether sessions are shared with other instances through the records.
+    fn shares_sessions(&self) -> bool {
+        !self.config.strict_sessions && self.records().shares_sessions()
+    }
+
+    /// Whether borrowed uploads wait in the records (their bytes are in an object store).
+    fn hands_over_uploads(&self) -> bool {
+        self.shares_sessions() && matches!(self.storage, Blobs::S3(_))
+    }
+
+    /// Makes `session` the latest of its client and address, here and for every instance.
+    pub(super) async fn publish_session(&self, session: &Arc<Session>) -> Result<(), Refusal> {
+        self.sessions.publish(session);
+        if self.shares_sessions() {
+            self.records().publish_session(session.to_shared()).await?;
+        }
+        Ok(())
+    }
+
+    /// The latest session of `id` from `ip` within the window, wherever it was made.
+    pub(super) async fn find_session(
+        &self,
+        id: ClientId,
+        ip: IpAddr,
+    ) -> Result<Option<Arc<Session>>, Refusal> {
+        let local = self.sessions.find(id, ip);
+        if !self.shares_sessions() {
+            return Ok(local);
+        }
+        let used_after = now_ms().saturating_sub(ms(self.config.session_window));
+        let Some(found) = self.records().find_session(id, ip, used_after).await? else {
+            return Ok(None);
+        };
+        // Made here: the very session, with the uploads it holds itself.
+        if let Some(local) = local.filter(|s| s.token == found.token) {
+            return Ok(Some(local));
+        }
+        Ok(Some(Arc::new(Session::adopted(&found))))
+    }
+
+    /// Ends `session` for every connection on every instance, with its unconfirmed
+    /// uploads; how many of those there were.
+    pub(super) async fn end_session(&self, session: &Arc<Session>) -> usize {
+        self.sessions.withdraw(session);
+        let mut dropped = session.end();
+        if self.shares_sessions() {
+            match self.records().end_session(session.token).await {
+                Ok(n) => dropped += n,
+                // Its uploads expire; the back-off holds new exchanges meanwhile.
+                Err(e) => warn!("could not end the session in the shared records: {e}"),
+            }
+        }
+        dropped
+    }
+
+    /// Notes that `id` registered from `ip`: its 1026 may come on another connection.
+    pub(super) async fn note_registration(&self, id: ClientId, ip: IpAddr) -> Result<(), Refusal> {
+        self.sessions.note_registration(id, ip);
+        if self.shares_sessions() {
+            self.records().note_registration(id, ip).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `id` registered from `ip` within the window, on any instance.
+    pub(super) async fn registered_recently(
+        &self,
+        id: ClientId,
+        ip: IpAddr,
+    ) -> Result<bool, Refusal> {
+        if self.sessions.registered_recently(id, ip) {
+            return Ok(true);
+        }
+        if !self.shares_sessions() {
+            return Ok(false);
+        }
+        let after = now_ms().saturating_sub(ms(self.config.session_window));
+        Ok(self.records().registered_since(id, ip, after).await?)
+    }
+
+    /// Keeps an upload that arrived on `session` for its verdict under `file_name`:
+    /// handed over to the records when it came on a borrowed session and its bytes are
+    /// in the object store, else in the session. False when the session ended meanwhile.
+    pub(super) async fn keep_pending(
+        &self,
+        session: &Session,
+        borrowed: bool,
+        file_name: String,
+        pending: Pending,
+    ) -> Result<bool, Refusal> {
+        if !(borrowed && self.hands_over_uploads()) {
+            return Ok(session.put_pending(file_name, pending));
+        }
+        let Pending { upload, stored_name, size, cksum, quota, .. } = pending;
+        let Some(staged) = upload.into_s3() else {
+            return Err(Refusal::Internal("a borrowed upload outside the object store".into()));
+        };
+        let lifetime = super::borrowed_upload_lifetime(&self.config);
+        // Beyond the point `take_pending` stops taking it by as much again.
+        let expires = secs_from_now(lifetime + 2 * STAGED_MARGIN + STAGED_RETRY);
+        let location = staged.hand_over(expires).await.map_err(|source| Refusal::Storage {
+            what: "could not keep the upload for its verdict".into(),
+            source,
+        })?;
+        drop(quota);
+        let (id, token) = (session.id, session.token);
+        let kept = SharedPending {
+            token,
+            id,
+            file_name,
+            stored_name,
+            location: location.clone(),
+            size,
+            cksum,
+            arrived: now_ms(),
+        };
+        if self.records().put_pending(kept, MAX_PENDING_UPLOADS).await? {
+            return Ok(true);
+        }
+        // Not kept: delete it now rather than when its staged record expires.
+        if let Blobs::S3(s3) = &self.storage
+            && let Ok(staged) = s3.adopt(id, &location)
+        {
+            drop(staged);
+        }
+        if session.has_ended() {
+            return Ok(false);
+        }
+        Err(Refusal::Quota(format!(
+            "client {id} already has {MAX_PENDING_UPLOADS} uploads waiting for a verdict, \
+             or its session ended on another instance"
+        )))
+    }
+
+    /// Takes the upload `file_name` waiting on `session`, from the session or, when
+    /// uploads are handed over, from the records.
+    pub(super) async fn take_pending(
+        &self,
+        session: &Session,
+        file_name: &str,
+    ) -> Result<Option<Pending>, Refusal> {
+        if let Some(pending) = session.take_pending(file_name) {
+            return Ok(Some(pending));
+        }
+        let Blobs::S3(s3) = &self.storage else { return Ok(None) };
+        if !self.hands_over_uploads() {
+            return Ok(None);
+        }
+        let lifetime = super::borrowed_upload_lifetime(&self.config);
+        let times = PendingTimes {
+            arrived_after: now_ms().saturating_sub(ms(lifetime)),
+            // Past any lease a cleaner may hold on it now, even by a clock that is ahead.
+            safe_until: secs_from_now(STAGED_RETRY + STAGED_MARGIN),
+            held_until: secs_from_now(COMMIT_HOLD),
+        };
+        let taken = self.records().take_pending(session.token, file_name.into(), times).await?;
+        let Some(taken) = taken.filter(|t| t.id == session.id) else { return Ok(None) };
+        let upload = s3.adopt(session.id, &taken.location).map_err(|source| Refusal::Storage {
+            what: format!("the upload of {file_name} handed over by another instance"),
+            source,
+        })?;
+        Ok(Some(Pending {
+            upload: crate::store::AnyStaged::S3(upload),
+            conn: 0,
+            stored_name: taken.stored_name,
+            size: taken.size,
+            cksum: taken.cksum,
+            arrived: Instant::now(),
+            quota: None,
+        }))
+    }
+
+    /// The janitor's round for the shared sessions: forgets what has had its time.
+    pub(super) async fn expire_shared_sessions(&self) {
+        if !self.shares_sessions() {
+            return;
+        }
+        let now = now_ms();
+        let used_after = now.saturating_sub(ms(self.config.session_window));
+        let arrived_after = now.saturating_sub(ms(super::borrowed_upload_lifetime(&self.config)));
+        match self.records().expire_sessions(used_after, arrived_after).await {
+            Ok((0, 0)) => {}
+            Ok((sessions, uploads)) => {
+                info!(sessions, uploads, "forgot shared sessions and uploads past their time")
+            }
+            Err(e) => warn!("could not forget expired shared sessions: {e}"),
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Protocol 3's sessions in PostgreSQL, for every instance: the latest key exchange of
+//! each client and address, recent registrations, and uploads made on a borrowed session
+//! that wait for a verdict (see [`crate::store::SharedSession`]). Each function is one
+//! statement, so two instances racing for one row each see it whole or not at all.
+
+use super::{PostgresError, cksum_of, id_of, size_of};
+use crate::protocol::ClientId;
+use crate::store::records::{PendingTimes, SharedPending, SharedSession};
+use deadpool_postgres::GenericClient;
+use std::net::IpAddr;
+use tokio_postgres::types::ToSql;
+
+/// Milliseconds since 1970, as the tables keep times.
+pub(super) fn now_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_millis() as i64)
+}
+
+pub(super) async fn publish(
+    c: &impl GenericClient,
+    s: &SharedSession,
+) -> Result<(), PostgresError> {
+    let sql = "INSERT INTO sessions (id, ip, token, aes_key, usual_ip, last_used)
+               VALUES ($1, $2, $3, $4, $5, $6)
+               ON CONFLICT (id, ip) DO UPDATE SET token = excluded.token,
+                 aes_key = excluded.aes_key, usual_ip = excluded.usual_ip,
+                 last_used = excluded.last_used";
+    let stmt = c.prepare_cached(sql).await?;
+    let usual = s.usual_ip.map(|ip| ip.to_string());
+    let params: [&(dyn ToSql + Sync); 6] =
+        [&&s.id.0[..], &s.ip.to_string(), &&s.token[..], &&s.aes_key[..], &usual, &now_ms()];
+    c.execute(&stmt, &params).await?;
+    Ok(())
+}
+
+pub(super) async fn find(
+    c: &impl GenericClient,
+    id: ClientId,
+    ip: IpAddr,
+    used_after: i64,
+) -> Result<Option<SharedSession>, PostgresError> {
+    let sql = "UPDATE sessions SET last_used = GREATEST(last_used, $4)
+               WHERE id = $1 AND ip = $2 AND last_used > $3
+               RETURNING token, aes_key, usual_ip";
+    let stmt = c.prepare_cached(sql).await?;
+    let row = c.query_opt(&stmt, &[&&id.0[..], &ip.to_string(), &used_after, &now_ms()]).await?;
+    Ok(row.and_then(|r| {
+        let (token, aes_key): (&[u8], &[u8]) = (r.get(0), r.get(1));
+        Some(SharedSession {
+            token: token.try_into().ok()?,
+            id,
+            ip,
+            aes_key: aes_key.try_into().ok()?,
+            usual_ip: r.get::<_, Option<String>>(2).and_then(|ip| ip.parse().ok()),
+        })
+    }))
+}
+
+pub(super) async fn end(c: &impl GenericClient, token: [u8; 16]) -> Result<usize, PostgresError> {
+    let sql = "WITH ended AS (DELETE FROM sessions WHERE token = $1),
+                    dropped AS (DELETE FROM pending_uploads WHERE token = $1 RETURNING 1)
+               SELECT count(*) FROM dropped";
+    let stmt = c.prepare_cached(sql).await?;
+    let n: i64 = c.query_one(&stmt, &[&&token[..]]).await?.get(0);
+    Ok(n as usize)
+}
+
+pub(super) async fn note_registration(
+    c: &impl GenericClient,
+    id: ClientId,
+    ip: IpAddr,
+) -> Result<(), PostgresError> {
+    let sql = "INSERT INTO session_registrations (id, ip, at) VALUES ($1, $2, $3)
+               ON CONFLICT (id, ip) DO UPDATE SET at = excluded.at";
+    let stmt = c.prepare_cached(sql).await?;
+    c.execute(&stmt, &[&&id.0[..], &ip.to_string(), &now_ms()]).await?;
+    Ok(())
+}
+
+pub(super) async fn registered_since(
+    c: &impl GenericClient,
+    id: ClientId,
+    ip: IpAddr,
+    after: i64,
+) -> Result<bool, PostgresError> {
+    let sql = "SELECT EXISTS (SELECT 1 FROM session_registrations
+                 WHERE id = $1 AND ip = $2 AND at > $3)";
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.query_one(&stmt, &[&&id.0[..], &ip.to_string(), &after]).await?.get(0))
+}
+
+pub(super) async fn put_pending(
+    c: &impl GenericClient,
+    p: &SharedPending,
+    max: usize,
+) -> Result<bool, PostgresError> {
+    // Only on a live session, and not beyond the client's limit (counted over every
+    // instance; two racing inserts may both pass, which the limit can bear).
+    let sql = "INSERT INTO pending_uploads
+                 (token, file_name, id, stored_name, location, size, cksum, arrived)
+               SELECT $1, $2, $3, $4, $5, $6, $7, $8
+               WHERE EXISTS (SELECT 1 FROM sessions WHERE token = $1 AND id = $3)
+                 AND (SELECT count(*) FROM pending_uploads
+                      WHERE id = $3 AND NOT (token = $1 AND file_name = $2)) < $9
+               ON CONFLICT (token, file_name) DO UPDATE SET stored_name = excluded.stored_name,
+                 location = excluded.location, size = excluded.size, cksum = excluded.cksum,
+                 arrived = excluded.arrived";
+    let stmt = c.prepare_cached(sql).await?;
+    let (size, cksum, max) = (p.size as i64, i64::from(p.cksum), max as i64);
+    let params: [&(dyn ToSql + Sync); 9] = [
+        &&p.token[..],
+        &p.file_name,
+        &&p.id.0[..],
+        &p.stored_name,
+        &p.location,
+        &size,
+        &cksum,
+        &p.arrived,
+        &max,
+    ];
+    Ok(c.execute(&stmt, &params).await? == 1)
+}
+
+pub(super) async fn take_pending(
+    c: &impl GenericClient,
+    token: [u8; 16],
+    file_name: &str,
+    times: PendingTimes,
+) -> Result<Option<SharedPending>, PostgresError> {
+    // The row goes whatever happens (one that arrived too long ago, or whose object is
+    // being cleaned, can no longer be confirmed); it is handed out only with its staged
+    // object held. The staged row's lock orders this against a cleaner's claim, which
+    // takes only rows expired by now and leases them for less than `safe_until`.
+    let sql = "WITH taken AS (
+                 DELETE FROM pending_uploads WHERE token = $1 AND file_name = $2
+                 RETURNING id, stored_name, location, size, cksum, arrived),
+               held AS (
+                 UPDATE staged_objects s SET expires_at = $5 FROM taken t
+                 WHERE s.key = t.location AND t.arrived > $3 AND s.expires_at > $4
+                 RETURNING s.key)
+               SELECT t.id, t.stored_name, t.location, t.size, t.cksum, t.arrived
+               FROM taken t JOIN held h ON h.key = t.location";
+    let stmt = c.prepare_cached(sql).await?;
+    let params: [&(dyn ToSql + Sync); 5] =
+        [&&token[..], &file_name, &times.arrived_after, &times.safe_until, &times.held_until];
+    let row = c.query_opt(&stmt, &params).await?;
+    Ok(row.map(|r| SharedPending {
+        token,
+        id: id_of(r.get(0)),
+        file_name: file_name.to_owned(),
+        stored_name: r.get(1),
+        location: r.get(2),
+        size: size_of(Some(r.get(3))).unwrap_or(0),
+        cksum: cksum_of(Some(r.get(4))).unwrap_or(0),
+        arrived: r.get(5),
+    }))
+}
+
+pub(super) async fn expire(
+    c: &impl GenericClient,
+    used_after: i64,
+    arrived_after: i64,
+) -> Result<(usize, usize), PostgresError> {
+    // Uploads of sessions gone (ended, replaced or expired in an earlier round) go too.
+    let sql = "WITH idle AS (DELETE FROM sessions WHERE last_used <= $1 RETURNING 1),
+                    registrations AS (DELETE FROM session_registrations WHERE at <= $1),
+                    stale AS (DELETE FROM pending_uploads p WHERE arrived <= $2
+                      OR NOT EXISTS (SELECT 1 FROM sessions s WHERE s.token = p.token)
+                      RETURNING 1)
+               SELECT (SELECT count(*) FROM idle), (SELECT count(*) FROM stale)";
+    let stmt = c.prepare_cached(sql).await?;
+    let row = c.query_one(&stmt, &[&used_after, &arrived_after]).await?;
+    Ok((row.get::<_, i64>(0) as usize, row.get::<_, i64>(1) as usize))
+}
