@@ -183,7 +183,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
-            cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
+            cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs), from a SQLite file or a postgres:// address, checking each file against a local storage directory or an s3:// object store (listed, never written). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
@@ -192,8 +192,8 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;inspect'= {
-            cand --db 'The server''s database'
-            cand --storage 'Storage directory, to check that recorded files are present'
+            cand --db 'The server''s database: a SQLite file, or postgres://USER:PASSWORD@HOST:PORT/DB (only read: its schema must be this version''s, which `serve` migrates to)'
+            cand --storage 'Storage directory, or s3://BUCKET/PREFIX (endpoint and credentials from the AWS_* variables, as for serve), to check that recorded files are present'
             cand --client 'Show only this client (name or id). A name or id that matches no client is an error (exit 2)'
             cand --bytes 'Print sizes as byte counts, not in binary units (1.50 MiB)'
             cand --json 'Print JSON instead of tables (sizes are always byte counts there)'
@@ -248,7 +248,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --version 'Print version'
         }
         &'securexfer;db;help'= {
-            cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
+            cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs), from a SQLite file or a postgres:// address, checking each file against a local storage directory or an s3:// object store (listed, never written). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
@@ -318,7 +318,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;help;rm'= {
         }
         &'securexfer;help;db'= {
-            cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
+            cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs), from a SQLite file or a postgres:// address, checking each file against a local storage directory or an s3:// object store (listed, never written). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
             cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'

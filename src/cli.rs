@@ -471,7 +471,9 @@ pub struct RmArgs {
 /// `securexfer db ...`.
 #[derive(Debug, Subcommand)]
 pub enum DbCommand {
-    /// Show clients, files and kept versions, read-only (safe while the server runs).
+    /// Show clients, files and kept versions, read-only (safe while the server runs), from a
+    /// SQLite file or a postgres:// address, checking each file against a local storage
+    /// directory or an s3:// object store (listed, never written).
     /// Sizes are in binary units (--bytes for byte counts); on a terminal, long names are
     /// cut with an ellipsis to fit its width (never in a pipe or a file).
     Inspect(InspectArgs),
@@ -618,21 +620,23 @@ pub struct RestoreArgs {
 /// `securexfer db inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The server's database.
+    /// The server's database: a SQLite file, or postgres://USER:PASSWORD@HOST:PORT/DB
+    /// (only read: its schema must be this version's, which `serve` migrates to).
     #[arg(
         long,
         env = "SECUREXFER_DB",
         default_value = "defensive.db",
-        value_name = "PATH",
+        value_name = "PATH|URL",
         value_hint = ValueHint::FilePath
     )]
     pub db: PathBuf,
-    /// Storage directory, to check that recorded files are present.
+    /// Storage directory, or s3://BUCKET/PREFIX (endpoint and credentials from the AWS_*
+    /// variables, as for serve), to check that recorded files are present.
     #[arg(
         long,
         env = "SECUREXFER_STORAGE",
         default_value = "storage",
-        value_name = "DIR",
+        value_name = "DIR|URL",
         value_hint = ValueHint::DirPath
     )]
     pub storage: PathBuf,

@@ -42,14 +42,9 @@ pub fn local_storage_only(storage: &Path, command: &str) -> Result<(), UsageErro
 }
 
 pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
-    sqlite_only(&args.db, "db inspect")?;
-    local_storage_only(&args.storage, "db inspect")?;
-    let db = Db::open_read_only(&args.db)?;
-    let mut clients = db.clients()?;
-    let mut files = db.files()?;
-    // A database from before versions were kept has no versions table.
-    let mut versions = db.versions().unwrap_or_default();
-    let mut invites = db.invites()?;
+    let Snapshot { mut clients, mut files, mut versions, mut invites, key_place, fingerprint } =
+        Snapshot::read(&args.db)?;
+    let present = Presence::of(&args.storage)?;
     if let Some(filter) = &args.client {
         let id = ClientId::parse(filter);
         clients.retain(|c| c.name == *filter || Some(c.id) == id);
@@ -58,7 +53,7 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             return Err(UsageError(format!(
                 "no client {filter:?} in {} (by name or id); without --client, db inspect \
                  lists them all",
-                args.db.display()
+                shown_db(&args.db)
             ))
             .into());
         }
@@ -69,29 +64,121 @@ pub fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
             [&i.name, &i.used_by].into_iter().flatten().any(|n| names.contains(&n.as_str()))
         });
     }
-    let key_path = identity::key_path(&args.db);
-    let key = ServerIdentity::load(&key_path)?;
-    let fingerprint = key.as_ref().map(|k| k.fingerprint().to_owned());
     if args.json {
-        let server_key = serde_json::json!({
-            "path": key_path.display().to_string(),
-            "fingerprint": fingerprint,
-        });
-        print_json(&clients, &files, &versions, &invites, &args.storage, server_key)?;
+        let server_key = serde_json::json!({ "path": key_place, "fingerprint": fingerprint });
+        print_json(&clients, &files, &versions, &invites, &present, server_key)?;
     } else {
         match &fingerprint {
-            Some(f) => outln!("SERVER KEY {f} ({})\n", key_path.display()),
-            None => outln!(
-                "SERVER KEY none yet ({} is made at the first start of serve)\n",
-                key_path.display()
-            ),
+            Some(f) => outln!("SERVER KEY {f} ({key_place})\n"),
+            None => outln!("SERVER KEY none yet ({key_place}: made at the first start of serve)\n"),
         }
         let layout = Layout { width: table::terminal_width(), raw: args.bytes };
-        print_tables(&clients, &files, &args.storage, layout);
+        print_tables(&clients, &files, &present, layout);
         print_versions(&versions, layout);
         print_invites(&invites, layout);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The database as the operator's tools name it: a path, or a PostgreSQL address without
+/// its password.
+fn shown_db(db: &Path) -> String {
+    let shown = db.to_string_lossy();
+    if securexfer::store::postgres::is_postgres_url(&shown) {
+        securexfer::store::postgres::redacted(&shown)
+    } else {
+        db.display().to_string()
+    }
+}
+
+/// What `db inspect` shows of the records, read from SQLite or PostgreSQL alike.
+struct Snapshot {
+    clients: Vec<ClientRecord>,
+    files: Vec<FileRecord>,
+    versions: Vec<VersionRecord>,
+    invites: Vec<InviteRecord>,
+    /// Where the server key is kept, as people should be told.
+    key_place: String,
+    fingerprint: Option<String>,
+}
+
+impl Snapshot {
+    fn read(db: &Path) -> anyhow::Result<Self> {
+        let shown = db.to_string_lossy();
+        if securexfer::store::postgres::is_postgres_url(&shown) {
+            return Self::from_postgres(&shown);
+        }
+        let db_file = Db::open_read_only(db)?;
+        let key_path = identity::key_path(db);
+        let key = ServerIdentity::load(&key_path)?;
+        Ok(Snapshot {
+            clients: db_file.clients()?,
+            files: db_file.files()?,
+            // A database from before versions were kept has no versions table.
+            versions: db_file.versions().unwrap_or_default(),
+            invites: db_file.invites()?,
+            key_place: key_path.display().to_string(),
+            fingerprint: key.map(|k| k.fingerprint().to_owned()),
+        })
+    }
+
+    /// Over PostgreSQL: only reads (the schema is not migrated), and the server key is
+    /// the one every instance presents, kept in the database.
+    fn from_postgres(url: &str) -> anyhow::Result<Self> {
+        use securexfer::store::{PostgresRecords, Records};
+        let shown = securexfer::store::postgres::redacted(url);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime
+            .block_on(async {
+                let records = PostgresRecords::connect_to_read(url).await?;
+                let key_place = format!("table server_key of {shown}");
+                let fingerprint = match records.stored_server_key().await? {
+                    Some(pkcs8) => Some(
+                        ServerIdentity::from_stored(&key_place, pkcs8)?.fingerprint().to_owned(),
+                    ),
+                    None => None,
+                };
+                anyhow::Ok(Snapshot {
+                    clients: records.clients().await?,
+                    files: records.files().await?,
+                    versions: records.versions().await?,
+                    invites: records.invites().await?,
+                    key_place,
+                    fingerprint,
+                })
+            })
+            .with_context(|| format!("reading the records in {shown}"))
+    }
+}
+
+/// Where `db inspect` looks for the bytes the records name, to say whether they are there.
+enum Presence {
+    /// A local storage directory: a file at each path name.
+    Local(std::path::PathBuf),
+    /// An object store: the objects under its prefix, listed once, with their sizes.
+    Objects(std::collections::HashMap<String, u64>),
+}
+
+impl Presence {
+    fn of(storage: &Path) -> anyhow::Result<Self> {
+        let shown = storage.to_string_lossy();
+        if !securexfer::store::s3::is_s3_url(&shown) {
+            return Ok(Presence::Local(storage.to_owned()));
+        }
+        let url = securexfer::store::S3Url::parse(&shown).map_err(UsageError)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        Ok(Presence::Objects(runtime.block_on(securexfer::store::S3Store::object_sizes(&url))?))
+    }
+
+    /// The size of the stored copy `file` names, if it is there.
+    fn size(&self, file: &FileRecord) -> Option<u64> {
+        match self {
+            Presence::Local(dir) => {
+                std::fs::metadata(dir.join(&file.path_name)).ok().map(|m| m.len())
+            }
+            Presence::Objects(objects) => objects.get(&file.path_name).copied(),
+        }
+    }
 }
 
 /// How the tables are printed.
@@ -271,17 +358,12 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Size on disk, if the stored file is there.
-fn on_disk(storage: &Path, file: &FileRecord) -> Option<u64> {
-    std::fs::metadata(storage.join(&file.path_name)).ok().map(|m| m.len())
-}
-
 fn print_json(
     clients: &[ClientRecord],
     files: &[FileRecord],
     versions: &[VersionRecord],
     invites: &[InviteRecord],
-    storage: &Path,
+    present: &Presence,
     server_key: serde_json::Value,
 ) -> anyhow::Result<()> {
     let clients: Vec<_> = clients
@@ -301,7 +383,7 @@ fn print_json(
     let files: Vec<_> = files
         .iter()
         .map(|f| {
-            let disk = on_disk(storage, f);
+            let disk = present.size(f);
             serde_json::json!({
                 "client_id": f.client_id.to_hex(),
                 "client_name": f.client_name,
@@ -331,7 +413,12 @@ fn print_json(
     Ok(())
 }
 
-fn print_tables(clients: &[ClientRecord], files: &[FileRecord], storage: &Path, layout: Layout) {
+fn print_tables(
+    clients: &[ClientRecord],
+    files: &[FileRecord],
+    present: &Presence,
+    layout: Layout,
+) {
     outln!("CLIENTS ({})", clients.len());
     let rows: Vec<Vec<String>> = clients
         .iter()
@@ -363,7 +450,7 @@ fn print_tables(clients: &[ClientRecord], files: &[FileRecord], storage: &Path, 
     let rows: Vec<Vec<String>> = files
         .iter()
         .map(|f| {
-            let disk = on_disk(storage, f);
+            let disk = present.size(f);
             vec![
                 f.client_name.clone(),
                 f.file_name.clone(),

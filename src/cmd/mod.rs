@@ -197,6 +197,8 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause.is::<DbError>()
             || cause.is::<LocalError>()
             || cause.is::<securexfer::server::identity::IdentityError>()
+            || cause.is::<securexfer::store::PostgresError>()
+            || cause.is::<securexfer::store::s3::S3OpenError>()
         {
             return 6;
         }

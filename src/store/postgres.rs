@@ -47,6 +47,17 @@ pub enum PostgresError {
     /// No connection could be had from the pool in time.
     #[error("PostgreSQL connection pool: {0}")]
     Pool(String),
+    /// The database's schema is older than this build's, and the caller only reads.
+    #[error(
+        "the database's schema is at version {found}, this securexfer's is {known}: start \
+         `securexfer serve` of this version over it once, which migrates it"
+    )]
+    Behind {
+        /// The database's version.
+        found: i64,
+        /// The newest this build knows.
+        known: i64,
+    },
     /// The database was migrated by a newer securexfer.
     #[error("database schema version {found} is newer than this securexfer knows ({known})")]
     TooNew {
@@ -118,6 +129,21 @@ impl PostgresRecords {
     /// Connects to `url` (`postgres://USER:PASSWORD@HOST:PORT/DB`, libpq's URL form) with
     /// up to `pool_size` connections and migrates the schema. Needs a tokio runtime.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, PostgresError> {
+        let records = Self::pool(url, pool_size)?;
+        let mut client = records.pool.get().await?;
+        schema::migrate(&mut client).await?;
+        drop(client);
+        Ok(records)
+    }
+
+    async fn connect_unmigrated(url: &str) -> Result<Self, PostgresError> {
+        let records = Self::pool(url, 1)?;
+        drop(records.pool.get().await?);
+        Ok(records)
+    }
+
+    /// The pool of up to `pool_size` connections to `url`; none is opened yet.
+    fn pool(url: &str, pool_size: usize) -> Result<Self, PostgresError> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e: tokio_postgres::Error| PostgresError::Address(e.to_string()))?;
@@ -140,10 +166,22 @@ impl PostgresRecords {
             .create_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(|e| PostgresError::Pool(e.to_string()))?;
-        let mut client = pool.get().await?;
-        schema::migrate(&mut client).await?;
-        drop(client);
         Ok(PostgresRecords { pool, timing: None })
+    }
+
+    /// Connects to `url` with one connection for the operator's tools, which only look:
+    /// the schema is not migrated, and one other than this build's is an error that says
+    /// what to do (a newer build's, or one that `serve` has not brought up to date yet).
+    pub async fn connect_to_read(url: &str) -> Result<Self, PostgresError> {
+        let records = Self::connect_unmigrated(url).await?;
+        let (found, known) = (records.schema_version().await?, schema::latest_version());
+        if found > known {
+            return Err(PostgresError::TooNew { found: found.into(), known: known.into() });
+        }
+        if found < known {
+            return Err(PostgresError::Behind { found: found.into(), known: known.into() });
+        }
+        Ok(records)
     }
 
     /// Tells `timing` how long each call takes.
@@ -167,6 +205,19 @@ impl PostgresRecords {
         valid_for: Duration,
     ) -> Result<(), PostgresError> {
         keys::create_invite(&self.pool.get().await?, token_hash, name, valid_for).await
+    }
+
+    /// Every client, by name (byte order, as SQLite sorts).
+    pub async fn clients(&self) -> Result<Vec<ClientRecord>, PostgresError> {
+        let c = self.pool.get().await?;
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM clients ORDER BY name COLLATE \"C\"");
+        Ok(c.query(&sql, &[]).await?.iter().map(client_row).collect())
+    }
+
+    /// The server key every instance presents (PKCS#8), if one has started yet.
+    pub async fn stored_server_key(&self) -> Result<Option<Vec<u8>>, PostgresError> {
+        let c = self.pool.get().await?;
+        Ok(c.query_opt("SELECT pkcs8 FROM server_key", &[]).await?.map(|r| r.get(0)))
     }
 
     /// Every invitation, oldest first.

@@ -141,6 +141,14 @@ pub struct S3OpenError {
     hint: &'static str,
 }
 
+impl S3OpenError {
+    fn new(url: &S3Url, what: &'static str, cause: String, hint: &'static str) -> Self {
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
+        let at = endpoint.map(|e| format!(" at {e}")).unwrap_or_default();
+        S3OpenError { url: url.to_string(), at, what, cause, hint }
+    }
+}
+
 impl S3Store {
     /// The S3 store `url` names, configured from the usual AWS variables
     /// (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
@@ -154,17 +162,27 @@ impl S3Store {
         records: SharedRecords,
         staged_base: Duration,
     ) -> Result<Self, S3OpenError> {
+        let s3 = Self::client(url)?;
+        let store = S3Store::with_backend(Arc::new(s3), url, records, staged_base);
+        store.probe().await.map_err(|e| {
+            S3OpenError::new(
+                url,
+                "cannot write and delete a probe object",
+                e.to_string(),
+                "Check that the endpoint is reachable (AWS_ENDPOINT_URL; AWS_ALLOW_HTTP=true \
+                 for plain http beyond loopback), that the bucket exists, and the credentials \
+                 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) may write to it",
+            )
+        })?;
+        Ok(store)
+    }
+
+    /// The S3 client for `url`'s bucket, configured from the environment (see
+    /// [`S3Store::open`]); nothing is asked of the store yet.
+    fn client(url: &S3Url) -> Result<object_store::aws::AmazonS3, S3OpenError> {
         // reqwest is built without a TLS provider of its own: ring, as protocol 4's.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let endpoint = std::env::var("AWS_ENDPOINT_URL").ok();
-        let at = endpoint.as_ref().map(|e| format!(" at {e}")).unwrap_or_default();
-        let error = |what, cause: String, hint| S3OpenError {
-            url: url.to_string(),
-            at: at.clone(),
-            what,
-            cause,
-            hint,
-        };
         let options = object_store::ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(5))
             .with_timeout(Duration::from_secs(120))
@@ -181,24 +199,40 @@ impl S3Store {
         if std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
             builder = builder.with_allow_http(true);
         }
-        let s3 = builder.build().map_err(|e| {
-            error(
+        builder.build().map_err(|e| {
+            S3OpenError::new(
+                url,
                 "configuration",
                 e.to_string(),
                 "Set AWS_REGION (and AWS_ENDPOINT_URL for a store other than AWS S3)",
             )
-        })?;
-        let store = S3Store::with_backend(Arc::new(s3), url, records, staged_base);
-        store.probe().await.map_err(|e| {
-            error(
-                "cannot write and delete a probe object",
-                e.to_string(),
-                "Check that the endpoint is reachable (AWS_ENDPOINT_URL; AWS_ALLOW_HTTP=true \
-                 for plain http beyond loopback), that the bucket exists, and the credentials \
-                 (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) may write to it",
-            )
-        })?;
-        Ok(store)
+        })
+    }
+
+    /// Every object under `url`'s prefix, by key (relative to the prefix) with its size:
+    /// what the operator's tools check records against. Only lists.
+    pub async fn object_sizes(
+        url: &S3Url,
+    ) -> Result<std::collections::HashMap<String, u64>, S3OpenError> {
+        let s3 = Self::client(url)?;
+        let prefix = (!url.prefix.is_empty()).then(|| Path::from(url.prefix.as_str()));
+        let mut listing = s3.list(prefix.as_ref());
+        let skip = if url.prefix.is_empty() { 0 } else { url.prefix.len() + 1 };
+        let mut sizes = std::collections::HashMap::new();
+        while let Some(meta) = listing.next().await {
+            let meta = meta.map_err(|e| {
+                S3OpenError::new(
+                    url,
+                    "cannot list the objects",
+                    e.to_string(),
+                    "Check the endpoint (AWS_ENDPOINT_URL), the bucket and that the \
+                     credentials may list it",
+                )
+            })?;
+            let key = meta.location.to_string();
+            sizes.insert(key.get(skip..).unwrap_or_default().to_owned(), meta.size);
+        }
+        Ok(sizes)
     }
 
     /// A store over any backend (the in-memory one in tests). Needs a tokio runtime.

@@ -160,12 +160,8 @@ fn commits_a_crash_interrupted_are_decided_at_start_up_from_the_postgres_records
 fn the_operators_tools_say_they_read_sqlite_only_when_given_postgres_and_hide_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let url = "postgres://admin:hunter2@127.0.0.1:1/records";
-    let commands: [&[&str]; 4] = [
-        &["db", "inspect"],
-        &["db", "verify"],
-        &["db", "fingerprint"],
-        &["db", "quota", "--client", "alice"],
-    ];
+    let commands: [&[&str]; 3] =
+        [&["db", "verify"], &["db", "fingerprint"], &["db", "quota", "--client", "alice"]];
     for command in commands {
         let out = common::run_in(dir.path(), &[command, &["--db", url]].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -173,6 +169,17 @@ fn the_operators_tools_say_they_read_sqlite_only_when_given_postgres_and_hide_th
         assert!(stderr.contains("only `serve` supports"), "{command:?}: {stderr}");
         assert!(!stderr.contains("hunter2"), "{command:?} shows the password: {stderr}");
     }
+}
+
+#[test]
+fn db_inspect_of_an_unreachable_postgres_fails_with_the_reason_and_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = "postgres://admin:hunter2@127.0.0.1:1/records";
+    let out = common::run_in(dir.path(), &["db", "inspect", "--db", url]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "the database cannot be used: {stderr}");
+    assert!(stderr.contains("admin:***@127.0.0.1:1/records"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "the password shown: {stderr}");
 }
 
 #[test]
