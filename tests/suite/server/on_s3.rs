@@ -796,3 +796,62 @@ fn db_inspect_shows_the_postgres_records_and_checks_the_objects_in_the_store() {
     assert_eq!(objects(&url), before, "inspect changes nothing in the store");
     drop(server);
 }
+
+/// A hundred clients at once, half protocol 3 and half protocol 4, spread over three
+/// instances on one PostgreSQL and one object store: every file is recorded verified at an
+/// object that holds its bytes, and afterwards nothing is staged, waiting or orphaned.
+#[test]
+fn a_hundred_clients_spread_over_three_instances_all_verify_and_leave_nothing_staged() {
+    use crate::common::v4::{self, Conn, Key};
+    let Some(url) = common::fresh_s3() else { return };
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let Some(records) = records_in(dirs[0].path(), true) else { return };
+    // Every client comes from 127.0.0.1: let them all register.
+    let extra = ["--registrations-per-minute", "1000"];
+    let servers: Vec<Server> =
+        dirs.iter().map(|d| start(d.path(), &records, &url, &extra)).collect();
+    let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
+    let data_of = |n: u64| common::random_bytes(4_096 + n as usize * 97, 1_000 + n);
+    let clients: Vec<_> = (0..100u64)
+        .map(|n| {
+            let addr = addrs[n as usize % 3];
+            std::thread::spawn(move || {
+                let data = data_of(n);
+                let name = format!("client-{n:03}");
+                if n % 2 == 0 {
+                    let mut stream = TcpStream::connect(addr).unwrap();
+                    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                    let client = Client::setup(&name, &mut stream);
+                    client.upload(&mut stream, "f.bin", &data);
+                    (name, client.id)
+                } else {
+                    let (mut conn, _) = Conn::hello(addr, &Key::ed25519());
+                    let (id, _) = v4::registered(&conn.register(&name, None));
+                    let hash = *blake3::hash(&data).as_bytes();
+                    let (received, committed) = conn.put_and_commit("f.bin", &data, hash);
+                    v4::put_received(&received);
+                    v4::committed(&committed);
+                    (name, ClientId(id))
+                }
+            })
+        })
+        .collect();
+    let clients: Vec<(String, ClientId)> =
+        clients.into_iter().map(|c| c.join().expect("a client failed")).collect();
+    let files = records.files();
+    assert_eq!(files.len(), 100, "one row per client");
+    let mut keys = Vec::new();
+    for (n, (name, id)) in clients.iter().enumerate() {
+        let data = data_of(n as u64);
+        let file = files.iter().find(|f| f.client_id == *id).unwrap_or_else(|| panic!("{name}"));
+        assert!(file.verified && file.size == Some(data.len() as u64), "{file:?}");
+        assert!(object(&url, &file.path_name) == data, "{name}'s object holds its bytes");
+        keys.push((file.path_name.clone(), data.len() as u64));
+    }
+    keys.sort();
+    assert_eq!(objects(&url), keys, "one object per file: nothing staged, nothing orphaned");
+    assert!(records.staged().is_empty(), "{:?}", records.staged());
+    assert_eq!(records.count("SELECT count(*) FROM pending_uploads"), 0);
+    assert_eq!(records.count("SELECT count(*) FROM commit_intents"), 0);
+    drop(servers);
+}
