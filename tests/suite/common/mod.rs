@@ -242,6 +242,11 @@ impl Server {
         wait_timeout(&mut self.child, timeout)
     }
 
+    /// Whether the server process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

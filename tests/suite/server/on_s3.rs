@@ -855,3 +855,73 @@ fn a_hundred_clients_spread_over_three_instances_all_verify_and_leave_nothing_st
     assert_eq!(records.count("SELECT count(*) FROM commit_intents"), 0);
     drop(servers);
 }
+
+/// Runs `sql` as the test cluster's superuser, on its `postgres` database.
+fn as_admin(sql: &str) {
+    let admin = std::env::var("SECUREXFER_TEST_POSTGRES").unwrap();
+    RecordsAt::runtime().block_on(async {
+        let (client, connection) =
+            tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap();
+        let task = tokio::spawn(connection);
+        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        drop(client);
+        let _ = task.await;
+    });
+}
+
+/// PostgreSQL going away in the middle of a run, as a restart looks to its clients: every
+/// connection of the server's database is cut and new ones are refused for a while (on
+/// the test's own database, so the other tests' go on). Uploads meanwhile fail with a
+/// clear answer and record nothing; the server stays up and serves again by itself once
+/// the database takes connections again.
+#[test]
+fn postgres_going_away_mid_run_fails_uploads_clearly_and_the_server_serves_again_after() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), true) else { return };
+    let RecordsAt::Postgres(db_url) = &records else { unreachable!() };
+    let db = db_url.rsplit_once('/').unwrap().1.to_owned();
+    let mut server = start(dir.path(), &records, &url, &[]);
+    let mut stream = connect(&server);
+    let mut client = Client::setup("patient", &mut stream);
+    let data = common::random_bytes(200_000, 95);
+    client.upload(&mut stream, "before.bin", &data);
+
+    as_admin(&format!(
+        "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+    ));
+    let started = Instant::now();
+    let answer = client.send_file(&mut stream, "during.bin", &data);
+    assert_eq!(answer.code(), ResponseCode::GeneralError, "{answer:?}");
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    server.wait_for_log("refused with 2107 (a server failure): PostgreSQL");
+    assert!(server.is_running(), "the server stays up without its database");
+    as_admin(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+
+    // Between the receipt and the verdict: the commit cannot be recorded, so it is not.
+    let mut again = client.reconnected(&server);
+    client.send_expecting_receipt(&mut again, "between.bin", &data);
+    as_admin(&format!(
+        "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+    ));
+    assert_eq!(client.confirm(&mut again, "between.bin"), Response::GeneralError);
+    as_admin(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    // The client goes away: its unconfirmed upload goes with its connection.
+    drop(again);
+
+    let mut again = client.reconnected(&server);
+    client.upload(&mut again, "after.bin", &data);
+    let files = records.files();
+    let names: Vec<&str> = files.iter().map(|f| f.file_name.as_str()).collect();
+    assert_eq!(names, ["after.bin", "before.bin"], "nothing of the upload in the outage");
+    let mut stored: Vec<(String, u64)> =
+        files.iter().map(|f| (f.path_name.clone(), data.len() as u64)).collect();
+    stored.sort();
+    let settled = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        objects(&url) == stored
+    });
+    assert!(settled, "{:?} left beside {stored:?}\n{}", objects(&url), server.log());
+}
