@@ -93,6 +93,20 @@ fn keys(id: ClientId, ip: IpAddr, usual: Option<IpAddr>) -> [Key; 2] {
     [Key::Ip(net), for_id]
 }
 
+/// The names of the keys that apply to `id` at `ip`, for records that several instances
+/// share (the same keys as this module's own, as text): `ip:NET`, `id:HEX` or
+/// `id:HEX@NET`.
+pub fn key_names(id: ClientId, ip: IpAddr, usual: Option<IpAddr>) -> Vec<String> {
+    keys(id, ip, usual)
+        .iter()
+        .map(|key| match key {
+            Key::Ip(net) => format!("ip:{net}"),
+            Key::Id(id) => format!("id:{}", id.to_hex()),
+            Key::IdAt(id, net) => format!("id:{}@{net}", id.to_hex()),
+        })
+        .collect()
+}
+
 impl Backoff {
     /// Nothing remembered.
     pub fn new() -> Self {

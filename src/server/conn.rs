@@ -544,7 +544,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
         let key =
             PublicKey::from_field(&field).map_err(|e| Refusal::BadPublicKey(e.to_string()))?;
-        self.check_backoff(id, usual_ip)?;
+        self.check_backoff(id, usual_ip).await?;
         let stored = field.0.to_vec();
         self.shared.records().set_public_key(id, stored).await?;
         let encrypted_key = self.start_session(id, &key, usual_ip).await?;
@@ -578,7 +578,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             info!(%name, client = %id, "reconnect denied: no usable public key on record");
             return Ok(denied);
         };
-        self.check_backoff(id, usual_ip)?;
+        self.check_backoff(id, usual_ip).await?;
         let encrypted_key = self.start_session(id, &key, usual_ip).await?;
         info!("reconnected; fresh AES key sent");
         Ok(Next::Reply(Response::ReconnectAccepted { client_id: id, encrypted_key }))
@@ -586,9 +586,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Refuses while padding failures hold key exchanges (and uploads) of `id` from this
     /// address back; see [`super::backoff`].
-    fn check_backoff(&self, id: ClientId, usual_ip: Option<IpAddr>) -> Result<(), Refusal> {
-        let now = Instant::now();
-        match self.shared.backoff().blocked_for(id, self.peer.ip(), usual_ip, now) {
+    async fn check_backoff(
+        &mut self,
+        id: ClientId,
+        usual_ip: Option<IpAddr>,
+    ) -> Result<(), Refusal> {
+        match self.shared.blocked_for(id, self.peer.ip(), usual_ip).await? {
             None => Ok(()),
             Some(wait) => Err(Refusal::BackedOff { id, ip: self.peer.ip(), wait }),
         }
@@ -601,7 +604,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         self.shared.metrics.refusal(Reason::BadPadding);
         let dropped = self.shared.end_session(session).await;
         let (id, ip) = (session.id, self.peer.ip());
-        let blocked = self.shared.backoff().failure(id, ip, session.usual_ip, Instant::now());
+        let blocked = self.shared.padding_failure(id, ip, session.usual_ip).await;
         warn!(
             peer = %self.peer, client = %id, %file_name, dropped_uploads = dropped,
             "content with bad padding (not encrypted with the session key): session ended, \
@@ -650,7 +653,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         file.check_sizes(header.payload_size, config.max_content)?;
         let session = self.authorize(id).await?;
         // Sessions made before a padding failure elsewhere are held back as well.
-        self.check_backoff(id, session.usual_ip)?;
+        self.check_backoff(id, session.usual_ip).await?;
         let stored_name = storage_name(file.file_name.as_str())?.to_owned();
         let quota =
             self.shared.quotas.reserve(id, u64::from(file.content_size)).map_err(Refusal::Quota)?;

@@ -10,6 +10,10 @@
 //! the bytes are on one machine only: such uploads stay in the instance's own registry.)
 //! Whoever takes it back holds its staged object in the same statement, so the staged
 //! objects' cleaner and a commit never both have it.
+//!
+//! The back-off after padding failures ([`super::backoff`]) is shared the same way (even
+//! with `--strict-sessions`, which only stops borrowing): a failure on one instance holds
+//! key exchanges back on all of them, so guesses cannot be spread over the instances.
 
 use super::Shared;
 use super::refusal::Refusal;
@@ -215,9 +219,50 @@ impl Shared {
         }))
     }
 
+    /// How much longer padding failures hold key exchanges and uploads of `id` from `ip`
+    /// back, on this instance or (shared) on any; see [`super::backoff`].
+    pub(super) async fn blocked_for(
+        &self,
+        id: ClientId,
+        ip: IpAddr,
+        usual: Option<IpAddr>,
+    ) -> Result<Option<Duration>, Refusal> {
+        let local = self.backoff().blocked_for(id, ip, usual, Instant::now());
+        if local.is_some() || !self.records().shares_sessions() {
+            return Ok(local);
+        }
+        let now = now_ms();
+        let keys = super::backoff::key_names(id, ip, usual);
+        let until = self.records().blocked_until(keys, now).await?;
+        Ok(until.map(|until| Duration::from_millis(until.saturating_sub(now) as u64)))
+    }
+
+    /// Counts a padding failure of `id` from `ip`, here and (shared) for every instance;
+    /// how long key exchanges are now held back.
+    pub(super) async fn padding_failure(
+        &self,
+        id: ClientId,
+        ip: IpAddr,
+        usual: Option<IpAddr>,
+    ) -> Duration {
+        let local = self.backoff().failure(id, ip, usual, Instant::now());
+        if !self.records().shares_sessions() {
+            return local;
+        }
+        let (now, keys) = (now_ms(), super::backoff::key_names(id, ip, usual));
+        match self.records().note_padding_failure(keys, now).await {
+            Ok(until) => local.max(Duration::from_millis(until.saturating_sub(now) as u64)),
+            Err(e) => {
+                // This instance holds it back still; the others do not know of it.
+                warn!("could not record the padding failure for the other instances: {e}");
+                local
+            }
+        }
+    }
+
     /// The janitor's round for the shared sessions: forgets what has had its time.
     pub(super) async fn expire_shared_sessions(&self) {
-        if !self.shares_sessions() {
+        if !self.records().shares_sessions() {
             return;
         }
         let now = now_ms();

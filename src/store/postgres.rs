@@ -769,6 +769,14 @@ impl Records for PostgresRecords {
         self.run(move |c| async move { sessions::take_pending(&c, token, &file_name, times).await })
     }
 
+    fn note_padding_failure(&self, keys: Vec<String>, now: i64) -> RecordsFuture<'_, i64> {
+        self.run(move |c| async move { sessions::note_padding_failure(&c, &keys, now).await })
+    }
+
+    fn blocked_until(&self, keys: Vec<String>, now: i64) -> RecordsFuture<'_, Option<i64>> {
+        self.run(move |c| async move { sessions::blocked_until(&c, &keys, now).await })
+    }
+
     fn expire_sessions(
         &self,
         used_after: i64,

@@ -368,6 +368,21 @@ pub trait Records: Send + Sync + 'static {
         let _ = (token, file_name, times);
         unsupported_shared("take_pending")
     }
+    /// Counts a padding failure against each of `keys` (see
+    /// [`crate::server::backoff::key_names`]) at `now` (ms since 1970), by the rules of
+    /// [`crate::server::backoff`]: one failure forgotten per quiet period after a block,
+    /// the block doubling per failure up to its cap. Returns the latest end of a block
+    /// (ms since 1970).
+    fn note_padding_failure(&self, keys: Vec<String>, now: i64) -> RecordsFuture<'_, i64> {
+        let _ = (keys, now);
+        unsupported_shared("note_padding_failure")
+    }
+    /// The latest end of a block on any of `keys` (ms since 1970), if one is later than
+    /// `now`.
+    fn blocked_until(&self, keys: Vec<String>, now: i64) -> RecordsFuture<'_, Option<i64>> {
+        let _ = (keys, now);
+        unsupported_shared("blocked_until")
+    }
     /// Forgets sessions not used after `used_after`, registrations made before it, and
     /// uploads waiting since before `arrived_after` (all ms since 1970; their staged
     /// objects expire on their own). How many of each.

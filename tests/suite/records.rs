@@ -631,6 +631,34 @@ fn shared_sessions_are_found_in_their_window_and_an_upload_is_taken_once_or_clea
     });
 }
 
+#[test]
+fn shared_padding_failures_block_by_the_back_offs_rules() {
+    on_postgres(|records| async move {
+        let keys = || vec!["ip:192.0.2.9".to_owned(), "id:07".to_owned()];
+        let t0 = 1_000_000_000;
+        assert_eq!(records.blocked_until(keys(), t0).await.unwrap(), None);
+        assert_eq!(records.note_padding_failure(keys(), t0).await.unwrap(), t0 + 1_000);
+        assert_eq!(records.blocked_until(keys(), t0 + 999).await.unwrap(), Some(t0 + 1_000));
+        assert_eq!(records.blocked_until(keys(), t0 + 1_000).await.unwrap(), None, "over");
+        // Each further failure doubles the block, counted from the failure.
+        let t1 = t0 + 5_000;
+        assert_eq!(records.note_padding_failure(keys(), t1).await.unwrap(), t1 + 2_000);
+        assert_eq!(records.note_padding_failure(keys(), t1).await.unwrap(), t1 + 4_000);
+        // Another key has its own count; the latest block of any applies.
+        let other = vec!["id:08".to_owned()];
+        assert_eq!(records.note_padding_failure(other, t1).await.unwrap(), t1 + 1_000);
+        // A quiet period (10 min) after the block forgets one failure: the next is the 3rd.
+        let quiet = t1 + 4_000 + 600_000;
+        assert_eq!(records.note_padding_failure(keys(), quiet).await.unwrap(), quiet + 4_000);
+        // The cap: an hour.
+        let mut until = 0;
+        for _ in 0..20 {
+            until = records.note_padding_failure(keys(), quiet).await.unwrap();
+        }
+        assert_eq!(until, quiet + 3_600_000);
+    });
+}
+
 fn on_postgres_records<F: Future<Output = ()>>(test: impl FnOnce(Arc<PostgresRecords>) -> F) {
     let Some(url) = common::fresh_postgres() else { return };
     runtime().block_on(async {

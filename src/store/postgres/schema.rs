@@ -150,7 +150,12 @@ const MIGRATIONS: &[&str] = &[
         arrived BIGINT NOT NULL,
         PRIMARY KEY (token, file_name)
      );
-     CREATE INDEX pending_uploads_by_client ON pending_uploads (id);",
+     CREATE INDEX pending_uploads_by_client ON pending_uploads (id);
+     CREATE TABLE backoff (
+        key TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        until_ms BIGINT NOT NULL
+     );",
 ];
 
 /// The newest schema version this build knows.

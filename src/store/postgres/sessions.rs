@@ -162,13 +162,57 @@ pub(super) async fn expire(
     arrived_after: i64,
 ) -> Result<(usize, usize), PostgresError> {
     // Uploads of sessions gone (ended, replaced or expired in an earlier round) go too.
+    let quiet = ms(crate::server::backoff::QUIET);
     let sql = "WITH idle AS (DELETE FROM sessions WHERE last_used <= $1 RETURNING 1),
+                    forgotten AS (DELETE FROM backoff
+                      WHERE until_ms + failures::bigint * $3 <= $4),
                     registrations AS (DELETE FROM session_registrations WHERE at <= $1),
                     stale AS (DELETE FROM pending_uploads p WHERE arrived <= $2
                       OR NOT EXISTS (SELECT 1 FROM sessions s WHERE s.token = p.token)
                       RETURNING 1)
                SELECT (SELECT count(*) FROM idle), (SELECT count(*) FROM stale)";
     let stmt = c.prepare_cached(sql).await?;
-    let row = c.query_one(&stmt, &[&used_after, &arrived_after]).await?;
+    let row = c.query_one(&stmt, &[&used_after, &arrived_after, &quiet, &now_ms()]).await?;
     Ok((row.get::<_, i64>(0) as usize, row.get::<_, i64>(1) as usize))
+}
+
+pub(super) async fn note_padding_failure(
+    c: &impl GenericClient,
+    keys: &[String],
+    now: i64,
+) -> Result<i64, PostgresError> {
+    use crate::server::backoff::{FIRST_DELAY, MAX_DELAY, QUIET};
+    // One failure forgotten per quiet period since the block ended, then one more
+    // counted; the block is FIRST_DELAY doubled per further failure, at most MAX_DELAY,
+    // and never shortened. Each key is one row, updated in place under its row lock.
+    let sql = "WITH counted AS (
+                 SELECT k.key, COALESCE(GREATEST(b.failures
+                   - (GREATEST($2 - b.until_ms, 0) / $3)::int, 0), 0) + 1 AS failures,
+                   COALESCE(b.until_ms, 0) AS until_ms
+                 FROM unnest($1::text[]) AS k(key) LEFT JOIN backoff b ON b.key = k.key)
+               INSERT INTO backoff (key, failures, until_ms)
+               SELECT key, LEAST(failures, 64),
+                 GREATEST(until_ms, $2 + LEAST($4::bigint << LEAST(failures - 1, 31), $5))
+               FROM counted
+               ON CONFLICT (key) DO UPDATE SET failures = excluded.failures,
+                 until_ms = GREATEST(backoff.until_ms, excluded.until_ms)
+               RETURNING until_ms";
+    let stmt = c.prepare_cached(sql).await?;
+    let (quiet, first, max) = (ms(QUIET), ms(FIRST_DELAY), ms(MAX_DELAY));
+    let rows = c.query(&stmt, &[&keys, &now, &quiet, &first, &max]).await?;
+    Ok(rows.iter().map(|r| r.get::<_, i64>(0)).max().unwrap_or(now))
+}
+
+pub(super) async fn blocked_until(
+    c: &impl GenericClient,
+    keys: &[String],
+    now: i64,
+) -> Result<Option<i64>, PostgresError> {
+    let sql = "SELECT max(until_ms) FROM backoff WHERE key = ANY($1) AND until_ms > $2";
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.query_one(&stmt, &[&keys, &now]).await?.get(0))
+}
+
+fn ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -925,3 +925,32 @@ fn postgres_going_away_mid_run_fails_uploads_clearly_and_the_server_serves_again
     });
     assert!(settled, "{:?} left beside {stored:?}\n{}", objects(&url), server.log());
 }
+
+/// Padding failures hold key exchanges back on every instance over one PostgreSQL: a
+/// stranger cannot spread guesses at content under a client's session key over them.
+#[test]
+fn a_padding_failure_on_one_instance_holds_key_exchanges_back_on_another() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let Some(records) = records_in(dirs[0].path(), true) else { return };
+    let servers: Vec<Server> = dirs.iter().map(|d| start(d.path(), &records, &url, &[])).collect();
+    let mut stream = connect(&servers[0]);
+    let mut client = Client::setup("guessed", &mut stream);
+    let bytes = raw_file_request(client.id, b"bad.bin", &bad_block(&client.aes()));
+    expect_refused(&mut stream, &bytes);
+    let refused = client.reconnect(&mut connect(&servers[1]));
+    assert_ne!(refused.code(), ResponseCode::ReconnectAccepted, "{refused:?}");
+    servers[1].wait_for_log("padding failures of client");
+    // Once the block (a second, for a first failure) is over, the client is let back in.
+    let mut tries = 0;
+    let mut again = connect(&servers[1]);
+    while client.reconnect(&mut again).code() != ResponseCode::ReconnectAccepted {
+        tries += 1;
+        assert!(tries < 30, "the client is never let back in");
+        std::thread::sleep(Duration::from_millis(200));
+        again = connect(&servers[1]);
+    }
+    let data = common::random_bytes(10_000, 96);
+    client.upload(&mut again, "after.bin", &data);
+    assert_stored_in_bucket(&records, &url, client.id, "after.bin", &data);
+}
