@@ -485,13 +485,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     }
 
     /// Takes one of this address's registrations; see [`super::ratelimit`].
-    fn check_registration_limit(&self) -> Result<(), Refusal> {
-        let (ip, now) = (self.peer.ip(), Instant::now());
-        let mut limit = self.shared.registrations();
-        if limit.allow(ip, now) {
-            return Ok(());
-        }
-        Err(Refusal::RegistrationLimit { ip, wait: limit.wait(ip, now) })
+    async fn check_registration_limit(&mut self) -> Result<(), Refusal> {
+        let ip = self.peer.ip();
+        let taken = self.shared.take_registration(ip).await;
+        taken.map_err(|wait| Refusal::RegistrationLimit { ip, wait })
     }
 
     async fn register(&mut self, name: FixedName) -> Result<Next, Refusal> {
@@ -501,7 +498,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             Registration::Token => return Err(Refusal::RegistrationClosed("token")),
             Registration::Closed => return Err(Refusal::RegistrationClosed("closed")),
         }
-        self.check_registration_limit()?;
+        self.check_registration_limit().await?;
         let (id, ip) = (ClientId::random(), self.peer.ip());
         let text = name.as_str().to_owned();
         let inserted = self.shared.records().register(id, text, ip).await?;

@@ -11,9 +11,11 @@
 //! Whoever takes it back holds its staged object in the same statement, so the staged
 //! objects' cleaner and a commit never both have it.
 //!
-//! The back-off after padding failures ([`super::backoff`]) is shared the same way (even
+//! The registration limit ([`super::ratelimit`]) and the back-off after padding
+//! failures ([`super::backoff`]) are shared the same way (even
 //! with `--strict-sessions`, which only stops borrowing): a failure on one instance holds
-//! key exchanges back on all of them, so guesses cannot be spread over the instances.
+//! key exchanges back on all of them, so guesses cannot be spread over the instances, and
+//! one address cannot register N times as often on N instances.
 
 use super::Shared;
 use super::refusal::Refusal;
@@ -256,6 +258,33 @@ impl Shared {
                 // This instance holds it back still; the others do not know of it.
                 warn!("could not record the padding failure for the other instances: {e}");
                 local
+            }
+        }
+    }
+
+    /// Takes one of the registrations of `ip`'s network (both protocols'), on this
+    /// instance and (shared) over all of them; how long until one is there if none is.
+    pub(super) async fn take_registration(&self, ip: IpAddr) -> Result<(), Duration> {
+        let now = Instant::now();
+        {
+            let mut limit = self.registrations();
+            if !limit.allow(ip, now) {
+                return Err(limit.wait(ip, now));
+            }
+        }
+        let per_minute = self.config.registrations_per_minute;
+        if per_minute == 0 || !self.records().shares_sessions() {
+            return Ok(());
+        }
+        let net = super::ratelimit::network_of(ip).to_string();
+        let burst = per_minute.saturating_mul(2);
+        match self.records().take_registration(net, now_ms(), per_minute, burst).await {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => Err(wait),
+            Err(e) => {
+                // This instance's own limit still holds; registering records anyway.
+                warn!("could not take a registration from the shared limit: {e}");
+                Ok(())
             }
         }
     }

@@ -777,6 +777,18 @@ impl Records for PostgresRecords {
         self.run(move |c| async move { sessions::blocked_until(&c, &keys, now).await })
     }
 
+    fn take_registration(
+        &self,
+        net: String,
+        now: i64,
+        per_minute: u32,
+        burst: u32,
+    ) -> RecordsFuture<'_, Option<Duration>> {
+        self.run(move |c| async move {
+            sessions::take_registration(&c, &net, now, per_minute, burst).await
+        })
+    }
+
     fn expire_sessions(
         &self,
         used_after: i64,

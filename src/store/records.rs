@@ -383,6 +383,19 @@ pub trait Records: Send + Sync + 'static {
         let _ = (keys, now);
         unsupported_shared("blocked_until")
     }
+    /// Takes a registration from the token bucket of network `net` (see
+    /// [`crate::server::ratelimit`]): `per_minute` tokens a minute, at most `burst`, at
+    /// `now` (ms since 1970). `None` when taken, else how long until one is there.
+    fn take_registration(
+        &self,
+        net: String,
+        now: i64,
+        per_minute: u32,
+        burst: u32,
+    ) -> RecordsFuture<'_, Option<Duration>> {
+        let _ = (net, now, per_minute, burst);
+        unsupported_shared("take_registration")
+    }
     /// Forgets sessions not used after `used_after`, registrations made before it, and
     /// uploads waiting since before `arrived_after` (all ms since 1970; their staged
     /// objects expire on their own). How many of each.

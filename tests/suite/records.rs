@@ -659,6 +659,23 @@ fn shared_padding_failures_block_by_the_back_offs_rules() {
     });
 }
 
+#[test]
+fn a_shared_registration_bucket_gives_a_token_once_and_refills_at_its_rate() {
+    on_postgres(|records| async move {
+        let take = |net: &str, now| records.take_registration(net.into(), now, 60, 2);
+        let t0 = 1_000_000_000;
+        assert_eq!(take("192.0.2.1", t0).await.unwrap(), None, "a full bucket: the burst");
+        assert_eq!(take("192.0.2.1", t0).await.unwrap(), None);
+        let wait = take("192.0.2.1", t0).await.unwrap().expect("empty");
+        assert_eq!(wait, Duration::from_secs(1), "one a second");
+        assert!(take("192.0.2.2", t0).await.unwrap().is_none(), "another network has its own");
+        let wait = take("192.0.2.1", t0 + 500).await.unwrap().expect("half a token");
+        assert_eq!(wait, Duration::from_millis(500));
+        assert_eq!(take("192.0.2.1", t0 + 1_000).await.unwrap(), None, "refilled");
+        assert!(take("192.0.2.1", t0 + 1_000).await.unwrap().is_some());
+    });
+}
+
 fn on_postgres_records<F: Future<Output = ()>>(test: impl FnOnce(Arc<PostgresRecords>) -> F) {
     let Some(url) = common::fresh_postgres() else { return };
     runtime().block_on(async {

@@ -12,7 +12,6 @@ use crate::protocol::v4::{
 };
 use crate::protocol::{ClientId, PublicKeyField};
 use crate::store::{Attached, NewClient, Registered as Outcome, Usage};
-use std::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
@@ -103,7 +102,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 errors::plain(ErrorCode::NameRefused, false, &format!("client name refused: {e}"));
             return self.refuse(tag, &error).await;
         }
-        if let Some(error) = self.take_registration() {
+        if let Some(error) = self.take_registration().await {
             return self.refuse(tag, &error).await;
         }
         // Under `open` a token is not needed, and is not consumed either.
@@ -137,7 +136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// statement bound to this connection. Every failure before the signature verifies
     /// gets the same answer, so that it tells nothing about which ids exist.
     pub(super) async fn upgrade(&mut self, tag: u32, upgrade: Upgrade) -> Result<(), Ended> {
-        if let Some(error) = self.take_registration() {
+        if let Some(error) = self.take_registration().await {
             return self.refuse(tag, &error).await;
         }
         let record = self.shared.records().client(upgrade.client_id).await;
@@ -205,13 +204,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
 
     /// Takes one of the address's registrations (shared with protocol 3's 1025), or the
     /// `rate_limited` answer.
-    fn take_registration(&self) -> Option<crate::protocol::v4::ErrorFrame> {
-        let (ip, now) = (self.peer.ip(), Instant::now());
-        let mut limit = self.shared.registrations();
-        if limit.allow(ip, now) {
-            return None;
-        }
-        let wait = limit.wait(ip, now);
+    async fn take_registration(&mut self) -> Option<crate::protocol::v4::ErrorFrame> {
+        let wait = self.shared.take_registration(self.peer.ip()).await.err()?;
         Some(errors::rate_limited(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX)))
     }
 

@@ -155,6 +155,12 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         failures INTEGER NOT NULL,
         until_ms BIGINT NOT NULL
+     );
+     CREATE TABLE registration_buckets (
+        net TEXT PRIMARY KEY,
+        tokens DOUBLE PRECISION NOT NULL,
+        at_ms BIGINT NOT NULL,
+        taken BOOLEAN NOT NULL
      );",
 ];
 

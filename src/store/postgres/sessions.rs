@@ -166,6 +166,8 @@ pub(super) async fn expire(
     let sql = "WITH idle AS (DELETE FROM sessions WHERE last_used <= $1 RETURNING 1),
                     forgotten AS (DELETE FROM backoff
                       WHERE until_ms + failures::bigint * $3 <= $4),
+                    refilled AS (DELETE FROM registration_buckets
+                      WHERE at_ms <= $4 - 3600000),
                     registrations AS (DELETE FROM session_registrations WHERE at <= $1),
                     stale AS (DELETE FROM pending_uploads p WHERE arrived <= $2
                       OR NOT EXISTS (SELECT 1 FROM sessions s WHERE s.token = p.token)
@@ -215,4 +217,34 @@ pub(super) async fn blocked_until(
 
 fn ms(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+pub(super) async fn take_registration(
+    c: &impl GenericClient,
+    net: &str,
+    now: i64,
+    per_minute: u32,
+    burst: u32,
+) -> Result<Option<std::time::Duration>, PostgresError> {
+    // The bucket refilled since it was last touched, computed and written back under the
+    // row's lock (ON CONFLICT … DO UPDATE), so two instances never spend one token twice;
+    // `taken` says whether this call got one.
+    let sql = "INSERT INTO registration_buckets AS b (net, tokens, at_ms, taken)
+               VALUES ($1::text, $4::float8 - 1, $2::bigint, true)
+               ON CONFLICT (net) DO UPDATE SET
+                 tokens = LEAST(b.tokens + GREATEST($2 - b.at_ms, 0) * $3::float8 / 1000, $4)
+                   - CASE WHEN LEAST(b.tokens + GREATEST($2 - b.at_ms, 0) * $3 / 1000, $4)
+                     >= 1 THEN 1 ELSE 0 END,
+                 at_ms = $2,
+                 taken = LEAST(b.tokens + GREATEST($2 - b.at_ms, 0) * $3 / 1000, $4) >= 1
+               RETURNING b.tokens, b.taken";
+    let stmt = c.prepare_cached(sql).await?;
+    let per_second = f64::from(per_minute) / 60.0;
+    let burst = f64::from(burst.max(1));
+    let row = c.query_one(&stmt, &[&net, &now, &per_second, &burst]).await?;
+    let (tokens, taken): (f64, bool) = (row.get(0), row.get(1));
+    if taken || per_second == 0.0 {
+        return Ok(None);
+    }
+    Ok(Some(std::time::Duration::from_secs_f64(((1.0 - tokens) / per_second).max(0.0))))
 }

@@ -954,3 +954,24 @@ fn a_padding_failure_on_one_instance_holds_key_exchanges_back_on_another() {
     client.upload(&mut again, "after.bin", &data);
     assert_stored_in_bucket(&records, &url, client.id, "after.bin", &data);
 }
+
+/// The registration limit holds over every instance on one PostgreSQL: an address that
+/// used its registrations on one instance gets none more on another.
+#[test]
+fn the_registration_limit_of_an_address_holds_over_instances() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let Some(records) = records_in(dirs[0].path(), true) else { return };
+    // One a minute, two at once.
+    let extra = ["--registrations-per-minute", "1"];
+    let servers: Vec<Server> =
+        dirs.iter().map(|d| start(d.path(), &records, &url, &extra)).collect();
+    for name in ["first", "second"] {
+        let answer = Client::new(name).register(&mut connect(&servers[0]));
+        assert_eq!(answer.code(), ResponseCode::Registered, "{name}: {answer:?}");
+    }
+    let refused = Client::new("third").register(&mut connect(&servers[1]));
+    assert_eq!(refused.code(), ResponseCode::GeneralError, "{refused:?}");
+    servers[1].wait_for_log("too many registrations from 127.0.0.1");
+    assert_eq!(records.count("SELECT count(*) FROM clients"), 2, "the third not recorded");
+}
