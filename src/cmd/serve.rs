@@ -14,6 +14,8 @@ use tracing::{info, warn};
 const DEFAULT_PORT: u16 = 1357;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Before any thread allocates: see the function for why (the object store's parts).
+    securexfer::sys::fix_mmap_threshold(4 << 20);
     let port = resolve_port(args.port)?;
     let max_content = u32::try_from(args.max_file_size)
         .unwrap_or(u32::MAX)

@@ -43,10 +43,24 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-/// The size of a multipart upload's parts. S3 wants at least 5 MiB for all but the last
-/// and at most 10,000 parts: 8 MiB parts take objects up to 78 GiB, past the largest file
-/// (`--max-file-size`, 4 GiB by default) by far, and an upload holds two of them.
-pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// The size of a multipart upload's parts, at least. S3 wants at least 5 MiB for all but
+/// the last, and an upload holds two parts in memory (one filling, one being sent), so
+/// the smallest size S3 takes keeps each upload to 10 MiB: 16 uploads of 64 MiB at once
+/// over 3 instances stay under 128 MiB per instance (bench/scaleout.sh).
+pub const PART_SIZE: usize = 5 * 1024 * 1024;
+/// Most parts an upload is planned in: S3 takes at most 10,000, and an upload that sends
+/// a little more than it declared still fits.
+const MAX_PARTS: u64 = 9_000;
+
+/// The part size for an upload of about `size_hint` bytes: `minimum`, or larger for
+/// objects beyond [`MAX_PARTS`] of it (5 MiB parts take 44 GiB), in whole MiB.
+fn part_size_for(size_hint: u64, minimum: usize) -> usize {
+    if size_hint.div_ceil(MAX_PARTS) <= minimum as u64 {
+        return minimum;
+    }
+    let needed = size_hint.div_ceil(MAX_PARTS).next_multiple_of(1 << 20);
+    usize::try_from(needed).unwrap_or(usize::MAX)
+}
 
 /// How long past its own time limit a staged object is left alone before another server
 /// may take it for a crash's leftover and abort it: room for the servers' clocks to
@@ -656,7 +670,7 @@ impl StagedBlob for S3Staged {
         if self.state != State::Writing {
             return Err(io::Error::other("a chunk written after the upload failed or finished"));
         }
-        let part_size = self.store.inner.part_size;
+        let part_size = part_size_for(self.size_hint, self.store.inner.part_size);
         let mut bytes = &chunk[..];
         while !bytes.is_empty() {
             if self.buf.capacity() == 0 {
@@ -763,6 +777,17 @@ mod tests {
         memory: Arc<InMemory>,
         records: Arc<SqliteRecords>,
         store: S3Store,
+    }
+
+    #[test]
+    fn parts_are_the_smallest_s3_takes_until_an_object_would_need_too_many() {
+        assert_eq!(part_size_for(0, PART_SIZE), PART_SIZE);
+        assert_eq!(part_size_for(4 << 30, PART_SIZE), PART_SIZE, "820 parts");
+        let huge = 100u64 << 30;
+        let part = part_size_for(huge, PART_SIZE);
+        assert!(huge.div_ceil(part as u64) <= MAX_PARTS, "{part}");
+        assert_eq!(part % (1 << 20), 0);
+        assert_eq!(part_size_for(1000, 64), 64, "a test's small parts stay small");
     }
 
     fn fixture(part_size: usize) -> Fixture {
