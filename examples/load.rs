@@ -41,9 +41,11 @@ const WORKER_STACK: usize = 512 * 1024;
 #[derive(Debug, Parser)]
 #[command(about = "Concurrent sessions against a running securexfer server")]
 struct Args {
-    /// The server, HOST:PORT.
-    #[arg(long)]
-    server: String,
+    /// The server, HOST:PORT; several, comma-separated, are used in turn (instances of
+    /// one scale-out deployment): client i, or session i, goes to the i-th modulo their
+    /// number.
+    #[arg(long, value_delimiter = ',', required = true)]
+    server: Vec<String>,
     /// Register-and-send mode: this many concurrent clients, one session each.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
@@ -76,6 +78,8 @@ struct Args {
 /// One session's plan: who registers or reconnects, what is sent under which name.
 #[derive(Clone)]
 struct Plan {
+    /// The server (instance) this session goes to.
+    server: String,
     name: String,
     file: PathBuf,
     sent_name: String,
@@ -123,19 +127,25 @@ fn run_register(args: &Args, dir: &Path, tag: &str) -> Vec<Outcome> {
         .map(|i| {
             let file = dir.join(format!("c{i}.bin"));
             write_random(&file, args.size);
-            Plan { name: format!("{tag}-c{i}"), file, sent_name: format!("c{i}.bin") }
+            Plan {
+                server: args.server[i % args.server.len()].clone(),
+                name: format!("{tag}-c{i}"),
+                file,
+                sent_name: format!("c{i}.bin"),
+            }
         })
         .collect();
     println!(
         "register mode: {} clients, each registers and sends {} bytes, to {}",
-        args.clients, args.size, args.server
+        args.clients,
+        args.size,
+        args.server.join(",")
     );
     let timeouts = timeouts(args);
-    let server = args.server.clone();
     run_together(plans.into_iter().map(|plan| vec![plan]).collect(), move |plans| {
         let plan = plans[0].clone();
         let started = Instant::now();
-        let mut client = Client::new(&server, timeouts);
+        let mut client = Client::new(&plan.server, timeouts);
         let result = client
             .register(&plan.name)
             .and_then(|session| client.send_file(&session, &plan.file, &plan.sent_name));
@@ -147,7 +157,7 @@ fn run_register(args: &Args, dir: &Path, tag: &str) -> Vec<Outcome> {
 fn run_reconnect(args: &Args, dir: &Path, tag: &str) -> Vec<Outcome> {
     let workers = args.concurrency.clamp(1, args.sessions.max(1));
     let timeouts = timeouts(args);
-    let identities = register_pool(&args.server, timeouts, tag, workers);
+    let identities = register_pool(&args.server[0], timeouts, tag, workers);
     let mut per_worker: Vec<Vec<Plan>> = vec![Vec::new(); workers];
     for s in 0..args.sessions {
         let w = s % workers;
@@ -156,6 +166,7 @@ fn run_reconnect(args: &Args, dir: &Path, tag: &str) -> Vec<Outcome> {
             write_random(&file, args.size);
         }
         per_worker[w].push(Plan {
+            server: args.server[s % args.server.len()].clone(),
             name: identities[w].name.clone(),
             file,
             sent_name: format!("s{s}.bin"),
@@ -164,29 +175,22 @@ fn run_reconnect(args: &Args, dir: &Path, tag: &str) -> Vec<Outcome> {
     println!(
         "reconnect mode: {} sessions by {workers} concurrent workers (pre-registered identities), \
          each a new connection, reconnect (1027) and send of {} bytes, to {}",
-        args.sessions, args.size, args.server
+        args.sessions,
+        args.size,
+        args.server.join(",")
     );
-    let server = args.server.clone();
     let identities = Arc::new(identities);
     let index: HashMap<String, usize> =
         identities.iter().enumerate().map(|(i, id)| (id.name.clone(), i)).collect();
     run_together(per_worker, move |plans| {
         let identity = &identities[index[&plans[0].name]];
-        plans
-            .into_iter()
-            .map(|plan| reconnect_and_send(&server, timeouts, identity, plan))
-            .collect()
+        plans.into_iter().map(|plan| reconnect_and_send(timeouts, identity, plan)).collect()
     })
 }
 
-fn reconnect_and_send(
-    server: &str,
-    timeouts: Timeouts,
-    identity: &Identity,
-    plan: Plan,
-) -> Outcome {
+fn reconnect_and_send(timeouts: Timeouts, identity: &Identity, plan: Plan) -> Outcome {
     let started = Instant::now();
-    let mut client = Client::new(server, timeouts);
+    let mut client = Client::new(&plan.server, timeouts);
     let result = client.reconnect(identity).and_then(|session| match session {
         Some(session) => client.send_file(&session, &plan.file, &plan.sent_name),
         None => Err(ClientError::NameTaken(format!("{} (reconnect denied)", identity.name))),
