@@ -757,7 +757,7 @@ impl Records for PostgresRecords {
     }
 
     fn put_pending(&self, pending: SharedPending, max: usize) -> RecordsFuture<'_, bool> {
-        self.run(move |c| async move { sessions::put_pending(&c, &pending, max).await })
+        self.run(move |mut c| async move { sessions::put_pending(&mut c, &pending, max).await })
     }
 
     fn take_pending(

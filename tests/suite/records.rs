@@ -596,7 +596,13 @@ fn shared_sessions_are_found_in_their_window_and_an_upload_is_taken_once_or_clea
         assert!(records.put_pending(pending(2, 1), 2).await.unwrap());
         assert!(records.put_pending(pending(2, 2), 2).await.unwrap());
         assert!(!records.put_pending(pending(2, 3), 2).await.unwrap(), "beyond the limit");
-        assert!(records.put_pending(pending(2, 2), 2).await.unwrap(), "a resend replaces");
+        let resent = SharedPending { location: key(4), ..pending(2, 2) };
+        assert!(records.put_pending(resent, 2).await.unwrap(), "a resend replaces");
+        // The replaced upload's object is expired at once, for the cleaner.
+        let claimed = records.claim_expired_staged(1, 2).await.unwrap();
+        assert_eq!(claimed, [StagedObject { key: key(2), upload_id: None }]);
+        records.track_staged(StagedObject { key: key(2), upload_id: None }, 1_000).await.unwrap();
+        assert!(records.put_pending(pending(2, 2), 2).await.unwrap(), "and back");
         let times = PendingTimes { arrived_after: start - 1, safe_until: 500, held_until: 9_000 };
         let take = |n: u8, times| records.take_pending([2; 16], format!("f{n}"), times);
         let taken = take(1, times).await.unwrap().expect("f1 waits");

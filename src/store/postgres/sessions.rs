@@ -90,10 +90,20 @@ pub(super) async fn registered_since(
 }
 
 pub(super) async fn put_pending(
-    c: &impl GenericClient,
+    c: &mut deadpool_postgres::Object,
     p: &SharedPending,
     max: usize,
 ) -> Result<bool, PostgresError> {
+    let tx = c.transaction().await?;
+    // An upload of the same name already waiting is replaced: its staged object is made
+    // expired, for the next cleaner to delete at once rather than at its own time (as an
+    // instance deletes a replaced upload it holds itself).
+    let sql = "WITH replaced AS (DELETE FROM pending_uploads WHERE token = $1 AND file_name = $2
+                 RETURNING location)
+               UPDATE staged_objects s SET expires_at = 0 FROM replaced r
+               WHERE s.key = r.location";
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.execute(&stmt, &[&&p.token[..], &p.file_name]).await?;
     // Only on a live session, and not beyond the client's limit (counted over every
     // instance; two racing inserts may both pass, which the limit can bear).
     let sql = "INSERT INTO pending_uploads
@@ -105,7 +115,7 @@ pub(super) async fn put_pending(
                ON CONFLICT (token, file_name) DO UPDATE SET stored_name = excluded.stored_name,
                  location = excluded.location, size = excluded.size, cksum = excluded.cksum,
                  arrived = excluded.arrived";
-    let stmt = c.prepare_cached(sql).await?;
+    let stmt = tx.prepare_cached(sql).await?;
     let (size, cksum, max) = (p.size as i64, i64::from(p.cksum), max as i64);
     let params: [&(dyn ToSql + Sync); 9] = [
         &&p.token[..],
@@ -118,7 +128,9 @@ pub(super) async fn put_pending(
         &p.arrived,
         &max,
     ];
-    Ok(c.execute(&stmt, &params).await? == 1)
+    let kept = tx.execute(&stmt, &params).await? == 1;
+    tx.commit().await?;
+    Ok(kept)
 }
 
 pub(super) async fn take_pending(
