@@ -87,28 +87,25 @@ impl RecordsAt {
     /// The one number `sql` answers, on PostgreSQL.
     fn count(&self, sql: &str) -> i64 {
         let RecordsAt::Postgres(url) = self else { panic!("{sql} asked of SQLite") };
-        RecordsAt::runtime().block_on(async {
-            let (client, connection) =
-                tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-            let task = tokio::spawn(connection);
-            let n = client.query_one(sql, &[]).await.unwrap().get(0);
-            drop(client);
-            let _ = task.await;
-            n
-        })
+        postgres_rows(url, sql)[0].get(0)
     }
 
     fn postgres(&self, url: &str, sql: &str) -> Vec<(String, Option<String>)> {
-        RecordsAt::runtime().block_on(async {
-            let (client, connection) =
-                tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-            let task = tokio::spawn(connection);
-            let rows = client.query(sql, &[]).await.unwrap();
-            drop(client);
-            let _ = task.await;
-            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
-        })
+        postgres_rows(url, sql).iter().map(|r| (r.get(0), r.get(1))).collect()
     }
+}
+
+/// The rows one statement answers on the PostgreSQL at `url`, over a connection of its own.
+fn postgres_rows(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    RecordsAt::runtime().block_on(async {
+        let (client, connection) =
+            tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        let task = tokio::spawn(connection);
+        let rows = client.query(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        drop(client);
+        let _ = task.await;
+        rows
+    })
 }
 
 /// The test's records: a SQLite file in `dir`, or a fresh PostgreSQL database (`None`
@@ -695,6 +692,20 @@ fn fifty_sigkills_at_random_moments_lose_nothing_acknowledged_on_postgres_and_th
     );
 }
 
+/// What [`instances`] starts: the store's address, the records, the servers, and their
+/// directories (kept while they run).
+type Instances = (String, RecordsAt, Vec<Server>, Vec<tempfile::TempDir>);
+
+/// `n` instances on one fresh PostgreSQL database and one fresh object-store prefix, each
+/// with `extra` flags; `None` (skipped) without the services.
+fn instances(n: usize, extra: &[&str]) -> Option<Instances> {
+    let url = common::fresh_s3()?;
+    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let records = records_in(dirs[0].path(), true)?;
+    let servers = dirs.iter().map(|d| start(d.path(), &records, &url, extra)).collect();
+    Some((url, records, servers, dirs))
+}
+
 /// Three instances on one PostgreSQL and one object store, and a client that opens a
 /// connection per request: each request goes to the next instance. It registers on one,
 /// exchanges keys on the second, sends on the third and confirms on the first; a resend
@@ -702,10 +713,7 @@ fn fifty_sigkills_at_random_moments_lose_nothing_acknowledged_on_postgres_and_th
 /// staged.
 #[test]
 fn a_client_that_opens_a_connection_per_request_is_served_round_robin_by_three_instances() {
-    let Some(url) = common::fresh_s3() else { return };
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let Some(records) = records_in(dirs[0].path(), true) else { return };
-    let servers: Vec<Server> = dirs.iter().map(|d| start(d.path(), &records, &url, &[])).collect();
+    let Some((url, records, servers, _dirs)) = instances(3, &[]) else { return };
     let mut next = 0;
     let mut turn = || {
         next += 1;
@@ -803,13 +811,9 @@ fn db_inspect_shows_the_postgres_records_and_checks_the_objects_in_the_store() {
 #[test]
 fn a_hundred_clients_spread_over_three_instances_all_verify_and_leave_nothing_staged() {
     use crate::common::v4::{self, Conn, Key};
-    let Some(url) = common::fresh_s3() else { return };
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let Some(records) = records_in(dirs[0].path(), true) else { return };
     // Every client comes from 127.0.0.1: let them all register.
     let extra = ["--registrations-per-minute", "1000"];
-    let servers: Vec<Server> =
-        dirs.iter().map(|d| start(d.path(), &records, &url, &extra)).collect();
+    let Some((url, records, servers, _dirs)) = instances(3, &extra) else { return };
     let addrs: Vec<_> = servers.iter().map(|s| s.addr).collect();
     let data_of = |n: u64| common::random_bytes(4_096 + n as usize * 97, 1_000 + n);
     let clients: Vec<_> = (0..100u64)
@@ -856,17 +860,16 @@ fn a_hundred_clients_spread_over_three_instances_all_verify_and_leave_nothing_st
     drop(servers);
 }
 
-/// Runs `sql` as the test cluster's superuser, on its `postgres` database.
-fn as_admin(sql: &str) {
+/// Cuts every connection to the database `db` and refuses new ones, as PostgreSQL going
+/// away looks to the server (`away` false: lets them in again); as the test cluster's
+/// superuser, on its `postgres` database.
+fn database_away(db: &str, away: bool) {
     let admin = std::env::var("SECUREXFER_TEST_POSTGRES").unwrap();
-    RecordsAt::runtime().block_on(async {
-        let (client, connection) =
-            tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.unwrap();
-        let task = tokio::spawn(connection);
-        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-        drop(client);
-        let _ = task.await;
-    });
+    postgres_rows(&admin, &format!("ALTER DATABASE {db} ALLOW_CONNECTIONS {}", !away));
+    if away {
+        let cut = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ";
+        postgres_rows(&admin, &format!("{cut}'{db}'"));
+    }
 }
 
 /// PostgreSQL going away in the middle of a run, as a restart looks to its clients: every
@@ -887,27 +890,21 @@ fn postgres_going_away_mid_run_fails_uploads_clearly_and_the_server_serves_again
     let data = common::random_bytes(200_000, 95);
     client.upload(&mut stream, "before.bin", &data);
 
-    as_admin(&format!(
-        "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
-    ));
+    database_away(&db, true);
     let started = Instant::now();
     let answer = client.send_file(&mut stream, "during.bin", &data);
     assert_eq!(answer.code(), ResponseCode::GeneralError, "{answer:?}");
     assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
     server.wait_for_log("refused with 2107 (a server failure): PostgreSQL");
     assert!(server.is_running(), "the server stays up without its database");
-    as_admin(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    database_away(&db, false);
 
     // Between the receipt and the verdict: the commit cannot be recorded, so it is not.
     let mut again = client.reconnected(&server);
     client.send_expecting_receipt(&mut again, "between.bin", &data);
-    as_admin(&format!(
-        "ALTER DATABASE {db} ALLOW_CONNECTIONS false;
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
-    ));
+    database_away(&db, true);
     assert_eq!(client.confirm(&mut again, "between.bin"), Response::GeneralError);
-    as_admin(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    database_away(&db, false);
     // The client goes away: its unconfirmed upload goes with its connection.
     drop(again);
 
@@ -930,10 +927,7 @@ fn postgres_going_away_mid_run_fails_uploads_clearly_and_the_server_serves_again
 /// stranger cannot spread guesses at content under a client's session key over them.
 #[test]
 fn a_padding_failure_on_one_instance_holds_key_exchanges_back_on_another() {
-    let Some(url) = common::fresh_s3() else { return };
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let Some(records) = records_in(dirs[0].path(), true) else { return };
-    let servers: Vec<Server> = dirs.iter().map(|d| start(d.path(), &records, &url, &[])).collect();
+    let Some((url, records, servers, _dirs)) = instances(2, &[]) else { return };
     let mut stream = connect(&servers[0]);
     let mut client = Client::setup("guessed", &mut stream);
     let bytes = raw_file_request(client.id, b"bad.bin", &bad_block(&client.aes()));
@@ -959,13 +953,9 @@ fn a_padding_failure_on_one_instance_holds_key_exchanges_back_on_another() {
 /// used its registrations on one instance gets none more on another.
 #[test]
 fn the_registration_limit_of_an_address_holds_over_instances() {
-    let Some(url) = common::fresh_s3() else { return };
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
-    let Some(records) = records_in(dirs[0].path(), true) else { return };
     // One a minute, two at once.
     let extra = ["--registrations-per-minute", "1"];
-    let servers: Vec<Server> =
-        dirs.iter().map(|d| start(d.path(), &records, &url, &extra)).collect();
+    let Some((_url, records, servers, _dirs)) = instances(2, &extra) else { return };
     for name in ["first", "second"] {
         let answer = Client::new(name).register(&mut connect(&servers[0]));
         assert_eq!(answer.code(), ResponseCode::Registered, "{name}: {answer:?}");
