@@ -9,6 +9,7 @@
 
 pub mod atomic_file;
 pub mod client;
+pub mod clock;
 pub mod content;
 pub mod crypto;
 pub mod protocol;

@@ -20,33 +20,18 @@
 use super::Shared;
 use super::refusal::Refusal;
 use super::session::{MAX_PENDING_UPLOADS, Pending, Session};
+use crate::clock::{millis, unix_ms, unix_secs_in};
 use crate::protocol::ClientId;
 use crate::store::s3::{STAGED_MARGIN, STAGED_RETRY};
 use crate::store::{Blobs, PendingTimes, SharedPending};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// How long a taken-back upload's staged object is held from the cleaner for its commit
 /// (which forgets it): far longer than a commit takes.
 const COMMIT_HOLD: Duration = Duration::from_secs(60 * 60);
-
-fn since_epoch() -> Duration {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
-}
-
-fn now_ms() -> i64 {
-    since_epoch().as_millis() as i64
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-fn secs_from_now(d: Duration) -> i64 {
-    (since_epoch() + d).as_secs() as i64
-}
 
 impl Shared {
     /// Whether sessions are shared with other instances through the records.
@@ -78,7 +63,7 @@ impl Shared {
         if !self.shares_sessions() {
             return Ok(local);
         }
-        let used_after = now_ms().saturating_sub(ms(self.config.session_window));
+        let used_after = unix_ms().saturating_sub(millis(self.config.session_window));
         let Some(found) = self.records().find_session(id, ip, used_after).await? else {
             return Ok(None);
         };
@@ -125,7 +110,7 @@ impl Shared {
         if !self.shares_sessions() {
             return Ok(false);
         }
-        let after = now_ms().saturating_sub(ms(self.config.session_window));
+        let after = unix_ms().saturating_sub(millis(self.config.session_window));
         Ok(self.records().registered_since(id, ip, after).await?)
     }
 
@@ -148,7 +133,7 @@ impl Shared {
         };
         let lifetime = super::borrowed_upload_lifetime(&self.config);
         // Beyond the point `take_pending` stops taking it by as much again.
-        let expires = secs_from_now(lifetime + 2 * STAGED_MARGIN + STAGED_RETRY);
+        let expires = unix_secs_in(lifetime + 2 * STAGED_MARGIN + STAGED_RETRY);
         let location = staged.hand_over(expires).await.map_err(|source| Refusal::Storage {
             what: "could not keep the upload for its verdict".into(),
             source,
@@ -163,7 +148,7 @@ impl Shared {
             location: location.clone(),
             size,
             cksum,
-            arrived: now_ms(),
+            arrived: unix_ms(),
         };
         if self.records().put_pending(kept, MAX_PENDING_UPLOADS).await? {
             return Ok(true);
@@ -199,10 +184,10 @@ impl Shared {
         }
         let lifetime = super::borrowed_upload_lifetime(&self.config);
         let times = PendingTimes {
-            arrived_after: now_ms().saturating_sub(ms(lifetime)),
+            arrived_after: unix_ms().saturating_sub(millis(lifetime)),
             // Past any lease a cleaner may hold on it now, even by a clock that is ahead.
-            safe_until: secs_from_now(STAGED_RETRY + STAGED_MARGIN),
-            held_until: secs_from_now(COMMIT_HOLD),
+            safe_until: unix_secs_in(STAGED_RETRY + STAGED_MARGIN),
+            held_until: unix_secs_in(COMMIT_HOLD),
         };
         let taken = self.records().take_pending(session.token, file_name.into(), times).await?;
         let Some(taken) = taken.filter(|t| t.id == session.id) else { return Ok(None) };
@@ -233,7 +218,7 @@ impl Shared {
         if local.is_some() || !self.records().shares_sessions() {
             return Ok(local);
         }
-        let now = now_ms();
+        let now = unix_ms();
         let keys = super::backoff::key_names(id, ip, usual);
         let until = self.records().blocked_until(keys, now).await?;
         Ok(until.map(|until| Duration::from_millis(until.saturating_sub(now) as u64)))
@@ -251,7 +236,7 @@ impl Shared {
         if !self.records().shares_sessions() {
             return local;
         }
-        let (now, keys) = (now_ms(), super::backoff::key_names(id, ip, usual));
+        let (now, keys) = (unix_ms(), super::backoff::key_names(id, ip, usual));
         match self.records().note_padding_failure(keys, now).await {
             Ok(until) => local.max(Duration::from_millis(until.saturating_sub(now) as u64)),
             Err(e) => {
@@ -278,7 +263,7 @@ impl Shared {
         }
         let net = super::ratelimit::network_of(ip).to_string();
         let burst = per_minute.saturating_mul(2);
-        match self.records().take_registration(net, now_ms(), per_minute, burst).await {
+        match self.records().take_registration(net, unix_ms(), per_minute, burst).await {
             Ok(None) => Ok(()),
             Ok(Some(wait)) => Err(wait),
             Err(e) => {
@@ -294,9 +279,10 @@ impl Shared {
         if !self.records().shares_sessions() {
             return;
         }
-        let now = now_ms();
-        let used_after = now.saturating_sub(ms(self.config.session_window));
-        let arrived_after = now.saturating_sub(ms(super::borrowed_upload_lifetime(&self.config)));
+        let now = unix_ms();
+        let used_after = now.saturating_sub(millis(self.config.session_window));
+        let arrived_after =
+            now.saturating_sub(millis(super::borrowed_upload_lifetime(&self.config)));
         match self.records().expire_sessions(used_after, arrived_after).await {
             Ok((0, 0)) => {}
             Ok((sessions, uploads)) => {

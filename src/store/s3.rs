@@ -416,10 +416,7 @@ fn random_hex() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unix_now() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    now.map_or(0, |d| d.as_secs() as i64)
-}
+use crate::clock::unix_secs as unix_now;
 
 impl S3Store {
     /// Takes back a finished upload of `owner`'s that an instance handed over

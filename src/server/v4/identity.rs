@@ -25,11 +25,7 @@ pub const MAX_OPEN_PUTS: u16 = 64;
 const SOFTWARE: &str = concat!("securexfer ", env!("CARGO_PKG_VERSION"));
 
 /// Seconds since 1970, for `WELCOME` and the message of an `internal` error.
-pub(super) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
+pub(super) use crate::clock::unix_secs as unix_now;
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// `WELCOME`: the connection's version, the policy, and who the key is here.

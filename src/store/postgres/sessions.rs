@@ -10,11 +10,7 @@ use deadpool_postgres::GenericClient;
 use std::net::IpAddr;
 use tokio_postgres::types::ToSql;
 
-/// Milliseconds since 1970, as the tables keep times.
-pub(super) fn now_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    now.map_or(0, |d| d.as_millis() as i64)
-}
+use crate::clock::{millis, unix_ms};
 
 pub(super) async fn publish(
     c: &impl GenericClient,
@@ -28,7 +24,7 @@ pub(super) async fn publish(
     let stmt = c.prepare_cached(sql).await?;
     let usual = s.usual_ip.map(|ip| ip.to_string());
     let params: [&(dyn ToSql + Sync); 6] =
-        [&&s.id.0[..], &s.ip.to_string(), &&s.token[..], &&s.aes_key[..], &usual, &now_ms()];
+        [&&s.id.0[..], &s.ip.to_string(), &&s.token[..], &&s.aes_key[..], &usual, &unix_ms()];
     c.execute(&stmt, &params).await?;
     Ok(())
 }
@@ -43,7 +39,7 @@ pub(super) async fn find(
                WHERE id = $1 AND ip = $2 AND last_used > $3
                RETURNING token, aes_key, usual_ip";
     let stmt = c.prepare_cached(sql).await?;
-    let row = c.query_opt(&stmt, &[&&id.0[..], &ip.to_string(), &used_after, &now_ms()]).await?;
+    let row = c.query_opt(&stmt, &[&&id.0[..], &ip.to_string(), &used_after, &unix_ms()]).await?;
     Ok(row.and_then(|r| {
         let (token, aes_key): (&[u8], &[u8]) = (r.get(0), r.get(1));
         Some(SharedSession {
@@ -73,7 +69,7 @@ pub(super) async fn note_registration(
     let sql = "INSERT INTO session_registrations (id, ip, at) VALUES ($1, $2, $3)
                ON CONFLICT (id, ip) DO UPDATE SET at = excluded.at";
     let stmt = c.prepare_cached(sql).await?;
-    c.execute(&stmt, &[&&id.0[..], &ip.to_string(), &now_ms()]).await?;
+    c.execute(&stmt, &[&&id.0[..], &ip.to_string(), &unix_ms()]).await?;
     Ok(())
 }
 
@@ -174,7 +170,7 @@ pub(super) async fn expire(
     arrived_after: i64,
 ) -> Result<(usize, usize), PostgresError> {
     // Uploads of sessions gone (ended, replaced or expired in an earlier round) go too.
-    let quiet = ms(crate::server::backoff::QUIET);
+    let quiet = millis(crate::server::backoff::QUIET);
     let sql = "WITH idle AS (DELETE FROM sessions WHERE last_used <= $1 RETURNING 1),
                     forgotten AS (DELETE FROM backoff
                       WHERE until_ms + failures::bigint * $3 <= $4),
@@ -186,7 +182,7 @@ pub(super) async fn expire(
                       RETURNING 1)
                SELECT (SELECT count(*) FROM idle), (SELECT count(*) FROM stale)";
     let stmt = c.prepare_cached(sql).await?;
-    let row = c.query_one(&stmt, &[&used_after, &arrived_after, &quiet, &now_ms()]).await?;
+    let row = c.query_one(&stmt, &[&used_after, &arrived_after, &quiet, &unix_ms()]).await?;
     Ok((row.get::<_, i64>(0) as usize, row.get::<_, i64>(1) as usize))
 }
 
@@ -212,7 +208,7 @@ pub(super) async fn note_padding_failure(
                  until_ms = GREATEST(backoff.until_ms, excluded.until_ms)
                RETURNING until_ms";
     let stmt = c.prepare_cached(sql).await?;
-    let (quiet, first, max) = (ms(QUIET), ms(FIRST_DELAY), ms(MAX_DELAY));
+    let (quiet, first, max) = (millis(QUIET), millis(FIRST_DELAY), millis(MAX_DELAY));
     let rows = c.query(&stmt, &[&keys, &now, &quiet, &first, &max]).await?;
     Ok(rows.iter().map(|r| r.get::<_, i64>(0)).max().unwrap_or(now))
 }
@@ -225,10 +221,6 @@ pub(super) async fn blocked_until(
     let sql = "SELECT max(until_ms) FROM backoff WHERE key = ANY($1) AND until_ms > $2";
     let stmt = c.prepare_cached(sql).await?;
     Ok(c.query_one(&stmt, &[&keys, &now]).await?.get(0))
-}
-
-fn ms(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 pub(super) async fn take_registration(
