@@ -155,6 +155,20 @@ pub fn internal(at: i64) -> ErrorFrame {
     )
 }
 
+/// `internal`, for an upload whose content the storage failed to take (an object store
+/// that answered with an error, a full disk under it): said apart from other failures,
+/// since the cure is the operator's storage, and the client can tell its user so.
+pub fn storage_failed(at: i64) -> ErrorFrame {
+    plain(
+        ErrorCode::Internal,
+        false,
+        &format!(
+            "the server could not store the upload: its storage failed (logged at {at}, \
+             seconds since 1970)"
+        ),
+    )
+}
+
 /// `name_refused`: a path that breaks the rules; the message names the rule.
 pub fn path_refused(why: &str) -> ErrorFrame {
     plain(ErrorCode::NameRefused, false, &format!("path refused: {why}"))

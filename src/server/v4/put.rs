@@ -455,13 +455,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 let _ = tokio::task::spawn_blocking(move || drop(open)).await;
                 self.machine.put_refused(tag);
                 self.shared.metrics.upload(UploadOutcome::Failed);
-                warn!(tag, "writing a protocol-4 upload failed: {e}");
                 let error = if e.raw_os_error() == Some(libc::ENOSPC) {
+                    warn!(tag, "writing a protocol-4 upload failed: {e}");
                     errors::disk_full(0, 0)
                 } else {
                     let at = unix_now();
                     tracing::error!(at, "writing a protocol-4 upload failed: {e}");
-                    errors::internal(at)
+                    errors::storage_failed(at)
                 };
                 self.refuse(tag, &error).await
             }
@@ -490,7 +490,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             tracing::error!(at, "finishing a protocol-4 upload failed: {e}");
             self.shared.metrics.upload(UploadOutcome::Failed);
             let _ = tokio::task::spawn_blocking(move || drop(open)).await;
-            return Err(Ended::Refused(errors::internal(at)));
+            return Err(Ended::Refused(errors::storage_failed(at)));
         }
         let hash: [u8; 32] = *open.hasher.finalize().as_bytes();
         self.shared.metrics.upload_received(open.started);

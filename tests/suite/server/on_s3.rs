@@ -563,6 +563,112 @@ fn an_object_store_that_goes_away_fails_uploads_clearly_and_serves_again_when_it
     assert_eq!(names, ["after.bin", "before.bin"]);
 }
 
+/// A tmpfs of `mib` MiB mounted at `at` (root only): a file system that really fills up,
+/// under a test's own S3 server. Unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// `None` (after saying so) where mounting is not allowed; in CI, which runs as root,
+    /// that is a failure rather than a skip.
+    fn mount(at: &Path, mib: u32) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        if out.status.success() {
+            return Some(SmallDisk(at.to_owned()));
+        }
+        let why = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI mounts a tmpfs: {why}");
+        eprintln!("SKIPPED: cannot mount a small tmpfs here ({why}); CI does");
+        None
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Every file under `dir` with its size, sorted.
+fn files_under(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            found.extend(files_under(&entry.path()));
+        } else {
+            found.push((entry.path(), meta.len()));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The object store's disk fills up in the middle of an upload larger than its free
+/// space: the client gets an error, nothing of the upload is recorded (let alone
+/// verified), nothing of it stays staged, and once it is gone the next upload is stored
+/// with no restart of anything.
+#[test]
+fn an_upload_larger_than_the_object_stores_free_space_fails_clearly_and_records_nothing() {
+    let Some(_) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("s3/root"), 16) else { return };
+    std::fs::create_dir_all(dir.path().join("s3/root/own-bucket")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let s3 = own_s3(&dir.path().join("s3"), port);
+    let url = "s3://own-bucket/prefix";
+    let records = RecordsAt::Sqlite(dir.path().join("server.db"));
+    let server = Server::start_in_on_storage_with(dir.path(), "server.db", url, &[], |cmd| {
+        cmd.env("AWS_ENDPOINT_URL", &endpoint);
+    });
+    let mut stream = connect(&server);
+    let mut client = Client::setup("filler", &mut stream);
+    let small = common::random_bytes(300_000, 81);
+    client.upload(&mut stream, "before.bin", &small);
+
+    // 40 MiB into a 16 MiB file system.
+    let big = common::random_bytes(40 << 20, 82);
+    let answer = client.send_file(&mut stream, "too-big.bin", &big);
+    assert_eq!(answer.code(), ResponseCode::GeneralError, "{answer:?}\n{}", server.log());
+    server.wait_for_log("writing the upload failed");
+    let files = records.files();
+    assert!(files.iter().all(|f| f.file_name != "too-big.bin"), "{files:?}");
+    assert!(records.staged().is_empty(), "the failed upload is not left staged");
+    // Protocol 4 says it in words, and its connection goes on.
+    let (mut conn, _welcome) = common::v4::Conn::hello(server.addr, &common::v4::Key::ed25519());
+    common::v4::registered(&conn.register("filler4", None));
+    let tag = conn.put("too-big-4.bin", &big);
+    let answer = conn.read().expect("an answer to the put");
+    let error = common::v4::error_of(&answer).unwrap_or_else(|| panic!("{answer:?}"));
+    assert_eq!(answer.tag, tag);
+    assert!(error.message.contains("could not store the upload: its storage failed"), "{error:?}");
+    let at = error.message.split("logged at ").nth(1).and_then(|r| r.split(',').next());
+    let at = at.unwrap_or_else(|| panic!("no time in {error:?}"));
+    server.wait_for_log(&format!("at={at}"));
+    wait_until("the failed put's staged object to go", || records.staged().is_empty());
+    let (received, _) = conn.put_and_commit("small.bin", &small, *blake3::hash(&small).as_bytes());
+    assert!(common::v4::error_of(&received).is_none(), "{received:?}");
+    // What rclone keeps on the small disk: the objects of before.bin and small.bin, and
+    // nothing of either big upload.
+    let on_disk = files_under(&dir.path().join("s3/root"));
+    let sizes: Vec<u64> = on_disk.iter().map(|(_, size)| *size).collect();
+    assert_eq!(sizes, [small.len() as u64; 2], "only the two small objects: {on_disk:?}");
+
+    // The space the failed upload took is back: the next upload goes through.
+    let mut again = client.reconnected(&server);
+    client.upload(&mut again, "after.bin", &small);
+    let names: Vec<String> = records.files().into_iter().map(|f| f.file_name).collect();
+    assert_eq!(names, ["after.bin", "before.bin", "small.bin"], "nothing of the big ones");
+    drop(server);
+    drop(s3);
+    drop(disk);
+}
+
 #[test]
 fn the_operators_tools_say_they_read_a_local_storage_directory_only() {
     let dir = tempfile::tempdir().unwrap();
