@@ -41,9 +41,11 @@ pub enum PostgresError {
     /// The `postgres://` address does not parse.
     #[error("invalid PostgreSQL address: {0}")]
     Address(String),
-    /// The server said no, or the connection failed.
+    /// The server said no, or the connection failed. Its message already holds the
+    /// cause (see `describe`), so it is not also this error's source: a chain printed
+    /// with `{:#}` would say the cause twice.
     #[error("PostgreSQL: {}", describe(.0))]
-    Db(#[from] tokio_postgres::Error),
+    Db(tokio_postgres::Error),
     /// No connection could be had from the pool in time.
     #[error("PostgreSQL connection pool: {0}")]
     Pool(String),
@@ -77,6 +79,12 @@ fn describe(e: &tokio_postgres::Error) -> String {
             Some(cause) => format!("{e}: {cause}"),
             None => e.to_string(),
         },
+    }
+}
+
+impl From<tokio_postgres::Error> for PostgresError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PostgresError::Db(e)
     }
 }
 

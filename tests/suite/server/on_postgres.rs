@@ -179,6 +179,7 @@ fn db_inspect_of_an_unreachable_postgres_fails_with_the_reason_and_without_the_p
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "the database cannot be used: {stderr}");
     assert!(stderr.contains("admin:***@127.0.0.1:1/records"), "{stderr}");
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "the cause once: {stderr}");
     assert!(!stderr.contains("hunter2"), "the password shown: {stderr}");
 }
 
@@ -190,6 +191,7 @@ fn serve_over_an_unreachable_postgres_exits_6_with_the_reason_and_without_the_pa
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{stderr}");
     assert!(stderr.contains("PostgreSQL") && stderr.contains("admin:***@"), "{stderr}");
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "the cause once: {stderr}");
     assert!(!stderr.contains("hunter2"), "the password shown: {stderr}");
 }
 
