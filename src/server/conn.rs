@@ -469,7 +469,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// The session that may act for `id` on this connection.
     async fn authorize(&mut self, id: ClientId) -> Result<Arc<Session>, Refusal> {
         if let Some(session) = &self.session {
-            if session.has_ended() {
+            if self.shared.session_ended(session).await? {
                 return Err(Refusal::SessionEnded);
             }
             if session.id == id {

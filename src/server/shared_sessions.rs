@@ -89,6 +89,23 @@ impl Shared {
         dropped
     }
 
+    /// Whether `session`, held by a connection here, was ended after a padding failure:
+    /// here (its flag) or, with shared sessions, on another instance, in which case it is
+    /// ended here too (its waiting uploads dropped). One statement per request of a
+    /// connection that holds a session, on shared records only.
+    pub(super) async fn session_ended(&self, session: &Arc<Session>) -> Result<bool, Refusal> {
+        if session.has_ended() {
+            return Ok(true);
+        }
+        if !self.shares_sessions() || !self.records().session_ended(session.token).await? {
+            return Ok(false);
+        }
+        self.sessions.withdraw(session);
+        let dropped = session.end();
+        info!(client = %session.id, dropped_uploads = dropped, "session ended on another instance (a padding failure): ended here too");
+        Ok(true)
+    }
+
     /// Notes that `id` registered from `ip`: its 1026 may come on another connection.
     pub(super) async fn note_registration(&self, id: ClientId, ip: IpAddr) -> Result<(), Refusal> {
         self.sessions.note_registration(id, ip);

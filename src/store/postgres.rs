@@ -756,6 +756,10 @@ impl Records for PostgresRecords {
         self.run(move |c| async move { sessions::end(&c, token).await })
     }
 
+    fn session_ended(&self, token: [u8; 16]) -> RecordsFuture<'_, bool> {
+        self.run(move |c| async move { sessions::ended(&c, token).await })
+    }
+
     fn note_registration(&self, id: ClientId, ip: IpAddr) -> RecordsFuture<'_, ()> {
         self.run(move |c| async move { sessions::note_registration(&c, id, ip).await })
     }

@@ -338,6 +338,12 @@ pub trait Records: Send + Sync + 'static {
         let _ = token;
         unsupported_shared("end_session")
     }
+    /// Whether the session `token` was ended by [`Records::end_session`] (on any
+    /// instance, within the last day).
+    fn session_ended(&self, token: [u8; 16]) -> RecordsFuture<'_, bool> {
+        let _ = token;
+        unsupported_shared("session_ended")
+    }
     /// Notes that `id` registered from `ip` (its 1026 may come to another instance).
     fn note_registration(&self, id: ClientId, ip: IpAddr) -> RecordsFuture<'_, ()> {
         let _ = (id, ip);

@@ -624,8 +624,12 @@ fn shared_sessions_are_found_in_their_window_and_an_upload_is_taken_once_or_clea
         assert_eq!(take(2, cleaning).await.unwrap(), None, "being cleaned");
         assert!(records.put_pending(pending(2, 2), 2).await.unwrap(), "the limit has room");
         // An ended session grants nothing, and what waited on it goes.
+        assert!(!records.session_ended([2; 16]).await.unwrap());
         assert_eq!(records.end_session([2; 16]).await.unwrap(), 1);
         assert_eq!(records.find_session(id, ip(HOME), 0).await.unwrap(), None);
+        // It is known as ended (the instance whose connection holds it ends it there).
+        assert!(records.session_ended([2; 16]).await.unwrap());
+        assert!(!records.session_ended([3; 16]).await.unwrap(), "another session is not");
         assert!(!records.put_pending(pending(2, 4), 8).await.unwrap(), "an ended session");
         // Expiry: idle sessions, old registrations, uploads waiting too long.
         records.publish_session(session(3)).await.unwrap();

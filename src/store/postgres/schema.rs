@@ -162,6 +162,13 @@ const MIGRATIONS: &[&str] = &[
         at_ms BIGINT NOT NULL,
         taken BOOLEAN NOT NULL
      );",
+    // 5: the tokens of sessions ended after a padding failure, so that the instance whose
+    // connection holds such a session ends it there too (a day: longer than a connection
+    // stays idle).
+    "CREATE TABLE ended_sessions (
+        token BYTEA PRIMARY KEY CHECK (length(token) = 16),
+        at BIGINT NOT NULL
+     );",
 ];
 
 /// The newest schema version this build knows.

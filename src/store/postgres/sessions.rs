@@ -54,11 +54,20 @@ pub(super) async fn find(
 
 pub(super) async fn end(c: &impl GenericClient, token: [u8; 16]) -> Result<usize, PostgresError> {
     let sql = "WITH ended AS (DELETE FROM sessions WHERE token = $1),
+                    noted AS (INSERT INTO ended_sessions (token, at) VALUES ($1, $2)
+                      ON CONFLICT (token) DO NOTHING),
                     dropped AS (DELETE FROM pending_uploads WHERE token = $1 RETURNING 1)
                SELECT count(*) FROM dropped";
     let stmt = c.prepare_cached(sql).await?;
-    let n: i64 = c.query_one(&stmt, &[&&token[..]]).await?.get(0);
+    let n: i64 = c.query_one(&stmt, &[&&token[..], &unix_ms()]).await?.get(0);
     Ok(n as usize)
+}
+
+/// Whether the session `token` was ended (by [`end`], on any instance).
+pub(super) async fn ended(c: &impl GenericClient, token: [u8; 16]) -> Result<bool, PostgresError> {
+    let sql = "SELECT EXISTS (SELECT 1 FROM ended_sessions WHERE token = $1)";
+    let stmt = c.prepare_cached(sql).await?;
+    Ok(c.query_one(&stmt, &[&&token[..]]).await?.get(0))
 }
 
 pub(super) async fn note_registration(
@@ -177,6 +186,7 @@ pub(super) async fn expire(
                     refilled AS (DELETE FROM registration_buckets
                       WHERE at_ms <= $4 - 3600000),
                     registrations AS (DELETE FROM session_registrations WHERE at <= $1),
+                    ended AS (DELETE FROM ended_sessions WHERE at <= $4 - 86400000),
                     stale AS (DELETE FROM pending_uploads p WHERE arrived <= $2
                       OR NOT EXISTS (SELECT 1 FROM sessions s WHERE s.token = p.token)
                       RETURNING 1)

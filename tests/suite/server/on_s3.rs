@@ -1057,6 +1057,31 @@ fn a_padding_failure_on_one_instance_holds_key_exchanges_back_on_another() {
 
 /// The registration limit holds over every instance on one PostgreSQL: an address that
 /// used its registrations on one instance gets none more on another.
+/// A session ended by a padding failure on one instance ends for the connection that
+/// owns it on another: its waiting upload is dropped and it grants nothing more, as on one
+/// server (`bad_padding_on_a_borrowed_session_ends_it_for_its_own_connection_too`).
+#[test]
+fn bad_padding_on_another_instance_ends_the_session_for_its_own_connection_too() {
+    let Some((_url, records, servers, _dirs)) = instances(2, &[]) else { return };
+    let mut own = connect(&servers[0]);
+    let client = Client::setup("borrowed", &mut own);
+    let data = common::random_bytes(2_000, 41);
+    client.send_expecting_receipt(&mut own, "mine.bin", &data);
+
+    // A connection to the other instance borrows the session and fails.
+    let mut borrower = connect(&servers[1]);
+    let bytes = raw_file_request(client.id, b"x.bin", &bad_block(&client.aes()));
+    expect_refused(&mut borrower, &bytes);
+    servers[1].wait_for_log("session ended");
+
+    // The owning connection's upload is gone and its session grants nothing more.
+    let answer = client.confirm(&mut own, "mine.bin");
+    assert_eq!(answer.code(), ResponseCode::GeneralError, "{answer:?}");
+    assert!(records.files().is_empty(), "{:?}", records.files());
+    let mut again = connect(&servers[0]);
+    expect_refused(&mut again, &send_file_head(client.id, 16, b"y.bin"));
+}
+
 #[test]
 fn the_registration_limit_of_an_address_holds_over_instances() {
     // One a minute, two at once.
