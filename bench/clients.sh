@@ -48,34 +48,16 @@ register_clients() {
   done
 }
 
-# Runs every client's `send` of its own file at once; prints the wall seconds.
-throughput_run() {
-  local dir=$1 n=$2 proto=$3 rep=$4 i pids=() start end
-  sync
-  start=$(now_ns)
-  for i in $(seq "$n"); do
-    (cd "$dir/c$i" && XDG_CONFIG_HOME=$dir/c$i/config exec "$bin" send big.bin \
-      --as "big-$rep.bin" --server "$server_addr" --protocol "$proto" --quiet \
-      2>"$dir/c$i/send.err") &
-    pids+=("$!")
-  done
-  for i in "${!pids[@]}"; do
-    wait "${pids[$i]}" || { cat "$dir/c$((i + 1))/send.err" >&2; exit 1; }
-  done
-  end=$(now_ns)
-  calc "($end - $start) / 1e9"
-}
-
-# Each client sends ROUNDS small files in a row, all clients at once; prints the wall
-# seconds.
-sessions_run() {
-  local dir=$1 n=$2 proto=$3 rep=$4 rounds=$5 i pids=() start end
+# Every client runs ROUNDS sends of its FILE in a row (as NAME-1.bin, NAME-2.bin, ...),
+# all clients at once; prints the wall seconds from the first start to the last exit.
+timed_clients() {
+  local dir=$1 n=$2 proto=$3 rounds=$4 file=$5 name=$6 i pids=() start end
   start=$(now_ns)
   for i in $(seq "$n"); do
     (
       cd "$dir/c$i"
       for r in $(seq "$rounds"); do
-        XDG_CONFIG_HOME=$dir/c$i/config "$bin" send small.bin --as "small-$rep-$r.bin" \
+        XDG_CONFIG_HOME=$dir/c$i/config "$bin" send "$file" --as "$name-$r.bin" \
           --server "$server_addr" --protocol "$proto" --quiet 2>>"$dir/c$i/send.err"
       done
     ) &
@@ -123,8 +105,9 @@ for proto in 3 4; do
     [ "$n" -gt 8 ] && rounds=$ROUNDS_LARGE
     walls_a=() walls_b=()
     for rep in $(seq "$REPS"); do
-      walls_a+=("$(throughput_run "$dir" "$n" "$proto" "$rep")")
-      walls_b+=("$(sessions_run "$dir" "$n" "$proto" "$rep" "$rounds")")
+      sync
+      walls_a+=("$(timed_clients "$dir" "$n" "$proto" 1 big.bin "big-$rep")")
+      walls_b+=("$(timed_clients "$dir" "$n" "$proto" "$rounds" small.bin "small-$rep")")
     done
     copies=$(check_stored "$dir")
     expected=$((n * REPS * (1 + rounds)))

@@ -519,6 +519,22 @@ fn own_s3(data: &Path, port: u16) -> OwnS3 {
     OwnS3(child)
 }
 
+/// A server in `dir` on SQLite records and a test's own S3 server (over `dir/s3`, with
+/// its bucket made): that S3 server, its port (to start it again), the records and the
+/// server.
+fn on_own_s3(dir: &Path) -> (OwnS3, u16, RecordsAt, Server) {
+    std::fs::create_dir_all(dir.join("s3/root/own-bucket")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let s3 = own_s3(&dir.join("s3"), port);
+    let url = "s3://own-bucket/prefix";
+    let records = RecordsAt::Sqlite(dir.join("server.db"));
+    let server = Server::start_in_on_storage_with(dir, "server.db", url, &[], |cmd| {
+        cmd.env("AWS_ENDPOINT_URL", &endpoint);
+    });
+    (s3, port, records, server)
+}
+
 /// A test's own S3 server, stopped when dropped.
 struct OwnS3(std::process::Child);
 
@@ -533,15 +549,7 @@ impl Drop for OwnS3 {
 fn an_object_store_that_goes_away_fails_uploads_clearly_and_serves_again_when_it_returns() {
     let Some(_) = common::fresh_s3() else { return };
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("s3/root/own-bucket")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let s3 = own_s3(&dir.path().join("s3"), port);
-    let url = "s3://own-bucket/prefix";
-    let records = RecordsAt::Sqlite(dir.path().join("server.db"));
-    let server = Server::start_in_on_storage_with(dir.path(), "server.db", url, &[], |cmd| {
-        cmd.env("AWS_ENDPOINT_URL", &endpoint);
-    });
+    let (s3, port, records, server) = on_own_s3(dir.path());
     let mut stream = connect(&server);
     let mut client = Client::setup("faulty", &mut stream);
     let data = common::random_bytes(300_000, 77);
@@ -617,15 +625,7 @@ fn an_upload_larger_than_the_object_stores_free_space_fails_clearly_and_records_
     let Some(_) = common::fresh_s3() else { return };
     let dir = tempfile::tempdir().unwrap();
     let Some(disk) = SmallDisk::mount(&dir.path().join("s3/root"), 16) else { return };
-    std::fs::create_dir_all(dir.path().join("s3/root/own-bucket")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let s3 = own_s3(&dir.path().join("s3"), port);
-    let url = "s3://own-bucket/prefix";
-    let records = RecordsAt::Sqlite(dir.path().join("server.db"));
-    let server = Server::start_in_on_storage_with(dir.path(), "server.db", url, &[], |cmd| {
-        cmd.env("AWS_ENDPOINT_URL", &endpoint);
-    });
+    let (s3, _, records, server) = on_own_s3(dir.path());
     let mut stream = connect(&server);
     let mut client = Client::setup("filler", &mut stream);
     let small = common::random_bytes(300_000, 81);
