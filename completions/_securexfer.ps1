@@ -199,6 +199,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('fingerprint', 'fingerprint', [CompletionResultType]::ParameterValue, 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)')
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used')
             [CompletionResult]::new('quota', 'quota', [CompletionResultType]::ParameterValue, 'Show or set a client''s quota: the bytes its files, kept versions and open uploads may take and how many files it may store. Checked by protocol 4 before any content of an upload is accepted (protocol 3 uploads are not counted against it). Safe while the server runs; new uploads see a change at once')
+            [CompletionResult]::new('migrate', 'migrate', [CompletionResultType]::ParameterValue, 'Move a single machine''s records and files to PostgreSQL and an object store (the configuration of many `serve` instances): every client, key, quota, invitation, file and kept version, each file hashed on the way and read back from the store. Safe while the server runs, and re-runnable: a second run moves only what is not there yet as the source has it. Exit 5 if a file is not what its record says')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -264,6 +265,16 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
         }
+        'securexfer;db;migrate' {
+            [CompletionResult]::new('--from', '--from', [CompletionResultType]::ParameterName, 'What to move: the SQLite database and the storage directory of one server')
+            [CompletionResult]::new('--to', '--to', [CompletionResultType]::ParameterName, 'Where to: the PostgreSQL database and the object store (endpoint and credentials from the AWS_* variables, as for serve). The schema is migrated if need be')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON document instead of lines')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
         'securexfer;db;help' {
             [CompletionResult]::new('inspect', 'inspect', [CompletionResultType]::ParameterValue, 'Show clients, files and kept versions, read-only (safe while the server runs), from a SQLite file or a postgres:// address, checking each file against a local storage directory or an s3:// object store (listed, never written). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)')
             [CompletionResult]::new('verify', 'verify', [CompletionResultType]::ParameterValue, 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any')
@@ -271,6 +282,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('fingerprint', 'fingerprint', [CompletionResultType]::ParameterValue, 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)')
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used')
             [CompletionResult]::new('quota', 'quota', [CompletionResultType]::ParameterValue, 'Show or set a client''s quota: the bytes its files, kept versions and open uploads may take and how many files it may store. Checked by protocol 4 before any content of an upload is accepted (protocol 3 uploads are not counted against it). Safe while the server runs; new uploads see a change at once')
+            [CompletionResult]::new('migrate', 'migrate', [CompletionResultType]::ParameterValue, 'Move a single machine''s records and files to PostgreSQL and an object store (the configuration of many `serve` instances): every client, key, quota, invitation, file and kept version, each file hashed on the way and read back from the store. Safe while the server runs, and re-runnable: a second run moves only what is not there yet as the source has it. Exit 5 if a file is not what its record says')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -290,6 +302,9 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;db;help;quota' {
+            break
+        }
+        'securexfer;db;help;migrate' {
             break
         }
         'securexfer;db;help;help' {
@@ -359,6 +374,7 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             [CompletionResult]::new('fingerprint', 'fingerprint', [CompletionResultType]::ParameterValue, 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)')
             [CompletionResult]::new('invite', 'invite', [CompletionResultType]::ParameterValue, 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used')
             [CompletionResult]::new('quota', 'quota', [CompletionResultType]::ParameterValue, 'Show or set a client''s quota: the bytes its files, kept versions and open uploads may take and how many files it may store. Checked by protocol 4 before any content of an upload is accepted (protocol 3 uploads are not counted against it). Safe while the server runs; new uploads see a change at once')
+            [CompletionResult]::new('migrate', 'migrate', [CompletionResultType]::ParameterValue, 'Move a single machine''s records and files to PostgreSQL and an object store (the configuration of many `serve` instances): every client, key, quota, invitation, file and kept version, each file hashed on the way and read back from the store. Safe while the server runs, and re-runnable: a second run moves only what is not there yet as the source has it. Exit 5 if a file is not what its record says')
             break
         }
         'securexfer;help;db;inspect' {
@@ -377,6 +393,9 @@ Register-ArgumentCompleter -Native -CommandName 'securexfer' -ScriptBlock {
             break
         }
         'securexfer;help;db;quota' {
+            break
+        }
+        'securexfer;help;db;migrate' {
             break
         }
         'securexfer;help;trust' {

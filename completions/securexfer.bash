@@ -61,6 +61,9 @@ _securexfer() {
             securexfer__subcmd__db,invite)
                 cmd="securexfer__subcmd__db__subcmd__invite"
                 ;;
+            securexfer__subcmd__db,migrate)
+                cmd="securexfer__subcmd__db__subcmd__migrate"
+                ;;
             securexfer__subcmd__db,quota)
                 cmd="securexfer__subcmd__db__subcmd__quota"
                 ;;
@@ -81,6 +84,9 @@ _securexfer() {
                 ;;
             securexfer__subcmd__db__subcmd__help,invite)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__invite"
+                ;;
+            securexfer__subcmd__db__subcmd__help,migrate)
+                cmd="securexfer__subcmd__db__subcmd__help__subcmd__migrate"
                 ;;
             securexfer__subcmd__db__subcmd__help,quota)
                 cmd="securexfer__subcmd__db__subcmd__help__subcmd__quota"
@@ -133,6 +139,9 @@ _securexfer() {
             securexfer__subcmd__help__subcmd__db,invite)
                 cmd="securexfer__subcmd__help__subcmd__db__subcmd__invite"
                 ;;
+            securexfer__subcmd__help__subcmd__db,migrate)
+                cmd="securexfer__subcmd__help__subcmd__db__subcmd__migrate"
+                ;;
             securexfer__subcmd__help__subcmd__db,quota)
                 cmd="securexfer__subcmd__help__subcmd__db__subcmd__quota"
                 ;;
@@ -177,7 +186,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db)
-            opts="-h -V --help --version inspect verify restore fingerprint invite quota help"
+            opts="-h -V --help --version inspect verify restore fingerprint invite quota migrate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -220,7 +229,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db__subcmd__help)
-            opts="inspect verify restore fingerprint invite quota help"
+            opts="inspect verify restore fingerprint invite quota migrate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -276,6 +285,20 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__db__subcmd__help__subcmd__invite)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__db__subcmd__help__subcmd__migrate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -398,6 +421,28 @@ _securexfer() {
                     return 0
                     ;;
                 --expires)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__db__subcmd__migrate)
+            opts="-h -V --from --to --json --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --from)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --to)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -609,7 +654,7 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db)
-            opts="inspect verify restore fingerprint invite quota"
+            opts="inspect verify restore fingerprint invite quota migrate"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -651,6 +696,20 @@ _securexfer() {
             return 0
             ;;
         securexfer__subcmd__help__subcmd__db__subcmd__invite)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        securexfer__subcmd__help__subcmd__db__subcmd__migrate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

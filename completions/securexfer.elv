@@ -189,6 +189,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
             cand invite 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used'
             cand quota 'Show or set a client''s quota: the bytes its files, kept versions and open uploads may take and how many files it may store. Checked by protocol 4 before any content of an upload is accepted (protocol 3 uploads are not counted against it). Safe while the server runs; new uploads see a change at once'
+            cand migrate 'Move a single machine''s records and files to PostgreSQL and an object store (the configuration of many `serve` instances): every client, key, quota, invitation, file and kept version, each file hashed on the way and read back from the store. Safe while the server runs, and re-runnable: a second run moves only what is not there yet as the source has it. Exit 5 if a file is not what its record says'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;inspect'= {
@@ -247,6 +248,15 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
         }
+        &'securexfer;db;migrate'= {
+            cand --from 'What to move: the SQLite database and the storage directory of one server'
+            cand --to 'Where to: the PostgreSQL database and the object store (endpoint and credentials from the AWS_* variables, as for serve). The schema is migrated if need be'
+            cand --json 'Print one JSON document instead of lines'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
         &'securexfer;db;help'= {
             cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs), from a SQLite file or a postgres:// address, checking each file against a local storage directory or an s3:// object store (listed, never written). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
@@ -254,6 +264,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
             cand invite 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used'
             cand quota 'Show or set a client''s quota: the bytes its files, kept versions and open uploads may take and how many files it may store. Checked by protocol 4 before any content of an upload is accepted (protocol 3 uploads are not counted against it). Safe while the server runs; new uploads see a change at once'
+            cand migrate 'Move a single machine''s records and files to PostgreSQL and an object store (the configuration of many `serve` instances): every client, key, quota, invitation, file and kept version, each file hashed on the way and read back from the store. Safe while the server runs, and re-runnable: a second run moves only what is not there yet as the source has it. Exit 5 if a file is not what its record says'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'securexfer;db;help;inspect'= {
@@ -267,6 +278,8 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;db;help;invite'= {
         }
         &'securexfer;db;help;quota'= {
+        }
+        &'securexfer;db;help;migrate'= {
         }
         &'securexfer;db;help;help'= {
         }
@@ -324,6 +337,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
             cand invite 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used'
             cand quota 'Show or set a client''s quota: the bytes its files, kept versions and open uploads may take and how many files it may store. Checked by protocol 4 before any content of an upload is accepted (protocol 3 uploads are not counted against it). Safe while the server runs; new uploads see a change at once'
+            cand migrate 'Move a single machine''s records and files to PostgreSQL and an object store (the configuration of many `serve` instances): every client, key, quota, invitation, file and kept version, each file hashed on the way and read back from the store. Safe while the server runs, and re-runnable: a second run moves only what is not there yet as the source has it. Exit 5 if a file is not what its record says'
         }
         &'securexfer;help;db;inspect'= {
         }
@@ -336,6 +350,8 @@ set edit:completion:arg-completer[securexfer] = {|@words|
         &'securexfer;help;db;invite'= {
         }
         &'securexfer;help;db;quota'= {
+        }
+        &'securexfer;help;db;migrate'= {
         }
         &'securexfer;help;trust'= {
         }

@@ -10,19 +10,21 @@ Exit codes:
   0  success: every file sent (or downloaded, listed, removed) and verified
   1  an unexpected internal error
   2  usage error (bad flags or arguments)
-  3  connection failure (cannot reach the server, or it kept dropping the connection)
+  3  connection failure (cannot reach the server, or it kept dropping the connection;
+     for db migrate: the target database or object store failed)
   4  the server refused (2107 after retries, name taken, a protocol-4 refusal such as a
      quota or a name not found, an answer out of protocol, or a server without protocol
      4 for ls, get and rm)
   5  verification failed (checksums or BLAKE3 hashes differed on all four sends, or a
-     download's BLAKE3 is not the server's: nothing kept under its name)
+     download's BLAKE3 is not the server's: nothing kept under its name; db verify and
+     db migrate: a stored file is not what its record says)
   6  local problem (a file or identity cannot be read or written, a download target
      exists without --force; for serve: the storage directory or the database cannot be
      used)
   7  serve cannot listen on its address (in use, not permitted, not this machine's)
   8  the server's key is not the one trusted for it (it changed since it was first seen,
      or differs from --fingerprint), or --protocol 3 to a server known to speak
-     protocol 4: nothing was sent
+     protocol 4: nothing was sent; db migrate: the target presents another server key
   130  interrupted (Ctrl-C)";
 
 /// Send files securely to a storage server you run yourself.
@@ -496,6 +498,27 @@ pub enum DbCommand {
     /// of an upload is accepted (protocol 3 uploads are not counted against it). Safe
     /// while the server runs; new uploads see a change at once.
     Quota(QuotaArgs),
+    /// Move a single machine's records and files to PostgreSQL and an object store (the
+    /// configuration of many `serve` instances): every client, key, quota, invitation,
+    /// file and kept version, each file hashed on the way and read back from the store.
+    /// Safe while the server runs, and re-runnable: a second run moves only what is not
+    /// there yet as the source has it. Exit 5 if a file is not what its record says.
+    Migrate(MigrateArgs),
+}
+
+/// `securexfer db migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// What to move: the SQLite database and the storage directory of one server.
+    #[arg(long, value_name = "sqlite:PATH,storage:DIR")]
+    pub from: String,
+    /// Where to: the PostgreSQL database and the object store (endpoint and credentials
+    /// from the AWS_* variables, as for serve). The schema is migrated if need be.
+    #[arg(long, value_name = "postgres://…,s3://BUCKET/PREFIX")]
+    pub to: String,
+    /// Print one JSON document instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `securexfer db quota`.

@@ -307,6 +307,7 @@ fn files(name: &str) -> &'static [(&'static str, &'static str)] {
         "securexfer-register" | "securexfer-send" | "securexfer-ls" | "securexfer-rm" => CLIENT,
         "securexfer-db" | "securexfer-db-inspect" => &[DATABASE, SERVER_KEY, STORAGE],
         "securexfer-db-verify" | "securexfer-db-restore" => &[DATABASE, STORAGE],
+        "securexfer-db-migrate" => &[DATABASE, SERVER_KEY, STORAGE],
         "securexfer-db-fingerprint" => &[DATABASE, SERVER_KEY],
         "securexfer-db-invite" | "securexfer-db-quota" => &[DATABASE],
         "securexfer-trust" => &[KNOWN_SERVERS, DEFAULT_SERVER],
@@ -448,6 +449,10 @@ fn examples(name: &str) -> &'static [(&'static str, &'static str)] {
         "securexfer-db-invite" => &[(
             "Invite alice, who must register within two days and under that name:",
             "securexfer db invite --db /var/lib/securexfer/securexfer.db --name alice --expires 2d",
+        )],
+        "securexfer-db-migrate" => &[(
+            "Move a running server to PostgreSQL and an object store (run again until little moves, then once more with the server stopped):",
+            "securexfer db migrate --from sqlite:/var/lib/securexfer/securexfer.db,storage:/var/lib/securexfer/storage --to postgres://securexfer:PASSWORD@db.internal/securexfer,s3://securexfer-files/prod",
         )],
         "securexfer-db-quota" => &[
             (

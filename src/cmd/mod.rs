@@ -5,6 +5,7 @@ mod db;
 mod dry_run;
 mod fetch;
 mod fetch_many;
+mod migrate;
 pub(crate) mod out;
 mod partial;
 mod progress;
@@ -89,6 +90,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Db(DbCommand::Quota(args)) => {
             init_logging("warn");
             db::quota(args)
+        }
+        Command::Db(DbCommand::Migrate(args)) => {
+            init_logging("warn");
+            migrate::run(args)
         }
         Command::Trust(args) => {
             init_logging("warn");
@@ -179,6 +184,9 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
         }
         if cause.is::<fetch::NotServed>() {
             return 4;
+        }
+        if let Some(e) = cause.downcast_ref::<securexfer::store::migrate::MigrateError>() {
+            return migrate::exit_code(e);
         }
         if let Some(e) = cause.downcast_ref::<serve::StartError>() {
             return e.exit_code();

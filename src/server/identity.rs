@@ -120,6 +120,12 @@ impl ServerIdentity {
         Self::from_pkcs8(Path::new(place), pkcs8)
     }
 
+    /// The private key as PKCS#8 DER: what records that keep the key hold (`db migrate`
+    /// moves a single machine's key file into them, so clients' pins stay true).
+    pub fn pkcs8(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
     /// `SHA256:…`, what clients pin.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint

@@ -640,6 +640,16 @@ impl Db {
         Ok(())
     }
 
+    /// The schema version this build writes.
+    pub fn latest_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
+    /// The connection, for reading rows whole (`db migrate`).
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     /// The schema version.
     pub fn schema_version(&self) -> Result<i64, DbError> {
         Ok(self.version)

@@ -7,6 +7,7 @@ pub mod blob;
 pub mod blobs;
 pub mod db;
 pub mod local;
+pub mod migrate;
 pub mod postgres;
 pub mod records;
 pub mod s3;
@@ -24,4 +25,4 @@ pub use records::{
     PendingTimes, Records, RecordsError, RecordsFuture, SharedPending, SharedRecords,
     SharedSession, SqliteRecords,
 };
-pub use s3::{S3Staged, S3Store, S3Url};
+pub use s3::{ObjectHashes, S3Staged, S3Store, S3Url};

@@ -267,6 +267,7 @@ macro_rules! utc {
 
 mod commit;
 mod copies;
+pub mod import;
 mod keys;
 mod sessions;
 mod unfinished;

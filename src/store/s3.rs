@@ -369,6 +369,119 @@ impl S3Store {
         Ok(Some((cksum.len(), cksum.finish())))
     }
 
+    /// The size, cksum and BLAKE3 of the object at `key`, read back whole, or `None` when
+    /// there is none: `db migrate` checks every object it wrote against its record so.
+    pub async fn hashes(&self, key: &str) -> io::Result<Option<ObjectHashes>> {
+        let got = match self.inner.backend.get(&self.object(key)).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(io::Error::other(e)),
+        };
+        let mut stream = got.into_stream();
+        let (mut cksum, mut blake3) = (crate::crypto::Cksum::new(), blake3::Hasher::new());
+        while let Some(bytes) = stream.next().await {
+            let bytes = bytes.map_err(io::Error::other)?;
+            cksum.update(&bytes);
+            blake3.update(&bytes);
+        }
+        let size = cksum.len();
+        Ok(Some(ObjectHashes {
+            size,
+            cksum: cksum.finish(),
+            blake3: *blake3.finalize().as_bytes(),
+        }))
+    }
+
+    /// Writes what `read` yields to a fresh object of `owner`'s and returns its key with
+    /// the hashes of the bytes sent. The object is tracked as staged until `expires_at`
+    /// (seconds since 1970): the caller's records must name it before then (forgetting the
+    /// staged row in the same transaction), or whichever server finds it expired deletes
+    /// it. A failure aborts it. Async, one part in memory at a time (`db migrate`).
+    pub async fn import(
+        &self,
+        owner: ClientId,
+        mut read: impl tokio::io::AsyncRead + Unpin,
+        expires_at: i64,
+    ) -> io::Result<(String, ObjectHashes)> {
+        let key = Self::new_key(owner);
+        let records = &self.inner.records;
+        let staged = StagedObject { key: key.clone(), upload_id: None };
+        records.track_staged(staged, expires_at).await.map_err(io::Error::other)?;
+        let mut upload_id = None;
+        let sent = self.import_parts(&key, &mut read, expires_at, &mut upload_id).await;
+        if sent.is_err() {
+            let staged = StagedObject { key: key.clone(), upload_id };
+            if self.clean_one(&staged).await.is_ok() {
+                let _ = records.forget_staged(key.clone()).await;
+            }
+        }
+        Ok((key, sent?))
+    }
+
+    async fn import_parts(
+        &self,
+        key: &str,
+        read: &mut (impl tokio::io::AsyncRead + Unpin),
+        expires_at: i64,
+        upload_id: &mut Option<String>,
+    ) -> io::Result<ObjectHashes> {
+        use tokio::io::AsyncReadExt;
+        let (backend, path) = (&self.inner.backend, self.object(key));
+        let part_size = self.inner.part_size;
+        let (mut cksum, mut blake3) = (crate::crypto::Cksum::new(), blake3::Hasher::new());
+        let mut parts = Vec::new();
+        loop {
+            let mut buf = BytesMut::with_capacity(part_size);
+            while buf.len() < part_size {
+                if read.read_buf(&mut buf).await? == 0 {
+                    break;
+                }
+            }
+            let (full, part) = (buf.len() == part_size, buf.freeze());
+            cksum.update(&part);
+            blake3.update(&part);
+            if upload_id.is_none() && !full {
+                backend.put(&path, PutPayload::from(part)).await.map_err(io::Error::other)?;
+                break;
+            }
+            let id = match upload_id {
+                Some(id) => id.clone(),
+                None => {
+                    let id = backend.create_multipart(&path).await.map_err(io::Error::other)?;
+                    *upload_id = Some(id.clone());
+                    let staged = StagedObject { key: key.to_owned(), upload_id: Some(id.clone()) };
+                    let records = &self.inner.records;
+                    records.track_staged(staged, expires_at).await.map_err(io::Error::other)?;
+                    id
+                }
+            };
+            if !part.is_empty() {
+                let index = parts.len();
+                let data = PutPayload::from(part);
+                parts.push(
+                    backend.put_part(&path, &id, index, data).await.map_err(io::Error::other)?,
+                );
+            }
+            if !full {
+                backend.complete_multipart(&path, &id, parts).await.map_err(io::Error::other)?;
+                break;
+            }
+        }
+        let size = cksum.len();
+        Ok(ObjectHashes { size, cksum: cksum.finish(), blake3: *blake3.finalize().as_bytes() })
+    }
+
+    /// Deletes `owner`'s object at `key` (none there is no error).
+    pub async fn delete_object(&self, owner: ClientId, key: &str) -> io::Result<()> {
+        Self::check_owner(owner, key)?;
+        ignore_not_found(self.inner.backend.delete(&self.object(key)).await)
+    }
+
+    /// Whether `key` has the form of `owner`'s objects' keys.
+    pub fn is_key_of(owner: ClientId, key: &str) -> bool {
+        Self::check_owner(owner, key).is_ok()
+    }
+
     /// The key of the verified copy stored as `name` of `owner`, from the records.
     fn current_key(&self, owner: ClientId, name: &str) -> io::Result<String> {
         let records = &self.inner.records;
@@ -390,6 +503,17 @@ impl S3Store {
             _ => Err(io::Error::other(format!("{key} is not an object of {owner}"))),
         }
     }
+}
+
+/// An object's plaintext size, cksum and BLAKE3 ([`S3Store::hashes`], [`S3Store::import`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectHashes {
+    /// Bytes.
+    pub size: u64,
+    /// Its cksum (POSIX `cksum`).
+    pub cksum: u32,
+    /// Its BLAKE3.
+    pub blake3: [u8; 32],
 }
 
 /// Whether `endpoint` is plain http to a loopback address (a test or a sidecar), which is

@@ -16,6 +16,8 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use securexfer::store::{Db, FileRecord, PostgresRecords, Records, VersionRecord};
 
+mod migrate;
+
 /// Where a test's records are.
 enum RecordsAt {
     Sqlite(PathBuf),
