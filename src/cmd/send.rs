@@ -727,10 +727,16 @@ impl<'a, K: Fn(&Planned) -> usize + Sync> Work<'_, 'a, K> {
 }
 
 /// Whether a planned file goes in a pipelined batch ([`BATCH_FILE_LIMIT`]): a small one,
-/// without `--limit-rate` (whose pacing is the streaming send's).
+/// without `--limit-rate` (whose pacing is the streaming send's). With `--parallel`, only
+/// files under [`PARALLEL_FILE_LIMIT`]: larger ones are units of their own, so that the
+/// connections share them (their round trips overlap there anyway).
 fn batchable(args: &SendArgs, file: &Planned) -> bool {
-    file.problem.is_none() && args.limit_rate.is_none() && file.wire_bytes < BATCH_FILE_LIMIT
+    let limit = if args.parallel > 1 { PARALLEL_FILE_LIMIT } else { BATCH_FILE_LIMIT };
+    file.problem.is_none() && args.limit_rate.is_none() && file.wire_bytes < limit
 }
+
+/// The largest file (exclusive) that `--parallel` puts in a batch.
+const PARALLEL_FILE_LIMIT: u64 = 1 << 20;
 
 /// What a protocol-4 run reports as it goes.
 struct V4Run<'a> {
