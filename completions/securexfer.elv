@@ -186,7 +186,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs), from a SQLite file or a postgres:// address, checking each file against a local storage directory or an s3:// object store (listed, never written). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
-            cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
+            cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database, or in a PostgreSQL database itself), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
             cand invite 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used'
             cand quota 'Show or set a client''s quota: the bytes its files, kept versions and open uploads may take and how many files it may store. Checked by protocol 4 before any content of an upload is accepted (protocol 3 uploads are not counted against it). Safe while the server runs; new uploads see a change at once'
             cand migrate 'Move a single machine''s records and files to PostgreSQL and an object store (the configuration of many `serve` instances): every client, key, quota, invitation, file and kept version, each file hashed on the way and read back from the store. Safe while the server runs, and re-runnable: a second run moves only what is not there yet as the source has it. Exit 5 if a file is not what its record says'
@@ -222,7 +222,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --help 'Print help'
         }
         &'securexfer;db;fingerprint'= {
-            cand --db 'The server''s database (the key is DB.key beside it)'
+            cand --db 'The server''s database (the key is DB.key beside it), or postgres://… (the key every instance over it presents, kept in it)'
             cand -h 'Print help'
             cand --help 'Print help'
             cand -V 'Print version'
@@ -238,7 +238,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand --version 'Print version'
         }
         &'securexfer;db;quota'= {
-            cand --db 'The server''s database'
+            cand --db 'The server''s database: a SQLite file, or postgres://… (every instance over it sees a change at its next upload)'
             cand --client 'The client (name or id)'
             cand --bytes 'Set the bytes quota: a size with an optional K, M, G or T (binary units), or `none`'
             cand --files 'Set the files quota: a number, or `none`'
@@ -261,7 +261,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs), from a SQLite file or a postgres:// address, checking each file against a local storage directory or an s3:// object store (listed, never written). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
-            cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
+            cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database, or in a PostgreSQL database itself), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
             cand invite 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used'
             cand quota 'Show or set a client''s quota: the bytes its files, kept versions and open uploads may take and how many files it may store. Checked by protocol 4 before any content of an upload is accepted (protocol 3 uploads are not counted against it). Safe while the server runs; new uploads see a change at once'
             cand migrate 'Move a single machine''s records and files to PostgreSQL and an object store (the configuration of many `serve` instances): every client, key, quota, invitation, file and kept version, each file hashed on the way and read back from the store. Safe while the server runs, and re-runnable: a second run moves only what is not there yet as the source has it. Exit 5 if a file is not what its record says'
@@ -334,7 +334,7 @@ set edit:completion:arg-completer[securexfer] = {|@words|
             cand inspect 'Show clients, files and kept versions, read-only (safe while the server runs), from a SQLite file or a postgres:// address, checking each file against a local storage directory or an s3:// object store (listed, never written). Sizes are in binary units (--bytes for byte counts); on a terminal, long names are cut with an ellipsis to fit its width (never in a pipe or a file)'
             cand verify 'Re-read every stored file and kept version and check it against its record (size and cksum): reports missing, changed and unrecorded files. Read-only. Exit 5 if any'
             cand restore 'Put an earlier version of a stored file back; the current one becomes a version in turn. Run it with the server stopped (it refuses while one holds the storage)'
-            cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
+            cand fingerprint 'Print the fingerprint of the server''s key (`SHA256:...`, kept in DB.key beside the database, or in a PostgreSQL database itself), for clients to pin before their first contact. Exit 6 if there is no key yet (`serve` makes it at its first start)'
             cand invite 'Make an invitation for `serve --registration token`: prints a single-use token (`sxi-` and 26 characters) for one protocol-4 client to register with. The database keeps only its SHA-256, its name and expiry, and when and by whom it was used'
             cand quota 'Show or set a client''s quota: the bytes its files, kept versions and open uploads may take and how many files it may store. Checked by protocol 4 before any content of an upload is accepted (protocol 3 uploads are not counted against it). Safe while the server runs; new uploads see a change at once'
             cand migrate 'Move a single machine''s records and files to PostgreSQL and an object store (the configuration of many `serve` instances): every client, key, quota, invitation, file and kept version, each file hashed on the way and read back from the store. Safe while the server runs, and re-runnable: a second run moves only what is not there yet as the source has it. Exit 5 if a file is not what its record says'

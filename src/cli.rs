@@ -486,7 +486,8 @@ pub enum DbCommand {
     /// turn. Run it with the server stopped (it refuses while one holds the storage).
     Restore(RestoreArgs),
     /// Print the fingerprint of the server's key (`SHA256:...`, kept in DB.key beside the
-    /// database), for clients to pin before their first contact. Exit 6 if there is no
+    /// database, or in a PostgreSQL database itself), for clients to pin before their
+    /// first contact. Exit 6 if there is no
     /// key yet (`serve` makes it at its first start).
     Fingerprint(FingerprintArgs),
     /// Make an invitation for `serve --registration token`: prints a single-use token
@@ -524,12 +525,13 @@ pub struct MigrateArgs {
 /// `securexfer db quota`.
 #[derive(Debug, Args)]
 pub struct QuotaArgs {
-    /// The server's database.
+    /// The server's database: a SQLite file, or postgres://… (every instance over it sees
+    /// a change at its next upload).
     #[arg(
         long,
         env = "SECUREXFER_DB",
         default_value = "defensive.db",
-        value_name = "PATH",
+        value_name = "PATH|URL",
         value_hint = ValueHint::FilePath
     )]
     pub db: PathBuf,
@@ -594,12 +596,13 @@ pub struct InviteArgs {
 /// `securexfer db fingerprint`.
 #[derive(Debug, Args)]
 pub struct FingerprintArgs {
-    /// The server's database (the key is DB.key beside it).
+    /// The server's database (the key is DB.key beside it), or postgres://… (the key every
+    /// instance over it presents, kept in it).
     #[arg(
         long,
         env = "SECUREXFER_DB",
         default_value = "defensive.db",
-        value_name = "PATH",
+        value_name = "PATH|URL",
         value_hint = ValueHint::FilePath
     )]
     pub db: PathBuf,

@@ -319,7 +319,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<ExitCode> {
     })?;
     finish_interrupted_commits(&args.db, &storage)?;
     let db = Db::open(&args.db)?;
-    let client = find_client(&db, &args.client, &args.db)?;
+    let client = find_client(db.clients()?, &args.client, &args.db.display().to_string())?;
     let versions = db.versions()?;
     // A protocol-4 path with folders (`docs/a.txt`) is stored under that very name; any
     // other name as protocol 3 stores it (its last component).
@@ -496,7 +496,25 @@ fn yes_no(b: bool) -> String {
 /// `db fingerprint`: the server key's fingerprint alone on stdout, for scripts and for
 /// telling clients what to pin.
 pub fn fingerprint(args: FingerprintArgs) -> anyhow::Result<ExitCode> {
-    sqlite_only(&args.db, "db fingerprint")?;
+    let shown = args.db.to_string_lossy();
+    if securexfer::store::postgres::is_postgres_url(&shown) {
+        // The key every instance over that database presents, kept in it.
+        let place =
+            format!("table server_key of {}", securexfer::store::postgres::redacted(&shown));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let stored = runtime.block_on(async {
+            let records = securexfer::store::PostgresRecords::connect_to_read(&shown).await?;
+            records.stored_server_key().await
+        })?;
+        let Some(pkcs8) = stored else {
+            return Err(super::LocalError(format!(
+                "no server key in {place} yet: the first `securexfer serve` over it makes it"
+            ))
+            .into());
+        };
+        outln!("{}", ServerIdentity::from_stored(&place, pkcs8)?.fingerprint());
+        return Ok(ExitCode::SUCCESS);
+    }
     let path = identity::key_path(&args.db);
     match ServerIdentity::load(&path)? {
         Some(key) => {
@@ -539,19 +557,25 @@ pub fn invite(args: InviteArgs) -> anyhow::Result<ExitCode> {
 
 /// `db quota`: a client's quota and usage, after setting what `--bytes` and `--files` say.
 pub fn quota(args: QuotaArgs) -> anyhow::Result<ExitCode> {
-    sqlite_only(&args.db, "db quota")?;
     let setting = args.bytes.is_some() || args.files.is_some();
-    let db = if setting { Db::open(&args.db)? } else { Db::open_read_only(&args.db)? };
-    let client = find_client(&db, &args.client, &args.db)?;
-    let mut quota = db.quota(client.id)?;
-    if setting {
-        quota = Quota {
-            bytes: args.bytes.map_or(quota.bytes, |l| l.0),
-            files: args.files.map_or(quota.files, |l| l.0),
-        };
-        db.set_quota(client.id, quota)?;
-    }
-    let usage = db.usage(client.id)?;
+    let change = |quota: Quota| Quota {
+        bytes: args.bytes.map_or(quota.bytes, |l| l.0),
+        files: args.files.map_or(quota.files, |l| l.0),
+    };
+    let shown = args.db.to_string_lossy();
+    let (client, quota, usage) = if securexfer::store::postgres::is_postgres_url(&shown) {
+        quota_on_postgres(&shown, &args.client, setting, change)?
+    } else {
+        let db = if setting { Db::open(&args.db)? } else { Db::open_read_only(&args.db)? };
+        let client = find_client(db.clients()?, &args.client, &args.db.to_string_lossy())?;
+        let mut quota = db.quota(client.id)?;
+        if setting {
+            quota = change(quota);
+            db.set_quota(client.id, quota)?;
+        }
+        let usage = db.usage(client.id)?;
+        (client, quota, usage)
+    };
     if args.json {
         let doc = serde_json::json!({
             "client": client.name,
@@ -572,14 +596,41 @@ pub fn quota(args: QuotaArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The client `wanted` names (by name or id), or the usage error that says none does.
-fn find_client(db: &Db, wanted: &str, path: &Path) -> anyhow::Result<ClientRecord> {
+/// `db quota` over PostgreSQL: every instance sees a change at its next put.
+fn quota_on_postgres(
+    url: &str,
+    wanted: &str,
+    setting: bool,
+    change: impl FnOnce(Quota) -> Quota,
+) -> anyhow::Result<(ClientRecord, Quota, securexfer::store::Usage)> {
+    use securexfer::store::{PostgresRecords, Records};
+    let shown = securexfer::store::postgres::redacted(url);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let records = PostgresRecords::connect_to_read(url).await?;
+        let client = find_client(records.clients().await?, wanted, &shown)?;
+        let mut quota = records.quota(client.id).await?;
+        if setting {
+            quota = change(quota);
+            records.set_quota(client.id, quota).await?;
+        }
+        let usage = records.usage(client.id).await?;
+        Ok((client, quota, usage))
+    })
+}
+
+/// The client `wanted` names (by name or id) among `clients` of the database `place`, or
+/// the usage error that says none does.
+fn find_client(
+    clients: Vec<ClientRecord>,
+    wanted: &str,
+    place: &str,
+) -> anyhow::Result<ClientRecord> {
     let id = ClientId::parse(wanted);
-    let found = db.clients()?.into_iter().find(|c| c.name == wanted || Some(c.id) == id);
+    let found = clients.into_iter().find(|c| c.name == wanted || Some(c.id) == id);
     found.ok_or_else(|| {
         UsageError(format!(
-            "no client {wanted:?} in {} (by name or id); db inspect lists them",
-            path.display()
+            "no client {wanted:?} in {place} (by name or id); db inspect lists them"
         ))
         .into()
     })

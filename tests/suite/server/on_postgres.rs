@@ -160,8 +160,10 @@ fn commits_a_crash_interrupted_are_decided_at_start_up_from_the_postgres_records
 fn the_operators_tools_say_they_read_sqlite_only_when_given_postgres_and_hide_the_password() {
     let dir = tempfile::tempdir().unwrap();
     let url = "postgres://admin:hunter2@127.0.0.1:1/records";
-    let commands: [&[&str]; 3] =
-        [&["db", "verify"], &["db", "fingerprint"], &["db", "quota", "--client", "alice"]];
+    let commands: [&[&str]; 2] = [
+        &["db", "verify"],
+        &["db", "restore", "--client", "alice", "--file", "f", "--version", "1"],
+    ];
     for command in commands {
         let out = common::run_in(dir.path(), &[command, &["--db", url]].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -169,6 +171,47 @@ fn the_operators_tools_say_they_read_sqlite_only_when_given_postgres_and_hide_th
         assert!(stderr.contains("only `serve` supports"), "{command:?}: {stderr}");
         assert!(!stderr.contains("hunter2"), "{command:?} shows the password: {stderr}");
     }
+    // Those that work over PostgreSQL say why they cannot reach it, without the password.
+    let commands: [&[&str]; 2] = [&["db", "fingerprint"], &["db", "quota", "--client", "alice"]];
+    for command in commands {
+        let out = common::run_in(dir.path(), &[command, &["--db", url]].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{command:?}: {stderr}");
+        assert!(stderr.contains("Connection refused"), "{command:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{command:?} shows the password: {stderr}");
+    }
+}
+
+/// `db fingerprint` and `db quota` over PostgreSQL: the key every instance presents, and
+/// a quota every instance enforces (a protocol-4 put over it is refused at once).
+#[test]
+fn db_fingerprint_and_db_quota_work_over_postgres() {
+    use crate::common::v4::{self, Conn, Key};
+    let Some(url) = common::fresh_postgres() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = common::run_in(dir.path(), &["db", "fingerprint", "--db", &url]);
+    assert_eq!(out.status.code(), Some(6), "no key before the first serve: {out:?}");
+    let server = Server::start_on(&url, &[]);
+    let out = common::run_in(dir.path(), &["db", "fingerprint", "--db", &url]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), server.fingerprint);
+    let (mut conn, _) = Conn::hello(server.addr, &Key::ed25519());
+    v4::registered(&conn.register("quinn", None));
+    let set = ["db", "quota", "--db", &url, "--client", "quinn", "--bytes", "1K", "--json"];
+    let out = common::run_in(dir.path(), &set);
+    assert!(out.status.success(), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((doc["bytes_quota"].as_u64(), doc["bytes_used"].as_u64()), (Some(1024), Some(0)));
+    let tag = conn.put("big.bin", &[7u8; 4096]);
+    let (refused, error) = conn.read_error();
+    assert_eq!(refused, tag);
+    assert!(error.message.contains("quota"), "{error:?}");
+    let show = ["db", "quota", "--db", &url, "--client", "quinn", "--json"];
+    let doc: serde_json::Value =
+        serde_json::from_slice(&common::run_in(dir.path(), &show).stdout).unwrap();
+    assert_eq!(doc["bytes_quota"], 1024, "read back: {doc}");
+    let out = common::run_in(dir.path(), &["db", "quota", "--db", &url, "--client", "nobody"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
 #[test]
