@@ -243,22 +243,33 @@ pub async fn migrate(
         });
     }
     let db = SourceDb::new(db);
-    let mut run =
-        Run { source, target, report: Report::default(), progress, at: Progress::default() };
+    let mut run = Run {
+        source,
+        target,
+        report: Report::default(),
+        progress,
+        at: Progress::default(),
+        clients: Default::default(),
+    };
     if let Some(key) = &source.server_key {
-        let stored = target.records.server_key(key.clone()).await.map_err(records_err)?;
-        match stored {
+        match target.records.stored_server_key().await? {
             Some(stored) if stored != *key => {
                 let path = format!("{}.key", source.db.display());
                 return Err(MigrateError::KeyDiffers { path });
             }
-            _ => run.report.server_key_moved = true,
+            Some(_) => {}
+            None => {
+                // Stored unless an instance started in the meantime with a key of its own.
+                let stored = target.records.server_key(key.clone()).await.map_err(records_err)?;
+                if stored.is_some_and(|stored| stored != *key) {
+                    let path = format!("{}.key", source.db.display());
+                    return Err(MigrateError::KeyDiffers { path });
+                }
+                run.report.server_key_moved = true;
+            }
         }
     }
-    for client in db.clients().map_err(source_err)? {
-        target.records.import_client(&client).await?;
-        run.report.clients += 1;
-    }
+    run.report.clients = run.import_clients(&db).await?;
     for invite in db.invites().map_err(source_err)? {
         target.records.import_invite(&invite).await?;
         run.report.invites += 1;
@@ -270,7 +281,7 @@ pub async fn migrate(
         let done = page.is_empty();
         for row in page {
             if group.last().is_some_and(|g| g.id != row.id || g.path_name != row.path_name) {
-                run.copies(std::mem::take(&mut group)).await?;
+                run.copies(&db, std::mem::take(&mut group)).await?;
             }
             group.push(row);
         }
@@ -279,7 +290,7 @@ pub async fn migrate(
         }
     }
     if !group.is_empty() {
-        run.copies(group).await?;
+        run.copies(&db, group).await?;
     }
     let mut after = After::default();
     loop {
@@ -288,7 +299,7 @@ pub async fn migrate(
             break;
         }
         for row in page {
-            run.version(row).await?;
+            run.version(&db, row).await?;
         }
     }
     target.records.raise_generation(db.generation().map_err(source_err)?).await?;
@@ -314,6 +325,8 @@ struct Run<'a> {
     report: Report,
     progress: &'a (dyn Fn(Progress) + Sync),
     at: Progress,
+    /// The clients written so far.
+    clients: std::collections::HashSet<Vec<u8>>,
 }
 
 /// Why a file was not written: a problem to report, or a failure that stops the run.
@@ -335,13 +348,39 @@ impl From<PostgresError> for NotMoved {
 }
 
 impl Run<'_> {
+    /// Writes every client of the source; how many.
+    async fn import_clients(&mut self, db: &SourceDb) -> Result<usize, MigrateError> {
+        let clients = db.clients().map_err(|e| self.source_err(e))?;
+        for client in &clients {
+            self.target.records.import_client(client).await?;
+            self.clients.insert(client.id.clone());
+        }
+        Ok(clients.len())
+    }
+
+    /// Makes sure the client `id` is written before a row of its: one that registered
+    /// while the run went on is written then (the files' rows reference it).
+    async fn client_written(&mut self, db: &SourceDb, id: &[u8]) -> Result<(), MigrateError> {
+        if !self.clients.contains(id) {
+            self.report.clients = self.import_clients(db).await?;
+        }
+        Ok(())
+    }
+
+    fn source_err(&self, source: DbError) -> MigrateError {
+        MigrateError::Source { path: self.source.db.display().to_string(), source }
+    }
+
     fn looked_at(&mut self) {
         self.at.looked_at += 1;
         (self.progress)(self.at);
     }
 
     /// The rows of one stored path of one client: the verified ones share its bytes.
-    async fn copies(&mut self, rows: Vec<CopyRow>) -> Result<(), MigrateError> {
+    async fn copies(&mut self, db: &SourceDb, rows: Vec<CopyRow>) -> Result<(), MigrateError> {
+        if let Some(first) = rows.first() {
+            self.client_written(db, &first.id).await?;
+        }
         let (verified, records_only): (Vec<CopyRow>, Vec<CopyRow>) =
             rows.into_iter().partition(|r| r.verified);
         for row in records_only {
@@ -391,7 +430,8 @@ impl Run<'_> {
         }
     }
 
-    async fn version(&mut self, row: VersionRow) -> Result<(), MigrateError> {
+    async fn version(&mut self, db: &SourceDb, row: VersionRow) -> Result<(), MigrateError> {
+        self.client_written(db, &row.id).await?;
         self.looked_at();
         let target = self.target.records.target_version(&row.id, &row.name, row.version).await?;
         if target.is_some_and(|t| same(&t, true, &row.content)) {

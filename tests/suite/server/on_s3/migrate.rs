@@ -96,6 +96,7 @@ fn db_migrate_moves_a_running_single_machine_verified_and_a_second_run_moves_not
         (Some(0), Some(3))
     );
     assert_eq!(again["versions_already"], 1, "{again:#}");
+    assert_eq!(again["server_key_moved"], false, "the key is there already: {again:#}");
     assert_eq!(objects(&url), in_bucket, "no object written again");
     // The source changes (b.bin is sent anew) and the damage is mended: a third run moves
     // just those, and deletes the object of b.bin's earlier copy that it replaced.
