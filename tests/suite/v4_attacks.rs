@@ -77,7 +77,10 @@ fn relay(client: TcpStream, mode: Mode) {
     let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     let back = std::thread::spawn(move || pump(s2, c2, None, usize::MAX));
     pump(client.try_clone().unwrap(), server.try_clone().unwrap(), record, cut);
-    // A cut closes both sides at once; otherwise the answers drain first.
+    // A cut closes both sides, the client's first: the server sees its stream end only
+    // once nothing it answers can reach the client any more, as when a network fails
+    // (closing the server's side first let its ERROR about the cut through, now and then).
+    // Otherwise the answers drain first.
     if cut != usize::MAX {
         let _ = client.shutdown(Shutdown::Both);
         let _ = server.shutdown(Shutdown::Both);
@@ -85,7 +88,8 @@ fn relay(client: TcpStream, mode: Mode) {
     let _ = back.join();
 }
 
-/// Copies `from` to `to` until `from` ends or `limit` bytes have gone.
+/// Copies `from` to `to` until `from` ends or `limit` bytes have gone; the caller ends
+/// the stream (after a cut, `to` must not see an end before the other side is closed).
 fn pump(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<Vec<u8>>>>, limit: usize) {
     let mut buf = vec![0u8; 64 << 10];
     let mut sent = 0;
@@ -102,7 +106,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<Vec<u8>
         }
         sent += n;
     }
-    let _ = to.shutdown(Shutdown::Write);
+    if limit == usize::MAX {
+        let _ = to.shutdown(Shutdown::Write);
+    }
 }
 
 /// The real client binary in a home of its own.
