@@ -488,7 +488,7 @@ impl Run<'_> {
         let lifetime =
             Duration::from_secs(size / crate::server::upload::MIN_UPLOAD_RATE) + STAGED_LIFETIME;
         let expires_at = crate::clock::unix_secs().saturating_add(lifetime.as_secs() as i64);
-        let (key, sent) = match self.target.store.import(owner, file, expires_at).await {
+        let (key, sent) = match self.target.store.import(owner, file, size, expires_at).await {
             Ok(sent) => sent,
             // The source could not be read (an OS error: the store's errors wrap
             // object_store's): that file's problem. Else the store's, which stops the run.

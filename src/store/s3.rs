@@ -396,11 +396,13 @@ impl S3Store {
     /// the hashes of the bytes sent. The object is tracked as staged until `expires_at`
     /// (seconds since 1970): the caller's records must name it before then (forgetting the
     /// staged row in the same transaction), or whichever server finds it expired deletes
-    /// it. A failure aborts it. Async, one part in memory at a time (`db migrate`).
+    /// it. A failure aborts it. Async, one part in memory at a time (`db migrate`); the
+    /// parts are sized for about `size_hint` bytes, as an upload's are.
     pub async fn import(
         &self,
         owner: ClientId,
         mut read: impl tokio::io::AsyncRead + Unpin,
+        size_hint: u64,
         expires_at: i64,
     ) -> io::Result<(String, ObjectHashes)> {
         let key = Self::new_key(owner);
@@ -408,7 +410,8 @@ impl S3Store {
         let staged = StagedObject { key: key.clone(), upload_id: None };
         records.track_staged(staged, expires_at).await.map_err(io::Error::other)?;
         let mut upload_id = None;
-        let sent = self.import_parts(&key, &mut read, expires_at, &mut upload_id).await;
+        let part_size = part_size_for(size_hint, self.inner.part_size);
+        let sent = self.import_parts(&key, &mut read, part_size, expires_at, &mut upload_id).await;
         if sent.is_err() {
             let staged = StagedObject { key: key.clone(), upload_id };
             if self.clean_one(&staged).await.is_ok() {
@@ -422,12 +425,12 @@ impl S3Store {
         &self,
         key: &str,
         read: &mut (impl tokio::io::AsyncRead + Unpin),
+        part_size: usize,
         expires_at: i64,
         upload_id: &mut Option<String>,
     ) -> io::Result<ObjectHashes> {
         use tokio::io::AsyncReadExt;
         let (backend, path) = (&self.inner.backend, self.object(key));
-        let part_size = self.inner.part_size;
         let (mut cksum, mut blake3) = (crate::crypto::Cksum::new(), blake3::Hasher::new());
         let mut parts = Vec::new();
         loop {
@@ -1019,6 +1022,29 @@ mod tests {
         assert!(read.0 == data, "reads back as written");
         assert_eq!(read.1, [BlobInfo { name: "a.bin".into(), size: data.len() as u64 }]);
         assert_eq!(f.store.clean_staged(true).await.unwrap(), 0, "the commit forgot it");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_import_of_any_size_is_whole_with_its_hashes_and_stays_staged_until_recorded() {
+        let f = fixture(1 << 20);
+        // Empty, under one part, exactly two parts, and a part and a bit.
+        for len in [0, 1000, 2 << 20, (1 << 20) + 7] {
+            let data = pattern(len);
+            let (key, sent) = f.store.import(ID, &data[..], len as u64, i64::MAX).await.unwrap();
+            let expected = ObjectHashes {
+                size: len as u64,
+                cksum: Cksum(&data),
+                blake3: *blake3::hash(&data).as_bytes(),
+            };
+            assert_eq!(sent, expected, "{len} bytes");
+            assert_eq!(f.store.hashes(&key).await.unwrap(), Some(expected), "{len} read back");
+            let staged = f.records.claim_expired_staged(i64::MAX, 0).await.unwrap();
+            assert_eq!(staged.iter().map(|s| &s.key).collect::<Vec<_>>(), [&key], "{len}");
+            f.records.forget_staged(key.clone()).await.unwrap();
+            f.store.delete_object(ID, &key).await.unwrap();
+            assert_eq!(f.store.hashes(&key).await.unwrap(), None, "{len}: deleted");
+        }
+        assert!(f.store.delete_object(ClientId([8; 16]), "not/ours").await.is_err());
     }
 
     #[allow(non_snake_case)]
