@@ -1264,6 +1264,37 @@ mod tests {
         }
     }
 
+    fn send_args(extra: &[&str]) -> SendArgs {
+        use clap::Parser;
+        let argv = [&["securexfer", "send"][..], extra, &["f"]].concat();
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Send(args) => args,
+            _ => unreachable!("a send"),
+        }
+    }
+
+    fn planned(wire_bytes: u64) -> Planned {
+        let (path, stored_name) = (PathBuf::from("f"), "f".to_owned());
+        Planned { path, stored_name, problem: None, wire_bytes }
+    }
+
+    #[test]
+    fn files_under_8_mib_share_a_batch_unless_several_connections_share_the_run() {
+        let mib = 1 << 20;
+        let plan: Vec<Planned> =
+            [3 * mib, 7 * mib, 10, 20, 8 * mib, 30].into_iter().map(planned).collect();
+        let cut = |args: &SendArgs| -> Vec<(usize, usize)> {
+            units(args, &plan).into_iter().map(|u| (u.at, u.len)).collect()
+        };
+        // One connection: everything under 8 MiB goes in batches, 8 MiB alone.
+        assert_eq!(cut(&send_args(&[])), [(0, 4), (4, 1), (5, 1)]);
+        // With --parallel, files of 1 MiB or more are units of their own to share.
+        assert_eq!(cut(&send_args(&["--parallel", "3"])), [(0, 1), (1, 1), (2, 2), (4, 1), (5, 1)]);
+        // --limit-rate paces a streamed send: nothing is batched.
+        let paced = cut(&send_args(&["--limit-rate", "1M"]));
+        assert_eq!(paced, (0..6).map(|at| (at, 1)).collect::<Vec<_>>());
+    }
+
     #[test]
     fn client_names_are_1_to_254_bytes_of_printable_ascii() {
         assert!(check_name("alice smith").is_ok());

@@ -181,10 +181,7 @@ impl PostgresRecords {
             ];
             tx.execute(&stmt, &params).await?;
         }
-        forget_staged(&tx, key).await?;
-        let gone = unnamed(&tx, before, key).await?;
-        tx.commit().await?;
-        Ok(gone)
+        settle(tx, before, key).await
     }
 
     /// Records the source's version `row` at `key` (as [`Self::import_copies`]).
@@ -231,10 +228,7 @@ impl PostgresRecords {
             &row.content.protocol,
         ];
         tx.execute(&stmt, &params).await?;
-        forget_staged(&tx, key).await?;
-        let gone = unnamed(&tx, before, key).await?;
-        tx.commit().await?;
-        Ok(gone)
+        settle(tx, before, key).await
     }
 
     /// Raises the generation sequence to at least `generation`, so that the next commit's
@@ -247,10 +241,18 @@ impl PostgresRecords {
     }
 }
 
-async fn forget_staged(c: &impl GenericClient, key: &str) -> Result<(), PostgresError> {
-    let stmt = c.prepare_cached("DELETE FROM staged_objects WHERE key = $1").await?;
-    c.execute(&stmt, &[&key]).await?;
-    Ok(())
+/// Ends an import's transaction: `key` is a recorded object now, no longer a staged one;
+/// returns which of the keys the rows named `before` no row names any more.
+async fn settle(
+    tx: deadpool_postgres::Transaction<'_>,
+    before: Vec<String>,
+    key: &str,
+) -> Result<Vec<String>, PostgresError> {
+    let stmt = tx.prepare_cached("DELETE FROM staged_objects WHERE key = $1").await?;
+    tx.execute(&stmt, &[&key]).await?;
+    let gone = unnamed(&tx, before, key).await?;
+    tx.commit().await?;
+    Ok(gone)
 }
 
 /// Of `keys`, the ones other than `kept` that no file or version row names.

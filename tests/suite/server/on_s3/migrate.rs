@@ -13,11 +13,16 @@ fn fingerprint_of(server: &Server) -> String {
     log[at..].chars().take_while(|c| !c.is_whitespace() && *c != '"').collect()
 }
 
+/// The arguments of `db migrate` of the test's server (in its directory) to `to`, then
+/// `extra`.
+fn migrate_args<'a>(to: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let from = "sqlite:server.db,storage:storage";
+    [&["db", "migrate", "--from", from, "--to", to][..], extra].concat()
+}
+
 fn migrate(dir: &Path, pg: &str, url: &str) -> (Option<i32>, serde_json::Value) {
     let to = format!("{pg},{url}");
-    let args =
-        ["db", "migrate", "--from", "sqlite:server.db,storage:storage", "--to", &to, "--json"];
-    let out = common::run_in(dir, &args);
+    let out = common::run_in(dir, &migrate_args(&to, &["--json"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("no JSON report ({e}): {stderr}"));
@@ -165,7 +170,7 @@ fn db_migrate_killed_midway_is_finished_by_the_next_run_and_leaves_no_orphan() {
     let to = format!("{pg},{url}");
     let mut killed = common::command()
         .current_dir(dir.path())
-        .args(["db", "migrate", "--from", "sqlite:server.db,storage:storage", "--to", &to])
+        .args(migrate_args(&to, &[]))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -222,10 +227,7 @@ fn db_migrate_refuses_a_target_with_another_server_key_and_moves_nothing() {
     assert!(target.files().is_empty(), "a fresh database (its schema made)");
     postgres_rows(&pg, "INSERT INTO server_key (pkcs8) VALUES ('\\x00112233')");
     let to = format!("{pg},{url}");
-    let out = common::run_in(
-        dir.path(),
-        &["db", "migrate", "--from", "sqlite:server.db,storage:storage", "--to", &to],
-    );
+    let out = common::run_in(dir.path(), &migrate_args(&to, &[]));
     assert_eq!(out.status.code(), Some(8), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
