@@ -9,6 +9,7 @@
 //! what crash reconciliation reads and undoes.
 
 use super::blob::{BlobInfo, BlobStore, Chunk, Committed, StagedBlob};
+use super::db::StoredCopy;
 use super::local::{GroupCommit, StagedFile, Storage};
 use super::records::{Records, RecordsError};
 use super::s3::{S3Staged, S3Store};
@@ -150,6 +151,49 @@ impl Blobs {
             }
             // Nothing was done: the archive is the current copy, which stays.
             Blobs::S3(_) => Ok(()),
+        }
+    }
+}
+
+/// Protocol 4's reads and removals of a stored copy (`GET`, `RM`), by what its record
+/// says: a local copy by its name, an object by its key.
+impl Blobs {
+    /// The bytes of `copy`, for reading. An object is opened by the key its record gives,
+    /// not looked up again, so a download reads the copy it found recorded or fails.
+    pub fn open_copy(
+        &self,
+        id: ClientId,
+        copy: &StoredCopy,
+    ) -> io::Result<Box<dyn io::Read + Send>> {
+        match self {
+            Blobs::Local(storage) => storage.get(id, &copy.stored_name),
+            Blobs::S3(s3) => s3.get_key(id, &copy.location),
+        }
+    }
+
+    /// Keeps `copy`, being removed, as a version: a local copy is linked under a fresh
+    /// version name, an object stays where it is and its key becomes the version's (as a
+    /// replacing commit keeps it). The version's place, or `None` when the local copy is
+    /// gone.
+    pub fn keep_removed(&self, id: ClientId, copy: &StoredCopy) -> io::Result<Option<String>> {
+        match self {
+            Blobs::Local(storage) => {
+                let archive = storage.new_version_name(id);
+                let kept = storage.keep_as_version(id, &copy.stored_name, &archive)?;
+                Ok(kept.then_some(archive))
+            }
+            Blobs::S3(_) => Ok(Some(copy.location.clone())),
+        }
+    }
+
+    /// Deletes the bytes of `copy` once the records forgot it, unless the records kept
+    /// them as a version (`kept`: an object store's version is the object itself).
+    pub fn delete_removed(&self, id: ClientId, copy: &StoredCopy, kept: bool) -> io::Result<()> {
+        match self {
+            Blobs::Local(storage) => storage.delete(id, &copy.stored_name),
+            // A copy never verified (a protocol-3 upload given up) has no object.
+            Blobs::S3(_) if kept || !copy.verified => Ok(()),
+            Blobs::S3(s3) => s3.delete_version(id, &copy.location),
         }
     }
 }
@@ -305,8 +349,8 @@ impl BlobStore for Blobs {
     fn keep_as_version(&self, owner: ClientId, name: &str, version: &str) -> io::Result<bool> {
         match self {
             Blobs::Local(s) => s.keep_as_version(owner, name, version),
-            // The object store keeps versions through the records (issue 16): removals
-            // that keep one are refused there until `rm` learns that path.
+            // An object store keeps a removed copy as a version through the records
+            // ([`Blobs::keep_removed`]), not under a name of the store's.
             Blobs::S3(s) => s.keep_as_version(owner, name, version),
         }
     }

@@ -168,7 +168,64 @@ const MIGRATIONS: &[&str] = &[
         ExpiresAt INTEGER NOT NULL,
         PRIMARY KEY (ID, Path)
      );",
+    // 11: where a copy is in its client's space, `<id hex>/<stored name>`, apart from
+    // where the store keeps its bytes (`PathName`): on a local directory the two are one,
+    // on an object store `PathName` is the object's key, which says nothing of the name.
+    // Protocol 4's paths, folders and listings are read by this column whatever the store
+    // (`fill_stored_paths` fills it for the rows already there, in the same transaction).
+    "ALTER TABLE files ADD COLUMN StoredPath TEXT;
+     CREATE INDEX files_id_stored_path ON files (ID, StoredPath);",
 ];
+
+/// The migration that added `files.StoredPath`, filled by [`fill_stored_paths`].
+const STORED_PATH_SCHEMA: i64 = 11;
+
+/// What the records call the place of the copy stored as `stored_name` of `id` in its
+/// client's space, whatever the store: `<id hex>/<stored name>` (a local store's path
+/// name too, [`crate::store::Storage::relative_path`]).
+pub fn stored_path(id: ClientId, stored_name: &str) -> String {
+    format!("{}/{stored_name}", id.to_hex())
+}
+
+/// The stored path of a row written before the column existed, from what the row says of
+/// its name: a protocol-4 file name is its path; protocol 3's is stored as the last
+/// component of the name as sent ([`crate::protocol::storage_name`]). A row given up
+/// (never verified) was recorded at its stored path already; so was one whose name cannot
+/// be stored, which keeps its path name.
+pub(crate) fn stored_path_of(
+    id: ClientId,
+    file_name: &str,
+    path_name: &str,
+    protocol: i64,
+    verified: bool,
+) -> String {
+    if !verified {
+        return path_name.to_owned();
+    }
+    let stored =
+        if protocol == 4 { Ok(file_name) } else { crate::protocol::storage_name(file_name) };
+    match stored {
+        Ok(name) => stored_path(id, name),
+        Err(_) => path_name.to_owned(),
+    }
+}
+
+/// Fills `StoredPath` for every row of `files` (migration 11), in the migration's
+/// transaction.
+fn fill_stored_paths(tx: &Connection) -> Result<(), DbError> {
+    let rows: Vec<(Vec<u8>, String, String, i64, bool)> = tx
+        .prepare("SELECT ID, FileName, PathName, COALESCE(Protocol, 3), Verified FROM files")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut update =
+        tx.prepare("UPDATE files SET StoredPath = ?3 WHERE ID = ?1 AND FileName = ?2")?;
+    for (id, file_name, path_name, protocol, verified) in rows {
+        let client = id_of(id.clone());
+        let at = stored_path_of(client, &file_name, &path_name, protocol, verified);
+        update.execute(params![id, file_name, at])?;
+    }
+    Ok(())
+}
 
 /// A client's quota (`securexfer db quota`): `None` for no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -342,8 +399,12 @@ pub struct StoredCopy {
     pub file_name: String,
     /// The name it is stored under in the client's space: a protocol-4 path.
     pub stored_name: String,
-    /// Where it is stored, relative to the storage directory.
+    /// Its place in the client's space, `<id hex>/<stored name>` ([`stored_path`]): what
+    /// paths, folders and listings are read by, whatever the store.
     pub path_name: String,
+    /// Where the store keeps its bytes: the path relative to the storage directory (the
+    /// same as `path_name` there), or an object store's key.
+    pub location: String,
     /// Whether the client confirmed it (false: a protocol-3 upload given up with 1031).
     pub verified: bool,
     /// Plaintext size (0 when unknown).
@@ -635,6 +696,9 @@ impl Db {
         for step in &MIGRATIONS[version as usize..] {
             tx.execute_batch(step)?;
         }
+        if version < STORED_PATH_SCHEMA {
+            fill_stored_paths(&tx)?;
+        }
         tx.pragma_update(None, "user_version", known)?;
         tx.commit()?;
         Ok(())
@@ -776,7 +840,10 @@ impl Db {
     ) -> Result<(), DbError> {
         self.check_file()?;
         let tx = self.conn.unchecked_transaction()?;
-        upsert_verified(&tx, id, file_name, path_name, size, cksum)?;
+        // A local path name, `<id hex>/<stored name>`.
+        let stored_name = path_name.split_once('/').map_or(path_name, |(_, name)| name);
+        let at = Placed { file_name, path_name, stored_name };
+        upsert_verified(&tx, id, &at, size, cksum)?;
         tx.commit()?;
         Ok(())
     }
@@ -853,7 +920,7 @@ impl Db {
         let n: i64 = self
             .conn
             .prepare_cached(
-                "SELECT count(*) FROM files WHERE ID = ?1 AND PathName = ?2 AND Verified = 1",
+                "SELECT count(*) FROM files WHERE ID = ?1 AND StoredPath = ?2 AND Verified = 1",
             )?
             .query_row(params![&id.0[..], path_name], |r| r.get(0))?;
         Ok(n > 0)
@@ -862,27 +929,14 @@ impl Db {
     /// Where the verified copy stored as `stored_name` (the
     /// [`crate::protocol::storage_name`] of its file name) of `id` is, if there is one.
     pub fn stored_copy(&self, id: ClientId, stored_name: &str) -> Result<Option<String>, DbError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT FileName, PathName, Protocol FROM files WHERE ID = ?1 AND Verified = 1",
-        )?;
-        let rows = stmt.query_map([&id.0[..]], |r| {
-            Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, i64>(2)?))
-        })?;
-        for row in rows {
-            let (file_name, path_name, protocol) = row?;
-            // A protocol-4 file name is its stored path itself (`docs/a.txt` is not the
-            // `a.txt` that protocol 3 would store it as); protocol 3's keeps the last
-            // component of the name as sent.
-            let stored = if protocol == 4 {
-                file_name == stored_name
-            } else {
-                crate::protocol::storage_name(&file_name).is_ok_and(|n| n == stored_name)
-            };
-            if stored {
-                return Ok(Some(path_name));
-            }
-        }
-        Ok(None)
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT PathName FROM files WHERE ID = ?1 AND StoredPath = ?2 AND Verified = 1
+                 LIMIT 1",
+            )?
+            .query_row(params![&id.0[..], stored_path(id, stored_name)], |r| r.get(0))
+            .optional()?)
     }
 
     /// Records an object being staged, to be cleaned up after `expires_at` (seconds since
@@ -1078,7 +1132,8 @@ impl Db {
         self.check_file()?;
         exec_cached(
             &self.conn,
-            "INSERT OR IGNORE INTO files (ID, FileName, PathName, Verified) VALUES (?1, ?2, ?3, 0)",
+            "INSERT OR IGNORE INTO files (ID, FileName, PathName, StoredPath, Verified)
+             VALUES (?1, ?2, ?3, ?3, 0)",
             params![&id.0[..], file_name, path_name],
         )?;
         Ok(())
@@ -1247,11 +1302,11 @@ impl Db {
         let op = if range.inclusive { ">=" } else { ">" };
         // An end in the index's range, not `?3 IS NULL OR ...`: a filter would read on to
         // the client's last row whenever the range holds fewer rows than the page.
-        let end = if range.end.is_some() { "f.PathName < ?3" } else { "?3 IS NULL" };
+        let end = if range.end.is_some() { "f.StoredPath < ?3" } else { "?3 IS NULL" };
         let sql = format!(
             "{STORED_COPY_SELECT}
-             WHERE f.ID = ?1 AND f.PathName {op} ?2 AND {end}
-             GROUP BY f.PathName ORDER BY f.PathName LIMIT ?4"
+             WHERE f.ID = ?1 AND f.StoredPath {op} ?2 AND {end}
+             GROUP BY f.StoredPath ORDER BY f.StoredPath LIMIT ?4"
         );
         let limit = i64::try_from(range.limit).unwrap_or(i64::MAX);
         let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -1303,7 +1358,7 @@ impl Db {
     fn has_row_at(&self, id: ClientId, path_name: &str) -> Result<bool, DbError> {
         Ok(self
             .conn
-            .prepare_cached("SELECT 1 FROM files WHERE ID = ?1 AND PathName = ?2 LIMIT 1")?
+            .prepare_cached("SELECT 1 FROM files WHERE ID = ?1 AND StoredPath = ?2 LIMIT 1")?
             .query_row(params![&id.0[..], path_name], |_| Ok(()))
             .optional()?
             .is_some())
@@ -1317,7 +1372,7 @@ impl Db {
         Ok(self
             .conn
             .prepare_cached(
-                "SELECT 1 FROM files WHERE ID = ?1 AND PathName >= ?2 AND PathName < ?3 LIMIT 1",
+                "SELECT 1 FROM files WHERE ID = ?1 AND StoredPath >= ?2 AND StoredPath < ?3 LIMIT 1",
             )?
             .query_row(params![&id.0[..], under, end], |_| Ok(()))
             .optional()?
@@ -1365,8 +1420,9 @@ impl Db {
 
     /// The copy stored at `path_name`, if any.
     pub fn copy_at(&self, id: ClientId, path_name: &str) -> Result<Option<StoredCopy>, DbError> {
-        let sql =
-            format!("{STORED_COPY_SELECT} WHERE f.ID = ?1 AND f.PathName = ?2 GROUP BY f.PathName");
+        let sql = format!(
+            "{STORED_COPY_SELECT} WHERE f.ID = ?1 AND f.StoredPath = ?2 GROUP BY f.StoredPath"
+        );
         Ok(self
             .conn
             .prepare_cached(&sql)?
@@ -1388,7 +1444,7 @@ impl Db {
         let n = exec_cached(
             &self.conn,
             "UPDATE files SET Blake3 = ?4
-             WHERE ID = ?1 AND PathName = ?2 AND Verified = 1 AND Blake3 IS NULL
+             WHERE ID = ?1 AND StoredPath = ?2 AND Verified = 1 AND Blake3 IS NULL
                AND Generation IS ?3",
             params![&id.0[..], path_name, generation, &hash[..]],
         )?;
@@ -1405,7 +1461,7 @@ impl Db {
         let bytes: i64 = tx
             .prepare_cached(
                 "SELECT COALESCE(max(Size), 0) FROM files
-                 WHERE ID = ?1 AND PathName = ?2 AND Verified = 1",
+                 WHERE ID = ?1 AND StoredPath = ?2 AND Verified = 1",
             )?
             .query_row(params![&id.0[..], removal.path_name], |r| r.get(0))?;
         let mut kept = false;
@@ -1419,13 +1475,13 @@ impl Db {
                                  WHERE ID = ?1 AND Name = ?2),
                         FileName, ?4, Size, Cksum, StoredAt, Blake3, MtimeNs, Generation,
                         Protocol
-                 FROM files WHERE ID = ?1 AND PathName = ?3 AND Verified = 1 LIMIT 1",
+                 FROM files WHERE ID = ?1 AND StoredPath = ?3 AND Verified = 1 LIMIT 1",
                 params![&id.0[..], name, removal.path_name, archive],
             )? > 0;
         }
         let files = exec_cached(
             &tx,
-            "DELETE FROM files WHERE ID = ?1 AND PathName = ?2",
+            "DELETE FROM files WHERE ID = ?1 AND StoredPath = ?2",
             params![&id.0[..], removal.path_name],
         )?;
         let pruned = prune_versions(&tx, id, name, removal.keep)?;
@@ -1495,11 +1551,12 @@ impl Db {
 
 /// What [`stored_copy`] reads: one row per path, the verified one where there are two
 /// (SQLite takes the other columns from the row with the `max`).
-const STORED_COPY_SELECT: &str = "SELECT f.FileName, f.PathName, max(f.Verified), f.Size,
+const STORED_COPY_SELECT: &str = "SELECT f.FileName, f.StoredPath, max(f.Verified), f.Size,
         f.MtimeNs, CAST(strftime('%s', f.StoredAt) AS INTEGER), f.Generation, f.Blake3,
         f.Protocol,
         (SELECT count(*) FROM versions v
-         WHERE v.ID = f.ID AND v.Name = substr(f.PathName, instr(f.PathName, '/') + 1))
+         WHERE v.ID = f.ID AND v.Name = substr(f.StoredPath, instr(f.StoredPath, '/') + 1)),
+        f.PathName
      FROM files f";
 
 fn stored_copy(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCopy> {
@@ -1510,6 +1567,7 @@ fn stored_copy(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredCopy> {
         file_name: r.get(0)?,
         stored_name,
         path_name,
+        location: r.get(10)?,
         verified: r.get(2)?,
         size: r.get::<_, Option<i64>>(3)?.unwrap_or(0).max(0) as u64,
         mtime_ns: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
@@ -1605,7 +1663,9 @@ fn finish_commit_in(
             params![&id.0[..], archive, intent.file_name],
         )?;
     }
-    upsert_verified(tx, id, &intent.file_name, &intent.path_name, intent.size, intent.cksum)?;
+    let at =
+        Placed { file_name: &intent.file_name, path_name: &intent.path_name, stored_name: name };
+    upsert_verified(tx, id, &at, intent.size, intent.cksum)?;
     // The upload is a stored file now, no longer a staged object to clean up.
     exec_cached(tx, "DELETE FROM staged_objects WHERE Key = ?1", [&intent.source])?;
     set_v4_columns(tx, intent, generation)?;
@@ -1700,30 +1760,38 @@ fn exec_cached(
     conn.prepare_cached(sql)?.execute(params)
 }
 
+/// The names of a file just put in place: as sent, where the store keeps it, and as
+/// stored in the client's space.
+struct Placed<'a> {
+    file_name: &'a str,
+    path_name: &'a str,
+    stored_name: &'a str,
+}
+
 /// The verified row of a file just put in place. Different names can store at one path
 /// (`C:\a\f.txt` and `f.txt` both store as `f.txt`): a verified record of another name at
 /// this path described the file just replaced, so it goes.
 fn upsert_verified(
     conn: &Connection,
     id: ClientId,
-    file_name: &str,
-    path_name: &str,
+    at: &Placed<'_>,
     size: u64,
     cksum: u32,
 ) -> rusqlite::Result<()> {
+    let stored = stored_path(id, at.stored_name);
     exec_cached(
         conn,
-        "DELETE FROM files WHERE ID = ?1 AND PathName = ?2 AND FileName <> ?3 AND Verified = 1",
-        params![&id.0[..], path_name, file_name],
+        "DELETE FROM files WHERE ID = ?1 AND StoredPath = ?2 AND FileName <> ?3 AND Verified = 1",
+        params![&id.0[..], stored, at.file_name],
     )?;
     exec_cached(
         conn,
-        "INSERT INTO files (ID, FileName, PathName, Verified, Size, Cksum, StoredAt)
-         VALUES (?1, ?2, ?3, 1, ?4, ?5, datetime('now'))
+        "INSERT INTO files (ID, FileName, PathName, StoredPath, Verified, Size, Cksum, StoredAt)
+         VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, datetime('now'))
          ON CONFLICT (ID, FileName) DO UPDATE SET PathName = excluded.PathName,
-           Verified = 1, Size = excluded.Size, Cksum = excluded.Cksum,
-           StoredAt = excluded.StoredAt",
-        params![&id.0[..], file_name, path_name, size as i64, cksum],
+           StoredPath = excluded.StoredPath, Verified = 1, Size = excluded.Size,
+           Cksum = excluded.Cksum, StoredAt = excluded.StoredAt",
+        params![&id.0[..], at.file_name, at.path_name, stored, size as i64, cksum],
     )?;
     Ok(())
 }
@@ -1909,12 +1977,13 @@ mod tests {
         let db = Db::open_in_memory().unwrap();
         let id = ClientId([1; 16]);
         db.insert_client(id, "a").unwrap();
+        let space = format!("{}/", id.to_hex());
         for path in ["a", "b/c"] {
             let intent = CommitIntent {
                 client_id: id,
                 stored_name: path.into(),
                 file_name: path.into(),
-                path_name: format!("x/{path}"),
+                path_name: format!("{space}{path}"),
                 source: "x/.securexfer-part-1".into(),
                 size: 3,
                 cksum: 7,
@@ -1925,7 +1994,7 @@ mod tests {
             db.finish_commit(&intent, None, 1).unwrap();
         }
         let paths = ["a/x/y", "b", "b/c", "bc", "d/e"].map(String::from);
-        let facts = db.paths_facts(id, "x/", &paths).unwrap();
+        let facts = db.paths_facts(id, &space, &paths).unwrap();
         let seen: Vec<_> =
             facts.iter().map(|f| (f.file_at_folder.as_deref(), f.is_folder, f.verified)).collect();
         assert_eq!(
@@ -1939,14 +2008,14 @@ mod tests {
             ]
         );
         // One at a time, the same; a put's facts add the quota, usage only with one.
-        assert_eq!(db.path_facts(id, "x/", "b/c").unwrap(), facts[2]);
-        let put = db.put_facts(id, "x/", "b/c", true).unwrap();
+        assert_eq!(db.path_facts(id, &space, "b/c").unwrap(), facts[2]);
+        let put = db.put_facts(id, &space, "b/c", true).unwrap();
         assert_eq!(
             (put.path, put.quota, put.usage, put.unfinished),
             (facts[2].clone(), Quota::default(), None, None)
         );
         db.set_quota(id, Quota { bytes: Some(100), files: None }).unwrap();
-        let put = db.put_facts(id, "x/", "b/c", false).unwrap();
+        let put = db.put_facts(id, &space, "b/c", false).unwrap();
         assert_eq!(put.usage, Some(Usage { bytes: 6, files: 2 }));
     }
 
@@ -2030,6 +2099,57 @@ mod tests {
         let db = Db::open(&path).unwrap();
         assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
         assert_eq!(db.clients().unwrap()[0].name, "old");
+    }
+
+    #[test]
+    fn migration_11_gives_every_row_its_stored_path_whatever_its_store_keeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ten.db");
+        let id = ClientId([7; 16]);
+        let hex = id.to_hex();
+        {
+            let conn = Connection::open(&path).unwrap();
+            for step in &MIGRATIONS[..10] {
+                conn.execute_batch(step).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 10).unwrap();
+            conn.execute("INSERT INTO clients (ID, Name) VALUES (?1, 'ten')", [&id.0[..]]).unwrap();
+            let rows = [
+                // A protocol-3 copy in a storage directory, sent with a Windows path.
+                ("C:\\docs\\a.txt", format!("{hex}/a.txt"), 1, 3),
+                // A protocol-4 copy in a folder, in an object store: its key is random.
+                ("docs/b.txt", format!("{hex}/0123456789abcdef"), 1, 4),
+                // A protocol-3 upload given up, recorded at its stored path.
+                ("c.txt", format!("{hex}/c.txt"), 0, 3),
+            ];
+            for (file_name, path_name, verified, protocol) in rows {
+                conn.execute(
+                    "INSERT INTO files (ID, FileName, PathName, Verified, Size, Protocol)
+                     VALUES (?1, ?2, ?3, ?4, 1, ?5)",
+                    params![&id.0[..], file_name, path_name, verified, protocol],
+                )
+                .unwrap();
+            }
+        }
+        let db = Db::open(&path).unwrap();
+        let at = |name: &str| db.copy_at(id, &format!("{hex}/{name}")).unwrap();
+        let a = at("a.txt").expect("the protocol-3 copy by its stored name");
+        assert_eq!((a.stored_name.as_str(), a.location), ("a.txt", format!("{hex}/a.txt")));
+        let b = at("docs/b.txt").expect("the object-store copy by its path");
+        assert_eq!(b.location, format!("{hex}/0123456789abcdef"), "its bytes are the object");
+        assert!(!at("c.txt").expect("the given-up row").verified);
+        let range = PathRange {
+            start: format!("{hex}/docs/"),
+            inclusive: true,
+            end: upper_bound(&format!("{hex}/docs/")),
+            limit: 10,
+        };
+        let listed: Vec<String> =
+            db.list_page(id, &range).unwrap().into_iter().map(|c| c.stored_name).collect();
+        assert_eq!(listed, ["docs/b.txt"], "the folder holds the object-store copy");
+        let facts = db.path_facts(id, &format!("{hex}/"), "docs/b.txt/x").unwrap();
+        assert_eq!(facts.file_at_folder.as_deref(), Some("docs/b.txt"), "a file is no folder");
+        assert_eq!(db.stored_copy(id, "docs/b.txt").unwrap(), Some(b.location));
     }
 
     #[test]

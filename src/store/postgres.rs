@@ -386,20 +386,11 @@ impl Records for PostgresRecords {
 
     fn stored_copy(&self, id: ClientId, stored_name: String) -> RecordsFuture<'_, Option<String>> {
         self.run(move |c| async move {
-            let sql = "SELECT file_name, path_name, protocol FROM files WHERE id = $1 AND verified";
+            let sql = "SELECT path_name FROM files
+                       WHERE id = $1 AND stored_path COLLATE \"C\" = $2 AND verified LIMIT 1";
             let stmt = c.prepare_cached(sql).await?;
-            let rows = c.query(&stmt, &[&&id.0[..]]).await?;
-            Ok(rows.iter().find_map(|r| {
-                let file_name: &str = r.get(0);
-                // A protocol-4 file name is its stored path itself; protocol 3's keeps the
-                // last component of the name as sent (as in SQLite's records).
-                let stored = if r.get::<_, i16>(2) == 4 {
-                    file_name == stored_name
-                } else {
-                    crate::protocol::storage_name(file_name).is_ok_and(|n| n == stored_name)
-                };
-                stored.then(|| r.get(1))
-            }))
+            let at = crate::store::db::stored_path(id, &stored_name);
+            Ok(c.query_opt(&stmt, &[&&id.0[..], &at]).await?.map(|r| r.get(0)))
         })
     }
 
@@ -444,7 +435,7 @@ impl Records for PostgresRecords {
     fn has_verified_at(&self, id: ClientId, path_name: String) -> RecordsFuture<'_, bool> {
         self.run(move |c| async move {
             let sql = "SELECT EXISTS (SELECT 1 FROM files
-                         WHERE id = $1 AND path_name = $2 AND verified)";
+                         WHERE id = $1 AND stored_path COLLATE \"C\" = $2 AND verified)";
             let stmt = c.prepare_cached(sql).await?;
             Ok(c.query_one(&stmt, &[&&id.0[..], &path_name]).await?.get(0))
         })
@@ -476,8 +467,8 @@ impl Records for PostgresRecords {
         path_name: String,
     ) -> RecordsFuture<'_, ()> {
         self.run(move |c| async move {
-            let sql = "INSERT INTO files (id, file_name, path_name, verified)
-                       VALUES ($1, $2, $3, false) ON CONFLICT DO NOTHING";
+            let sql = "INSERT INTO files (id, file_name, path_name, stored_path, verified)
+                       VALUES ($1, $2, $3, $3, false) ON CONFLICT DO NOTHING";
             let stmt = c.prepare_cached(sql).await?;
             c.execute(&stmt, &[&&id.0[..], &file_name, &path_name]).await?;
             Ok(())

@@ -498,6 +498,40 @@ impl S3Store {
         format!("{}/{}", owner.to_hex(), random_hex())
     }
 
+    /// The object `key` of `owner`, for reading: a stored copy by the key its record gives
+    /// (`GET` reads the very object it found recorded, not whatever the name names by
+    /// the time it opens it).
+    pub fn get_key(&self, owner: ClientId, key: &str) -> io::Result<Box<dyn io::Read + Send>> {
+        Self::check_owner(owner, key)?;
+        let got = self.block_on(self.inner.backend.get(&self.object(key)));
+        let stream = got.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e),
+            e => io::Error::other(e),
+        })?;
+        let stream = stream.into_stream();
+        Ok(Box::new(ObjectReader { store: self.clone(), stream, current: Bytes::new() }))
+    }
+
+    /// `owner`'s verified files by stored name, from the records: a protocol-4 file name
+    /// is its stored path, protocol 3's is stored as its last component.
+    fn list_recorded(&self, owner: ClientId) -> io::Result<Vec<BlobInfo>> {
+        let files = self.block_on(self.inner.records.files()).map_err(io::Error::other)?;
+        let mut blobs: Vec<BlobInfo> = files
+            .into_iter()
+            .filter(|f| f.client_id == owner && f.verified)
+            .filter_map(|f| {
+                let name = match f.protocol {
+                    4 => f.file_name.clone(),
+                    _ => crate::protocol::storage_name(&f.file_name).ok()?.to_owned(),
+                };
+                Some(BlobInfo { name, size: f.size.unwrap_or(0) })
+            })
+            .collect();
+        blobs.sort_by(|a, b| a.name.cmp(&b.name));
+        blobs.dedup_by(|a, b| a.name == b.name);
+        Ok(blobs)
+    }
+
     /// Fails unless `key` is one of `owner`'s objects.
     fn check_owner(owner: ClientId, key: &str) -> io::Result<()> {
         let rest = key.strip_prefix(&owner.to_hex()).and_then(|r| r.strip_prefix('/'));
@@ -615,30 +649,13 @@ impl BlobStore for S3Store {
 
     fn get(&self, owner: ClientId, name: &str) -> io::Result<Box<dyn io::Read + Send>> {
         let key = self.current_key(owner, name)?;
-        let got = self.block_on(self.inner.backend.get(&self.object(&key)));
-        let stream = got.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e),
-            e => io::Error::other(e),
-        })?;
-        let stream = stream.into_stream();
-        Ok(Box::new(ObjectReader { store: self.clone(), stream, current: Bytes::new() }))
+        self.get_key(owner, &key)
     }
 
     /// From the records (an object's key says nothing of its name): `owner`'s verified
     /// files, by stored name.
     fn list(&self, owner: ClientId) -> io::Result<Vec<BlobInfo>> {
-        let files = self.block_on(self.inner.records.files()).map_err(io::Error::other)?;
-        let mut blobs: Vec<BlobInfo> = files
-            .into_iter()
-            .filter(|f| f.client_id == owner && f.verified)
-            .filter_map(|f| {
-                let name = crate::protocol::storage_name(&f.file_name).ok()?.to_owned();
-                Some(BlobInfo { name, size: f.size.unwrap_or(0) })
-            })
-            .collect();
-        blobs.sort_by(|a, b| a.name.cmp(&b.name));
-        blobs.dedup_by(|a, b| a.name == b.name);
-        Ok(blobs)
+        self.list_recorded(owner)
     }
 
     /// Deletes the object the records name for `name`: call it before the records forget

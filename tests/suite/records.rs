@@ -732,6 +732,62 @@ fn several_instances_migrating_one_database_at_once_all_start_and_migrate_it_onc
     });
 }
 
+/// A database from before migration 6 (its `stored_path` column dropped again, its step
+/// forgotten) gets every row's stored path on the next start: a protocol-3 copy by the
+/// last component of its name as sent, a protocol-4 copy on an object store by its path,
+/// not by its object's random key.
+#[test]
+fn migration_6_gives_rows_from_before_it_their_stored_paths() {
+    let Some(url) = common::fresh_postgres() else { return };
+    runtime().block_on(async {
+        let records = PostgresRecords::connect(&url, 1).await.unwrap();
+        let id = registered(&records, 6, "older").await;
+        drop(records);
+        let (client, connection) =
+            tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(
+                "ALTER TABLE files DROP COLUMN stored_path;
+                 DELETE FROM schema_migrations WHERE version = 6;",
+            )
+            .await
+            .unwrap();
+        let hex = id.to_hex();
+        let rows = [
+            ("C:\\docs\\a.txt", format!("{hex}/a.txt"), 3i16),
+            ("docs/b.txt", format!("{hex}/00112233445566778899aabbccddeeff"), 4),
+        ];
+        for (file_name, path_name, protocol) in &rows {
+            client
+                .execute(
+                    "INSERT INTO files (id, file_name, path_name, verified, size, protocol)
+                     VALUES ($1, $2, $3, true, 1, $4)",
+                    &[&&id.0[..], file_name, path_name, protocol],
+                )
+                .await
+                .unwrap();
+        }
+        let records = PostgresRecords::connect(&url, 1).await.expect("migrates again");
+        let a = records.copy_at(id, format!("{hex}/a.txt")).await.unwrap().expect("a.txt");
+        assert_eq!(a.location, rows[0].1);
+        let b = records.copy_at(id, format!("{hex}/docs/b.txt")).await.unwrap().expect("b");
+        assert_eq!((b.stored_name.as_str(), &b.location), ("docs/b.txt", &rows[1].1));
+        let facts = records.path_facts(id, format!("{hex}/"), vec!["docs".into()]).await.unwrap();
+        assert!(facts[0].is_folder, "docs holds b.txt");
+        let nullable: String = client
+            .query_one(
+                "SELECT is_nullable FROM information_schema.columns
+                 WHERE table_name = 'files' AND column_name = 'stored_path'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(nullable, "NO", "every row has one, and every row to come must");
+    });
+}
+
 #[test]
 fn a_database_migrated_by_a_newer_securexfer_is_refused() {
     let Some(url) = common::fresh_postgres() else { return };

@@ -206,8 +206,9 @@ fn a_listing_of_thousands_of_files_streams_complete_in_byte_order_over_many_fram
         .collect();
     for name in &names {
         tx.execute(
-            "INSERT INTO files (ID, FileName, PathName, Verified, Size, StoredAt, Protocol)
-             VALUES (?1, ?2, ?3, 1, 1, datetime('now'), 3)",
+            "INSERT INTO files (ID, FileName, PathName, StoredPath, Verified, Size, StoredAt,
+                                Protocol)
+             VALUES (?1, ?2, ?3, ?3, 1, 1, datetime('now'), 3)",
             rusqlite::params![&id[..], name, format!("{id_hex}/{name}")],
         )
         .unwrap();
@@ -244,8 +245,9 @@ fn a_protocol_3_copy_gets_its_blake3_recorded_on_first_read_and_a_damaged_copy_i
     std::fs::write(dir.join("old.bin"), &old).unwrap();
     database(&server)
         .execute(
-            "INSERT INTO files (ID, FileName, PathName, Verified, Size, StoredAt, Protocol)
-             VALUES (?1, 'old.bin', ?2, 1, ?3, datetime('now'), 3)",
+            "INSERT INTO files (ID, FileName, PathName, StoredPath, Verified, Size, StoredAt,
+                                Protocol)
+             VALUES (?1, 'old.bin', ?2, ?2, 1, ?3, datetime('now'), 3)",
             rusqlite::params![&id[..], format!("{}/old.bin", hex(&id)), old.len() as i64],
         )
         .unwrap();
@@ -593,8 +595,9 @@ fn folders_exist_as_prefixes_a_listing_collapses_them_and_get_or_rm_of_one_is_is
     let db = database(&server);
     for path in ["b/x", "b/y/z", "a/deep/er"] {
         db.execute(
-            "INSERT INTO files (ID, FileName, PathName, Verified, Size, StoredAt, Protocol)
-             VALUES (?1, ?2, ?3, 1, 1, datetime('now'), 4)",
+            "INSERT INTO files (ID, FileName, PathName, StoredPath, Verified, Size, StoredAt,
+                                Protocol)
+             VALUES (?1, ?2, ?3, ?3, 1, 1, datetime('now'), 4)",
             rusqlite::params![&id[..], path, format!("{}/{path}", hex(&id))],
         )
         .unwrap();

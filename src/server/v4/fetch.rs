@@ -14,9 +14,9 @@ use super::folders::turn_key;
 use super::identity::unix_now;
 use crate::protocol::ClientId;
 use crate::protocol::v4::{
-    CopyFlags, EntryKind, ErrorCode, ErrorFrame, FrameType, Get, GetBegin, GetEnd,
-    LIST_ENTRIES_FIXED_LEN, List, ListEnd, ListEntries, ListEntry, MAX_CONTROL_PAYLOAD,
-    MAX_DATA_PAYLOAD, NO_HASH, Removed, Rm, names,
+    CopyFlags, EntryKind, ErrorFrame, FrameType, Get, GetBegin, GetEnd, LIST_ENTRIES_FIXED_LEN,
+    List, ListEnd, ListEntries, ListEntry, MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD, NO_HASH, Removed,
+    Rm, names,
 };
 use crate::server::metrics::DownloadOutcome;
 use crate::store::{BlobStore, PathRange, Removal, StoredCopy, upper_bound};
@@ -87,28 +87,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         self.shared.storage.path_name(id, "")
     }
 
-    /// `LIST`, `GET` and `RM` find a client's copies by their local path names; an object
-    /// store records a copy under its object's key instead, so there they would find
-    /// nothing and an empty listing would say nothing is stored. Until they look copies up
-    /// by name (issue 16), they are refused there, in words.
-    fn refuse_on_object_store(&self, what: &str) -> Result<(), Ended> {
-        if self.shared.storage.local().is_some() {
-            return Ok(());
-        }
-        Err(Ended::Refused(errors::plain(
-            ErrorCode::Internal,
-            false,
-            &format!(
-                "{what} is not served yet by a server that stores files in an object store (s3://)"
-            ),
-        )))
-    }
-
     /// `LIST`: the one file a path names, or what lies under it (direct children, folders
     /// collapsed, unless `recursive`), in byte order, packed into frames up to the limit.
     pub(super) async fn list(&mut self, tag: u32, list: List) -> Result<(), Ended> {
         let id = self.client_id();
-        self.refuse_on_object_store("listing files")?;
         if !list.path.is_empty() {
             names::check_path(&list.path).map_err(|e| Ended::Refused(refused(&e)))?;
         }
@@ -201,7 +183,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// not the hash on record or the copy is not the size on record.
     pub(super) async fn get(&mut self, tag: u32, get: Get) -> Result<(), Ended> {
         let id = self.client_id();
-        self.refuse_on_object_store("downloading files")?;
         let copy = self.file_at(id, &get.path).await?;
         if get.generation != 0 && get.generation != copy.generation {
             return Err(Ended::Refused(errors::copy_changed(&format!(
@@ -219,8 +200,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             return self.get_small(tag, &get, &copy).await;
         }
         let storage = self.shared.storage.clone();
-        let name = copy.stored_name.clone();
-        let opened = tokio::task::spawn_blocking(move || storage.get(id, &name)).await;
+        let stored = copy.clone();
+        let opened = tokio::task::spawn_blocking(move || storage.open_copy(id, &stored)).await;
         let reader = match opened.map_err(std::io::Error::other).and_then(|r| r) {
             Ok(reader) => reader,
             Err(e) => {
@@ -261,10 +242,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     async fn get_small(&mut self, tag: u32, get: &Get, copy: &StoredCopy) -> Result<(), Ended> {
         let id = self.client_id();
         let storage = self.shared.storage.clone();
-        let name = copy.stored_name.clone();
+        let stored = copy.clone();
         let want = copy.size as usize + 1;
         let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            let mut reader = storage.get(id, &name)?;
+            let mut reader = storage.open_copy(id, &stored)?;
             let mut bytes = vec![0u8; want];
             let n = read_up_to(&mut reader, &mut bytes)?;
             bytes.truncate(n);
@@ -435,7 +416,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// could clash with it.
     pub(super) async fn rm(&mut self, tag: u32, rm: Rm) -> Result<(), Ended> {
         let id = self.client_id();
-        self.refuse_on_object_store("removing files")?;
         let shared = std::sync::Arc::clone(&self.shared);
         names::check_path(&rm.path).map_err(|e| Ended::Refused(refused(&e)))?;
         let turn = shared.commit_turn(id, turn_key(&rm.path)).await;
@@ -470,7 +450,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         };
         let removed = self.shared.records().remove_copy(removal).await;
         let removed = self.internal_on_error(removed)?;
-        self.delete_blobs(id, copy, &removed.pruned).await;
+        self.delete_blobs(id, copy, removed.kept, &removed.pruned).await;
         Ok(Removed {
             files: u64::from(removed.files > 0),
             bytes: removed.bytes,
@@ -508,20 +488,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(total)
     }
 
-    /// Links the copy's blob as a new version; its name, or `None` when the blob is gone.
+    /// Keeps the copy's blob as a version (see [`crate::store::Blobs::keep_removed`]);
+    /// where, or `None` when the blob is gone.
     async fn keep_blob(
         &mut self,
         id: ClientId,
         copy: &StoredCopy,
     ) -> Result<Option<String>, Ended> {
         let storage = self.shared.storage.clone();
-        let archive = storage.new_version_name(id);
-        let (name, version) = (copy.stored_name.clone(), archive.clone());
-        let kept =
-            tokio::task::spawn_blocking(move || storage.keep_as_version(id, &name, &version)).await;
+        let stored = copy.clone();
+        let kept = tokio::task::spawn_blocking(move || storage.keep_removed(id, &stored)).await;
         match kept.map_err(std::io::Error::other).and_then(|k| k) {
-            Ok(true) => Ok(Some(archive)),
-            Ok(false) => Ok(None),
+            Ok(archive) => Ok(archive),
             Err(e) => {
                 let at = unix_now();
                 tracing::error!(at, "cannot keep a removed protocol-4 file as a version: {e}");
@@ -530,14 +508,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
-    /// Deletes the removed copy's blob and the versions pruned beyond `--keep-versions`.
-    /// The records no longer name them: a failure leaves bytes nobody can reach, logged
-    /// for the operator (`db verify` reports them as unrecorded).
-    async fn delete_blobs(&mut self, id: ClientId, copy: &StoredCopy, pruned: &[String]) {
+    /// Deletes the removed copy's blob (unless `kept` as the version itself: an object
+    /// store's) and the versions pruned beyond `--keep-versions`. The records no longer
+    /// name them: a failure leaves bytes nobody can reach, logged for the operator
+    /// (`db verify` reports them as unrecorded).
+    async fn delete_blobs(
+        &mut self,
+        id: ClientId,
+        copy: &StoredCopy,
+        kept: bool,
+        pruned: &[String],
+    ) {
         let storage = self.shared.storage.clone();
-        let (name, pruned) = (copy.stored_name.clone(), pruned.to_vec());
+        let (stored, pruned) = (copy.clone(), pruned.to_vec());
         let _ = tokio::task::spawn_blocking(move || {
-            match storage.delete(id, &name) {
+            let name = &stored.stored_name;
+            match storage.delete_removed(id, &stored, kept) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     warn!(%name, "could not delete a removed file's blob: {e}");
                 }
@@ -667,6 +653,7 @@ mod tests {
             file_name: String::new(),
             stored_name: path_name.split_once('/').unwrap().1.into(),
             path_name: path_name.into(),
+            location: path_name.into(),
             verified: true,
             size: 3,
             mtime_ns: 0,

@@ -3,7 +3,7 @@
 
 use super::{PostgresError, hash_of, size_of};
 use crate::protocol::ClientId;
-use crate::store::db::{CommitIntent, FinishedCommit};
+use crate::store::db::{CommitIntent, FinishedCommit, stored_path};
 use deadpool_postgres::GenericClient;
 use std::net::IpAddr;
 use tokio_postgres::types::ToSql;
@@ -149,14 +149,16 @@ async fn upsert_verified(
     generation: i64,
 ) -> Result<i64, PostgresError> {
     let id = &intent.client_id.0[..];
-    let sql = "DELETE FROM files
-               WHERE id = $1 AND path_name = $2 AND file_name <> $3 AND verified";
+    let stored = stored_path(intent.client_id, &intent.stored_name);
+    let sql = "DELETE FROM files WHERE id = $1 AND stored_path COLLATE \"C\" = $2
+                 AND file_name <> $3 AND verified";
     let stmt = tx.prepare_cached(sql).await?;
-    tx.execute(&stmt, &[&id, &intent.path_name, &intent.file_name]).await?;
+    tx.execute(&stmt, &[&id, &stored, &intent.file_name]).await?;
     let sql = "INSERT INTO files (id, file_name, path_name, verified, size, cksum, stored_at,
-                   blake3, mtime_ns, generation, protocol)
-               VALUES ($1, $2, $3, true, $4, $5, now(), $6, $7, $8, $9)
+                   blake3, mtime_ns, generation, protocol, stored_path)
+               VALUES ($1, $2, $3, true, $4, $5, now(), $6, $7, $8, $9, $10)
                ON CONFLICT (id, file_name) DO UPDATE SET path_name = excluded.path_name,
+                 stored_path = excluded.stored_path,
                  verified = true, size = excluded.size, cksum = excluded.cksum,
                  stored_at = excluded.stored_at, blake3 = excluded.blake3,
                  mtime_ns = excluded.mtime_ns, generation = excluded.generation,
@@ -167,7 +169,7 @@ async fn upsert_verified(
     let blake3 = intent.v4.map(|v| v.blake3.to_vec());
     let mtime_ns = intent.v4.map(|v| v.mtime_ns);
     let protocol: i16 = if intent.v4.is_some() { 4 } else { 3 };
-    let params: [&(dyn ToSql + Sync); 9] = [
+    let params: [&(dyn ToSql + Sync); 10] = [
         &id,
         &intent.file_name,
         &intent.path_name,
@@ -177,6 +179,7 @@ async fn upsert_verified(
         &mtime_ns,
         &generation,
         &protocol,
+        &stored,
     ];
     Ok(tx.query_one(&stmt, &params).await?.get(0))
 }

@@ -11,11 +11,12 @@ use deadpool_postgres::GenericClient;
 use std::collections::HashMap;
 
 /// What [`stored_copy`] reads: one row per path, the verified one where there are two.
-const STORED_COPY_SELECT: &str = "SELECT DISTINCT ON (f.path_name COLLATE \"C\")
-        f.file_name, f.path_name, f.verified, f.size, f.mtime_ns,
+const STORED_COPY_SELECT: &str = "SELECT DISTINCT ON (f.stored_path COLLATE \"C\")
+        f.file_name, f.stored_path, f.verified, f.size, f.mtime_ns,
         extract(epoch FROM f.stored_at)::BIGINT, f.generation, f.blake3, f.protocol,
         (SELECT count(*) FROM versions v
-         WHERE v.id = f.id AND v.name = substr(f.path_name, strpos(f.path_name, '/') + 1))
+         WHERE v.id = f.id AND v.name = substr(f.stored_path, strpos(f.stored_path, '/') + 1)),
+        f.path_name
      FROM files f";
 
 fn stored_copy(r: &tokio_postgres::Row) -> StoredCopy {
@@ -26,6 +27,7 @@ fn stored_copy(r: &tokio_postgres::Row) -> StoredCopy {
         file_name: r.get(0),
         stored_name,
         path_name,
+        location: r.get(10),
         verified: r.get(2),
         size: size_of(r.get(3)).unwrap_or(0),
         mtime_ns: r.get::<_, Option<i64>>(4).unwrap_or(0),
@@ -50,17 +52,17 @@ pub(super) async fn list_page(
     let rows = match &range.end {
         Some(end) => {
             let sql = format!(
-                "{STORED_COPY_SELECT} WHERE f.id = $1 AND f.path_name COLLATE \"C\" {op} $2
-                   AND f.path_name COLLATE \"C\" < $3
-                 ORDER BY f.path_name COLLATE \"C\", f.verified DESC LIMIT $4"
+                "{STORED_COPY_SELECT} WHERE f.id = $1 AND f.stored_path COLLATE \"C\" {op} $2
+                   AND f.stored_path COLLATE \"C\" < $3
+                 ORDER BY f.stored_path COLLATE \"C\", f.verified DESC LIMIT $4"
             );
             let stmt = c.prepare_cached(&sql).await?;
             c.query(&stmt, &[&&id.0[..], &range.start, end, &limit]).await?
         }
         None => {
             let sql = format!(
-                "{STORED_COPY_SELECT} WHERE f.id = $1 AND f.path_name COLLATE \"C\" {op} $2
-                 ORDER BY f.path_name COLLATE \"C\", f.verified DESC LIMIT $3"
+                "{STORED_COPY_SELECT} WHERE f.id = $1 AND f.stored_path COLLATE \"C\" {op} $2
+                 ORDER BY f.stored_path COLLATE \"C\", f.verified DESC LIMIT $3"
             );
             let stmt = c.prepare_cached(&sql).await?;
             c.query(&stmt, &[&&id.0[..], &range.start, &limit]).await?
@@ -76,8 +78,8 @@ pub(super) async fn copy_at(
     path_name: &str,
 ) -> Result<Option<StoredCopy>, PostgresError> {
     let sql = format!(
-        "{STORED_COPY_SELECT} WHERE f.id = $1 AND f.path_name = $2
-         ORDER BY f.path_name COLLATE \"C\", f.verified DESC"
+        "{STORED_COPY_SELECT} WHERE f.id = $1 AND f.stored_path COLLATE \"C\" = $2
+         ORDER BY f.stored_path COLLATE \"C\", f.verified DESC"
     );
     let stmt = c.prepare_cached(&sql).await?;
     Ok(c.query_opt(&stmt, &[&&id.0[..], &path_name]).await?.as_ref().map(stored_copy))
@@ -103,11 +105,12 @@ pub(super) async fn path_facts(
     let under = format!("{space}{path}/");
     let end = crate::store::upper_bound(&under).unwrap_or_default();
     let sql = "SELECT
-          (SELECT array_agg(DISTINCT path_name) FROM files
-           WHERE id = $1 AND path_name = ANY($2)),
+          (SELECT array_agg(DISTINCT stored_path) FROM files
+           WHERE id = $1 AND stored_path COLLATE \"C\" = ANY($2)),
           EXISTS (SELECT 1 FROM files WHERE id = $1
-                  AND path_name COLLATE \"C\" >= $3 AND path_name COLLATE \"C\" < $4),
-          EXISTS (SELECT 1 FROM files WHERE id = $1 AND path_name = $5 AND verified)";
+                  AND stored_path COLLATE \"C\" >= $3 AND stored_path COLLATE \"C\" < $4),
+          EXISTS (SELECT 1 FROM files WHERE id = $1 AND stored_path COLLATE \"C\" = $5
+                  AND verified)";
     let stmt = c.prepare_cached(sql).await?;
     let at = format!("{space}{path}");
     let row = c.query_one(&stmt, &[&&id.0[..], &unknown, &under, &end, &at]).await?;
@@ -167,13 +170,13 @@ pub(super) async fn record_blake3(
 ) -> Result<bool, PostgresError> {
     let generation = (generation != 0).then_some(generation as i64);
     let sql = "UPDATE files SET blake3 = $4
-               WHERE id = $1 AND path_name = $2 AND verified AND blake3 IS NULL
+               WHERE id = $1 AND stored_path COLLATE \"C\" = $2 AND verified AND blake3 IS NULL
                  AND generation IS NOT DISTINCT FROM $3";
     let stmt = c.prepare_cached(sql).await?;
     Ok(c.execute(&stmt, &[&&id.0[..], &path_name, &generation, &&hash[..]]).await? > 0)
 }
 
-/// Forgets the copy at `removal.path_name` (every row at that path), keeping its record
+/// Forgets the copy at `removal.path_name` (every row at that stored path), keeping its record
 /// as a version when its blob was kept as one, and the versions beyond `keep`, in `tx`.
 pub(super) async fn remove_copy(
     tx: &deadpool_postgres::Transaction<'_>,
@@ -181,18 +184,23 @@ pub(super) async fn remove_copy(
 ) -> Result<Removed, PostgresError> {
     let (id, name) = (&removal.client_id.0[..], removal.stored_name.as_str());
     commit::lock_client(tx, id).await?;
-    let sql = "SELECT COALESCE(max(size), 0) FROM files
-               WHERE id = $1 AND path_name = $2 AND verified";
+    // The verified row at the path, and where its bytes are (an object's key on an object
+    // store), which the version records.
+    let sql = "SELECT size, path_name FROM files
+               WHERE id = $1 AND stored_path COLLATE \"C\" = $2 AND verified LIMIT 1";
     let stmt = tx.prepare_cached(sql).await?;
-    let bytes: i64 = tx.query_one(&stmt, &[&id, &removal.path_name]).await?.get(0);
-    let kept = match &removal.archive {
-        Some(archive) => {
-            commit::keep_version(tx, id, name, &[removal.path_name.as_str()], archive).await?
+    let verified = tx.query_opt(&stmt, &[&id, &removal.path_name]).await?;
+    let bytes = verified.as_ref().and_then(|r| size_of(r.get(0))).unwrap_or(0);
+    let kept = match (&removal.archive, &verified) {
+        (Some(archive), Some(row)) => {
+            let location: &str = row.get(1);
+            commit::keep_version(tx, id, name, &[location], archive).await?
         }
-        None => false,
+        _ => false,
     };
-    let stmt = tx.prepare_cached("DELETE FROM files WHERE id = $1 AND path_name = $2").await?;
+    let sql = "DELETE FROM files WHERE id = $1 AND stored_path COLLATE \"C\" = $2";
+    let stmt = tx.prepare_cached(sql).await?;
     let files = tx.execute(&stmt, &[&id, &removal.path_name]).await?;
     let pruned = commit::prune_versions(tx, id, name, removal.keep).await?;
-    Ok(Removed { files, bytes: size_of(Some(bytes)).unwrap_or(0), kept, pruned })
+    Ok(Removed { files, bytes, kept, pruned })
 }

@@ -155,9 +155,10 @@ impl PostgresRecords {
             }
             let sql = format!(
                 "INSERT INTO files (id, file_name, path_name, verified, size, cksum, stored_at,
-                     blake3, mtime_ns, generation, protocol)
-                 VALUES ($1, $2, $3, $4, $5, $6, {}, $8, $9, $10, $11)
+                     blake3, mtime_ns, generation, protocol, stored_path)
+                 VALUES ($1, $2, $3, $4, $5, $6, {}, $8, $9, $10, $11, $12)
                  ON CONFLICT (id, file_name) DO UPDATE SET path_name = excluded.path_name,
+                     stored_path = excluded.stored_path,
                      verified = excluded.verified, size = excluded.size,
                      cksum = excluded.cksum, stored_at = excluded.stored_at,
                      blake3 = excluded.blake3, mtime_ns = excluded.mtime_ns,
@@ -166,7 +167,9 @@ impl PostgresRecords {
             );
             let stmt = tx.prepare_cached(&sql).await?;
             let path_name = if row.verified { key } else { row.path_name.as_str() };
-            let params: [&(dyn ToSql + Sync); 11] = [
+            // The source is a storage directory: its path name is the copy's place in the
+            // client's space, which the target keeps as it was.
+            let params: [&(dyn ToSql + Sync); 12] = [
                 &row.id,
                 &row.file_name,
                 &path_name,
@@ -178,6 +181,7 @@ impl PostgresRecords {
                 &row.content.mtime_ns,
                 &row.content.generation,
                 &row.content.protocol,
+                &row.path_name,
             ];
             tx.execute(&stmt, &params).await?;
         }

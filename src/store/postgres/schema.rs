@@ -169,7 +169,42 @@ const MIGRATIONS: &[&str] = &[
         token BYTEA PRIMARY KEY CHECK (length(token) = 16),
         at BIGINT NOT NULL
      );",
+    // 6: a copy's place in its client's space, `<id hex>/<stored name>`, apart from where
+    // its bytes are (`path_name`, an object's key on an object store), as SQLite's 11:
+    // protocol 4's paths, folders and listings are read by it whatever the store.
+    // [`fill_stored_paths`] fills it for the rows already there, in the same transaction.
+    "ALTER TABLE files ADD COLUMN stored_path TEXT;
+     CREATE INDEX files_by_stored_path ON files (id, stored_path COLLATE \"C\");",
 ];
+
+/// The migration that added `files.stored_path`.
+const STORED_PATH_SCHEMA: i32 = 6;
+
+/// Fills `files.stored_path` of the rows written before it existed (see
+/// [`crate::store::db::stored_path_of`]), inside the migration's transaction, then makes it
+/// required.
+async fn fill_stored_paths(tx: &tokio_postgres::Transaction<'_>) -> Result<(), PostgresError> {
+    let rows =
+        tx.query("SELECT id, file_name, path_name, protocol, verified FROM files", &[]).await?;
+    let update =
+        tx.prepare("UPDATE files SET stored_path = $3 WHERE id = $1 AND file_name = $2").await?;
+    for row in rows {
+        let id: Vec<u8> = row.get(0);
+        let (file_name, path_name): (String, String) = (row.get(1), row.get(2));
+        let Ok(client) = <[u8; 16]>::try_from(id.as_slice()) else { continue };
+        let protocol = i64::from(row.get::<_, i16>(3));
+        let at = crate::store::db::stored_path_of(
+            crate::protocol::ClientId(client),
+            &file_name,
+            &path_name,
+            protocol,
+            row.get(4),
+        );
+        tx.execute(&update, &[&id, &file_name, &at]).await?;
+    }
+    tx.batch_execute("ALTER TABLE files ALTER COLUMN stored_path SET NOT NULL").await?;
+    Ok(())
+}
 
 /// The newest schema version this build knows.
 pub fn latest_version() -> i32 {
@@ -198,6 +233,9 @@ pub(super) async fn migrate(client: &mut tokio_postgres::Client) -> Result<i32, 
         tx.batch_execute(sql).await?;
         let version = step as i32 + 1;
         tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[&version]).await?;
+    }
+    if found < STORED_PATH_SCHEMA {
+        fill_stored_paths(&tx).await?;
     }
     tx.commit().await?;
     Ok(found)

@@ -17,6 +17,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use securexfer::store::{Db, FileRecord, PostgresRecords, Records, VersionRecord};
 
 mod migrate;
+mod v4_paths;
 
 /// Where a test's records are.
 enum RecordsAt {
@@ -484,18 +485,9 @@ fn a_protocol_4_put_is_committed_to_the_object_store_with_its_blake3_and_a_kept_
     assert_eq!(objects(&url).len(), 2);
     assert!(records.staged().is_empty(), "nothing staged left");
 
-    // LIST, GET and RM look copies up by local path names, which an object store does not
-    // record: they are refused in words (never an empty listing that says nothing is
-    // stored), the connection goes on, and nothing is removed.
-    let listed = conn.list(true, "").expect_err("LIST is refused on an object store");
-    assert!(listed.message.contains("object store"), "{listed:?}");
-    let removed = conn.rm("report.pdf").expect_err("RM is refused on an object store");
-    assert!(removed.message.contains("removing files"), "{removed:?}");
-    let tag = conn.tag();
-    conn.send(v4::GET, tag, &v4::get_payload(0, 0, "report.pdf"));
-    let (refused, error) = conn.read_error();
-    assert!(refused == tag && error.message.contains("downloading files"), "{error:?}");
-    assert_eq!(records.files().len(), 1, "nothing was removed");
+    // Protocol 4's reads find it by its path (see `v4_paths`).
+    let (_, data, got) = conn.get("report.pdf").expect("a download");
+    assert!(data == second && got == hash(&second), "the object comes back as sent");
 }
 
 /// An S3-compatible server of the test's own (`rclone serve s3`, as `.ci/services.sh`

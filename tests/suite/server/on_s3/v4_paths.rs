@@ -1,0 +1,151 @@
+//! Protocol 4's paths over an object store, on both records backends: the folder rules
+//! (a path is never both a file and a folder), `LIST`, `GET` (small copies read whole,
+//! large ones streamed by the key on record) and `RM` keeping the removed copy as a version
+//! (the object itself) or deleting its object. Where a copy's bytes are (an object's key)
+//! says nothing of its path, so all of this reads the records' stored path.
+
+use super::*;
+use crate::common::v4::{self, Conn, Key, code};
+
+fn hash(data: &[u8]) -> [u8; 32] {
+    *blake3::hash(data).as_bytes()
+}
+
+/// Puts and commits `data` at `path`; the refusal's code if the put or commit is refused.
+fn store(conn: &mut Conn, path: &str, data: &[u8]) -> Result<(), u16> {
+    let (received, committed) = conn.put_and_commit(path, data, hash(data));
+    if let Some(error) = v4::error_of(&received) {
+        return Err(error.code);
+    }
+    v4::error_of(&committed).map_or(Ok(()), |error| Err(error.code))
+}
+
+/// `RM -r path`: files, bytes, kept.
+fn rm_recursive(conn: &mut Conn, path: &str) -> [u64; 3] {
+    let tag = conn.tag();
+    conn.send(v4::RM, tag, &v4::rm_payload(true, path));
+    let frame = conn.read().expect("an answer to RM");
+    assert!(v4::error_of(&frame).is_none(), "{:?}", v4::error_of(&frame));
+    let p = &frame.payload;
+    std::array::from_fn(|i| u64::from_le_bytes(p[i * 8..i * 8 + 8].try_into().unwrap()))
+}
+
+/// The keys of the objects under the test's prefix.
+fn keys(url: &str) -> Vec<String> {
+    objects(url).into_iter().map(|(key, _)| key).collect()
+}
+
+fn folders_list_get_and_rm_on_the_object_store(postgres: bool) {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), postgres) else { return };
+    let server = start(dir.path(), &records, &url, &[]);
+    let (mut conn, _) = Conn::hello(server.addr, &Key::ed25519());
+    let (id, _) = v4::registered(&conn.register("paula", None));
+    let id = ClientId(id);
+    let small = b"a small file".to_vec();
+    let big = common::random_bytes(9 << 20, 81); // streamed, two parts
+    let top = common::random_bytes(300 << 10, 82);
+    store(&mut conn, "docs/a.txt", &small).unwrap();
+    store(&mut conn, "docs/big.bin", &big).unwrap();
+    store(&mut conn, "top", &top).unwrap();
+
+    // The folder rules hold although no key says where a copy is.
+    assert_eq!(store(&mut conn, "top/x", b"under a file"), Err(code::CONFLICT));
+    assert_eq!(store(&mut conn, "docs/a.txt/x", b"under a file"), Err(code::CONFLICT));
+    assert_eq!(store(&mut conn, "docs", b"over a folder"), Err(code::CONFLICT));
+    assert_eq!(records.files().len(), 3, "nothing of the refused puts is recorded");
+    assert_eq!(keys(&url).len(), 3, "nor stored");
+    assert!(records.staged().is_empty(), "nor staged");
+
+    // LIST: in byte order, folders collapsed unless recursive, totals as recorded.
+    let (all, end) = conn.list(true, "").expect("a listing");
+    let paths: Vec<&str> = all.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["docs/a.txt", "docs/big.bin", "top"]);
+    assert_eq!(all[1].hash, hash(&big));
+    let bytes = (small.len() + big.len() + top.len()) as u64;
+    assert_eq!(end[..3], [3, bytes, bytes]);
+    let (collapsed, _) = conn.list(false, "").expect("the top level");
+    let kinds: Vec<(&str, u8)> = collapsed.iter().map(|e| (e.path.as_str(), e.kind)).collect();
+    assert_eq!(kinds, [("docs", 2), ("top", 1)]);
+    let (under, _) = conn.list(false, "docs").expect("a folder");
+    assert_eq!(under.len(), 2);
+
+    // GET: both read paths give the bytes back with their hash; a folder is one.
+    let (_, data, got) = conn.get("docs/a.txt").expect("a small download");
+    assert_eq!((data, got), (small.clone(), hash(&small)));
+    let (_, data, got) = conn.get("docs/big.bin").expect("a streamed download");
+    assert!(data == big && got == hash(&big), "the large copy comes back as sent");
+    assert_eq!(conn.get("docs").unwrap_err().1.code, code::IS_FOLDER);
+    assert_eq!(conn.get("nothing").unwrap_err().1.code, code::NOT_FOUND);
+
+    // RM keeps the removed copy as a version: the object stays, the version names it. A
+    // replaced `top` has one version already; under --keep-versions 1 the older is
+    // pruned, and its object goes.
+    let newer = common::random_bytes(1000, 83);
+    store(&mut conn, "top", &newer).unwrap();
+    let first_version = records.versions()[0].path_name.clone();
+    assert_eq!(conn.rm("top").expect("removed"), [1, newer.len() as u64, 1]);
+    let versions = records.versions();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert!(object(&url, &versions[0].path_name) == newer, "the version is the removed object");
+    assert!(!keys(&url).contains(&first_version), "the pruned version's object is gone");
+    assert_eq!(conn.get("top").unwrap_err().1.code, code::NOT_FOUND);
+    assert_eq!(rm_recursive(&mut conn, "docs"), [2, (small.len() + big.len()) as u64, 2]);
+    assert!(records.files().is_empty());
+    let (left, _) = conn.list(true, "").expect("an empty listing");
+    assert!(left.is_empty());
+    // Every object left is a recorded version, and every version has its object.
+    let mut recorded: Vec<String> = records.versions().into_iter().map(|v| v.path_name).collect();
+    recorded.sort();
+    assert_eq!(keys(&url), recorded);
+    assert!(recorded.iter().all(|key| key.starts_with(&format!("{}/", id.to_hex()))));
+}
+
+#[test]
+fn protocol_4_folders_listings_downloads_and_removals_work_on_the_object_store_with_sqlite() {
+    folders_list_get_and_rm_on_the_object_store(false);
+}
+
+#[test]
+fn protocol_4_folders_listings_downloads_and_removals_work_on_the_object_store_with_postgres() {
+    folders_list_get_and_rm_on_the_object_store(true);
+}
+
+#[test]
+fn with_keep_versions_0_a_removal_on_the_object_store_deletes_the_object() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), true) else { return };
+    let server = start(dir.path(), &records, &url, &["--keep-versions", "0"]);
+    let (mut conn, _) = Conn::hello(server.addr, &Key::ed25519());
+    v4::registered(&conn.register("quinn", None));
+    store(&mut conn, "a/b", b"12345").unwrap();
+    assert_eq!(keys(&url).len(), 1);
+    assert_eq!(conn.rm("a/b").expect("removed"), [1, 5, 0]);
+    assert!(keys(&url).is_empty(), "the object is deleted");
+    assert!(records.files().is_empty() && records.versions().is_empty());
+}
+
+/// Another client's paths are out of reach on the object store too: the same path names
+/// nothing of theirs, and their files are neither listed, read, nor removed.
+#[test]
+fn one_client_never_reaches_anothers_files_on_the_object_store() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), true) else { return };
+    let server = start(dir.path(), &records, &url, &[]);
+    let (mut owner, _) = Conn::hello(server.addr, &Key::ed25519());
+    v4::registered(&owner.register("owner", None));
+    store(&mut owner, "secret/plan.txt", b"mine").unwrap();
+    let (mut other, _) = Conn::hello(server.addr, &Key::ed25519());
+    v4::registered(&other.register("other", None));
+    let (listed, _) = other.list(true, "").expect("its own, empty, listing");
+    assert!(listed.is_empty());
+    assert_eq!(other.get("secret/plan.txt").unwrap_err().1.code, code::NOT_FOUND);
+    assert_eq!(other.rm("secret/plan.txt").unwrap_err().code, code::NOT_FOUND);
+    // Its own file at the same path is its own, beside the owner's.
+    store(&mut other, "secret/plan.txt", b"theirs").unwrap();
+    assert_eq!(owner.get("secret/plan.txt").expect("still there").1, b"mine");
+    assert_eq!(records.files().len(), 2);
+}
