@@ -204,11 +204,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         let opened = tokio::task::spawn_blocking(move || storage.open_copy(id, &stored)).await;
         let reader = match opened.map_err(std::io::Error::other).and_then(|r| r) {
             Ok(reader) => reader,
-            Err(e) => {
-                let at = unix_now();
-                tracing::error!(at, path = %get.path, "a recorded protocol-4 file cannot be read: {e}");
-                return Err(Ended::Refused(errors::internal(at)));
-            }
+            Err(e) => return Err(self.unreadable(id, &get.path, &copy, &e).await),
         };
         self.send(FrameType::GetBegin, tag, &get_begin(&copy)?).await?;
         if get.offset > 0 {
@@ -254,11 +250,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         .await;
         let bytes = match read.map_err(std::io::Error::other).and_then(|r| r) {
             Ok(bytes) => bytes,
-            Err(e) => {
-                let at = unix_now();
-                tracing::error!(at, path = %get.path, "a recorded protocol-4 file cannot be read: {e}");
-                return Err(Ended::Refused(errors::internal(at)));
-            }
+            Err(e) => return Err(self.unreadable(id, &get.path, copy, &e).await),
         };
         let whole = bytes.len() as u64 == copy.size;
         let end = bytes.len().min(want - 1);
@@ -297,6 +289,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         self.shared.metrics.download_sent(sent_len);
         self.shared.metrics.download(DownloadOutcome::Sent);
         Ok(())
+    }
+
+    /// The refusal of a `GET` whose recorded copy could not be opened. On an object store a
+    /// copy replaced (under `--keep-versions 0`) or removed since it was looked up has its
+    /// object deleted: when the records no longer name that copy, the client is told it
+    /// changed, as for a replacement between two ranges. Otherwise the stored bytes are
+    /// missing or unreadable: `internal`, logged for the operator.
+    async fn unreadable(
+        &mut self,
+        id: ClientId,
+        path: &str,
+        copy: &StoredCopy,
+        e: &std::io::Error,
+    ) -> Ended {
+        if e.kind() == std::io::ErrorKind::NotFound && self.shared.storage.local().is_none() {
+            let now = self.shared.records().copy_at(id, copy.path_name.clone()).await;
+            let still = matches!(&now, Ok(Some(now)) if now.generation == copy.generation);
+            if now.is_ok() && !still {
+                return Ended::Refused(errors::copy_changed(&format!(
+                    "{path:?} was replaced or removed as its download began"
+                )));
+            }
+        }
+        let at = unix_now();
+        tracing::error!(at, path, "a recorded protocol-4 file cannot be read: {e}");
+        Ended::Refused(errors::internal(at))
     }
 
     /// The bytes of `copy` in `DATA` frames (those before `get.offset` hashed, not sent);

@@ -59,6 +59,7 @@ pub mod code {
     pub const BUSY: u16 = 21;
     pub const TIMEOUT: u16 = 23;
     pub const SHUTTING_DOWN: u16 = 24;
+    pub const INTERNAL: u16 = 25;
     pub const HASH_MISMATCH: u16 = 26;
 }
 

@@ -149,3 +149,31 @@ fn one_client_never_reaches_anothers_files_on_the_object_store() {
     assert_eq!(owner.get("secret/plan.txt").expect("still there").1, b"mine");
     assert_eq!(records.files().len(), 2);
 }
+
+/// A recorded copy whose object is gone from the store (deleted behind the server's back)
+/// is the server's failure, `internal` with the time logged, and never bytes of anything
+/// else; the connection goes on.
+#[test]
+fn a_recorded_copy_whose_object_is_missing_is_an_internal_error_logged_for_the_operator() {
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), true) else { return };
+    let server = start(dir.path(), &records, &url, &[]);
+    let (mut conn, _) = Conn::hello(server.addr, &Key::ed25519());
+    v4::registered(&conn.register("rosa", None));
+    let big = common::random_bytes(1 << 20, 84);
+    store(&mut conn, "small", b"small").unwrap();
+    store(&mut conn, "big", &big).unwrap();
+    let (store_client, prefix) = bucket(&url);
+    for file in records.files() {
+        let path = ObjectPath::from(format!("{prefix}/{}", file.path_name));
+        RecordsAt::runtime().block_on(store_client.delete(&path)).unwrap();
+    }
+    for name in ["small", "big"] {
+        let (data, error) = conn.get(name).expect_err("the object is gone");
+        assert!(data.is_empty(), "nothing is sent of {name}");
+        assert_eq!(error.code, code::INTERNAL, "{error:?}");
+    }
+    server.wait_for_log("a recorded protocol-4 file cannot be read");
+    assert!(conn.list(true, "").is_ok(), "the connection goes on");
+}
