@@ -177,3 +177,50 @@ fn a_recorded_copy_whose_object_is_missing_is_an_internal_error_logged_for_the_o
     server.wait_for_log("a recorded protocol-4 file cannot be read");
     assert!(conn.list(true, "").is_ok(), "the connection goes on");
 }
+
+/// The client's own commands over the scale-out configuration: `send -r` of a tree (a
+/// file of several parts among small ones), `ls`, `get -r` back byte for byte, `rm -r`.
+#[test]
+fn send_r_ls_get_r_and_rm_r_through_the_binary_on_postgres_and_the_object_store() {
+    use crate::v4_client::{Client as Binary, code as exit, text};
+    let Some(url) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let Some(records) = records_in(dir.path(), true) else { return };
+    let server = start(dir.path(), &records, &url, &[]);
+    let addr = server.addr.to_string();
+    let client = Binary::new();
+    let out = client.run(&["register", "--server", &addr, "--name", "sam"]);
+    assert_eq!(exit(&out), Some(0), "{}", text(&out.stderr));
+    let files = [
+        ("a.txt", b"top".to_vec()),
+        ("sub/big.bin", common::random_bytes(9 << 20, 85)),
+        ("sub/deeper/c.txt", b"deep".to_vec()),
+    ];
+    for (path, data) in &files {
+        let at = client.path().join("tree").join(path);
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(at, data).unwrap();
+    }
+    let out = client.run(&["send", "-r", "tree", "--server", &addr]);
+    assert_eq!(exit(&out), Some(0), "{}", text(&out.stderr));
+    let out = client.run(&["ls", "--server", &addr, "--json"]);
+    assert_eq!(exit(&out), Some(0), "{}", text(&out.stderr));
+    let names: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| v["name"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names, ["tree/a.txt", "tree/sub/big.bin", "tree/sub/deeper/c.txt"]);
+    let down = client.path().join("down");
+    std::fs::create_dir(&down).unwrap();
+    let out = client.run(&["get", "-r", "tree", "-o", down.to_str().unwrap(), "--server", &addr]);
+    assert_eq!(exit(&out), Some(0), "{}", text(&out.stderr));
+    for (path, data) in &files {
+        assert!(std::fs::read(down.join("tree").join(path)).unwrap() == *data, "{path}");
+    }
+    let out = client.run(&["rm", "-r", "tree/sub", "--server", &addr]);
+    assert_eq!(exit(&out), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("2 files"), "{}", text(&out.stdout));
+    let left: Vec<String> = records.files().into_iter().map(|f| f.file_name).collect();
+    assert_eq!(left, ["tree/a.txt"]);
+}
