@@ -213,6 +213,9 @@ impl S3Store {
         if std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
             builder = builder.with_allow_http(true);
         }
+        if std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_none() {
+            builder = builder.with_unsigned_payload(unsigned_by_default(endpoint.as_deref()));
+        }
         builder.build().map_err(|e| {
             S3OpenError::new(
                 url,
@@ -540,6 +543,15 @@ impl S3Store {
             _ => Err(io::Error::other(format!("{key} is not an object of {owner}"))),
         }
     }
+}
+
+/// Whether requests leave their payload unsigned (`UNSIGNED-PAYLOAD` in place of the body's
+/// SHA-256) when `AWS_UNSIGNED_PAYLOAD` does not say: over https, as AWS's own SDKs sign
+/// S3 requests, since TLS already protects the body and the SHA-256 of every part was
+/// the largest cost of an instance's CPU per byte (bench/README.md, "Where the time
+/// goes"); over plain http the signature is the body's only protection, so it stays.
+fn unsigned_by_default(endpoint: Option<&str>) -> bool {
+    endpoint.is_none_or(|e| e.trim().to_ascii_lowercase().starts_with("https://"))
 }
 
 /// An object's plaintext size, cksum and BLAKE3 ([`S3Store::hashes`], [`S3Store::import`]).
@@ -1008,6 +1020,15 @@ mod tests {
         assert!(is_loopback_http("http://[::1]:9000"));
         assert!(!is_loopback_http("http://10.0.0.1:9000"));
         assert!(!is_loopback_http("https://127.0.0.1:9000"));
+    }
+
+    #[test]
+    fn payloads_go_unsigned_by_default_only_under_tls() {
+        assert!(unsigned_by_default(None), "AWS itself: https");
+        assert!(unsigned_by_default(Some("https://minio.example:9000")));
+        assert!(unsigned_by_default(Some("HTTPS://minio.example")));
+        assert!(!unsigned_by_default(Some("http://127.0.0.1:9000")));
+        assert!(!unsigned_by_default(Some("http://10.0.0.1:9000")));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
