@@ -10,8 +10,9 @@ Exit codes:
   0  success: every file sent (or downloaded, listed, removed) and verified
   1  an unexpected internal error
   2  usage error (bad flags or arguments)
-  3  connection failure (cannot reach the server, or it kept dropping the connection;
-     for db migrate: the target database or object store failed)
+  3  connection failure (cannot reach the server, or it kept dropping the connection or
+     got a broken stream from us; for db migrate: the target database or object store
+     failed)
   4  the server refused (2107 after retries, name taken, a protocol-4 refusal such as a
      quota or a name not found, an answer out of protocol, or a server without protocol
      4 for ls, get and rm)

@@ -114,6 +114,12 @@ impl V4Error {
             V4Error::Dial(DialError::Key(_)) | V4Error::Key(_) => FailureKind::Local,
             V4Error::Dial(_) => FailureKind::Connection,
             V4Error::Conn(ConnError::ServerProtocol(_)) => FailureKind::Refused,
+            // The server ended the connection because the bytes it got were out of
+            // protocol: this client sent frames whole, so the stream between the two
+            // broke (a cut, a middlebox), which is a connection failure, not a refusal.
+            V4Error::Conn(ConnError::Closed(e)) if e.code == ErrorCode::Protocol => {
+                FailureKind::Connection
+            }
             V4Error::Conn(ConnError::Closed(e)) => refusal_kind(e),
             V4Error::Conn(_) => FailureKind::Connection,
             V4Error::Refused { error, .. } => refusal_kind(error),
@@ -208,4 +214,29 @@ pub fn binary_size(n: u64) -> String {
     let text = format!("{value:.1}");
     let text = text.strip_suffix(".0").unwrap_or(&text);
     format!("{text} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closing(code: ErrorCode) -> V4Error {
+        V4Error::Conn(ConnError::Closed(ErrorFrame {
+            code,
+            closes: true,
+            unit: ErrorUnit::Nothing,
+            retry_after_ms: 0,
+            value: 0,
+            limit: 0,
+            message: "the connection ended in the middle of a frame".into(),
+        }))
+    }
+
+    #[test]
+    fn a_server_closing_on_a_broken_stream_is_a_connection_failure_and_a_refusal_stays_one() {
+        assert_eq!(closing(ErrorCode::Protocol).kind(), FailureKind::Connection);
+        assert_eq!(closing(ErrorCode::ShuttingDown).kind(), FailureKind::Connection);
+        assert_eq!(closing(ErrorCode::NotAuthorised).kind(), FailureKind::Refused);
+        assert_eq!(closing(ErrorCode::HashMismatch).kind(), FailureKind::Verification);
+    }
 }
