@@ -224,3 +224,49 @@ fn send_r_ls_get_r_and_rm_r_through_the_binary_on_postgres_and_the_object_store(
     let left: Vec<String> = records.files().into_iter().map(|f| f.file_name).collect();
     assert_eq!(left, ["tree/a.txt"]);
 }
+
+/// Behind one address (a proxy standing in for the load balancer), a download whose
+/// client is killed midway and whose instance then dies continues on another instance:
+/// the partial file is kept, only the rest is fetched, and the file is byte-identical.
+#[test]
+fn a_download_cut_off_with_its_instance_continues_on_another_instance() {
+    use crate::v4_attacks::{Mode, Proxy};
+    use crate::v4_client::{Client as Binary, code as exit, text};
+    let Some((_url, _records, mut servers, _dirs)) = instances(2, &[]) else { return };
+    let balancer = Proxy::start(Mode::Forward(servers[0].addr.to_string()));
+    let client = Binary::new();
+    let out = client.run(&["register", "--server", &balancer.addr, "--name", "tess"]);
+    assert_eq!(exit(&out), Some(0), "{}", text(&out.stderr));
+    let size = 24 << 20;
+    let data = common::random_bytes(size, 86);
+    client.file("big.bin", &data);
+    let out = client.run(&["send", "big.bin", "--server", &balancer.addr]);
+    assert_eq!(exit(&out), Some(0), "{}", text(&out.stderr));
+
+    std::fs::create_dir(client.path().join("down")).unwrap();
+    let partial = client.path().join("down/.big.bin.securexfer-partial");
+    let args = ["get", "big.bin", "-o", "down", "--limit-rate", "6M", "--server", &balancer.addr];
+    let mut child = client.spawn(&args);
+    let started = std::time::Instant::now();
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < size as u64 / 3 {
+        assert!(child.try_wait().unwrap().is_none(), "the get ended before it was cut off");
+        assert!(started.elapsed().as_secs() < 60, "the partial file never grew");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    servers[0].kill();
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(kept > 0 && kept < size as u64, "a partial download: {kept} bytes");
+
+    balancer.switch(Mode::Forward(servers[1].addr.to_string()));
+    let out = client.run(&["get", "big.bin", "-o", "down", "--json", "--server", &balancer.addr]);
+    assert_eq!(exit(&out), Some(0), "{}", text(&out.stderr));
+    let line = text(&out.stdout);
+    let line = line.lines().find(|l| l.contains("\"status\"")).expect("a result line");
+    let line: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["status"], "verified", "{line}");
+    assert_eq!(line["resumed_from"].as_u64(), Some(kept), "only the rest was asked for");
+    assert!(std::fs::read(client.path().join("down/big.bin")).unwrap() == data);
+    assert!(!partial.exists(), "the partial file became the file");
+}
