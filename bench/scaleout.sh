@@ -140,11 +140,16 @@ make_file "$work/data.bin" "$SIZE"
 echo
 echo "== (a) one file of $SIZE bytes, send --protocol 3, $REPS runs, medians"
 read -r d_secs d_peak d_runs <<<"$(one_file 0 a-default)"
+# The test store's own CPU during the scale-out runs: on one machine it shares the cores.
+rclone_pid=$(pgrep -n -f 'serve s3 --addr 127.0.0.1')
+rclone_before=$(cpu_secs "$rclone_pid")
 read -r s_secs s_peak s_runs <<<"$(one_file 1 a-scaleout)"
+rclone_per_run=$(calc "($(cpu_secs "$rclone_pid") - $rclone_before) / $REPS")
 mb=$(calc "$SIZE / 1e6")
 printf '%-46s %7.3f s %6.0f MB/s  peak RSS %6.1f MiB\n' "default (SQLite + local directory)" "$d_secs" "$(calc "$mb / $d_secs")" "$d_peak"
 printf '%-46s %7.3f s %6.0f MB/s  peak RSS %6.1f MiB\n' "1 instance (PostgreSQL + object store)" "$s_secs" "$(calc "$mb / $s_secs")" "$s_peak"
 echo "ratio scale-out time / default time        $(calc "$s_secs / $d_secs")"
+echo "the object store's (rclone's) CPU per run   $rclone_per_run s (it shares this machine's 2 cores)"
 
 echo
 echo "== (b) $CLIENTS clients x $BIG at once (register mode)"
