@@ -18,12 +18,18 @@ need_tool() {
   fi
 }
 
-# Starts `securexfer serve` on 127.0.0.1 with a free port in DIR; sets server_pid and
-# server_addr. Extra arguments go to serve.
+# Starts `securexfer serve` on 127.0.0.1 with a free port in DIR over a storage directory
+# and a SQLite file there; sets server_pid and server_addr. Extra arguments go to serve.
 start_server() {
   local dir=$1; shift
+  serve_in "$dir" --storage storage --db defensive.db "$@"
+}
+
+# start_server with only the arguments given (`--db`, `--storage` among them).
+serve_in() {
+  local dir=$1; shift
   mkdir -p "$dir"
-  (cd "$dir" && exec "$bin" serve --listen 127.0.0.1 --port 0 --storage storage --db defensive.db "$@" \
+  (cd "$dir" && exec "$bin" serve --listen 127.0.0.1 --port 0 "$@" \
       >listening.txt 2>server.log) &
   server_pid=$!
   for _ in $(seq 100); do

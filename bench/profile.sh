@@ -75,21 +75,6 @@ profile() {
   echo
 }
 
-# start_server over another database and storage (`--db`, `--storage` given): sets
-# server_pid and server_addr.
-serve_over() {
-  local dir=$1; shift
-  mkdir -p "$dir"
-  (cd "$dir" && exec "$bin" serve --listen 127.0.0.1 --port 0 "$@" >listening.txt 2>server.log) &
-  server_pid=$!
-  for _ in $(seq 100); do
-    grep -q listening "$dir/listening.txt" 2>/dev/null && break
-    sleep 0.1
-  done
-  server_addr=$(sed -n 's/^securexfer listening on //p' "$dir/listening.txt")
-  [ -n "$server_addr" ] || { echo "the server did not start:" >&2; cat "$dir/server.log" >&2; exit 1; }
-}
-
 for mode in "$@"; do
   object_store_before=
   case $mode in
@@ -113,7 +98,7 @@ for mode in "$@"; do
         rclone_pid=$(pgrep -n -f 'serve s3 --addr 127.0.0.1')
       fi
       if [ "$mode" = scaleout ]; then
-        serve_over "$work/$mode" "${extra[@]}"
+        serve_in "$work/$mode" "${extra[@]}"
       else
         start_server "$work/$mode"
       fi

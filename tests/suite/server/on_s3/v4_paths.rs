@@ -20,6 +20,13 @@ fn store(conn: &mut Conn, path: &str, data: &[u8]) -> Result<(), u16> {
     v4::error_of(&committed).map_or(Ok(()), |error| Err(error.code))
 }
 
+/// A protocol-4 client registered on `server` as `name`, its connection open.
+fn client_of(server: &Server, name: &str) -> Conn {
+    let (mut conn, _) = Conn::hello(server.addr, &Key::ed25519());
+    v4::registered(&conn.register(name, None));
+    conn
+}
+
 /// `RM -r path`: files, bytes, kept.
 fn rm_recursive(conn: &mut Conn, path: &str) -> [u64; 3] {
     let tag = conn.tag();
@@ -41,8 +48,7 @@ fn folders_list_get_and_rm_on_the_object_store(postgres: bool) {
     let Some(records) = records_in(dir.path(), postgres) else { return };
     let server = start(dir.path(), &records, &url, &[]);
     let (mut conn, _) = Conn::hello(server.addr, &Key::ed25519());
-    let (id, _) = v4::registered(&conn.register("paula", None));
-    let id = ClientId(id);
+    let id = ClientId(v4::registered(&conn.register("paula", None)).0);
     let small = b"a small file".to_vec();
     let big = common::random_bytes(9 << 20, 81); // streamed, two parts
     let top = common::random_bytes(300 << 10, 82);
@@ -114,12 +120,10 @@ fn protocol_4_folders_listings_downloads_and_removals_work_on_the_object_store_w
 
 #[test]
 fn with_keep_versions_0_a_removal_on_the_object_store_deletes_the_object() {
-    let Some(url) = common::fresh_s3() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(records) = records_in(dir.path(), true) else { return };
-    let server = start(dir.path(), &records, &url, &["--keep-versions", "0"]);
-    let (mut conn, _) = Conn::hello(server.addr, &Key::ed25519());
-    v4::registered(&conn.register("quinn", None));
+    let Some((url, records, servers, _dirs)) = instances(1, &["--keep-versions", "0"]) else {
+        return;
+    };
+    let mut conn = client_of(&servers[0], "quinn");
     store(&mut conn, "a/b", b"12345").unwrap();
     assert_eq!(keys(&url).len(), 1);
     assert_eq!(conn.rm("a/b").expect("removed"), [1, 5, 0]);
@@ -131,15 +135,10 @@ fn with_keep_versions_0_a_removal_on_the_object_store_deletes_the_object() {
 /// nothing of theirs, and their files are neither listed, read, nor removed.
 #[test]
 fn one_client_never_reaches_anothers_files_on_the_object_store() {
-    let Some(url) = common::fresh_s3() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(records) = records_in(dir.path(), true) else { return };
-    let server = start(dir.path(), &records, &url, &[]);
-    let (mut owner, _) = Conn::hello(server.addr, &Key::ed25519());
-    v4::registered(&owner.register("owner", None));
+    let Some((_url, records, servers, _dirs)) = instances(1, &[]) else { return };
+    let mut owner = client_of(&servers[0], "owner");
     store(&mut owner, "secret/plan.txt", b"mine").unwrap();
-    let (mut other, _) = Conn::hello(server.addr, &Key::ed25519());
-    v4::registered(&other.register("other", None));
+    let mut other = client_of(&servers[0], "other");
     let (listed, _) = other.list(true, "").expect("its own, empty, listing");
     assert!(listed.is_empty());
     assert_eq!(other.get("secret/plan.txt").unwrap_err().1.code, code::NOT_FOUND);
@@ -155,12 +154,9 @@ fn one_client_never_reaches_anothers_files_on_the_object_store() {
 /// else; the connection goes on.
 #[test]
 fn a_recorded_copy_whose_object_is_missing_is_an_internal_error_logged_for_the_operator() {
-    let Some(url) = common::fresh_s3() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(records) = records_in(dir.path(), true) else { return };
-    let server = start(dir.path(), &records, &url, &[]);
-    let (mut conn, _) = Conn::hello(server.addr, &Key::ed25519());
-    v4::registered(&conn.register("rosa", None));
+    let Some((url, records, servers, _dirs)) = instances(1, &[]) else { return };
+    let server = &servers[0];
+    let mut conn = client_of(server, "rosa");
     let big = common::random_bytes(1 << 20, 84);
     store(&mut conn, "small", b"small").unwrap();
     store(&mut conn, "big", &big).unwrap();
@@ -183,11 +179,8 @@ fn a_recorded_copy_whose_object_is_missing_is_an_internal_error_logged_for_the_o
 #[test]
 fn send_r_ls_get_r_and_rm_r_through_the_binary_on_postgres_and_the_object_store() {
     use crate::v4_client::{Client as Binary, code as exit, text};
-    let Some(url) = common::fresh_s3() else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let Some(records) = records_in(dir.path(), true) else { return };
-    let server = start(dir.path(), &records, &url, &[]);
-    let addr = server.addr.to_string();
+    let Some((_url, records, servers, _dirs)) = instances(1, &[]) else { return };
+    let addr = servers[0].addr.to_string();
     let client = Binary::new();
     let out = client.run(&["register", "--server", &addr, "--name", "sam"]);
     assert_eq!(exit(&out), Some(0), "{}", text(&out.stderr));
