@@ -179,7 +179,8 @@ pub struct ServeArgs {
     pub keep_versions: usize,
     /// How long a protocol-4 upload of known size that its connection left unfinished
     /// (network drop, killed client, server restart) is kept for `send` to resume where it
-    /// stopped; 0 keeps none. Only with a storage directory: an object store keeps none.
+    /// stopped; 0 keeps none. In an object store, the parts sent so far are kept, and any
+    /// instance over the same records can resume them.
     #[arg(
         long,
         env = "SECUREXFER_RESUME_WINDOW",

@@ -175,6 +175,11 @@ const MIGRATIONS: &[&str] = &[
     // (`fill_stored_paths` fills it for the rows already there, in the same transaction).
     "ALTER TABLE files ADD COLUMN StoredPath TEXT;
      CREATE INDEX files_id_stored_path ON files (ID, StoredPath);",
+    // 12: an unfinished upload kept in an object store: its multipart upload's id and
+    // the ETags of its parts, newline-separated, which hold its `Durable` bytes (NULL for
+    // one in a storage directory, and for a whole object a connection left uncommitted).
+    "ALTER TABLE unfinished_uploads ADD COLUMN UploadId TEXT;
+     ALTER TABLE unfinished_uploads ADD COLUMN Parts TEXT;",
 ];
 
 /// The migration that added `files.StoredPath`, filled by [`fill_stored_paths`].
@@ -570,6 +575,22 @@ pub struct UnfinishedUpload {
     pub prefix_hash: [u8; 32],
     /// When it is removed, seconds since 1970.
     pub expires_at: i64,
+    /// In an object store, the multipart upload that holds its durable bytes; `None` for
+    /// a file in a storage directory, and for an object already whole.
+    pub upload_id: Option<String>,
+    /// The ETags of that multipart upload's parts, in order.
+    pub parts: Vec<String>,
+}
+
+/// An unfinished upload's part ETags as one column: newline-separated (an ETag is a
+/// quoted token, never a newline), NULL for none.
+pub(crate) fn parts_column(parts: &[String]) -> Option<String> {
+    (!parts.is_empty()).then(|| parts.join("\n"))
+}
+
+/// The part ETags [`parts_column`] wrote.
+pub(crate) fn parts_of(column: Option<String>) -> Vec<String> {
+    column.map(|c| c.split('\n').map(str::to_owned).collect()).unwrap_or_default()
 }
 
 /// An open database.
@@ -974,6 +995,7 @@ impl Db {
                    AND Key NOT IN (SELECT Source FROM commit_intents)
                    AND Key NOT IN (SELECT PathName FROM files)
                    AND Key NOT IN (SELECT PathName FROM versions)
+                   AND Key NOT IN (SELECT Location FROM unfinished_uploads)
                  RETURNING Key, UploadId",
             )?
             .query_map([now, lease_until], |r| {
@@ -990,8 +1012,8 @@ impl Db {
         exec_cached(
             &self.conn,
             "INSERT OR REPLACE INTO unfinished_uploads
-               (ID, Path, Location, Size, MtimeNs, Durable, PrefixHash, ExpiresAt)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+               (ID, Path, Location, Size, MtimeNs, Durable, PrefixHash, ExpiresAt, UploadId, Parts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 &u.client_id.0[..],
                 u.path,
@@ -1000,7 +1022,9 @@ impl Db {
                 u.mtime_ns,
                 u.durable as i64,
                 &u.prefix_hash[..],
-                u.expires_at
+                u.expires_at,
+                u.upload_id,
+                parts_column(&u.parts)
             ],
         )?;
         Ok(())
@@ -1730,9 +1754,9 @@ fn hash_of(bytes: Vec<u8>) -> Option<[u8; 32]> {
 /// CPU in the reconnect load test (`bench/load.sh reconnect`; see bench/README.md).
 /// The columns of an [`UnfinishedUpload`], in [`unfinished_upload`]'s order.
 const UNFINISHED_COLUMNS: &str =
-    "ID, Path, Location, Size, MtimeNs, Durable, PrefixHash, ExpiresAt";
+    "ID, Path, Location, Size, MtimeNs, Durable, PrefixHash, ExpiresAt, UploadId, Parts";
 /// Every unfinished upload's row.
-const UNFINISHED_SELECT: &str = "SELECT ID, Path, Location, Size, MtimeNs, Durable, PrefixHash, ExpiresAt FROM unfinished_uploads";
+const UNFINISHED_SELECT: &str = "SELECT ID, Path, Location, Size, MtimeNs, Durable, PrefixHash, ExpiresAt, UploadId, Parts FROM unfinished_uploads";
 
 fn unfinished_upload(r: &rusqlite::Row<'_>) -> rusqlite::Result<UnfinishedUpload> {
     let id: Vec<u8> = r.get(0)?;
@@ -1749,6 +1773,8 @@ fn unfinished_upload(r: &rusqlite::Row<'_>) -> rusqlite::Result<UnfinishedUpload
         durable: r.get::<_, i64>(5)? as u64,
         prefix_hash: hash.try_into().map_err(|_| bad(6))?,
         expires_at: r.get(7)?,
+        upload_id: r.get(8)?,
+        parts: parts_of(r.get(9)?),
     })
 }
 

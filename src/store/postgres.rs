@@ -425,6 +425,7 @@ impl Records for PostgresRecords {
                          AND NOT EXISTS (SELECT 1 FROM commit_intents i WHERE i.source = s.key)
                          AND NOT EXISTS (SELECT 1 FROM files f WHERE f.path_name = s.key)
                          AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.path_name = s.key)
+                         AND NOT EXISTS (SELECT 1 FROM unfinished_uploads u WHERE u.location = s.key)
                        RETURNING key, upload_id";
             let stmt = c.prepare_cached(sql).await?;
             let rows = c.query(&stmt, &[&now, &lease_until]).await?;

@@ -22,13 +22,17 @@
 //!   so `--keep-versions` keeps it or prunes it, and a pruned one is deleted after the
 //!   transaction ([`BlobStore::delete_version`]).
 //! - **Reading.** Streamed, a chunk of the response at a time.
+//! - **Keeping for resuming.** An upload left unfinished keeps its sent parts
+//!   ([`S3Staged::checkpoint`], [`S3Staged::keep`]): its record names the multipart
+//!   upload and the parts' ETags, and no cleaner takes a staged object a record names.
+//!   [`S3Store::resume_kept`] takes it up on any instance.
 //!
 //! The trait's methods block; they run the async client on the runtime through its
 //! handle, so they must be called from the blocking pool (as the trait says), never from
 //! a runtime thread.
 
 use super::blob::{BlobInfo, BlobStore, Chunk, Committed, StagedBlob};
-use super::db::StagedObject;
+use super::db::{StagedObject, UnfinishedUpload};
 use super::records::SharedRecords;
 use crate::protocol::ClientId;
 use bytes::{Bytes, BytesMut};
@@ -592,6 +596,101 @@ fn random_hex() -> String {
 use crate::clock::unix_secs as unix_now;
 
 impl S3Store {
+    /// Until when an upload of `bytes` may be under way, staged (seconds since 1970).
+    fn staged_until(&self, bytes: u64) -> i64 {
+        let rate = crate::server::upload::MIN_UPLOAD_RATE;
+        let lifetime = self.inner.staged_base + Duration::from_secs(bytes / rate) + STAGED_MARGIN;
+        unix_now().saturating_add(lifetime.as_secs() as i64)
+    }
+
+    /// Holds a kept upload's staged object for as long as resuming it may take (copying
+    /// its `durable` bytes), before its record is taken: from then on only the staged row
+    /// spares it from the cleaner (see [`crate::store::Records::claim_expired_staged`]).
+    pub async fn hold_kept(&self, kept: &UnfinishedUpload) -> io::Result<()> {
+        Self::check_owner(kept.client_id, &kept.location)?;
+        let staged = StagedObject { key: kept.location.clone(), upload_id: kept.upload_id.clone() };
+        let until = self.staged_until(kept.durable);
+        self.inner.records.track_staged(staged, until).await.map_err(io::Error::other)
+    }
+
+    /// Continues a kept upload (its record already taken, [`S3Store::hold_kept`] done):
+    /// its recorded parts are completed into its object, which is read back with both
+    /// hashes and, unless it is the whole upload, written into a fresh upload of its
+    /// size that goes on from there; the old object is then deleted. The caller checks
+    /// the BLAKE3 against the record. Blocking, like [`StagedBlob`]'s methods.
+    ///
+    /// Why a copy: S3 cannot read an unfinished multipart upload's parts (so a prefix's
+    /// hashes cannot be rebuilt without completing it), nor extend a completed object.
+    /// The server re-sends the prefix to the store once; the client does not re-send it.
+    pub fn resume_kept(
+        &self,
+        kept: &UnfinishedUpload,
+    ) -> io::Result<(S3Staged, blake3::Hasher, crate::crypto::Cksum)> {
+        let (owner, key) = (kept.client_id, kept.location.as_str());
+        Self::check_owner(owner, key)?;
+        let resumed = self.copy_kept(kept);
+        if resumed.as_ref().is_ok_and(|(staged, ..)| staged.key == key) {
+            // A whole object, adopted as it is.
+            return resumed;
+        }
+        let old = StagedObject { key: key.to_owned(), upload_id: kept.upload_id.clone() };
+        match self.block_on(self.clean_one(&old)) {
+            Ok(()) => {
+                let _ = self.block_on(self.inner.records.forget_staged(old.key));
+            }
+            Err(e) => tracing::warn!(key, "a resumed upload's old object stays to expire: {e}"),
+        }
+        resumed
+    }
+
+    fn copy_kept(
+        &self,
+        kept: &UnfinishedUpload,
+    ) -> io::Result<(S3Staged, blake3::Hasher, crate::crypto::Cksum)> {
+        let (owner, key) = (kept.client_id, kept.location.as_str());
+        let (backend, path) = (&self.inner.backend, self.object(key));
+        if let Some(id) = &kept.upload_id {
+            let parts = kept.parts.iter().map(|p| PartId { content_id: p.clone() }).collect();
+            let done = self.block_on(backend.complete_multipart(&path, id, parts));
+            done.map_err(|e| io::Error::other(format!("its parts cannot be completed: {e}")))?;
+        }
+        let got = self.block_on(backend.get(&path)).map_err(io::Error::other)?;
+        let (mut hasher, mut cksum) = (blake3::Hasher::new(), crate::crypto::Cksum::new());
+        let whole = kept.upload_id.is_none();
+        let mut staged =
+            if whole { self.adopt(owner, key)? } else { self.stage(owner, kept.size, false)? };
+        let mut stream = got.into_stream();
+        while let Some(bytes) = self.block_on(stream.next()) {
+            let bytes = bytes.map_err(io::Error::other)?;
+            hasher.update(&bytes);
+            cksum.update(&bytes);
+            if !whole {
+                staged.write_bytes(&bytes)?;
+            }
+        }
+        if cksum.len() != kept.durable {
+            if whole {
+                // Not ours to delete by dropping: the caller's cleanup is.
+                staged.state = State::Kept;
+            }
+            return Err(io::Error::other(format!(
+                "its object holds {} bytes, not the {} recorded",
+                cksum.len(),
+                kept.durable
+            )));
+        }
+        Ok((staged, hasher, cksum))
+    }
+
+    /// Deletes a kept upload whose record is gone (replaced, expired or dropped): its
+    /// multipart upload aborted or its object deleted, and its staged row forgotten.
+    pub async fn abandon_kept(&self, kept: &UnfinishedUpload) -> io::Result<()> {
+        Self::check_owner(kept.client_id, &kept.location)?;
+        let staged = StagedObject { key: kept.location.clone(), upload_id: kept.upload_id.clone() };
+        self.clean_one(&staged).await?;
+        self.inner.records.forget_staged(staged.key).await.map_err(io::Error::other)
+    }
+
     /// Takes back a finished upload of `owner`'s that an instance handed over
     /// ([`S3Staged::hand_over`]): committing it records its object, dropping it deletes
     /// the object, as with any staged upload.
@@ -620,10 +719,7 @@ impl BlobStore for S3Store {
     /// part). `large` changes nothing here: every upload streams the same way.
     fn stage(&self, owner: ClientId, size_hint: u64, _large: bool) -> io::Result<S3Staged> {
         let key = Self::new_key(owner);
-        let rate = crate::server::upload::MIN_UPLOAD_RATE;
-        let lifetime =
-            self.inner.staged_base + Duration::from_secs(size_hint / rate) + STAGED_MARGIN;
-        let expires_at = unix_now().saturating_add(lifetime.as_secs() as i64);
+        let expires_at = self.staged_until(size_hint);
         let staged = StagedObject { key: key.clone(), upload_id: None };
         self.block_on(self.inner.records.track_staged(staged, expires_at))
             .map_err(io::Error::other)?;
@@ -711,6 +807,8 @@ enum State {
     Committed,
     /// A write failed: nothing more can be stored.
     Failed,
+    /// Kept for resuming ([`S3Staged::keep`]): its record owns it now.
+    Kept,
 }
 
 /// An upload being written to its object, the object store's [`StagedBlob`]. Dropping it
@@ -812,6 +910,38 @@ impl S3Staged {
         Ok(())
     }
 
+    /// The size of its parts: a kept upload's durable length is always a multiple.
+    pub fn part_size(&self) -> u64 {
+        part_size_for(self.size_hint, self.store.inner.part_size) as u64
+    }
+
+    /// What keeping its first `durable` bytes takes, once its parts up to there are sent
+    /// (waited for here): the multipart upload's id and those parts' ETags, or nothing
+    /// for an object already whole. `durable` must be where its parts end.
+    pub fn checkpoint(&mut self, durable: u64) -> io::Result<(Option<String>, Vec<String>)> {
+        match self.state {
+            State::Finished => return Ok((None, Vec::new())),
+            State::Writing => {}
+            _ => return Err(io::Error::other("the upload failed or is no longer staged")),
+        }
+        if let Err(e) = self.wait_in_flight() {
+            return self.fail(e);
+        }
+        let sent = self.parts.len() as u64 * self.part_size();
+        match &self.upload_id {
+            Some(id) if sent == durable => {
+                Ok((Some(id.clone()), self.parts.iter().map(|p| p.content_id.clone()).collect()))
+            }
+            _ => Err(io::Error::other(format!("{sent} bytes are in parts, not {durable}"))),
+        }
+    }
+
+    /// Lets go of it for resuming (after [`S3Staged::checkpoint`] and its record): its
+    /// multipart upload or object stays, and what was buffered past its parts is dropped.
+    pub fn keep(mut self) {
+        self.state = State::Kept;
+    }
+
     fn fail<T>(&mut self, e: io::Error) -> io::Result<T> {
         self.state = State::Failed;
         Err(e)
@@ -820,11 +950,37 @@ impl S3Staged {
 
 impl StagedBlob for S3Staged {
     fn write(&mut self, chunk: Chunk) -> io::Result<()> {
+        self.write_bytes(&chunk)
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        match self.state {
+            State::Finished | State::Committed => Ok(()),
+            State::Failed | State::Kept => {
+                Err(io::Error::other("an earlier write of the upload failed"))
+            }
+            State::Writing => match self.complete() {
+                Ok(()) => {
+                    self.state = State::Finished;
+                    Ok(())
+                }
+                Err(e) => self.fail(e),
+            },
+        }
+    }
+
+    fn location(&self) -> &str {
+        &self.key
+    }
+}
+
+impl S3Staged {
+    /// [`StagedBlob::write`]'s bytes, from wherever they come.
+    fn write_bytes(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         if self.state != State::Writing {
             return Err(io::Error::other("a chunk written after the upload failed or finished"));
         }
         let part_size = part_size_for(self.size_hint, self.store.inner.part_size);
-        let mut bytes = &chunk[..];
         while !bytes.is_empty() {
             if self.buf.capacity() == 0 {
                 let sent = (self.parts.len() + usize::from(self.in_flight.is_some())) * part_size;
@@ -843,31 +999,13 @@ impl StagedBlob for S3Staged {
         }
         Ok(())
     }
-
-    fn finish(&mut self) -> io::Result<()> {
-        match self.state {
-            State::Finished | State::Committed => Ok(()),
-            State::Failed => Err(io::Error::other("an earlier write of the upload failed")),
-            State::Writing => match self.complete() {
-                Ok(()) => {
-                    self.state = State::Finished;
-                    Ok(())
-                }
-                Err(e) => self.fail(e),
-            },
-        }
-    }
-
-    fn location(&self) -> &str {
-        &self.key
-    }
 }
 
 impl Drop for S3Staged {
     /// Aborts on the runtime (dropping may happen anywhere): nothing waits for it, and
     /// what it does not finish (the server stopping) is a staged object that expires.
     fn drop(&mut self) {
-        if self.state == State::Committed {
+        if matches!(self.state, State::Committed | State::Kept) {
             return;
         }
         let store = self.store.clone();
@@ -1088,6 +1226,94 @@ mod tests {
     #[allow(non_snake_case)]
     fn Cksum(data: &[u8]) -> u32 {
         crate::crypto::Cksum::of(data)
+    }
+
+    fn kept(
+        key: &str,
+        size: u64,
+        durable: u64,
+        parts: (Option<String>, Vec<String>),
+    ) -> UnfinishedUpload {
+        UnfinishedUpload {
+            client_id: ID,
+            path: "big.bin".into(),
+            location: key.into(),
+            size,
+            mtime_ns: 0,
+            durable,
+            prefix_hash: [0; 32],
+            expires_at: i64::MAX,
+            upload_id: parts.0,
+            parts: parts.1,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_upload_goes_on_from_its_recorded_parts_in_a_fresh_upload() {
+        let f = fixture(1 << 20);
+        let data = pattern((5 << 20) + 300_000);
+        let (store, all) = (f.store.clone(), data.clone());
+        let (old, checkpoint) = tokio::task::spawn_blocking(move || {
+            let mut staged = store.stage(ID, all.len() as u64, false).unwrap();
+            staged.write_bytes(&all[..(3 << 20) + 500_000]).unwrap();
+            assert!(staged.checkpoint(2 << 20).is_err(), "not where its parts end");
+            let checkpoint = staged.checkpoint(3 << 20).unwrap();
+            let old = staged.location().to_owned();
+            staged.keep();
+            (old, checkpoint)
+        })
+        .await
+        .unwrap();
+        assert_eq!(checkpoint.1.len(), 3, "{checkpoint:?}");
+        let kept = kept(&old, data.len() as u64, 3 << 20, checkpoint);
+        f.records.keep_unfinished(kept.clone()).await.unwrap();
+        assert_eq!(f.store.clean_staged(true).await.unwrap(), 0, "a kept upload is spared");
+        f.store.hold_kept(&kept).await.unwrap();
+
+        let (store, rest) = (f.store.clone(), data[3 << 20..].to_vec());
+        let (new, hash, len) = tokio::task::spawn_blocking(move || {
+            let (mut staged, hasher, cksum) = store.resume_kept(&kept).unwrap();
+            staged.write_bytes(&rest).unwrap();
+            staged.finish().unwrap();
+            let key = staged.location().to_owned();
+            staged.state = State::Committed;
+            (key, *hasher.finalize().as_bytes(), cksum.len())
+        })
+        .await
+        .unwrap();
+        assert_ne!(new, old);
+        assert_eq!((hash, len), (*blake3::hash(&data[..3 << 20]).as_bytes(), 3 << 20));
+        let digest = f.store.digest(&new).await.unwrap();
+        assert_eq!(digest, Some((data.len() as u64, Cksum(&data))), "the fresh upload is whole");
+        assert_eq!(objects(&f.memory).await, [format!("some/prefix/{new}")], "the old one went");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_whole_object_is_taken_back_and_a_short_one_dropped() {
+        let f = fixture(1 << 20);
+        let data = pattern((2 << 20) + 10);
+        let mut staged = stage(&f.store, data.clone()).await;
+        let key = staged.location().to_owned();
+        let checkpoint = staged.checkpoint(data.len() as u64).unwrap();
+        assert_eq!(checkpoint, (None, Vec::new()), "an object already whole");
+        staged.keep();
+        let whole = kept(&key, data.len() as u64, data.len() as u64, checkpoint.clone());
+        let store = f.store.clone();
+        let (taken, hash) = tokio::task::spawn_blocking(move || {
+            let (mut staged, hasher, _) = store.resume_kept(&whole).unwrap();
+            let taken = staged.location().to_owned();
+            staged.state = State::Kept;
+            (taken, *hasher.finalize().as_bytes())
+        })
+        .await
+        .unwrap();
+        assert_eq!((taken.as_str(), hash), (key.as_str(), *blake3::hash(&data).as_bytes()));
+
+        let short = kept(&key, data.len() as u64, data.len() as u64 + 1, checkpoint);
+        let store = f.store.clone();
+        let resumed = tokio::task::spawn_blocking(move || store.resume_kept(&short).map(|_| ()));
+        assert!(resumed.await.unwrap().is_err(), "fewer bytes than recorded");
+        assert_eq!(objects(&f.memory).await, Vec::<String>::new(), "dropped");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

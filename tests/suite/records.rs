@@ -496,10 +496,23 @@ async fn an_unfinished_upload_is_kept_found_replaced_forgotten_and_claimed_once_
         durable: 1 << 33,
         prefix_hash: [7; 32],
         expires_at,
+        upload_id: None,
+        parts: Vec::new(),
+    };
+    // In an object store: its multipart upload and parts, and its staged row spared by
+    // the cleaner while the record names it.
+    let in_store = UnfinishedUpload {
+        upload_id: Some("upload-1".into()),
+        parts: vec!["\"etag-1\"".into(), "\"etag-2\"".into()],
+        ..upload("other", "three", 200)
     };
     records.keep_unfinished(upload("big", "one", 100)).await.unwrap();
     records.keep_unfinished(upload("big", "two", 100)).await.unwrap();
-    records.keep_unfinished(upload("other", "three", 200)).await.unwrap();
+    records.keep_unfinished(in_store.clone()).await.unwrap();
+    assert_eq!(records.unfinished(id, "other".into()).await.unwrap(), Some(in_store));
+    let staged = StagedObject { key: "three".into(), upload_id: Some("upload-1".into()) };
+    records.track_staged(staged.clone(), 0).await.unwrap();
+    assert_eq!(records.claim_expired_staged(i64::MAX, 0).await.unwrap(), [], "kept");
     assert_eq!(
         records.unfinished(id, "big".into()).await.unwrap(),
         Some(upload("big", "two", 100))
@@ -512,6 +525,7 @@ async fn an_unfinished_upload_is_kept_found_replaced_forgotten_and_claimed_once_
     assert_eq!(records.claim_expired_unfinished(150).await.unwrap(), [], "claimed once");
     assert!(records.forget_unfinished(id, "other".into(), "three".into()).await.unwrap());
     assert!(records.all_unfinished().await.unwrap().is_empty());
+    assert_eq!(records.claim_expired_staged(i64::MAX, 0).await.unwrap(), [staged]);
 }
 
 #[test]
@@ -749,7 +763,8 @@ fn migration_6_gives_rows_from_before_it_their_stored_paths() {
         client
             .batch_execute(
                 "ALTER TABLE files DROP COLUMN stored_path;
-                 DELETE FROM schema_migrations WHERE version = 6;",
+                 ALTER TABLE unfinished_uploads DROP COLUMN upload_id, DROP COLUMN parts;
+                 DELETE FROM schema_migrations WHERE version >= 6;",
             )
             .await
             .unwrap();

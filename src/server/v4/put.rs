@@ -64,6 +64,11 @@ pub(super) struct OpenPut {
     claim: Option<ResumeClaim>,
     /// Written on the connection's task ([`INLINE_PUT`]).
     inline: bool,
+    /// For an upload that may be kept in an object store: the size of its parts, where
+    /// alone it can be kept (S3 keeps nothing of a part not sent whole).
+    part_every: Option<u64>,
+    /// The last part boundary it passed, with the BLAKE3 state of the bytes before it.
+    boundary: Option<(u64, blake3::Hasher)>,
 }
 
 /// An upload whose data is all in, waiting for `COMMIT` or `DISCARD`.
@@ -86,12 +91,49 @@ pub(super) type Keeping = (Keepable, AnyStaged, u64, [u8; 32], ResumeClaim);
 impl OpenPut {
     /// The parts to keep it by, or itself (boxed, to be dropped) when it may not be kept.
     pub(super) fn into_keepable(self) -> Result<Keeping, Box<Self>> {
-        if self.keep.is_none() || self.claim.is_none() {
+        let point = self.keep_point().filter(|(at, _)| *at > 0);
+        let (Some((at, prefix)), true, true) = (point, self.keep.is_some(), self.claim.is_some())
+        else {
             return Err(Box::new(self));
-        }
-        let prefix = *self.hasher.finalize().as_bytes();
+        };
         let (keep, claim) = (self.keep.expect("checked"), self.claim.expect("checked"));
-        Ok((keep, self.staged, self.received, prefix, claim))
+        Ok((keep, self.staged, at, prefix, claim))
+    }
+
+    /// How far it can be kept, with the BLAKE3 of those bytes: all it received in a
+    /// storage directory, up to its last part boundary in an object store.
+    fn keep_point(&self) -> Option<(u64, [u8; 32])> {
+        match (&self.part_every, &self.boundary) {
+            (None, _) => Some((self.received, *self.hasher.finalize().as_bytes())),
+            (Some(_), Some((at, hasher))) => Some((*at, *hasher.finalize().as_bytes())),
+            (Some(_), None) => None,
+        }
+    }
+
+    /// Where [`OpenPut::keep_point`] is, without hashing.
+    fn keep_offset(&self) -> u64 {
+        match (&self.part_every, &self.boundary) {
+            (None, _) => self.received,
+            (Some(_), boundary) => boundary.as_ref().map_or(0, |(at, _)| *at),
+        }
+    }
+
+    /// Hashes one frame's bytes, the last `data.len()` of those received, noting the
+    /// hash state at a part boundary among them.
+    fn hash(&mut self, data: &[u8]) {
+        let start = self.received - data.len() as u64;
+        let cut = self
+            .part_every
+            .map(|every| (start / every + 1) * every - start)
+            .filter(|&cut| cut <= data.len() as u64);
+        let (before, after) = data.split_at(cut.map_or(data.len(), |c| c as usize));
+        self.hasher.update(before);
+        self.cksum.update(before);
+        if let Some(cut) = cut {
+            self.boundary = Some((start + cut, self.hasher.clone()));
+            self.hasher.update(after);
+            self.cksum.update(after);
+        }
     }
 }
 
@@ -218,6 +260,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             size: declared,
             mtime_ns: put.mtime_ns,
         });
+        let part_every = match &staged {
+            AnyStaged::S3(s3) if keep.is_some() => Some(s3.part_size()),
+            _ => None,
+        };
+        // A resumed upload's offset is a part boundary: it can be kept there again.
+        let boundary =
+            (part_every.is_some() && put.offset > 0).then(|| (put.offset, hasher.clone()));
         Ok(OpenPut {
             tag,
             name,
@@ -238,6 +287,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             durable: put.offset,
             claim,
             inline,
+            part_every,
+            boundary,
         })
     }
 
@@ -309,15 +360,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     /// Every [`DURABLE_EVERY`] bytes of an upload that may be kept: synced and recorded,
     /// so a server crash loses at most that much of it.
     async fn maybe_checkpoint(&self, mut open: OpenPut) -> OpenPut {
-        let Some(keep) = open.keep.as_ref() else { return open };
-        if open.received - open.durable < DURABLE_EVERY {
+        if open.keep.is_none() || open.keep_offset().saturating_sub(open.durable) < DURABLE_EVERY {
             return open;
         }
-        let prefix = *open.hasher.finalize().as_bytes();
-        let (staged, recorded) = self.checkpoint(keep, open.staged, open.received, prefix).await;
+        let Some((at, prefix)) = open.keep_point() else { return open };
+        let keep = open.keep.as_ref().expect("checked");
+        let (staged, recorded) = self.checkpoint(keep, open.staged, at, prefix).await;
         open.staged = staged;
         if recorded {
-            open.durable = open.received;
+            open.durable = at;
         }
         open
     }
@@ -437,8 +488,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             )));
         }
         let write = move || {
-            open.hasher.update(&buf[..len]);
-            open.cksum.update(&buf[..len]);
+            open.hash(&buf[..len]);
             let chunk = Chunk::new(buf, len, open.buffers.home.clone());
             let written = open.staged.write(chunk);
             (open, written)

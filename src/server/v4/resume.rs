@@ -7,6 +7,12 @@
 //! Why a record is always true: it is written only after its file was synced to at least
 //! `durable` bytes, the file lives under a kept name that no leftover cleaning takes, and
 //! a continued upload only ever truncates back to `durable` before appending.
+//!
+//! In an object store the kept bytes are the sent parts of a multipart upload (`durable`
+//! is where one ends), recorded with their ETags once S3 has answered for them; the
+//! cleaner spares a staged object a record names. Any instance continues it: the record
+//! is taken in one statement, and the parts are completed, re-read for both hashes and
+//! copied into a fresh upload ([`S3Store::resume_kept`]).
 
 use super::driver::{Connection, Ended};
 use super::errors;
@@ -15,7 +21,7 @@ use crate::crypto::Cksum;
 use crate::protocol::ClientId;
 use crate::protocol::v4::{ErrorCode, FrameType, PutBegin, ResumeQuery, ResumeState};
 use crate::server::{CommitKey, Shared};
-use crate::store::{AnyStaged, Blobs, Records, StagedFile, Storage, UnfinishedUpload};
+use crate::store::{AnyStaged, Blobs, Records, S3Store, StagedFile, Storage, UnfinishedUpload};
 use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,11 +65,11 @@ pub(super) struct Keepable {
 }
 
 impl Shared {
-    /// Whether uploads its connections leave are kept: a window, and a storage directory
-    /// (an object store's staged uploads are multipart uploads or memory, not a file that
-    /// can be synced and continued).
+    /// Whether uploads its connections leave are kept: a window. (In a storage directory
+    /// a kept upload is a synced file; in an object store, the sent parts of a multipart
+    /// upload, which any instance can take up.)
     pub(super) fn keeps_unfinished(&self) -> bool {
-        !self.config.resume_window.is_zero() && self.storage.local().is_some()
+        !self.config.resume_window.is_zero()
     }
 
     /// The claim on `(id, path)`, or `None` when another connection holds it.
@@ -138,9 +144,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         Ok(())
     }
 
-    /// Whether the kept upload's file holds its durable bytes.
+    /// Whether the kept upload's file holds its durable bytes. (An object store's parts
+    /// cannot be read before they are completed: resuming finds out.)
     async fn on_disk(&self, kept: &UnfinishedUpload) -> bool {
-        let Some(local) = self.shared.storage.local().cloned() else { return false };
+        let Some(local) = self.shared.storage.local().cloned() else { return true };
         let (id, location, durable) = (kept.client_id, kept.location.clone(), kept.durable);
         let len = tokio::task::spawn_blocking(move || local.kept_len(id, &location)).await;
         matches!(len, Ok(Ok(Some(len))) if len >= durable)
@@ -174,6 +181,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         if kept.durable != put.offset || kept.prefix_hash != put.prefix_hash {
             return refuse("the offset or prefix hash is not the kept upload's");
         }
+        if let Blobs::S3(s3) = &self.shared.storage {
+            return self.continue_in_object_store(s3.clone(), kept, put, claim).await;
+        }
         let (storage, location) = (self.shared.storage.clone(), kept.location.clone());
         let offset = kept.durable;
         let reopened =
@@ -194,6 +204,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
                 warn!(path = %put.path, "a kept upload's file cannot be continued ({e}): dropped");
                 forget_and_delete(&self.shared, kept).await;
                 refuse("the kept upload's file is gone")
+            }
+        }
+    }
+
+    /// [`Connection::continue_put`] in an object store: the record taken (by one
+    /// statement, so of two instances resuming at once only one goes on), the kept parts
+    /// completed, read back and copied into a fresh upload that goes on from `offset`.
+    async fn continue_in_object_store(
+        &self,
+        s3: S3Store,
+        kept: UnfinishedUpload,
+        put: &PutBegin,
+        claim: ResumeClaim,
+    ) -> Result<Continued, Ended> {
+        let refuse = |why: &str| Err(Ended::Refused(cannot_resume(why)));
+        if let Err(e) = s3.hold_kept(&kept).await {
+            let at = unix_now();
+            tracing::error!(at, path = %put.path, "cannot hold a kept upload to resume it: {e}");
+            return Err(Ended::Refused(errors::internal(at)));
+        }
+        let (id, path, location) = (kept.client_id, kept.path.clone(), kept.location.clone());
+        let taken = self.shared.records().forget_unfinished(id, path, location).await;
+        if !self.internal_on_error(taken)? {
+            return refuse("another connection is continuing this upload");
+        }
+        let resumed = tokio::task::spawn_blocking(move || s3.resume_kept(&kept))
+            .await
+            .map_err(|e| Ended::Gone(std::io::Error::other(e)))?;
+        match resumed {
+            Ok((staged, hasher, cksum)) if *hasher.finalize().as_bytes() == put.prefix_hash => {
+                info!(path = %put.path, offset = put.offset, "a kept upload taken up from the object store");
+                self.shared.metrics.upload_resumed(put.offset);
+                Ok(Continued { staged: AnyStaged::S3(staged), hasher, cksum, claim })
+            }
+            Ok((staged, ..)) => {
+                warn!(path = %put.path, "a kept upload's parts do not hash to its record: dropped");
+                let _ = tokio::task::spawn_blocking(move || drop(staged)).await;
+                Err(Ended::Refused(errors::corrupt(
+                    &put.path,
+                    "the kept prefix changed in the store",
+                )))
+            }
+            Err(e) => {
+                warn!(path = %put.path, "a kept upload cannot be continued ({e}): dropped");
+                refuse("the kept upload's parts are gone from the object store")
             }
         }
     }
@@ -292,15 +347,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
     ) -> (AnyStaged, bool) {
         let synced = tokio::task::spawn_blocking(move || {
             let mut staged = staged;
-            let synced = staged.local_mut().map_or(Ok(()), |f| f.sync());
+            let synced = match &mut staged {
+                AnyStaged::Local(file) => file.sync().map(|()| (None, Vec::new())),
+                AnyStaged::S3(object) => object.checkpoint(durable),
+            };
             (staged, synced)
         })
         .await;
         let Ok((staged, synced)) = synced else { unreachable!("syncing a file does not panic") };
-        if let Err(e) = synced {
-            warn!(path = %keep.path, "could not make an upload durable to resume it later: {e}");
-            return (staged, false);
-        }
+        let (upload_id, parts) = match synced {
+            Ok(parts) => parts,
+            Err(e) => {
+                warn!(path = %keep.path, "could not make an upload durable to resume it later: {e}");
+                return (staged, false);
+            }
+        };
         let upload = UnfinishedUpload {
             client_id: keep.client_id,
             path: keep.path.clone(),
@@ -310,6 +371,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             durable,
             prefix_hash: prefix,
             expires_at: unix_now() + self.shared.config.resume_window.as_secs() as i64,
+            upload_id,
+            parts,
         };
         match self.shared.records().keep_unfinished(upload).await {
             Ok(()) => (staged, true),
@@ -330,7 +393,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         prefix: [u8; 32],
     ) {
         let (staged, recorded) = self.checkpoint(&keep, staged, durable, prefix).await;
-        let AnyStaged::Local(file) = staged else { return };
+        let file = match staged {
+            AnyStaged::Local(file) => file,
+            AnyStaged::S3(object) if recorded => {
+                object.keep();
+                return info!(path = %keep.path, durable, size = keep.size, "unfinished protocol-4 upload kept in the object store for resuming");
+            }
+            AnyStaged::S3(object) => {
+                let _ = tokio::task::spawn_blocking(move || drop(object)).await;
+                return;
+            }
+        };
         if !recorded {
             let _ = tokio::task::spawn_blocking(move || drop(file)).await;
             return;
@@ -385,11 +458,24 @@ async fn forget_and_delete(shared: &Shared, kept: UnfinishedUpload) {
         Ok(_) => {}
         Err(e) => return warn!(path = %kept.path, "could not forget an unfinished upload: {e}"),
     }
-    if let Some(storage) = shared.storage.local().cloned() {
-        let deleted = tokio::task::spawn_blocking(move || storage.delete_kept(id, &location)).await;
-        if let Ok(Err(e)) = deleted {
-            warn!(path = %kept.path, "could not delete an unfinished upload's file: {e}");
+    match &shared.storage {
+        Blobs::Local(storage) => {
+            let storage = storage.clone();
+            let deleted =
+                tokio::task::spawn_blocking(move || storage.delete_kept(id, &location)).await;
+            if let Ok(Err(e)) = deleted {
+                warn!(path = %kept.path, "could not delete an unfinished upload's file: {e}");
+            }
         }
+        Blobs::S3(s3) => abandon(s3, &kept).await,
+    }
+}
+
+/// Deletes a kept upload from the object store once its record is gone; what fails stays
+/// staged, for the cleaner.
+async fn abandon(s3: &S3Store, kept: &UnfinishedUpload) {
+    if let Err(e) = s3.abandon_kept(kept).await {
+        warn!(path = %kept.path, "could not delete an unfinished upload's parts; they expire: {e}");
     }
 }
 
@@ -401,6 +487,11 @@ pub(crate) async fn remove_expired(shared: &Shared) -> usize {
         Err(_) => return 0,
     };
     let n = expired.len();
+    if let Blobs::S3(s3) = &shared.storage {
+        for kept in &expired {
+            abandon(s3, kept).await;
+        }
+    }
     if let Some(storage) = shared.storage.local().cloned() {
         let _ = tokio::task::spawn_blocking(move || {
             for kept in expired {

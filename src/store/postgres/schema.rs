@@ -175,6 +175,9 @@ const MIGRATIONS: &[&str] = &[
     // [`fill_stored_paths`] fills it for the rows already there, in the same transaction.
     "ALTER TABLE files ADD COLUMN stored_path TEXT;
      CREATE INDEX files_by_stored_path ON files (id, stored_path COLLATE \"C\");",
+    // 7: as SQLite's 12, an unfinished upload's multipart upload and its parts' ETags.
+    "ALTER TABLE unfinished_uploads ADD COLUMN upload_id TEXT;
+     ALTER TABLE unfinished_uploads ADD COLUMN parts TEXT;",
 ];
 
 /// The migration that added `files.stored_path`.

@@ -3,12 +3,13 @@
 
 use super::{PostgresError, hash_of, id_of, size_of};
 use crate::protocol::ClientId;
-use crate::store::db::UnfinishedUpload;
+use crate::store::db::{UnfinishedUpload, parts_column, parts_of};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
 /// The columns [`upload`] reads, in its order.
-const COLUMNS: &str = "id, path, location, size, mtime_ns, durable, prefix_hash, expires_at";
+const COLUMNS: &str =
+    "id, path, location, size, mtime_ns, durable, prefix_hash, expires_at, upload_id, parts";
 
 fn upload(r: &tokio_postgres::Row) -> UnfinishedUpload {
     UnfinishedUpload {
@@ -20,6 +21,8 @@ fn upload(r: &tokio_postgres::Row) -> UnfinishedUpload {
         durable: size_of(Some(r.get(5))).unwrap_or(0),
         prefix_hash: hash_of(r.get(6)).unwrap_or_default(),
         expires_at: r.get(7),
+        upload_id: r.get(8),
+        parts: parts_of(r.get(9)),
     }
 }
 
@@ -29,15 +32,18 @@ pub(super) async fn keep(
     u: &UnfinishedUpload,
 ) -> Result<(), PostgresError> {
     let sql = "INSERT INTO unfinished_uploads
-                 (id, path, location, size, mtime_ns, durable, prefix_hash, expires_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 (id, path, location, size, mtime_ns, durable, prefix_hash, expires_at,
+                  upload_id, parts)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                ON CONFLICT (id, path) DO UPDATE SET location = excluded.location,
                  size = excluded.size, mtime_ns = excluded.mtime_ns,
                  durable = excluded.durable, prefix_hash = excluded.prefix_hash,
-                 expires_at = excluded.expires_at";
+                 expires_at = excluded.expires_at, upload_id = excluded.upload_id,
+                 parts = excluded.parts";
     let stmt = c.prepare_cached(sql).await?;
     let (size, durable) = (u.size as i64, u.durable as i64);
-    let params: [&(dyn ToSql + Sync); 8] = [
+    let parts = parts_column(&u.parts);
+    let params: [&(dyn ToSql + Sync); 10] = [
         &&u.client_id.0[..],
         &u.path,
         &u.location,
@@ -46,6 +52,8 @@ pub(super) async fn keep(
         &durable,
         &&u.prefix_hash[..],
         &u.expires_at,
+        &u.upload_id,
+        &parts,
     ];
     c.execute(&stmt, &params).await?;
     Ok(())

@@ -18,6 +18,7 @@ use securexfer::store::{Db, FileRecord, PostgresRecords, Records, VersionRecord}
 
 mod migrate;
 mod v4_paths;
+mod v4_resume;
 
 /// Where a test's records are.
 enum RecordsAt {
