@@ -197,7 +197,19 @@ impl Connection {
         tag: u32,
         payload: &[u8],
     ) -> Result<(), ConnError> {
+        self.write_frame_within(self.io_timeout, frame_type, tag, payload).await
+    }
+
+    /// [`Connection::write_frame`] with the I/O timeout raised to `limit` (never lowered).
+    pub async fn write_frame_within(
+        &mut self,
+        limit: Duration,
+        frame_type: FrameType,
+        tag: u32,
+        payload: &[u8],
+    ) -> Result<(), ConnError> {
         self.check_alive()?;
+        let limit = limit.max(self.io_timeout);
         let length = u32::try_from(payload.len()).unwrap_or(u32::MAX);
         let header = FrameHeader::new(frame_type, tag, length)
             .map_err(|e| ConnError::Lost(e.to_string()))?;
@@ -206,14 +218,23 @@ impl Connection {
             writer.write_all(&header.encode()).await?;
             writer.write_all(payload).await
         };
-        bounded(self.io_timeout, write).await
+        bounded(limit, write).await
+    }
+
+    /// The I/O timeout (`--timeout`).
+    pub fn io_timeout(&self) -> Duration {
+        self.io_timeout
     }
 
     /// Sends everything written so far.
     pub async fn flush(&mut self) -> Result<(), ConnError> {
+        self.flush_within(self.io_timeout).await
+    }
+
+    async fn flush_within(&mut self, limit: Duration) -> Result<(), ConnError> {
         self.check_alive()?;
         let flush = self.writer.flush();
-        let secs = self.io_timeout;
+        let secs = limit.max(self.io_timeout);
         match tokio::time::timeout(secs, flush).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(self.ended().unwrap_or(ConnError::Lost(e.to_string()))),
@@ -223,11 +244,21 @@ impl Connection {
 
     /// Sends what is buffered and waits for `answer`.
     pub async fn answer(&mut self, answer: AnswerFuture) -> Result<Answer, ConnError> {
-        self.flush().await?;
-        match tokio::time::timeout(self.io_timeout, answer).await {
+        self.answer_within(self.io_timeout, answer).await
+    }
+
+    /// [`Connection::answer`] with the I/O timeout raised to `limit` (never lowered).
+    pub async fn answer_within(
+        &mut self,
+        limit: Duration,
+        answer: AnswerFuture,
+    ) -> Result<Answer, ConnError> {
+        let limit = limit.max(self.io_timeout);
+        self.flush_within(limit).await?;
+        match tokio::time::timeout(limit, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.ended().unwrap_or(ConnError::Lost("the reader stopped".into()))),
-            Err(_) => Err(ConnError::Timeout(self.io_timeout.as_secs())),
+            Err(_) => Err(ConnError::Timeout(limit.as_secs())),
         }
     }
 

@@ -35,6 +35,14 @@ const DATA_CHUNK: usize = MAX_DATA_PAYLOAD as usize;
 /// them: [`crate::protocol::v4::RESUMABLE_FROM`]).
 pub const RESUME_FROM: u64 = crate::protocol::v4::RESUMABLE_FROM;
 
+/// A resumed put's first data may wait for the server to take up what it kept: on an
+/// object store it copies the kept bytes into a fresh upload before it reads on
+/// (docs/operations.md, "Resumable uploads"). Until this much has gone out, a write may
+/// wait beyond the I/O timeout for as long as that copy takes at this slowest rate.
+const RESUME_TAKE_UP_RATE: u64 = 8 << 20;
+/// More than the socket buffers hold: past it, the server is reading.
+const RESUME_TAKE_UP_BYTES: u64 = 32 << 20;
+
 /// A file stored and verified over protocol 4.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
@@ -515,7 +523,13 @@ impl Session {
             if let Some(pace) = pace.as_mut() {
                 tokio::time::sleep(pace.delay(n, std::time::Instant::now())).await;
             }
-            self.conn.write_frame(FrameType::PutData, tag, &buf[..n]).await?;
+            if offset > 0 && sent - offset < RESUME_TAKE_UP_BYTES {
+                let take_up = Duration::from_secs(offset / RESUME_TAKE_UP_RATE);
+                let limit = self.conn.io_timeout() + take_up;
+                self.conn.write_frame_within(limit, FrameType::PutData, tag, &buf[..n]).await?;
+            } else {
+                self.conn.write_frame(FrameType::PutData, tag, &buf[..n]).await?;
+            }
             sent += n as u64;
             (self.events)(Event::Progress(sent));
         }
@@ -540,7 +554,11 @@ impl Session {
         committed: AnswerFuture,
     ) -> Result<Attempt, V4Error> {
         let Sent { path, stored_as, size, hash, attempt, resumed_from } = *sent;
-        let received = match self.conn.answer(put).await? {
+        // A short rest of a resumed file may all be out before the server took up the
+        // kept bytes (RESUME_TAKE_UP_RATE).
+        let take_up = Duration::from_secs(resumed_from / RESUME_TAKE_UP_RATE);
+        let limit = self.conn.io_timeout() + take_up;
+        let received = match self.conn.answer_within(limit, put).await? {
             Answer::Frame(p) => {
                 PutReceived::decode(&p).map_err(|e| server_broke("PUT_RECEIVED", e))?
             }
