@@ -14,7 +14,7 @@ const MIB: usize = 1 << 20;
 /// How long a test waits for the server to have kept (or removed) an upload.
 const WAIT: Duration = Duration::from_secs(30);
 
-fn blake3(data: &[u8]) -> [u8; 32] {
+pub(crate) fn blake3(data: &[u8]) -> [u8; 32] {
     *blake3::hash(data).as_bytes()
 }
 
@@ -23,21 +23,21 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Bytes that differ at every position, so a misplaced byte shows.
-fn pattern(len: usize) -> Vec<u8> {
+pub(crate) fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 + i / 4093) as u8).collect()
 }
 
 /// What a `RESUME_STATE` says: present, size, durable, prefix hash, mtime, expires at.
 #[derive(Debug, PartialEq, Eq)]
-struct State {
-    present: bool,
-    size: u64,
-    durable: u64,
-    prefix_hash: [u8; 32],
-    mtime_ns: i64,
+pub(crate) struct State {
+    pub(crate) present: bool,
+    pub(crate) size: u64,
+    pub(crate) durable: u64,
+    pub(crate) prefix_hash: [u8; 32],
+    pub(crate) mtime_ns: i64,
 }
 
-fn query(conn: &mut Conn, path: &str) -> State {
+pub(crate) fn query(conn: &mut Conn, path: &str) -> State {
     let tag = conn.tag();
     let mut payload = (path.len() as u16).to_le_bytes().to_vec();
     payload.extend_from_slice(path.as_bytes());
@@ -58,7 +58,7 @@ fn query(conn: &mut Conn, path: &str) -> State {
 
 /// Asks until the state is `present` (the server keeps an upload as the connection's end
 /// is noticed, a moment after the client went).
-fn query_until(server: &Server, key: &Key, path: &str, present: bool) -> State {
+pub(crate) fn query_until(server: &Server, key: &Key, path: &str, present: bool) -> State {
     let start = Instant::now();
     loop {
         let (mut conn, _) = Conn::hello(server.addr, key);
@@ -71,14 +71,14 @@ fn query_until(server: &Server, key: &Key, path: &str, present: bool) -> State {
 }
 
 /// `PUT_BEGIN` with an offset and a prefix hash.
-fn put_begin(size: u64, offset: u64, prefix: [u8; 32], path: &str) -> Vec<u8> {
+pub(crate) fn put_begin(size: u64, offset: u64, prefix: [u8; 32], path: &str) -> Vec<u8> {
     let mut out = v4::put_begin_payload(false, size, offset, path);
     out[17..49].copy_from_slice(&prefix);
     out
 }
 
 /// A put of `data[..sent]` of a `data.len()` upload, then the connection dropped.
-fn cut_upload(server: &Server, key: &Key, path: &str, data: &[u8], sent: usize) {
+pub(crate) fn cut_upload(server: &Server, key: &Key, path: &str, data: &[u8], sent: usize) {
     let (mut conn, _) = Conn::hello(server.addr, key);
     let tag = conn.tag();
     conn.send(v4::PUT_BEGIN, tag, &v4::put_begin_payload(false, data.len() as u64, 0, path));

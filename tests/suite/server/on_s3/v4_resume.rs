@@ -163,3 +163,71 @@ fn an_upload_its_client_leaves_is_kept_across_a_restart_and_a_changed_file_repla
     expected.sort();
     assert_eq!(left, expected, "the file's object and its version's, no kept parts");
 }
+
+/// Over raw frames, across two instances: an upload cut after `PUT_RECEIVED` is kept as
+/// its whole object and taken up on the other instance with no data; one cut midway is
+/// kept to its last whole part (never beyond what S3 holds); a resume with a wrong prefix
+/// hash is refused and leaves what is kept as it was.
+#[test]
+fn raw_resumes_across_instances_keep_whole_objects_and_whole_parts_and_refuse_lies() {
+    use crate::common::v4::{self, Conn, Key, code};
+    use crate::v4_resume::{blake3, cut_upload, pattern, put_begin, query, query_until};
+    let Some((url, records, servers, _dirs)) = instances(2, &[]) else { return };
+    let key = Key::ed25519();
+    let (mut conn, _) = Conn::hello(servers[0].addr, &key);
+    v4::registered(&conn.register("wes", None));
+    let whole = pattern(2 * MIB + 7);
+    conn.put("whole.bin", &whole);
+    v4::put_received(&conn.read().expect("PUT_RECEIVED"));
+    drop(conn);
+    let state = query_until(&servers[1], &key, "whole.bin", true);
+    assert_eq!((state.durable, state.prefix_hash), (whole.len() as u64, blake3(&whole)));
+    let (mut conn, _) = Conn::hello(servers[1].addr, &key);
+    let tag = conn.tag();
+    let (size, hash) = (whole.len() as u64, blake3(&whole));
+    conn.send(v4::PUT_BEGIN, tag, &put_begin(size, size, hash, "whole.bin"));
+    conn.send(v4::PUT_END, tag, &[]);
+    assert_eq!(v4::put_received(&conn.read().expect("PUT_RECEIVED")).1, hash);
+    conn.send(v4::COMMIT, tag, &hash);
+    v4::committed(&conn.read().expect("COMMITTED"));
+    drop(conn);
+
+    let data = pattern(20 * MIB);
+    cut_upload(&servers[0], &key, "cut.bin", &data, 12 * MIB + 300_000);
+    let state = query_until(&servers[1], &key, "cut.bin", true);
+    let part = 5 * MIB;
+    assert_eq!((state.durable, state.prefix_hash), (2 * part as u64, blake3(&data[..2 * part])));
+    let (mut conn, _) = Conn::hello(servers[1].addr, &key);
+    let tag = conn.tag();
+    let lie = blake3(b"not the prefix");
+    conn.send(v4::PUT_BEGIN, tag, &put_begin(data.len() as u64, 2 * part as u64, lie, "cut.bin"));
+    let refused = conn.read().expect("an answer to the lying PUT_BEGIN");
+    assert_eq!(v4::error_of(&refused).map(|e| e.code), Some(code::CONFLICT));
+    assert_eq!(query(&mut conn, "cut.bin"), state, "what is kept is as it was");
+    drop(conn);
+    let (mut conn, _) = Conn::hello(servers[1].addr, &key);
+    let tag = conn.tag();
+    let prefix = blake3(&data[..2 * part]);
+    conn.send(
+        v4::PUT_BEGIN,
+        tag,
+        &put_begin(data.len() as u64, 2 * part as u64, prefix, "cut.bin"),
+    );
+    for chunk in data[2 * part..].chunks(MIB) {
+        conn.send(v4::DATA, tag, chunk);
+    }
+    conn.send(v4::PUT_END, tag, &[]);
+    let (size, hash, _) = v4::put_received(&conn.read().expect("PUT_RECEIVED"));
+    assert_eq!((size, hash), (data.len() as u64, blake3(&data)));
+    conn.send(v4::COMMIT, tag, &hash);
+    v4::committed(&conn.read().expect("COMMITTED"));
+    assert!(!query(&mut conn, "cut.bin").present);
+    drop(conn);
+
+    let id = records.files()[0].client_id;
+    assert_stored_in_bucket(&records, &url, id, "whole.bin", &whole);
+    assert_stored_in_bucket(&records, &url, id, "cut.bin", &data);
+    assert_eq!(records.durable(), None, "nothing is left unfinished");
+    assert_eq!(records.staged(), Vec::new(), "nothing is left staged");
+    assert_eq!(objects(&url).len(), 2, "the two files' objects alone");
+}
