@@ -524,8 +524,7 @@ impl Session {
                 tokio::time::sleep(pace.delay(n, std::time::Instant::now())).await;
             }
             if offset > 0 && sent - offset < RESUME_TAKE_UP_BYTES {
-                let take_up = Duration::from_secs(offset / RESUME_TAKE_UP_RATE);
-                let limit = self.conn.io_timeout() + take_up;
+                let limit = self.take_up_limit(offset);
                 self.conn.write_frame_within(limit, FrameType::PutData, tag, &buf[..n]).await?;
             } else {
                 self.conn.write_frame(FrameType::PutData, tag, &buf[..n]).await?;
@@ -535,6 +534,12 @@ impl Session {
         }
         self.conn.write_frame(FrameType::PutEnd, tag, &[]).await?;
         Ok(Some((*hasher.finalize().as_bytes(), sent)))
+    }
+
+    /// The I/O timeout of a put resumed at `offset` until the server reads on: longer by
+    /// copying `offset` bytes at [`RESUME_TAKE_UP_RATE`] (the plain one for a put from 0).
+    fn take_up_limit(&self, offset: u64) -> Duration {
+        self.conn.io_timeout() + Duration::from_secs(offset / RESUME_TAKE_UP_RATE)
     }
 
     async fn refusal_of(&mut self, put: AnswerFuture) -> Result<Attempt, V4Error> {
@@ -555,9 +560,8 @@ impl Session {
     ) -> Result<Attempt, V4Error> {
         let Sent { path, stored_as, size, hash, attempt, resumed_from } = *sent;
         // A short rest of a resumed file may all be out before the server took up the
-        // kept bytes (RESUME_TAKE_UP_RATE).
-        let take_up = Duration::from_secs(resumed_from / RESUME_TAKE_UP_RATE);
-        let limit = self.conn.io_timeout() + take_up;
+        // kept bytes.
+        let limit = self.take_up_limit(resumed_from);
         let received = match self.conn.answer_within(limit, put).await? {
             Answer::Frame(p) => {
                 PutReceived::decode(&p).map_err(|e| server_broke("PUT_RECEIVED", e))?
