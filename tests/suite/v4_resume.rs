@@ -7,6 +7,7 @@
 
 use crate::common::Server;
 use crate::common::v4::{self, Conn, Key, code};
+use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -397,4 +398,42 @@ fn an_upload_cut_in_the_middle_of_a_frame_is_kept_to_its_last_whole_frame() {
     assert!(state.present, "kept: {}", server.log());
     assert_eq!(state.durable, 2 * MIB as u64, "up to the last whole frame");
     assert_eq!(state.prefix_hash, blake3(&data[..2 * MIB]));
+}
+
+#[test]
+fn an_upload_slower_than_the_minimum_rate_is_cut_off_and_kept_for_resuming() {
+    // 128 KiB at 64 KiB/s after a 1 s grace: due within 3 s. 16 bytes every 200 ms is
+    // never idle for the timeout, but far too slow. A slow network is the very case
+    // resuming is for: what arrived is kept, and the upload goes on from there.
+    let server = Server::start(&["--idle-timeout", "1"]);
+    let key = Key::ed25519();
+    let id = register(&server, &key, "snail");
+    let data = pattern(2 * MIB);
+    let (mut conn, _) = Conn::hello(server.addr, &key);
+    let tag = conn.tag();
+    conn.send(v4::PUT_BEGIN, tag, &v4::put_begin_payload(false, data.len() as u64, 0, "slow.bin"));
+    conn.send(v4::DATA, tag, &data[..128 << 10]);
+    conn.tls.sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let (start, mut sent) = (Instant::now(), 128 << 10);
+    let error = loop {
+        assert!(start.elapsed() < Duration::from_secs(15), "never cut off: {}", server.log());
+        match conn.read() {
+            Ok(frame) => break v4::error_of(&frame).expect("an ERROR"),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("cut off without an ERROR: {e}"),
+        }
+        conn.send(v4::DATA, tag, &data[sent..sent + 16]);
+        sent += 16;
+    };
+    assert_eq!((error.code, error.closes), (code::TIMEOUT, true), "{error:?}");
+    assert!(error.message.contains("minimum rate"), "{error:?}");
+    assert!(start.elapsed() > Duration::from_secs(2), "cut off early: {:?}", start.elapsed());
+    drop(conn);
+
+    let state = query_until(&server, &key, "slow.bin", true);
+    assert!(state.present, "kept: {}", server.log());
+    let durable = state.durable as usize;
+    assert!((128 << 10..=sent).contains(&durable), "durable {durable} of {sent} sent");
+    assert_eq!(state.prefix_hash, blake3(&data[..durable]), "the hash of what it kept");
+    resume_and_commit(&server, &key, &id, "slow.bin", &data, durable);
 }

@@ -453,12 +453,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             self.open = Some(open);
             return Err(ended);
         }
+        let idle = self.shared.config.idle_timeout;
+        let allowed = idle + std::time::Duration::from_secs(open.received / MIN_UPLOAD_RATE);
+        if open.started.elapsed() > allowed {
+            // A slow network is no protocol break: what arrived before this frame stays
+            // the upload's, kept for resuming when it may be, as when the connection is
+            // cut off.
+            drop(buf);
+            self.open = Some(open);
+            return Err(Ended::Close(errors::timeout(
+                "the upload arrived slower than the server's minimum rate (64 KiB/s)",
+            )));
+        }
         open.received += len as u64;
         let max = self.shared.config.max_file_size;
         if open.declared.is_none() && open.received > max {
             // An unknown size is checked as its data arrives.
             let tag = open.tag;
-            let _ = tokio::task::spawn_blocking(move || drop(open)).await;
+            self.throw_away(open).await;
             self.machine.put_refused(tag);
             return self.refuse(tag, &errors::too_large(u64::MAX, max)).await;
         }
@@ -466,7 +478,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             // Likewise its quota: the frame that would pass it ends the upload.
             let tag = open.tag;
             let id = self.machine.client().expect("the machine lets only clients put");
-            let _ = tokio::task::spawn_blocking(move || drop(open)).await;
+            self.throw_away(open).await;
             self.machine.put_refused(tag);
             let quota = self.shared.records().quota(id).await;
             let limit = self.internal_on_error(quota)?.bytes.unwrap_or(u64::MAX);
@@ -478,15 +490,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             );
             return self.refuse(tag, &error).await;
         }
-        let idle = self.shared.config.idle_timeout;
-        let allowed = idle + std::time::Duration::from_secs(open.received / MIN_UPLOAD_RATE);
         let open_inline = open.inline;
-        if open.started.elapsed() > allowed {
-            let _ = tokio::task::spawn_blocking(move || drop(open)).await;
-            return Err(Ended::Close(errors::timeout(
-                "the upload arrived slower than the server's minimum rate (64 KiB/s)",
-            )));
-        }
         let write = move || {
             open.hash(&buf[..len]);
             let chunk = Chunk::new(buf, len, open.buffers.home.clone());
@@ -502,7 +506,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             }
             Ok((open, Err(e))) => {
                 let tag = open.tag;
-                let _ = tokio::task::spawn_blocking(move || drop(open)).await;
+                self.throw_away(open).await;
                 self.machine.put_refused(tag);
                 self.shared.metrics.upload(UploadOutcome::Failed);
                 let error = if e.raw_os_error() == Some(libc::ENOSPC) {
@@ -539,7 +543,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             let at = unix_now();
             tracing::error!(at, "finishing a protocol-4 upload failed: {e}");
             self.shared.metrics.upload(UploadOutcome::Failed);
-            let _ = tokio::task::spawn_blocking(move || drop(open)).await;
+            self.throw_away(open).await;
             return Err(Ended::Refused(errors::storage_failed(at)));
         }
         let hash: [u8; 32] = *open.hasher.finalize().as_bytes();

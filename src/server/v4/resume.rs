@@ -26,7 +26,7 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Data between two syncs of an upload that may be kept: what a server crash can lose of
 /// it at most (64 MiB of a 1 GiB upload is about 6 %), at one `fdatasync` and one record
@@ -297,6 +297,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
         }
     }
 
+    /// Throws away an upload refused midway (a failed write, its size or quota passed),
+    /// with any record a checkpoint made of it: no record outlives the bytes it names.
+    pub(super) async fn throw_away(&self, open: super::put::OpenPut) {
+        match open.into_keepable() {
+            Ok((keep, staged, ..)) => self.throw_kept(keep, staged).await,
+            Err(open) => {
+                let _ = tokio::task::spawn_blocking(move || drop(open)).await;
+            }
+        }
+    }
+
     /// Deletes an upload that could have been kept, and any record a checkpoint made.
     async fn throw_kept(&self, keep: Keepable, staged: AnyStaged) {
         let location = crate::store::StagedBlob::location(&staged).to_owned();
@@ -375,7 +386,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Connection<S> {
             parts,
         };
         match self.shared.records().keep_unfinished(upload).await {
-            Ok(()) => (staged, true),
+            Ok(()) => {
+                debug!(path = %keep.path, durable, "an unfinished upload checkpointed");
+                (staged, true)
+            }
             Err(e) => {
                 warn!(path = %keep.path, "could not record an unfinished upload: {e}");
                 (staged, false)

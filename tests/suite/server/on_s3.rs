@@ -517,7 +517,8 @@ fn own_s3(data: &Path, port: u16) -> OwnS3 {
 /// A server in `dir` on SQLite records and a test's own S3 server (over `dir/s3`, with
 /// its bucket made): that S3 server, its port (to start it again), the records and the
 /// server.
-fn on_own_s3(dir: &Path) -> (OwnS3, u16, RecordsAt, Server) {
+/// A server on a test's own S3 server, logging at `log` (`RUST_LOG`).
+fn on_own_s3(dir: &Path, log: &str) -> (OwnS3, u16, RecordsAt, Server) {
     std::fs::create_dir_all(dir.join("s3/root/own-bucket")).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let endpoint = format!("http://127.0.0.1:{port}");
@@ -525,7 +526,7 @@ fn on_own_s3(dir: &Path) -> (OwnS3, u16, RecordsAt, Server) {
     let url = "s3://own-bucket/prefix";
     let records = RecordsAt::Sqlite(dir.join("server.db"));
     let server = Server::start_in_on_storage_with(dir, "server.db", url, &[], |cmd| {
-        cmd.env("AWS_ENDPOINT_URL", &endpoint);
+        cmd.env("AWS_ENDPOINT_URL", &endpoint).env("RUST_LOG", log);
     });
     (s3, port, records, server)
 }
@@ -544,7 +545,7 @@ impl Drop for OwnS3 {
 fn an_object_store_that_goes_away_fails_uploads_clearly_and_serves_again_when_it_returns() {
     let Some(_) = common::fresh_s3() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let (s3, port, records, server) = on_own_s3(dir.path());
+    let (s3, port, records, server) = on_own_s3(dir.path(), "info");
     let mut stream = connect(&server);
     let mut client = Client::setup("faulty", &mut stream);
     let data = common::random_bytes(300_000, 77);
@@ -620,7 +621,7 @@ fn an_upload_larger_than_the_object_stores_free_space_fails_clearly_and_records_
     let Some(_) = common::fresh_s3() else { return };
     let dir = tempfile::tempdir().unwrap();
     let Some(disk) = SmallDisk::mount(&dir.path().join("s3/root"), 16) else { return };
-    let (s3, _, records, server) = on_own_s3(dir.path());
+    let (s3, _, records, server) = on_own_s3(dir.path(), "info");
     let mut stream = connect(&server);
     let mut client = Client::setup("filler", &mut stream);
     let small = common::random_bytes(300_000, 81);
@@ -660,6 +661,45 @@ fn an_upload_larger_than_the_object_stores_free_space_fails_clearly_and_records_
     client.upload(&mut again, "after.bin", &small);
     let names: Vec<String> = records.files().into_iter().map(|f| f.file_name).collect();
     assert_eq!(names, ["after.bin", "before.bin", "small.bin"], "nothing of the big ones");
+    drop(server);
+    drop(s3);
+    drop(disk);
+}
+
+/// A protocol-4 upload that the store refuses after a checkpoint recorded it as
+/// resumable: its parts are aborted and its record goes with them, so the next `send`
+/// is not offered a resume of parts that are gone.
+#[test]
+fn a_resumable_upload_the_store_refuses_after_a_checkpoint_leaves_no_record() {
+    let Some(_) = common::fresh_s3() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // Room for the first checkpoint (64 MiB of parts), not for the whole upload.
+    let Some(disk) = SmallDisk::mount(&dir.path().join("s3/root"), 100) else { return };
+    let (s3, _, records, server) = on_own_s3(dir.path(), "info,securexfer::server::v4=debug");
+    let RecordsAt::Sqlite(db) = &records else { unreachable!() };
+    let unfinished = || -> i64 {
+        let db = rusqlite::Connection::open(db).unwrap();
+        db.query_row("SELECT count(*) FROM unfinished_uploads", [], |r| r.get(0)).unwrap()
+    };
+    let key = common::v4::Key::ed25519();
+    let (mut conn, _welcome) = common::v4::Conn::hello(server.addr, &key);
+    common::v4::registered(&conn.register("refused", None));
+    let big = common::random_bytes(160 << 20, 83);
+    let tag = conn.put("big.bin", &big);
+    let answer = conn.read().expect("an answer to the put");
+    let error = common::v4::error_of(&answer).unwrap_or_else(|| panic!("{answer:?}"));
+    assert_eq!(answer.tag, tag);
+    assert!(error.message.contains("its storage failed"), "{error:?}\n{}", server.log());
+    assert!(
+        server.log().contains("an unfinished upload checkpointed"),
+        "no checkpoint was recorded before the store refused:\n{}",
+        server.log()
+    );
+    assert_eq!(unfinished(), 0, "the record of the aborted upload\n{}", server.log());
+    wait_until("the refused upload's staged object to go", || records.staged().is_empty());
+    let state = crate::v4_resume::query(&mut conn, "big.bin");
+    assert!(!state.present, "a resume is offered of parts that are gone: {state:?}");
+    drop(conn);
     drop(server);
     drop(s3);
     drop(disk);
