@@ -181,7 +181,8 @@ c4=$(calc "($cpu4 + $scpu4) / $gib"); c3=$(calc "($cpu3 + $scpu3) / $gib")
 r3=$(calc "$c4 / $c3")
 echo "ratio v4 MB/s / plaintext copy MB/s          $r1   target >= 0.9  $(verdict "$r1" '>=' 0.9)"
 echo "ratio v4 MB/s / scp MB/s                     $r2   target >= 2    $(verdict "$r2" '>=' 2)"
-echo "CPU s per GiB, client + server: v4 $c4 (client $cpu4, server $scpu4), v3 $c3 (client $cpu3, server $scpu3)"
+per_gib() { calc "$1 / $gib"; }
+echo "CPU s per GiB, client + server: v4 $c4 (client $(per_gib "$cpu4"), server $(per_gib "$scpu4")), v3 $c3 (client $(per_gib "$cpu3"), server $(per_gib "$scpu3"))"
 echo "ratio v4 CPU / v3 CPU                        $r3   target <= 0.5  $(verdict "$r3" '<=' 0.5)"
 echo "  system seconds per GiB: v4 client $(calc "$csys4 / $gib"), server $(calc "$ssys4 / $gib"); v3 client $(calc "$csys3 / $gib"), server $(calc "$ssys3 / $gib")"
 # The floor under any protocol that moves these bytes through the kernel as protocol 3
